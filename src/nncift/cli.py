@@ -1,0 +1,183 @@
+"""The ``nncift`` command line. Flags are generated from the settings dataclasses.
+
+Every command exits with code 2 and a one-line message (no traceback) on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import FidelitySettings, SelectSettings, add_arguments, build_settings, load_yaml
+from .data import DataError
+from .models import ModelError
+from .store import SettingsMismatch
+
+USER_ERRORS = (DataError, ModelError, SettingsMismatch, ValueError, FileNotFoundError, RuntimeError)
+
+
+def _influence_settings_classes() -> list[type]:
+    """Settings dataclasses of the registered influence functions (their fields are flags too)."""
+    from .influence import REGISTRY
+
+    classes = []
+    for target in REGISTRY.values():
+        module_name, _, attribute = target.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name == module_name:
+                continue  # registered but not installed in this build
+            raise
+        classes.append(getattr(module, attribute).Settings)
+    return classes
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser, settings_class: type) -> None:
+    parser.add_argument("--out", required=True, help="run folder")
+    parser.add_argument("--config", help="YAML file with settings (flags override it)")
+    add_arguments(parser, settings_class)
+    own = {f.name for f in dataclasses.fields(settings_class)}
+    group = parser.add_argument_group("influence-function options")
+    for klass in _influence_settings_classes():
+        add_arguments(group, klass, skip=own)  # type: ignore[arg-type]
+
+
+def _split_settings(args: argparse.Namespace, settings_class: type) -> tuple[Any, dict[str, Any]]:
+    """(run settings, influence options): dataclass defaults, then the YAML file, then flags."""
+    values: dict[str, Any] = load_yaml(args.config) if args.config else {}
+    own = {f.name for f in dataclasses.fields(settings_class)}
+    option_names = {f.name for klass in _influence_settings_classes() for f in dataclasses.fields(klass)} - own
+    values.update({k: v for k, v in vars(args).items() if k in own | option_names and v is not None})
+    options = {k: values.pop(k) for k in list(values) if k in option_names}
+    unknown = set(values) - own
+    if unknown:
+        raise ValueError(f"unknown settings: {', '.join(sorted(unknown))}")
+    return build_settings(settings_class, values), options
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    """nncift select: choose a subset with NN-CIFT."""
+    from .pipeline import run_select
+
+    settings, options = _split_settings(args, SelectSettings)
+    result = run_select(settings, args.out, influence_options=options)
+    _print_summary(result)
+    return 0
+
+
+def cmd_fidelity(args: argparse.Namespace) -> int:
+    """nncift fidelity: per-quadrant MSE of the InfluenceNetwork against the true matrix."""
+    from .fidelity import format_table, run_fidelity
+
+    settings, options = _split_settings(args, FidelitySettings)
+    result = run_fidelity(settings, args.out, influence_options=options)
+    print(format_table(result.rows))
+    print(f"table, plot and JSON in {result.run_dir}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """nncift demo: the main job on the built-in data set and the bundled models."""
+    from .data import write_jsonl
+    from .demo_data import demo_records
+    from .pipeline import run_select
+
+    records = demo_records(seed=args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out / "demo_pool.jsonl", [r.raw for r in records])
+    settings = SelectSettings(data=(str(out / "demo_pool.jsonl"),), influence=args.influence, seed=args.seed, quiet=args.quiet)
+    print(f"nncift demo: {len(records)} built-in records in 8 task families -> {out / 'demo_pool.jsonl'}")
+    result = run_select(settings, out / "run")
+    _print_summary(result)
+    return 0
+
+
+def cmd_prepare_models(args: argparse.Namespace) -> int:
+    """nncift prepare-models: convert the bundled GGUF model once to a cached safetensors folder."""
+    from .models import bundled_embedder_path, bundled_lm_path
+
+    print(f"causal LM: {bundled_lm_path()}")
+    print(f"embedder:  {bundled_embedder_path()}")
+    return 0
+
+
+def _print_summary(result: Any) -> None:
+    manifest = result.manifest
+    cost = manifest["cost"]
+    counts = manifest["counts"]
+    print(f"\npool {counts['pool']} records, targets {counts['targets']}, skipped {counts['skipped'] or 'none'}")
+    print(f"influence '{manifest['settings']['influence']}' computed on {cost['influence_evaluations_made']:,} of "
+          f"{cost['influence_evaluations_full_matrix']:,} entries ({100 * (cost['share_of_full_matrix'] or 0):.2f}%)")
+    for stage, seconds in cost["seconds_by_stage"].items():
+        print(f"  {stage:<32s}{seconds:9.2f} s")
+    print(f"selected {counts['selected']} records with {manifest['objective']} (objective {result.objective:.4f})")
+    tasks = Counter(record.task for record in result.records)
+    if len(tasks) > 1:
+        print("by task: " + ", ".join(f"{task} {count}" for task, count in tasks.most_common()))
+    print(f"-> {result.run_dir / 'selected.jsonl'} and {result.run_dir / 'manifest.json'}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(prog="nncift", description="NN-CIFT data valuation and selection for instruction tuning")
+    commands = parser.add_subparsers(dest="command", required=True)
+    select = commands.add_parser("select", help="select a fine-tuning subset with NN-CIFT")
+    _add_run_arguments(select, SelectSettings)
+    select.set_defaults(handler=cmd_select)
+    fidelity = commands.add_parser("fidelity", help="InfluenceNetwork fidelity per quadrant (paper Fig. 2)")
+    _add_run_arguments(fidelity, FidelitySettings)
+    fidelity.set_defaults(handler=cmd_fidelity)
+    demo = commands.add_parser("demo", help="run the main job on the built-in data set")
+    demo.add_argument("--out", default="runs/demo", help="run folder")
+    demo.add_argument("--influence", default=SelectSettings.influence, help="influence function")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--quiet", action="store_true")
+    demo.set_defaults(handler=cmd_demo)
+    prepare = commands.add_parser("prepare-models", help="convert the bundled models for offline use")
+    prepare.set_defaults(handler=cmd_prepare_models)
+    for register in _extra_commands():
+        register(commands)
+    return parser
+
+
+def _extra_commands() -> list[Callable[[Any], None]]:
+    """Subcommands contributed by other modules (fine-tuning, evaluation, experiments)."""
+    registrations = []
+    for module_name in ("nncift.finetune", "nncift.evaluate", "nncift.experiment"):
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name == module_name:
+                continue
+            raise
+        registrations.append(module.register_cli)
+    return registrations
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``nncift`` command."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except USER_ERRORS as error:
+        if os.environ.get("NNCIFT_DEBUG"):
+            raise
+        print(f"nncift: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nncift: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

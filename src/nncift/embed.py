@@ -1,0 +1,130 @@
+"""Batched, cached sentence embeddings.
+
+The cache lives in ``$NNCIFT_CACHE/embeddings/<model key>/`` as safetensors shards, each holding the
+vectors of one batch of new texts and, in its metadata, the SHA-256 of each text. A text is embedded
+once per model, across runs; shards are written atomically, so an interrupted run loses at most the
+batch in flight.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .data import Record
+from .models import BUNDLED_EMBEDDER, cache_dir, model_fingerprint
+from .templates import embedding_text
+
+_SHARD_ROWS = 512
+
+
+def _text_key(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@functools.lru_cache(maxsize=4)
+def _embedder(name_or_path: str, device: str) -> Any:
+    from .models import load_embedder
+
+    return load_embedder(name_or_path, device=device)
+
+
+class EmbeddingCache:
+    """On-disk store of text → vector for one embedding model."""
+
+    def __init__(self, model: str, root: Path | None = None):
+        fingerprint = model_fingerprint(model, kind="embedder")
+        key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+        self.folder = (root or cache_dir() / "embeddings") / key
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._vectors: dict[str, np.ndarray] = {}
+        self._load()
+
+    def _load(self) -> None:
+        from safetensors import safe_open
+
+        for shard in sorted(self.folder.glob("*.safetensors")):
+            with safe_open(str(shard), framework="numpy") as handle:
+                keys = json.loads(handle.metadata()["keys"])
+                vectors = handle.get_tensor("vectors")
+            self._vectors.update(zip(keys, vectors))
+
+    def get(self, key: str) -> np.ndarray | None:
+        """The cached vector of a text key, or None."""
+        return self._vectors.get(key)
+
+    def put(self, keys: Sequence[str], vectors: np.ndarray) -> None:
+        """Store a batch of vectors as one new shard (atomic)."""
+        from safetensors.numpy import save_file
+
+        name = hashlib.sha256("".join(keys).encode()).hexdigest()[:20]
+        final = self.folder / f"{name}.safetensors"
+        tmp = self.folder / f".{name}.{os.getpid()}.tmp"
+        save_file({"vectors": np.ascontiguousarray(vectors, dtype=np.float32)}, str(tmp), metadata={"keys": json.dumps(list(keys))})
+        tmp.replace(final)
+        self._vectors.update(zip(keys, vectors))
+
+
+def embed_texts(
+    texts: Sequence[str],
+    *,
+    model: str = BUNDLED_EMBEDDER,
+    batch_size: int = 64,
+    device: str = "auto",
+    use_cache: bool = True,
+    progress: bool = True,
+) -> np.ndarray:
+    """Embed texts with a sentence-transformers model; rows are L2-normalised.
+
+    Args:
+        texts: the texts, any number (duplicates are embedded once).
+        model: embedder id or path (default the bundled all-MiniLM-L6-v2).
+        batch_size: texts per encoder call.
+        device: ``auto``, ``cpu``, ``cuda``...
+        use_cache: read and write the on-disk cache.
+        progress: show a progress bar.
+
+    Returns:
+        float32 array of shape (len(texts), embedding_dim).
+    """
+    keys = [_text_key(text) for text in texts]
+    cache = EmbeddingCache(model) if use_cache else None
+    missing: dict[str, str] = {}
+    for key, text in zip(keys, texts):
+        if (cache is None or cache.get(key) is None) and key not in missing:
+            missing[key] = text
+    computed: dict[str, np.ndarray] = {}
+    if missing:
+        encoder = _embedder(model, device)
+        items = list(missing.items())
+        from tqdm.auto import tqdm
+
+        with tqdm(total=len(items), desc="embeddings", unit="text", disable=not progress) as bar:
+            for start in range(0, len(items), _SHARD_ROWS):
+                chunk = items[start : start + _SHARD_ROWS]
+                vectors = encoder.encode(
+                    [text for _, text in chunk], batch_size=batch_size,
+                    normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False,
+                ).astype(np.float32)
+                chunk_keys = [key for key, _ in chunk]
+                if cache is not None:
+                    cache.put(chunk_keys, vectors)
+                computed.update(zip(chunk_keys, vectors))
+                bar.update(len(chunk))
+    rows = [computed[key] if key in computed else cache.get(key) for key in keys]  # type: ignore[union-attr]
+    if not rows:
+        return np.zeros((0, 0), dtype=np.float32)
+    matrix = np.stack(rows).astype(np.float32)
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return matrix / np.maximum(norms, 1e-12)
+
+
+def embed_records(records: Sequence[Record], **kwargs: Any) -> np.ndarray:
+    """Embed records with the NN-CIFT example text (:func:`nncift.templates.embedding_text`)."""
+    return embed_texts([embedding_text(record) for record in records], **kwargs)

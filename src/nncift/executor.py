@@ -1,0 +1,109 @@
+"""Where influence blocks run. Blocks are independent tasks; an executor computes the pending ones.
+
+The local executor runs them in this process. A distributed executor implements the same two
+methods (rebuilding the influence function from its :class:`InfluenceSpec` on each worker), so the
+influence functions never know where they run. Results are written by the driver into the run's
+:class:`~nncift.store.BlockMatrix`, so resumption works the same for every executor.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .data import Record
+from .influence import InfluenceSpec, build_influence
+from .store import Block, BlockMatrix
+
+
+class Executor(ABC):
+    """Computes the pending blocks of a pairwise matrix, or pending pointwise scores."""
+
+    name: str = "abstract"
+
+    @abstractmethod
+    def run_pairwise(
+        self, spec: InfluenceSpec, targets: Sequence[Record], candidates: Sequence[Record],
+        matrix: BlockMatrix, blocks: list[Block], workdir: Path, *, progress: bool = True,
+    ) -> Counter:
+        """Fill ``blocks`` of ``matrix`` (rows = targets, cols = candidates); return the cost counters."""
+
+    @abstractmethod
+    def run_pointwise(
+        self, spec: InfluenceSpec, records: Sequence[Record], scores: BlockMatrix,
+        blocks: list[Block], workdir: Path, *, progress: bool = True,
+    ) -> tuple[Counter, dict[int, str]]:
+        """Fill ``blocks`` of the 1 × n ``scores`` matrix; return counters and failures (index → reason)."""
+
+
+class LocalExecutor(Executor):
+    """Runs every block in this process, one after another, with one copy of the model."""
+
+    name = "local"
+
+    def run_pairwise(self, spec, targets, candidates, matrix, blocks, workdir, *, progress=True):
+        pending = matrix.pending(blocks)
+        if not pending:
+            return Counter()
+        function = build_influence(spec, progress=progress)
+        function.prepare(targets, candidates, workdir)
+        with tqdm(total=len(pending), desc=f"{spec.name} blocks", unit="block", disable=not progress) as bar:
+            for block in pending:
+                rows, cols = matrix.block_indices(block)
+                matrix.write(block, function.compute_block(rows, cols))
+                bar.update(1)
+        counters = Counter(function.counters)
+        function.close()
+        return counters
+
+    def run_pointwise(self, spec, records, scores, blocks, workdir, *, progress=True):
+        pending = scores.pending(blocks)
+        failures: dict[int, str] = {}
+        if not pending:
+            return Counter(), failures
+        function = build_influence(spec, progress=progress)
+        function.prepare(records, workdir)
+        with tqdm(total=len(pending), desc=f"{spec.name} blocks", unit="block", disable=not progress) as bar:
+            for block in pending:
+                _, indices = scores.block_indices(block)
+                before = set(function.failures)
+                values = np.asarray(function.score(indices), dtype=np.float32).reshape(1, -1)
+                new = {int(i): function.failures[i] for i in set(function.failures) - before}
+                failures.update(new)
+                scores.write(block, values, failures={str(k): v for k, v in new.items()})
+                bar.update(1)
+        counters = Counter(function.counters)
+        function.close()
+        return counters, failures
+
+
+def stored_failures(scores: BlockMatrix) -> dict[int, str]:
+    """Failures recorded with finished pointwise blocks (also those of earlier, interrupted runs)."""
+    import json
+
+    failures: dict[int, str] = {}
+    if scores.done_path.exists():
+        for line in scores.done_path.read_text(encoding="utf-8").splitlines():
+            try:
+                failures.update({int(k): v for k, v in json.loads(line).get("failures", {}).items()})
+            except (json.JSONDecodeError, AttributeError, ValueError):
+                continue
+    return failures
+
+
+def make_executor(name: str = "local", **options: object) -> Executor:
+    """Executor by name: ``local`` (in process) or ``ray`` (needs ``pip install nncift[ray]``)."""
+    if name == "local":
+        return LocalExecutor()
+    if name == "ray":
+        try:
+            from .ray_executor import RayExecutor  # noqa: PLC0415 - optional extra
+        except ImportError as error:
+            raise RuntimeError(f"the ray executor needs `pip install nncift[ray]` ({error})") from None
+        return RayExecutor(**options)  # type: ignore[arg-type]
+    raise ValueError(f"unknown executor '{name}': choose local or ray")

@@ -1,0 +1,34 @@
+"""Influence functions, by name. Adding one = one module + one line in :data:`REGISTRY`."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .base import InfluenceFunction, InfluenceSpec, PairwiseInfluence, PointwiseInfluence
+
+REGISTRY: dict[str, str] = {
+    "delift-se": "nncift.influence.delift_se:DeliftSE",
+    "delift": "nncift.influence.delift:Delift",
+    "less": "nncift.influence.less:Less",
+    "selectit": "nncift.influence.selectit:SelectIT",
+}
+
+
+def influence_class(name: str) -> type[InfluenceFunction]:
+    """The class registered under ``name`` (imported on first use)."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown influence function '{name}'; choose from: {', '.join(sorted(REGISTRY))}")
+    module, _, attribute = REGISTRY[name].partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def build_influence(spec: InfluenceSpec, *, progress: bool = True) -> Any:
+    """Build the influence function described by ``spec``."""
+    return influence_class(spec.name).from_options(spec.options, progress=progress)
+
+
+__all__ = [
+    "REGISTRY", "InfluenceFunction", "InfluenceSpec", "PairwiseInfluence", "PointwiseInfluence",
+    "build_influence", "influence_class",
+]

@@ -1,0 +1,111 @@
+"""The two small interfaces every influence function implements.
+
+Orientation, everywhere in nncift: an influence matrix has **rows = targets** (the examples to be
+represented or helped) and **columns = candidates** (the pool examples to select from); entry
+``[i, j]`` is the influence of candidate ``j`` on target ``i``. Shape ``(n_targets, n_candidates)``.
+
+- :class:`PairwiseInfluence` computes a block of that matrix for given target and candidate indices.
+- :class:`PointwiseInfluence` scores given examples.
+
+An influence function is built from an :class:`InfluenceSpec` (its registry name and plain
+options), so that any executor (in process, Ray actors) can rebuild it where the work runs, load
+its model once, and compute the blocks handed to it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+from ..data import Record
+
+
+@dataclass(frozen=True)
+class InfluenceSpec:
+    """What to build: the registry name and the options of its settings dataclass."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class InfluenceFunction(ABC):
+    """Common part: settings, progress flag, and the counters that feed the cost ledger."""
+
+    name: ClassVar[str]
+    pairwise: ClassVar[bool]
+    default_objective: ClassVar[str]
+    """Selection that belongs to this function (METHODS.md §4): ``fl`` or ``topk``."""
+    label_range: ClassVar[tuple[float, float] | None] = None
+    """Fixed range of the raw values, if known (then no min-max scaling is fitted)."""
+    Settings: ClassVar[type]
+    """The settings dataclass of this function; its fields are CLI flags and YAML keys."""
+
+    def __init__(self, settings: Any, *, progress: bool = True):
+        self.settings = settings
+        self.progress = progress
+        self.counters: Counter[str] = Counter()
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any], *, progress: bool = True) -> "InfluenceFunction":
+        """Build from a plain dict; keys that are not fields of :attr:`Settings` are ignored."""
+        names = {f.name for f in dataclasses.fields(cls.Settings)}
+        return cls(cls.Settings(**{k: v for k, v in options.items() if k in names}), progress=progress)
+
+    def settings_dict(self) -> dict[str, Any]:
+        """The settings as a JSON-ready dict (recorded in the manifest)."""
+        return dataclasses.asdict(self.settings)
+
+    def close(self) -> None:
+        """Release models and memory (optional)."""
+
+
+class PairwiseInfluence(InfluenceFunction):
+    """An influence function of (target, candidate) pairs."""
+
+    pairwise: ClassVar[bool] = True
+    default_objective: ClassVar[str] = "fl"
+
+    @abstractmethod
+    def prepare(self, targets: Sequence[Record], candidates: Sequence[Record], workdir: Path) -> None:
+        """Bind the data (called once per process before any block); ``workdir`` is for artefacts.
+
+        Blocks may cover only a sample of the records: keep this cheap and compute per-example
+        work lazily, for the indices that blocks ask for.
+        """
+
+    @abstractmethod
+    def compute_block(self, target_indices: np.ndarray, candidate_indices: np.ndarray) -> np.ndarray:
+        """Raw influence values, float32 of shape ``(len(target_indices), len(candidate_indices))``."""
+
+    def candidate_scores(self, matrix: np.ndarray, targets: Sequence[Record]) -> np.ndarray:
+        """Aggregate a (targets × candidates) matrix into one score per candidate for top-k.
+
+        Default: the mean over targets. Functions with their own rule (LESS) override it.
+        """
+        return np.asarray(matrix, dtype=np.float64).mean(axis=0)
+
+
+class PointwiseInfluence(InfluenceFunction):
+    """An influence function that scores each example on its own."""
+
+    pairwise: ClassVar[bool] = False
+    default_objective: ClassVar[str] = "topk"
+
+    def __init__(self, settings: Any, *, progress: bool = True):
+        super().__init__(settings, progress=progress)
+        self.failures: dict[int, str] = {}
+        """Examples whose score could not be computed: index → reason (their score is NaN)."""
+
+    @abstractmethod
+    def prepare(self, records: Sequence[Record], workdir: Path) -> None:
+        """Bind the data (called once per process before any scoring); compute lazily per index."""
+
+    @abstractmethod
+    def score(self, indices: np.ndarray) -> np.ndarray:
+        """float32 scores of shape ``(len(indices),)``; NaN where it failed (reason in :attr:`failures`)."""

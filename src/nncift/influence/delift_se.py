@@ -1,0 +1,48 @@
+"""DELIFT-SE: cosine similarity of sentence embeddings, rescaled to [0, 1] as (cos + 1) / 2.
+
+Cost: one encoder pass per example (cached) and a matrix product. Entry ``[i, j]`` is the
+similarity of target ``i`` and candidate ``j`` (symmetric when both come from the same pool).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Sequence
+
+import numpy as np
+
+from ..data import Record
+from ..embed import embed_records
+from ..models import BUNDLED_EMBEDDER
+from .base import PairwiseInfluence
+
+
+@dataclass(frozen=True)
+class DeliftSESettings:
+    """Settings of DELIFT-SE."""
+
+    embedder: str = BUNDLED_EMBEDDER
+    """Sentence embedder id or path used for the similarity (default the bundled all-MiniLM-L6-v2)."""
+    device: str = "auto"
+    """Device for the embedder: auto, cpu, cuda."""
+
+
+class DeliftSE(PairwiseInfluence):
+    """DELIFT-SE influence: (cos(e_target, e_candidate) + 1) / 2."""
+
+    name: ClassVar[str] = "delift-se"
+    label_range: ClassVar[tuple[float, float] | None] = (0.0, 1.0)
+    Settings: ClassVar[type] = DeliftSESettings
+
+    def prepare(self, targets: Sequence[Record], candidates: Sequence[Record], workdir: Path) -> None:
+        """Embed targets and candidates once (through the embedding cache)."""
+        self._targets = embed_records(targets, model=self.settings.embedder, device=self.settings.device, progress=self.progress)
+        self._candidates = embed_records(candidates, model=self.settings.embedder, device=self.settings.device, progress=self.progress)
+        self.counters["encoder_passes"] += len(targets) + len(candidates)
+
+    def compute_block(self, target_indices: np.ndarray, candidate_indices: np.ndarray) -> np.ndarray:
+        """(cos + 1) / 2 for the block, float32 (len(target_indices), len(candidate_indices))."""
+        cosine = self._targets[target_indices] @ self._candidates[candidate_indices].T
+        self.counters["evaluations"] += cosine.size
+        return ((cosine + 1.0) / 2.0).astype(np.float32)

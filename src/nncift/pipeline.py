@@ -1,0 +1,297 @@
+"""The NN-CIFT steps (METHODS.md §1), and nothing else:
+
+1. sample a fraction u of targets and candidates with a seed, compute the influence function on
+   that block only (Q1);
+2. train the InfluenceNetwork on Q1 and predict every other entry;
+3. run the selection that belongs to the influence function on the predicted matrix (exact Q1
+   values kept) and return a subset of the pool.
+
+Matrix layout (rows = targets, columns = candidates = the pool):
+
+- ``fl`` without targets: rows are the pool itself (represent the pool);
+- ``fl`` with targets: rows are the targets (represent the targets);
+- ``flmi`` / ``flcg``: rows are the pool followed by the targets; the pool rows give the
+  pool × pool similarity, the target rows (transposed) the similarity of each pool item to the
+  query set (FLMI) or to the existing set P (FLCG);
+- ``topk``: rows are the targets (or the pool); the function aggregates them into one score per candidate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import selection as selection_module
+from .config import SelectSettings, environment_info, settings_dict
+from .data import LoadReport, Record, read_many, write_jsonl
+from .embed import embed_records
+from .executor import make_executor, stored_failures
+from .influence import InfluenceSpec, influence_class
+from .ledger import CostLedger
+from .models import model_fingerprint
+from .network import NetworkSettings, load_network, predict_pairwise, predict_pointwise, save_network, train_pairwise, train_pointwise
+from .store import RunStore, plan_blocks
+
+
+@dataclass
+class SelectionResult:
+    """What ``nncift select`` returns.
+
+    Attributes:
+        indices: pool indices of the chosen records, in pick order.
+        scores: the marginal gain (facility location) or score (top-k) of each pick.
+        records: the chosen records, in pick order.
+        objective: the selection objective's final value.
+        manifest: everything recorded about the run (also in ``run_dir/manifest.json``).
+        run_dir: the run folder.
+    """
+
+    indices: np.ndarray
+    scores: np.ndarray
+    records: list[Record]
+    objective: float
+    manifest: dict[str, Any]
+    run_dir: Path
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which records the influence matrix's rows stand for, and which are sampled (seen)."""
+
+    rows: list[Record]
+    seen_rows: np.ndarray
+    seen_cols: np.ndarray
+    n_pool_rows: int
+    """How many leading rows are pool records (the rest are targets)."""
+
+
+def sample_indices(n: int, fraction: float, minimum: int, rng: np.random.Generator) -> np.ndarray:
+    """A sorted random sample of ``max(round(fraction·n), minimum)`` (at most n) indices of range(n)."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    size = min(n, max(int(round(fraction * n)), minimum, 1))
+    return np.sort(rng.choice(n, size=size, replace=False)).astype(np.int64)
+
+
+def resolve_objective(settings: SelectSettings, function_class: type, has_targets: bool) -> str:
+    """The objective of the run: explicit, else the influence function's own (METHODS.md §4)."""
+    objective = settings.objective or function_class.default_objective
+    if objective not in ("fl", "flmi", "flcg", "topk"):
+        raise ValueError(f"unknown objective '{objective}': choose fl, flmi, flcg or topk")
+    if objective in ("flmi", "flcg") and not has_targets:
+        raise ValueError(f"objective {objective} needs --targets (the query set, or the existing set for flcg)")
+    if not function_class.pairwise and objective != "topk":
+        raise ValueError(f"{function_class.name} scores examples one by one: only topk applies")
+    return objective
+
+
+def plan_layout(pool: Sequence[Record], targets: Sequence[Record], objective: str, settings: SelectSettings, rng: np.random.Generator) -> Layout:
+    """Decide the matrix rows and sample the seen rows and columns (seeded, never the first rows)."""
+    seen_cols = sample_indices(len(pool), settings.fraction, settings.min_sampled, rng)
+    if not targets:
+        return Layout(list(pool), seen_cols, seen_cols, len(pool))
+    seen_targets = sample_indices(len(targets), settings.fraction, settings.min_sampled, rng)
+    if objective in ("flmi", "flcg"):
+        return Layout(list(pool) + list(targets), np.concatenate([seen_cols, len(pool) + seen_targets]), seen_cols, len(pool))
+    return Layout(list(targets), seen_targets, seen_cols, 0)
+
+
+def selection_budget(settings: SelectSettings) -> float | int:
+    """The subset size: a fraction of the pool when ≤ 1, else a count of records."""
+    if settings.budget < 0:
+        raise ValueError(f"budget must be positive, got {settings.budget}")
+    return settings.budget if settings.budget <= 1 else int(round(settings.budget))
+
+
+def influence_spec(settings: SelectSettings, options: dict[str, Any]) -> InfluenceSpec:
+    """The influence function's spec: the run's shared settings plus its own options."""
+    shared = {"model": settings.model, "embedder": settings.embedder, "device": settings.device, "seed": settings.seed}
+    return InfluenceSpec(settings.influence, {**shared, **options})
+
+
+def network_settings(settings: SelectSettings) -> NetworkSettings:
+    """The InfluenceNetwork settings of a run."""
+    return NetworkSettings(tuple(settings.hidden_sizes), settings.learning_rate, settings.epochs, settings.batch_size, settings.seed)
+
+
+def label_scaling(function_class: type, known: np.ndarray) -> tuple[float, float]:
+    """(low, high) used to scale labels to [0, 1]: the function's fixed range, else min–max of ``known``."""
+    if function_class.label_range is not None:
+        return function_class.label_range
+    finite = known[np.isfinite(known)]
+    if finite.size == 0:
+        raise RuntimeError("no influence value could be computed on the sampled block")
+    low, high = float(finite.min()), float(finite.max())
+    return low, (high if high > low else low + 1.0)
+
+
+def load_inputs(settings: SelectSettings) -> tuple[list[Record], list[Record], list[LoadReport]]:
+    """Read the pool and the targets named in the settings."""
+    if not settings.data:
+        raise ValueError("no pool given: pass --data FILE")
+    pool, reports = read_many(settings.data)
+    targets, target_reports = read_many(settings.targets) if settings.targets else ([], [])
+    if not pool:
+        raise ValueError("the pool is empty after loading (see the skip counts)")
+    return pool, targets, reports + target_reports
+
+
+def run_select(
+    settings: SelectSettings,
+    out: str | Path,
+    *,
+    pool: Sequence[Record] | None = None,
+    targets: Sequence[Record] | None = None,
+    influence_options: dict[str, Any] | None = None,
+    reports: Sequence[LoadReport] = (),
+) -> SelectionResult:
+    """Select a fine-tuning subset of the pool with NN-CIFT.
+
+    Args:
+        settings: the run's settings.
+        out: the run folder (created; a folder made with other settings is refused).
+        pool: records to select from; default: read from ``settings.data``.
+        targets: target records; default: read from ``settings.targets`` (none: the pool itself).
+        influence_options: options of the influence function's own settings dataclass.
+        reports: load reports of records passed in directly (recorded in the manifest).
+
+    Returns:
+        The selection, with the manifest that is also written to ``out/manifest.json``.
+    """
+    ledger = CostLedger()
+    progress = not settings.quiet
+    with ledger.stage("load data"):
+        if pool is None:
+            pool, targets, loaded = load_inputs(settings)
+            reports = list(reports) + loaded
+        pool, targets = list(pool), list(targets or [])
+    options = dict(influence_options or {})
+    store = RunStore(out, {**settings_dict(settings), "influence_options": options})
+    function_class = influence_class(settings.influence)
+    objective = resolve_objective(settings, function_class, bool(targets))
+    spec = influence_spec(settings, options)
+    executor = make_executor(settings.executor, workers=settings.workers, address=settings.ray_address,
+                             cpus_per_worker=settings.worker_cpus, gpus_per_worker=settings.worker_gpus) \
+        if settings.executor != "local" else make_executor("local")
+    rng = np.random.default_rng(settings.seed)
+    if function_class.pairwise:
+        indices, scores, objective_value, extra = _select_pairwise(settings, spec, function_class, objective, pool, targets, store, executor, ledger, rng, progress)
+    else:
+        indices, scores, objective_value, extra = _select_pointwise(settings, spec, function_class, pool, store, executor, ledger, rng, progress)
+    chosen = [pool[i] for i in indices]
+    write_jsonl(store.path("selected.jsonl"), [
+        {"index": int(i), "score": float(s), "record": record.raw or dataclasses.asdict(record)}
+        for i, s, record in zip(indices, scores, chosen)
+    ])
+    manifest = _manifest(settings, options, objective, pool, targets, reports, ledger, extra, len(indices), objective_value)
+    store.write_json("manifest.json", manifest)
+    return SelectionResult(np.asarray(indices), np.asarray(scores), chosen, objective_value, manifest, store.folder)
+
+
+def _select_pairwise(settings, spec, function_class, objective, pool, targets, store, executor, ledger, rng, progress):
+    layout = plan_layout(pool, targets, objective, settings, rng)
+    seen = store.matrix("q1", layout.seen_rows, layout.seen_cols)
+    blocks = plan_blocks(*seen.shape, settings.block_size, settings.block_size)
+    with ledger.stage("influence on sampled block"):
+        ledger.counters.update(executor.run_pairwise(spec, layout.rows, pool, seen, blocks, store.folder, progress=progress))
+    ledger.evaluations_made = int(seen.array.size)
+    ledger.evaluations_full = len(layout.rows) * len(pool)
+    with ledger.stage("embeddings"):
+        col_embeddings = embed_records(pool, model=settings.embedder, device=settings.device, progress=progress)
+        parts = [col_embeddings[: layout.n_pool_rows]]
+        if len(layout.rows) > layout.n_pool_rows:
+            parts.append(embed_records(layout.rows[layout.n_pool_rows :], model=settings.embedder, device=settings.device, progress=progress))
+        row_embeddings = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    known = np.asarray(seen.array, dtype=np.float32)
+    low, high = label_scaling(function_class, known)
+    labels = (known - low) / (high - low)
+    with ledger.stage("network training"):
+        network, report = _trained_network(store, network_settings(settings), progress, lambda s: train_pairwise(
+            row_embeddings[layout.seen_rows], col_embeddings[layout.seen_cols], labels, s, progress=progress))
+    with ledger.stage("prediction"):
+        predicted = np.lib.format.open_memmap(store.path("predicted.npy"), mode="w+", dtype=np.float32, shape=(len(layout.rows), len(pool)))
+        predict_pairwise(network, row_embeddings, col_embeddings, out=predicted, progress=progress)
+        predicted[np.ix_(layout.seen_rows, layout.seen_cols)] = np.where(np.isfinite(labels), labels, predicted[np.ix_(layout.seen_rows, layout.seen_cols)])
+        predicted.flush()
+    with ledger.stage("selection"):
+        chosen = _run_objective(objective, predicted, layout, settings, function_class, spec)
+    extra = {"label_scaling": {"low": low, "high": high, "source": "fixed range" if function_class.label_range else "min-max of Q1"},
+             "sampled_rows": len(layout.seen_rows), "sampled_cols": len(layout.seen_cols),
+             "matrix_shape": [len(layout.rows), len(pool)], "network_training": report}
+    return chosen.indices, chosen.gains, chosen.objective, extra
+
+
+def _trained_network(store: RunStore, network_settings_: NetworkSettings, progress: bool, train):
+    path = store.path("network.safetensors")
+    if path.exists():
+        return load_network(path), {"reused": str(path)}
+    network, report = train(network_settings_)
+    save_network(network, path, {"settings": dataclasses.asdict(network_settings_)})
+    return network, {"losses": [round(x, 6) for x in report.losses], "n_examples": report.n_examples, "seconds": round(report.seconds, 3)}
+
+
+def _run_objective(objective: str, predicted: np.ndarray, layout: Layout, settings: SelectSettings, function_class, spec):
+    n_pool = predicted.shape[1]
+    if objective == "topk":
+        scores = function_class.from_options(spec.options, progress=False).candidate_scores(predicted, layout.rows)
+        return selection_module.top_k(scores, selection_budget(settings))
+    similarity = np.maximum(predicted, 0.0)
+    if objective == "fl":
+        return selection_module.facility_location(similarity, selection_budget(settings))
+    data, others = similarity[:n_pool], np.ascontiguousarray(similarity[n_pool:].T)
+    if objective == "flmi":
+        return selection_module.fl_mutual_information(data, others, selection_budget(settings), eta=settings.eta)
+    return selection_module.fl_conditional_gain(data, others, selection_budget(settings), nu=settings.nu)
+
+
+def _select_pointwise(settings, spec, function_class, pool, store, executor, ledger, rng, progress):
+    seen = sample_indices(len(pool), settings.fraction, settings.min_sampled, rng)
+    scores_store = store.matrix("scores", np.zeros(1, dtype=np.int64), seen)
+    blocks = plan_blocks(1, len(seen), 1, settings.block_size)
+    with ledger.stage("influence on sampled examples"):
+        counters, _ = executor.run_pointwise(spec, pool, scores_store, blocks, store.folder, progress=progress)
+        ledger.counters.update(counters)
+    failures = stored_failures(scores_store)
+    ledger.evaluations_made, ledger.evaluations_full = len(seen), len(pool)
+    known = np.asarray(scores_store.array[0], dtype=np.float32)
+    low, high = label_scaling(function_class, known)
+    labels = (known - low) / (high - low)
+    ok = np.isfinite(labels)
+    with ledger.stage("embeddings"):
+        embeddings = embed_records(pool, model=settings.embedder, device=settings.device, progress=progress)
+    with ledger.stage("network training"):
+        network, report = _trained_network(store, network_settings(settings), progress, lambda s: train_pointwise(
+            embeddings[seen[ok]], labels[ok], s, progress=progress))
+    with ledger.stage("prediction"):
+        predicted = predict_pointwise(network, embeddings).astype(np.float32)
+        predicted[seen[ok]] = labels[ok]
+        store.save_array("predicted_scores.npy", predicted)
+    with ledger.stage("selection"):
+        chosen = selection_module.top_k(predicted, selection_budget(settings))
+    extra = {"label_scaling": {"low": low, "high": high}, "sampled": len(seen),
+             "failures": {str(k): v for k, v in sorted(failures.items())}, "network_training": report}
+    return chosen.indices, chosen.gains, chosen.objective, extra
+
+
+def _manifest(settings, options, objective, pool, targets, reports, ledger, extra, n_selected, objective_value) -> dict[str, Any]:
+    skipped: dict[str, int] = {}
+    for report in reports:
+        for reason, count in report.skipped.items():
+            skipped[reason] = skipped.get(reason, 0) + count
+    return {
+        "settings": settings_dict(settings),
+        "influence_options": options,
+        "objective": objective,
+        "environment": environment_info(),
+        "models": {"embedder": model_fingerprint(settings.embedder, kind="embedder"),
+                   **({"lm": model_fingerprint(settings.model)} if settings.influence not in ("delift-se",) else {})},
+        "inputs": [report.as_dict() for report in reports],
+        "counts": {"pool": len(pool), "targets": len(targets), "selected": n_selected, "skipped": skipped},
+        "objective_value": objective_value,
+        "cost": ledger.as_dict(),
+        **extra,
+    }

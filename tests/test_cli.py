@@ -1,0 +1,94 @@
+"""The command line: flags from the settings, YAML configs, and clean errors (exit 2, no traceback)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nncift.cli import build_parser, main
+from nncift.data import write_jsonl
+
+FAST = ["--influence", "delift-se", "--fraction", "0.25", "--epochs", "3", "--quiet"]
+
+
+@pytest.fixture()
+def pool_file(tmp_path: Path, demo_pool) -> Path:
+    path = tmp_path / "pool.jsonl"
+    write_jsonl(path, [r.raw for r in demo_pool])
+    return path
+
+
+def test_flags_come_from_the_settings_with_their_docstrings() -> None:
+    help_text = build_parser()._subparsers._group_actions[0].choices["select"].format_help()  # noqa: SLF001
+    for flag in ("--fraction", "--budget", "--objective", "--embedder", "--model", "--seed", "--targets", "--config", "--hidden-sizes"):
+        assert flag in help_text
+    assert "Fraction u of targets and candidates" in help_text
+
+
+def test_select_from_the_command_line(tmp_path: Path, pool_file: Path, capsys) -> None:
+    code = main(["select", "--data", str(pool_file), *FAST, "--budget", "10", "--out", str(tmp_path / "run")])
+    assert code == 0
+    lines = (tmp_path / "run" / "selected.jsonl").read_text().splitlines()
+    assert len(lines) == 10
+    out = capsys.readouterr().out
+    assert "selected 10 records with fl" in out and "selected.jsonl" in out
+
+
+def test_yaml_config_and_flags_override_it(tmp_path: Path, pool_file: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"data": [str(pool_file)], "budget": 5, "seed": 7, "hidden-sizes": [32, 16]}))
+    assert main(["select", "--config", str(config), *FAST, "--budget", "6", "--out", str(tmp_path / "run")]) == 0
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["settings"]["budget"] == 6 and manifest["settings"]["seed"] == 7
+    assert manifest["settings"]["hidden_sizes"] == [32, 16] and manifest["counts"]["selected"] == 6
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ('{"instruction": "a", "output": "b"}\n{"instruction": "a"}\n', "pool.jsonl:2: field 'output': missing"),
+        ('{"instruction": "a", "output": "b"}\n{oops\n', "pool.jsonl:2: malformed JSON"),
+    ],
+)
+def test_bad_data_exits_2_with_file_line_field(tmp_path: Path, content: str, expected: str) -> None:
+    path = tmp_path / "pool.jsonl"
+    path.write_text(content)
+    run = subprocess.run([sys.executable, "-m", "nncift.cli", "select", "--data", str(path), *FAST, "--out", str(tmp_path / "r")],
+                         capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert run.returncode == 2
+    assert expected in run.stderr and "Traceback" not in run.stderr
+
+
+def test_changed_settings_in_same_folder_exit_2(tmp_path: Path, pool_file: Path, capsys) -> None:
+    assert main(["select", "--data", str(pool_file), *FAST, "--out", str(tmp_path / "run")]) == 0
+    assert main(["select", "--data", str(pool_file), *FAST, "--seed", "9", "--out", str(tmp_path / "run")]) == 2
+    assert "seed: stored 0, now 9" in capsys.readouterr().err
+
+
+def test_unknown_influence_is_a_clear_error(tmp_path: Path, pool_file: Path, capsys) -> None:
+    assert main(["select", "--data", str(pool_file), "--influence", "nope", "--out", str(tmp_path / "r")]) == 2
+    assert "unknown influence function 'nope'" in capsys.readouterr().err
+
+
+def test_fidelity_writes_table_and_plot(tmp_path: Path, pool_file: Path) -> None:
+    assert main(["fidelity", "--data", str(pool_file), "--influence", "delift-se", "--fractions", "0.2,0.5",
+                 "--epochs", "5", "--quiet", "--out", str(tmp_path / "fid")]) == 0
+    payload = json.loads((tmp_path / "fid" / "fidelity.json").read_text())
+    assert [(r["fraction"], r["split"]) for r in payload["rows"]][:4] == [(0.2, "Q1"), (0.2, "Q2"), (0.2, "Q3"), (0.2, "Q4")]
+    assert sum(r["n"] for r in payload["rows"] if r["fraction"] == 0.5) == 64 * 64
+    assert (tmp_path / "fid" / "fidelity.png").stat().st_size > 5000
+    assert "| u | split |" in (tmp_path / "fid" / "fidelity.md").read_text()
+
+
+def test_demo_runs_on_builtin_data(tmp_path: Path) -> None:
+    run = subprocess.run([str(Path(sys.executable).parent / "nncift"), "demo", "--influence", "delift-se", "--quiet", "--out", str(tmp_path / "demo")],
+                         capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert "selected 96 records" in run.stdout
+    assert len((tmp_path / "demo" / "run" / "selected.jsonl").read_text().splitlines()) == 96

@@ -1,0 +1,114 @@
+"""NN-CIFT end to end with DELIFT-SE and the real bundled embedder (fast: embeddings are cached)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nncift import SelectSettings, read_records, run_select
+from nncift.data import write_jsonl
+from nncift.embed import embed_records
+from nncift.pipeline import plan_layout, sample_indices
+from nncift.selection import facility_location
+from nncift.store import SettingsMismatch
+
+
+def _settings(**overrides) -> SelectSettings:
+    base = dict(influence="delift-se", fraction=0.25, min_sampled=8, budget=0.25, epochs=5, quiet=True, seed=3)
+    return SelectSettings(**{**base, **overrides})
+
+
+def test_sampling_is_seeded_random_not_the_first_rows() -> None:
+    first = sample_indices(1000, 0.05, 10, np.random.default_rng(0))
+    again = sample_indices(1000, 0.05, 10, np.random.default_rng(0))
+    other = sample_indices(1000, 0.05, 10, np.random.default_rng(1))
+    assert len(first) == 50 and np.array_equal(first, again) and not np.array_equal(first, other)
+    assert not np.array_equal(first, np.arange(50)) and np.all(np.diff(first) > 0)
+    assert len(sample_indices(20, 0.05, 10, np.random.default_rng(0))) == 10
+
+
+def test_layout_orientation_for_each_objective(demo_pool) -> None:
+    pool, targets = demo_pool[:40], demo_pool[40:52]
+    rng = lambda: np.random.default_rng(0)  # noqa: E731
+    alone = plan_layout(pool, [], "fl", _settings(), rng())
+    assert alone.rows == pool and np.array_equal(alone.seen_rows, alone.seen_cols)
+    targeted = plan_layout(pool, targets, "fl", _settings(), rng())
+    assert targeted.rows == targets and targeted.seen_rows.max() < len(targets)
+    mutual = plan_layout(pool, targets, "flmi", _settings(), rng())
+    assert len(mutual.rows) == 52 and mutual.n_pool_rows == 40
+    assert set(mutual.seen_rows[mutual.seen_rows >= 40] - 40) <= set(range(12))
+
+
+def test_select_with_delift_se_writes_subset_manifest_and_artefacts(tmp_path: Path, demo_pool) -> None:
+    pool_file = tmp_path / "pool.jsonl"
+    write_jsonl(pool_file, [r.raw for r in demo_pool] + [{"instruction": "x", "output": ""}])
+    result = run_select(_settings(data=(str(pool_file),)), tmp_path / "run")
+    assert len(result.indices) == 16 == len(set(result.indices.tolist()))
+    lines = [json.loads(line) for line in (tmp_path / "run" / "selected.jsonl").read_text().splitlines()]
+    assert [line["index"] for line in lines] == result.indices.tolist()
+    assert lines[0]["record"] == demo_pool[lines[0]["index"]].raw  # the record, unchanged
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["counts"] == {"pool": 64, "targets": 0, "selected": 16, "skipped": {"empty output": 1}}
+    cost = manifest["cost"]
+    assert cost["influence_evaluations_made"] == 16 * 16 and cost["influence_evaluations_full_matrix"] == 64 * 64
+    assert {"influence on sampled block", "embeddings", "network training", "prediction", "selection"} <= set(cost["seconds_by_stage"])
+    assert manifest["environment"]["packages"]["torch"] and manifest["inputs"][0]["sha256"]
+    for name in ("q1.npy", "predicted.npy", "network.safetensors", "settings.json"):
+        assert (tmp_path / "run" / name).exists()
+    assert not list((tmp_path / "run").glob("*.pkl"))
+
+
+def test_exact_q1_values_are_kept_and_selection_uses_the_matrix(tmp_path: Path, demo_pool) -> None:
+    result = run_select(_settings(), tmp_path / "run", pool=demo_pool)
+    predicted = np.load(tmp_path / "run" / "predicted.npy")
+    q1, rows, cols = (np.load(tmp_path / "run" / f"q1{x}.npy") for x in ("", ".rows", ".cols"))
+    np.testing.assert_allclose(predicted[np.ix_(rows, cols)], q1, atol=1e-6)
+    embeddings = embed_records(demo_pool, progress=False)
+    np.testing.assert_allclose(q1, (embeddings[rows] @ embeddings[cols].T + 1) / 2, atol=1e-5)
+    assert result.indices.tolist() == facility_location(np.maximum(predicted, 0), 16).indices.tolist()
+
+
+def test_same_seed_same_subset_other_seed_differs(tmp_path: Path, demo_pool) -> None:
+    first = run_select(_settings(), tmp_path / "a", pool=demo_pool)
+    second = run_select(_settings(), tmp_path / "b", pool=demo_pool)
+    third = run_select(_settings(seed=4), tmp_path / "c", pool=demo_pool)
+    assert first.indices.tolist() == second.indices.tolist()
+    assert first.indices.tolist() != third.indices.tolist()
+    np.testing.assert_array_equal(np.load(tmp_path / "a" / "predicted.npy"), np.load(tmp_path / "b" / "predicted.npy"))
+
+
+def test_targets_with_each_objective(tmp_path: Path, demo_pool) -> None:
+    pool, targets = demo_pool[:48], [r for r in demo_pool[48:] if r.task == "sentiment"]
+    for objective in ("fl", "flmi", "flcg", "topk"):
+        result = run_select(_settings(objective=objective, budget=8), tmp_path / objective, pool=pool, targets=targets)
+        assert len(result.indices) == 8 and result.manifest["objective"] == objective
+        rows = len(targets) if objective in ("fl", "topk") else len(pool) + len(targets)
+        assert result.manifest["matrix_shape"] == [rows, len(pool)]
+    exact = {objective: sum(r.task == "sentiment" for r in run_select(
+        _settings(objective=objective, budget=8, fraction=1.0), tmp_path / f"exact-{objective}", pool=pool, targets=targets).records)
+        for objective in ("topk", "flcg")}
+    assert exact == {"topk": 6, "flcg": 0}  # top-k of mean similarity takes all 6; conditional gain avoids P
+
+
+def test_rerun_with_other_settings_is_refused(tmp_path: Path, demo_pool) -> None:
+    run_select(_settings(), tmp_path / "run", pool=demo_pool)
+    run_select(_settings(quiet=False), tmp_path / "run", pool=demo_pool)  # progress bars only: same run
+    with pytest.raises(SettingsMismatch, match="fraction"):
+        run_select(_settings(fraction=0.5), tmp_path / "run", pool=demo_pool)
+
+
+def test_flmi_without_targets_is_a_clear_error(tmp_path: Path, demo_pool) -> None:
+    with pytest.raises(ValueError, match="needs --targets"):
+        run_select(_settings(objective="flmi"), tmp_path / "run", pool=demo_pool)
+
+
+def test_real_alpaca_file(tmp_path: Path) -> None:
+    from conftest import shared_data
+
+    pool, report = read_records(shared_data("alpaca_en_demo.json"))
+    result = run_select(_settings(fraction=0.05, budget=0.3), tmp_path / "run", pool=pool[:300], reports=[report])
+    assert len(result.indices) == 90
+    assert result.manifest["cost"]["influence_evaluations_made"] == 15 * 15
