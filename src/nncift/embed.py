@@ -71,6 +71,18 @@ class EmbeddingCache:
         self._vectors.update(zip(keys, vectors))
 
 
+def encode_texts(texts: Sequence[str], *, model: str = BUNDLED_EMBEDDER, batch_size: int = 64, device: str = "auto") -> np.ndarray:
+    """The encoder's output for one chunk of texts, no cache: float32 (len(texts), d).
+
+    :func:`embed_texts` calls it once per chunk of at most 512 new texts; distributed executors call
+    it on their workers with the same chunks, so that vectors are bit-identical (the composition of
+    a chunk changes the padding of its batches, and so the last bits).
+    """
+    return _embedder(model, device).encode(
+        list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False,
+    ).astype(np.float32)
+
+
 def embed_texts(
     texts: Sequence[str],
     *,
@@ -101,17 +113,13 @@ def embed_texts(
             missing[key] = text
     computed: dict[str, np.ndarray] = {}
     if missing:
-        encoder = _embedder(model, device)
         items = list(missing.items())
         from tqdm.auto import tqdm
 
         with tqdm(total=len(items), desc="embeddings", unit="text", disable=not progress) as bar:
             for start in range(0, len(items), _SHARD_ROWS):
                 chunk = items[start : start + _SHARD_ROWS]
-                vectors = encoder.encode(
-                    [text for _, text in chunk], batch_size=batch_size,
-                    normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False,
-                ).astype(np.float32)
+                vectors = encode_texts([text for _, text in chunk], model=model, batch_size=batch_size, device=device)
                 chunk_keys = [key for key, _ in chunk]
                 if cache is not None:
                     cache.put(chunk_keys, vectors)

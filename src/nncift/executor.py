@@ -11,7 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections import Counter
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -39,6 +39,35 @@ class Executor(ABC):
         blocks: list[Block], workdir: Path, *, progress: bool = True,
     ) -> tuple[Counter, dict[int, str]]:
         """Fill ``blocks`` of the 1 × n ``scores`` matrix; return counters and failures (index → reason)."""
+
+    def embed_records(self, records: Sequence[Record], *, model: str, device: str = "auto", progress: bool = True) -> np.ndarray:
+        """L2-normalised sentence embeddings, float32 (len(records), d), through the embedding cache.
+
+        Default: in this process (:func:`nncift.embed.embed_records`); distributed executors embed shards.
+        """
+        from .embed import embed_records
+
+        return embed_records(records, model=model, device=device, progress=progress)
+
+    def predict_rows(
+        self, network: Any, row_embeddings: np.ndarray, col_embeddings: np.ndarray,
+        row_blocks: list[tuple[int, int]], write: Callable[[int, int, np.ndarray], None], *, progress: bool = True,
+    ) -> None:
+        """Predict row blocks ``(start, stop)`` of the (rows × cols) matrix and hand each to ``write(start, stop,
+        values)`` with values float32 (stop − start, n_cols), in any order. Default: in this process."""
+        from .network import predict_pairwise
+
+        for start, stop in tqdm(row_blocks, desc="predict", unit="block", disable=not progress):
+            write(start, stop, predict_pairwise(network, row_embeddings[start:stop], col_embeddings))
+
+    def close(self) -> None:
+        """Release workers (and a cluster the executor started); the local executor holds nothing."""
+
+    def __enter__(self) -> "Executor":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 class LocalExecutor(Executor):
@@ -104,6 +133,8 @@ def make_executor(name: str = "local", **options: object) -> Executor:
         try:
             from .ray_executor import RayExecutor  # noqa: PLC0415 - optional extra
         except ImportError as error:
+            if error.name is not None and error.name.split(".")[0] != "ray":
+                raise
             raise RuntimeError(f"the ray executor needs `pip install nncift[ray]` ({error})") from None
         return RayExecutor(**options)  # type: ignore[arg-type]
     raise ValueError(f"unknown executor '{name}': choose local or ray")

@@ -131,7 +131,7 @@ class BlockMatrix:
         return not bool(np.isnan(self.array).any())
 
 
-_RUNTIME_KEYS = {"quiet", "out", "config", "device", "executor", "workers", "ray_address", "block_size"}
+_RUNTIME_KEYS = {"quiet", "out", "config", "device", "executor", "workers", "ray_address", "worker_cpus", "worker_gpus", "block_size"}
 """Settings that do not change results; they may differ between a run and its resumption."""
 
 
