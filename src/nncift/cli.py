@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import FidelitySettings, SelectSettings, add_arguments, build_settings, load_yaml
+from .config import FidelitySettings, SelectSettings, add_arguments, build_settings, field_docs, load_yaml
 from .data import DataError
 from .models import ModelError
 from .store import SettingsMismatch
@@ -43,6 +43,9 @@ def _influence_settings_classes() -> list[type]:
 def _add_run_arguments(parser: argparse.ArgumentParser, settings_class: type) -> None:
     parser.add_argument("--out", required=True, help="run folder")
     parser.add_argument("--config", help="YAML file with settings (flags override it)")
+    parser.add_argument("--model", dest="model", action="append", default=None,
+                        help=f"{field_docs(settings_class)['model']} Repeat the flag to rate with several models "
+                             f"(selectit's model-level reflection). (default: {settings_class.model!r})")
     add_arguments(parser, settings_class)
     own = {f.name for f in dataclasses.fields(settings_class)}
     group = parser.add_argument_group("influence-function options")
@@ -60,7 +63,25 @@ def _split_settings(args: argparse.Namespace, settings_class: type) -> tuple[Any
     unknown = set(values) - own
     if unknown:
         raise ValueError(f"unknown settings: {', '.join(sorted(unknown))}")
-    return build_settings(settings_class, values), options
+    models = values.get("model")
+    if isinstance(models, (list, tuple)):  # --model given once or more (or a YAML list)
+        values["model"] = str(models[0])
+    settings = build_settings(settings_class, values)
+    if isinstance(models, (list, tuple)) and len(models) > 1:
+        _add_model_list(settings, options, [str(m) for m in models])
+    return settings, options
+
+
+def _add_model_list(settings: Any, options: dict[str, Any], models: list[str]) -> None:
+    """A repeated --model becomes the influence function's ``models`` option (only those that have one)."""
+    from .influence import influence_class
+
+    if "models" not in {f.name for f in dataclasses.fields(influence_class(settings.influence).Settings)}:
+        raise ValueError(f"--model given {len(models)} times, but {settings.influence} rates with one model "
+                         "(several models: selectit)")
+    if options.get("models"):
+        raise ValueError("give the rating models either as a repeated --model or as --models, not both")
+    options["models"] = models
 
 
 def cmd_select(args: argparse.Namespace) -> int:

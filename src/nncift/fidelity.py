@@ -91,14 +91,22 @@ def run_fidelity(settings: FidelitySettings, out: str | Path, *, pool: Sequence[
     """Compute the full matrix (or all scores) once, then train and evaluate at each fraction."""
     if pool is None:
         pool, _, _ = load_inputs(settings)
-    pool = list(pool)[: settings.limit or None]
-    options = dict(influence_options or {})
+    with _executor(settings) as executor:
+        return _run_fidelity(settings, out, list(pool), dict(influence_options or {}), executor)
+
+
+def _executor(settings: FidelitySettings):
+    if settings.executor == "local":
+        return make_executor("local")
+    return make_executor(settings.executor, workers=settings.workers, address=settings.ray_address,
+                         cpus_per_worker=settings.worker_cpus, gpus_per_worker=settings.worker_gpus)
+
+
+def _run_fidelity(settings: FidelitySettings, out: str | Path, pool: list[Record], options: dict[str, Any], executor) -> FidelityResult:
+    pool = pool[: settings.limit or None]
     store = RunStore(out, {**settings_dict(settings), "influence_options": options, "command": "fidelity"})
     function_class = influence_class(settings.influence)
     spec = influence_spec(settings, options)
-    executor = make_executor("local") if settings.executor == "local" else make_executor(
-        settings.executor, workers=settings.workers, address=settings.ray_address,
-        cpus_per_worker=settings.worker_cpus, gpus_per_worker=settings.worker_gpus)
     ledger = CostLedger()
     progress = not settings.quiet
     n = len(pool)
@@ -191,7 +199,8 @@ def plot_fidelity(rows: list[dict[str, Any]], path: Path, *, title: str) -> None
         axis.set_title(split)
         axis.set_xlabel("sampled fraction u")
         axis.set_xscale("log")
-    axes[0][0].set_ylabel("MSE (labels scaled to [0, 1])")
+        axis.set_yscale("log")
+    axes[0][0].set_ylabel("MSE (labels scaled to [0, 1]), log scale")
     axes[0][-1].legend(fontsize=7)
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
