@@ -10,7 +10,8 @@ Supported layouts (detected per record, so mixed files work):
 - prompt/completion: ``prompt``, ``completion`` (a trailing ``<|endoftext|>`` is stripped);
 - question/answer: ``question``, ``answer`` (GSM8K);
 - chat: ``messages`` = list of ``{"role", "content"}``; the last assistant turn is the output,
-  the user turns before it the instruction.
+  the user turns before it the instruction;
+- a row of a run's ``selected.jsonl`` (``index``, ``score``, ``record``): the record inside.
 
 Files: ``.json`` (a list of records), ``.jsonl`` (one record per line), or, with
 ``datasets`` installed, anything ``datasets.load_dataset`` can open (``hf:NAME[:SPLIT]``).
@@ -124,6 +125,8 @@ def record_from_dict(obj: Any, path: Path, line: int, task: str | None = None) -
     """Turn one parsed JSON object into a :class:`Record`, or raise :class:`DataError`."""
     if not isinstance(obj, dict):
         raise DataError(path, line, None, f"expected a JSON object, got {type(obj).__name__}")
+    if set(obj) == {"index", "score", "record"} and isinstance(obj["record"], dict):
+        obj = obj["record"]  # a row of a run's selected.jsonl
     task = obj.get("task") if isinstance(obj.get("task"), str) else task
     if "messages" in obj:
         instruction, output = _from_messages(obj["messages"], path, line)

@@ -6,6 +6,9 @@
 3. run the selection that belongs to the influence function on the predicted matrix (exact Q1
    values kept) and return a subset of the pool.
 
+:func:`run_full_select` is the baseline: the same layout and selection on the matrix the influence
+function computes for every pair (no sampling, no network).
+
 Matrix layout (rows = targets, columns = candidates = the pool):
 
 - ``fl`` without targets: rows are the pool itself (represent the pool);
@@ -26,14 +29,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import selection as selection_module
+from . import streaming
 from .config import SelectSettings, environment_info, settings_dict
 from .data import LoadReport, Record, read_many, write_jsonl
-from .embed import embed_records
 from .executor import make_executor, stored_failures
-from .influence import InfluenceSpec, influence_class
+from .influence import InfluenceSpec, PairwiseInfluence, influence_class
 from .ledger import CostLedger
 from .models import model_fingerprint
-from .network import NetworkSettings, load_network, predict_pairwise, predict_pointwise, save_network, train_pairwise, train_pointwise
+from .network import NetworkSettings, load_network, predict_pointwise, save_network, train_pairwise, train_pointwise
 from .store import RunStore, plan_blocks
 
 
@@ -178,10 +181,73 @@ def run_select(
                              cpus_per_worker=settings.worker_cpus, gpus_per_worker=settings.worker_gpus) \
         if settings.executor != "local" else make_executor("local")
     rng = np.random.default_rng(settings.seed)
-    if function_class.pairwise:
-        indices, scores, objective_value, extra = _select_pairwise(settings, spec, function_class, objective, pool, targets, store, executor, ledger, rng, progress)
-    else:
-        indices, scores, objective_value, extra = _select_pointwise(settings, spec, function_class, pool, store, executor, ledger, rng, progress)
+    with executor:
+        if function_class.pairwise:
+            indices, scores, objective_value, extra = _select_pairwise(settings, spec, function_class, objective, pool, targets, store, executor, ledger, rng, progress)
+        else:
+            indices, scores, objective_value, extra = _select_pointwise(settings, spec, function_class, pool, store, executor, ledger, rng, progress)
+    return _finish(store, settings, options, objective, pool, targets, reports, ledger, extra, indices, scores, objective_value)
+
+
+def run_full_select(
+    settings: SelectSettings,
+    out: str | Path,
+    *,
+    pool: Sequence[Record] | None = None,
+    targets: Sequence[Record] | None = None,
+    influence_options: dict[str, Any] | None = None,
+    reports: Sequence[LoadReport] = (),
+) -> SelectionResult:
+    """Select with the original influence function: computed on every pair (or example), no network.
+
+    The baseline NN-CIFT is measured against (METHODS.md §6): the same matrix layout, label scaling
+    (the function's fixed range, else min–max of the whole matrix) and selection as
+    :func:`run_select`, with ``settings.fraction`` ignored. The full matrix is kept in the run
+    folder as ``full.npy`` (rows = ``full.rows.npy``, resumable); pointwise scores as ``scores.npy``.
+    Arguments and result as :func:`run_select`.
+    """
+    ledger = CostLedger()
+    progress = not settings.quiet
+    with ledger.stage("load data"):
+        if pool is None:
+            pool, targets, loaded = load_inputs(settings)
+            reports = list(reports) + loaded
+        pool, targets = list(pool), list(targets or [])
+    options = dict(influence_options or {})
+    store = RunStore(out, {**settings_dict(settings), "fraction": 1.0, "influence_options": options, "command": "full-select"})
+    function_class = influence_class(settings.influence)
+    objective = resolve_objective(settings, function_class, bool(targets))
+    spec = influence_spec(settings, options)
+    executor = make_executor(settings.executor, workers=settings.workers, address=settings.ray_address,
+                             cpus_per_worker=settings.worker_cpus, gpus_per_worker=settings.worker_gpus) \
+        if settings.executor != "local" else make_executor("local")
+    with executor:
+        if function_class.pairwise:
+            layout = plan_layout(pool, targets, objective, dataclasses.replace(settings, fraction=1.0), np.random.default_rng(settings.seed))
+            full = store.matrix("full", np.arange(len(layout.rows)), np.arange(len(pool)))
+            with ledger.stage("influence on full matrix"):
+                ledger.counters.update(executor.run_pairwise(spec, layout.rows, pool, full, plan_blocks(*full.shape, settings.block_size, settings.block_size), store.folder, progress=progress))
+        else:
+            full = store.matrix("scores", np.zeros(1, dtype=np.int64), np.arange(len(pool)))
+            with ledger.stage("influence on all examples"):
+                counters, _ = executor.run_pointwise(spec, pool, full, plan_blocks(1, len(pool), 1, settings.block_size), store.folder, progress=progress)
+                ledger.counters.update(counters)
+    ledger.evaluations_made = ledger.evaluations_full = int(full.array.size)
+    values = np.asarray(full.array, dtype=np.float32)
+    low, high = label_scaling(function_class, values)
+    scaled = (values - low) / (high - low)
+    with ledger.stage("selection"):
+        if function_class.pairwise:
+            chosen = _run_objective(objective, np.where(np.isfinite(scaled), scaled, 0.0), layout, settings, function_class, spec)
+        else:
+            chosen = selection_module.top_k(np.where(np.isfinite(scaled[0]), scaled[0], -1.0), settings.budget)  # failures last
+    extra = {"label_scaling": {"low": low, "high": high, "source": "fixed range" if function_class.label_range else "min-max of the full matrix"},
+             "matrix_shape": list(full.shape), "not_computed": int(np.isnan(values).sum())}
+    return _finish(store, settings, options, objective, pool, targets, reports, ledger, extra, chosen.indices, chosen.gains, chosen.objective)
+
+
+def _finish(store, settings, options, objective, pool, targets, reports, ledger, extra, indices, scores, objective_value) -> SelectionResult:
+    """Write ``selected.jsonl`` and ``manifest.json``; return the :class:`SelectionResult`."""
     chosen = [pool[i] for i in indices]
     write_jsonl(store.path("selected.jsonl"), [
         {"index": int(i), "score": float(s), "record": record.raw or dataclasses.asdict(record)}
@@ -201,10 +267,10 @@ def _select_pairwise(settings, spec, function_class, objective, pool, targets, s
     ledger.evaluations_made = int(seen.array.size)
     ledger.evaluations_full = len(layout.rows) * len(pool)
     with ledger.stage("embeddings"):
-        col_embeddings = embed_records(pool, model=settings.embedder, device=settings.device, progress=progress)
+        col_embeddings = executor.embed_records(pool, model=settings.embedder, device=settings.device, progress=progress)
         parts = [col_embeddings[: layout.n_pool_rows]]
         if len(layout.rows) > layout.n_pool_rows:
-            parts.append(embed_records(layout.rows[layout.n_pool_rows :], model=settings.embedder, device=settings.device, progress=progress))
+            parts.append(executor.embed_records(layout.rows[layout.n_pool_rows :], model=settings.embedder, device=settings.device, progress=progress))
         row_embeddings = np.concatenate(parts) if len(parts) > 1 else parts[0]
     known = np.asarray(seen.array, dtype=np.float32)
     low, high = label_scaling(function_class, known)
@@ -212,13 +278,14 @@ def _select_pairwise(settings, spec, function_class, objective, pool, targets, s
     with ledger.stage("network training"):
         network, report = _trained_network(store, network_settings(settings), progress, lambda s: train_pairwise(
             row_embeddings[layout.seen_rows], col_embeddings[layout.seen_cols], labels, s, progress=progress))
-    with ledger.stage("prediction"):
-        predicted = np.lib.format.open_memmap(store.path("predicted.npy"), mode="w+", dtype=np.float32, shape=(len(layout.rows), len(pool)))
-        predict_pairwise(network, row_embeddings, col_embeddings, out=predicted, progress=progress)
-        predicted[np.ix_(layout.seen_rows, layout.seen_cols)] = np.where(np.isfinite(labels), labels, predicted[np.ix_(layout.seen_rows, layout.seen_cols)])
-        predicted.flush()
-    with ledger.stage("selection"):
-        chosen = _run_objective(objective, predicted, layout, settings, function_class, spec)
+    with ledger.stage("prediction"):  # row blocks written to disk; Q1 keeps its exact values
+        predicted = streaming.predict_to_npy(network, row_embeddings, col_embeddings, store.path("predicted.npy"), executor=executor,
+                                             known=(layout.seen_rows, layout.seen_cols, labels), progress=progress)
+    with ledger.stage("selection"):  # on a cluster, or when it would not fit: from disk, same result
+        if executor.name == "local" and streaming.fits_in_memory((len(layout.rows), len(pool))):
+            chosen = _run_objective(objective, np.load(predicted, mmap_mode="r"), layout, settings, function_class, spec)
+        else:
+            chosen = _stream_objective(objective, predicted, layout, settings, function_class, spec, store.folder)
     extra = {"label_scaling": {"low": low, "high": high, "source": "fixed range" if function_class.label_range else "min-max of Q1"},
              "sampled_rows": len(layout.seen_rows), "sampled_cols": len(layout.seen_cols),
              "matrix_shape": [len(layout.rows), len(pool)], "network_training": report}
@@ -248,6 +315,15 @@ def _run_objective(objective: str, predicted: np.ndarray, layout: Layout, settin
     return selection_module.fl_conditional_gain(data, others, selection_budget(settings), nu=settings.nu)
 
 
+def _stream_objective(objective: str, predicted: Path, layout: Layout, settings: SelectSettings, function_class, spec, workdir: Path):
+    """:func:`_run_objective` without loading the matrix (:func:`nncift.streaming.select_from_npy`)."""
+    function = function_class.from_options(spec.options, progress=False)
+    own_scores = type(function).candidate_scores is not PairwiseInfluence.candidate_scores
+    return streaming.select_from_npy(
+        objective, predicted, selection_budget(settings), n_pool_rows=layout.n_pool_rows, eta=settings.eta, nu=settings.nu,
+        candidate_scores=(lambda matrix: function.candidate_scores(matrix, layout.rows)) if own_scores else None, workdir=workdir)
+
+
 def _select_pointwise(settings, spec, function_class, pool, store, executor, ledger, rng, progress):
     seen = sample_indices(len(pool), settings.fraction, settings.min_sampled, rng)
     scores_store = store.matrix("scores", np.zeros(1, dtype=np.int64), seen)
@@ -262,7 +338,7 @@ def _select_pointwise(settings, spec, function_class, pool, store, executor, led
     labels = (known - low) / (high - low)
     ok = np.isfinite(labels)
     with ledger.stage("embeddings"):
-        embeddings = embed_records(pool, model=settings.embedder, device=settings.device, progress=progress)
+        embeddings = executor.embed_records(pool, model=settings.embedder, device=settings.device, progress=progress)
     with ledger.stage("network training"):
         network, report = _trained_network(store, network_settings(settings), progress, lambda s: train_pointwise(
             embeddings[seen[ok]], labels[ok], s, progress=progress))

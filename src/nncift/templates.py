@@ -25,11 +25,20 @@ def delift_prompt_with_example(target: Record, example: Record) -> str:
 
 def delift_prefix(example: Record) -> str:
     """The part of the one-shot prompt that depends only on the candidate (reusable key/value cache)."""
+    return delift_example_header() + delift_example(example)
+
+
+def delift_example_header() -> str:
+    """The fixed opening of the one-shot prompt (the same for every candidate)."""
     return (
         "Instruction:\nUse the following example as a guide to answer the query in the same format "
         "and style, providing a clear and concise response.\n\n\n"
-        f"Example:\n{example.query}\n{example.output}\n\n\n"
     )
+
+
+def delift_example(example: Record) -> str:
+    """The candidate (x_j, y_j) shown in the one-shot prompt, after :func:`delift_example_header`."""
+    return f"Example:\n{example.query}\n{example.output}\n\n\n"
 
 
 def delift_query_suffix(target: Record) -> str:

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Rebuild BENCHMARKS.md from the latest result of each benchmark (bench/results/*.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+order=(prediction selection fidelity_delift_se delift delift_cost delift_fidelity compressors less selectit experiment_targeted experiment_general ray)
+{
+  echo "# Benchmarks"
+  echo
+  echo "The latest result of each benchmark in \`bench/\`, with the command that produced it. Every table"
+  echo "compares against a baseline measured in the same run (ratios). Machine: 2 CPU cores, 24 GiB, no GPU;"
+  echo "unless a table says otherwise, the cores were shared with other jobs while it ran (see each table's"
+  echo "load notes), which lowers absolute speeds but not the ratios taken within one run."
+  echo "Regenerate this file with \`bash bench/collect.sh\` after re-running a benchmark."
+  for name in "${order[@]}"; do
+    file="bench/results/$name.md"
+    [ -f "$file" ] || continue
+    echo; echo "---"; echo
+    sed -e 's/^# /## /' "$file"
+  done
+} > BENCHMARKS.md
+echo "BENCHMARKS.md: $(grep -c '^## ' BENCHMARKS.md) sections"
