@@ -9,7 +9,7 @@ For every seed, the same base model is fine-tuned with LoRA on, and evaluated af
   (:func:`nncift.pipeline.run_full_select`), once with the first seed unless ``original_per_seed``;
 - ``<function>:nncift``: the subset of NN-CIFT at fraction u (:func:`nncift.pipeline.run_select`).
 
-Every arm lives in its own folder under ``out/arms`` and is skipped when its ``evaluation.json``
+Every arm lives in its own folder under ``out/arms`` and is skipped when its ``arm.json``
 exists, so an interrupted experiment resumes, and adding a seed or an influence function to the
 config runs only the new arms. The results go to ``results.json``, ``report.html`` (self-contained)
 and ``results.md``.
@@ -146,9 +146,9 @@ class Experiment:
     def run_arm(self, arm: str, seed: int | None, indices: np.ndarray | None) -> dict[str, Any]:
         """Fine-tune on the pool records ``indices`` (None: no fine-tuning) and evaluate; reuse a finished arm."""
         folder = self.folder / "arms" / arm.replace(":", "-") / ("once" if seed is None else f"seed{seed}")
-        done = folder / "evaluation.json"
+        done = folder / "arm.json"  # written last: an arm stopped before it is redone from its saved adapter
         if done.is_file():
-            return json.loads((folder / "arm.json").read_text(encoding="utf-8"))
+            return json.loads(done.read_text(encoding="utf-8"))
         folder.mkdir(parents=True, exist_ok=True)
         info: dict[str, Any] = {"arm": arm, "seed": seed, "finetune_seconds": 0.0}
         adapter = ""
@@ -165,9 +165,9 @@ class Experiment:
                         final_train_loss=float(np.mean(summary["losses"][-max(1, len(summary["losses"]) // 10):])))
             adapter = str(adapter_dir)
         self._say(f"evaluating {arm} seed {seed}")
-        evaluation = run_evaluate(dataclasses.replace(self.config.evaluate, adapter=adapter), self.splits.heldout, done)
+        evaluation = run_evaluate(dataclasses.replace(self.config.evaluate, adapter=adapter), self.splits.heldout, folder / "evaluation.json")
         info["metrics"] = {k: v for k, v in evaluation.metrics.items() if k not in ("settings", "environment")}
-        self.store_json(folder / "arm.json", info)
+        self.store_json(done, info)
         return info
 
     def arms_for_seed(self, seed: int, influences: list[str]) -> list[dict[str, Any]]:

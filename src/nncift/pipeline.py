@@ -240,7 +240,7 @@ def run_full_select(
         if function_class.pairwise:
             chosen = _run_objective(objective, np.where(np.isfinite(scaled), scaled, 0.0), layout, settings, function_class, spec)
         else:
-            chosen = selection_module.top_k(np.where(np.isfinite(scaled[0]), scaled[0], -1.0), settings.budget)  # failures last
+            chosen = selection_module.top_k(np.where(np.isfinite(scaled[0]), scaled[0], -1.0), selection_budget(settings))  # failures last
     extra = {"label_scaling": {"low": low, "high": high, "source": "fixed range" if function_class.label_range else "min-max of the full matrix"},
              "matrix_shape": list(full.shape), "not_computed": int(np.isnan(values).sum())}
     return _finish(store, settings, options, objective, pool, targets, reports, ledger, extra, chosen.indices, chosen.gains, chosen.objective)
