@@ -30,7 +30,22 @@ truncated part is counted once per record in :attr:`Delift.counters` (``truncate
 **Speed.** Sequences are batched by a token budget (sorted by length). With ``prefix_reuse`` the
 prefix of candidate j is run once per block and its key/value cache is shared by all the block's
 targets, which run after it (sorted by length, right-padded); the output layer runs only at the
-positions that predict scored tokens. ``d_without`` is computed once per target and kept.
+positions that predict scored tokens. ``d_without`` is computed once per target and kept. Skipping
+the prefix can at most divide the tokens by ``(prefix + suffix) / suffix`` (about 2.2 for Alpaca-like
+records, whose response sits in the suffix and must be run for every pair): see
+``bench/bench_delift.py``.
+
+**Cost counters** (summed into the manifest's cost ledger): ``forward_passes`` (LM sequences
+scored: N zero-shot + N·M one-shot, the paper's count), ``model_calls`` (batched calls, prefix
+passes included), ``prefix_passes``, ``tokens`` (real tokens run through the model),
+``padding_tokens``, ``output_positions`` (where the output layer ran),
+``tokens_saved_by_prefix_reuse``, ``evaluations`` (matrix entries), the truncation counts, and
+``milliseconds_model_load`` / ``milliseconds_without_example`` / ``milliseconds_with_example``.
+
+**Determinism.** A block's values depend only on its target and candidate indices: its batches are
+planned from them alone, and ``d_without`` of a block's targets is computed for all of them
+together the first time a block of those rows runs. A resumed run therefore reproduces an
+uninterrupted one bit for bit when both use the same blocks.
 """
 
 from __future__ import annotations
