@@ -171,3 +171,16 @@ def test_cli_select_only_computes_subsets_without_fine_tuning(family_files: Path
     assert not (out / "arms").exists()
     pool = read_records(out / "data" / "pool.jsonl")[0]
     assert len(pool) == 32 and all(record.task for record in pool)  # the written splits keep the family labels
+
+
+def test_report_only_reports_finished_arms_and_lists_the_rest(family_files: Path, tiny_lm_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "partial"
+    experiment = Experiment(config_from_dict(_config(family_files, out, tiny_lm_dir)))
+    experiment.run_arm("base", None, None)
+    experiment.selection("delift-se", "nncift", 0)
+    results = experiment.run(report_only=True)
+    assert [arm["arm"] for arm in results["arms"]] == ["base"]
+    assert "delift-se:nncift seed 1" in results["missing_arms"] and "random seed 0" in results["missing_arms"]
+    assert results["cost"]["delift-se"]["original"]["estimated"] and not results["fidelity"]
+    assert not (out / "arms" / "random").exists() and not (out / "selections" / "delift-se-original-seed0").exists()
+    assert "Not run (yet)" in (out / "results.md").read_text() and (out / "report.html").is_file()

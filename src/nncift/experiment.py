@@ -202,25 +202,53 @@ class Experiment:
                                  **composition(records, self.settings.target_family)})
         return rows
 
-    def run(self) -> dict[str, Any]:
-        """Every arm, then the fidelity and cost analysis; writes results.json, results.md and report.html."""
+    def expected_arms(self, influences: list[str]) -> list[tuple[str, int | None]]:
+        """(arm, seed) of every arm the settings ask for, in run order."""
+        expected: list[tuple[str, int | None]] = [("base", None)]
+        for seed in self.settings.seeds:
+            expected += [("random", seed), ("full", seed)]
+            for influence in influences:
+                if influence not in self.settings.original_omitted:
+                    expected.append((f"{influence}:original", seed))
+                expected.append((f"{influence}:nncift", seed))
+        return expected
+
+    def finished_arm(self, arm: str, seed: int | None) -> dict[str, Any] | None:
+        """The record of a finished arm, or None."""
+        path = self.folder / "arms" / arm.replace(":", "-") / ("once" if seed is None else f"seed{seed}") / "arm.json"
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+    def run(self, *, report_only: bool = False) -> dict[str, Any]:
+        """Every arm, then the fidelity and cost analysis; writes results.json, results.md and report.html.
+
+        With ``report_only`` nothing is computed: the report covers the arms and selections finished so far
+        and lists the missing arms.
+        """
         from .experiment_analysis import cost_summary, fidelity_summary
         from .report import markdown_report, write_report
 
         start = time.perf_counter()
         influences, unavailable = available_influences(self.settings.influences)
-        arms = [self.run_arm("base", None, None)]
-        for seed in self.settings.seeds:
-            arms += self.arms_for_seed(seed, influences)
+        if report_only:
+            found = [(key, self.finished_arm(*key)) for key in self.expected_arms(influences)]
+            arms = [arm for _, arm in found if arm is not None]
+            missing = [f"{name}" + ("" if seed is None else f" seed {seed}") for (name, seed), arm in found if arm is None]
+        else:
+            arms = [self.run_arm("base", None, None)]
+            for seed in self.settings.seeds:
+                arms += self.arms_for_seed(seed, influences)
+            missing = []
         results = {
             "name": self.settings.name, "config": self.config.as_dict(), "environment": environment_info(),
             "data": self.splits.summary(), "budget": self.budget, "influences": influences, "unavailable": unavailable,
             "original_omitted": {k: v for k, v in self.settings.original_omitted.items() if k in influences},
-            "arms": arms, "cost": {}, "fidelity": {},
+            "arms": arms, "missing_arms": missing, "cost": {}, "fidelity": {},
         }
         for influence in influences:
-            results["cost"][influence] = cost_summary(self, influence)
-            if influence not in self.settings.original_omitted:
+            cost = cost_summary(self, influence)
+            if cost:
+                results["cost"][influence] = cost
+            if influence not in self.settings.original_omitted and self.has_selection(influence, "original", self.original_seed(self.settings.seeds[0])):
                 results["fidelity"][influence] = fidelity_summary(self, influence)
         results["seconds"] = round(time.perf_counter() - start, 1)
         results["finished"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -228,6 +256,10 @@ class Experiment:
         (self.folder / "results.md").write_text(markdown_report(results), encoding="utf-8")
         write_report(results, self.folder / "report.html")
         return results
+
+    def has_selection(self, influence: str, method: str, seed: int) -> bool:
+        """True when that selection has finished (its manifest exists)."""
+        return (self.folder / "selections" / f"{influence}-{method}-seed{seed}" / "manifest.json").is_file()
 
     # ---------------------------------------------------------------------------- helpers
     def _say(self, message: str) -> None:
@@ -289,6 +321,7 @@ def register_cli(subparsers: Any) -> None:
     parser.add_argument("--out", help="experiment folder (default: the config's out)")
     parser.add_argument("--seeds", type=lambda text: [int(s) for s in text.split(",")], help="override the seeds, e.g. 0,1")
     parser.add_argument("--select-only", action="store_true", help="compute the subsets only (no fine-tuning); a later run reuses them")
+    parser.add_argument("--report-only", action="store_true", help="compute nothing: report the arms finished so far and list the missing ones")
     parser.set_defaults(handler=_cmd_experiment)
 
 
@@ -301,7 +334,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
             share = "" if row["target_share"] is None else f", target share {row['target_share']:.2f}"
             print(f"{row['influence']} {row['method']} seed {row['seed']}: {row['n_train']} records{share}; {row['by_family']}")
         return 0
-    results = run_experiment(config, args.out)
+    results = Experiment(config, args.out).run(report_only=True) if args.report_only else run_experiment(config, args.out)
     from .report import markdown_table
 
     print(markdown_table(results))

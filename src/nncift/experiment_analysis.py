@@ -38,26 +38,30 @@ def _mean_stages(manifests: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def cost_summary(experiment: Any, influence: str) -> dict[str, Any]:
-    """Mean seconds per stage over the seeds, evaluations made and needed, for original and NN-CIFT.
+    """Mean seconds per stage over the seeds, evaluations made and needed, for original and NN-CIFT (empty: none finished).
 
     An omitted original is extrapolated from NN-CIFT's sampled block: its seconds per evaluation
     (model loading included, so an over-estimate for tiny blocks) times the full matrix's evaluations.
+    Only the part of a selection computed by its last invocation is timed (a resumed selection looks cheaper).
     """
-    seeds = experiment.settings.seeds
+    seeds = [s for s in experiment.settings.seeds if experiment.has_selection(influence, "nncift", s)]
+    if not seeds:
+        return {}
     nncift = [_manifest(experiment, influence, "nncift", seed) for seed in seeds]
     cost = nncift[0]["cost"]
     summary = {"nncift": {"seconds_by_stage": _mean_stages(nncift), "evaluations": cost["influence_evaluations_made"],
                           "full_evaluations": cost["influence_evaluations_full_matrix"], "counters": cost["counters"]}}
-    if influence in experiment.settings.original_omitted:
+    originals = sorted({experiment.original_seed(seed) for seed in experiment.settings.seeds})
+    originals = [seed for seed in originals if experiment.has_selection(influence, "original", seed)]
+    if influence in experiment.settings.original_omitted or not originals:
         made = max(1, cost["influence_evaluations_made"])
         stage = next((s for s in cost["seconds_by_stage"] if s.startswith("influence")), None)
         per_evaluation = float(np.mean([m["cost"]["seconds_by_stage"].get(stage, 0.0) for m in nncift])) / made
         full = cost["influence_evaluations_full_matrix"]
         summary["original"] = {"seconds_by_stage": {"influence on full matrix (extrapolated)": per_evaluation * full},
                                "evaluations": full, "estimated": True,
-                               "reason": experiment.settings.original_omitted[influence]}
+                               "reason": experiment.settings.original_omitted.get(influence, "not computed yet")}
     else:
-        originals = sorted({experiment.original_seed(seed) for seed in seeds})
         manifests = [_manifest(experiment, influence, "original", seed) for seed in originals]
         summary["original"] = {"seconds_by_stage": _mean_stages(manifests), "estimated": False,
                                "evaluations": manifests[0]["cost"]["influence_evaluations_made"],
@@ -65,13 +69,21 @@ def cost_summary(experiment: Any, influence: str) -> dict[str, Any]:
     return summary
 
 
+def _selected_indices(experiment: Any, influence: str, method: str, seed: int) -> set[int] | None:
+    path = experiment.folder / "selections" / f"{influence}-{method}-seed{seed}" / "selected.jsonl"
+    if not path.is_file():
+        return None
+    return {json.loads(line)["index"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
+
+
 def _subset_overlap(experiment: Any, influence: str) -> list[float]:
-    """Per seed: share of the original subset that NN-CIFT also picked."""
+    """Per seed (with both selections finished): share of the original subset that NN-CIFT also picked."""
     overlaps = []
     for seed in experiment.settings.seeds:
-        original = set(experiment.selection(influence, "original", experiment.original_seed(seed)).indices.tolist())
-        nncift = set(experiment.selection(influence, "nncift", seed).indices.tolist())
-        overlaps.append(len(original & nncift) / max(1, len(original)))
+        original = _selected_indices(experiment, influence, "original", experiment.original_seed(seed))
+        nncift = _selected_indices(experiment, influence, "nncift", seed)
+        if original is not None and nncift is not None:
+            overlaps.append(len(original & nncift) / max(1, len(original)))
     return overlaps
 
 

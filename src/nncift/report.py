@@ -115,6 +115,8 @@ def verdict_sentences(results: dict[str, Any]) -> list[str]:
         sentences.append(f"{influence}: the original (full-matrix) arm was not run: {reason}.")
     for influence, reason in results.get("unavailable", {}).items():
         sentences.append(f"{influence}: {reason}; not part of this run.")
+    if results.get("missing_arms"):
+        sentences.append("Not run (yet) within the compute budget: " + ", ".join(results["missing_arms"]) + ".")
     return sentences
 
 
