@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=None, help="also write the markdown report here")
     args = parser.parse_args(argv)
     _isolated_embedding_cache()
+    import torch as _torch
+
+    threads_at_start = _torch.get_num_threads()
 
     import shutil
 
@@ -103,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
              f"Command: `{_command('bench/bench_delift_cost.py')}`", "",
              f"Date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}  ",
              f"Machine: {cpu_name()}, {os.cpu_count()} cores shared with other jobs (load average at the end {os.getloadavg()[0]:.1f}), "
-             f"torch {torch.__version__} ({torch.get_num_threads()} threads); model `{args.model}` fp32, prefix reuse, token budget 2048, max_length 2048", "",
+             f"torch {torch.__version__} ({threads_at_start} intra-op threads at the start, {torch.get_num_threads()} at the end); model `{args.model}` fp32, prefix reuse, token budget 2048, max_length 2048", "",
              f"Pool = targets = the first {n} records of `{args.data.name}`; NN-CIFT fraction u = {args.fraction} "
              f"(Q1 = {sampled_rows} × {sampled_cols} = {pairs:,} random pairs). **The DELIFT-on-all-pairs row is extrapolated**, "
              f"not run: from the per-pair and per-target times of those {pairs:,} random pairs (timed inside DELIFT, same run, same settings), "

@@ -2,7 +2,7 @@
 # Rebuild BENCHMARKS.md from the latest result of each benchmark (bench/results/*.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-order=(prediction selection fidelity_delift_se delift delift_cost delift_fidelity compressors less selectit experiment_targeted experiment_general ray)
+order=(prediction selection fidelity_delift_se delift delift_cost delift_fidelity compressors less less_readme selectit experiment_targeted experiment_general ray)
 {
   echo "# Benchmarks"
   echo

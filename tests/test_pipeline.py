@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -98,6 +99,23 @@ def test_rerun_with_other_settings_is_refused(tmp_path: Path, demo_pool) -> None
     run_select(_settings(quiet=False), tmp_path / "run", pool=demo_pool)  # progress bars only: same run
     with pytest.raises(SettingsMismatch, match="fraction"):
         run_select(_settings(fraction=0.5), tmp_path / "run", pool=demo_pool)
+
+
+def test_finished_run_is_reused_with_its_cost_and_changed_records_are_refused(tmp_path: Path, demo_pool) -> None:
+    first = run_select(_settings(), tmp_path / "run", pool=demo_pool)
+    manifest = (tmp_path / "run" / "manifest.json").read_text()
+    (tmp_path / "run" / "predicted.npy").unlink()  # a recomputation would have to write it again
+    again = run_select(_settings(), tmp_path / "run", pool=demo_pool)
+    assert np.array_equal(again.indices, first.indices) and np.allclose(again.scores, first.scores)
+    assert [r.source for r in again.records] == [r.source for r in first.records]
+    assert (tmp_path / "run" / "manifest.json").read_text() == manifest  # the ledger of the run that did the work
+    assert not (tmp_path / "run" / "predicted.npy").exists()
+    changed = [dataclasses.replace(demo_pool[0], output=demo_pool[0].output + " (edited)")] + list(demo_pool[1:])
+    with pytest.raises(SettingsMismatch, match="records_sha256"):
+        run_select(_settings(), tmp_path / "run", pool=changed)
+    (tmp_path / "run" / "manifest.json").unlink()  # killed before the end: resumes, still refuses other records
+    with pytest.raises(SettingsMismatch, match="other records"):
+        run_select(_settings(), tmp_path / "run", pool=changed)
 
 
 def test_flmi_without_targets_is_a_clear_error(tmp_path: Path, demo_pool) -> None:

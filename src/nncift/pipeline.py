@@ -22,6 +22,9 @@ Matrix layout (rows = targets, columns = candidates = the pool):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -143,6 +146,34 @@ def load_inputs(settings: SelectSettings) -> tuple[list[Record], list[Record], l
     return pool, targets, reports + target_reports
 
 
+def records_digest(pool: Sequence[Record], targets: Sequence[Record]) -> str:
+    """SHA-256 of the pool's and the targets' texts (instruction, input, output), in order."""
+    digest = hashlib.sha256()
+    for name, group in (("pool", pool), ("targets", targets)):
+        digest.update(name.encode())
+        for record in group:
+            digest.update(json.dumps([record.instruction, record.input, record.output], ensure_ascii=False).encode())
+    return digest.hexdigest()
+
+
+def finished_selection(store: RunStore, pool: Sequence[Record], *, progress: bool) -> SelectionResult | None:
+    """The stored result of a run that already finished in this folder (its ``manifest.json`` is written last), or None.
+
+    A finished run is not recomputed: its manifest, with the cost ledger of the run that did the
+    work, stays as it is. Delete the folder to recompute.
+    """
+    manifest_path, selected_path = store.path("manifest.json"), store.path("selected.jsonl")
+    if not (manifest_path.is_file() and selected_path.is_file() and store.path("records.json").is_file()):
+        return None
+    manifest = store.read_json("manifest.json")
+    rows = [json.loads(line) for line in selected_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    indices = np.array([row["index"] for row in rows], dtype=np.int64)
+    if progress:
+        print(f"{store.folder}: finished earlier; reusing its selection (delete the folder to recompute)", file=sys.stderr)
+    return SelectionResult(indices, np.array([row["score"] for row in rows], dtype=np.float64), [pool[int(i)] for i in indices],
+                           float(manifest["objective_value"]), manifest, store.folder)
+
+
 def run_select(
     settings: SelectSettings,
     out: str | Path,
@@ -174,6 +205,10 @@ def run_select(
         pool, targets = list(pool), list(targets or [])
     options = dict(influence_options or {})
     store = RunStore(out, {**settings_dict(settings), "influence_options": options})
+    finished = finished_selection(store, pool, progress=progress)
+    store.check_records(records_digest(pool, targets))
+    if finished is not None:
+        return finished
     function_class = influence_class(settings.influence)
     objective = resolve_objective(settings, function_class, bool(targets))
     spec = influence_spec(settings, options)
@@ -215,6 +250,10 @@ def run_full_select(
         pool, targets = list(pool), list(targets or [])
     options = dict(influence_options or {})
     store = RunStore(out, {**settings_dict(settings), "fraction": 1.0, "influence_options": options, "command": "full-select"})
+    finished = finished_selection(store, pool, progress=progress)
+    store.check_records(records_digest(pool, targets))
+    if finished is not None:
+        return finished
     function_class = influence_class(settings.influence)
     objective = resolve_objective(settings, function_class, bool(targets))
     spec = influence_spec(settings, options)

@@ -161,6 +161,23 @@ class RunStore:
         else:
             self.write_json("settings.json", self.settings)
 
+    def check_records(self, digest: str) -> None:
+        """Refuse a folder whose stored results were computed from other records (``records.json``).
+
+        Settings name the input files, not their contents: a changed file under the same name would
+        otherwise resume from blocks computed on the old records.
+        """
+        path = self.folder / "records.json"
+        if path.exists():
+            stored = json.loads(path.read_text(encoding="utf-8")).get("records_sha256")
+            if stored != digest:
+                raise SettingsMismatch(
+                    f"{self.folder} holds a run computed from other records (records_sha256: stored {stored}, now "
+                    f"{digest}): the input files changed. Use another --out folder."
+                )
+        else:
+            self.write_json("records.json", {"records_sha256": digest})
+
     def path(self, name: str) -> Path:
         """Path of an artefact in the run folder."""
         return self.folder / name
