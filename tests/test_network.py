@@ -238,3 +238,23 @@ def test_training_is_equivariant_to_affine_label_changes() -> None:
     base, _ = train_pairwise(rows, cols, labels, settings)
     shifted, _ = train_pairwise(rows, cols, (0.05 * labels + 0.55).astype(np.float32), settings)
     np.testing.assert_allclose(predict_pairwise(shifted, rows, cols), 0.05 * predict_pairwise(base, rows, cols) + 0.55, atol=2e-5)
+
+
+def test_numba_prediction_and_selection_leave_torch_threads_alone() -> None:
+    """Numba's OpenMP layer shares the runtime with torch; a numba call must not change torch's thread count."""
+    from nncift.network import InfluenceNetwork, predict_pairwise
+    from nncift.selection import facility_location
+
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        rng = np.random.default_rng(0)
+        embeddings = rng.normal(size=(300, 16)).astype(np.float32)
+        network = InfluenceNetwork(16, (8,), pairwise=True)
+        predicted = predict_pairwise(network, embeddings, embeddings, backend="numba")
+        assert torch.get_num_threads() == 1
+        facility_location(np.abs(predicted) + rng.random((300, 300), dtype=np.float32), 0.1)
+        facility_location(rng.random((1100, 1100), dtype=np.float32), 0.01)  # above the parallel threshold
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(previous)

@@ -533,7 +533,10 @@ def predict_pairwise(
             direct = target.flags.c_contiguous
             block = target.view(np.ndarray) if direct else np.empty((r1 - r0, n_cols), dtype=np.float32)
             if backend == "numba":
+                threads = torch.get_num_threads()
                 _pair_kernel(a.numpy(), b_matrix.numpy(), w2, b2, block, _TILE_ROWS, _TILE_COLS)
+                if torch.get_num_threads() != threads:  # numba's OpenMP layer shares the runtime with torch
+                    torch.set_num_threads(threads)
             else:
                 _torch_tiles(network, a, b_matrix, torch.from_numpy(block))
             if not direct:

@@ -50,6 +50,7 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
+import sys
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -445,12 +446,21 @@ the work (and much more when the cores are shared)."""
 
 @contextlib.contextmanager
 def _threads_for(n_entries: int) -> Iterator[None]:
+    """Numba threads for a kernel on ``n_entries``; torch's intra-op thread count is restored afterwards.
+
+    Numba's OpenMP layer and torch share the OpenMP runtime: a numba call can change the count torch
+    uses for every later op (seen: 1 → 2 threads, which on busy cores makes torch much slower).
+    """
+    torch = sys.modules.get("torch")
+    torch_threads = torch.get_num_threads() if torch is not None else None
     previous = numba.get_num_threads()
     numba.set_num_threads(previous if n_entries >= _PARALLEL_MIN_ENTRIES else 1)
     try:
         yield
     finally:
         numba.set_num_threads(previous)
+        if torch_threads is not None and torch.get_num_threads() != torch_threads:
+            torch.set_num_threads(torch_threads)
 
 
 def _greedy(similarity: Any, budget: float | int, *, cap: np.ndarray | None, initial: np.ndarray | None,
