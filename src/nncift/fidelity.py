@@ -188,6 +188,7 @@ def plot_fidelity(rows: list[dict[str, Any]], path: Path, *, title: str) -> None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     splits = list(dict.fromkeys(row["split"] for row in rows))
     figure, axes = plt.subplots(1, len(splits), figsize=(3.2 * len(splits), 3.0), sharey=True, squeeze=False)
@@ -200,6 +201,9 @@ def plot_fidelity(rows: list[dict[str, Any]], path: Path, *, title: str) -> None
         axis.set_xlabel("sampled fraction u")
         axis.set_xscale("log")
         axis.set_yscale("log")
+        ticks = sorted(set(fractions))  # label the measured fractions only (log-axis minor labels overlap)
+        axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        axis.set_xticks(ticks, [f"{u:g}" for u in ticks], fontsize=7)
     axes[0][0].set_ylabel("MSE (labels scaled to [0, 1]), log scale")
     axes[0][-1].legend(fontsize=7)
     figure.suptitle(title, fontsize=10)
