@@ -32,10 +32,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
+
+from benchlib import cpu_name, command_line  # bench/ is on sys.path when a script runs
 
 import numpy as np
 import torch
@@ -45,18 +46,6 @@ from nncift.influence.delift import Delift, DeliftSettings
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_en_demo.json"
 WAYS = ("plain, full logits", "plain, output layer at response positions", "prefix reuse")
-
-
-def _command(script: str) -> str:
-    threads = os.environ.get("OMP_NUM_THREADS")
-    return shlex.join(([f"OMP_NUM_THREADS={threads}"] if threads else []) + [".venv/bin/python", script, *sys.argv[1:]])
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "CPU"
 
 
 def build(way: str, records, args) -> Delift:
@@ -102,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     pairs = len(targets) * len(candidates)
     baseline = seconds[WAYS[0]]
     lines = [f"# DELIFT throughput: plain batched vs prefix reuse", "",
-             f"Command: `{_command('bench/bench_delift.py')}`", "",
+             f"Command: `{command_line('bench/bench_delift.py')}`", "",
              f"Date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}  ",
              f"Machine: {cpu_name()}, {os.cpu_count()} cores shared with other jobs (load average at the end "
              f"{os.getloadavg()[0]:.1f}), torch {torch.__version__} ({torch.get_num_threads()} threads), fp32", "",

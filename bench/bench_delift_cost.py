@@ -22,11 +22,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import shlex
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchlib import cpu_name, command_line  # bench/ is on sys.path when a script runs
 
 
 def _isolated_embedding_cache() -> Path:
@@ -38,18 +39,6 @@ def _isolated_embedding_cache() -> Path:
     (root / "models").symlink_to(cache_dir() / "models")
     os.environ["NNCIFT_CACHE"] = str(root)
     return root
-
-
-def _command(script: str) -> str:
-    threads = os.environ.get("OMP_NUM_THREADS")
-    return shlex.join(([f"OMP_NUM_THREADS={threads}"] if threads else []) + [".venv/bin/python", script, *sys.argv[1:]])
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "CPU"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         return f"{seconds:,.0f} s ({seconds / 3600:,.1f} h)"
 
     lines = ["# Cost: NN-CIFT + DELIFT vs DELIFT on all pairs", "",
-             f"Command: `{_command('bench/bench_delift_cost.py')}`", "",
+             f"Command: `{command_line('bench/bench_delift_cost.py')}`", "",
              f"Date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}  ",
              f"Machine: {cpu_name()}, {os.cpu_count()} cores shared with other jobs (load average at the end {os.getloadavg()[0]:.1f}), "
              f"torch {torch.__version__} ({threads_at_start} intra-op threads at the start, {torch.get_num_threads()} at the end); model `{args.model}` fp32, prefix reuse, token budget 2048, max_length 2048", "",

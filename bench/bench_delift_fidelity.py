@@ -17,24 +17,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
 
+from benchlib import cpu_name, command_line  # bench/ is on sys.path when a script runs
+
 import numpy as np
-
-
-def _command(script: str) -> str:
-    threads = os.environ.get("OMP_NUM_THREADS")
-    return shlex.join(([f"OMP_NUM_THREADS={threads}"] if threads else []) + [".venv/bin/python", script, *sys.argv[1:]])
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "CPU"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cost = json.loads((args.out / "fidelity.json").read_text())["cost"]
     lines = ["# Fidelity of the InfluenceNetwork on DELIFT labels", "",
-             f"Command: `{_command('bench/bench_delift_fidelity.py')}`", "",
+             f"Command: `{command_line('bench/bench_delift_fidelity.py')}`", "",
              f"Date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}  ",
              f"Machine: {cpu_name()}, {os.cpu_count()} cores shared with other jobs (load average at the end {os.getloadavg()[0]:.1f})", "",
              f"{args.n} × {args.n} full DELIFT matrix ({args.n ** 2:,} pairs; pool = targets) of {args.n} records drawn at random "

@@ -21,11 +21,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import shlex
 import sys
 import time
 from pathlib import Path
+
+from benchlib import cpu_name  # bench/ is on sys.path when a script runs
 
 import numpy as np
 import torch
@@ -47,16 +48,6 @@ def one_pair_per_call(net: nw.InfluenceNetwork, rows: np.ndarray, cols: np.ndarr
             x = torch.cat([torch.from_numpy(rows[i]), torch.zeros(1), torch.from_numpy(cols[j])]).unsqueeze(0)
             values[n] = net(x).item()
     return values, time.perf_counter() - start
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,6 +34,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchlib import cpu_name  # bench/ is on sys.path when a script runs
 from typing import Iterator
 
 
@@ -115,16 +117,6 @@ def time_submodlib(s: np.ndarray, k: int) -> tuple[np.ndarray, float, float]:
                                    stopIfNegativeGain=False, verbose=False)
     done = time.perf_counter()
     return np.array([i for i, _ in result], dtype=np.int64), built - start, done - built
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def load_average() -> str:

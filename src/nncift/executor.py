@@ -125,6 +125,12 @@ def stored_failures(scores: BlockMatrix) -> dict[int, str]:
     return failures
 
 
+def executor_for(settings: Any) -> Executor:
+    """The executor named by run settings (``executor``, ``workers``, ``ray_address``, ``worker_cpus``, ``worker_gpus``)."""
+    return make_executor(settings.executor, workers=settings.workers, address=settings.ray_address,
+                         cpus_per_worker=settings.worker_cpus, gpus_per_worker=settings.worker_gpus)
+
+
 def make_executor(name: str = "local", **options: object) -> Executor:
     """Executor by name: ``local`` (in process) or ``ray`` (needs ``pip install nncift[ray]``)."""
     if name == "local":

@@ -132,11 +132,19 @@ class Experiment:
         from .pipeline import run_full_select, run_select
 
         run = run_full_select if method == "original" else run_select
-        folder = self.folder / "selections" / f"{influence}-{method}-seed{seed}"
+        folder = self.selection_folder(influence, method, seed)
         options = self.config.influence_options.get(influence, {})
         with _exclusive(folder.parent / ".locks" / folder.name):  # another process on the same folder: wait, then reuse
             return run(self.select_settings(influence, seed), folder, pool=self.splits.pool, targets=self.splits.targets,
                        influence_options=options)
+
+    def selection_folder(self, influence: str, method: str, seed: int) -> Path:
+        """Run folder of the selection of ``influence`` by ``method`` (original or nncift) for ``seed``."""
+        return self.folder / "selections" / f"{influence}-{method}-seed{seed}"
+
+    def arm_folder(self, arm: str, seed: int | None) -> Path:
+        """Folder of one fine-tuned and evaluated arm (``seed`` None: the arm without fine-tuning)."""
+        return self.folder / "arms" / arm.replace(":", "-") / ("once" if seed is None else f"seed{seed}")
 
     def original_seed(self, seed: int) -> int:
         """The seed whose original selection an arm of ``seed`` uses."""
@@ -145,7 +153,7 @@ class Experiment:
     # ---------------------------------------------------------------------------- arms
     def run_arm(self, arm: str, seed: int | None, indices: np.ndarray | None) -> dict[str, Any]:
         """Fine-tune on the pool records ``indices`` (None: no fine-tuning) and evaluate; reuse a finished arm."""
-        folder = self.folder / "arms" / arm.replace(":", "-") / ("once" if seed is None else f"seed{seed}")
+        folder = self.arm_folder(arm, seed)
         done = folder / "arm.json"  # written last: an arm stopped before it is redone from its saved adapter
         if done.is_file():
             return json.loads(done.read_text(encoding="utf-8"))
@@ -215,7 +223,7 @@ class Experiment:
 
     def finished_arm(self, arm: str, seed: int | None) -> dict[str, Any] | None:
         """The record of a finished arm, or None."""
-        path = self.folder / "arms" / arm.replace(":", "-") / ("once" if seed is None else f"seed{seed}") / "arm.json"
+        path = self.arm_folder(arm, seed) / "arm.json"
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
     def run(self, *, report_only: bool = False) -> dict[str, Any]:
@@ -259,7 +267,7 @@ class Experiment:
 
     def has_selection(self, influence: str, method: str, seed: int) -> bool:
         """True when that selection has finished (its manifest exists)."""
-        return (self.folder / "selections" / f"{influence}-{method}-seed{seed}" / "manifest.json").is_file()
+        return (self.selection_folder(influence, method, seed) / "manifest.json").is_file()
 
     # ---------------------------------------------------------------------------- helpers
     def _say(self, message: str) -> None:

@@ -25,7 +25,7 @@ _SCATTER_POINTS = 3000
 
 
 def _manifest(experiment: Any, influence: str, method: str, seed: int) -> dict[str, Any]:
-    folder = experiment.folder / "selections" / f"{influence}-{method}-seed{seed}"
+    folder = experiment.selection_folder(influence, method, seed)
     return json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
 
 
@@ -70,7 +70,7 @@ def cost_summary(experiment: Any, influence: str) -> dict[str, Any]:
 
 
 def _selected_indices(experiment: Any, influence: str, method: str, seed: int) -> set[int] | None:
-    path = experiment.folder / "selections" / f"{influence}-{method}-seed{seed}" / "selected.jsonl"
+    path = experiment.selection_folder(influence, method, seed) / "selected.jsonl"
     if not path.is_file():
         return None
     return {json.loads(line)["index"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
@@ -88,7 +88,7 @@ def _subset_overlap(experiment: Any, influence: str) -> list[float]:
 
 
 def _scaled_full(experiment: Any, influence: str, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
-    folder = experiment.folder / "selections" / f"{influence}-original-seed{seed}"
+    folder = experiment.selection_folder(influence, "original", seed)
     manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
     name = "full.npy" if (folder / "full.npy").exists() else "scores.npy"
     values = np.load(folder / name).astype(np.float64)

@@ -21,7 +21,7 @@ from scipy.stats import spearmanr
 from .config import FidelitySettings, environment_info, settings_dict
 from .data import Record
 from .embed import embed_records
-from .executor import make_executor
+from .executor import executor_for
 from .influence import influence_class
 from .ledger import CostLedger
 from .network import predict_pairwise, predict_pointwise, train_pairwise, train_pointwise
@@ -91,15 +91,8 @@ def run_fidelity(settings: FidelitySettings, out: str | Path, *, pool: Sequence[
     """Compute the full matrix (or all scores) once, then train and evaluate at each fraction."""
     if pool is None:
         pool, _, _ = load_inputs(settings)
-    with _executor(settings) as executor:
+    with executor_for(settings) as executor:
         return _run_fidelity(settings, out, list(pool), dict(influence_options or {}), executor)
-
-
-def _executor(settings: FidelitySettings):
-    if settings.executor == "local":
-        return make_executor("local")
-    return make_executor(settings.executor, workers=settings.workers, address=settings.ray_address,
-                         cpus_per_worker=settings.worker_cpus, gpus_per_worker=settings.worker_gpus)
 
 
 def _run_fidelity(settings: FidelitySettings, out: str | Path, pool: list[Record], options: dict[str, Any], executor) -> FidelityResult:

@@ -35,7 +35,7 @@ from . import selection as selection_module
 from . import streaming
 from .config import SelectSettings, environment_info, settings_dict
 from .data import LoadReport, Record, read_many, write_jsonl
-from .executor import make_executor, stored_failures
+from .executor import executor_for, stored_failures
 from .influence import InfluenceSpec, PairwiseInfluence, influence_class
 from .ledger import CostLedger
 from .models import model_fingerprint
@@ -196,32 +196,18 @@ def run_select(
     Returns:
         The selection, with the manifest that is also written to ``out/manifest.json``.
     """
-    ledger = CostLedger()
-    progress = not settings.quiet
-    with ledger.stage("load data"):
-        if pool is None:
-            pool, targets, loaded = load_inputs(settings)
-            reports = list(reports) + loaded
-        pool, targets = list(pool), list(targets or [])
-    options = dict(influence_options or {})
-    store = RunStore(out, {**settings_dict(settings), "influence_options": options})
-    finished = finished_selection(store, pool, progress=progress)
-    store.check_records(records_digest(pool, targets))
-    if finished is not None:
-        return finished
-    function_class = influence_class(settings.influence)
-    objective = resolve_objective(settings, function_class, bool(targets))
-    spec = influence_spec(settings, options)
-    executor = make_executor(settings.executor, workers=settings.workers, address=settings.ray_address,
-                             cpus_per_worker=settings.worker_cpus, gpus_per_worker=settings.worker_gpus) \
-        if settings.executor != "local" else make_executor("local")
+    run = _start_run(settings, out, pool, targets, influence_options, reports, {})
+    if run.finished is not None:
+        return run.finished
+    ledger, store, spec, function_class, objective = run.ledger, run.store, run.spec, run.function_class, run.objective
+    pool, targets, progress = run.pool, run.targets, not settings.quiet
     rng = np.random.default_rng(settings.seed)
-    with executor:
+    with executor_for(settings) as executor:
         if function_class.pairwise:
             indices, scores, objective_value, extra = _select_pairwise(settings, spec, function_class, objective, pool, targets, store, executor, ledger, rng, progress)
         else:
             indices, scores, objective_value, extra = _select_pointwise(settings, spec, function_class, pool, store, executor, ledger, rng, progress)
-    return _finish(store, settings, options, objective, pool, targets, reports, ledger, extra, indices, scores, objective_value)
+    return _finish(run, settings, extra, indices, scores, objective_value)
 
 
 def run_full_select(
@@ -241,26 +227,12 @@ def run_full_select(
     folder as ``full.npy`` (rows = ``full.rows.npy``, resumable); pointwise scores as ``scores.npy``.
     Arguments and result as :func:`run_select`.
     """
-    ledger = CostLedger()
-    progress = not settings.quiet
-    with ledger.stage("load data"):
-        if pool is None:
-            pool, targets, loaded = load_inputs(settings)
-            reports = list(reports) + loaded
-        pool, targets = list(pool), list(targets or [])
-    options = dict(influence_options or {})
-    store = RunStore(out, {**settings_dict(settings), "fraction": 1.0, "influence_options": options, "command": "full-select"})
-    finished = finished_selection(store, pool, progress=progress)
-    store.check_records(records_digest(pool, targets))
-    if finished is not None:
-        return finished
-    function_class = influence_class(settings.influence)
-    objective = resolve_objective(settings, function_class, bool(targets))
-    spec = influence_spec(settings, options)
-    executor = make_executor(settings.executor, workers=settings.workers, address=settings.ray_address,
-                             cpus_per_worker=settings.worker_cpus, gpus_per_worker=settings.worker_gpus) \
-        if settings.executor != "local" else make_executor("local")
-    with executor:
+    run = _start_run(settings, out, pool, targets, influence_options, reports, {"fraction": 1.0, "command": "full-select"})
+    if run.finished is not None:
+        return run.finished
+    ledger, store, spec, function_class, objective = run.ledger, run.store, run.spec, run.function_class, run.objective
+    pool, targets, progress = run.pool, run.targets, not settings.quiet
+    with executor_for(settings) as executor:
         if function_class.pairwise:
             layout = plan_layout(pool, targets, objective, dataclasses.replace(settings, fraction=1.0), np.random.default_rng(settings.seed))
             full = store.matrix("full", np.arange(len(layout.rows)), np.arange(len(pool)))
@@ -282,19 +254,55 @@ def run_full_select(
             chosen = selection_module.top_k(np.where(np.isfinite(scaled[0]), scaled[0], -1.0), selection_budget(settings))  # failures last
     extra = {"label_scaling": {"low": low, "high": high, "source": "fixed range" if function_class.label_range else "min-max of the full matrix"},
              "matrix_shape": list(full.shape), "not_computed": int(np.isnan(values).sum())}
-    return _finish(store, settings, options, objective, pool, targets, reports, ledger, extra, chosen.indices, chosen.gains, chosen.objective)
+    return _finish(run, settings, extra, chosen.indices, chosen.gains, chosen.objective)
 
 
-def _finish(store, settings, options, objective, pool, targets, reports, ledger, extra, indices, scores, objective_value) -> SelectionResult:
+@dataclass
+class _Run:
+    """What both selections start from: the loaded inputs, the checked run folder and the influence function."""
+
+    ledger: CostLedger
+    pool: list[Record]
+    targets: list[Record]
+    reports: list[LoadReport]
+    options: dict[str, Any]
+    store: RunStore
+    function_class: type
+    objective: str
+    spec: InfluenceSpec
+    finished: SelectionResult | None
+    """The stored result when this folder already holds a finished run (nothing else to do)."""
+
+
+def _start_run(settings: SelectSettings, out: str | Path, pool: Sequence[Record] | None, targets: Sequence[Record] | None,
+               influence_options: dict[str, Any] | None, reports: Sequence[LoadReport], store_extra: dict[str, Any]) -> _Run:
+    """Load the inputs, open (or refuse) the run folder, resolve the objective and the influence spec."""
+    ledger = CostLedger()
+    reports = list(reports)
+    with ledger.stage("load data"):
+        if pool is None:
+            pool, targets, loaded = load_inputs(settings)
+            reports += loaded
+        pool, targets = list(pool), list(targets or [])
+    options = dict(influence_options or {})
+    store = RunStore(out, {**settings_dict(settings), **store_extra, "influence_options": options})
+    finished = finished_selection(store, pool, progress=not settings.quiet)
+    store.check_records(records_digest(pool, targets))
+    function_class = influence_class(settings.influence)
+    objective = resolve_objective(settings, function_class, bool(targets))
+    return _Run(ledger, pool, targets, reports, options, store, function_class, objective, influence_spec(settings, options), finished)
+
+
+def _finish(run: _Run, settings: SelectSettings, extra: dict[str, Any], indices, scores, objective_value) -> SelectionResult:
     """Write ``selected.jsonl`` and ``manifest.json``; return the :class:`SelectionResult`."""
-    chosen = [pool[i] for i in indices]
-    write_jsonl(store.path("selected.jsonl"), [
+    chosen = [run.pool[i] for i in indices]
+    write_jsonl(run.store.path("selected.jsonl"), [
         {"index": int(i), "score": float(s), "record": record.raw or dataclasses.asdict(record)}
         for i, s, record in zip(indices, scores, chosen)
     ])
-    manifest = _manifest(settings, options, objective, pool, targets, reports, ledger, extra, len(indices), objective_value)
-    store.write_json("manifest.json", manifest)
-    return SelectionResult(np.asarray(indices), np.asarray(scores), chosen, objective_value, manifest, store.folder)
+    manifest = _manifest(settings, run.options, run.objective, run.pool, run.targets, run.reports, run.ledger, extra, len(indices), objective_value)
+    run.store.write_json("manifest.json", manifest)
+    return SelectionResult(np.asarray(indices), np.asarray(scores), chosen, objective_value, manifest, run.store.folder)
 
 
 def _select_pairwise(settings, spec, function_class, objective, pool, targets, store, executor, ledger, rng, progress):

@@ -1,0 +1,26 @@
+"""What every benchmark report states about how and where it ran (stdlib only; the scripts import it from bench/)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (else what ``platform`` knows)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def command_line(script: str) -> str:
+    """The command that ran ``script`` with this process's arguments, ``OMP_NUM_THREADS`` in front when set."""
+    threads = os.environ.get("OMP_NUM_THREADS")
+    return shlex.join(([f"OMP_NUM_THREADS={threads}"] if threads else []) + [".venv/bin/python", script, *sys.argv[1:]])
