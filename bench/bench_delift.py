@@ -36,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchlib import cpu_name, command_line  # bench/ is on sys.path when a script runs
+from benchlib import command_line, cpu_name, publish  # bench/ is on sys.path when a script runs
 
 import numpy as np
 import torch
@@ -120,11 +120,7 @@ def main(argv: list[str] | None = None) -> int:
               "(49,152-way for SmolLM2) and the suffix tokens' attention to the prefix cost the same in both ways and "
               "lower it further. When the targets come from the same distribution as the candidates, P ≈ S and the "
               "bound is about 2×; prefix reuse gains more where candidates are long and targets short."]
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(report, encoding="utf-8")
+    publish("\n".join(lines) + "\n", args.output)
     return 0
 
 

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import cpu_name, command_line  # bench/ is on sys.path when a script runs
+from benchlib import command_line, cpu_name, publish  # bench/ is on sys.path when a script runs
 
 
 def _isolated_embedding_cache() -> Path:
@@ -114,11 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += [f"| of which LM (model load + DELIFT passes, inside the sampled block) | {lm_seconds_nncift:,.2f} |",
               f"| total (wall, whole `run_select` call) | {nncift_seconds:,.2f} |", "",
               "LM cost counters of the NN-CIFT run: " + ", ".join(f"{k} {v:,}" for k, v in sorted(counters.items())) + "."]
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(report, encoding="utf-8")
+    publish("\n".join(lines) + "\n", args.output)
     return 0
 
 

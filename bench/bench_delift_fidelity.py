@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchlib import cpu_name, command_line  # bench/ is on sys.path when a script runs
+from benchlib import command_line, cpu_name, publish  # bench/ is on sys.path when a script runs
 
 import numpy as np
 
@@ -96,11 +96,7 @@ def main(argv: list[str] | None = None) -> int:
              f"Facility location (budget {args.budget} = {k} of {args.n}) on the true matrix versus on the predicted matrix:", "",
              "| u | sampled | k | overlap of the two subsets | expected overlap of a random subset |", "|---|---:|---:|---:|---:|",
              *overlap_rows]
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(report, encoding="utf-8")
+    publish("\n".join(lines) + "\n", args.output)
     return 0
 
 

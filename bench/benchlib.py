@@ -24,3 +24,11 @@ def command_line(script: str) -> str:
     """The command that ran ``script`` with this process's arguments, ``OMP_NUM_THREADS`` in front when set."""
     threads = os.environ.get("OMP_NUM_THREADS")
     return shlex.join(([f"OMP_NUM_THREADS={threads}"] if threads else []) + [".venv/bin/python", script, *sys.argv[1:]])
+
+
+def publish(report: str, output: Path | None) -> None:
+    """Print the markdown report and, with ``output``, also write it there (bench/results/NAME.md)."""
+    print(report)
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(report, encoding="utf-8")
