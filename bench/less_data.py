@@ -20,7 +20,8 @@ POOL_FILES = (
 TARGET_FILES = ("rotten_tomatoes_Movie_Expressed_Sentiment", "ag_news_classify_question_first")
 
 
-def _read(stem: str, count: int, offset: int = 0) -> list[Record]:
+def read_p3(stem: str, count: int, offset: int = 0) -> list[Record]:
+    """``count`` records (from ``offset``) of one P3 template file in ../shared/data/p3; exits with a message when missing."""
     path = SHARED_DATA / "p3" / f"{stem}.jsonl"
     if not path.is_file():
         sys.exit(f"real data not found at {path} (../shared/data beside the checkout)")
@@ -34,6 +35,6 @@ def pool_and_targets(n_pool: int, n_targets: int) -> tuple[list[Record], list[Re
     """``n_pool`` records spread over :data:`POOL_FILES` and ``n_targets`` over :data:`TARGET_FILES`."""
     per_pool = -(-n_pool // len(POOL_FILES))
     per_target = -(-n_targets // len(TARGET_FILES))
-    pool = [r for stem in POOL_FILES for r in _read(stem, per_pool)][:n_pool]
-    targets = [r for stem in TARGET_FILES for r in _read(stem, per_target, offset=100)][:n_targets]
+    pool = [r for stem in POOL_FILES for r in read_p3(stem, per_pool)][:n_pool]
+    targets = [r for stem in TARGET_FILES for r in read_p3(stem, per_target, offset=100)][:n_targets]
     return pool, targets

@@ -1,6 +1,6 @@
 """Where the variance of a stored square influence matrix (pool = targets) lies: diagonal, rows, columns.
 
-    python bench/matrix_structure.py bench/out/delift_fidelity64/full.npy
+    python bench/matrix_structure.py bench/out/matrices/delift-p3/full.npy
 """
 
 from __future__ import annotations
@@ -13,10 +13,14 @@ import numpy as np
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("matrix", type=Path, help=".npy of a square raw influence matrix (rows = targets = the pool)")
+    parser.add_argument("matrix", type=Path, help=".npy of a raw influence matrix whose leading square block is pool × pool "
+                                                  "(rows = the pool first, then any targets)")
     matrix = np.load(parser.parse_args(argv).matrix).astype(np.float64)
-    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
-        raise SystemExit(f"need a square matrix, got shape {matrix.shape}")
+    if matrix.ndim != 2 or matrix.shape[0] < matrix.shape[1]:
+        raise SystemExit(f"need rows = the pool (then targets) and columns = the pool, got shape {matrix.shape}")
+    if matrix.shape[0] > matrix.shape[1]:
+        print(f"{matrix.shape[0]} × {matrix.shape[1]}: the leading {matrix.shape[1]} × {matrix.shape[1]} pool × pool block")
+        matrix = matrix[: matrix.shape[1]]
     diagonal = np.eye(len(matrix), dtype=bool)
     off = matrix[~diagonal]
     deviation = (matrix - matrix.mean()) ** 2

@@ -78,12 +78,17 @@ def test_unknown_influence_is_a_clear_error(tmp_path: Path, pool_file: Path, cap
 
 def test_fidelity_writes_table_and_plot(tmp_path: Path, pool_file: Path) -> None:
     assert main(["fidelity", "--data", str(pool_file), "--influence", "delift-se", "--fractions", "0.2,0.5",
-                 "--epochs", "5", "--quiet", "--out", str(tmp_path / "fid")]) == 0
+                 "--architectures", "two-tower", "--architectures", "paper", "--epochs", "5", "--max-steps", "40",
+                 "--quiet", "--out", str(tmp_path / "fid")]) == 0
     payload = json.loads((tmp_path / "fid" / "fidelity.json").read_text())
     assert [(r["fraction"], r["split"]) for r in payload["rows"]][:4] == [(0.2, "Q1"), (0.2, "Q2"), (0.2, "Q3"), (0.2, "Q4")]
     assert sum(r["n"] for r in payload["rows"] if r["fraction"] == 0.5) == 64 * 64
+    assert [r["predictor"] for r in payload["selection"] if r["fraction"] == 0.2] == ["two-tower", "paper", "cosine", "mean"]
+    by = {r["predictor"]: r for r in payload["selection"] if r["fraction"] == 0.2}
+    assert by["cosine"]["f_gain"] > 0.99 and by["two-tower"]["f_gain"] > 0.99  # DELIFT-SE labels are the calibrated cosine
     assert (tmp_path / "fid" / "fidelity.png").stat().st_size > 5000
-    assert "| u | split |" in (tmp_path / "fid" / "fidelity.md").read_text()
+    table = (tmp_path / "fid" / "fidelity.md").read_text()
+    assert "| u | seed | split |" in table and "| u | seed | predictor |" in table and "f_gain" in table
 
 
 def test_demo_runs_on_builtin_data(tmp_path: Path) -> None:

@@ -193,7 +193,7 @@ def test_save_load_round_trip(tmp_path, hidden, pairwise):
     save_network(net, path, {"settings": NetworkSettings(hidden_sizes=hidden), "note": "x"})
     assert network_metadata_path(path) == tmp_path / "network.json"
     sidecar = json.loads((tmp_path / "network.json").read_text())
-    assert sidecar["architecture"] == {"embedding_dim": d, "hidden_sizes": list(hidden), "pairwise": pairwise}
+    assert sidecar["architecture"] == {"kind": "paper", "embedding_dim": d, "hidden_sizes": list(hidden), "pairwise": pairwise}
     assert sidecar["settings"]["hidden_sizes"] == list(hidden) and sidecar["note"] == "x"
     assert load_network_metadata(path) == sidecar
     loaded = load_network(path)

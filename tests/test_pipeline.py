@@ -18,7 +18,7 @@ from nncift.store import SettingsMismatch
 
 
 def _settings(**overrides) -> SelectSettings:
-    base = dict(influence="delift-se", fraction=0.25, min_sampled=8, budget=0.25, epochs=5, quiet=True, seed=3)
+    base = dict(influence="delift-se", fraction=0.25, min_sampled=8, budget=0.25, epochs=5, max_steps=60, folds=3, quiet=True, seed=3)
     return SelectSettings(**{**base, **overrides})
 
 
@@ -41,6 +41,51 @@ def test_layout_orientation_for_each_objective(demo_pool) -> None:
     mutual = plan_layout(pool, targets, "flmi", _settings(), rng())
     assert len(mutual.rows) == 52 and mutual.n_pool_rows == 40
     assert set(mutual.seen_rows[mutual.seen_rows >= 40] - 40) <= set(range(12))
+
+
+def test_sampling_blocks_spend_the_same_pairs_on_more_records(demo_pool) -> None:
+    pool, targets = demo_pool[:48], demo_pool[48:64]
+    square = plan_layout(pool, [], "fl", _settings(), np.random.default_rng(0))
+    assert square.row_groups is None and square.labelled().all() and len(square.blocks(5)) == 9  # 12 × 12 in 5-blocks
+    blocks = plan_layout(pool, [], "fl", _settings(sampling_blocks=4), np.random.default_rng(0))
+    assert len(blocks.seen_cols) == 24 == 2 * len(square.seen_cols) and np.array_equal(blocks.seen_rows, blocks.seen_cols)
+    labelled = blocks.labelled()
+    assert labelled.sum() == 4 * 6 * 6 and abs(int(labelled.sum()) - square.labelled().size) <= 12 * 12 // 2
+    assert np.all(np.diff(blocks.col_groups) >= 0)  # ordered by group, so each group's block is one rectangle
+    covered = np.zeros_like(labelled)
+    for block in blocks.blocks(4):
+        covered[block.row_start:block.row_stop, block.col_start:block.col_stop] = True
+    assert np.array_equal(covered, labelled)  # exactly the within-group pairs are computed
+    mutual = plan_layout(pool, targets, "flmi", _settings(sampling_blocks=4), np.random.default_rng(0))
+    group_of_col = dict(zip(mutual.seen_cols.tolist(), mutual.col_groups.tolist()))
+    for row, group in zip(mutual.seen_rows.tolist(), mutual.row_groups.tolist()):
+        if row < mutual.n_pool_rows:
+            assert group_of_col[row] == group  # a pool record is in the same group as a row and as a column
+
+
+def test_select_with_sampling_blocks_computes_only_the_blocks(tmp_path: Path, demo_pool) -> None:
+    result = run_select(_settings(sampling_blocks=4, fraction=0.2), tmp_path / "run", pool=demo_pool)
+    q1 = np.load(tmp_path / "run" / "q1.npy")
+    manifest = result.manifest
+    assert manifest["cost"]["influence_evaluations_made"] == manifest["labelled_pairs"] == int(np.isfinite(q1).sum()) < q1.size
+    assert manifest["sampling_blocks"] == 4 and len(result.indices) == 16
+    predicted = np.load(tmp_path / "run" / "predicted.npy")
+    rows, cols = np.load(tmp_path / "run" / "q1.rows.npy"), np.load(tmp_path / "run" / "q1.cols.npy")
+    block = predicted[np.ix_(rows, cols)]
+    np.testing.assert_allclose(block[np.isfinite(q1)], q1[np.isfinite(q1)], atol=1e-6)  # exact where labelled
+    assert np.isfinite(predicted).all()
+
+
+def test_manifest_reports_the_network_choice_and_positive_gain_picks(tmp_path: Path, demo_pool) -> None:
+    result = run_select(_settings(budget=0.9), tmp_path / "run", pool=demo_pool)
+    training = result.manifest["network_training"]
+    assert training["architecture"] == "two-tower" and training["chosen"] in ("prior", "blend", "network")
+    assert set(training["candidates"]) == {"prior", "blend", "network"} and training["folds"] == 3
+    positive = result.manifest["positive_gain_picks"]
+    assert positive == int((result.scores > 0).sum()) and 0 < positive <= len(result.indices) == 58
+    assert result.manifest["fill_rule"] is None or "singleton value" in result.manifest["fill_rule"]
+    paper = run_select(_settings(architecture="paper"), tmp_path / "paper", pool=demo_pool)
+    assert paper.manifest["network_training"]["architecture"] == "paper" and len(paper.manifest["network_training"]["losses"]) == 5
 
 
 def test_select_with_delift_se_writes_subset_manifest_and_artefacts(tmp_path: Path, demo_pool) -> None:

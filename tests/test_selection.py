@@ -36,11 +36,15 @@ def reference_greedy(s: np.ndarray, k: int, cap: np.ndarray | None = None, initi
     if cap is not None:
         c = np.minimum(c, cap.astype(np.float64)[:, None])
     cur = np.zeros(c.shape[0]) if initial is None else initial.astype(np.float64).copy()
+    singleton = np.maximum(c - cur[:, None], 0.0).sum(axis=0)
     chosen: list[int] = []
     for _ in range(k):
         gains = np.maximum(c - cur[:, None], 0.0).sum(axis=0)
         gains[chosen] = -1.0
         j = int(np.argmax(gains))  # first maximum = lowest index
+        if gains[j] <= 0:  # out of signal: the rest by singleton value, then lowest index
+            rest = [int(i) for i in sorted(range(c.shape[1]), key=lambda i: (-singleton[i], i)) if i not in chosen]
+            return chosen + rest[: k - len(chosen)]
         chosen.append(j)
         cur = np.maximum(cur, c[:, j])
     return chosen
@@ -217,16 +221,19 @@ def test_eta_and_nu_scale_the_cap_and_the_initial_coverage():
         fl_mutual_information(s, q[:10], 3)  # query rows must match data rows
 
 
-def test_zero_gains_fill_in_index_order():
+def test_zero_gains_fill_by_singleton_value_not_index_order():
     s = np.full((10, 8), 0.25, np.float32)
     s[:, 5] = 1.0  # column 5 covers every row completely
+    s[:, 7] = 0.75  # the best of the rest on its own, then 2 and 6 (0.5), then the 0.25 columns by index
+    s[:, 2] = s[:, 6] = 0.5
     result = facility_location(s, 6)
-    assert result.indices.tolist() == [5, 0, 1, 2, 3, 4]
+    assert result.indices.tolist() == [5, 7, 2, 6, 0, 1]
     assert result.gains.tolist() == [10.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    assert result.n_positive == 1
     assert result.objective == 10.0
-    assert facility_location(s, 6, lazy=False).indices.tolist() == [5, 0, 1, 2, 3, 4]
+    assert facility_location(s, 6, lazy=False).indices.tolist() == [5, 7, 2, 6, 0, 1]
     no_rows = facility_location(np.zeros((0, 4), np.float32), 3)
-    assert no_rows.indices.tolist() == [0, 1, 2] and no_rows.objective == 0.0
+    assert no_rows.indices.tolist() == [0, 1, 2] and no_rows.objective == 0.0 and no_rows.n_positive == 0
 
 
 # --------------------------------------------------------------------------------- vs submodlib

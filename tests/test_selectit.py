@@ -258,13 +258,15 @@ def test_fidelity_pointwise_rows(tiny_lm_dir: Path, demo_pool, tmp_path: Path) -
     from nncift.fidelity import run_fidelity
 
     settings = FidelitySettings(influence="selectit", model=str(tiny_lm_dir), fractions=(0.25, 0.5), min_sampled=4,
-                                quiet=True, device="cpu", epochs=3)
+                                quiet=True, device="cpu", epochs=3, architectures=("paper", "two-tower"), max_steps=40, folds=2)
     result = run_fidelity(settings, tmp_path / "fid", pool=list(demo_pool[:16]), influence_options={"n_instructions": 2})
     assert [(row["fraction"], row["split"]) for row in result.rows] == [(0.25, "seen"), (0.25, "unseen"), (0.5, "seen"), (0.5, "unseen")]
     for row in result.rows:
         assert row["n"] == row["n_seen"] if row["split"] == "seen" else row["n"] == 16 - row["n_seen"]
         assert all(np.isfinite(row[k]) for k in ("mse_network", "mse_mean", "mse_random", "spearman", "top20_overlap"))
     assert "top20 overlap" in (tmp_path / "fid" / "fidelity.md").read_text()
+    assert [row["predictor"] for row in result.selection_rows if row["fraction"] == 0.25] == ["paper", "two-tower", "mean"]
+    assert all(row["n_labelled"] == 4 for row in result.selection_rows if row["fraction"] == 0.25)
 
 
 def test_cli_repeated_model_flag_gives_the_model_list(tiny_lm_dir: Path, tiny_gpt2_dir: Path) -> None:

@@ -95,11 +95,12 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 
 def cmd_fidelity(args: argparse.Namespace) -> int:
-    """nncift fidelity: per-quadrant MSE of the InfluenceNetwork against the true matrix."""
-    from .fidelity import format_table, run_fidelity
+    """nncift fidelity: what selection loses on the predicted matrix, and per-quadrant MSE, against the true matrix."""
+    from .fidelity import format_selection_table, format_table, run_fidelity
 
     settings, options = _split_settings(args, FidelitySettings)
     result = run_fidelity(settings, args.out, influence_options=options)
+    print(format_selection_table(result.selection_rows or []))
     print(format_table(result.rows))
     print(f"table, plot and JSON in {result.run_dir}")
     return 0
@@ -140,7 +141,17 @@ def _print_summary(result: Any) -> None:
           f"{cost['influence_evaluations_full_matrix']:,} entries ({100 * (cost['share_of_full_matrix'] or 0):.2f}%)")
     for stage, seconds in cost["seconds_by_stage"].items():
         print(f"  {stage:<32s}{seconds:9.2f} s")
+    training = manifest.get("network_training")
+    if training and "architecture" in training:
+        from .pipeline import describe_training
+
+        print(describe_training(training))
     print(f"selected {counts['selected']} records with {manifest['objective']} (objective {result.objective:.4f})")
+    positive = manifest.get("positive_gain_picks")
+    if positive is not None:
+        rest = counts["selected"] - positive
+        print(f"  {positive} picks with a positive gain" + (f"; the objective ran out of signal, so the other {rest} were filled "
+                                                           f"by singleton value (highest f({{j}}) first)" if rest else ""))
     tasks = Counter(record.task for record in result.records)
     if len(tasks) > 1:
         print("by task: " + ", ".join(f"{task} {count}" for task, count in tasks.most_common()))

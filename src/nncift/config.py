@@ -39,6 +39,8 @@ class SelectSettings:
     """Fraction u of targets and candidates on which the influence function is computed (Q1)."""
     min_sampled: int = 10
     """At least this many sampled targets and candidates (for tiny data sets)."""
+    sampling_blocks: int = 1
+    """Sampling design: 1 = one u×u block; g > 1 = the same number of labelled pairs in g blocks over √g× as many records (for functions that cost per pair, as DELIFT)."""
     budget: float = 0.3
     """Subset size: a fraction of the pool (≤ 1) or a count (> 1)."""
     objective: str = ""
@@ -53,14 +55,26 @@ class SelectSettings:
     """Causal LM id or path for LM-based influence functions."""
     embedder: str = BUNDLED_EMBEDDER
     """Sentence embedder id or path for the InfluenceNetwork's inputs (and DELIFT-SE)."""
+    architecture: str = "two-tower"
+    """InfluenceNetwork: two-tower (calibrated cosine prior + learned towers, validated on held-out records; the default) or paper (the paper's MLP, for reproduction)."""
+    tower_hidden: int = 128
+    """two-tower: hidden width of each tower."""
+    tower_rank: int = 64
+    """two-tower: rank of the learned target × candidate interaction."""
+    max_steps: int = 300
+    """two-tower: most optimisation steps; the step count, learning rate and weight decay are chosen on held-out records."""
+    folds: int = 4
+    """two-tower: record folds of the validation (whole rows and columns held out)."""
+    fallback: bool = True
+    """two-tower: ship the calibrated prior (or a blend) when it validates better than the network."""
     hidden_sizes: tuple[int, ...] = (100,)
-    """InfluenceNetwork hidden layer sizes."""
+    """paper: InfluenceNetwork hidden layer sizes."""
     learning_rate: float = 1e-4
-    """InfluenceNetwork Adam learning rate."""
+    """paper: InfluenceNetwork Adam learning rate."""
     epochs: int = 20
-    """InfluenceNetwork training epochs."""
+    """paper: InfluenceNetwork training epochs."""
     batch_size: int = 64
-    """InfluenceNetwork mini-batch size."""
+    """paper: InfluenceNetwork mini-batch size."""
     block_size: int = 64
     """Targets × candidates per block of influence computation (also the resume granularity)."""
     device: str = "auto"
@@ -85,6 +99,10 @@ class FidelitySettings(SelectSettings):
 
     fractions: tuple[float, ...] = (0.01, 0.05, 0.1, 0.2)
     """Sampled fractions u to evaluate."""
+    seeds: tuple[int, ...] = ()
+    """Seeds of the sampling and the networks (empty: --seed alone)."""
+    architectures: tuple[str, ...] = ()
+    """Network architectures to compare (two-tower, paper); empty: --architecture alone. The first fills the quadrant table."""
     limit: int = 0
     """Use only the first N records of the pool (0: all); the full matrix costs N² evaluations."""
 

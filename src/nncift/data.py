@@ -9,12 +9,28 @@ Supported layouts (detected per record, so mixed files work):
 - Alpaca-style: ``instruction``, optional ``input``, ``output`` (or ``response``, as GPTeacher);
 - prompt/completion: ``prompt``, ``completion`` (a trailing ``<|endoftext|>`` is stripped);
 - question/answer: ``question``, ``answer`` (GSM8K);
-- chat: ``messages`` = list of ``{"role", "content"}``; the last assistant turn is the output,
-  the user turns before it the instruction;
+- chat: ``messages`` (or ShareGPT's ``conversations``) = list of ``{"role", "content"}`` (or
+  ShareGPT's ``{"from", "value"}``). Roles (any case): ``user``/``human`` are user turns,
+  ``assistant``/``gpt``/``bot``/``model`` assistant turns, ``system`` system text. The last
+  assistant turn is the output; the system and user turns before it, joined in order, are the
+  instruction (so a leading system prompt goes in front); earlier assistant turns are dropped.
+  Any other role is a :class:`DataError` naming the field (``messages[2].role``);
 - a row of a run's ``selected.jsonl`` (``index``, ``score``, ``record``): the record inside.
 
-Files: ``.json`` (a list of records), ``.jsonl`` (one record per line), or, with
-``datasets`` installed, anything ``datasets.load_dataset`` can open (``hf:NAME[:SPLIT]``).
+Files: ``.json`` (a list of records), ``.jsonl`` (one record per line), suffix in any case, UTF-8
+with or without a byte-order mark; or, with ``datasets`` installed, anything
+``datasets.load_dataset`` can open (``hf:NAME[:SPLIT]``).
+
+A file with no records at all (empty, whitespace only, or an empty JSON list) is an
+:class:`EmptyFileError` from :func:`read_records`; :func:`read_many` instead counts it as skipped
+(reason ``"empty file"``) and goes on. A folder given to :func:`read_many` is read one level deep:
+its ``.json``/``.jsonl`` files, sorted by name. Sub-folders are *not* read (a run folder's
+``selected.jsonl`` would otherwise be read as data); they and any other files are counted as
+skipped, with their paths, in an extra report for the folder (reasons ``"sub-folder (not read)"``
+and ``"not .json/.jsonl (not read)"``), so the run manifest (with paths) and the terminal
+(counts) show them.
+:func:`read_many` raises :class:`DataError` when no record at all is kept, listing per file how
+many records were read and skipped (:meth:`LoadReport.summary`).
 """
 
 from __future__ import annotations
@@ -28,6 +44,9 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 END_OF_TEXT = "<|endoftext|>"
+SUFFIXES = (".json", ".jsonl")
+ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "bot": "assistant",
+         "model": "assistant", "system": "system"}
 
 
 class DataError(ValueError):
@@ -41,6 +60,10 @@ class DataError(ValueError):
         where = self.path if line is None else f"{self.path}:{line}"
         what = f" field '{field_name}':" if field_name else ""
         super().__init__(f"{where}:{what} {problem}")
+
+
+class EmptyFileError(DataError):
+    """A file that holds no records at all: ``path: no records (empty file)``."""
 
 
 @dataclass(frozen=True)
@@ -71,10 +94,15 @@ class Record:
 
 @dataclass
 class LoadReport:
-    """What a reader did: records kept and records skipped, by reason, with their places."""
+    """What a reader did: records read, kept and skipped (by reason, with their places).
+
+    ``read`` counts records parsed from the file; ``skipped`` also holds whole files that gave no
+    records (``"empty file"``, ``"empty list"``) and, for a folder, entries that were not read.
+    """
 
     path: str
     kept: int = 0
+    read: int = 0
     skipped: Counter = field(default_factory=Counter)
     skipped_places: dict[str, list[str]] = field(default_factory=dict)
     sha256: str = ""
@@ -91,10 +119,17 @@ class LoadReport:
         return {
             "path": self.path,
             "sha256": self.sha256,
+            "read": self.read,
             "kept": self.kept,
             "skipped": dict(self.skipped),
             "skipped_examples": self.skipped_places,
         }
+
+    def summary(self) -> str:
+        """One line: ``path: read N, kept K, skipped S (reason: n, ...)``."""
+        reasons = ", ".join(f"{reason}: {n}" for reason, n in self.skipped.items())
+        skipped = f", skipped {sum(self.skipped.values())} ({reasons})" if reasons else ""
+        return f"{self.path}: read {self.read}, kept {self.kept}{skipped}"
 
 
 def _text(value: Any, path: Path, line: int, name: str, *, required: bool) -> str:
@@ -107,18 +142,27 @@ def _text(value: Any, path: Path, line: int, name: str, *, required: bool) -> st
     return value
 
 
-def _from_messages(messages: Any, path: Path, line: int) -> tuple[str, str]:
+def _from_messages(messages: Any, path: Path, line: int, name: str = "messages") -> tuple[str, str]:
+    """(instruction, output) of a chat: turns as role/content or ShareGPT's from/value (see module doc)."""
     if not isinstance(messages, list) or not messages:
-        raise DataError(path, line, "messages", "expected a non-empty list of {role, content}")
+        raise DataError(path, line, name, "expected a non-empty list of {role, content}")
+    turns: list[tuple[str, str]] = []
     for k, message in enumerate(messages):
-        if not isinstance(message, dict) or "role" not in message or "content" not in message:
-            raise DataError(path, line, f"messages[{k}]", "expected an object with role and content")
-        _text(message["content"], path, line, f"messages[{k}].content", required=True)
-    last = max((k for k, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+        is_dict = isinstance(message, dict)
+        role_key = "role" if is_dict and "role" in message else "from"
+        content_key = "content" if is_dict and "content" in message else "value"
+        if not is_dict or role_key not in message or content_key not in message:
+            raise DataError(path, line, f"{name}[{k}]", "expected an object with role and content (or from and value)")
+        role = ROLES.get(message[role_key].strip().lower()) if isinstance(message[role_key], str) else None
+        if role is None:
+            raise DataError(path, line, f"{name}[{k}].{role_key}",
+                            f"unknown role {message[role_key]!r}; expected one of {', '.join(ROLES)}")
+        turns.append((role, _text(message[content_key], path, line, f"{name}[{k}].{content_key}", required=True)))
+    last = max((k for k, (role, _) in enumerate(turns) if role == "assistant"), default=None)
     if last is None:
-        raise DataError(path, line, "messages", "no assistant turn to use as the output")
-    prompt = "\n".join(m["content"] for m in messages[:last] if m["role"] in ("user", "system"))
-    return prompt, messages[last]["content"]
+        raise DataError(path, line, name, "no assistant turn to use as the output")
+    prompt = "\n".join(text for role, text in turns[:last] if role in ("user", "system"))
+    return prompt, turns[last][1]
 
 
 def record_from_dict(obj: Any, path: Path, line: int, task: str | None = None) -> Record:
@@ -128,8 +172,9 @@ def record_from_dict(obj: Any, path: Path, line: int, task: str | None = None) -
     if set(obj) == {"index", "score", "record"} and isinstance(obj["record"], dict):
         obj = obj["record"]  # a row of a run's selected.jsonl
     task = obj.get("task") if isinstance(obj.get("task"), str) else task
-    if "messages" in obj:
-        instruction, output = _from_messages(obj["messages"], path, line)
+    if "messages" in obj or "conversations" in obj:
+        name = "messages" if "messages" in obj else "conversations"
+        instruction, output = _from_messages(obj[name], path, line, name)
         extra = ""
     elif "prompt" in obj and "completion" in obj:
         instruction = _text(obj["prompt"], path, line, "prompt", required=True)
@@ -151,7 +196,7 @@ def record_from_dict(obj: Any, path: Path, line: int, task: str | None = None) -
         raise DataError(
             path, line, None,
             f"no known layout (keys: {keys}); expected instruction/output, instruction/response, "
-            "prompt/completion, question/answer or messages",
+            "prompt/completion, question/answer, messages or conversations",
         )
     return Record(instruction.strip(), extra.strip(), output.strip(), f"{path}:{line}", task, obj)
 
@@ -161,7 +206,7 @@ def _task_label(path: Path) -> str:
 
 
 def _iter_json_objects(path: Path, text: str) -> Iterator[tuple[int, Any]]:
-    if path.suffix == ".jsonl":
+    if path.suffix.lower() == ".jsonl":
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
@@ -219,7 +264,17 @@ def read_records(path: str | Path, *, task: str | None = None) -> tuple[list[Rec
         DataError: the file is missing, not UTF-8, malformed, or a record lacks a field or has a
             wrong type. The message names the file, the line (for JSON arrays: the element's
             position) and the field.
+        EmptyFileError: the file holds no records at all (``path: no records (empty file)``).
+            A file whose records are all skipped is not an error: ``report.summary()`` says so.
     """
+    records, report = _read_file(path, task)
+    if report.read == 0 and not str(path).startswith("hf:"):
+        raise EmptyFileError(path, None, None, f"no records ({', '.join(report.skipped)})")
+    return records, report
+
+
+def _read_file(path: str | Path, task: str | None) -> tuple[list[Record], LoadReport]:
+    """:func:`read_records`, except that a file with no records is counted as skipped, not raised."""
     if str(path).startswith("hf:"):
         return _read_hf(str(path)[3:], task)
     path = Path(path)
@@ -228,20 +283,23 @@ def read_records(path: str | Path, *, task: str | None = None) -> tuple[list[Rec
     payload = path.read_bytes()
     report = LoadReport(str(path), sha256=hashlib.sha256(payload).hexdigest())
     try:
-        text = payload.decode("utf-8")
+        text = payload.decode("utf-8-sig")  # a leading byte-order mark is dropped
     except UnicodeDecodeError as error:
-        line = payload[: error.start].count(b"\n") + 1
+        line = error.object[: error.start].count(b"\n") + 1
         raise DataError(path, line, None, f"not UTF-8 (byte {error.start})") from None
     label = task or _task_label(path)
-    if path.suffix not in (".json", ".jsonl"):
+    if path.suffix.lower() not in SUFFIXES:
         raise DataError(path, None, None, "unknown file type: expected .json or .jsonl")
     records = []
-    for line, obj in _iter_json_objects(path, text):
+    for line, obj in _iter_json_objects(path, text) if text.strip() else ():
+        report.read += 1
         record = record_from_dict(obj, path, line, label)
         if not record.output:
             report.skip("empty output", f"{path}:{line}")
             continue
         records.append(record)
+    if report.read == 0:
+        report.skip("empty file" if not text.strip() else "empty list", str(path))
     report.kept = len(records)
     return records, report
 
@@ -256,6 +314,7 @@ def _read_hf(spec: str, task: str | None) -> tuple[list[Record], LoadReport]:
     report = LoadReport(f"hf:{spec}", sha256=getattr(table, "_fingerprint", ""))
     records = []
     for row_number, row in enumerate(table, start=1):
+        report.read += 1
         record = record_from_dict(dict(row), Path(f"hf:{spec}"), row_number, task or name)
         if not record.output:
             report.skip("empty output", f"hf:{spec}:{row_number}")
@@ -265,17 +324,46 @@ def _read_hf(spec: str, task: str | None) -> tuple[list[Record], LoadReport]:
     return records, report
 
 
+def _folder_files(folder: Path) -> tuple[list[Path], LoadReport]:
+    """The folder's .json/.jsonl files (any case, sorted) and a report of the entries not read."""
+    files: list[Path] = []
+    report = LoadReport(str(folder))
+    for entry in sorted(folder.iterdir()):
+        if entry.is_file() and entry.suffix.lower() in SUFFIXES:
+            files.append(entry)
+        else:
+            report.skip("sub-folder (not read)" if entry.is_dir() else "not .json/.jsonl (not read)", str(entry))
+    return files, report
+
+
 def read_many(paths: Iterable[str | Path]) -> tuple[list[Record], list[LoadReport]]:
-    """Read several files (a directory expands to its .json/.jsonl files, sorted)."""
+    """Read several files; a folder expands to its .json/.jsonl files (see the module doc).
+
+    Returns:
+        All kept records in order and one report per file (``report.summary()``: read, kept,
+        skipped), plus, after a folder's files, a report of the folder's entries not read when
+        there are any. Empty files are counted as skipped (``"empty file"``), not raised.
+
+    Raises:
+        DataError: as :func:`read_records`, or when no record at all is kept (the message gives
+            each file's summary).
+    """
     records: list[Record] = []
     reports: list[LoadReport] = []
-    for path in paths:
-        path = Path(path) if not str(path).startswith("hf:") else path
-        files = sorted(p for p in path.iterdir() if p.suffix in (".json", ".jsonl")) if isinstance(path, Path) and path.is_dir() else [path]
+    inputs = list(paths)
+    for path in inputs:
+        is_folder = not str(path).startswith("hf:") and Path(path).is_dir()
+        files, folder_report = _folder_files(Path(path)) if is_folder else ([path], None)
         for file in files:
-            file_records, report = read_records(file)
+            file_records, report = _read_file(file, None)
             records.extend(file_records)
             reports.append(report)
+        if folder_report is not None and folder_report.skipped:
+            reports.append(folder_report)
+    if reports and not records:
+        where = str(inputs[0]) if len(inputs) == 1 else f"{len(inputs)} inputs"
+        details = "; ".join(r.summary() for r in reports[:20]) + ("; ..." if len(reports) > 20 else "")
+        raise DataError(where, None, None, f"no records kept: {details}")
     return records, reports
 
 

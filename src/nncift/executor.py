@@ -52,13 +52,16 @@ class Executor(ABC):
     def predict_rows(
         self, network: Any, row_embeddings: np.ndarray, col_embeddings: np.ndarray,
         row_blocks: list[tuple[int, int]], write: Callable[[int, int, np.ndarray], None], *, progress: bool = True,
+        self_cols: np.ndarray | None = None,
     ) -> None:
         """Predict row blocks ``(start, stop)`` of the (rows × cols) matrix and hand each to ``write(start, stop,
-        values)`` with values float32 (stop − start, n_cols), in any order. Default: in this process."""
+        values)`` with values float32 (stop − start, n_cols), in any order. ``self_cols``: per row, the
+        column of the same record (−1: none), for the network's self-pair term. Default: in this process."""
         from .network import predict_pairwise
 
         for start, stop in tqdm(row_blocks, desc="predict", unit="block", disable=not progress):
-            write(start, stop, predict_pairwise(network, row_embeddings[start:stop], col_embeddings))
+            own = None if self_cols is None else self_cols[start:stop]
+            write(start, stop, predict_pairwise(network, row_embeddings[start:stop], col_embeddings, self_cols=own))
 
     def close(self) -> None:
         """Release workers (and a cluster the executor started); the local executor holds nothing."""

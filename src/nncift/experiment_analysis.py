@@ -18,8 +18,9 @@ import numpy as np
 from .embed import embed_records
 from .fidelity import evaluate_split, quadrant_masks
 from .influence import influence_class
-from .network import predict_pairwise, predict_pointwise, train_pairwise, train_pointwise
-from .pipeline import network_settings, plan_layout, sample_indices
+from .training import train_network, train_network_pointwise
+from .network import predict_pairwise, predict_pointwise
+from .pipeline import block_self_cols, network_settings, plan_layout, sample_indices, self_cols_of
 
 _SCATTER_POINTS = 3000
 
@@ -113,7 +114,7 @@ def fidelity_summary(experiment: Any, influence: str) -> dict[str, Any]:
 
 
 def _pairwise_fidelity(truth, pool, targets, objective, settings, fractions, embed):
-    layout_rows = plan_layout(pool, targets, objective, dataclasses.replace(settings, fraction=1.0), np.random.default_rng(0)).rows
+    layout_rows = plan_layout(pool, targets, objective, dataclasses.replace(settings, fraction=1.0, sampling_blocks=1), np.random.default_rng(0)).rows
     col_embeddings = embed(pool)
     row_embeddings = embed(layout_rows)  # the embedding cache makes the pool rows free
     rows, scatter = [], {}
@@ -121,8 +122,9 @@ def _pairwise_fidelity(truth, pool, targets, objective, settings, fractions, emb
         rng = np.random.default_rng(settings.seed)
         layout = plan_layout(pool, targets, objective, dataclasses.replace(settings, fraction=fraction), rng)
         labels = truth[np.ix_(layout.seen_rows, layout.seen_cols)].astype(np.float32)
-        network, _ = train_pairwise(row_embeddings[layout.seen_rows], col_embeddings[layout.seen_cols], labels, network_settings(settings))
-        predicted = predict_pairwise(network, row_embeddings, col_embeddings).astype(np.float64)
+        network, _ = train_network(row_embeddings[layout.seen_rows], col_embeddings[layout.seen_cols], labels, network_settings(settings),
+                                   self_cols=block_self_cols(layout), objective="topk" if objective == "topk" else "fl")
+        predicted = predict_pairwise(network, row_embeddings, col_embeddings, self_cols=self_cols_of(layout)).astype(np.float64)
         masks = quadrant_masks(*truth.shape, layout.seen_rows, layout.seen_cols)
         for name, mask in masks.items():
             metrics = evaluate_split(truth[mask], predicted[mask], labels.ravel().astype(np.float64), rng, 0.10)
@@ -148,7 +150,7 @@ def _pointwise_fidelity(truth, embeddings, settings, fractions):
         rng = np.random.default_rng(settings.seed)
         seen = sample_indices(len(truth), fraction, settings.min_sampled, rng)
         seen_ok = seen[ok[seen]]
-        network, _ = train_pointwise(embeddings[seen_ok], truth[seen_ok].astype(np.float32), network_settings(settings))
+        network, _ = train_network_pointwise(embeddings[seen_ok], truth[seen_ok].astype(np.float32), network_settings(settings))
         predicted = predict_pointwise(network, embeddings).astype(np.float64)
         seen_mask = np.zeros(len(truth), dtype=bool)
         seen_mask[seen] = True

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .data import Record, read_records, write_jsonl
+from .data import EmptyFileError, Record, read_records, write_jsonl
 from .models import BUNDLED_EMBEDDER, BUNDLED_LM
 
 
@@ -135,7 +135,10 @@ def load_by_family(settings: ExperimentSettings) -> tuple[dict[str, list[Record]
         family = family_of(path.stem, settings.families)
         if family is None:
             continue
-        records, _ = read_records(path)
+        try:
+            records, _ = read_records(path)
+        except EmptyFileError:  # e.g. P3 templates whose every completion is empty upstream: nothing to use
+            continue
         by_family.setdefault(family, []).extend(dataclasses.replace(r, task=family) for r in records)
         used.append(str(path))
     missing = [f for f in settings.families if f not in by_family]

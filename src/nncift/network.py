@@ -32,11 +32,16 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from .towers import PointwiseNetwork, TwoTowerNetwork, predict_two_tower
+
+if TYPE_CHECKING:
+    from .fitting import FitSettings
 
 __all__ = [
     "NetworkSettings",
@@ -51,6 +56,8 @@ __all__ = [
     "load_network",
     "load_network_metadata",
     "network_metadata_path",
+    "build_network",
+    "ARCHITECTURES",
     "numba_available",
     "warm_up_kernel",
 ]
@@ -76,10 +83,32 @@ _NAIVE_BLOCK_PAIRS = 1 << 15
 # settings, module, report
 
 
+ARCHITECTURES = ("two-tower", "paper")
+"""``two-tower``: the default (:mod:`nncift.towers`, trained and validated by :mod:`nncift.fitting`);
+``paper``: the NN-CIFT paper's MLP on ``[e_i, 0, e_j]`` with its training, for reproduction."""
+
+
 @dataclass(frozen=True)
 class NetworkSettings:
-    """Architecture and training settings of an InfluenceNetwork (paper defaults)."""
+    """Architecture and training settings of an InfluenceNetwork.
 
+    ``architecture="two-tower"`` (default) uses ``tower_hidden``, ``tower_rank``, ``max_steps``,
+    ``folds`` and ``fallback`` (see :class:`nncift.fitting.FitSettings`); ``"paper"`` uses
+    ``hidden_sizes``, ``learning_rate``, ``epochs`` and ``batch_size`` (the paper's values).
+    """
+
+    architecture: str = "two-tower"
+    """two-tower (default) or paper."""
+    tower_hidden: int = 128
+    """two-tower: hidden width of each tower."""
+    tower_rank: int = 64
+    """two-tower: rank of the learned interaction."""
+    max_steps: int = 300
+    """two-tower: most full-batch optimisation steps (the step count is chosen on held-out records)."""
+    folds: int = 4
+    """two-tower: record folds of the validation."""
+    fallback: bool = True
+    """two-tower: ship the calibrated prior or a blend when they validate better than the network."""
     hidden_sizes: tuple[int, ...] = (100,)
     """Sizes of the hidden layers, input side first; the paper uses one layer of 100."""
     learning_rate: float = 1e-4
@@ -90,6 +119,17 @@ class NetworkSettings:
     """Examples per mini-batch."""
     seed: int = 0
     """Seed of the weight initialisation and of the shuffling (one torch.Generator for both)."""
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture '{self.architecture}': choose {' or '.join(ARCHITECTURES)}")
+
+    def fit_settings(self) -> "FitSettings":
+        """The two-tower training settings."""
+        from .fitting import FitSettings
+
+        return FitSettings(hidden=self.tower_hidden, rank=self.tower_rank, max_steps=self.max_steps, folds=self.folds,
+                           fallback=self.fallback, seed=self.seed)
 
 
 class InfluenceNetwork(torch.nn.Module):
@@ -146,7 +186,7 @@ class InfluenceNetwork(torch.nn.Module):
 
     def architecture(self) -> dict[str, Any]:
         """JSON-ready description from which :func:`load_network` rebuilds the module."""
-        return {"embedding_dim": self.embedding_dim, "hidden_sizes": list(self.hidden_sizes), "pairwise": self.pairwise}
+        return {"kind": "paper", "embedding_dim": self.embedding_dim, "hidden_sizes": list(self.hidden_sizes), "pairwise": self.pairwise}
 
 
 @dataclass(frozen=True)
@@ -472,7 +512,7 @@ def _torch_tiles(network: InfluenceNetwork, a: Tensor, b: Tensor, out: Tensor) -
 
 
 def predict_pairwise(
-    network: InfluenceNetwork,
+    network: "InfluenceNetwork | TwoTowerNetwork",
     row_embeddings: np.ndarray,
     col_embeddings: np.ndarray,
     *,
@@ -480,9 +520,14 @@ def predict_pairwise(
     block_rows: int | None = None,
     progress: bool = False,
     backend: Literal["auto", "numba", "torch"] = "auto",
+    self_cols: np.ndarray | None = None,
 ) -> np.ndarray:
     """Predict the full influence matrix: (R, d) rows × (C, d) cols → float32 (R, C), ``out[i, j]`` =
     the network on ``[rows[i], 0, cols[j]]`` (embeddings L2-normalised, used as given).
+
+    A :class:`~nncift.towers.TwoTowerNetwork` predicts with one matrix product per row block
+    (``backend`` does not apply); ``self_cols`` (per row, the column of the same record, −1 for
+    none) gives it the rows whose self-pair term applies. The paper's MLP has no self-pair term.
 
     Uses the split first layer (O(h) per pair, no concatenated inputs). ``out``: an (R, C) float32
     array to fill (an ``np.memmap`` works: it is written one block of ``block_rows`` rows at a time);
@@ -492,6 +537,13 @@ def predict_pairwise(
     """
     if not network.pairwise:
         raise ValueError("predict_pairwise needs a pairwise network; use predict_pointwise")
+    if isinstance(network, TwoTowerNetwork):
+        for name, array in (("row_embeddings", row_embeddings), ("col_embeddings", col_embeddings)):
+            if np.ndim(array) != 2 or np.shape(array)[1] != network.embedding_dim:
+                raise ValueError(f"{name} must have {network.embedding_dim} columns, got shape {np.shape(array)}")
+        if out is not None and (out.shape != (len(row_embeddings), len(col_embeddings)) or out.dtype != np.float32):
+            raise ValueError(f"out must be float32 of shape {(len(row_embeddings), len(col_embeddings))}, got {out.dtype} {out.shape}")
+        return predict_two_tower(network, row_embeddings, col_embeddings, out=out, self_cols=self_cols, block_rows=block_rows)
     rows_np = _as_float32(row_embeddings, 2, "row_embeddings")
     cols_np = _as_float32(col_embeddings, 2, "col_embeddings")
     for name, array in (("row_embeddings", rows_np), ("col_embeddings", cols_np)):
@@ -576,10 +628,12 @@ def predict_pairwise_naive(
     return out
 
 
-def predict_pointwise(network: InfluenceNetwork, embeddings: np.ndarray, *, batch_size: int = 65536) -> np.ndarray:
+def predict_pointwise(network: "InfluenceNetwork | PointwiseNetwork", embeddings: np.ndarray, *, batch_size: int = 65536) -> np.ndarray:
     """Predict one value per example: ``embeddings`` (N, d) → float32 (N,), in batches of ``batch_size``."""
     if network.pairwise:
         raise ValueError("predict_pointwise needs a pointwise network; use predict_pairwise")
+    if embeddings.shape[1] != network.embedding_dim:
+        raise ValueError(f"embeddings must have {network.embedding_dim} columns, got shape {embeddings.shape}")
     inputs = _embedding_tensor(embeddings, "embeddings")
     out = np.empty(inputs.shape[0], dtype=np.float32)
     with torch.no_grad():
@@ -609,7 +663,7 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def save_network(network: InfluenceNetwork, path: str | Path, metadata: dict) -> None:
+def save_network(network: "InfluenceNetwork | TwoTowerNetwork | PointwiseNetwork", path: str | Path, metadata: dict) -> None:
     """Write the weights to ``path`` (safetensors) and ``{"architecture", "format_version", **metadata}``
     to the JSON sidecar beside it (:func:`network_metadata_path`). No pickle."""
     from safetensors.torch import save_file
@@ -636,14 +690,24 @@ def load_network_metadata(path: str | Path) -> dict:
     return {"architecture": json.loads(header["nncift_architecture"])}
 
 
-def load_network(path: str | Path) -> InfluenceNetwork:
+def build_network(architecture: dict[str, Any]) -> "InfluenceNetwork | TwoTowerNetwork | PointwiseNetwork":
+    """An untrained module of the described architecture (``architecture()`` of any network kind)."""
+    kind = architecture.get("kind", "paper")
+    d = int(architecture["embedding_dim"])
+    if kind == TwoTowerNetwork.kind:
+        return TwoTowerNetwork(d, int(architecture["hidden"]), int(architecture["rank"]))
+    if kind == PointwiseNetwork.kind:
+        return PointwiseNetwork(d, int(architecture["hidden"]))
+    if kind == "paper":
+        return InfluenceNetwork(d, tuple(architecture["hidden_sizes"]), pairwise=bool(architecture["pairwise"]))
+    raise ValueError(f"unknown network kind {kind!r} (written by a newer nncift?)")
+
+
+def load_network(path: str | Path) -> "InfluenceNetwork | TwoTowerNetwork | PointwiseNetwork":
     """Rebuild a network written by :func:`save_network` (eval mode, CPU)."""
     from safetensors.torch import load_file
 
-    architecture = load_network_metadata(path)["architecture"]
-    network = InfluenceNetwork(
-        int(architecture["embedding_dim"]), tuple(architecture["hidden_sizes"]), pairwise=bool(architecture["pairwise"])
-    )
+    network = build_network(load_network_metadata(path)["architecture"])
     network.load_state_dict(load_file(str(path)))
     network.eval()
     return network

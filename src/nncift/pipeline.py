@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +40,11 @@ from .executor import executor_for, stored_failures
 from .influence import InfluenceSpec, PairwiseInfluence, influence_class
 from .ledger import CostLedger
 from .models import model_fingerprint
-from .network import NetworkSettings, load_network, predict_pointwise, save_network, train_pairwise, train_pointwise
-from .store import RunStore, plan_blocks
+from .training import train_network, train_network_pointwise
+from .network import NetworkSettings, load_network, load_network_metadata, predict_pointwise, save_network
+from .store import Block, RunStore, plan_blocks
+from .subset_quality import ObjectiveSpec, choose_subset
+from .towers import self_columns
 
 
 @dataclass
@@ -73,6 +77,27 @@ class Layout:
     seen_cols: np.ndarray
     n_pool_rows: int
     """How many leading rows are pool records (the rest are targets)."""
+    row_groups: np.ndarray | None = None
+    """Sampling group of each seen row (``sampling_blocks`` > 1); None: one block, every seen pair labelled."""
+    col_groups: np.ndarray | None = None
+    """Sampling group of each seen column."""
+
+    def labelled(self) -> np.ndarray:
+        """(len(seen_rows), len(seen_cols)) mask of the pairs of Q1 the influence function computes."""
+        if self.row_groups is None or self.col_groups is None:
+            return np.ones((len(self.seen_rows), len(self.seen_cols)), dtype=bool)
+        return self.row_groups[:, None] == self.col_groups[None, :]
+
+    def blocks(self, block_size: int) -> list[Block]:
+        """The blocks of Q1 to compute: all of it, or each group's rectangle (rows and columns are ordered by group)."""
+        if self.row_groups is None or self.col_groups is None:
+            return plan_blocks(len(self.seen_rows), len(self.seen_cols), block_size, block_size)
+        blocks = []
+        for group in np.unique(self.col_groups):
+            rows, cols = np.flatnonzero(self.row_groups == group), np.flatnonzero(self.col_groups == group)
+            for block in plan_blocks(len(rows), len(cols), block_size, block_size):
+                blocks.append(Block(rows[0] + block.row_start, rows[0] + block.row_stop, cols[0] + block.col_start, cols[0] + block.col_stop))
+        return blocks
 
 
 def sample_indices(n: int, fraction: float, minimum: int, rng: np.random.Generator) -> np.ndarray:
@@ -96,14 +121,43 @@ def resolve_objective(settings: SelectSettings, function_class: type, has_target
 
 
 def plan_layout(pool: Sequence[Record], targets: Sequence[Record], objective: str, settings: SelectSettings, rng: np.random.Generator) -> Layout:
-    """Decide the matrix rows and sample the seen rows and columns (seeded, never the first rows)."""
-    seen_cols = sample_indices(len(pool), settings.fraction, settings.min_sampled, rng)
+    """Decide the matrix rows and sample the seen rows and columns (seeded, never the first rows).
+
+    ``settings.sampling_blocks`` = g > 1 spends the same number of labelled pairs on √g times as many
+    records: the sample (u·√g of each side) is split into g seeded groups and only the pairs within a
+    group are computed (g diagonal blocks). A pool record that is also a row is in the same group on
+    both sides.
+    """
+    g = int(settings.sampling_blocks)
+    if g < 1:
+        raise ValueError(f"sampling_blocks must be at least 1, got {g}")
+    fraction = min(1.0, settings.fraction * math.sqrt(g))
+    minimum = settings.min_sampled * math.ceil(math.sqrt(g))
+    seen_cols = sample_indices(len(pool), fraction, minimum, rng)
+    seen_targets = sample_indices(len(targets), fraction, minimum, rng) if targets else np.zeros(0, np.int64)
+    col_groups = _groups(len(seen_cols), g, rng)
+    target_groups = _groups(len(seen_targets), g, rng)
     if not targets:
-        return Layout(list(pool), seen_cols, seen_cols, len(pool))
-    seen_targets = sample_indices(len(targets), settings.fraction, settings.min_sampled, rng)
-    if objective in ("flmi", "flcg"):
-        return Layout(list(pool) + list(targets), np.concatenate([seen_cols, len(pool) + seen_targets]), seen_cols, len(pool))
-    return Layout(list(targets), seen_targets, seen_cols, 0)
+        rows, row_ids, row_groups, n_pool_rows = list(pool), seen_cols, col_groups, len(pool)
+    elif objective in ("flmi", "flcg"):
+        rows, n_pool_rows = list(pool) + list(targets), len(pool)
+        row_ids, row_groups = np.concatenate([seen_cols, len(pool) + seen_targets]), np.concatenate([col_groups, target_groups])
+    else:
+        rows, row_ids, row_groups, n_pool_rows = list(targets), seen_targets, target_groups, 0
+    if g == 1:
+        return Layout(rows, row_ids, seen_cols, n_pool_rows)
+    row_order = np.lexsort((row_ids, row_groups))  # by group, then pool rows before targets, then index
+    col_order = np.lexsort((seen_cols, col_groups))
+    return Layout(rows, row_ids[row_order], seen_cols[col_order], n_pool_rows, row_groups[row_order], col_groups[col_order])
+
+
+def _groups(n: int, g: int, rng: np.random.Generator) -> np.ndarray:
+    """Seeded group of each of n sampled records, g groups of (nearly) equal size (all 0 when g = 1, drawing nothing)."""
+    if g == 1:
+        return np.zeros(n, dtype=np.int64)
+    groups = np.empty(n, dtype=np.int64)
+    groups[rng.permutation(n)] = np.arange(n) % g
+    return groups
 
 
 def selection_budget(settings: SelectSettings) -> float | int:
@@ -121,7 +175,24 @@ def influence_spec(settings: SelectSettings, options: dict[str, Any]) -> Influen
 
 def network_settings(settings: SelectSettings) -> NetworkSettings:
     """The InfluenceNetwork settings of a run."""
-    return NetworkSettings(tuple(settings.hidden_sizes), settings.learning_rate, settings.epochs, settings.batch_size, settings.seed)
+    return NetworkSettings(architecture=settings.architecture, tower_hidden=settings.tower_hidden, tower_rank=settings.tower_rank,
+                           max_steps=settings.max_steps, folds=settings.folds, fallback=settings.fallback,
+                           hidden_sizes=tuple(settings.hidden_sizes), learning_rate=settings.learning_rate, epochs=settings.epochs,
+                           batch_size=settings.batch_size, seed=settings.seed)
+
+
+def self_cols_of(layout: Layout) -> np.ndarray:
+    """Per matrix row, the column of the same record (the pool rows), else −1."""
+    return self_columns(len(layout.rows), layout.n_pool_rows)
+
+
+def block_self_cols(layout: Layout) -> np.ndarray:
+    """Per row of the sampled block Q1, the position in Q1's columns of the same record, else −1."""
+    position = {int(c): p for p, c in enumerate(layout.seen_cols)}
+    return np.array([position.get(int(r), -1) if r < layout.n_pool_rows else -1 for r in layout.seen_rows], dtype=np.int64)
+
+
+FILL_RULE = "after the last positive gain: the unchosen candidates by decreasing singleton value f({j}), ties by lowest index"
 
 
 def label_scaling(function_class: type, known: np.ndarray) -> tuple[float, float]:
@@ -234,7 +305,7 @@ def run_full_select(
     pool, targets, progress = run.pool, run.targets, not settings.quiet
     with executor_for(settings) as executor:
         if function_class.pairwise:
-            layout = plan_layout(pool, targets, objective, dataclasses.replace(settings, fraction=1.0), np.random.default_rng(settings.seed))
+            layout = plan_layout(pool, targets, objective, dataclasses.replace(settings, fraction=1.0, sampling_blocks=1), np.random.default_rng(settings.seed))
             full = store.matrix("full", np.arange(len(layout.rows)), np.arange(len(pool)))
             with ledger.stage("influence on full matrix"):
                 ledger.counters.update(executor.run_pairwise(spec, layout.rows, pool, full, plan_blocks(*full.shape, settings.block_size, settings.block_size), store.folder, progress=progress))
@@ -253,7 +324,7 @@ def run_full_select(
         else:
             chosen = selection_module.top_k(np.where(np.isfinite(scaled[0]), scaled[0], -1.0), selection_budget(settings))  # failures last
     extra = {"label_scaling": {"low": low, "high": high, "source": "fixed range" if function_class.label_range else "min-max of the full matrix"},
-             "matrix_shape": list(full.shape), "not_computed": int(np.isnan(values).sum())}
+             "matrix_shape": list(full.shape), "not_computed": int(np.isnan(values).sum()), **selection_info(chosen)}
     return _finish(run, settings, extra, chosen.indices, chosen.gains, chosen.objective)
 
 
@@ -308,10 +379,10 @@ def _finish(run: _Run, settings: SelectSettings, extra: dict[str, Any], indices,
 def _select_pairwise(settings, spec, function_class, objective, pool, targets, store, executor, ledger, rng, progress):
     layout = plan_layout(pool, targets, objective, settings, rng)
     seen = store.matrix("q1", layout.seen_rows, layout.seen_cols)
-    blocks = plan_blocks(*seen.shape, settings.block_size, settings.block_size)
+    blocks = layout.blocks(settings.block_size)
     with ledger.stage("influence on sampled block"):
         ledger.counters.update(executor.run_pairwise(spec, layout.rows, pool, seen, blocks, store.folder, progress=progress))
-    ledger.evaluations_made = int(seen.array.size)
+    ledger.evaluations_made = int(layout.labelled().sum())
     ledger.evaluations_full = len(layout.rows) * len(pool)
     with ledger.stage("embeddings"):
         col_embeddings = executor.embed_records(pool, model=settings.embedder, device=settings.device, progress=progress)
@@ -319,47 +390,77 @@ def _select_pairwise(settings, spec, function_class, objective, pool, targets, s
         if len(layout.rows) > layout.n_pool_rows:
             parts.append(executor.embed_records(layout.rows[layout.n_pool_rows :], model=settings.embedder, device=settings.device, progress=progress))
         row_embeddings = np.concatenate(parts) if len(parts) > 1 else parts[0]
-    known = np.asarray(seen.array, dtype=np.float32)
+    known = np.where(layout.labelled(), np.asarray(seen.array, dtype=np.float32), np.nan)
     low, high = label_scaling(function_class, known)
     labels = (known - low) / (high - low)
     with ledger.stage("network training"):
-        network, report = _trained_network(store, network_settings(settings), progress, lambda s: train_pairwise(
-            row_embeddings[layout.seen_rows], col_embeddings[layout.seen_cols], labels, s, progress=progress))
+        network, report = _trained_network(store, network_settings(settings), progress, lambda s: train_network(
+            row_embeddings[layout.seen_rows], col_embeddings[layout.seen_cols], labels, s, self_cols=block_self_cols(layout),
+            objective="topk" if objective == "topk" else "fl", progress=progress))
     with ledger.stage("prediction"):  # row blocks written to disk; Q1 keeps its exact values
         predicted = streaming.predict_to_npy(network, row_embeddings, col_embeddings, store.path("predicted.npy"), executor=executor,
-                                             known=(layout.seen_rows, layout.seen_cols, labels), progress=progress)
+                                             known=(layout.seen_rows, layout.seen_cols, labels), progress=progress,
+                                             self_cols=self_cols_of(layout))
     with ledger.stage("selection"):  # on a cluster, or when it would not fit: from disk, same result
         if executor.name == "local" and streaming.fits_in_memory((len(layout.rows), len(pool))):
             chosen = _run_objective(objective, np.load(predicted, mmap_mode="r"), layout, settings, function_class, spec)
         else:
             chosen = _stream_objective(objective, predicted, layout, settings, function_class, spec, store.folder)
     extra = {"label_scaling": {"low": low, "high": high, "source": "fixed range" if function_class.label_range else "min-max of Q1"},
-             "sampled_rows": len(layout.seen_rows), "sampled_cols": len(layout.seen_cols),
-             "matrix_shape": [len(layout.rows), len(pool)], "network_training": report}
+             "sampled_rows": len(layout.seen_rows), "sampled_cols": len(layout.seen_cols), "sampling_blocks": settings.sampling_blocks,
+             "labelled_pairs": int(layout.labelled().sum()),
+             "matrix_shape": [len(layout.rows), len(pool)], "network_training": report, **selection_info(chosen)}
     return chosen.indices, chosen.gains, chosen.objective, extra
 
 
+def selection_info(chosen: selection_module.Selection) -> dict[str, Any]:
+    """What the manifest says about the picks: how many had a positive gain, and how the rest were chosen."""
+    if chosen.n_positive is None:
+        return {}
+    return {"positive_gain_picks": int(chosen.n_positive), "fill_rule": FILL_RULE if chosen.n_positive < len(chosen.indices) else None}
+
+
 def _trained_network(store: RunStore, network_settings_: NetworkSettings, progress: bool, train):
+    """Train (or reuse the stored network of an interrupted run) and report what was chosen."""
     path = store.path("network.safetensors")
     if path.exists():
-        return load_network(path), {"reused": str(path)}
+        return load_network(path), {**load_network_metadata(path).get("report", {}), "reused": str(path)}
     network, report = train(network_settings_)
-    save_network(network, path, {"settings": dataclasses.asdict(network_settings_)})
-    return network, {"losses": [round(x, 6) for x in report.losses], "n_examples": report.n_examples, "seconds": round(report.seconds, 3)}
+    save_network(network, path, {"settings": dataclasses.asdict(network_settings_), "report": report})
+    if progress:
+        print(describe_training(report), file=sys.stderr)
+    return network, report
+
+
+def describe_training(report: dict[str, Any]) -> str:
+    """One line on what the network training chose (for the terminal)."""
+    if report.get("architecture") == "paper":
+        losses = report.get("losses") or [float("nan")]
+        return f"influence network (paper MLP): {report['n_labelled']} labels, loss {losses[0]:.4g} -> {losses[-1]:.4g}"
+    line = f"influence network ({report['architecture']}): {report['n_labelled']} labels, {report['folds']} record folds; shipped: {report['chosen']}"
+    candidates = report.get("candidates") or {}
+    if candidates:
+        line += " (held-out records, criterion = mean of Spearman and f_gain: " + ", ".join(
+            f"{name} {values.get('criterion') if values.get('criterion') is not None else float('nan'):.3f}" for name, values in candidates.items()) + ")"
+    if report.get("steps") is not None and report["chosen"] != "prior":
+        line += f"; lr {report['learning_rate']:g}, weight decay {report['weight_decay']:g}, {report['steps']} steps"
+    if report.get("note"):
+        line += f"; {report['note']}"
+    return line
+
+
+def objective_spec(objective: str, layout: Layout, settings: SelectSettings, function_class, spec) -> ObjectiveSpec:
+    """The run's selection objective on its matrix layout (top-k with the influence function's aggregation)."""
+    scores = None
+    if objective == "topk":
+        function = function_class.from_options(spec.options, progress=False)
+        scores = lambda matrix: function.candidate_scores(matrix, layout.rows)  # noqa: E731
+    return ObjectiveSpec(objective, selection_budget(settings), n_pool_rows=layout.n_pool_rows, eta=settings.eta, nu=settings.nu,
+                         candidate_scores=scores)
 
 
 def _run_objective(objective: str, predicted: np.ndarray, layout: Layout, settings: SelectSettings, function_class, spec):
-    n_pool = predicted.shape[1]
-    if objective == "topk":
-        scores = function_class.from_options(spec.options, progress=False).candidate_scores(predicted, layout.rows)
-        return selection_module.top_k(scores, selection_budget(settings))
-    similarity = np.maximum(predicted, 0.0)
-    if objective == "fl":
-        return selection_module.facility_location(similarity, selection_budget(settings))
-    data, others = similarity[:n_pool], np.ascontiguousarray(similarity[n_pool:].T)
-    if objective == "flmi":
-        return selection_module.fl_mutual_information(data, others, selection_budget(settings), eta=settings.eta)
-    return selection_module.fl_conditional_gain(data, others, selection_budget(settings), nu=settings.nu)
+    return choose_subset(predicted, objective_spec(objective, layout, settings, function_class, spec))
 
 
 def _stream_objective(objective: str, predicted: Path, layout: Layout, settings: SelectSettings, function_class, spec, workdir: Path):
@@ -387,7 +488,7 @@ def _select_pointwise(settings, spec, function_class, pool, store, executor, led
     with ledger.stage("embeddings"):
         embeddings = executor.embed_records(pool, model=settings.embedder, device=settings.device, progress=progress)
     with ledger.stage("network training"):
-        network, report = _trained_network(store, network_settings(settings), progress, lambda s: train_pointwise(
+        network, report = _trained_network(store, network_settings(settings), progress, lambda s: train_network_pointwise(
             embeddings[seen[ok]], labels[ok], s, progress=progress))
     with ledger.stage("prediction"):
         predicted = predict_pointwise(network, embeddings).astype(np.float32)

@@ -103,24 +103,25 @@ class _Worker:
 
         return encode_texts(texts, model=model, device=device)
 
-    def load_network(self, weights: bytes, architecture: dict, rows: np.ndarray, cols: np.ndarray) -> None:
+    def load_network(self, weights: bytes, architecture: dict, rows: np.ndarray, cols: np.ndarray,
+                     self_cols: np.ndarray | None = None) -> None:
         """Rebuild the InfluenceNetwork from safetensors bytes; keep the embeddings for :meth:`predict`."""
         from safetensors.torch import load
 
-        from .network import InfluenceNetwork
+        from .network import build_network
 
         self.release()
-        network = InfluenceNetwork(int(architecture["embedding_dim"]), tuple(architecture["hidden_sizes"]),
-                                   pairwise=bool(architecture["pairwise"]))
+        network = build_network(architecture)
         network.load_state_dict(load(weights))
-        self.prediction = (network.eval(), np.array(rows, dtype=np.float32), np.array(cols, dtype=np.float32))
+        self.prediction = (network.eval(), np.array(rows, dtype=np.float32), np.array(cols, dtype=np.float32),
+                           None if self_cols is None else np.array(self_cols, dtype=np.int64))
 
     def predict(self, start: int, stop: int) -> np.ndarray:
         """Predicted rows ``start:stop`` against every column: float32 (stop − start, n_cols)."""
         from .network import predict_pairwise
 
-        network, rows, cols = self.prediction  # type: ignore[misc]
-        return predict_pairwise(network, rows[start:stop], cols)
+        network, rows, cols, self_cols = self.prediction  # type: ignore[misc]
+        return predict_pairwise(network, rows[start:stop], cols, self_cols=None if self_cols is None else self_cols[start:stop])
 
     def release(self) -> None:
         """Drop the influence function or network (and free GPU memory)."""
@@ -377,7 +378,7 @@ class RayExecutor(Executor):
                       lambda chunk, vectors: cache.put([key for key, _ in chunk], vectors), progress=progress)
         return embed_texts(texts, model=model, device=device, progress=False)
 
-    def predict_rows(self, network, row_embeddings, col_embeddings, row_blocks, write, *, progress=True):
+    def predict_rows(self, network, row_embeddings, col_embeddings, row_blocks, write, *, progress=True, self_cols=None):
         from safetensors.torch import save
 
         weights = save({name: tensor.detach().contiguous().cpu() for name, tensor in network.state_dict().items()})
@@ -386,5 +387,5 @@ class RayExecutor(Executor):
         cols = rows if same else ray.put(np.ascontiguousarray(col_embeddings, dtype=np.float32))
         self._run("predict", list(row_blocks), lambda actor, block: actor.predict.remote(*block),
                   lambda block, values: write(block[0], block[1], values),
-                  setup=lambda actor: actor.load_network.remote(weights, network.architecture(), rows, cols),
+                  setup=lambda actor: actor.load_network.remote(weights, network.architecture(), rows, cols, self_cols),
                   progress=progress)

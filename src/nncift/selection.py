@@ -31,9 +31,11 @@ Conventions and numerics
   depend on which entries are still "alive". The computed gains are therefore exactly monotone
   non-increasing as coverage grows, and lazy greedy returns exactly the picks of plain greedy.
 - Ties are broken by the lowest column index, in lazy and in plain greedy.
-- When every remaining gain is 0 (all rows covered as well as they can be), the remaining slots are
-  filled with the not-yet-chosen candidates in increasing index order (gain 0 each), so the
-  selection always has exactly ``budget`` elements.
+- When every remaining gain is 0 (all rows covered as well as they can be: the objective has run
+  out of signal), the remaining slots are filled by :func:`fill_exhausted`: the not-yet-chosen
+  candidates in decreasing order of their gain on the empty set (their singleton value ``f({j})``,
+  ties by the lowest index), gain 0 each. The selection always has exactly ``budget`` elements and
+  ``Selection.n_positive`` says how many picks had a positive gain.
 - ``Selection.objective`` is recomputed from the final per-row coverage (float64 sum), not summed
   from the gains.
 - A budget of 0 returns an empty selection at once, without reading the matrix.
@@ -66,6 +68,7 @@ __all__ = [
     "fl_conditional_gain",
     "top_k",
     "objective_value",
+    "fill_exhausted",
     "select",
     "OBJECTIVES",
 ]
@@ -89,6 +92,8 @@ class Selection:
     gains: np.ndarray
     objective: float
     name: str
+    n_positive: int | None = None
+    """Greedy objectives: picks with a positive marginal gain (the rest were filled by :func:`fill_exhausted`)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -478,12 +483,35 @@ def _greedy(similarity: Any, budget: float | int, *, cap: np.ndarray | None, ini
         bad = _prepare(s, cap if use_cap else np.zeros(n_rows, np.float32), use_cap, st)
         if bad:
             raise ValueError(f"similarity contains {bad} non-finite (as float32) entries")
+        initial_gains = _all_gains(st, cur)
         if lazy:
-            picks, gains = _lazy_greedy(st, st.view(np.int32), cur, k, _all_gains(st, cur))
+            picks, gains = _lazy_greedy(st, st.view(np.int32), cur, k, initial_gains.copy())
         else:
             picks, gains = _plain_greedy(st, cur, k)
     objective = float(np.sum(cur.astype(np.float64) - start.astype(np.float64)))
-    return Selection(picks, gains, objective, name)
+    picks, n_positive = fill_exhausted(picks, gains, initial_gains)
+    return Selection(picks, gains, objective, name, n_positive)
+
+
+def fill_exhausted(picks: np.ndarray, gains: np.ndarray, initial_gains: np.ndarray) -> tuple[np.ndarray, int]:
+    """Refill the picks after the first zero gain: unchosen candidates by decreasing ``initial_gains``.
+
+    Greedy stops finding value once every row is covered as well as the candidates allow; the
+    remaining picks (gain 0 each, so the objective is unchanged) are then the candidates with the
+    highest singleton value ``f({j})`` (``initial_gains``), ties by the lowest index — never the
+    pool's file order. Returns ``(picks, number of picks with a positive gain)``.
+    """
+    zero = np.flatnonzero(np.asarray(gains) <= 0.0)
+    if zero.size == 0:
+        return picks, len(picks)
+    first = int(zero[0])
+    chosen = np.zeros(len(initial_gains), dtype=bool)
+    chosen[picks[:first]] = True
+    order = np.lexsort((np.arange(len(initial_gains)), -np.asarray(initial_gains, dtype=np.float64)))
+    rest = order[~chosen[order]][: len(picks) - first]
+    out = np.array(picks, dtype=np.int64, copy=True)
+    out[first:] = rest
+    return out, first
 
 
 def facility_location(similarity: np.ndarray, budget: float | int, *, lazy: bool = True) -> Selection:

@@ -36,7 +36,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .selection import Selection, _all_gains, _dense_gain, budget_to_count, top_k
+from .selection import Selection, _all_gains, _dense_gain, budget_to_count, fill_exhausted, top_k
 
 _TILE_BYTES = 32 << 20
 """Bytes of one tile read or written while streaming (bounds the driver's memory)."""
@@ -93,7 +93,7 @@ def prediction_blocks(n_rows: int, n_cols: int, block_rows: int | None = None) -
 def predict_to_npy(
     network: Any, row_embeddings: np.ndarray, col_embeddings: np.ndarray, path: str | Path, *,
     executor: Any = None, known: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-    block_rows: int | None = None, progress: bool = False,
+    block_rows: int | None = None, progress: bool = False, self_cols: np.ndarray | None = None,
 ) -> Path:
     """Write the predicted (n_rows × n_cols) float32 matrix to ``path`` in row blocks.
 
@@ -107,6 +107,7 @@ def predict_to_npy(
             values that replace the prediction there (NaN labels keep the prediction).
         block_rows: rows per block (default ~16M pairs per block); the result does not depend on it.
         progress: show a progress bar.
+        self_cols: per row, the column of the same record (−1: none), for the network's self-pair term.
     """
     from .executor import LocalExecutor
 
@@ -130,7 +131,8 @@ def predict_to_npy(
             _pwrite(fd, values.astype(np.float32, copy=False), offset + start * shape[1] * 4)
 
         (executor or LocalExecutor()).predict_rows(network, row_embeddings, col_embeddings,
-                                                   prediction_blocks(*shape, block_rows), write, progress=progress)
+                                                   prediction_blocks(*shape, block_rows), write, progress=progress,
+                                                   self_cols=self_cols)
     finally:
         os.close(fd)
     return path
@@ -211,11 +213,12 @@ def _candidate_major(path: Path, work: Path, n_data_rows: int, cap: np.ndarray |
         os.close(fd)
 
 
-def _lazy_greedy(work: Path, start: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Lazy greedy over the candidate-major working file; returns (picks, gains, final coverage).
+def _lazy_greedy(work: Path, start: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Lazy greedy over the candidate-major working file; returns (picks, gains, final coverage, initial gains).
 
     Same semantics as the in-memory kernel: exact initial gains, a max-heap of bounds (larger bound
-    first, then lower index), a bound re-evaluated once per step, zero gains filled in index order.
+    first, then lower index), a bound re-evaluated once per step, zero gains filled by
+    :func:`nncift.selection.fill_exhausted` (the caller applies it with the initial gains returned).
     """
     offset, (n_cand, n_rows) = npy_layout(work)
     cover = start.astype(np.float32, copy=True)
@@ -249,7 +252,7 @@ def _lazy_greedy(work: Path, start: np.ndarray, k: int) -> tuple[np.ndarray, np.
             np.copyto(cover, column, where=column > cover)
     finally:
         os.close(fd)
-    return picks, gains, cover
+    return picks, gains, cover, bounds
 
 
 def select_from_npy(
@@ -291,11 +294,12 @@ def select_from_npy(
     work = Path(workdir or path.parent) / f".{path.stem}.by-candidate.npy"
     try:
         _candidate_major(path, work, n_data_rows, cap)
-        picks, gains, cover = _lazy_greedy(work, start, k)
+        picks, gains, cover, initial_gains = _lazy_greedy(work, start, k)
     finally:
         work.unlink(missing_ok=True)
     value = float(np.sum(cover.astype(np.float64) - start.astype(np.float64)))
-    return Selection(picks, gains, value, objective)
+    picks, n_positive = fill_exhausted(picks, gains, initial_gains)
+    return Selection(picks, gains, value, objective, n_positive)
 
 
 def fits_in_memory(shape: tuple[int, int], *, share: float = 0.5) -> bool:

@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Iterator, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from ..data import Record
 from ..models import BUNDLED_LM, load_causal_lm
@@ -280,9 +281,11 @@ class Delift(PairwiseInfluence):
             targets = [self._target(int(i)) for i in target_indices]
             suffixes, n_scored = [self._suffix(t) for t in targets], [t.n_scored for t in targets]
             batches = plan_batches([len(s) for s in suffixes], self.settings.token_budget)
-            for col, candidate in enumerate(candidate_indices):
-                log_ps = self._after_prefix(self._prefix(int(candidate)), suffixes, n_scored, batches)
-                distances[:, col] = [rms_distance(np.exp(log_p)) for log_p in log_ps]
+            with tqdm(total=distances.size, desc="delift pairs", unit="pair", disable=not self.progress, leave=False) as bar:
+                for col, candidate in enumerate(candidate_indices):  # the bar moves once per candidate
+                    log_ps = self._after_prefix(self._prefix(int(candidate)), suffixes, n_scored, batches)
+                    distances[:, col] = [rms_distance(np.exp(log_p)) for log_p in log_ps]
+                    bar.update(len(target_indices))
         else:  # every pair of the block in one list, packed by length across candidates
             pairs = [(row, col) for row in range(len(target_indices)) for col in range(len(candidate_indices))]
             sequences = [self.sequence_with(int(target_indices[r]), int(candidate_indices[c])) for r, c in pairs]

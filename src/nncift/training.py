@@ -1,0 +1,45 @@
+"""One entry point per shape to train the InfluenceNetwork named by the settings.
+
+``two-tower`` (default): :func:`nncift.fitting.fit_pairwise` / :func:`nncift.fitting_pointwise.fit_pointwise`
+(validated on held-out records, with the fallback to the no-learning prior); ``paper``: the paper's
+MLP and training (:func:`nncift.network.train_pairwise`), shipped as trained, for reproduction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .fitting import fit_pairwise
+from .fitting_pointwise import fit_pointwise
+from .network import NetworkSettings, train_pairwise, train_pointwise
+
+__all__ = ["train_network", "train_network_pointwise"]
+
+
+def train_network(row_embeddings: np.ndarray, col_embeddings: np.ndarray, labels: np.ndarray, settings: NetworkSettings, *,
+                  self_cols: np.ndarray | None = None, objective: str = "fl", progress: bool = False) -> tuple[Any, dict[str, Any]]:
+    """Train the pairwise network named by ``settings.architecture`` (:class:`nncift.network.NetworkSettings`).
+
+    ``two-tower``: :func:`fit_pairwise`; ``paper``: :func:`nncift.network.train_pairwise` as the paper
+    trains it, shipped as trained. Returns the network and a JSON-ready report.
+    """
+    if settings.architecture == "paper":
+        network, report = train_pairwise(row_embeddings, col_embeddings, labels, settings, progress=progress)
+        return network, {"architecture": "paper", "chosen": "network", "losses": [round(x, 6) for x in report.losses],
+                         "n_labelled": report.n_examples, "seconds": round(report.seconds, 3)}
+    network, fit = fit_pairwise(row_embeddings, col_embeddings, labels, settings.fit_settings(), self_cols=self_cols,
+                                objective=objective, progress=progress)
+    return network, fit.as_dict()
+
+
+def train_network_pointwise(embeddings: np.ndarray, labels: np.ndarray, settings: NetworkSettings, *, progress: bool = False) -> tuple[Any, dict[str, Any]]:
+    """Train the pointwise network named by ``settings.architecture``; NaN labels are skipped."""
+    if settings.architecture == "paper":
+        ok = np.isfinite(np.asarray(labels, dtype=np.float64))
+        network, report = train_pointwise(np.asarray(embeddings)[ok], np.asarray(labels, dtype=np.float32)[ok], settings, progress=progress)
+        return network, {"architecture": "paper", "chosen": "network", "losses": [round(x, 6) for x in report.losses],
+                         "n_labelled": report.n_examples, "seconds": round(report.seconds, 3)}
+    network, fit = fit_pointwise(embeddings, labels, settings.fit_settings())
+    return network, fit.as_dict()
