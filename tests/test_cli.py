@@ -92,8 +92,12 @@ def test_fidelity_writes_table_and_plot(tmp_path: Path, pool_file: Path) -> None
 
 
 def test_demo_runs_on_builtin_data(tmp_path: Path) -> None:
-    run = subprocess.run([str(Path(sys.executable).parent / "nncift"), "demo", "--influence", "delift-se", "--quiet", "--out", str(tmp_path / "demo")],
+    run = subprocess.run([str(Path(sys.executable).parent / "nncift"), "demo", "--quiet", "--out", str(tmp_path / "demo")],
                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
     assert run.returncode == 0, run.stderr
     assert "selected 96 records" in run.stdout
     assert len((tmp_path / "demo" / "run" / "selected.jsonl").read_text().splitlines()) == 96
+    manifest = json.loads((tmp_path / "demo" / "run" / "manifest.json").read_text())
+    assert manifest["settings"]["influence"] == "delift-se"  # the default
+    assert f"{manifest['positive_gain_picks']} picks with a positive gain" in run.stdout and manifest["positive_gain_picks"] > 48
+    assert "influence network (two-tower)" in run.stdout and "shipped:" in run.stdout

@@ -130,8 +130,11 @@ def test_the_prior_is_shipped_when_there_is_nothing_to_learn(demo_embeddings):
     assert report.chosen == "prior"
     assert report.prior["alpha"] == pytest.approx(0.5, abs=1e-4) and report.prior["beta"] == pytest.approx(0.5, abs=1e-4)
     np.testing.assert_allclose(predict_pairwise(net, e, e, self_cols=np.arange(40)), labels, atol=1e-4)
-    tiny, tiny_report = fit_pairwise(e[:3], e[:3], labels[:3, :3], QUICK)
-    assert tiny_report.chosen == "prior" and "too few" in tiny_report.note
+    tiny, tiny_report = fit_pairwise(e[:12], e[:12], labels[:12, :12] + 0.1, QUICK, self_cols=np.arange(12))  # under 3 folds of 5
+    assert tiny_report.chosen == "prior" and "too few labelled records (12)" in tiny_report.note
+    noise = np.random.default_rng(3).standard_normal((40, 40))
+    _, noise_report = fit_pairwise(e, e, noise, QUICK, self_cols=np.arange(40))
+    assert noise_report.chosen == "prior", noise_report.candidates  # nothing to learn: no fold-noise win ships the network
 
 
 def test_default_beats_the_mean_and_the_paper_network_on_a_real_delift_se_matrix(demo_embeddings):

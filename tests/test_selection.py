@@ -59,15 +59,16 @@ def brute_force_best(value, n_candidates: int, k: int) -> float:
 
 @pytest.mark.parametrize("budget, n, expected", [
     (0.3, 10, 3), (0.25, 10, 3), (0.24, 10, 2), (0.01, 10, 1), (1.0, 7, 7), (0.5, 3, 2),
-    (0, 5, 0), (0.0, 5, 0), (1, 5, 1), (5, 5, 5), (np.int64(4), 5, 4), (np.float32(0.5), 8, 4),
-    (0.5, 0, 0), (0, 0, 0),
+    (0, 5, 0), (1, 5, 1), (5, 5, 5), (np.int64(4), 5, 4), (np.float32(0.5), 8, 4),
+    (0.5, 0, 0), (0, 0, 0), (2.0, 5, 2), (np.float64(5.0), 5, 5),  # a whole float above 1 is a count (--budget 50.0)
 ])
 def test_budget_to_count(budget, n, expected):
     assert budget_to_count(budget, n) == expected
 
 
 @pytest.mark.parametrize("budget, n", [
-    (6, 5), (-1, 5), (1.5, 5), (2.0, 5), (-0.1, 5), (float("nan"), 5), (True, 5), ("3", 5), (None, 5), (1, 0),
+    (6, 5), (-1, 5), (1.5, 5), (0.0, 5), (-0.1, 5), (float("nan"), 5), (float("inf"), 5), (True, 5), ("3", 5), (None, 5),
+    (1, 0), (6.0, 5),
 ])
 def test_bad_budgets_raise(budget, n):
     with pytest.raises(ValueError):

@@ -15,10 +15,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import FidelitySettings, SelectSettings, add_arguments, build_settings, field_docs, load_yaml
+from .config import FidelitySettings, SelectSettings, add_arguments, build_settings, check_options, field_docs, load_yaml
 from .data import DataError
 from .models import ModelError
-from .store import SettingsMismatch
+from .store import SettingsMismatch, make_run_folder
 
 USER_ERRORS = (DataError, ModelError, SettingsMismatch, ValueError, FileNotFoundError, RuntimeError)
 
@@ -54,21 +54,35 @@ def _add_run_arguments(parser: argparse.ArgumentParser, settings_class: type) ->
 
 
 def _split_settings(args: argparse.Namespace, settings_class: type) -> tuple[Any, dict[str, Any]]:
-    """(run settings, influence options): dataclass defaults, then the YAML file, then flags."""
+    """(run settings, influence options): dataclass defaults, then the YAML file, then flags.
+
+    Everything is checked here, before any file is written: a bad value is reported with the YAML file
+    it came from (``c.yaml: budget: expected a number, got 'lots'``) or its flag.
+    """
+    from .influence import influence_class
+
     values: dict[str, Any] = load_yaml(args.config) if args.config else {}
+    origins = {key: str(args.config) for key in values}
     own = {f.name for f in dataclasses.fields(settings_class)}
     option_names = {f.name for klass in _influence_settings_classes() for f in dataclasses.fields(klass)} - own
-    values.update({k: v for k, v in vars(args).items() if k in own | option_names and v is not None})
+    flags = {k: v for k, v in vars(args).items() if k in own | option_names and v is not None}
+    values.update(flags)
+    origins.update({key: "--" + key.replace("_", "-") for key in flags})
     options = {k: values.pop(k) for k in list(values) if k in option_names}
     unknown = set(values) - own
-    if unknown:
-        raise ValueError(f"unknown settings: {', '.join(sorted(unknown))}")
+    if unknown:  # flags are all known: these come from the YAML file
+        raise ValueError(f"{args.config}: unknown settings: {', '.join(sorted(unknown))}")
     models = values.get("model")
     if isinstance(models, (list, tuple)):  # --model given once or more (or a YAML list)
         values["model"] = str(models[0])
-    settings = build_settings(settings_class, values)
+    settings = build_settings(settings_class, values, origins=origins)
     if isinstance(models, (list, tuple)) and len(models) > 1:
         _add_model_list(settings, options, [str(m) for m in models])
+    try:
+        function_settings = influence_class(settings.influence).Settings
+    except ModuleNotFoundError as error:
+        raise ValueError(f"influence function {settings.influence} is not available in this build ({error.name} is missing)") from None
+    check_options(function_settings, options, origins)
     return settings, options
 
 
@@ -114,9 +128,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     records = demo_records(seed=args.seed)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_jsonl(out / "demo_pool.jsonl", [r.raw for r in records])
     settings = SelectSettings(data=(str(out / "demo_pool.jsonl"),), influence=args.influence, seed=args.seed, quiet=args.quiet)
+    make_run_folder(out)  # after the settings are checked
+    write_jsonl(out / "demo_pool.jsonl", [r.raw for r in records])
     print(f"nncift demo: {len(records)} built-in records in 8 task families -> {out / 'demo_pool.jsonl'}")
     result = run_select(settings, out / "run")
     _print_summary(result)

@@ -10,7 +10,10 @@ import dataclasses
 import functools
 import importlib.metadata
 import inspect
+import math
+import numbers
 import platform
+import re
 import subprocess
 import sys
 import textwrap
@@ -18,7 +21,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -33,8 +36,8 @@ class SelectSettings:
     """Pool files (candidates): .json/.jsonl files, folders of them, or hf:NAME[:SPLIT]."""
     targets: tuple[str, ...] = ()
     """Target files (validation data of a task). Empty: the pool represents itself."""
-    influence: str = "delift"
-    """Influence function: delift, delift-se, less, selectit."""
+    influence: str = "delift-se"
+    """Influence function: delift-se (default), delift, less, selectit. DELIFT-SE is the default because with the bundled 135M model, DELIFT through the network selected no better than its cosine fallback on real data, which DELIFT-SE computes exactly without the LM (BENCHMARKS.md)."""
     fraction: float = 0.05
     """Fraction u of targets and candidates on which the influence function is computed (Q1)."""
     min_sampled: int = 10
@@ -42,7 +45,7 @@ class SelectSettings:
     sampling_blocks: int = 1
     """Sampling design: 1 = one u×u block; g > 1 = the same number of labelled pairs in g blocks over √g× as many records (for functions that cost per pair, as DELIFT)."""
     budget: float = 0.3
-    """Subset size: a fraction of the pool (≤ 1) or a count (> 1)."""
+    """Subset size: a fraction of the pool in (0, 1] (1 = the whole pool, ranked), or a whole number of records above 1 (50, or 50.0); 0, negatives and non-integral values above 1 such as 1.5 are errors."""
     objective: str = ""
     """Selection: fl, flmi, flcg, topk. Empty: the one that belongs to the influence function."""
     eta: float = 1.0
@@ -91,6 +94,10 @@ class SelectSettings:
     """GPUs per Ray worker."""
     quiet: bool = False
     """No progress bars."""
+
+    def __post_init__(self) -> None:
+        """Check every field's type and range before anything runs (:func:`check_settings`)."""
+        check_settings(self)
 
 
 @dataclass(frozen=True)
@@ -180,17 +187,173 @@ def _default(item: dataclasses.Field) -> Any:
     return None
 
 
+class SettingsError(ValueError):
+    """A setting of the wrong type or out of range: ``key`` names it, ``origin`` where it came from (a YAML file, a flag)."""
+
+    def __init__(self, key: str, problem: str = "", origin: str = ""):
+        self.key, self.problem, self.origin = key, problem, origin
+        where = f"{origin}: " if origin.startswith("--") else f"{origin}: {key}: " if origin else f"{key}: "
+        super().__init__(where + problem)
+
+
+def normalise_budget(budget: Any) -> float | int:
+    """The one budget rule (``--budget``; :func:`nncift.selection.budget_to_count` applies it too).
+
+    A number in (0, 1] is a fraction of the pool (1 = all of it); a whole number above 1 is a count of
+    records, written with or without a fraction part (50 or 50.0). Returns the fraction as a float or
+    the count as an int. 0, negatives, NaN, infinity, non-integral values above 1 (1.5), bools and
+    non-numbers raise :class:`SettingsError`.
+    """
+    if isinstance(budget, bool) or not isinstance(budget, numbers.Real):
+        raise SettingsError("budget", f"expected a number, got {budget!r}")
+    value = float(budget)
+    if 0 < value <= 1:
+        return value
+    if math.isfinite(value) and value > 1 and value.is_integer():
+        return int(value)
+    raise SettingsError("budget", f"expected a fraction in (0, 1] or a whole number of records above 1 (e.g. 50), got {budget!r}")
+
+
+_Rule = Callable[[Any], "str | None"]
+
+
+def _at_least(low: float, *, strict: bool = False) -> _Rule:
+    """Rule: a number ≥ ``low`` (> ``low`` when strict)."""
+    return lambda v: None if (v > low if strict else v >= low) else f"expected a value {'>' if strict else '≥'} {low}, got {v!r}"
+
+
+def _one_of(*choices: str) -> _Rule:
+    """Rule: one of ``choices``."""
+    return lambda v: None if v in choices else f"expected one of {', '.join(repr(c) for c in choices)}, got {v!r}"
+
+
+def _fraction(value: float) -> str | None:
+    return None if 0 < value <= 1 else f"expected a fraction in (0, 1], got {value!r}"
+
+
+def _device(value: str) -> str | None:
+    return None if value in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", value) else \
+        f"expected one of 'auto', 'cpu', 'cuda' (or 'cuda:N'), got {value!r}"
+
+
+def _influence(value: str) -> str | None:
+    from .influence import REGISTRY
+
+    return None if value in REGISTRY else f"unknown influence function {value!r}; choose from: {', '.join(sorted(REGISTRY))}"
+
+
+_ARCHITECTURES = _one_of("two-tower", "paper")
+_RULES: dict[str, _Rule] = {
+    "influence": _influence, "fraction": _fraction, "min_sampled": _at_least(1), "sampling_blocks": _at_least(1),
+    "objective": _one_of("", "fl", "flmi", "flcg", "topk"), "eta": _at_least(0), "nu": _at_least(0), "seed": _at_least(0),
+    "architecture": _ARCHITECTURES, "tower_hidden": _at_least(1), "tower_rank": _at_least(1), "max_steps": _at_least(0),
+    "folds": _at_least(1), "hidden_sizes": _at_least(1), "learning_rate": _at_least(0, strict=True), "epochs": _at_least(0),
+    "batch_size": _at_least(1), "block_size": _at_least(1), "device": _device, "executor": _one_of("local", "ray"),
+    "workers": _at_least(1), "worker_cpus": _at_least(0), "worker_gpus": _at_least(0),
+    "fractions": _fraction, "seeds": _at_least(0), "architectures": _ARCHITECTURES, "limit": _at_least(0),
+}
+"""Ranges and choices of the fields of :class:`SelectSettings` and :class:`FidelitySettings` (per item of a list)."""
+
+_KINDS = {bool: ("true or false", "booleans"), int: ("an integer", "integers"), float: ("a number", "numbers"), str: ("a string", "strings")}
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _scalar(value: Any, kind: Any) -> tuple[bool, Any]:
+    """(value has the type ``kind``, the value as that type: an int in a float field becomes a float)."""
+    if kind in (bool, str):
+        return isinstance(value, kind), value
+    if kind not in (int, float):
+        return True, value
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral if kind is int else numbers.Real):
+        return False, value
+    return (math.isfinite(value), float(value)) if kind is float else (True, int(value))
+
+
+def check_field(key: str, value: Any, hint: Any) -> Any:
+    """``value`` checked against the type hint (lists become tuples), or :class:`SettingsError` naming ``key``."""
+    if value is None and type(None) in typing.get_args(hint):
+        return value
+    kind, is_sequence = _base_type(hint)
+    singular, plural = _KINDS.get(kind, ("", ""))
+    if not is_sequence:
+        ok, value = _scalar(value, kind)
+        if not ok:
+            raise SettingsError(key, f"expected {singular}, got {value!r}")
+        return value
+    items = [_scalar(item, kind) for item in value] if isinstance(value, (list, tuple)) else [(False, value)]
+    if not all(ok for ok, _ in items):
+        raise SettingsError(key, f"expected a list of {plural}, got {value!r}")
+    return tuple(item for _, item in items)
+
+
+def check_settings(settings: Any) -> None:
+    """Check every field of a settings dataclass: its type (the type hint), then its range (:data:`_RULES`).
+
+    Lists become tuples, integers in float fields floats, and the budget takes its normal form
+    (:func:`normalise_budget`). The first bad field raises :class:`SettingsError`.
+    """
+    for key, hint in _hints(type(settings)).items():
+        value = check_field(key, getattr(settings, key), hint)
+        rule = _RULES.get(key)
+        for item in (value if isinstance(value, tuple) else (value,)) if rule else ():
+            problem = rule(item)
+            if problem:
+                raise SettingsError(key, problem)
+        if key == "budget":
+            value = normalise_budget(value)
+        object.__setattr__(settings, key, value)
+
+
+def check_options(settings_class: type, options: dict[str, Any], origins: dict[str, str] | None = None) -> None:
+    """Check an influence function's options (keys that are not fields of ``settings_class`` are ignored):
+    their types, then the class's own checks; a bad option is reported with its origin (``origins``)."""
+    hints = _hints(settings_class)
+    own = {key: value for key, value in options.items() if key in hints}
+    try:
+        for key, value in own.items():
+            check_field(key, value, hints[key])
+    except SettingsError as error:
+        raise SettingsError(error.key, error.problem, (origins or {}).get(error.key, "")) from None
+    settings_class(**own)
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """Safe YAML that reads 1e-4 as a number (YAML 1.2), not as the string PyYAML makes of it."""
+
+
+_YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                                  list("-+0123456789"))
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML settings file into a flat dict (keys with - or _ both accepted)."""
-    with open(path, encoding="utf-8") as handle:
-        payload = yaml.safe_load(handle) or {}
+    """Read a YAML settings file into a flat dict (keys with - or _ both accepted).
+
+    A file that cannot be read or is not valid YAML raises ``ValueError`` naming the file (and the line).
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            payload = yaml.load(handle, Loader=_YamlLoader) or {}  # noqa: S506 - a SafeLoader
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read the settings file ({error.strerror or error})") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ValueError(f"{path}: malformed YAML{line}: {getattr(error, 'problem', None) or error}") from None
     if not isinstance(payload, dict):
         raise ValueError(f"{path}: expected a mapping of settings, got {type(payload).__name__}")
     return {str(k).replace("-", "_"): v for k, v in payload.items()}
 
 
-def build_settings(cls: type, values: dict[str, Any]) -> Any:
-    """Make a settings dataclass from a dict, converting lists to tuples; unknown keys are an error."""
+def build_settings(cls: type, values: dict[str, Any], *, origins: dict[str, str] | None = None) -> Any:
+    """Make a settings dataclass from a dict, converting lists to tuples; unknown keys are an error.
+
+    ``origins`` says where each value came from (a YAML file's path, or a ``--flag``): a value the
+    dataclass refuses (:class:`SettingsError`) is reported with it, e.g. ``c.yaml: budget: expected a number, got 'lots'``.
+    """
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
@@ -199,10 +362,16 @@ def build_settings(cls: type, values: dict[str, Any]) -> Any:
     converted = {}
     for key, value in values.items():
         element, is_sequence = _base_type(hints[key])
-        if is_sequence and value is not None:
-            value = tuple(element(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
+        if is_sequence and value is not None:  # a single value is a list of one; items keep their type unless widened
+            value = tuple(_scalar(v, element)[1] for v in (value if isinstance(value, (list, tuple)) else [value]))
         converted[key] = value
-    return cls(**converted)
+    try:
+        return cls(**converted)
+    except SettingsError as error:
+        origin = (origins or {}).get(error.key)
+        if not origin or error.origin:
+            raise
+        raise SettingsError(error.key, error.problem, origin) from None
 
 
 def settings_dict(settings: Any) -> dict[str, Any]:

@@ -115,7 +115,9 @@ class Experiment:
                     if k not in ("name", "out", "influences", "objectives", "original_omitted", "original_per_seed", "seeds",
                                  "fidelity_fractions", "headline_metric", "device", "threads", "quiet")}
         stages = {k: {n: v for n, v in config.as_dict()[k].items() if n not in ("seed", "device", "quiet")} for k in SECTIONS}
-        self.store = RunStore(self.folder, {"data": defining, **stages})
+        # several processes may work on one experiment (each selection and arm has its own lock), so the
+        # experiment folder itself is not held exclusively; each selection's run folder is
+        self.store = RunStore(self.folder, {"data": defining, **stages}, exclusive=False)
         self.splits: Splits = build_splits(self.settings)
         self.splits.write(self.folder / "data")
         self.budget = budget_to_count(config.select.budget, len(self.splits.pool))

@@ -11,13 +11,14 @@ so validation holds out whole **records**, never random pairs:
    each learning rate × weight decay of a small grid; the validation MSE is recorded every
    ``eval_every`` steps. The grid point and step count with the lowest validation MSE, averaged over
    the folds, win (early stopping on held-out records).
-3. **The network must beat its no-learning fallback.** On the same cold validation pairs the
+3. **The network must beat its no-learning fallback.** (At least 5 held-out records per fold and 3
+   folds, else the prior is shipped.) On the same cold validation pairs the
    candidates — the calibrated prior (for pairs: the embeddings' cosine, least-squares fitted to the
    labels; pointwise: the labels' mean), the trained network, and a half-way blend of the two — are
    scored by a selection-aware criterion: the mean of Spearman's ρ and of f_gain (facility location
    or top-k on the validation block, :mod:`nncift.subset_quality`). A candidate replaces the prior
-   only if it is better on average over the folds by more than one standard error of the per-fold
-   differences; the best such candidate is shipped, else the prior. Pointwise, the candidates are
+   only if it is better on every fold, and on average by more than one standard error of the
+   per-fold differences; the best such candidate is shipped, else the prior. Pointwise, the candidates are
    scored on the pooled out-of-fold predictions of all records, and a learned one replaces the mean
    only if its ρ exceeds 2/√(n − 1). With too few labelled records to validate (fewer than two per fold), the
    prior is shipped and the report says why.
@@ -43,6 +44,12 @@ from .subset_quality import ObjectiveSpec, f_gain, spearman
 from .towers import TwoTowerNetwork
 
 __all__ = ["FitSettings", "FitReport", "fit_pairwise", "record_folds", "calibrate_prior", "selection_criterion", "one_torch_thread"]
+
+
+MIN_FOLDS = 3
+"""Fewest record folds with which a learned predictor may replace the prior (it must win on every one)."""
+MIN_RECORDS_PER_FOLD = 5
+"""Fewest held-out records per fold: with fewer, fewer folds are used (and below :data:`MIN_FOLDS`, the prior is shipped)."""
 
 
 @dataclass(frozen=True)
@@ -115,14 +122,19 @@ def one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+def _record_ids(n_rows: int, n_cols: int, self_cols: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(record id of each row, all record ids): column j is record j; a row is its own column's record, else a new one."""
+    own = np.full(n_rows, -1, dtype=np.int64) if self_cols is None else np.asarray(self_cols, dtype=np.int64)
+    row_ids = np.where(own >= 0, own, n_cols + np.arange(n_rows))
+    return row_ids, np.unique(np.concatenate([np.arange(n_cols), row_ids]))
+
+
 def record_folds(n_rows: int, n_cols: int, self_cols: np.ndarray | None, folds: int, seed: int) -> tuple[np.ndarray, np.ndarray, int]:
     """Fold of each row and each column: a row that is the same record as a column shares its fold.
 
     Returns ``(row_fold, col_fold, k)`` with ``k`` the number of folds used (at most one per record).
     """
-    own = np.full(n_rows, -1, dtype=np.int64) if self_cols is None else np.asarray(self_cols, dtype=np.int64)
-    row_ids = np.where(own >= 0, own, n_cols + np.arange(n_rows))
-    ids = np.unique(np.concatenate([np.arange(n_cols), row_ids]))
+    row_ids, ids = _record_ids(n_rows, n_cols, self_cols)
     k = int(max(1, min(folds, len(ids))))
     order = np.random.default_rng(seed).permutation(len(ids))
     fold_of = np.empty(len(ids), dtype=np.int64)
@@ -268,9 +280,10 @@ def _mean_criteria(per_fold: list[dict[str, float]]) -> dict[str, float]:
 def _choose(per_fold: dict[str, list[dict[str, float]]], order: list[str], fallback: bool) -> str:
     """The candidate to ship: ``order[0]`` is the no-learning fallback, the others must beat it.
 
-    A candidate beats the fallback when its criterion is higher on average over the folds by more
-    than one standard error of the per-fold differences (better consistently, not by fold noise);
-    of those, the best on average is shipped. Without ``fallback``, the last of ``order`` (the network).
+    A candidate beats the fallback when its criterion is higher on **every** fold and higher on
+    average by more than one standard error of the per-fold differences (better consistently, not by
+    fold noise); of those, the best on average is shipped. Without ``fallback``, the last of
+    ``order`` (the network).
     """
     if not fallback:
         return order[-1]
@@ -279,12 +292,11 @@ def _choose(per_fold: dict[str, list[dict[str, float]]], order: list[str], fallb
     for name in order[1:]:
         values = np.array([p["criterion"] for p in per_fold[name]], dtype=np.float64)
         diff = values - base
-        diff = diff[np.isfinite(diff)]
-        if diff.size == 0:
+        if diff.size < MIN_FOLDS or not np.all(np.isfinite(diff)) or not np.all(diff > 1e-9):
             continue
-        se = float(diff.std(ddof=1) / math.sqrt(diff.size)) if diff.size > 1 else 0.0
-        if diff.mean() > se + 1e-9 and float(np.nanmean(values)) > best_value + 1e-9:
-            best, best_value = name, float(np.nanmean(values))
+        se = float(diff.std(ddof=1) / math.sqrt(diff.size))
+        if diff.mean() > se and float(values.mean()) > best_value + 1e-9:
+            best, best_value = name, float(values.mean())
     return best
 
 
@@ -322,7 +334,9 @@ def fit_pairwise(row_embeddings: np.ndarray, col_embeddings: np.ndarray, labels:
         has = np.flatnonzero(self_cols >= 0)
         self_mask[has, self_cols[has]] = True
     data = _PairData(rows, cols, (rows @ cols.T).numpy().astype(np.float64), standardised, mask, self_cols, self_mask)
-    row_fold, col_fold, k = record_folds(raw.shape[0], raw.shape[1], self_cols, settings.folds, settings.seed)
+    n_records = len(_record_ids(raw.shape[0], raw.shape[1], self_cols)[1])
+    folds = max(1, min(settings.folds, n_records // MIN_RECORDS_PER_FOLD))
+    row_fold, col_fold, k = record_folds(raw.shape[0], raw.shape[1], self_cols, folds, settings.seed)
     grid = [(lr, wd) for lr in settings.learning_rates for wd in settings.weight_decays]
     evals = settings.max_steps // settings.eval_every + 1
     curves = np.full((len(grid), k, evals), np.nan)
@@ -360,8 +374,9 @@ def fit_pairwise(row_embeddings: np.ndarray, col_embeddings: np.ndarray, labels:
         report = FitReport("two-tower", "prior", n_labelled, 0.0, folds=len(fold_masks))
         alpha, beta, delta = calibrate_prior(data.cos, standardised, mask, self_mask)
         report.prior = {"alpha": alpha * std, "beta": beta * std + mean, "self_delta": delta * std}
-        if len(fold_masks) < 2:
-            report.note = "too few labelled records to validate on held-out records: the calibrated prior is used"
+        if len(fold_masks) < MIN_FOLDS:
+            report.note = (f"too few labelled records ({n_records}) to validate on held-out records "
+                           f"(at least {MIN_FOLDS * MIN_RECORDS_PER_FOLD}): the calibrated prior is used")
             network = _build_two_tower(data, settings, mask, settings.seed)
         else:
             valid = [fold for fold, _, _ in fold_masks]

@@ -161,10 +161,11 @@ def _groups(n: int, g: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def selection_budget(settings: SelectSettings) -> float | int:
-    """The subset size: a fraction of the pool when ≤ 1, else a count of records."""
-    if settings.budget < 0:
-        raise ValueError(f"budget must be positive, got {settings.budget}")
-    return settings.budget if settings.budget <= 1 else int(round(settings.budget))
+    """The subset size by the one budget rule (:func:`nncift.config.normalise_budget`): a float fraction of
+    the pool in (0, 1], or an int count of records above 1."""
+    from .config import normalise_budget
+
+    return normalise_budget(settings.budget)
 
 
 def influence_spec(settings: SelectSettings, options: dict[str, Any]) -> InfluenceSpec:
@@ -268,17 +269,18 @@ def run_select(
         The selection, with the manifest that is also written to ``out/manifest.json``.
     """
     run = _start_run(settings, out, pool, targets, influence_options, reports, {})
-    if run.finished is not None:
-        return run.finished
-    ledger, store, spec, function_class, objective = run.ledger, run.store, run.spec, run.function_class, run.objective
-    pool, targets, progress = run.pool, run.targets, not settings.quiet
-    rng = np.random.default_rng(settings.seed)
-    with executor_for(settings) as executor:
-        if function_class.pairwise:
-            indices, scores, objective_value, extra = _select_pairwise(settings, spec, function_class, objective, pool, targets, store, executor, ledger, rng, progress)
-        else:
-            indices, scores, objective_value, extra = _select_pointwise(settings, spec, function_class, pool, store, executor, ledger, rng, progress)
-    return _finish(run, settings, extra, indices, scores, objective_value)
+    with run.store:  # releases the run folder's lock at the end, also on errors
+        if run.finished is not None:
+            return run.finished
+        ledger, store, spec, function_class, objective = run.ledger, run.store, run.spec, run.function_class, run.objective
+        pool, targets, progress = run.pool, run.targets, not settings.quiet
+        rng = np.random.default_rng(settings.seed)
+        with executor_for(settings) as executor:
+            if function_class.pairwise:
+                indices, scores, objective_value, extra = _select_pairwise(settings, spec, function_class, objective, pool, targets, store, executor, ledger, rng, progress)
+            else:
+                indices, scores, objective_value, extra = _select_pointwise(settings, spec, function_class, pool, store, executor, ledger, rng, progress)
+        return _finish(run, settings, extra, indices, scores, objective_value)
 
 
 def run_full_select(
@@ -299,33 +301,34 @@ def run_full_select(
     Arguments and result as :func:`run_select`.
     """
     run = _start_run(settings, out, pool, targets, influence_options, reports, {"fraction": 1.0, "command": "full-select"})
-    if run.finished is not None:
-        return run.finished
-    ledger, store, spec, function_class, objective = run.ledger, run.store, run.spec, run.function_class, run.objective
-    pool, targets, progress = run.pool, run.targets, not settings.quiet
-    with executor_for(settings) as executor:
-        if function_class.pairwise:
-            layout = plan_layout(pool, targets, objective, dataclasses.replace(settings, fraction=1.0, sampling_blocks=1), np.random.default_rng(settings.seed))
-            full = store.matrix("full", np.arange(len(layout.rows)), np.arange(len(pool)))
-            with ledger.stage("influence on full matrix"):
-                ledger.counters.update(executor.run_pairwise(spec, layout.rows, pool, full, plan_blocks(*full.shape, settings.block_size, settings.block_size), store.folder, progress=progress))
-        else:
-            full = store.matrix("scores", np.zeros(1, dtype=np.int64), np.arange(len(pool)))
-            with ledger.stage("influence on all examples"):
-                counters, _ = executor.run_pointwise(spec, pool, full, plan_blocks(1, len(pool), 1, settings.block_size), store.folder, progress=progress)
-                ledger.counters.update(counters)
-    ledger.evaluations_made = ledger.evaluations_full = int(full.array.size)
-    values = np.asarray(full.array, dtype=np.float32)
-    low, high = label_scaling(function_class, values)
-    scaled = (values - low) / (high - low)
-    with ledger.stage("selection"):
-        if function_class.pairwise:
-            chosen = _run_objective(objective, np.where(np.isfinite(scaled), scaled, 0.0), layout, settings, function_class, spec)
-        else:
-            chosen = selection_module.top_k(np.where(np.isfinite(scaled[0]), scaled[0], -1.0), selection_budget(settings))  # failures last
-    extra = {"label_scaling": {"low": low, "high": high, "source": "fixed range" if function_class.label_range else "min-max of the full matrix"},
-             "matrix_shape": list(full.shape), "not_computed": int(np.isnan(values).sum()), **selection_info(chosen)}
-    return _finish(run, settings, extra, chosen.indices, chosen.gains, chosen.objective)
+    with run.store:  # releases the run folder's lock at the end, also on errors
+        if run.finished is not None:
+            return run.finished
+        ledger, store, spec, function_class, objective = run.ledger, run.store, run.spec, run.function_class, run.objective
+        pool, targets, progress = run.pool, run.targets, not settings.quiet
+        with executor_for(settings) as executor:
+            if function_class.pairwise:
+                layout = plan_layout(pool, targets, objective, dataclasses.replace(settings, fraction=1.0, sampling_blocks=1), np.random.default_rng(settings.seed))
+                full = store.matrix("full", np.arange(len(layout.rows)), np.arange(len(pool)))
+                with ledger.stage("influence on full matrix"):
+                    ledger.counters.update(executor.run_pairwise(spec, layout.rows, pool, full, plan_blocks(*full.shape, settings.block_size, settings.block_size), store.folder, progress=progress))
+            else:
+                full = store.matrix("scores", np.zeros(1, dtype=np.int64), np.arange(len(pool)))
+                with ledger.stage("influence on all examples"):
+                    counters, _ = executor.run_pointwise(spec, pool, full, plan_blocks(1, len(pool), 1, settings.block_size), store.folder, progress=progress)
+                    ledger.counters.update(counters)
+        ledger.evaluations_made = ledger.evaluations_full = int(full.array.size)
+        values = np.asarray(full.array, dtype=np.float32)
+        low, high = label_scaling(function_class, values)
+        scaled = (values - low) / (high - low)
+        with ledger.stage("selection"):
+            if function_class.pairwise:
+                chosen = _run_objective(objective, np.where(np.isfinite(scaled), scaled, 0.0), layout, settings, function_class, spec)
+            else:
+                chosen = selection_module.top_k(np.where(np.isfinite(scaled[0]), scaled[0], -1.0), selection_budget(settings))  # failures last
+        extra = {"label_scaling": {"low": low, "high": high, "source": "fixed range" if function_class.label_range else "min-max of the full matrix"},
+                 "matrix_shape": list(full.shape), "not_computed": int(np.isnan(values).sum()), **selection_info(chosen)}
+        return _finish(run, settings, extra, chosen.indices, chosen.gains, chosen.objective)
 
 
 @dataclass
@@ -347,21 +350,34 @@ class _Run:
 
 def _start_run(settings: SelectSettings, out: str | Path, pool: Sequence[Record] | None, targets: Sequence[Record] | None,
                influence_options: dict[str, Any] | None, reports: Sequence[LoadReport], store_extra: dict[str, Any]) -> _Run:
-    """Load the inputs, open (or refuse) the run folder, resolve the objective and the influence spec."""
+    """Load the inputs and check everything (targets, objective, influence options, budget) before the run
+    folder is created, locked or written; then open (or refuse) it. The caller closes ``store`` (its lock)."""
+    from .config import check_options
+
     ledger = CostLedger()
     reports = list(reports)
     with ledger.stage("load data"):
         if pool is None:
             pool, targets, loaded = load_inputs(settings)
             reports += loaded
+            if settings.targets and not targets:
+                raise ValueError(f"no target records in {', '.join(settings.targets)}: the targets are empty "
+                                 "(leave out --targets to let the pool represent itself)")
         pool, targets = list(pool), list(targets or [])
     options = dict(influence_options or {})
-    store = RunStore(out, {**settings_dict(settings), **store_extra, "influence_options": options})
-    finished = finished_selection(store, pool, progress=not settings.quiet)
-    store.check_records(records_digest(pool, targets))
     function_class = influence_class(settings.influence)
     objective = resolve_objective(settings, function_class, bool(targets))
-    return _Run(ledger, pool, targets, reports, options, store, function_class, objective, influence_spec(settings, options), finished)
+    spec = influence_spec(settings, options)
+    check_options(function_class.Settings, spec.options)
+    selection_module.budget_to_count(selection_budget(settings), len(pool))  # a count above the pool size
+    store = RunStore(out, {**settings_dict(settings), **store_extra, "influence_options": options})
+    try:
+        finished = finished_selection(store, pool, progress=not settings.quiet)
+        store.check_records(records_digest(pool, targets))
+    except BaseException:
+        store.close()
+        raise
+    return _Run(ledger, pool, targets, reports, options, store, function_class, objective, spec, finished)
 
 
 def _finish(run: _Run, settings: SelectSettings, extra: dict[str, Any], indices, scores, objective_value) -> SelectionResult:

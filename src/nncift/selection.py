@@ -103,32 +103,31 @@ class Selection:
 def budget_to_count(budget: float | int, n_candidates: int) -> int:
     """Number of candidates to select for ``budget`` out of ``n_candidates``.
 
-    A float in ``(0, 1]`` is a fraction of ``n_candidates``, rounded to the nearest integer (halves
-    round up) and at least 1 (unless ``n_candidates`` is 0); ``0.0`` gives 0. An integer ``>= 0`` is
-    a count and must be ``<= n_candidates``. Anything else (negative, a fraction above 1, a count above
-    ``n_candidates``, NaN, a bool or a non-number) raises ``ValueError``.
+    The budget rule is :func:`nncift.config.normalise_budget` (the one ``--budget`` follows): a number
+    in ``(0, 1]`` is a fraction of ``n_candidates``, rounded to the nearest integer (halves round up)
+    and at least 1 (unless ``n_candidates`` is 0); a whole number above 1 (``50`` or ``50.0``) is a
+    count; 0.0, negatives, NaN and non-integral values above 1 (``1.5``) raise ``ValueError``.
+    Code may also pass an exact count as an **integer** ``>= 0``: ``0`` selects nothing and ``1`` one
+    candidate (settings never pass these: their budget 1 is the fraction 1.0). A count above
+    ``n_candidates``, a bool or a non-number raises ``ValueError``.
     """
     if isinstance(n_candidates, bool) or not isinstance(n_candidates, numbers.Integral) or n_candidates < 0:
         raise ValueError(f"n_candidates must be a non-negative integer, got {n_candidates!r}")
     n = int(n_candidates)
-    if isinstance(budget, bool) or not isinstance(budget, (numbers.Integral, numbers.Real)):
-        raise ValueError(f"budget must be a fraction in (0, 1] (float) or a count >= 0 (int), got {budget!r}")
-    if isinstance(budget, numbers.Integral):
+    if isinstance(budget, numbers.Integral) and not isinstance(budget, bool):
         count = int(budget)
-        if count < 0:
-            raise ValueError(f"budget count must be >= 0, got {count}")
-        if count > n:
-            raise ValueError(f"budget count {count} exceeds the number of candidates ({n})")
-        return count
-    fraction = float(budget)
-    if math.isnan(fraction) or fraction < 0.0:
-        raise ValueError(f"budget fraction must be in (0, 1], got {budget!r}")
-    if fraction > 1.0:
-        raise ValueError(
-            f"budget fraction must be in (0, 1], got {budget!r} (pass an int for a count of candidates)")
-    if fraction == 0.0:
-        return 0
-    return min(max(1, int(math.floor(fraction * n + 0.5))), n)
+    else:
+        from .config import normalise_budget  # the rule lives with the settings (no numba there)
+
+        rule = normalise_budget(budget)
+        if isinstance(rule, float):
+            return min(max(1, int(math.floor(rule * n + 0.5))), n)
+        count = rule
+    if count < 0:
+        raise ValueError(f"budget count must be >= 0, got {count}")
+    if count > n:
+        raise ValueError(f"budget count {count} exceeds the number of candidates ({n})")
+    return count
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,6 +9,12 @@ Layout of a run folder::
     <name>.cols.npy    the candidate indices its columns stand for
     <name>.done.jsonl  one line per finished block (appended and fsynced after the block's values)
     network.safetensors + network.json   the trained InfluenceNetwork
+    .lock              while a run is in progress: {pid, host, started} of the one process writing the folder
+
+One writer per run folder: :class:`RunStore` creates ``.lock`` with ``O_CREAT | O_EXCL`` (atomic on local
+file systems and on NFSv3 and later, so on a cluster's shared folders too) and removes it when the run ends.
+Another process gets :class:`RunFolderInUse`; a lock left by a process that no longer exists on the same
+host is stale and taken over. Within one process the lock is re-entrant.
 
 Nothing is pickled. A block is marked done only after its values are flushed to disk, so a run killed
 at any point resumes from the finished blocks and recomputes only the block in flight.
@@ -16,9 +22,15 @@ at any point resumes from the finished blocks and recomputes only the block in f
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import os
+import socket
+import sys
+import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -27,6 +39,131 @@ import numpy as np
 
 class SettingsMismatch(RuntimeError):
     """A run folder holds results made with other settings."""
+
+
+class RunFolderError(ValueError):
+    """The run folder cannot be created or written: a file in the way, no permission, a read-only file system."""
+
+
+class RunFolderInUse(RuntimeError):
+    """Another live process holds the run folder's lock."""
+
+
+LOCK_NAME = ".lock"
+_held: dict[Path, int] = {}
+"""Lock files this process holds, with how many open :class:`RunStore` objects hold each."""
+
+
+def make_run_folder(folder: str | Path) -> Path:
+    """Create ``folder`` and its parents, or raise :class:`RunFolderError` with a one-line reason naming the path."""
+    path = Path(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise RunFolderError(f"cannot use {path} as the run folder: it is a file") from None
+    except NotADirectoryError:
+        raise RunFolderError(f"cannot create the run folder {path}: a part of the path is a file") from None
+    except OSError as error:
+        raise RunFolderError(f"cannot create the run folder {path}: {error.strerror or error}") from None
+    return path
+
+
+def _lock_owner(path: Path) -> tuple[str, dict[str, Any] | None]:
+    """(text, {pid, host, started}) of a lock file; None when gone, being written, or torn by a kill."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        owner = json.loads(text)
+        return text, owner if isinstance(owner, dict) and isinstance(owner.get("pid"), int) else None
+    except (OSError, ValueError):
+        return "", None
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, under another user
+        return True
+    return True
+
+
+def _remove_stale(path: Path, seen: str) -> None:
+    """Remove the stale lock whose text was ``seen``, unless another process took it over meanwhile
+    (the file is moved aside atomically first; a fresh lock moved by mistake is put back)."""
+    aside = path.with_name(f"{path.name}.stale.{socket.gethostname()}.{os.getpid()}")
+    try:
+        os.replace(path, aside)
+    except FileNotFoundError:
+        return
+    if aside.read_text(encoding="utf-8") != seen:
+        with contextlib.suppress(OSError):
+            os.link(aside, path)  # fails if a third process already holds the name: then that one wins
+    aside.unlink(missing_ok=True)
+
+
+def acquire_lock(folder: Path) -> Path:
+    """Take the lock of run folder ``folder`` (re-entrant within this process) and return the lock file's path.
+
+    Raises :class:`RunFolderInUse` naming the PID and host of the live process that holds it (or of a
+    process on another host, whose liveness cannot be checked), :class:`RunFolderError` when the folder
+    cannot be written. A lock of a dead process on this host is taken over, with a message on stderr.
+    """
+    path = Path(os.path.realpath(folder / LOCK_NAME))
+    if path in _held:
+        _held[path] += 1
+        return path
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    for _ in range(100):
+        try:
+            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            text, owner = _lock_owner(path)
+            if owner is None:  # being written by its creator (wait), or torn long ago by a kill (stale)
+                if not path.exists() or time.time() - path.stat().st_mtime < 10:
+                    time.sleep(0.05)
+                    continue
+            elif (owner.get("host"), owner["pid"]) == (me["host"], me["pid"]):  # left by an earlier process with our PID
+                break
+            elif owner.get("host") != me["host"] or _alive(owner["pid"]):
+                hint = "" if owner.get("host") == me["host"] else f" (if that process is gone, delete {path})"
+                raise RunFolderInUse(f"run folder in use by PID {owner['pid']} on {owner.get('host')}: {folder}{hint}") from None
+            else:
+                print(f"nncift: taking over the stale lock of PID {owner['pid']} on {owner.get('host')} (no such process): {folder}",
+                      file=sys.stderr)
+            _remove_stale(path, text)
+            continue
+        except OSError as error:
+            raise RunFolderError(f"cannot write in the run folder {folder}: {error.strerror or error}") from None
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            json.dump(me, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        break
+    else:
+        raise RunFolderInUse(f"run folder in use: could not take its lock {path}")
+    _held[path] = 1
+    return path
+
+
+def release_lock(path: Path) -> None:
+    """Give back one hold of a lock from :func:`acquire_lock`; the last one removes the file (if it is still ours)."""
+    if _held.get(path, 0) > 1:
+        _held[path] -= 1
+        return
+    _held.pop(path, None)
+    _, owner = _lock_owner(path)
+    if owner is not None and (owner.get("host"), owner["pid"]) == (socket.gethostname(), os.getpid()):
+        path.unlink(missing_ok=True)
+
+
+@atexit.register
+def _release_all() -> None:
+    """At exit, the locks of stores never closed (a forked child removes none: the PID in the file is its parent's)."""
+    for path in list(_held):
+        _held[path] = 1
+        release_lock(path)
 
 
 @dataclass(frozen=True)
@@ -136,13 +273,33 @@ _RUNTIME_KEYS = {"quiet", "out", "config", "device", "executor", "workers", "ray
 
 
 class RunStore:
-    """A run folder: refuses to mix settings, and holds the run's artefacts."""
+    """A run folder: refuses to mix settings, holds the run's artefacts and (``exclusive``) the folder's lock.
 
-    def __init__(self, folder: str | Path, settings: dict[str, Any]):
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+    Use it as a context manager, or call :meth:`close`, to release the lock when the run ends; locks
+    still held when the process exits are released then.
+    """
+
+    def __init__(self, folder: str | Path, settings: dict[str, Any], *, exclusive: bool = True):
+        self.folder = make_run_folder(folder)
         self.settings = settings
-        self._check_settings()
+        self._lock = acquire_lock(self.folder) if exclusive else None
+        try:
+            self._check_settings()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the run folder's lock (once; the files stay)."""
+        if self._lock is not None:
+            release_lock(self._lock)
+            self._lock = None
+
+    def __enter__(self) -> "RunStore":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
 
     def _check_settings(self) -> None:
         path = self.folder / "settings.json"
@@ -206,7 +363,7 @@ class RunStore:
 
     def iter_files(self) -> Iterator[Path]:
         """Every file in the run folder."""
-        return (p for p in sorted(self.folder.iterdir()) if p.is_file())
+        return (p for p in sorted(self.folder.iterdir()) if p.is_file() and p.name != LOCK_NAME)
 
 
 def _json_default(value: Any) -> Any:
