@@ -41,6 +41,7 @@ TARGETS = {  # the network issue's targets at u = 0.05, per matrix
     "less-p3": "f_gain ≥ 0.5 and never below the cosine baseline's or zero",
     "delift-p3": "f_gain ≥ 0.5 and never below the cosine baseline's or zero",
     "delift-se-p3": "NN-CIFT's on-task share ≥ 0.8 × the exact function's at u = 0.05",
+    "delift-demo": "none set; the influence function and data of `nncift demo --influence delift`: never below the cosine baseline",
 }
 
 

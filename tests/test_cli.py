@@ -101,3 +101,13 @@ def test_demo_runs_on_builtin_data(tmp_path: Path) -> None:
     assert manifest["settings"]["influence"] == "delift-se"  # the default
     assert f"{manifest['positive_gain_picks']} picks with a positive gain" in run.stdout and manifest["positive_gain_picks"] > 48
     assert "influence network (two-tower)" in run.stdout and "shipped:" in run.stdout
+
+
+def test_help_says_how_each_list_flag_takes_several_values() -> None:
+    from nncift.cli import build_parser
+
+    help_text = " ".join(build_parser()._subparsers._group_actions[0].choices["select"].format_help().split())  # noqa: SLF001
+    data_help = help_text.split("--data DATA Pool files")[1].split("--targets")[0]
+    assert "repeat the flag for several (values are not split at commas" in data_help and "separate values with commas" not in data_help
+    sizes_help = help_text.split("--hidden-sizes HIDDEN_SIZES paper:")[1].split("--learning-rate")[0]
+    assert "separate values with commas" in sizes_help

@@ -9,6 +9,8 @@ the utilities themselves on the real SmolLM2 (slow-marked).
 
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +20,14 @@ import torch
 from conftest import shared_data
 from nncift.data import Record, read_records
 from nncift.influence import influence_class
-from nncift.influence.delift import Delift, DeliftSettings, LengthShares
+from nncift.influence.delift import _PROBE_RECORDS, Delift, DeliftSettings, LengthShares, part_cuts
 from nncift.influence.lm_scoring import CausalScorer, rms_distance
-from nncift.templates import delift_example_header
+from nncift.templates import (delift_example, delift_example_header, delift_prompt_with_example,
+                              delift_prompt_without_example, delift_query_suffix)
+
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+"""Llama-3's pre-tokenizer pattern: whitespace before a word is split differently from GPT-2's."""
 
 
 def _save_sharp(model, tokenizer, folder: Path) -> Path:
@@ -53,6 +60,29 @@ def sharp_gpt2_dir(tmp_path_factory, smollm_dir) -> Path:
                         initializer_range=0.5, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     torch.manual_seed(0)
     return _save_sharp(GPT2LMHeadModel(config), tokenizer, tmp_path_factory.mktemp("sharp-gpt2"))
+
+
+@pytest.fixture(scope="module")
+def llama3_style_dir(tmp_path_factory, smollm_dir) -> Path:
+    """Tiny sharp Llama whose tokenizer has SmolLM2's byte-level BPE vocabulary but Llama-3's pre-tokenizer.
+
+    No other causal-LM tokenizer (GPT-2's files included) is available offline; this one tokenizes
+    the DELIFT part boundaries differently from SmolLM2's GPT-2 pre-tokenizer (``"\\n\\n\\n" "Query"``
+    instead of ``"\\n\\n" "\\n" "Query"``), so the cut points must adapt to it.
+    """
+    from tokenizers import Regex, pre_tokenizers
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm_dir)
+    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                         initializer_range=0.5, tie_word_embeddings=True,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    return _save_sharp(LlamaForCausalLM(config), tokenizer, tmp_path_factory.mktemp("llama3-style"))
 
 
 def _delift(model_dir: Path, targets, candidates=None, **options) -> Delift:
@@ -106,7 +136,7 @@ def test_scored_tokens_are_the_response_and_final_eos(sharp_llama_dir, demo_pool
     assert text == delift_example_header() + f"Example:\n{demo_pool[1].query}\n{demo_pool[1].output}\n\n\nQuery:\n{demo_pool[0].query}\n"
 
 
-@pytest.mark.parametrize("model_fixture", ["sharp_llama_dir", "sharp_gpt2_dir", "tiny_lm_dir"])
+@pytest.mark.parametrize("model_fixture", ["sharp_llama_dir", "sharp_gpt2_dir", "tiny_lm_dir", "llama3_style_dir"])
 def test_prefix_reuse_equals_plain_computation(model_fixture, request, demo_pool):
     model_dir = request.getfixturevalue(model_fixture)
     targets, candidates = demo_pool[:7], demo_pool[20:25]
@@ -194,9 +224,11 @@ def test_truncation_policy(sharp_llama_dir):
     full_response = tokenizer(long_output, add_special_tokens=False)["input_ids"]
     assert ids[-n_scored:-1] == full_response[:46]  # responses keep their start
     prefix_ids, _ = function.sequence_with(1, 0)
-    header = tokenizer(delift_example_header(), add_special_tokens=False)["input_ids"]
+    header = tokenizer(delift_example_header()[:-1], add_special_tokens=False)["input_ids"]  # cut before its last "\n"
+    assert function.part_cuts == (1, 1) and function._header == header
     assert prefix_ids[: len(header)] == header  # the instruction header is never cut
-    assert tokenizer.decode(prefix_ids[len(header) : 64]).endswith("answer299\n\n\n")  # examples keep their end
+    assert tokenizer.decode(prefix_ids[len(header) : 64]).endswith("answer299\n\n")  # examples keep their end
+    assert tokenizer.decode(prefix_ids[64:]).startswith("\nQuery:\nSay hi.")
     query_part = function._target(0).query
     assert len(query_part) == 16 and tokenizer.decode(query_part).endswith("word199\n")  # queries keep their end
     short_ids, short_n = function.sequence_without(1)
@@ -247,7 +279,7 @@ def test_select_with_delift_end_to_end(sharp_llama_dir, demo_pool, tmp_path):
     from nncift.pipeline import run_select
 
     settings = SelectSettings(influence="delift", model=str(sharp_llama_dir), fraction=0.25, budget=8, block_size=8,
-                              device="cpu", quiet=True, epochs=2)
+                              device="cpu", quiet=True, epochs=2, sampling_blocks=1, max_steps=40)
     result = run_select(settings, tmp_path / "run", pool=demo_pool[:32])
     assert len(result.indices) == 8 and len(set(result.indices.tolist())) == 8
     counters = result.manifest["cost"]["counters"]
@@ -256,6 +288,11 @@ def test_select_with_delift_end_to_end(sharp_llama_dir, demo_pool, tmp_path):
     q1 = np.load(tmp_path / "run" / "q1.npy")
     assert q1.shape == (10, 10) and np.isfinite(q1).all()
     assert result.manifest["label_scaling"]["source"] == "min-max of Q1"
+    # DELIFT's own default design: the same pairs in 4 blocks over twice the records (2 × min_sampled)
+    spread = run_select(dataclasses.replace(settings, sampling_blocks=0), tmp_path / "spread", pool=demo_pool[:32])
+    q1 = np.load(tmp_path / "spread" / "q1.npy")
+    assert spread.manifest["sampling_blocks"] == 4 and q1.shape == (20, 20) and int(np.isfinite(q1).sum()) == 4 * 5 * 5
+    assert spread.manifest["cost"]["counters"]["forward_passes"] == 20 + 4 * 5 * 5
 
 
 @pytest.mark.slow
@@ -287,3 +324,70 @@ def test_plan_batches_respects_budget_and_padding_share():
         assert len(batch) == 1 or padded <= 2048
         assert len(batch) == 1 or padded - lengths[batch].sum() <= 0.1 * padded
     assert np.mean([len(b) for b in batches]) > 3  # still batches, not one sequence per call
+
+
+# -- tokenization of the parts equals tokenization of the joint prompt ---------------------------------
+
+
+def _joint_ids(tokenizer, prompt: str, response: str) -> list[int]:
+    """The reference layout: ``tokenizer(prompt)`` (its own special tokens), EOS, response, EOS."""
+    eos = tokenizer.eos_token_id
+    return tokenizer(prompt)["input_ids"] + [eos] + tokenizer(response, add_special_tokens=False)["input_ids"] + [eos]
+
+
+def _assert_sequences_are_joint_tokenizations(function: Delift, targets, candidates) -> None:
+    tokenizer = function.tokenizer
+    for i, target in enumerate(targets):
+        ids, n_scored = function.sequence_without(i)
+        assert ids == _joint_ids(tokenizer, delift_prompt_without_example(target), target.output)
+        for j, candidate in enumerate(candidates):
+            ids, n_with = function.sequence_with(i, j)
+            assert ids == _joint_ids(tokenizer, delift_prompt_with_example(target, candidate), target.output), (i, j)
+            assert n_with == n_scored
+            prefix = function._prefix(j)
+            assert ids[: len(prefix)] == prefix  # the prefix (reused key/value cache) is the same for every target
+
+
+def test_one_shot_prompt_is_the_reference_text(demo_pool):
+    target, example = demo_pool[0], demo_pool[1]
+    assert delift_prompt_with_example(target, example) == (
+        "Instruction:\nUse the following example as a guide to answer the query in the same format and style, "
+        "providing a clear and concise response.\n\n\n"
+        f"Example:\n{example.query}\n{example.output}\n\n\nQuery:\n{target.query}\n")
+
+
+@pytest.mark.parametrize("model_fixture, cuts", [("sharp_llama_dir", (1, 1)), ("llama3_style_dir", (0, 0))])
+def test_part_cut_points_adapt_to_the_tokenizer(model_fixture, cuts, request):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(request.getfixturevalue(model_fixture))
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    pieces = [tokenizer.decode([t]) for t in encode("done.\n\n\nQuery:")]
+    assert pieces[2:-2] == (["\n\n", "\n"] if cuts == (1, 1) else ["\n\n\n"])  # the two pre-tokenizers differ
+    assert part_cuts(encode) == cuts
+    # The template's own part boundaries would not do for the GPT-2 pre-tokenizer: "\n\n\n" became one token.
+    target, example = _PROBE_RECORDS[2], _PROBE_RECORDS[0]
+    naive = encode(delift_example_header()) + encode(delift_example(example)) + encode(delift_query_suffix(target))
+    assert (naive == encode(delift_prompt_with_example(target, example))) == (cuts == (0, 0))
+
+
+@pytest.mark.parametrize("model_fixture", ["sharp_llama_dir", "llama3_style_dir"])
+def test_sequences_equal_the_joint_tokenization_on_demo_and_probe_records(model_fixture, request, demo_pool):
+    records = demo_pool[::8] + list(_PROBE_RECORDS) + [
+        Record("Translate:", "  two leading spaces", "trailing newlines\n\n"),
+        Record("Count to 3", "", "1 2 3"),
+        Record("Quote", "\"quoted\"", "\tTab first and last\t"),
+    ]
+    function = _delift(request.getfixturevalue(model_fixture), records)
+    _assert_sequences_are_joint_tokenizations(function, records, records)
+
+
+@pytest.mark.parametrize("model_fixture", ["sharp_llama_dir", "llama3_style_dir"])
+def test_sequences_equal_the_joint_tokenization_on_real_records(model_fixture, request):
+    records, _ = read_records(shared_data("alpaca_en_demo.json"))
+    records = records[:12]
+    function = _delift(request.getfixturevalue(model_fixture), records[:6], records[6:])
+    _assert_sequences_are_joint_tokenizations(function, records[:6], records[6:])
+    reuse = function.compute_block(np.arange(6), np.arange(6))
+    plain = _delift(request.getfixturevalue(model_fixture), records[:6], records[6:], prefix_reuse=False)
+    assert np.abs(reuse - plain.compute_block(np.arange(6), np.arange(6))).max() <= 1e-4

@@ -79,6 +79,7 @@ def test_select_with_sampling_blocks_computes_only_the_blocks(tmp_path: Path, de
 def test_manifest_reports_the_network_choice_and_positive_gain_picks(tmp_path: Path, demo_pool) -> None:
     result = run_select(_settings(budget=0.9), tmp_path / "run", pool=demo_pool)
     training = result.manifest["network_training"]
+    assert result.manifest["sampling_blocks"] == 1  # --sampling-blocks 0: DELIFT-SE costs per record, one block
     assert training["architecture"] == "two-tower" and training["chosen"] in ("prior", "blend", "network")
     assert set(training["candidates"]) == {"prior", "blend", "network"} and training["folds"] == 3
     positive = result.manifest["positive_gain_picks"]
@@ -158,6 +159,8 @@ def test_finished_run_is_reused_with_its_cost_and_changed_records_are_refused(tm
     changed = [dataclasses.replace(demo_pool[0], output=demo_pool[0].output + " (edited)")] + list(demo_pool[1:])
     with pytest.raises(SettingsMismatch, match="records_sha256"):
         run_select(_settings(), tmp_path / "run", pool=changed)
+    with pytest.raises(SettingsMismatch, match="other records"):  # a shortened input: refused, not an IndexError
+        run_select(_settings(), tmp_path / "run", pool=demo_pool[:20])
     (tmp_path / "run" / "manifest.json").unlink()  # killed before the end: resumes, still refuses other records
     with pytest.raises(SettingsMismatch, match="other records"):
         run_select(_settings(), tmp_path / "run", pool=changed)

@@ -127,3 +127,15 @@ def test_report_renders_with_its_images_in_headless_chromium(tmp_path: Path) -> 
     assert not_background.mean() > 0.05  # text, table and figures drawn, not a blank page
     colourful = (pixels.max(axis=2) - pixels.min(axis=2)) > 80
     assert colourful.sum() > 5000  # the coloured plots are there
+
+
+def test_flat_metric_carries_no_information_and_cost_excludes_cold_stages() -> None:
+    results = _results()
+    for arm in results["arms"]:
+        arm["metrics"]["exact_match"] = 0.0  # free-form answers: exact match 0 everywhere
+    sentences = verdict_sentences(results)
+    assert sentences[0].startswith("exact match is 0.000 for every arm and seed: it carries no information")
+    assert not any("worse than delift-se on exact match" in s or "not worse than delift-se on exact match" in s for s in sentences)
+    assert any("no verdict on exact match" in s for s in sentences)
+    # influence + network + prediction only: 0.4 + 0.3 + 0.1 for NN-CIFT vs 12.0 (embeddings and selection left out)
+    assert any("0.8 s for NN-CIFT vs 12.0 s for the original" in s for s in sentences)

@@ -108,6 +108,15 @@ def _digitless_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]")
 
 
+def test_rating_prompt_is_the_reference_text() -> None:
+    """One newline between the response and the cue, as in both public reference copies."""
+    record = Record("Add 2 and 3.", "", "5")
+    assert selectit_prompt("Rate it.", record) == "Rate it.\nInstruction:Add 2 and 3.\nResponse:5\nThe answer is: \n"
+    with_input = Record("Add the numbers.", "2 and 3", "5")
+    assert selectit_prompt(SELECTIT_RATING_INSTRUCTIONS[0], with_input) == (
+        f"{SELECTIT_RATING_INSTRUCTIONS[0]}\nInstruction:Add the numbers.\n2 and 3\nResponse:5\nThe answer is: \n")
+
+
 def test_rating_tokens_looked_up_in_the_tokenizer(tiny_lm_dir: Path) -> None:
     from transformers import AutoTokenizer
 

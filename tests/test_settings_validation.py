@@ -72,7 +72,7 @@ FLAG_CASES = [
     (["--fraction", "0"], "--fraction: expected a fraction in (0, 1], got 0.0"),
     (["--fraction", "1.5"], "--fraction: expected a fraction in (0, 1]"),
     (["--min-sampled", "0"], "--min-sampled: expected a value ≥ 1, got 0"),
-    (["--sampling-blocks", "0"], "--sampling-blocks: expected a value ≥ 1"),
+    (["--sampling-blocks", "-1"], "--sampling-blocks: expected a value ≥ 0"),
     (["--epochs", "-1"], "--epochs: expected a value ≥ 0"),
     (["--batch-size", "0"], "--batch-size: expected a value ≥ 1"),
     (["--max-steps", "-1"], "--max-steps: expected a value ≥ 0"),

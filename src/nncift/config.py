@@ -42,8 +42,8 @@ class SelectSettings:
     """Fraction u of targets and candidates on which the influence function is computed (Q1)."""
     min_sampled: int = 10
     """At least this many sampled targets and candidates (for tiny data sets)."""
-    sampling_blocks: int = 1
-    """Sampling design: 1 = one u×u block; g > 1 = the same number of labelled pairs in g blocks over √g× as many records (for functions that cost per pair, as DELIFT)."""
+    sampling_blocks: int = 0
+    """Sampling design: 1 = one u×u block; g > 1 = the same number of labelled pairs in g blocks over √g× as many records; 0 = the influence function's own default (DELIFT, which costs per pair: 4; the others, which cost per record: 1)."""
     budget: float = 0.3
     """Subset size: a fraction of the pool in (0, 1] (1 = the whole pool, ranked), or a whole number of records above 1 (50, or 50.0); 0, negatives and non-integral values above 1 such as 1.5 are errors."""
     objective: str = ""
@@ -166,7 +166,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: frozenset
             parser.add_argument(flag, dest=item.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif is_sequence:
             parser.add_argument(flag, dest=item.name, type=_split_list(element), action="extend", default=None,
-                                help=help_text + "; repeat the flag or separate values with commas")
+                                help=help_text + ("; repeat the flag for several (values are not split at commas: paths may hold them)"
+                                                  if element is str else "; repeat the flag or separate values with commas"))
         else:
             parser.add_argument(flag, dest=item.name, type=element, default=None, help=help_text)
 
@@ -244,7 +245,7 @@ def _influence(value: str) -> str | None:
 
 _ARCHITECTURES = _one_of("two-tower", "paper")
 _RULES: dict[str, _Rule] = {
-    "influence": _influence, "fraction": _fraction, "min_sampled": _at_least(1), "sampling_blocks": _at_least(1),
+    "influence": _influence, "fraction": _fraction, "min_sampled": _at_least(1), "sampling_blocks": _at_least(0),
     "objective": _one_of("", "fl", "flmi", "flcg", "topk"), "eta": _at_least(0), "nu": _at_least(0), "seed": _at_least(0),
     "architecture": _ARCHITECTURES, "tower_hidden": _at_least(1), "tower_rank": _at_least(1), "max_steps": _at_least(0),
     "folds": _at_least(1), "hidden_sizes": _at_least(1), "learning_rate": _at_least(0, strict=True), "epochs": _at_least(0),

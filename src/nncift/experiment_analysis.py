@@ -20,7 +20,7 @@ from .fidelity import evaluate_split, quadrant_masks
 from .influence import influence_class
 from .training import train_network, train_network_pointwise
 from .network import predict_pairwise, predict_pointwise
-from .pipeline import block_self_cols, network_settings, plan_layout, sample_indices, self_cols_of
+from .pipeline import block_self_cols, network_settings, plan_layout, sample_indices, sampling_blocks, self_cols_of
 
 _SCATTER_POINTS = 3000
 
@@ -120,14 +120,15 @@ def _pairwise_fidelity(truth, pool, targets, objective, settings, fractions, emb
     rows, scatter = [], {}
     for fraction in fractions:
         rng = np.random.default_rng(settings.seed)
-        layout = plan_layout(pool, targets, objective, dataclasses.replace(settings, fraction=fraction), rng)
-        labels = truth[np.ix_(layout.seen_rows, layout.seen_cols)].astype(np.float32)
+        design = sampling_blocks(settings, influence_class(settings.influence))
+        layout = plan_layout(pool, targets, objective, dataclasses.replace(settings, fraction=fraction, sampling_blocks=design), rng)
+        labels = np.where(layout.labelled(), truth[np.ix_(layout.seen_rows, layout.seen_cols)], np.nan).astype(np.float32)
         network, _ = train_network(row_embeddings[layout.seen_rows], col_embeddings[layout.seen_cols], labels, network_settings(settings),
                                    self_cols=block_self_cols(layout), objective="topk" if objective == "topk" else "fl")
         predicted = predict_pairwise(network, row_embeddings, col_embeddings, self_cols=self_cols_of(layout)).astype(np.float64)
         masks = quadrant_masks(*truth.shape, layout.seen_rows, layout.seen_cols)
         for name, mask in masks.items():
-            metrics = evaluate_split(truth[mask], predicted[mask], labels.ravel().astype(np.float64), rng, 0.10)
+            metrics = evaluate_split(truth[mask], predicted[mask], labels[np.isfinite(labels)].astype(np.float64), rng, 0.10)
             rows.append({"fraction": fraction, "split": name, "n_seen_rows": len(layout.seen_rows), "n_seen_cols": len(layout.seen_cols), **metrics})
         if fraction == settings.fraction:
             scatter = _scatter_sample(truth, predicted, masks, np.random.default_rng(settings.seed))

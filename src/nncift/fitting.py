@@ -352,7 +352,8 @@ def fit_pairwise(row_embeddings: np.ndarray, col_embeddings: np.ndarray, labels:
         jobs += [(g, fold) for g in range(len(grid))]
     bar = tqdm(total=settings.max_steps // settings.eval_every + 2, desc="influence network", unit="eval", disable=not progress, leave=False)
     with one_torch_thread(), bar:
-        networks = [_build_two_tower(data, settings, dict((f, t) for f, t, _ in fold_masks)[fold], settings.seed + fold) for _, fold in jobs]
+        train_of = {fold: train for fold, train, _ in fold_masks}
+        networks = [_build_two_tower(data, settings, train_of[fold], settings.seed + fold) for _, fold in jobs]
         self_t = None if self_cols is None else torch.from_numpy(self_cols)
         cos_t = torch.from_numpy(data.cos.astype(np.float32))
         for network, (g, _) in zip(networks, jobs):
@@ -368,7 +369,7 @@ def fit_pairwise(row_embeddings: np.ndarray, col_embeddings: np.ndarray, labels:
             bar.set_postfix(val_mse=f"{np.nanmin(curves):.3f}")
 
         if jobs:
-            _train_many(networks, data, [dict((f, t) for f, t, _ in fold_masks)[fold] for _, fold in jobs],
+            _train_many(networks, data, [train_of[fold] for _, fold in jobs],
                         [grid[g][0] for g, _ in jobs], [grid[g][1] for g, _ in jobs], settings.max_steps, record,
                         settings.eval_every, tick=lambda: bar.update(1))
         report = FitReport("two-tower", "prior", n_labelled, 0.0, folds=len(fold_masks))
@@ -397,7 +398,7 @@ def fit_pairwise(row_embeddings: np.ndarray, col_embeddings: np.ndarray, labels:
                 filled = np.where(np.isfinite(true), true, np.nanmean(true))
                 for name, values in options.items():
                     candidates[name].append(selection_criterion(filled, np.where(np.isfinite(true), values, np.nanmean(values)),
-                                                       settings.validation_budget, objective, settings.seed))
+                                                                settings.validation_budget, objective, settings.seed))
             report.candidates = {name: _mean_criteria(values) for name, values in candidates.items()}
             report.chosen = _choose(candidates, ["prior", "blend", "network"], settings.fallback)
             network = _build_two_tower(data, settings, mask, settings.seed)

@@ -128,9 +128,7 @@ def plan_layout(pool: Sequence[Record], targets: Sequence[Record], objective: st
     group are computed (g diagonal blocks). A pool record that is also a row is in the same group on
     both sides.
     """
-    g = int(settings.sampling_blocks)
-    if g < 1:
-        raise ValueError(f"sampling_blocks must be at least 1, got {g}")
+    g = int(settings.sampling_blocks) or 1  # 0 (the function's default) is resolved by the caller: see sampling_blocks()
     fraction = min(1.0, settings.fraction * math.sqrt(g))
     minimum = settings.min_sampled * math.ceil(math.sqrt(g))
     seen_cols = sample_indices(len(pool), fraction, minimum, rng)
@@ -149,6 +147,11 @@ def plan_layout(pool: Sequence[Record], targets: Sequence[Record], objective: st
     row_order = np.lexsort((row_ids, row_groups))  # by group, then pool rows before targets, then index
     col_order = np.lexsort((seen_cols, col_groups))
     return Layout(rows, row_ids[row_order], seen_cols[col_order], n_pool_rows, row_groups[row_order], col_groups[col_order])
+
+
+def sampling_blocks(settings: SelectSettings, function_class: type) -> int:
+    """The run's sampling design: ``--sampling-blocks``, or when 0 the influence function's default."""
+    return int(settings.sampling_blocks) or int(function_class.default_sampling_blocks)
 
 
 def _groups(n: int, g: int, rng: np.random.Generator) -> np.ndarray:
@@ -372,8 +375,8 @@ def _start_run(settings: SelectSettings, out: str | Path, pool: Sequence[Record]
     selection_module.budget_to_count(selection_budget(settings), len(pool))  # a count above the pool size
     store = RunStore(out, {**settings_dict(settings), **store_extra, "influence_options": options})
     try:
+        store.check_records(records_digest(pool, targets))  # first: a finished run of other records is never read back
         finished = finished_selection(store, pool, progress=not settings.quiet)
-        store.check_records(records_digest(pool, targets))
     except BaseException:
         store.close()
         raise
@@ -393,7 +396,8 @@ def _finish(run: _Run, settings: SelectSettings, extra: dict[str, Any], indices,
 
 
 def _select_pairwise(settings, spec, function_class, objective, pool, targets, store, executor, ledger, rng, progress):
-    layout = plan_layout(pool, targets, objective, settings, rng)
+    design = sampling_blocks(settings, function_class)
+    layout = plan_layout(pool, targets, objective, dataclasses.replace(settings, sampling_blocks=design), rng)
     seen = store.matrix("q1", layout.seen_rows, layout.seen_cols)
     blocks = layout.blocks(settings.block_size)
     with ledger.stage("influence on sampled block"):
@@ -423,7 +427,7 @@ def _select_pairwise(settings, spec, function_class, objective, pool, targets, s
         else:
             chosen = _stream_objective(objective, predicted, layout, settings, function_class, spec, store.folder)
     extra = {"label_scaling": {"low": low, "high": high, "source": "fixed range" if function_class.label_range else "min-max of Q1"},
-             "sampled_rows": len(layout.seen_rows), "sampled_cols": len(layout.seen_cols), "sampling_blocks": settings.sampling_blocks,
+             "sampled_rows": len(layout.seen_rows), "sampled_cols": len(layout.seen_cols), "sampling_blocks": design,
              "labelled_pairs": int(layout.labelled().sum()),
              "matrix_shape": [len(layout.rows), len(pool)], "network_training": report, **selection_info(chosen)}
     return chosen.indices, chosen.gains, chosen.objective, extra

@@ -91,25 +91,52 @@ def _total(cost: dict[str, Any]) -> float:
     return float(sum(cost["seconds_by_stage"].values()))
 
 
+_COMPARED_STAGES = ("influence", "network", "prediction")
+"""Stages of the cost headline: the influence function's work and what replaces it. Loading data,
+embeddings (served from a cache warmed by whichever arm ran first) and selection (numba's one-time
+compilation lands on the first run) are excluded, so neither arm is charged another's cold start."""
+
+
+def _compared(cost: dict[str, Any]) -> float:
+    return float(sum(v for k, v in cost["seconds_by_stage"].items() if k.startswith(_COMPARED_STAGES)))
+
+
+def uninformative_metrics(results: dict[str, Any]) -> list[str]:
+    """Metrics with the same value for every arm and seed (e.g. exact match 0 on free-form answers): they rank nothing."""
+    out = []
+    for metric in METRICS:
+        values = [arm["metrics"][metric] for arm in results["arms"] if metric in arm.get("metrics", {})]
+        if values and float(np.ptp(values)) == 0.0:
+            out.append(metric)
+    return out
+
+
 def verdict_sentences(results: dict[str, Any]) -> list[str]:
     """Plain sentences: where NN-CIFT is worse than the original function, by how much, over how many seeds."""
     metric = results["config"]["experiment"]["headline_metric"]
-    sentences = []
+    flat = uninformative_metrics(results)
+    sentences = [f"{METRIC_NAMES[m]} is {results['arms'][0]['metrics'][m]:.3f} for every arm and seed: it carries no "
+                 "information here, and no verdict is drawn from it." for m in flat]
     for verdict in verdicts(results):
         influence, seeds, head = verdict["influence"], verdict["seeds"], verdict[metric]
         direction = "lower" if metric in LOWER_IS_BETTER else "higher"
         state = "worse" if head["worse_on"] > seeds / 2 or (head["worse_on"] and head["better_on"] == 0) else "not worse"
         cost = results["cost"].get(influence, {})
         speed = ""
-        if cost.get("original") and cost.get("nncift") and _total(cost["nncift"]) > 0:
-            speed = (f" Selection cost: {_total(cost['nncift']):.1f} s for NN-CIFT vs {_total(cost['original']):.1f} s for the original"
+        if cost.get("original") and cost.get("nncift") and _compared(cost["nncift"]) > 0:
+            speed = (f" Selection cost (influence computation, network and prediction; embeddings and selection excluded, as they"
+                     f" depend on warm caches and one-time compilation): {_compared(cost['nncift']):.1f} s for NN-CIFT vs"
+                     f" {_compared(cost['original']):.1f} s for the original"
                      f" ({cost['nncift']['evaluations']:,} vs {cost['original']['evaluations']:,} influence evaluations).")
-        sentences.append(
-            f"NN-CIFT + {influence} is {state} than {influence} on {METRIC_NAMES[metric]} ({direction} is better): "
-            f"difference {head['difference']:+.3f} ± {head['spread']:.3f} (NN-CIFT − original), worse on {head['worse_on']} "
-            f"of {seeds} seed(s), better on {head['better_on']}." + speed)
+        if metric in flat:
+            sentences.append(f"NN-CIFT + {influence}: no verdict on {METRIC_NAMES[metric]} (the same value for every arm)." + speed)
+        else:
+            sentences.append(
+                f"NN-CIFT + {influence} is {state} than {influence} on {METRIC_NAMES[metric]} ({direction} is better): "
+                f"difference {head['difference']:+.3f} ± {head['spread']:.3f} (NN-CIFT − original), worse on {head['worse_on']} "
+                f"of {seeds} seed(s), better on {head['better_on']}." + speed)
         others = [f"{METRIC_NAMES[m]} {verdict[m]['difference']:+.3f} (worse on {verdict[m]['worse_on']}/{seeds})"
-                  for m in METRICS if m != metric]
+                  for m in METRICS if m != metric and m not in flat]
         sentences.append(f"Other metrics for {influence}, NN-CIFT − original: " + "; ".join(others) + ".")
     for influence, reason in results.get("original_omitted", {}).items():
         sentences.append(f"{influence}: the original (full-matrix) arm was not run: {reason}.")

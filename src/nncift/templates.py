@@ -62,12 +62,19 @@ SELECTIT_RATING_INSTRUCTIONS: tuple[str, ...] = (
 
 
 def selectit_prompt(rating_instruction: str, record: Record) -> str:
-    """SelectIT rating prompt (METHODS.md §3): rating instruction, the pair, then the answer cue."""
+    """SelectIT rating prompt (METHODS.md §3): rating instruction, the pair, then the answer cue.
+
+    ``{rating_instruction}\\nInstruction:{query}\\nResponse:{output}\\nThe answer is: \\n``: one newline
+    between the response and the cue, as in both public reference copies (the SelectIT authors' and
+    the NN-CIFT authors'). An earlier version of this template had a blank line there
+    (``Response:{output}\\n\\nThe answer is: \\n``), which moved token-level scores by up to 0.23
+    with SmolLM2-135M-Instruct.
+    """
     return (
         f"{rating_instruction}\n"
         f"Instruction:{record.query}\n"
         f"Response:{record.output}\n"
-        "\nThe answer is: \n"
+        "The answer is: \n"
     )
 
 

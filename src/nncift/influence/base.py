@@ -45,6 +45,9 @@ class InfluenceFunction(ABC):
     """Fixed range of the raw values, if known (then no min-max scaling is fitted)."""
     Settings: ClassVar[type]
     """The settings dataclass of this function; its fields are CLI flags and YAML keys."""
+    default_sampling_blocks: ClassVar[int] = 1
+    """Sampling design when ``--sampling-blocks`` is 0: 1 block for functions that cost per record; a
+    function that costs per pair (DELIFT) labels the same pairs in several blocks over more records."""
 
     def __init__(self, settings: Any, *, progress: bool = True):
         self.settings = settings

@@ -11,19 +11,34 @@ over ``prompt, EOS, response, EOS``. The prompt is the zero-shot prompt of targe
 values: showing j helps the model predict i's response. Raw values are returned (no scaling: the
 pipeline scales labels to [0, 1] as a separate, recorded step).
 
-**Token sequences.** Each part is tokenized on its own (no special tokens) and the token lists are
-concatenated, so that the tokens of the one-shot prefix (instruction + example j) are the same for
-every target; a leading BOS is added when the tokenizer adds one itself::
+**Token sequences.** The prompt text is the template's joint text
+(:func:`nncift.templates.delift_prompt_with_example`), but it is tokenized in three parts (no special
+tokens) whose token lists are concatenated, so that the tokens of the one-shot prefix (instruction +
+example j) are the same for every target; a leading BOS is added when the tokenizer adds one itself::
 
     with example:    [BOS] header  example(j)  query(i)  EOS  response(i)  EOS
     without example: [BOS] zero-shot prompt(i)             EOS  response(i)  EOS
+
+The parts are cut so that their tokens, concatenated, *are* the tokens of the joint prompt text
+(``tokenizer(prompt)``), not merely the same text: a byte-level BPE splits ``"\\n\\n\\nQuery"`` into
+``"\\n\\n" "\\n" "Query"`` (GPT-2 pre-tokenization) or ``"\\n\\n\\n" "Query"`` (Llama-3 style), while a part
+ending in ``"\\n\\n\\n"`` on its own would give one ``"\\n\\n\\n"`` token. Each cut lies in the template's
+whitespace between header and example and between example and query: the last ``s`` characters of
+that whitespace move to the start of the next part, with ``s`` chosen once per tokenizer
+(:func:`part_cuts`, the smallest that makes the parts' tokens equal the joint tokens on a set of probe
+records; the SmolLM2/GPT-2 pre-tokenizer needs ``s = 1``, a Llama-3 style one ``s = 0``). Should no cut
+work (e.g. a tokenizer that adds a word-start marker to every text), a warning says so and the parts
+are cut at ``s = 0``.
 
 **Truncation** (``max_length`` tokens, ``L``; clamped to the model's context). Each part has a fixed
 share, so a sequence never exceeds ``L`` and no part depends on the other member of the pair:
 the prefix (BOS + header + example) ≤ ``L/2``, the query part ≤ ``L/8``, the response ≤
 ``L − L/2 − L/8 − 2``; the zero-shot prompt ≤ ``L/2 + L/8``. Prompt parts that are too long lose
 their *start* (the end, next to the answer, is kept; the header is never cut); responses lose their
-*end*. The response scored for ``d_without`` and ``d_with`` is always the same token list. Every
+*end*. Truncation works on the parts' tokens, so a truncated sequence is the joint prompt's tokens
+with a stretch cut out of the example or the query part (from its start, which may hold the moved
+separator whitespace and the ``Example:`` / ``Query:`` label). The response scored for
+``d_without`` and ``d_with`` is always the same token list. Every
 truncated part is counted once per record in :attr:`Delift.counters` (``truncated_examples``,
 ``truncated_queries``, ``truncated_prompts``, ``truncated_responses``) and so in the manifest.
 
@@ -51,6 +66,7 @@ uninterrupted one bit for bit when both use the same blocks.
 from __future__ import annotations
 
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +138,45 @@ class TargetTokens:
         return len(self.response) + 1
 
 
+_PROBE_RECORDS = (
+    Record("Name a colour.", "", "Blue"),
+    Record("Add the numbers.", "12 and 30", "42"),
+    Record("Explain photosynthesis briefly", "", "Plants turn light, water and CO2 into sugar and oxygen."),
+    Record("(Optional) rewrite", " a text with a leading space", "\"Done.\""),
+    Record("List two fruits:", "", "- apple\n- pear\n"),
+    Record("Echo", "", "ends with a space "),
+)
+"""Targets and candidates on which :func:`part_cuts` checks that the parts' tokens are the joint tokens."""
+
+
+def _trailing_whitespace(text: str) -> str:
+    return text[len(text.rstrip()) :]
+
+
+def part_cuts(encode: Any, probes: Sequence[Record] = _PROBE_RECORDS) -> tuple[int, int] | None:
+    """Characters ``(s_header, s_example)`` to move from the end of the header and of the example part
+    to the start of the next part, so that the three parts' tokens concatenated equal the tokens of
+    the joint one-shot prompt for every pair of probe records; None when no cut does.
+
+    The moved characters come only from the template's fixed trailing whitespace (``"\\n\\n\\n"``),
+    so they are the same for every candidate. Smallest total first, then smallest ``s_header``.
+    """
+    header = delift_example_header()
+    header_room = len(_trailing_whitespace(header))
+    example_room = len(_trailing_whitespace(delift_example(Record("x", "", "y"))))
+    examples = [delift_example(r) for r in probes]
+    queries = [delift_query_suffix(r) for r in probes]
+    joint = {(e, q): encode(header + e + q) for e in examples for q in queries}
+    for s_header, s_example in sorted(((a, b) for a in range(header_room + 1) for b in range(example_room + 1)),
+                                      key=lambda ab: (ab[0] + ab[1], ab[0])):
+        head = encode(header[: len(header) - s_header])
+        parts = {e: encode(header[len(header) - s_header :] + e[: len(e) - s_example]) for e in examples}
+        tails = {q: encode(examples[0][len(examples[0]) - s_example :] + q) for q in queries}
+        if all(head + parts[e] + tails[q] == ids for (e, q), ids in joint.items()):
+            return s_header, s_example
+    return None
+
+
 def keep_end(tokens: list[int], cap: int) -> tuple[list[int], bool]:
     """The last ``cap`` tokens (prompt parts lose their start) and whether anything was cut."""
     return (tokens[len(tokens) - cap :], True) if len(tokens) > cap else (tokens, False)
@@ -138,6 +193,9 @@ class Delift(PairwiseInfluence):
     name: ClassVar[str] = "delift"
     label_range: ClassVar[tuple[float, float] | None] = None
     Settings: ClassVar[type] = DeliftSettings
+    default_sampling_blocks: ClassVar[int] = 4
+    """DELIFT costs one LM pass per pair: the same pairs in 4 blocks over twice the records cost about the
+    same and gave the higher f_gain at u = 0.05 on the benchmarks (BENCHMARKS.md)."""
 
     def __init__(self, settings: DeliftSettings, *, progress: bool = True):
         super().__init__(settings, progress=progress)
@@ -188,7 +246,18 @@ class Delift(PairwiseInfluence):
         self.max_length = min(s.max_length, int(context)) if context else s.max_length
         self._shares = LengthShares.of(self.max_length)
         self._lead = self._leading_tokens()
-        self._header = self._encode(delift_example_header())
+        cuts = part_cuts(self._encode)
+        if cuts is None:
+            warnings.warn(f"the tokenizer of {s.model} tokenizes the DELIFT one-shot prompt's parts differently from "
+                          "the joint prompt at every cut tried; the parts are cut at the template's boundaries", stacklevel=2)
+            cuts = (0, 0)
+        self.part_cuts: tuple[int, int] = cuts
+        """Characters moved from the end of the header / example part to the next part (:func:`part_cuts`)."""
+        header = delift_example_header()
+        self._header = self._encode(header[: len(header) - cuts[0]])
+        self._header_tail = header[len(header) - cuts[0] :]
+        example = delift_example(Record("x", "", "y"))
+        self._example_tail = example[len(example) - cuts[1] :]
         if len(self._lead) + len(self._header) + 8 > self._shares.prefix:
             raise ValueError(f"max_length {self.max_length} leaves no room for the example; use a larger --max-length")
         self._scorer = CausalScorer(self._model, self._tokenizer.pad_token_id, self.counters)
@@ -206,7 +275,7 @@ class Delift(PairwiseInfluence):
         if index not in self._target_tokens:
             self.scorer  # noqa: B018 - loads tokenizer and shares
             record, shares = self._targets[index], self._shares
-            query, cut_query = keep_end(self._encode(delift_query_suffix(record)), shares.query)
+            query, cut_query = keep_end(self._encode(self._example_tail + delift_query_suffix(record)), shares.query)
             prompt, cut_prompt = keep_end(self._encode(delift_prompt_without_example(record)), shares.prompt_without - len(self._lead))
             response, cut_response = keep_start(self._encode(record.output), shares.response)
             self.counters["truncated_queries"] += cut_query
@@ -219,7 +288,9 @@ class Delift(PairwiseInfluence):
         if index not in self._prefix_tokens:
             self.scorer  # noqa: B018
             room = self._shares.prefix - len(self._lead) - len(self._header)
-            example, cut = keep_end(self._encode(delift_example(self._candidates[index])), room)
+            text = delift_example(self._candidates[index])
+            assert text.endswith(self._example_tail)
+            example, cut = keep_end(self._encode(self._header_tail + text[: len(text) - len(self._example_tail)]), room)
             self.counters["truncated_examples"] += cut
             self._prefix_tokens[index] = self._lead + self._header + example
         return self._prefix_tokens[index]

@@ -18,11 +18,13 @@ Three levels of "self-reflection", all from one forward pass per (model, rating 
   ``S = Σ_m (θ_m / Σ θ) · S_sent,m`` with ``θ_m`` the parameter count read from the loaded model
   (the reference hard-codes weights that do not even sum to 1).
 
-``form="reference"``: the public reference code computes ``exp(P′_k)`` and evidently meant to apply
-a second softmax, ``P″ = softmax(P′)``, before the formula above; as published it discards that
-result (its scores equal the paper form). The option applies the second softmax, which flattens the
-distribution (every gap shrinks, the argmax is unchanged): scores shrink toward 0 and their ranks
-may change slightly. Default ``form="paper"``.
+``form="reference"``: the two public reference copies differ here. Both compute ``exp(P′_k)`` for a
+second softmax, ``P″ = softmax(P′)``, before the formula above; one public copy (the SelectIT
+authors' repository) discards that result, so its scores equal the paper form, while the other (the
+NN-CIFT authors' copy) applies it. nncift follows the paper by default (``form="paper"``, no second
+softmax); ``form="reference"`` applies the second softmax, as the NN-CIFT authors' copy does, which
+flattens the distribution (every gap shrinks, the argmax is unchanged): scores shrink toward 0 and
+their ranks may change slightly.
 
 Differences from the reference, on purpose: token ids are looked up in the tokenizer in use (the
 reference hard-codes Llama-2 ids); batches are packed by a token budget with right padding (scores do
