@@ -39,15 +39,21 @@ def _save_sharp(model, tokenizer, folder: Path) -> Path:
 @pytest.fixture(scope="module")
 def sharp_llama_dir(tmp_path_factory, smollm_dir) -> Path:
     """Tiny Llama (2 layers, width 32, rotary positions) with peaked predictions, real SmolLM2 tokenizer."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(smollm_dir)
+    return _sharp_llama(AutoTokenizer.from_pretrained(smollm_dir), tmp_path_factory.mktemp("sharp-llama"))
+
+
+def _sharp_llama(tokenizer, folder: Path) -> Path:
+    """A tiny Llama (2 layers, width 32) with peaked predictions for ``tokenizer``, saved in ``folder``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
                          initializer_range=0.5, tie_word_embeddings=True,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     torch.manual_seed(0)
-    return _save_sharp(LlamaForCausalLM(config), tokenizer, tmp_path_factory.mktemp("sharp-llama"))
+    return _save_sharp(LlamaForCausalLM(config), tokenizer, folder)
 
 
 @pytest.fixture(scope="module")
@@ -71,18 +77,13 @@ def llama3_style_dir(tmp_path_factory, smollm_dir) -> Path:
     instead of ``"\\n\\n" "\\n" "Query"``), so the cut points must adapt to it.
     """
     from tokenizers import Regex, pre_tokenizers
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(smollm_dir)
     tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                         initializer_range=0.5, tie_word_embeddings=True,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(0)
-    return _save_sharp(LlamaForCausalLM(config), tokenizer, tmp_path_factory.mktemp("llama3-style"))
+    return _sharp_llama(tokenizer, tmp_path_factory.mktemp("llama3-style"))
 
 
 def _delift(model_dir: Path, targets, candidates=None, **options) -> Delift:
