@@ -125,6 +125,9 @@ def test_experiment_runs_every_arm_resumes_and_extends(family_files: Path, tiny_
                                       ("delift-se:nncift", budget)))
     assert len(again["arms"]) == len(results["arms"]) + 4
     assert not (out / "selections" / "delift-se-original-seed1").exists()
+    # seed 1's NN-CIFT selection was computed warm: the embedding cache was filled before it, charged to no arm
+    warm = [message for message in experiment.log if message.startswith("warm-up")]
+    assert len(warm) == 1 and "charged to no arm" in warm[0]
     first = {(a["arm"], a["seed"]): a["metrics"]["loss"] for a in results["arms"]}
     assert all(first[(a["arm"], a["seed"])] == a["metrics"]["loss"] for a in again["arms"] if (a["arm"], a["seed"]) in first)
 

@@ -122,6 +122,7 @@ class Experiment:
         self.splits.write(self.folder / "data")
         self.budget = budget_to_count(config.select.budget, len(self.splits.pool))
         self.log: list[str] = []
+        self._warm: set[str] = set()
 
     # ---------------------------------------------------------------------------- selections
     def select_settings(self, influence: str, seed: int) -> SelectSettings:
@@ -136,9 +137,31 @@ class Experiment:
         run = run_full_select if method == "original" else run_select
         folder = self.selection_folder(influence, method, seed)
         options = self.config.influence_options.get(influence, {})
+        if not (folder / "manifest.json").is_file():
+            self.warm_up(influence)
         with _exclusive(folder.parent / ".locks" / folder.name):  # another process on the same folder: wait, then reuse
             return run(self.select_settings(influence, seed), folder, pool=self.splits.pool, targets=self.splits.targets,
                        influence_options=options)
+
+    def warm_up(self, influence: str) -> None:
+        """Fill the embedding cache of the pool and targets and compile the selection kernels, untimed, once per
+        process and embedder: every arm's cost is then measured warm, none is charged another's cold start."""
+        from .embed import embed_records
+        from .network import warm_up_kernel
+        from .selection import facility_location
+
+        options = self.config.influence_options.get(influence, {})
+        embedders = {self.config.select.embedder, str(options.get("embedder", self.config.select.embedder))}
+        todo = sorted(embedders - self._warm)
+        if not todo:
+            return
+        start = time.perf_counter()
+        for embedder in todo:
+            embed_records(list(self.splits.pool) + list(self.splits.targets), model=embedder, device=self.settings.device, progress=False)
+        warm_up_kernel()
+        facility_location(np.eye(3, dtype=np.float32), 2)
+        self._warm.update(todo)
+        self._say(f"warm-up (embedding cache of {', '.join(todo)}, compiled kernels): {time.perf_counter() - start:.1f} s, charged to no arm")
 
     def selection_folder(self, influence: str, method: str, seed: int) -> Path:
         """Run folder of the selection of ``influence`` by ``method`` (original or nncift) for ``seed``."""
