@@ -1,4 +1,8 @@
-"""The InfluenceNetwork: a small MLP that predicts influence values from sentence embeddings.
+"""The paper's InfluenceNetwork (a small MLP on sentence embeddings), prediction and storage of every network.
+
+The default network is the two-tower model of :mod:`nncift.towers`, trained by
+:mod:`nncift.fitting`; this module keeps the paper's MLP (``--architecture paper``), the blocked
+prediction of both (:func:`predict_pairwise` dispatches on the network's kind), and saving/loading.
 
 Pairwise networks read ``[e_row, 0, e_col]`` (two L2-normalised sentence embeddings with a constant
 0 between them, ``2·d + 1`` inputs) and predict the influence of candidate ``col`` on target ``row``;
