@@ -190,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
             share = np.nanmean([r["on_task"] for r in default])
             verdicts.append(f"On-task share at u = 0.05: NN-CIFT {share:.3f}, exact function {on_task(true_subset):.3f}, "
                             f"random {np.isin(family, list(on_task_families)).mean():.3f} (ratio to exact {share / max(on_task(true_subset), 1e-9):.2f}).")
+            raw_targets = matrix.values[len(rows) - len(spec.targets):]  # the target rows of the exact matrix, raw
+            top = np.argsort(-raw_targets.mean(axis=0), kind="stable")[:k]
+            verdicts.append(f"Does the exact function target at all? Its {k} candidates with the highest mean value over the "
+                            f"targets are {on_task(top):.3f} on-task (random {np.isin(family, list(on_task_families)).mean():.3f}).")
     report = [f"# InfluenceNetwork fidelity by selection: `{args.matrix}`", "",
               f"Command: `{command_line('bench/bench_network.py')}`", "",
               f"Date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}  ",

@@ -42,8 +42,8 @@ from .ledger import CostLedger
 from .network import NetworkSettings, predict_pairwise, predict_pointwise
 from .pipeline import influence_spec, load_inputs, network_settings, sample_indices
 from .store import RunStore, plan_blocks
-from .subset_quality import ObjectiveSpec, cold_mask, f_gain, spearman
-from .towers import self_columns
+from .subset_quality import ObjectiveSpec, choose_subset, cold_mask, f_gain, spearman
+from .towers import block_self_columns, self_columns
 
 QUADRANTS = ("Q1", "Q2", "Q3", "Q4")
 _MAX_RANK_PAIRS = 2_000_000
@@ -128,10 +128,7 @@ def compare_pairwise(true: np.ndarray, row_embeddings: np.ndarray, col_embedding
     labels = true[np.ix_(seen_rows, seen_cols)].astype(np.float64)
     if labelled is not None:
         labels = np.where(labelled, labels, np.nan)
-    block_self = None
-    if self_cols is not None:
-        position = {int(c): p for p, c in enumerate(seen_cols)}
-        block_self = np.array([position.get(int(self_cols[r]), -1) if self_cols[r] >= 0 else -1 for r in seen_rows], dtype=np.int64)
+    block_self = None if self_cols is None else block_self_columns(self_cols, seen_rows, seen_cols)
     q1 = np.ix_(seen_rows, seen_cols)
     predictions: dict[str, np.ndarray] = {}
     timings: dict[str, tuple[float, float, str]] = {}
@@ -203,7 +200,7 @@ def compare_pointwise(true: np.ndarray, embeddings: np.ndarray, seen: np.ndarray
     mse_mean = float(np.mean((predictions["mean"][unseen] - true[unseen]) ** 2))
     selection_rows = []
     for name, predicted in predictions.items():
-        quality = f_gain(truth, np.where(ok, predicted, -np.inf)[None, :].clip(-1e30), spec, seed=seed)
+        quality = f_gain(truth, np.where(ok, predicted, -1e30)[None, :], spec, seed=seed)
         mse = float(np.mean((predicted[unseen] - true[unseen]) ** 2))
         train_seconds, chosen = timings.get(name, (0.0, "-"))
         selection_rows.append({
@@ -262,8 +259,6 @@ def _run_fidelity(settings: FidelitySettings, out: str | Path, pool: list[Record
             with ledger.stage(f"networks u={fraction}"):
                 if function_class.pairwise:
                     if true_subset is None:
-                        from .subset_quality import choose_subset
-
                         true_subset = choose_subset(np.where(np.isfinite(scaled), scaled, 0.0), objective).indices
                     quadrant, selected, predicted = compare_pairwise(np.where(np.isfinite(scaled), scaled, 0.0), embeddings, embeddings,
                                                                      seen, seen, objective, nets, self_cols=self_columns(n, n),

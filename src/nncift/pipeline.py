@@ -44,7 +44,7 @@ from .training import train_network, train_network_pointwise
 from .network import NetworkSettings, load_network, load_network_metadata, predict_pointwise, save_network
 from .store import Block, RunStore, plan_blocks
 from .subset_quality import ObjectiveSpec, choose_subset
-from .towers import self_columns
+from .towers import block_self_columns, self_columns
 
 
 @dataclass
@@ -178,11 +178,8 @@ def influence_spec(settings: SelectSettings, options: dict[str, Any]) -> Influen
 
 
 def network_settings(settings: SelectSettings) -> NetworkSettings:
-    """The InfluenceNetwork settings of a run."""
-    return NetworkSettings(architecture=settings.architecture, tower_hidden=settings.tower_hidden, tower_rank=settings.tower_rank,
-                           max_steps=settings.max_steps, folds=settings.folds, fallback=settings.fallback,
-                           hidden_sizes=tuple(settings.hidden_sizes), learning_rate=settings.learning_rate, epochs=settings.epochs,
-                           batch_size=settings.batch_size, seed=settings.seed)
+    """The InfluenceNetwork settings of a run: the fields of :class:`NetworkSettings`, read from the run's settings by name."""
+    return NetworkSettings(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(NetworkSettings)})
 
 
 def self_cols_of(layout: Layout) -> np.ndarray:
@@ -192,8 +189,7 @@ def self_cols_of(layout: Layout) -> np.ndarray:
 
 def block_self_cols(layout: Layout) -> np.ndarray:
     """Per row of the sampled block Q1, the position in Q1's columns of the same record, else −1."""
-    position = {int(c): p for p, c in enumerate(layout.seen_cols)}
-    return np.array([position.get(int(r), -1) if r < layout.n_pool_rows else -1 for r in layout.seen_rows], dtype=np.int64)
+    return block_self_columns(self_cols_of(layout), layout.seen_rows, layout.seen_cols)
 
 
 FILL_RULE = "after the last positive gain: the unchosen candidates by decreasing singleton value f({j}), ties by lowest index"

@@ -243,10 +243,8 @@ def _lazy_greedy(work: Path, start: np.ndarray, k: int) -> tuple[np.ndarray, np.
             gain = -heapq.heappop(heap)[0]
             picks[step], gains[step] = top, gain
             step += 1
-            if gain == 0.0:
-                chosen = set(picks[:step].tolist())
-                rest = [j for j in range(n_cand) if j not in chosen][: k - step]
-                picks[step:], gains[step:] = rest, 0.0
+            if gain == 0.0:  # out of signal: the caller refills picks[step - 1:] (fill_exhausted)
+                picks[step:], gains[step:] = -1, 0.0
                 break
             _pread(fd, column, offset + top * n_rows * 4)
             np.copyto(cover, column, where=column > cover)
