@@ -1,4 +1,4 @@
-"""Gradient compressors on SmolLM2-135M LoRA gradients of real records (METHODS.md §5).
+"""Gradient compressors on SmolLM2-135M LoRA gradients of real records (docs/methods.md §5).
 
 Every batch gets ONE forward and backward pass whose per-layer inputs and output-gradients are
 captured; every compressor then compresses the same captured batch, one after the other (so load

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
 
     pairs = len(targets) * len(candidates)
     baseline = seconds[WAYS[0]]
-    lines = [f"# DELIFT throughput: plain batched vs prefix reuse", "",
+    lines = ["# DELIFT throughput: plain batched vs prefix reuse", "",
              f"Command: `{command_line('bench/bench_delift.py')}`", "",
              f"Date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}  ",
              f"Machine: {cpu_name()}, {os.cpu_count()} cores shared with other jobs (load average at the end "

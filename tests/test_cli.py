@@ -111,3 +111,43 @@ def test_help_says_how_each_list_flag_takes_several_values() -> None:
     assert "repeat the flag for several (values are not split at commas" in data_help and "separate values with commas" not in data_help
     sizes_help = help_text.split("--hidden-sizes HIDDEN_SIZES paper:")[1].split("--learning-rate")[0]
     assert "separate values with commas" in sizes_help
+
+
+def test_version_and_help_on_every_demo_flag(capsys) -> None:
+    from nncift.cli import build_parser, main, package_version
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"nncift {package_version()}"
+    demo = build_parser()._subparsers._group_actions[0].choices["demo"]  # noqa: SLF001
+    assert all(action.help for action in demo._actions)  # noqa: SLF001
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--influence", "delift", "--dtype", "float8"], "dtype: expected one of 'float32', 'bfloat16', 'float16', got 'float8'"),
+    (["--device", "gpu"], "expected one of 'auto', 'cpu', 'cuda' (or 'cuda:N'), got 'gpu'"),
+    (["--objective", "best"], "expected one of '', 'fl', 'flmi', 'flcg', 'topk', got 'best'"),
+])
+def test_choice_settings_are_refused_with_the_allowed_values(tmp_path, capsys, flags, message) -> None:
+    from nncift.cli import main
+
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text('{"instruction": "a", "output": "b"}\n')
+    assert main(["select", "--data", str(pool), "--out", str(tmp_path / "run"), *flags]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_building_the_command_line_loads_no_model_library() -> None:
+    """`nncift select --help` must be quick: the flags come from light settings modules, not from torch."""
+    code = ("import sys; from nncift.cli import build_parser; build_parser().format_help(); "
+            "print(sorted(m for m in ('torch', 'transformers', 'sentence_transformers', 'nncift.pipeline') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_every_function_declares_its_settings_in_the_light_registry() -> None:
+    from nncift.influence import REGISTRY, SETTINGS, influence_class, settings_class
+
+    assert set(SETTINGS) == set(REGISTRY)
+    for name in REGISTRY:
+        assert influence_class(name).Settings is settings_class(name)

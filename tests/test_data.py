@@ -215,3 +215,16 @@ def test_read_many_with_nothing_kept_names_every_file_and_count(tmp_path: Path) 
     assert f"{noise}: read 3, kept 0, skipped 3 (empty output: 3)" in message
     assert read_many([]) == ([], [])
 
+
+
+def test_jsonl_strings_with_unicode_line_breaks_round_trip(tmp_path: Path) -> None:
+    """U+0085, U+2028 and U+2029 are line breaks to str.splitlines but plain characters inside JSON strings
+    (written unescaped with ensure_ascii=False, as write_jsonl does): a record must stay one record."""
+    rows = [{"instruction": "a\x85b", "output": "c\u2028d"}, {"instruction": "e\u2029f", "input": "g\r", "output": "h"}]
+    path = tmp_path / "odd.jsonl"
+    write_jsonl(path, rows)
+    records, report = read_records(path)
+    assert report.kept == 2 and [r.instruction for r in records] == ["a\x85b", "e\u2029f"]
+    assert records[0].output == "c\u2028d" and records[1].source.endswith(":2")
+    path.write_bytes(path.read_bytes().replace(b"\n", b"\r\n"))  # Windows line ends still read
+    assert [r.output for r in read_records(path)[0]] == ["c\u2028d", "h"]

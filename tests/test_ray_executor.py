@@ -96,7 +96,7 @@ def test_killed_worker_is_replaced_and_the_job_gives_the_same_results(ray_cluste
 
         # embeddings in shards (the same chunks as the local embedder: bit-identical vectors)
         executor.on_task_done = None
-        monkeypatch.setattr(embed, "_SHARD_ROWS", 16)  # 3 chunks over 2 workers
+        monkeypatch.setattr(embed, "SHARD_ROWS", 16)  # 3 chunks over 2 workers
         monkeypatch.setenv("NNCIFT_CACHE", str(tmp_path / "cache-ray"))
         sharded = executor.embed_records(pool, model=SelectSettings().embedder, device="cpu", progress=False)
         monkeypatch.setenv("NNCIFT_CACHE", str(tmp_path / "cache-local"))

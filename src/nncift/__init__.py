@@ -11,17 +11,34 @@ Typical use::
     result.indices, result.scores, result.manifest
 """
 
-from .config import FidelitySettings, SelectSettings
-from .data import DataError, LoadReport, Record, read_many, read_records
-from .demo_data import demo_records
-from .fidelity import FidelityResult, run_fidelity
-from .influence import InfluenceSpec, PairwiseInfluence, PointwiseInfluence, build_influence
-from .pipeline import SelectionResult, run_select
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "DataError", "FidelityResult", "FidelitySettings", "InfluenceSpec", "LoadReport", "PairwiseInfluence",
-    "PointwiseInfluence", "Record", "SelectSettings", "SelectionResult", "build_influence", "demo_records",
-    "read_many", "read_records", "run_fidelity", "run_select",
-]
+_EXPORTS = {
+    "SelectSettings": "config", "FidelitySettings": "config",
+    "DataError": "data", "LoadReport": "data", "Record": "data", "read_many": "data", "read_records": "data",
+    "demo_records": "demo_data",
+    "FidelityResult": "fidelity", "run_fidelity": "fidelity",
+    "InfluenceSpec": "influence", "PairwiseInfluence": "influence", "PointwiseInfluence": "influence", "build_influence": "influence",
+    "SelectionResult": "pipeline", "run_select": "pipeline",
+}
+"""Public names and the module each lives in: imported on first use, so ``import nncift`` (and the
+command line's ``--help``) does not load torch."""
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'nncift' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import json
 import os
 import sys
 from collections import Counter
@@ -21,23 +20,14 @@ from .models import ModelError
 from .store import SettingsMismatch, make_run_folder
 
 USER_ERRORS = (DataError, ModelError, SettingsMismatch, ValueError, FileNotFoundError, RuntimeError)
+"""Errors reported as one line (exit code 2); RunFolderError, RunFolderInUse and RunNotReady are among them."""
 
 
 def _influence_settings_classes() -> list[type]:
-    """Settings dataclasses of the registered influence functions (their fields are flags too)."""
-    from .influence import REGISTRY
+    """Settings dataclasses of the registered influence functions (their fields are flags too; light modules, no torch)."""
+    from .influence import SETTINGS, settings_class
 
-    classes = []
-    for target in REGISTRY.values():
-        module_name, _, attribute = target.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name == module_name:
-                continue  # registered but not installed in this build
-            raise
-        classes.append(getattr(module, attribute).Settings)
-    return classes
+    return [settings_class(name) for name in SETTINGS]
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser, settings_class: type) -> None:
@@ -88,9 +78,9 @@ def _split_settings(args: argparse.Namespace, settings_class: type) -> tuple[Any
 
 def _add_model_list(settings: Any, options: dict[str, Any], models: list[str]) -> None:
     """A repeated --model becomes the influence function's ``models`` option (only those that have one)."""
-    from .influence import influence_class
+    from .influence import settings_class
 
-    if "models" not in {f.name for f in dataclasses.fields(influence_class(settings.influence).Settings)}:
+    if "models" not in {f.name for f in dataclasses.fields(settings_class(settings.influence))}:
         raise ValueError(f"--model given {len(models)} times, but {settings.influence} rates with one model "
                          "(several models: selectit)")
     if options.get("models"):
@@ -99,12 +89,38 @@ def _add_model_list(settings: Any, options: dict[str, Any], models: list[str]) -
 
 
 def cmd_select(args: argparse.Namespace) -> int:
-    """nncift select: choose a subset with NN-CIFT."""
+    """nncift select: choose a subset with NN-CIFT (or, with --run and --add, grow a finished run's subset)."""
     from .pipeline import run_select
 
+    if args.run or args.add:
+        return _cmd_add(args)
     settings, options = _split_settings(args, SelectSettings)
     result = run_select(settings, args.out, influence_options=options)
     _print_summary(result)
+    return 0
+
+
+def _cmd_add(args: argparse.Namespace) -> int:
+    """select --run RUN --add NEW: the run's own settings, the budget over the union (--budget to change it)."""
+    from .data import read_many
+    from .incremental import add_to_run
+
+    if not (args.run and args.add):
+        raise ValueError("--run and --add go together: --run RUN_DIR --add NEW.jsonl grows RUN_DIR's selection with new records")
+    given = sorted("--" + k.replace("_", "-") for k, v in vars(args).items()
+                   if v is not None and k not in ("run", "add", "out", "budget", "quiet", "command", "handler") and v is not False)
+    if given:
+        raise ValueError(f"with --run, the run's own settings are used: only --budget and --quiet apply (got {', '.join(given)})")
+    new, reports = read_many(args.add)
+    if not new:
+        raise ValueError(f"no records to add in {', '.join(args.add)} (see the skip counts)")
+    result = add_to_run(args.run, new, args.out, budget=args.budget, reports=reports, new_paths=args.add, progress=not args.quiet)
+    counts = result.manifest["counts"]
+    print(f"kept the run's {counts['kept']} picks and added {counts['added']} ({counts['added_from_new_records']} of them new records) "
+          f"from a union of {counts['pool']} records; objective {result.objective:.4f}")
+    print(f"0 influence evaluations, {result.manifest['cost']['counters'].get('language_model_loads', 0)} language-model loads, "
+          f"{result.manifest['cost']['seconds_total']:.2f} s")
+    print(f"-> {result.run_dir / 'subset.jsonl'}, {result.run_dir / 'scores.csv'} and {result.run_dir / 'manifest.json'}")
     return 0
 
 
@@ -169,24 +185,28 @@ def _print_summary(result: Any) -> None:
     tasks = Counter(record.task for record in result.records)
     if len(tasks) > 1:
         print("by task: " + ", ".join(f"{task} {count}" for task, count in tasks.most_common()))
-    print(f"-> {result.run_dir / 'selected.jsonl'} and {result.run_dir / 'manifest.json'}")
+    print(f"-> {result.run_dir / 'subset.jsonl'} (the chosen records as read), scores.csv, selected.jsonl and manifest.json")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="nncift", description="NN-CIFT data valuation and selection for instruction tuning")
+    parser.add_argument("--version", action="version", version=f"nncift {package_version()}", help="print the version and exit")
     commands = parser.add_subparsers(dest="command", required=True)
     select = commands.add_parser("select", help="select a fine-tuning subset with NN-CIFT")
     _add_run_arguments(select, SelectSettings)
+    grow = select.add_argument_group("growing a finished run (no influence function, no language model)")
+    grow.add_argument("--run", help="a finished select run folder whose subset --add grows (its settings are used)")
+    grow.add_argument("--add", action="append", help="new records to add to --run's pool (repeatable; not split at commas)")
     select.set_defaults(handler=cmd_select)
     fidelity = commands.add_parser("fidelity", help="InfluenceNetwork fidelity per quadrant (paper Fig. 2)")
     _add_run_arguments(fidelity, FidelitySettings)
     fidelity.set_defaults(handler=cmd_fidelity)
     demo = commands.add_parser("demo", help="run the main job on the built-in data set")
     demo.add_argument("--out", default="runs/demo", help="run folder")
-    demo.add_argument("--influence", default=SelectSettings.influence, help="influence function")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--quiet", action="store_true")
+    demo.add_argument("--influence", default=SelectSettings.influence, help=f"influence function (default: {SelectSettings.influence})")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the built-in data, the sampling and the network (default: 0)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(handler=cmd_demo)
     prepare = commands.add_parser("prepare-models", help="convert the bundled models for offline use")
     prepare.set_defaults(handler=cmd_prepare_models)
@@ -198,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands() -> list[Callable[[Any], None]]:
     """Subcommands contributed by other modules (fine-tuning, evaluation, experiments)."""
     registrations = []
-    for module_name in ("nncift.finetune", "nncift.evaluate", "nncift.experiment"):
+    for module_name in ("nncift.scoring", "nncift.inspect_run", "nncift.finetune", "nncift.evaluate", "nncift.experiment"):
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as error:
@@ -209,10 +229,24 @@ def _extra_commands() -> list[Callable[[Any], None]]:
     return registrations
 
 
+def package_version() -> str:
+    """The installed package's version (the source tree's when it is not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("nncift")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``nncift`` command."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
+    if getattr(args, "quiet", False):
+        from .models import quiet_libraries
+
+        quiet_libraries()
     try:
         return int(args.handler(args) or 0)
     except USER_ERRORS as error:

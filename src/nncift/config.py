@@ -19,12 +19,13 @@ import sys
 import textwrap
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
+from .choices import DTYPES
 from .models import BUNDLED_EMBEDDER, BUNDLED_LM
 
 
@@ -161,7 +162,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: frozenset
             continue
         flag = "--" + item.name.replace("_", "-")
         element, is_sequence = _base_type(hints[item.name])
-        help_text = f"{docs.get(item.name, '')} (default: {_default(item)!r})"
+        choices = getattr(_RULES.get(item.name), "choices", None)
+        help_text = f"{docs.get(item.name, '')}" + (f" (one of: {', '.join(c or repr(c) for c in choices)})" if choices else "") + \
+            f" (default: {_default(item)!r})"
         if element is bool:
             parser.add_argument(flag, dest=item.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif is_sequence:
@@ -224,8 +227,11 @@ def _at_least(low: float, *, strict: bool = False) -> _Rule:
 
 
 def _one_of(*choices: str) -> _Rule:
-    """Rule: one of ``choices``."""
-    return lambda v: None if v in choices else f"expected one of {', '.join(repr(c) for c in choices)}, got {v!r}"
+    """Rule: one of ``choices`` (kept on the rule as ``choices``, for the help text)."""
+    def rule(value: Any) -> str | None:
+        return None if value in choices else f"expected one of {', '.join(repr(c) for c in choices)}, got {value!r}"
+    rule.choices = choices  # type: ignore[attr-defined]
+    return rule
 
 
 def _fraction(value: float) -> str | None:
@@ -252,8 +258,10 @@ _RULES: dict[str, _Rule] = {
     "batch_size": _at_least(1), "block_size": _at_least(1), "device": _device, "executor": _one_of("local", "ray"),
     "workers": _at_least(1), "worker_cpus": _at_least(0), "worker_gpus": _at_least(0),
     "fractions": _fraction, "seeds": _at_least(0), "architectures": _ARCHITECTURES, "limit": _at_least(0),
+    "dtype": _one_of(*DTYPES),
 }
-"""Ranges and choices of the fields of :class:`SelectSettings` and :class:`FidelitySettings` (per item of a list)."""
+"""Ranges and choices of the fields of :class:`SelectSettings` and :class:`FidelitySettings` (per item of a list),
+and of the influence functions' options of the same name (``device``, ``dtype``)."""
 
 _KINDS = {bool: ("true or false", "booleans"), int: ("an integer", "integers"), float: ("a number", "numbers"), str: ("a string", "strings")}
 
@@ -317,6 +325,9 @@ def check_options(settings_class: type, options: dict[str, Any], origins: dict[s
     try:
         for key, value in own.items():
             check_field(key, value, hints[key])
+            problem = _RULES[key](value) if key in _RULES and not isinstance(value, (tuple, list)) else None
+            if problem:
+                raise SettingsError(key, problem)
     except SettingsError as error:
         raise SettingsError(error.key, error.problem, (origins or {}).get(error.key, "")) from None
     settings_class(**own)

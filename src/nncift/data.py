@@ -201,13 +201,35 @@ def record_from_dict(obj: Any, path: Path, line: int, task: str | None = None) -
     return Record(instruction.strip(), extra.strip(), output.strip(), f"{path}:{line}", task, obj)
 
 
+def records_from(items: Iterable[Any], name: str = "<records>") -> tuple[list[Record], LoadReport]:
+    """Records from :class:`Record` objects, plain dicts in any layout the readers accept, or a
+    ``datasets.Dataset`` (its rows); errors name ``name:position:field``, empty outputs are counted skips."""
+    report = LoadReport(name)
+    records = []
+    for number, item in enumerate(items, start=1):
+        report.read += 1
+        record = item if isinstance(item, Record) else record_from_dict(dict(item) if hasattr(item, "keys") else item, Path(name), number)
+        if not record.output:
+            report.skip("empty output", f"{name}:{number}")
+            continue
+        records.append(record)
+    report.kept = len(records)
+    return records, report
+
+
 def _task_label(path: Path) -> str:
     return path.stem
 
 
+def jsonl_lines(text: str) -> list[str]:
+    """The lines of a JSONL text: split at ``\n`` only (``str.splitlines`` would also split inside strings
+    at characters such as U+0085 or U+2028, which JSON writes unescaped with ``ensure_ascii=False``)."""
+    return text.split("\n")
+
+
 def _iter_json_objects(path: Path, text: str) -> Iterator[tuple[int, Any]]:
     if path.suffix.lower() == ".jsonl":
-        for number, line in enumerate(text.splitlines(), start=1):
+        for number, line in enumerate(jsonl_lines(text), start=1):
             if not line.strip():
                 continue
             try:

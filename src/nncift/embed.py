@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -21,7 +21,11 @@ from .data import Record
 from .models import BUNDLED_EMBEDDER, cache_dir, model_fingerprint
 from .templates import embedding_text
 
-_SHARD_ROWS = 512
+SHARD_ROWS = 512
+"""Texts per encoder chunk and per cache shard."""
+
+ChunkEncoder = Callable[[list[list[str]], Callable[[int, np.ndarray], None]], None]
+"""Encodes chunks of texts somewhere and hands each chunk's vectors to ``store(chunk_number, vectors)``."""
 
 
 def _text_key(text: str) -> str:
@@ -91,6 +95,7 @@ def embed_texts(
     device: str = "auto",
     use_cache: bool = True,
     progress: bool = True,
+    encode_chunks: ChunkEncoder | None = None,
 ) -> np.ndarray:
     """Embed texts with a sentence-transformers model; rows are L2-normalised.
 
@@ -101,6 +106,9 @@ def embed_texts(
         device: ``auto``, ``cpu``, ``cuda``...
         use_cache: read and write the on-disk cache.
         progress: show a progress bar.
+        encode_chunks: where the texts missing from the cache are encoded: called once with the list of
+            chunks (lists of texts) and a ``store(chunk_number, vectors)`` to call for each finished chunk,
+            in any order (an executor that encodes on other machines passes one); default: in process.
 
     Returns:
         float32 array of shape (len(texts), embedding_dim).
@@ -112,19 +120,24 @@ def embed_texts(
         if (cache is None or cache.get(key) is None) and key not in missing:
             missing[key] = text
     computed: dict[str, np.ndarray] = {}
-    if missing:
-        items = list(missing.items())
+    items = list(missing.items())
+    chunks = [items[start : start + SHARD_ROWS] for start in range(0, len(items), SHARD_ROWS)]
+    if chunks:
         from tqdm.auto import tqdm
 
         with tqdm(total=len(items), desc="embeddings", unit="text", disable=not progress) as bar:
-            for start in range(0, len(items), _SHARD_ROWS):
-                chunk = items[start : start + _SHARD_ROWS]
-                vectors = encode_texts([text for _, text in chunk], model=model, batch_size=batch_size, device=device)
-                chunk_keys = [key for key, _ in chunk]
+            def store(number: int, vectors: np.ndarray) -> None:
+                chunk_keys = [key for key, _ in chunks[number]]
                 if cache is not None:
                     cache.put(chunk_keys, vectors)
                 computed.update(zip(chunk_keys, vectors))
-                bar.update(len(chunk))
+                bar.update(len(chunk_keys))
+
+            if encode_chunks is None:
+                for number, chunk in enumerate(chunks):
+                    store(number, encode_texts([text for _, text in chunk], model=model, batch_size=batch_size, device=device))
+            else:
+                encode_chunks([[text for _, text in chunk] for chunk in chunks], store)
     rows = [computed[key] if key in computed else cache.get(key) for key in keys]  # type: ignore[union-attr]
     if not rows:
         return np.zeros((0, 0), dtype=np.float32)

@@ -8,6 +8,7 @@ influence functions never know where they run. Results are written by the driver
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from collections import Counter
 from pathlib import Path
@@ -134,16 +135,24 @@ def executor_for(settings: Any) -> Executor:
                          cpus_per_worker=settings.worker_cpus, gpus_per_worker=settings.worker_gpus)
 
 
+EXECUTORS: dict[str, str] = {
+    "local": "nncift.executor:LocalExecutor",
+    "ray": "nncift.ray_executor:RayExecutor",
+}
+"""Executors by name (``module:class``, imported on first use). Adding one = one module + one line here."""
+
+
 def make_executor(name: str = "local", **options: object) -> Executor:
-    """Executor by name: ``local`` (in process) or ``ray`` (needs ``pip install nncift[ray]``)."""
-    if name == "local":
-        return LocalExecutor()
-    if name == "ray":
-        try:
-            from .ray_executor import RayExecutor  # noqa: PLC0415 - optional extra
-        except ImportError as error:
-            if error.name is not None and error.name.split(".")[0] != "ray":
-                raise
-            raise RuntimeError(f"the ray executor needs `pip install nncift[ray]` ({error})") from None
-        return RayExecutor(**options)  # type: ignore[arg-type]
-    raise ValueError(f"unknown executor '{name}': choose local or ray")
+    """Executor by name (:data:`EXECUTORS`): ``local`` (in process; takes no options) or ``ray`` (needs
+    ``pip install nncift[ray]``; ``workers``, ``address``, ``cpus_per_worker``, ``gpus_per_worker``)."""
+    if name not in EXECUTORS:
+        raise ValueError(f"unknown executor '{name}': choose from {', '.join(EXECUTORS)}")
+    module_name, _, attribute = EXECUTORS[name].partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        if error.name is None or error.name.split(".")[0] in ("nncift",):
+            raise
+        raise RuntimeError(f"the {name} executor needs `pip install nncift[{name}]` ({error})") from None
+    executor_class = getattr(module, attribute)
+    return executor_class() if name == "local" else executor_class(**options)

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .data import jsonl_lines
 from .embed import embed_records
 from .fidelity import evaluate_split, quadrant_masks
 from .influence import influence_class
@@ -74,7 +75,7 @@ def _selected_indices(experiment: Any, influence: str, method: str, seed: int) -
     path = experiment.selection_folder(influence, method, seed) / "selected.jsonl"
     if not path.is_file():
         return None
-    return {json.loads(line)["index"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
+    return {json.loads(line)["index"] for line in jsonl_lines(path.read_text(encoding="utf-8")) if line.strip()}
 
 
 def _subset_overlap(experiment: Any, influence: str) -> list[float]:

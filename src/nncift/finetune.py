@@ -1,4 +1,4 @@
-"""LoRA fine-tuning on a subset (METHODS.md §6).
+"""LoRA fine-tuning on a subset (docs/methods.md §6).
 
 Each record becomes ``prompt tokens + response tokens + EOS``. The prompt is the tokenizer's chat
 template applied to :func:`nncift.templates.chat_messages` with the generation cue (when the
@@ -41,7 +41,7 @@ IGNORE_INDEX = -100
 
 @dataclass(frozen=True)
 class FinetuneSettings:
-    """Settings of ``nncift finetune`` (defaults: METHODS.md §6)."""
+    """Settings of ``nncift finetune`` (defaults: docs/methods.md §6)."""
 
     model: str = BUNDLED_LM
     """Base causal LM id or path."""

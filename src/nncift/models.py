@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,34 @@ def pick_device(device: str = "auto") -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def quiet_libraries() -> None:
+    """Silence third-party progress bars, info logs and FutureWarnings (the command line's ``--quiet``).
+
+    Changes process-wide state (environment, logging levels, warning filters): for commands, not libraries.
+    """
+    import logging
+    import warnings
+
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    for name in ("transformers", "sentence_transformers", "huggingface_hub", "peft", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+        transformers_logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+LOADS: Counter[str] = Counter()
+"""How many causal LMs (``"causal_lm"``) this process has loaded: commands that must not touch the LM
+(``nncift score``) record the count in their manifest."""
+
+
 def load_causal_lm(
     name_or_path: str = BUNDLED_LM,
     *,
@@ -126,6 +155,7 @@ def load_causal_lm(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_lm(name_or_path)
+    LOADS["causal_lm"] += 1
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(

@@ -31,7 +31,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -285,7 +284,10 @@ def _train(
     network.train()
     # One thread: batches of 64 are too small to gain from more, and a fixed thread count makes the
     # floating-point results independent of the machine.
-    with _torch_threads(1):
+    from tqdm import tqdm
+
+    bar = tqdm(total=settings.epochs, desc="influence network (paper MLP)", unit="epoch", disable=not progress, leave=False)
+    with _torch_threads(1), bar:
         for epoch in range(settings.epochs):
             if n_examples == 0:
                 losses.append(float("nan"))
@@ -301,8 +303,8 @@ def _train(
                 optimiser.step()
                 total += loss.detach().double() * len(positions)
             losses.append(float(total) / n_examples)
-            if progress:
-                print(f"influence network: epoch {epoch + 1}/{settings.epochs} loss {losses[-1]:.6g}", file=sys.stderr, flush=True)
+            bar.set_postfix(loss=f"{losses[-1]:.4g}", refresh=False)
+            bar.update(1)
     network.eval()
     return TrainingReport(losses=losses, n_examples=n_examples, seconds=time.perf_counter() - start)
 

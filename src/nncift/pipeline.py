@@ -1,4 +1,4 @@
-"""The NN-CIFT steps (METHODS.md §1), and nothing else:
+"""The NN-CIFT steps (docs/methods.md §1), and nothing else:
 
 1. sample a fraction u of targets and candidates with a seed, compute the influence function on
    that block only (Q1);
@@ -22,27 +22,27 @@ Matrix layout (rows = targets, columns = candidates = the pool):
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from . import selection as selection_module
 from . import streaming
 from .config import SelectSettings, environment_info, settings_dict
-from .data import LoadReport, Record, read_many, write_jsonl
+from .data import LoadReport, Record, jsonl_lines, read_many, records_from
 from .executor import executor_for, stored_failures
 from .influence import InfluenceSpec, PairwiseInfluence, influence_class
 from .ledger import CostLedger
 from .models import model_fingerprint
 from .training import train_network, train_network_pointwise
 from .network import NetworkSettings, load_network, load_network_metadata, predict_pointwise, save_network
-from .store import Block, RunStore, plan_blocks
+from .run_files import column_origin, records_digest, save_pool_embeddings, save_rows, write_selection_files
+from .store import RUNTIME_KEYS, Block, RunStore, plan_blocks
 from .subset_quality import ObjectiveSpec, choose_subset
 from .towers import block_self_columns, self_columns
 
@@ -109,7 +109,7 @@ def sample_indices(n: int, fraction: float, minimum: int, rng: np.random.Generat
 
 
 def resolve_objective(settings: SelectSettings, function_class: type, has_targets: bool) -> str:
-    """The objective of the run: explicit, else the influence function's own (METHODS.md §4)."""
+    """The objective of the run: explicit, else the influence function's own (docs/methods.md §4)."""
     objective = settings.objective or function_class.default_objective
     if objective not in ("fl", "flmi", "flcg", "topk"):
         raise ValueError(f"unknown objective '{objective}': choose fl, flmi, flcg or topk")
@@ -217,27 +217,35 @@ def load_inputs(settings: SelectSettings) -> tuple[list[Record], list[Record], l
     return pool, targets, reports + target_reports
 
 
-def records_digest(pool: Sequence[Record], targets: Sequence[Record]) -> str:
-    """SHA-256 of the pool's and the targets' texts (instruction, input, output), in order."""
-    digest = hashlib.sha256()
-    for name, group in (("pool", pool), ("targets", targets)):
-        digest.update(name.encode())
-        for record in group:
-            digest.update(json.dumps([record.instruction, record.input, record.output], ensure_ascii=False).encode())
-    return digest.hexdigest()
+RESELECT_KEYS = frozenset({"budget", "objective", "eta", "nu"} | {f.name for f in dataclasses.fields(NetworkSettings)} - {"seed"})
+"""Settings that change only the network or the selection: a run folder whose influence block is finished
+is re-selected with other values of these (the network is retrained when its settings changed); any
+other difference refuses the folder (the seed too: it draws the sample)."""
 
 
-def finished_selection(store: RunStore, pool: Sequence[Record], *, progress: bool) -> SelectionResult | None:
-    """The stored result of a run that already finished in this folder (its ``manifest.json`` is written last), or None.
+def matrix_rows(objective: str, has_targets: bool) -> str:
+    """What the influence matrix's rows are for an objective: ``pool``, ``targets`` or ``pool+targets``."""
+    if not has_targets:
+        return "pool"
+    return "pool+targets" if objective in ("flmi", "flcg") else "targets"
+
+
+def finished_selection(store: RunStore, pool: Sequence[Record], settings: SelectSettings, *, progress: bool) -> SelectionResult | None:
+    """The stored result of a run that already finished in this folder with these settings (its
+    ``manifest.json`` is written last), or None.
 
     A finished run is not recomputed: its manifest, with the cost ledger of the run that did the
-    work, stays as it is. Delete the folder to recompute.
+    work, stays as it is. Delete the folder to recompute. A run finished with other selection or
+    network settings (:data:`RESELECT_KEYS`) is re-selected instead.
     """
     manifest_path, selected_path = store.path("manifest.json"), store.path("selected.jsonl")
     if not (manifest_path.is_file() and selected_path.is_file() and store.path("records.json").is_file()):
         return None
     manifest = store.read_json("manifest.json")
-    rows = [json.loads(line) for line in selected_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    now = settings_dict(settings)
+    if any(manifest["settings"].get(key) != now.get(key) for key in RESELECT_KEYS - RUNTIME_KEYS):
+        return None
+    rows = [json.loads(line) for line in jsonl_lines(selected_path.read_text(encoding="utf-8")) if line.strip()]
     indices = np.array([row["index"] for row in rows], dtype=np.int64)
     if progress:
         print(f"{store.folder}: finished earlier; reusing its selection (delete the folder to recompute)", file=sys.stderr)
@@ -249,8 +257,8 @@ def run_select(
     settings: SelectSettings,
     out: str | Path,
     *,
-    pool: Sequence[Record] | None = None,
-    targets: Sequence[Record] | None = None,
+    pool: Iterable[Any] | None = None,
+    targets: Iterable[Any] | None = None,
     influence_options: dict[str, Any] | None = None,
     reports: Sequence[LoadReport] = (),
 ) -> SelectionResult:
@@ -259,8 +267,9 @@ def run_select(
     Args:
         settings: the run's settings.
         out: the run folder (created; a folder made with other settings is refused).
-        pool: records to select from; default: read from ``settings.data``.
-        targets: target records; default: read from ``settings.targets`` (none: the pool itself).
+        pool: records to select from: :class:`Record` objects, plain dicts in any layout the file readers
+            accept, or a ``datasets.Dataset``; default: read from ``settings.data``.
+        targets: target records, the same kinds; default: read from ``settings.targets`` (none: the pool itself).
         influence_options: options of the influence function's own settings dataclass.
         reports: load reports of records passed in directly (recorded in the manifest).
 
@@ -276,24 +285,24 @@ def run_select(
         rng = np.random.default_rng(settings.seed)
         with executor_for(settings) as executor:
             if function_class.pairwise:
-                indices, scores, objective_value, extra = _select_pairwise(settings, spec, function_class, objective, pool, targets, store, executor, ledger, rng, progress)
+                chosen, extra, origin = _select_pairwise(settings, spec, function_class, objective, pool, targets, store, executor, ledger, rng, progress)
             else:
-                indices, scores, objective_value, extra = _select_pointwise(settings, spec, function_class, pool, store, executor, ledger, rng, progress)
-        return _finish(run, settings, extra, indices, scores, objective_value)
+                chosen, extra, origin = _select_pointwise(settings, spec, function_class, pool, store, executor, ledger, rng, progress)
+        return _finish(run, settings, {**extra, **run.reselected}, chosen, origin)
 
 
 def run_full_select(
     settings: SelectSettings,
     out: str | Path,
     *,
-    pool: Sequence[Record] | None = None,
-    targets: Sequence[Record] | None = None,
+    pool: Iterable[Any] | None = None,
+    targets: Iterable[Any] | None = None,
     influence_options: dict[str, Any] | None = None,
     reports: Sequence[LoadReport] = (),
 ) -> SelectionResult:
     """Select with the original influence function: computed on every pair (or example), no network.
 
-    The baseline NN-CIFT is measured against (METHODS.md §6): the same matrix layout, label scaling
+    The baseline NN-CIFT is measured against (docs/methods.md §6): the same matrix layout, label scaling
     (the function's fixed range, else min–max of the whole matrix) and selection as
     :func:`run_select`, with ``settings.fraction`` ignored. The full matrix is kept in the run
     folder as ``full.npy`` (rows = ``full.rows.npy``, resumable); pointwise scores as ``scores.npy``.
@@ -327,7 +336,9 @@ def run_full_select(
                 chosen = selection_module.top_k(np.where(np.isfinite(scaled[0]), scaled[0], -1.0), selection_budget(settings))  # failures last
         extra = {"label_scaling": {"low": low, "high": high, "source": "fixed range" if function_class.label_range else "min-max of the full matrix"},
                  "matrix_shape": list(full.shape), "not_computed": int(np.isnan(values).sum()), **selection_info(chosen)}
-        return _finish(run, settings, extra, chosen.indices, chosen.gains, chosen.objective)
+        if function_class.pairwise:
+            save_rows(store.folder, layout.rows, layout.n_pool_rows)
+        return _finish(run, settings, extra, chosen, column_origin(len(pool), exact=np.arange(len(pool))))
 
 
 @dataclass
@@ -345,9 +356,11 @@ class _Run:
     spec: InfluenceSpec
     finished: SelectionResult | None
     """The stored result when this folder already holds a finished run (nothing else to do)."""
+    reselected: dict[str, Any]
+    """For the manifest: the selection or network settings changed since the folder's last run (re-selection)."""
 
 
-def _start_run(settings: SelectSettings, out: str | Path, pool: Sequence[Record] | None, targets: Sequence[Record] | None,
+def _start_run(settings: SelectSettings, out: str | Path, pool: Iterable[Any] | None, targets: Iterable[Any] | None,
                influence_options: dict[str, Any] | None, reports: Sequence[LoadReport], store_extra: dict[str, Any]) -> _Run:
     """Load the inputs and check everything (targets, objective, influence options, budget) before the run
     folder is created, locked or written; then open (or refuse) it. The caller closes ``store`` (its lock)."""
@@ -362,6 +375,13 @@ def _start_run(settings: SelectSettings, out: str | Path, pool: Sequence[Record]
             if settings.targets and not targets:
                 raise ValueError(f"no target records in {', '.join(settings.targets)}: the targets are empty "
                                  "(leave out --targets to let the pool represent itself)")
+        pool, targets = list(pool), None if targets is None else list(targets)
+        if not all(isinstance(record, Record) for record in pool):
+            pool, pool_report = records_from(pool, "<pool>")
+            reports.append(pool_report)
+        if targets is not None and not all(isinstance(record, Record) for record in targets):
+            targets, target_report = records_from(targets, "<targets>")
+            reports.append(target_report)
         pool, targets = list(pool), list(targets or [])
     options = dict(influence_options or {})
     function_class = influence_class(settings.influence)
@@ -369,26 +389,27 @@ def _start_run(settings: SelectSettings, out: str | Path, pool: Sequence[Record]
     spec = influence_spec(settings, options)
     check_options(function_class.Settings, spec.options)
     selection_module.budget_to_count(selection_budget(settings), len(pool))  # a count above the pool size
-    store = RunStore(out, {**settings_dict(settings), **store_extra, "influence_options": options})
+    store = RunStore(out, {**settings_dict(settings), **store_extra, "influence_options": options,
+                           "matrix_rows": matrix_rows(objective, bool(targets))}, rerun_keys=RESELECT_KEYS)
     try:
         store.check_records(records_digest(pool, targets))  # first: a finished run of other records is never read back
-        finished = finished_selection(store, pool, progress=not settings.quiet)
+        finished = finished_selection(store, pool, settings, progress=not settings.quiet)
     except BaseException:
         store.close()
         raise
-    return _Run(ledger, pool, targets, reports, options, store, function_class, objective, spec, finished)
+    reselected = {"reselected": {"changed": store.changed, "influence": "reused the stored influence block"}} if store.changed else {}
+    if store.changed and not settings.quiet:
+        print(f"{store.folder}: re-selecting with changed {', '.join(store.changed)}; the stored influence values are reused", file=sys.stderr)
+    return _Run(ledger, pool, targets, reports, options, store, function_class, objective, spec, finished, reselected)
 
 
-def _finish(run: _Run, settings: SelectSettings, extra: dict[str, Any], indices, scores, objective_value) -> SelectionResult:
-    """Write ``selected.jsonl`` and ``manifest.json``; return the :class:`SelectionResult`."""
-    chosen = [run.pool[i] for i in indices]
-    write_jsonl(run.store.path("selected.jsonl"), [
-        {"index": int(i), "score": float(s), "record": record.raw or dataclasses.asdict(record)}
-        for i, s, record in zip(indices, scores, chosen)
-    ])
-    manifest = _manifest(settings, run.options, run.objective, run.pool, run.targets, run.reports, run.ledger, extra, len(indices), objective_value)
+def _finish(run: _Run, settings: SelectSettings, extra: dict[str, Any], chosen: selection_module.Selection, origin: list[str]) -> SelectionResult:
+    """Write ``selected.jsonl``, ``subset.jsonl``, ``scores.csv`` and (last) ``manifest.json``; return the :class:`SelectionResult`."""
+    write_selection_files(run.store.folder, run.pool, chosen.indices, chosen.gains, values=chosen.values, influence=origin)
+    manifest = _manifest(settings, run.function_class, run.options, run.objective, run.pool, run.targets, run.reports, run.ledger, extra, len(chosen.indices), chosen.objective)
     run.store.write_json("manifest.json", manifest)
-    return SelectionResult(np.asarray(indices), np.asarray(scores), chosen, objective_value, manifest, run.store.folder)
+    return SelectionResult(np.asarray(chosen.indices), np.asarray(chosen.gains), [run.pool[i] for i in chosen.indices], chosen.objective,
+                           manifest, run.store.folder)
 
 
 def _select_pairwise(settings, spec, function_class, objective, pool, targets, store, executor, ledger, rng, progress):
@@ -401,18 +422,16 @@ def _select_pairwise(settings, spec, function_class, objective, pool, targets, s
     ledger.evaluations_made = int(layout.labelled().sum())
     ledger.evaluations_full = len(layout.rows) * len(pool)
     with ledger.stage("embeddings"):
-        col_embeddings = executor.embed_records(pool, model=settings.embedder, device=settings.device, progress=progress)
-        parts = [col_embeddings[: layout.n_pool_rows]]
-        if len(layout.rows) > layout.n_pool_rows:
-            parts.append(executor.embed_records(layout.rows[layout.n_pool_rows :], model=settings.embedder, device=settings.device, progress=progress))
-        row_embeddings = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        row_embeddings, col_embeddings = _embeddings(executor, settings, layout, pool, progress)
+        save_rows(store.folder, layout.rows, layout.n_pool_rows, row_embeddings, col_embeddings)
     known = np.where(layout.labelled(), np.asarray(seen.array, dtype=np.float32), np.nan)
     low, high = label_scaling(function_class, known)
     labels = (known - low) / (high - low)
+    criterion = "topk" if objective == "topk" else "fl"
     with ledger.stage("network training"):
-        network, report = _trained_network(store, network_settings(settings), progress, lambda s: train_network(
+        network, report = _trained_network(store, network_settings(settings), progress, criterion, lambda s: train_network(
             row_embeddings[layout.seen_rows], col_embeddings[layout.seen_cols], labels, s, self_cols=block_self_cols(layout),
-            objective="topk" if objective == "topk" else "fl", progress=progress))
+            objective=criterion, progress=progress))
     with ledger.stage("prediction"):  # row blocks written to disk; Q1 keeps its exact values
         predicted = streaming.predict_to_npy(network, row_embeddings, col_embeddings, store.path("predicted.npy"), executor=executor,
                                              known=(layout.seen_rows, layout.seen_cols, labels), progress=progress,
@@ -426,7 +445,17 @@ def _select_pairwise(settings, spec, function_class, objective, pool, targets, s
              "sampled_rows": len(layout.seen_rows), "sampled_cols": len(layout.seen_cols), "sampling_blocks": design,
              "labelled_pairs": int(layout.labelled().sum()),
              "matrix_shape": [len(layout.rows), len(pool)], "network_training": report, **selection_info(chosen)}
-    return chosen.indices, chosen.gains, chosen.objective, extra
+    partly = layout.seen_cols[np.asarray(layout.labelled()).any(axis=0)]
+    return chosen, extra, column_origin(len(pool), partly=partly)
+
+
+def _embeddings(executor, settings: SelectSettings, layout: Layout, pool: Sequence[Record], progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(row embeddings, column embeddings) of a layout: the pool rows reuse the columns' embeddings."""
+    col_embeddings = executor.embed_records(pool, model=settings.embedder, device=settings.device, progress=progress)
+    parts = [col_embeddings[: layout.n_pool_rows]]
+    if len(layout.rows) > layout.n_pool_rows:
+        parts.append(executor.embed_records(layout.rows[layout.n_pool_rows :], model=settings.embedder, device=settings.device, progress=progress))
+    return (np.concatenate(parts) if len(parts) > 1 else parts[0]), col_embeddings
 
 
 def selection_info(chosen: selection_module.Selection) -> dict[str, Any]:
@@ -436,13 +465,17 @@ def selection_info(chosen: selection_module.Selection) -> dict[str, Any]:
     return {"positive_gain_picks": int(chosen.n_positive), "fill_rule": FILL_RULE if chosen.n_positive < len(chosen.indices) else None}
 
 
-def _trained_network(store: RunStore, network_settings_: NetworkSettings, progress: bool, train):
-    """Train (or reuse the stored network of an interrupted run) and report what was chosen."""
+def _trained_network(store: RunStore, network_settings_: NetworkSettings, progress: bool, criterion: str, train):
+    """Train (or reuse the stored network of an interrupted run or of a re-selection with the same network
+    settings and validation criterion) and report what was chosen."""
     path = store.path("network.safetensors")
+    wanted = {"settings": json.loads(json.dumps(dataclasses.asdict(network_settings_))), "criterion": criterion}
     if path.exists():
-        return load_network(path), {**load_network_metadata(path).get("report", {}), "reused": str(path)}
+        stored = load_network_metadata(path)
+        if {"settings": stored.get("settings"), "criterion": stored.get("criterion")} == wanted:
+            return load_network(path), {**stored.get("report", {}), "reused": str(path)}
     network, report = train(network_settings_)
-    save_network(network, path, {"settings": dataclasses.asdict(network_settings_), "report": report})
+    save_network(network, path, {**wanted, "report": report})
     if progress:
         print(describe_training(report), file=sys.stderr)
     return network, report
@@ -503,8 +536,9 @@ def _select_pointwise(settings, spec, function_class, pool, store, executor, led
     ok = np.isfinite(labels)
     with ledger.stage("embeddings"):
         embeddings = executor.embed_records(pool, model=settings.embedder, device=settings.device, progress=progress)
+        save_pool_embeddings(store.folder, embeddings)
     with ledger.stage("network training"):
-        network, report = _trained_network(store, network_settings(settings), progress, lambda s: train_network_pointwise(
+        network, report = _trained_network(store, network_settings(settings), progress, "topk", lambda s: train_network_pointwise(
             embeddings[seen[ok]], labels[ok], s, progress=progress))
     with ledger.stage("prediction"):
         predicted = predict_pointwise(network, embeddings).astype(np.float32)
@@ -514,10 +548,10 @@ def _select_pointwise(settings, spec, function_class, pool, store, executor, led
         chosen = selection_module.top_k(predicted, selection_budget(settings))
     extra = {"label_scaling": {"low": low, "high": high}, "sampled": len(seen),
              "failures": {str(k): v for k, v in sorted(failures.items())}, "network_training": report}
-    return chosen.indices, chosen.gains, chosen.objective, extra
+    return chosen, extra, column_origin(len(pool), exact=seen[ok])
 
 
-def _manifest(settings, options, objective, pool, targets, reports, ledger, extra, n_selected, objective_value) -> dict[str, Any]:
+def _manifest(settings, function_class, options, objective, pool, targets, reports, ledger, extra, n_selected, objective_value) -> dict[str, Any]:
     skipped: dict[str, int] = {}
     for report in reports:
         for reason, count in report.skipped.items():
@@ -528,7 +562,7 @@ def _manifest(settings, options, objective, pool, targets, reports, ledger, extr
         "objective": objective,
         "environment": environment_info(),
         "models": {"embedder": model_fingerprint(settings.embedder, kind="embedder"),
-                   **({"lm": model_fingerprint(settings.model)} if settings.influence not in ("delift-se",) else {})},
+                   **({"lm": model_fingerprint(settings.model)} if function_class.uses_language_model else {})},
         "inputs": [report.as_dict() for report in reports],
         "counts": {"pool": len(pool), "targets": len(targets), "selected": n_selected, "skipped": skipped},
         "objective_value": objective_value,

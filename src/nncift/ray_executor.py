@@ -360,23 +360,13 @@ class RayExecutor(Executor):
         return counters, failures
 
     def embed_records(self, records, *, model, device="auto", progress=True):
-        from .embed import _SHARD_ROWS, EmbeddingCache, _text_key, embed_texts
-        from .templates import embedding_text
+        from .embed import embed_records
 
-        texts = [embedding_text(record) for record in records]
-        cache = EmbeddingCache(model)
-        missing: dict[str, str] = {}
-        for text in texts:  # the same new texts, in the same order and chunks, as embed_texts
-            key = _text_key(text)
-            if cache.get(key) is None and key not in missing:
-                missing[key] = text
-        items = list(missing.items())
-        chunks = [items[start : start + _SHARD_ROWS] for start in range(0, len(items), _SHARD_ROWS)]
-        if chunks:
-            self._run("embeddings", chunks,
-                      lambda actor, chunk: actor.encode.remote([text for _, text in chunk], model, device),
-                      lambda chunk, vectors: cache.put([key for key, _ in chunk], vectors), progress=progress)
-        return embed_texts(texts, model=model, device=device, progress=False)
+        def encode_chunks(chunks: list[list[str]], store: Callable[[int, np.ndarray], None]) -> None:
+            self._run("embeddings", list(enumerate(chunks)), lambda actor, item: actor.encode.remote(item[1], model, device),
+                      lambda item, vectors: store(item[0], vectors), progress=progress)
+
+        return embed_records(records, model=model, device=device, progress=False, encode_chunks=encode_chunks)
 
     def predict_rows(self, network, row_embeddings, col_embeddings, row_blocks, write, *, progress=True, self_cols=None):
         from safetensors.torch import save

@@ -1,5 +1,5 @@
 """Subset selection: facility location (FL), its mutual information (FLMI) and conditional gain
-(FLCG) variants, and top-k (METHODS.md §4).
+(FLCG) variants, and top-k (docs/methods.md §4).
 
 Orientation (as everywhere in nncift): a similarity matrix ``s`` has **rows = items to be
 represented** (targets) and **columns = candidates** (the pool to select from); shape
@@ -94,6 +94,9 @@ class Selection:
     name: str
     n_positive: int | None = None
     """Greedy objectives: picks with a positive marginal gain (the rest were filled by :func:`fill_exhausted`)."""
+    values: np.ndarray | None = None
+    """float64, shape ``(n_candidates,)``: every candidate's singleton value ``f({j})`` (greedy objectives,
+    relative to the starting coverage) or score (top-k); what a candidate is worth on its own."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -489,7 +492,7 @@ def _greedy(similarity: Any, budget: float | int, *, cap: np.ndarray | None, ini
             picks, gains = _plain_greedy(st, cur, k)
     objective = float(np.sum(cur.astype(np.float64) - start.astype(np.float64)))
     picks, n_positive = fill_exhausted(picks, gains, initial_gains)
-    return Selection(picks, gains, objective, name, n_positive)
+    return Selection(picks, gains, objective, name, n_positive, np.asarray(initial_gains, dtype=np.float64))
 
 
 def fill_exhausted(picks: np.ndarray, gains: np.ndarray, initial_gains: np.ndarray) -> tuple[np.ndarray, int]:
@@ -594,7 +597,49 @@ def top_k(scores: np.ndarray, budget: float | int) -> Selection:
     k = budget_to_count(budget, values.shape[0])
     order = np.argsort(-values, kind="stable")[:k].astype(np.int64)
     gains = values[order]
-    return Selection(order, gains, float(gains.sum()), "topk")
+    return Selection(order, gains, float(gains.sum()), "topk", values=values)
+
+
+def extend_greedy(similarity: np.ndarray, count: int, chosen: Any, *, cap: np.ndarray | None = None,
+                  initial: np.ndarray | None = None, name: str = "fl") -> Selection:
+    """Continue a greedy facility-location selection from an existing subset ``chosen``.
+
+    The coverage of every row starts at what ``chosen`` already gives it (``max_{j in chosen} c_ij``,
+    with ``c`` clipped at 0 and at ``cap``), or ``initial`` when that is higher, and greedy adds ``count``
+    candidates among the others: the conditional gain ``f(A | chosen)``. Use it to grow a selection
+    when new candidates arrive without re-choosing the old picks.
+
+    Args:
+        similarity: ``(n_rows, n_candidates)``; rows = items to represent, columns = candidates.
+        count: how many candidates to add (at most the number not in ``chosen``).
+        chosen: column indices of the existing subset (kept, never picked again).
+        cap: per-row cap (FLMI: ``eta * max_q s_iq``); None for FL and FLCG.
+        initial: per-row coverage before anything is chosen (FLCG: ``nu * max_p s_ip``).
+        name: the objective's name for the returned :class:`Selection`.
+
+    Returns:
+        :class:`Selection` of the added candidates only (column indices of ``similarity``, pick order);
+        ``objective`` is the gain over the existing subset; ``values`` the conditional singleton value of
+        every candidate (0 for the chosen ones).
+    """
+    s = _as_matrix(similarity, "similarity")
+    n_rows, n_cand = s.shape
+    kept = np.unique(np.asarray(chosen, dtype=np.int64).reshape(-1))
+    if kept.size and (kept[0] < 0 or kept[-1] >= n_cand):
+        raise ValueError(f"chosen indices must be in [0, {n_cand}), got {kept.min()}..{kept.max()}")
+    rest = np.setdiff1d(np.arange(n_cand, dtype=np.int64), kept)
+    if not 0 <= count <= rest.size:
+        raise ValueError(f"cannot add {count} candidates: {rest.size} are not chosen yet")
+    start = np.zeros(n_rows, np.float64) if initial is None else np.asarray(initial, np.float64).reshape(-1)
+    if kept.size:
+        covered = np.maximum(np.asarray(s[:, kept], dtype=np.float64), 0.0)
+        if cap is not None:
+            covered = np.minimum(covered, np.asarray(cap, np.float64).reshape(-1, 1))
+        start = np.maximum(start, covered.max(axis=1))
+    added = _greedy(np.ascontiguousarray(s[:, rest]), int(count), cap=cap, initial=start.astype(np.float32), lazy=True, name=name)
+    values = np.zeros(n_cand, np.float64)
+    values[rest] = added.values if added.values is not None else 0.0
+    return Selection(rest[added.indices], added.gains, added.objective, name, added.n_positive, values)
 
 
 def objective_value(similarity: np.ndarray, indices: Any, *, cap: np.ndarray | None = None,

@@ -268,7 +268,7 @@ class BlockMatrix:
         return not bool(np.isnan(self.array).any())
 
 
-_RUNTIME_KEYS = {"quiet", "out", "config", "device", "executor", "workers", "ray_address", "worker_cpus", "worker_gpus", "block_size"}
+RUNTIME_KEYS = {"quiet", "out", "config", "device", "executor", "workers", "ray_address", "worker_cpus", "worker_gpus", "block_size"}
 """Settings that do not change results; they may differ between a run and its resumption."""
 
 
@@ -279,9 +279,14 @@ class RunStore:
     still held when the process exits are released then.
     """
 
-    def __init__(self, folder: str | Path, settings: dict[str, Any], *, exclusive: bool = True):
+    def __init__(self, folder: str | Path, settings: dict[str, Any], *, exclusive: bool = True,
+                 rerun_keys: frozenset[str] = frozenset()):
         self.folder = make_run_folder(folder)
         self.settings = settings
+        self.rerun_keys = rerun_keys
+        """Settings that may differ from the stored ones: the results they affect are recomputed (re-selection)."""
+        self.changed: dict[str, Any] = {}
+        """The ``rerun_keys`` that differ from the folder's stored settings: ``{key: {"stored", "now"}}``."""
         self._lock = acquire_lock(self.folder) if exclusive else None
         try:
             self._check_settings()
@@ -305,16 +310,18 @@ class RunStore:
         path = self.folder / "settings.json"
         if path.exists():
             stored = json.loads(path.read_text(encoding="utf-8"))
-            differences = [
-                f"{key}: stored {stored.get(key)!r}, now {self.settings.get(key)!r}"
-                for key in sorted(set(stored) | set(self.settings))
-                if key not in _RUNTIME_KEYS and stored.get(key) != self.settings.get(key)
-            ]
-            if differences:
+            differing = [key for key in sorted(set(stored) | set(self.settings))
+                         if key not in RUNTIME_KEYS and stored.get(key) != self.settings.get(key)]
+            refused = [f"{key}: stored {stored.get(key)!r}, now {self.settings.get(key)!r}" for key in differing if key not in self.rerun_keys]
+            if refused:
+                allowed = f" (only {', '.join(sorted(self.rerun_keys))} may change in a finished folder)" if self.rerun_keys else ""
                 raise SettingsMismatch(
                     f"{self.folder} holds a run made with other settings ("
-                    + "; ".join(differences) + "). Use another --out folder or the same settings."
+                    + "; ".join(refused) + f"). Use another --out folder or the same settings{allowed}."
                 )
+            self.changed = {key: {"stored": stored.get(key), "now": self.settings.get(key)} for key in differing}
+            if self.changed:
+                self.write_json("settings.json", self.settings)
         else:
             self.write_json("settings.json", self.settings)
 

@@ -297,7 +297,7 @@ def select_from_npy(
         work.unlink(missing_ok=True)
     value = float(np.sum(cover.astype(np.float64) - start.astype(np.float64)))
     picks, n_positive = fill_exhausted(picks, gains, initial_gains)
-    return Selection(picks, gains, value, objective, n_positive)
+    return Selection(picks, gains, value, objective, n_positive, np.asarray(initial_gains, dtype=np.float64))
 
 
 def fits_in_memory(shape: tuple[int, int], *, share: float = 0.5) -> bool:

@@ -14,7 +14,7 @@ def embedding_text(record: Record) -> str:
 
 
 def delift_prompt_without_example(target: Record) -> str:
-    """DELIFT zero-shot prompt for target x_i (METHODS.md §2)."""
+    """DELIFT zero-shot prompt for target x_i (docs/methods.md §2)."""
     return f"Instruction: Please generate a response to the following query.\n\n\nQuery: {target.query}\n"
 
 
@@ -62,7 +62,7 @@ SELECTIT_RATING_INSTRUCTIONS: tuple[str, ...] = (
 
 
 def selectit_prompt(rating_instruction: str, record: Record) -> str:
-    """SelectIT rating prompt (METHODS.md §3): rating instruction, the pair, then the answer cue.
+    """SelectIT rating prompt (docs/methods.md §3): rating instruction, the pair, then the answer cue.
 
     ``{rating_instruction}\\nInstruction:{query}\\nResponse:{output}\\nThe answer is: \\n``: one newline
     between the response and the cue, as in both public reference copies (the SelectIT authors' and

@@ -1,4 +1,4 @@
-"""Adam preconditioning of per-example gradients (LESS training-side features, METHODS.md §3).
+"""Adam preconditioning of per-example gradients (LESS training-side features, docs/methods.md §3).
 
 Given a checkpoint's Adam moments ``m``, ``v`` (after ``step`` optimizer steps) and an example's
 gradient ``g``, the direction Adam would move in for that example alone is::
@@ -22,7 +22,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-ADAM_FORMS = ("exact", "reference")
+from ..choices import ADAM_FORMS
+
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Gradient compressors behind one interface, chosen by name (METHODS.md §5).
+"""Gradient compressors behind one interface, chosen by name (docs/methods.md §5).
 
 A compressor maps a model's flat per-example gradient (``p`` coordinates, the concatenation of its
 layers' gradients in the layer orientation of :mod:`nncift.gradients.hooks`) to ``output_dim``
@@ -36,9 +36,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..choices import COMPRESSORS
 from .hooks import LayerShape, full_layer_gradient
 
-COMPRESSORS = ("identity", "projection", "dropout", "dropout-structured")
 
 
 def seeded_rng(seed: int, *keys: int) -> np.random.Generator:

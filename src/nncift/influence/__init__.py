@@ -15,6 +15,24 @@ REGISTRY: dict[str, str] = {
 }
 
 
+SETTINGS: dict[str, str] = {
+    "delift-se": "nncift.influence.settings:DeliftSESettings",
+    "delift": "nncift.influence.settings:DeliftSettings",
+    "less": "nncift.influence.settings:LessSettings",
+    "selectit": "nncift.influence.settings:SelectITSettings",
+}
+"""The settings class of each registered function, in a light module (the command line builds its flags
+from them without importing torch); ``influence_class(name).Settings`` is the same class."""
+
+
+def settings_class(name: str) -> type:
+    """The settings dataclass of the function registered under ``name``."""
+    if name not in SETTINGS:
+        raise ValueError(f"unknown influence function '{name}'; choose from: {', '.join(sorted(SETTINGS))}")
+    module, _, attribute = SETTINGS[name].partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
 def influence_class(name: str) -> type[InfluenceFunction]:
     """The class registered under ``name`` (imported on first use)."""
     if name not in REGISTRY:
@@ -30,5 +48,5 @@ def build_influence(spec: InfluenceSpec, *, progress: bool = True) -> Any:
 
 __all__ = [
     "REGISTRY", "InfluenceFunction", "InfluenceSpec", "PairwiseInfluence", "PointwiseInfluence",
-    "build_influence", "influence_class",
+    "SETTINGS", "build_influence", "influence_class", "settings_class",
 ]

@@ -40,11 +40,13 @@ class InfluenceFunction(ABC):
     name: ClassVar[str]
     pairwise: ClassVar[bool]
     default_objective: ClassVar[str]
-    """Selection that belongs to this function (METHODS.md §4): ``fl`` or ``topk``."""
+    """Selection that belongs to this function (docs/methods.md §4): ``fl`` or ``topk``."""
     label_range: ClassVar[tuple[float, float] | None] = None
     """Fixed range of the raw values, if known (then no min-max scaling is fitted)."""
     Settings: ClassVar[type]
     """The settings dataclass of this function; its fields are CLI flags and YAML keys."""
+    uses_language_model: ClassVar[bool] = True
+    """Whether the function runs the causal LM of ``--model`` (then the run fingerprints that model)."""
     default_sampling_blocks: ClassVar[int] = 1
     """Sampling design when ``--sampling-blocks`` is 0: 1 block for functions that cost per record; a
     function that costs per pair (DELIFT) labels the same pairs in several blocks over more records."""

@@ -1,4 +1,4 @@
-"""DELIFT: the in-context-learning utility of a candidate for a target (METHODS.md §2).
+"""DELIFT: the in-context-learning utility of a candidate for a target (docs/methods.md §2).
 
 Entry ``[i, j]`` of the matrix (rows = targets, columns = candidates) is::
 
@@ -76,34 +76,13 @@ import numpy as np
 from tqdm import tqdm
 
 from ..data import Record
-from ..models import BUNDLED_LM, load_causal_lm
+from ..models import load_causal_lm
 from ..templates import delift_example, delift_example_header, delift_prompt_without_example, delift_query_suffix
 from .base import PairwiseInfluence
+from .settings import DeliftSettings
 from .lm_scoring import CausalScorer, plan_batches, rms_distance
 
 _MIN_MAX_LENGTH = 64
-
-
-@dataclass(frozen=True)
-class DeliftSettings:
-    """Settings of DELIFT (in-context-learning utility with a causal LM)."""
-
-    model: str = BUNDLED_LM
-    """Causal LM id or path that scores the responses (default the bundled SmolLM2-135M-Instruct)."""
-    device: str = "auto"
-    """Device for the causal LM: auto, cpu, cuda."""
-    dtype: str = "float32"
-    """Causal LM weights and activations: float32, bfloat16, float16."""
-    max_length: int = 2048
-    """Most tokens in one DELIFT sequence (prefix ≤ 1/2, query ≤ 1/8, response the rest); truncations are counted."""
-    token_budget: int = 2048
-    """Padded tokens per forward batch (rows × longest row) for the DELIFT passes."""
-    prefix_reuse: bool = True
-    """Compute each candidate's one-shot prefix once per block and reuse its key/value cache for all targets."""
-    trust_remote_code: bool = False
-    """Run code shipped with the model (explicit opt-in only)."""
-    seed: int = 0
-    """Seed (DELIFT itself is deterministic; recorded for the run)."""
 
 
 @dataclass(frozen=True)

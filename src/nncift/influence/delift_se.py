@@ -6,7 +6,6 @@ similarity of target ``i`` and candidate ``j`` (symmetric when both come from th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Sequence
 
@@ -14,18 +13,8 @@ import numpy as np
 
 from ..data import Record
 from ..embed import embed_records
-from ..models import BUNDLED_EMBEDDER
 from .base import PairwiseInfluence
-
-
-@dataclass(frozen=True)
-class DeliftSESettings:
-    """Settings of DELIFT-SE."""
-
-    embedder: str = BUNDLED_EMBEDDER
-    """Sentence embedder id or path used for the similarity (default the bundled all-MiniLM-L6-v2)."""
-    device: str = "auto"
-    """Device for the embedder: auto, cpu, cuda."""
+from .settings import DeliftSESettings
 
 
 class DeliftSE(PairwiseInfluence):
@@ -34,6 +23,7 @@ class DeliftSE(PairwiseInfluence):
     name: ClassVar[str] = "delift-se"
     label_range: ClassVar[tuple[float, float] | None] = (0.0, 1.0)
     Settings: ClassVar[type] = DeliftSESettings
+    uses_language_model: ClassVar[bool] = False
 
     def prepare(self, targets: Sequence[Record], candidates: Sequence[Record], workdir: Path) -> None:
         """Embed targets and candidates once (through the embedding cache)."""

@@ -1,4 +1,4 @@
-"""LESS (arXiv 2402.04333, METHODS.md §3): gradient similarity after a LoRA warm-up, per checkpoint.
+"""LESS (arXiv 2402.04333, docs/methods.md §3): gradient similarity after a LoRA warm-up, per checkpoint.
 
 Matrix entry ``[i, j]`` (row = target ``i``, column = candidate ``j``)::
 
@@ -29,7 +29,6 @@ import gc
 import hashlib
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Sequence
 
@@ -38,66 +37,14 @@ from tqdm.auto import tqdm
 
 from ..data import Record
 from ..gradients import (
-    ADAM_FORMS, COMPRESSORS, AdamPreconditioner, FeatureStore, GradientFeaturizer, collate, encode_example,
+    AdamPreconditioner, FeatureStore, GradientFeaturizer, collate, encode_example,
     l2_normalise, layer_shape, make_compressor, trainable_layers,
 )
 from ..gradients.batches import EncodedExample
-from ..models import BUNDLED_LM, load_causal_lm
+from ..models import load_causal_lm
 from .base import PairwiseInfluence
+from .settings import LessSettings
 from .less_warmup import Checkpoint, add_lora, checkpoint_weights, load_checkpoint, run_warmup, saved_checkpoints, warmup_sample
-
-
-@dataclass(frozen=True)
-class LessSettings:
-    """Settings of LESS. Defaults are the paper's; on a CPU, lower ``lora_r`` and ``warmup_epochs``."""
-
-    model: str = BUNDLED_LM
-    """Causal LM id or path whose LoRA gradients are compared."""
-    device: str = "auto"
-    """auto, cpu, cuda."""
-    dtype: str = "float32"
-    """Model weights: float32, bfloat16, float16 (gradients are compressed in float32)."""
-    seed: int = 0
-    """Seed of the warm-up sample, LoRA initialisation, data order, and the compressor."""
-    max_length: int = 2048
-    """Tokens per example (prompt + response); longer examples are truncated and counted."""
-    compressor: str = "projection"
-    """Gradient compression: identity (exact), projection (dense Rademacher, as LESS), dropout, dropout-structured."""
-    dim: int = 8192
-    """Features per example k (ignored by identity)."""
-    warmup_fraction: float = 0.05
-    """Fraction of the pool (seeded random sample) on which the LoRA warm-up is trained."""
-    lora_r: int = 128
-    """LoRA rank of the warm-up model."""
-    lora_alpha: int = 512
-    """LoRA α."""
-    lora_dropout: float = 0.1
-    """LoRA dropout during warm-up training (off when computing gradients)."""
-    lora_targets: str = "q_proj,k_proj,v_proj,o_proj"
-    """Comma-separated module names that get LoRA adapters (GPT-2: c_attn,c_proj)."""
-    warmup_learning_rate: float = 2e-5
-    """Peak learning rate of the warm-up (linear warm-up, then linear decay)."""
-    warmup_epochs: int = 4
-    """Warm-up epochs; one checkpoint (and one gradient pass over every example) per epoch."""
-    warmup_ratio: float = 0.03
-    """Share of the warm-up's optimizer steps with a linearly rising learning rate."""
-    warmup_batch_size: int = 32
-    """Examples per warm-up optimizer step (accumulated over micro-batches)."""
-    gradient_batch_size: int = 8
-    """Examples per forward/backward pass (warm-up micro-batches and gradient features)."""
-    adam_form: str = "exact"
-    """Adam direction of training-side features: exact (bias-corrected, ε outside the root) or reference (LESS code)."""
-    trust_remote_code: bool = False
-    """Run code shipped with the model (explicit opt-in only)."""
-
-    def __post_init__(self) -> None:
-        if self.compressor not in COMPRESSORS:
-            raise ValueError(f"unknown compressor '{self.compressor}': choose from {', '.join(COMPRESSORS)}")
-        if self.adam_form not in ADAM_FORMS:
-            raise ValueError(f"unknown adam_form '{self.adam_form}': choose {' or '.join(ADAM_FORMS)}")
-        for name in ("dim", "lora_r", "warmup_epochs", "warmup_batch_size", "gradient_batch_size", "max_length"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
 
 
 def aggregate_scores(matrix: np.ndarray, subtasks: Sequence[str | None], *, max_block_elements: int = 1 << 24) -> np.ndarray:

@@ -1,6 +1,6 @@
 """LESS warm-up: LoRA training on a seeded random fraction of the pool, one checkpoint per epoch.
 
-Reference settings (METHODS.md §3; LESS ``base_training_args.sh``): LoRA r=128, α=512, dropout 0.1
+Reference settings (docs/methods.md §3; LESS ``base_training_args.sh``): LoRA r=128, α=512, dropout 0.1
 on q/k/v/o, AdamW (β = 0.9, 0.999, ε = 1e-8, no weight decay), learning rate 2e-5 with linear decay
 after a linear warm-up over 3% of the steps, 32 examples per optimizer step, gradient norm clipped
 at 1.0, 4 epochs, loss = mean cross-entropy over the response tokens of the optimizer batch. One

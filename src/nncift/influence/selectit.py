@@ -1,4 +1,4 @@
-"""SelectIT (arXiv 2402.16705): the model rates each instruction/response pair itself (METHODS.md §3).
+"""SelectIT (arXiv 2402.16705): the model rates each instruction/response pair itself (docs/methods.md §3).
 
 Three levels of "self-reflection", all from one forward pass per (model, rating instruction, example):
 
@@ -43,58 +43,16 @@ from typing import Any, ClassVar, Iterator, Sequence
 
 import numpy as np
 
+from ..choices import SELECTIT_FORMS as FORMS
 from ..data import Record
-from ..models import BUNDLED_LM, load_causal_lm
+from ..models import load_causal_lm
 from ..templates import SELECTIT_RATING_INSTRUCTIONS, selectit_prompt
 from .base import PointwiseInfluence
+from .settings import SelectITSettings
 from .token_batches import plan_token_batches, right_padded, shorten_middle
 
 RATINGS: tuple[str, ...] = ("1", "2", "3", "4", "5")
 """The rating tokens, lowest first: rating value k is ``RATINGS[k - 1]``."""
-FORMS = ("paper", "reference")
-
-
-@dataclass(frozen=True)
-class SelectITSettings:
-    """Settings of SelectIT."""
-
-    model: str = BUNDLED_LM
-    """Causal LM that rates the examples (id or path); used when ``models`` is empty."""
-    models: tuple[str, ...] = ()
-    """Several rating models for model-level reflection (repeat --model or --models, or A,B); weights ∝ parameter counts."""
-    device: str = "auto"
-    """Device for the rating models: auto, cpu, cuda."""
-    dtype: str = "float32"
-    """Weights' dtype of the rating models: float32, bfloat16, float16."""
-    seed: int = 0
-    """Seed of torch's global generator when models load (scoring itself has no randomness)."""
-    token_budget: int = 4096
-    """Most padded tokens (prompts × longest prompt) per forward pass; a longer prompt runs alone."""
-    max_length: int = 2048
-    """Rating prompts longer than this (or than the model's positions) lose tokens from their middle; 0: never shorten."""
-    alpha: float = 0.2
-    """Sentence level: weight α of the std across rating instructions in mean / (1 + α·std)."""
-    n_instructions: int = 5
-    """Sentence level: number K of paraphrased rating instructions (1 to 5)."""
-    form: str = "paper"
-    """Token level: paper (renormalised P′) or reference (a second softmax over P′)."""
-    trust_remote_code: bool = False
-    """Run code shipped with the rating models (explicit opt-in)."""
-
-    def __post_init__(self) -> None:
-        if self.form not in FORMS:
-            raise ValueError(f"selectit form must be one of {', '.join(FORMS)}, got '{self.form}'")
-        if not 1 <= self.n_instructions <= len(SELECTIT_RATING_INSTRUCTIONS):
-            raise ValueError(f"selectit n_instructions must be 1..{len(SELECTIT_RATING_INSTRUCTIONS)}, got {self.n_instructions}")
-        if self.alpha < 0:
-            raise ValueError(f"selectit alpha must be ≥ 0, got {self.alpha}")
-        if self.token_budget < 1:
-            raise ValueError(f"selectit token_budget must be ≥ 1, got {self.token_budget}")
-
-    def model_list(self) -> tuple[str, ...]:
-        """The rating models: ``models`` (comma-separated entries split) or else ``(model,)``."""
-        names = tuple(part.strip() for entry in self.models for part in entry.split(",") if part.strip())
-        return names or (self.model,)
 
 
 # ----------------------------------------------------------------------------------------------
