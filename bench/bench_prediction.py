@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from nncift import network as nw
+from nncift import pair_kernel as pk
 
 
 def embeddings(n: int, d: int, rng: np.random.Generator) -> np.ndarray:
@@ -78,12 +79,12 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(text)
 
     # compile time: the cached dispatcher as the library uses it, and a fresh compilation without cache
-    first_call = nw.warm_up_kernel()
+    first_call = pk.warm_up_kernel()
     compile_seconds = float("nan")
-    if nw.numba_available():
+    if pk.numba_available():
         import numba
 
-        fresh = numba.njit(parallel=True, fastmath=True, cache=False)(nw._pair_kernel_py)
+        fresh = numba.njit(parallel=True, fastmath=True, cache=False)(pk.pair_kernel_py)
         start = time.perf_counter()
         fresh(np.zeros((3, 4), np.float32), np.zeros((5, 4), np.float32), np.zeros(4, np.float32), np.float32(0), np.empty((3, 5), np.float32), 64, 128)
         compile_seconds = time.perf_counter() - start
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     for n in sorted(args.sizes):
         out = np.empty((n, n), dtype=np.float32)
         out.fill(0.0)  # fault the pages in before timing
-        for backend in (["numba"] if nw.numba_available() else []) + ["torch"]:
+        for backend in (["numba"] if pk.numba_available() else []) + ["torch"]:
             if backend == "torch" and n > args.torch_max_size:
                 continue
             best = float("inf")
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     say(f"- command: `{command}` (from the repository root, with `.venv/bin/python`)")
     say(f"- date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}")
     say(f"- machine: {cpu_name()}, {os.cpu_count()} CPU cores (shared with other jobs), torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads)" + (f", numba {__import__('numba').__version__} ({__import__('numba').config.NUMBA_NUM_THREADS} threads)" if nw.numba_available() else ""))
+        f"({torch.get_num_threads()} threads)" + (f", numba {__import__('numba').__version__} ({__import__('numba').config.NUMBA_NUM_THREADS} threads)" if pk.numba_available() else ""))
     say(f"- 1-minute load average: {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
         f"(on {os.cpu_count()} cores: a load above {os.cpu_count()} means other jobs were competing for the CPU)")
     say(f"- paper network: d = {args.dim}, one hidden layer h = {args.hidden} ({sum(p.numel() for p in net.parameters()):,} parameters), random init (seed {args.seed}); "

@@ -15,7 +15,7 @@ Part ``memory``: predict the full matrix with an InfluenceNetwork and run facili
 - ``in memory``: the local pipeline's in-memory path: the matrix written to disk in row blocks,
   memory-mapped, clipped at 0 into a new array, and selected on by :mod:`nncift.selection` (which
   makes its own transposed copy);
-- ``streamed``: :func:`nncift.streaming.predict_to_npy` + :func:`nncift.streaming.select_from_npy`;
+- ``streamed``: :func:`nncift.streaming.predict_to_npy` + :func:`nncift.selection.select_from_npy`;
 - ``streamed, predicted on Ray``: the same with the row blocks predicted by 2 Ray workers.
 
 Embeddings: n seeded random unit vectors around 50 centres (d = 384); the network (one hidden layer
@@ -161,7 +161,9 @@ def make_inputs(n: int, folder: Path) -> None:
     """Embeddings (n, 384) and a network trained briefly on DELIFT-SE values of a sample."""
     import torch
 
-    from nncift.network import NetworkSettings, save_network, train_pairwise
+    from nncift.network import NetworkSettings
+    from nncift.network_files import save_network
+    from nncift.paper_training import train_pairwise
 
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((50, 384))
@@ -186,13 +188,14 @@ def _status(field: str) -> int:
 def child(mode: str, folder: Path, budget: float) -> None:
     """One mode, in a fresh process: prints a JSON line with times, memory and the picks' digest."""
     from nncift import selection, streaming
-    from nncift.network import load_network, warm_up_kernel
+    from nncift.network_files import load_network
+    from nncift.pair_kernel import warm_up_kernel
 
     embeddings = np.load(folder / "embeddings.npy")
     network = load_network(folder / "network.safetensors")
     warm_up_kernel()
     selection.facility_location(np.ones((4, 4), np.float32), 2)  # compile / load the numba kernels
-    streaming.select_from_npy  # noqa: B018
+    selection.select_from_npy  # noqa: B018
     executor = None
     if mode == "ray":
         import ray
@@ -210,7 +213,7 @@ def child(mode: str, folder: Path, budget: float) -> None:
     if mode == "memory":
         chosen = selection.facility_location(np.maximum(np.load(path, mmap_mode="r"), 0.0), budget)
     else:
-        chosen = streaming.select_from_npy("fl", path, budget)
+        chosen = selection.select_from_npy("fl", path, budget)
     done = time.perf_counter()
     peak = _status("VmHWM")
     if executor is not None:

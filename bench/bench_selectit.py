@@ -36,7 +36,8 @@ from nncift.influence.selectit import (
     RATINGS, SelectIT, SelectITSettings, model_weights, selectit_scores, token_level_scores,
 )
 from nncift.models import BUNDLED_EMBEDDER, BUNDLED_LM
-from nncift.network import NetworkSettings, predict_pointwise, train_pointwise
+from nncift.network import NetworkSettings, predict_pointwise
+from nncift.paper_training import train_pointwise
 from nncift.pipeline import run_select, sample_indices
 
 

@@ -11,7 +11,8 @@ from nncift.embed import embed_records
 from nncift.fidelity import calibrated_cosine, compare_pairwise, compare_pointwise
 from nncift.fitting import FitSettings, calibrate_prior, fit_pairwise, record_folds
 from nncift.fitting_pointwise import fit_pointwise
-from nncift.network import NetworkSettings, load_network, predict_pairwise, predict_pointwise, save_network
+from nncift.network import NetworkSettings, predict_pairwise, predict_pointwise
+from nncift.network_files import load_network, save_network
 from nncift.subset_quality import ObjectiveSpec, cold_mask, f_gain, objective_on, spearman
 from nncift.towers import TwoTowerNetwork, predict_two_tower, self_columns
 

@@ -11,17 +11,13 @@ import torch
 from nncift.network import (
     InfluenceNetwork,
     NetworkSettings,
-    load_network,
-    load_network_metadata,
-    network_metadata_path,
-    numba_available,
     predict_pairwise,
     predict_pairwise_naive,
     predict_pointwise,
-    save_network,
-    train_pairwise,
-    train_pointwise,
 )
+from nncift.network_files import load_network, load_network_metadata, network_metadata_path, save_network
+from nncift.pair_kernel import numba_available
+from nncift.paper_training import train_pairwise, train_pointwise
 
 BACKENDS = ["torch"] + (["numba"] if numba_available() else [])
 
@@ -226,7 +222,8 @@ def test_parameter_counts_and_shapes():
 
 def test_training_is_equivariant_to_affine_label_changes() -> None:
     """Labels are standardised for training and the scale folded back: a·y + b trains to a·f + b."""
-    from nncift.network import NetworkSettings, predict_pairwise, train_pairwise
+    from nncift.network import NetworkSettings, predict_pairwise
+    from nncift.paper_training import train_pairwise
 
     rng = np.random.default_rng(5)
     rows = rng.normal(size=(12, 16)).astype(np.float32)

@@ -18,7 +18,8 @@ from nncift.data import read_records, write_jsonl
 from nncift.embed import embed_records
 from nncift.incremental import add_to_run
 from nncift.inspect_run import inspect_run, to_markdown
-from nncift.network import load_network, predict_pairwise, predict_pointwise
+from nncift.network import predict_pairwise, predict_pointwise
+from nncift.network_files import load_network
 from nncift.scoring import score_records
 from nncift.selection import fl_conditional_gain
 from nncift.store import SettingsMismatch

@@ -8,8 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from nncift import selection as sel
+from nncift.selection import kernels as sel
 from nncift.selection import (
+    OBJECTIVES,
     Selection,
     budget_to_count,
     facility_location,
@@ -162,13 +163,13 @@ def test_compacted_gain_is_bitwise_the_dense_gain():
         st[1] = col
         m = sel._compact_dense(st, st.view(np.int32), 1, low, half, np.empty(n, np.int32))
         assert m == alive
-        dense_low, count_low = sel._dense_gain(col, low)
+        dense_low, count_low = sel.dense_gain(col, low)
         assert count_low == alive
-        acc = np.zeros(sel._LANES)
+        acc = np.zeros(sel.LANES)
         sparse_low, m_low = sel._compact_gain(st, st.view(np.int32), 1, m, low, half, acc)
         assert sparse_low == dense_low and m_low == m
         sparse_high, m_high = sel._compact_gain(st, st.view(np.int32), 1, m, high, half, acc)
-        dense_high, count_high = sel._dense_gain(col, high)
+        dense_high, count_high = sel.dense_gain(col, high)
         assert sparse_high == dense_high  # exact, not approximately
         assert m_high == count_high and dense_high <= dense_low
         assert dense_high == pytest.approx(np.maximum(col.astype(np.float64) - high, 0).sum(), rel=1e-12)
@@ -415,7 +416,7 @@ def test_select_dispatches_by_name():
     assert select("flcg", 5, similarity=s, private_similarity=q).indices.tolist() == \
         fl_conditional_gain(s, q, 5).indices.tolist()
     assert select("topk", 5, scores=scores).indices.tolist() == top_k(scores, 5).indices.tolist()
-    assert set(sel.OBJECTIVES) == {"fl", "flmi", "flcg", "topk"}
+    assert set(OBJECTIVES) == {"fl", "flmi", "flcg", "topk"}
     with pytest.raises(ValueError, match="unknown selection"):
         select("random", 5, similarity=s)
     with pytest.raises(ValueError, match="query_similarity"):

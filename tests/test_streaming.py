@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from nncift import streaming
+from nncift import npy_files, selection, streaming
+from nncift.selection import out_of_core
 from nncift.network import InfluenceNetwork, predict_pairwise
 from nncift.selection import facility_location, fl_conditional_gain, fl_mutual_information, top_k
 
@@ -26,8 +27,8 @@ def _network() -> InfluenceNetwork:
 @pytest.fixture()
 def tiny_tiles(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tiles of a few hundred bytes: many slabs, row blocks and maps even on small matrices."""
-    monkeypatch.setattr(streaming, "_TILE_BYTES", 600)
-    monkeypatch.setattr(streaming, "_MAP_ROWS", 7)
+    monkeypatch.setattr(npy_files, "TILE_BYTES", 600)
+    monkeypatch.setattr(out_of_core, "_MAP_ROWS", 7)
 
 
 def test_predict_to_npy_equals_predict_pairwise_with_q1_kept(tmp_path: Path) -> None:
@@ -63,7 +64,7 @@ def _same(a, b) -> None:
 def test_streamed_facility_location_is_bit_identical(tmp_path: Path, tiny_tiles, budget) -> None:
     matrix = _matrix(41, 60, seed=4)  # rows = targets, cols = candidates (non-square)
     np.save(tmp_path / "s.npy", matrix)
-    _same(streaming.select_from_npy("fl", tmp_path / "s.npy", budget), facility_location(matrix, budget))
+    _same(selection.select_from_npy("fl", tmp_path / "s.npy", budget), facility_location(matrix, budget))
 
 
 @pytest.mark.parametrize("budget", [0.25, 48])  # 48 of 50 runs out of gain: the fill in index order
@@ -72,9 +73,9 @@ def test_streamed_flmi_and_flcg_are_bit_identical(tmp_path: Path, tiny_tiles, bu
     matrix = _matrix(n_pool + n_targets, n_pool, seed=5)  # rows: pool, then targets
     np.save(tmp_path / "s.npy", matrix)
     data, others = np.maximum(matrix[:n_pool], 0.0), np.ascontiguousarray(np.maximum(matrix[n_pool:], 0.0).T)
-    streamed = streaming.select_from_npy("flmi", tmp_path / "s.npy", budget, n_pool_rows=n_pool, eta=0.8)
+    streamed = selection.select_from_npy("flmi", tmp_path / "s.npy", budget, n_pool_rows=n_pool, eta=0.8)
     _same(streamed, fl_mutual_information(data, others, budget, eta=0.8))
-    streamed = streaming.select_from_npy("flcg", tmp_path / "s.npy", budget, n_pool_rows=n_pool, nu=0.9)
+    streamed = selection.select_from_npy("flcg", tmp_path / "s.npy", budget, n_pool_rows=n_pool, nu=0.9)
     _same(streamed, fl_conditional_gain(data, others, budget, nu=0.9))
     assert not (tmp_path / ".s.by-candidate.npy").exists()  # the working copy is removed
 
@@ -82,11 +83,11 @@ def test_streamed_flmi_and_flcg_are_bit_identical(tmp_path: Path, tiny_tiles, bu
 def test_streamed_topk_equals_mean_over_rows(tmp_path: Path, tiny_tiles) -> None:
     matrix = np.random.default_rng(6).random((333, 47)).astype(np.float32)
     np.save(tmp_path / "s.npy", matrix)
-    assert np.array_equal(streaming.column_means(tmp_path / "s.npy"), np.asarray(matrix, dtype=np.float64).mean(axis=0))
-    _same(streaming.select_from_npy("topk", tmp_path / "s.npy", 0.2),
+    assert np.array_equal(selection.column_means(tmp_path / "s.npy"), np.asarray(matrix, dtype=np.float64).mean(axis=0))
+    _same(selection.select_from_npy("topk", tmp_path / "s.npy", 0.2),
           top_k(np.asarray(matrix, dtype=np.float64).mean(axis=0), 0.2))
     seen = []
-    own = streaming.select_from_npy("topk", tmp_path / "s.npy", 3, candidate_scores=lambda m: seen.append(m.shape) or m[0])
+    own = selection.select_from_npy("topk", tmp_path / "s.npy", 3, candidate_scores=lambda m: seen.append(m.shape) or m[0])
     assert seen == [(333, 47)] and set(own.indices.tolist()) == set(np.argsort(-matrix[0])[:3].tolist())
 
 
@@ -95,15 +96,15 @@ def test_streaming_rejects_bad_input(tmp_path: Path) -> None:
     matrix[4, 2] = np.nan
     np.save(tmp_path / "s.npy", matrix)
     with pytest.raises(ValueError, match="non-finite"):
-        streaming.select_from_npy("fl", tmp_path / "s.npy", 3)
+        selection.select_from_npy("fl", tmp_path / "s.npy", 3)
     with pytest.raises(ValueError, match="unknown objective"):
-        streaming.select_from_npy("max", tmp_path / "s.npy", 3)
+        selection.select_from_npy("max", tmp_path / "s.npy", 3)
     np.save(tmp_path / "wide.npy", _matrix(12, 10, seed=8))
     with pytest.raises(ValueError, match="pool items"):
-        streaming.select_from_npy("flmi", tmp_path / "wide.npy", 3, n_pool_rows=11)
+        selection.select_from_npy("flmi", tmp_path / "wide.npy", 3, n_pool_rows=11)
     np.save(tmp_path / "ints.npy", np.zeros((2, 2), dtype=np.int64))
     with pytest.raises(ValueError, match="float32"):
-        streaming.npy_layout(tmp_path / "ints.npy")
+        npy_files.npy_layout(tmp_path / "ints.npy")
 
 
 def test_pipeline_streams_when_the_matrix_does_not_fit(tmp_path: Path, demo_pool, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -112,7 +113,7 @@ def test_pipeline_streams_when_the_matrix_does_not_fit(tmp_path: Path, demo_pool
     settings = SelectSettings(influence="delift-se", fraction=0.25, min_sampled=8, budget=0.25, epochs=3, quiet=True, seed=3)
     pool = demo_pool[:48]
     in_memory = run_select(settings, tmp_path / "memory", pool=pool)
-    monkeypatch.setattr(streaming, "fits_in_memory", lambda shape, share=0.5: False)
+    monkeypatch.setattr(selection, "fits_in_memory", lambda shape, share=0.5: False)
     streamed = run_select(settings, tmp_path / "streamed", pool=pool)
     assert np.array_equal(np.load(tmp_path / "memory" / "predicted.npy"), np.load(tmp_path / "streamed" / "predicted.npy"))
     assert np.array_equal(in_memory.indices, streamed.indices) and np.array_equal(in_memory.scores, streamed.scores)

@@ -173,7 +173,7 @@ def _print_summary(result: Any) -> None:
         print(f"  {stage:<32s}{seconds:9.2f} s")
     training = manifest.get("network_training")
     if training and "architecture" in training:
-        from .pipeline import describe_training
+        from .run_report import describe_training
 
         print(describe_training(training))
     print(f"selected {counts['selected']} records with {manifest['objective']} (objective {result.objective:.4f})")

@@ -147,7 +147,7 @@ class Experiment:
         """Fill the embedding cache of the pool and targets and compile the selection kernels, untimed, once per
         process and embedder: every arm's cost is then measured warm, none is charged another's cold start."""
         from .embed import embed_records
-        from .network import warm_up_kernel
+        from .pair_kernel import warm_up_kernel
         from .selection import facility_location
 
         options = self.config.influence_options.get(influence, {})

@@ -27,9 +27,8 @@ from .config import SelectSettings, build_settings, environment_info, normalise_
 from .data import LoadReport, Record, read_many
 from .ledger import CostLedger
 from .run_files import RunView, check_digest, open_run, records_digest, save_rows, write_selection_files
-from .selection import Selection, budget_to_count, extend_greedy
+from .selection import Selection, budget_to_count, extend_greedy, fits_in_memory
 from .store import RunStore
-from .streaming import fits_in_memory
 from .subset_quality import ObjectiveSpec, objective_on
 
 
@@ -70,7 +69,7 @@ def add_to_run(run: str | Path, new: Sequence[Record], out: str | Path, *, budge
     """
     from . import models
     from .embed import embed_records
-    from .network import load_network
+    from .network_files import load_network
     from .pipeline import SelectionResult
 
     view = open_run(run)

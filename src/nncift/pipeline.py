@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,18 +32,33 @@ import numpy as np
 
 from . import selection as selection_module
 from . import streaming
-from .config import SelectSettings, environment_info, settings_dict
+from .config import SelectSettings, settings_dict
 from .data import LoadReport, Record, jsonl_lines, read_many, records_from
 from .executor import executor_for, stored_failures
 from .influence import InfluenceSpec, PairwiseInfluence, influence_class
+from .layout import (
+    Layout,
+    block_self_cols,
+    matrix_rows,
+    plan_layout,
+    sample_indices,
+    sampling_blocks,
+    self_cols_of,
+)
 from .ledger import CostLedger
-from .models import model_fingerprint
+from .network import NetworkSettings, predict_pointwise
+from .network_files import load_network, load_network_metadata, save_network
+from .run_files import (
+    column_origin,
+    records_digest,
+    save_pool_embeddings,
+    save_rows,
+    write_selection_files,
+)
+from .run_report import build_manifest, describe_training, selection_info
+from .selection import ObjectiveSpec, choose_subset
+from .store import RUNTIME_KEYS, RunStore, plan_blocks
 from .training import train_network, train_network_pointwise
-from .network import NetworkSettings, load_network, load_network_metadata, predict_pointwise, save_network
-from .run_files import column_origin, records_digest, save_pool_embeddings, save_rows, write_selection_files
-from .store import RUNTIME_KEYS, Block, RunStore, plan_blocks
-from .subset_quality import ObjectiveSpec, choose_subset
-from .towers import block_self_columns, self_columns
 
 
 @dataclass
@@ -68,46 +82,6 @@ class SelectionResult:
     run_dir: Path
 
 
-@dataclass(frozen=True)
-class Layout:
-    """Which records the influence matrix's rows stand for, and which are sampled (seen)."""
-
-    rows: list[Record]
-    seen_rows: np.ndarray
-    seen_cols: np.ndarray
-    n_pool_rows: int
-    """How many leading rows are pool records (the rest are targets)."""
-    row_groups: np.ndarray | None = None
-    """Sampling group of each seen row (``sampling_blocks`` > 1); None: one block, every seen pair labelled."""
-    col_groups: np.ndarray | None = None
-    """Sampling group of each seen column."""
-
-    def labelled(self) -> np.ndarray:
-        """(len(seen_rows), len(seen_cols)) mask of the pairs of Q1 the influence function computes."""
-        if self.row_groups is None or self.col_groups is None:
-            return np.ones((len(self.seen_rows), len(self.seen_cols)), dtype=bool)
-        return self.row_groups[:, None] == self.col_groups[None, :]
-
-    def blocks(self, block_size: int) -> list[Block]:
-        """The blocks of Q1 to compute: all of it, or each group's rectangle (rows and columns are ordered by group)."""
-        if self.row_groups is None or self.col_groups is None:
-            return plan_blocks(len(self.seen_rows), len(self.seen_cols), block_size, block_size)
-        blocks = []
-        for group in np.unique(self.col_groups):
-            rows, cols = np.flatnonzero(self.row_groups == group), np.flatnonzero(self.col_groups == group)
-            for block in plan_blocks(len(rows), len(cols), block_size, block_size):
-                blocks.append(Block(rows[0] + block.row_start, rows[0] + block.row_stop, cols[0] + block.col_start, cols[0] + block.col_stop))
-        return blocks
-
-
-def sample_indices(n: int, fraction: float, minimum: int, rng: np.random.Generator) -> np.ndarray:
-    """A sorted random sample of ``max(round(fraction·n), minimum)`` (at most n) indices of range(n)."""
-    if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    size = min(n, max(int(round(fraction * n)), minimum, 1))
-    return np.sort(rng.choice(n, size=size, replace=False)).astype(np.int64)
-
-
 def resolve_objective(settings: SelectSettings, function_class: type, has_targets: bool) -> str:
     """The objective of the run: explicit, else the influence function's own (docs/methods.md §4)."""
     objective = settings.objective or function_class.default_objective
@@ -118,49 +92,6 @@ def resolve_objective(settings: SelectSettings, function_class: type, has_target
     if not function_class.pairwise and objective != "topk":
         raise ValueError(f"{function_class.name} scores examples one by one: only topk applies")
     return objective
-
-
-def plan_layout(pool: Sequence[Record], targets: Sequence[Record], objective: str, settings: SelectSettings, rng: np.random.Generator) -> Layout:
-    """Decide the matrix rows and sample the seen rows and columns (seeded, never the first rows).
-
-    ``settings.sampling_blocks`` = g > 1 spends the same number of labelled pairs on √g times as many
-    records: the sample (u·√g of each side) is split into g seeded groups and only the pairs within a
-    group are computed (g diagonal blocks). A pool record that is also a row is in the same group on
-    both sides.
-    """
-    g = int(settings.sampling_blocks) or 1  # 0 (the function's default) is resolved by the caller: see sampling_blocks()
-    fraction = min(1.0, settings.fraction * math.sqrt(g))
-    minimum = settings.min_sampled * math.ceil(math.sqrt(g))
-    seen_cols = sample_indices(len(pool), fraction, minimum, rng)
-    seen_targets = sample_indices(len(targets), fraction, minimum, rng) if targets else np.zeros(0, np.int64)
-    col_groups = _groups(len(seen_cols), g, rng)
-    target_groups = _groups(len(seen_targets), g, rng)
-    if not targets:
-        rows, row_ids, row_groups, n_pool_rows = list(pool), seen_cols, col_groups, len(pool)
-    elif objective in ("flmi", "flcg"):
-        rows, n_pool_rows = list(pool) + list(targets), len(pool)
-        row_ids, row_groups = np.concatenate([seen_cols, len(pool) + seen_targets]), np.concatenate([col_groups, target_groups])
-    else:
-        rows, row_ids, row_groups, n_pool_rows = list(targets), seen_targets, target_groups, 0
-    if g == 1:
-        return Layout(rows, row_ids, seen_cols, n_pool_rows)
-    row_order = np.lexsort((row_ids, row_groups))  # by group, then pool rows before targets, then index
-    col_order = np.lexsort((seen_cols, col_groups))
-    return Layout(rows, row_ids[row_order], seen_cols[col_order], n_pool_rows, row_groups[row_order], col_groups[col_order])
-
-
-def sampling_blocks(settings: SelectSettings, function_class: type) -> int:
-    """The run's sampling design: ``--sampling-blocks``, or when 0 the influence function's default."""
-    return int(settings.sampling_blocks) or int(function_class.default_sampling_blocks)
-
-
-def _groups(n: int, g: int, rng: np.random.Generator) -> np.ndarray:
-    """Seeded group of each of n sampled records, g groups of (nearly) equal size (all 0 when g = 1, drawing nothing)."""
-    if g == 1:
-        return np.zeros(n, dtype=np.int64)
-    groups = np.empty(n, dtype=np.int64)
-    groups[rng.permutation(n)] = np.arange(n) % g
-    return groups
 
 
 def selection_budget(settings: SelectSettings) -> float | int:
@@ -180,19 +111,6 @@ def influence_spec(settings: SelectSettings, options: dict[str, Any]) -> Influen
 def network_settings(settings: SelectSettings) -> NetworkSettings:
     """The InfluenceNetwork settings of a run: the fields of :class:`NetworkSettings`, read from the run's settings by name."""
     return NetworkSettings(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(NetworkSettings)})
-
-
-def self_cols_of(layout: Layout) -> np.ndarray:
-    """Per matrix row, the column of the same record (the pool rows), else −1."""
-    return self_columns(len(layout.rows), layout.n_pool_rows)
-
-
-def block_self_cols(layout: Layout) -> np.ndarray:
-    """Per row of the sampled block Q1, the position in Q1's columns of the same record, else −1."""
-    return block_self_columns(self_cols_of(layout), layout.seen_rows, layout.seen_cols)
-
-
-FILL_RULE = "after the last positive gain: the unchosen candidates by decreasing singleton value f({j}), ties by lowest index"
 
 
 def label_scaling(function_class: type, known: np.ndarray) -> tuple[float, float]:
@@ -221,13 +139,6 @@ RESELECT_KEYS = frozenset({"budget", "objective", "eta", "nu"} | {f.name for f i
 """Settings that change only the network or the selection: a run folder whose influence block is finished
 is re-selected with other values of these (the network is retrained when its settings changed); any
 other difference refuses the folder (the seed too: it draws the sample)."""
-
-
-def matrix_rows(objective: str, has_targets: bool) -> str:
-    """What the influence matrix's rows are for an objective: ``pool``, ``targets`` or ``pool+targets``."""
-    if not has_targets:
-        return "pool"
-    return "pool+targets" if objective in ("flmi", "flcg") else "targets"
 
 
 def finished_selection(store: RunStore, pool: Sequence[Record], settings: SelectSettings, *, progress: bool) -> SelectionResult | None:
@@ -331,7 +242,7 @@ def run_full_select(
         scaled = (values - low) / (high - low)
         with ledger.stage("selection"):
             if function_class.pairwise:
-                chosen = _run_objective(objective, np.where(np.isfinite(scaled), scaled, 0.0), layout, settings, function_class, spec)
+                chosen = choose_subset(np.where(np.isfinite(scaled), scaled, 0.0), objective_spec(objective, layout, settings, function_class, spec))
             else:
                 chosen = selection_module.top_k(np.where(np.isfinite(scaled[0]), scaled[0], -1.0), selection_budget(settings))  # failures last
         extra = {"label_scaling": {"low": low, "high": high, "source": "fixed range" if function_class.label_range else "min-max of the full matrix"},
@@ -406,7 +317,7 @@ def _start_run(settings: SelectSettings, out: str | Path, pool: Iterable[Any] | 
 def _finish(run: _Run, settings: SelectSettings, extra: dict[str, Any], chosen: selection_module.Selection, origin: list[str]) -> SelectionResult:
     """Write ``selected.jsonl``, ``subset.jsonl``, ``scores.csv`` and (last) ``manifest.json``; return the :class:`SelectionResult`."""
     write_selection_files(run.store.folder, run.pool, chosen.indices, chosen.gains, values=chosen.values, influence=origin)
-    manifest = _manifest(settings, run.function_class, run.options, run.objective, run.pool, run.targets, run.reports, run.ledger, extra, len(chosen.indices), chosen.objective)
+    manifest = build_manifest(settings, run.function_class, run.options, run.objective, run.pool, run.targets, run.reports, run.ledger, extra, len(chosen.indices), chosen.objective)
     run.store.write_json("manifest.json", manifest)
     return SelectionResult(np.asarray(chosen.indices), np.asarray(chosen.gains), [run.pool[i] for i in chosen.indices], chosen.objective,
                            manifest, run.store.folder)
@@ -437,10 +348,9 @@ def _select_pairwise(settings, spec, function_class, objective, pool, targets, s
                                              known=(layout.seen_rows, layout.seen_cols, labels), progress=progress,
                                              self_cols=self_cols_of(layout))
     with ledger.stage("selection"):  # on a cluster, or when it would not fit: from disk, same result
-        if executor.name == "local" and streaming.fits_in_memory((len(layout.rows), len(pool))):
-            chosen = _run_objective(objective, np.load(predicted, mmap_mode="r"), layout, settings, function_class, spec)
-        else:
-            chosen = _stream_objective(objective, predicted, layout, settings, function_class, spec, store.folder)
+        in_memory = executor.name == "local" and selection_module.fits_in_memory((len(layout.rows), len(pool)))
+        chosen = choose_subset(np.load(predicted, mmap_mode="r") if in_memory else predicted,
+                               objective_spec(objective, layout, settings, function_class, spec), workdir=store.folder)
     extra = {"label_scaling": {"low": low, "high": high, "source": "fixed range" if function_class.label_range else "min-max of Q1"},
              "sampled_rows": len(layout.seen_rows), "sampled_cols": len(layout.seen_cols), "sampling_blocks": design,
              "labelled_pairs": int(layout.labelled().sum()),
@@ -456,13 +366,6 @@ def _embeddings(executor, settings: SelectSettings, layout: Layout, pool: Sequen
     if len(layout.rows) > layout.n_pool_rows:
         parts.append(executor.embed_records(layout.rows[layout.n_pool_rows :], model=settings.embedder, device=settings.device, progress=progress))
     return (np.concatenate(parts) if len(parts) > 1 else parts[0]), col_embeddings
-
-
-def selection_info(chosen: selection_module.Selection) -> dict[str, Any]:
-    """What the manifest says about the picks: how many had a positive gain, and how the rest were chosen."""
-    if chosen.n_positive is None:
-        return {}
-    return {"positive_gain_picks": int(chosen.n_positive), "fill_rule": FILL_RULE if chosen.n_positive < len(chosen.indices) else None}
 
 
 def _trained_network(store: RunStore, network_settings_: NetworkSettings, progress: bool, criterion: str, train):
@@ -481,44 +384,16 @@ def _trained_network(store: RunStore, network_settings_: NetworkSettings, progre
     return network, report
 
 
-def describe_training(report: dict[str, Any]) -> str:
-    """One line on what the network training chose (for the terminal)."""
-    if report.get("architecture") == "paper":
-        losses = report.get("losses") or [float("nan")]
-        return f"influence network (paper MLP): {report['n_labelled']} labels, loss {losses[0]:.4g} -> {losses[-1]:.4g}"
-    line = f"influence network ({report['architecture']}): {report['n_labelled']} labels, {report['folds']} record folds; shipped: {report['chosen']}"
-    candidates = report.get("candidates") or {}
-    if candidates:
-        line += " (held-out records, criterion = mean of Spearman and f_gain: " + ", ".join(
-            f"{name} {values.get('criterion') if values.get('criterion') is not None else float('nan'):.3f}" for name, values in candidates.items()) + ")"
-    if report.get("steps") is not None and report["chosen"] != "prior":
-        line += f"; lr {report['learning_rate']:g}, weight decay {report['weight_decay']:g}, {report['steps']} steps"
-    if report.get("note"):
-        line += f"; {report['note']}"
-    return line
-
-
 def objective_spec(objective: str, layout: Layout, settings: SelectSettings, function_class, spec) -> ObjectiveSpec:
     """The run's selection objective on its matrix layout (top-k with the influence function's aggregation)."""
     scores = None
-    if objective == "topk":
+    if objective == "topk" and function_class.candidate_scores is not PairwiseInfluence.candidate_scores:  # else the mean over rows
         function = function_class.from_options(spec.options, progress=False)
         scores = lambda matrix: function.candidate_scores(matrix, layout.rows)  # noqa: E731
     return ObjectiveSpec(objective, selection_budget(settings), n_pool_rows=layout.n_pool_rows, eta=settings.eta, nu=settings.nu,
                          candidate_scores=scores)
 
 
-def _run_objective(objective: str, predicted: np.ndarray, layout: Layout, settings: SelectSettings, function_class, spec):
-    return choose_subset(predicted, objective_spec(objective, layout, settings, function_class, spec))
-
-
-def _stream_objective(objective: str, predicted: Path, layout: Layout, settings: SelectSettings, function_class, spec, workdir: Path):
-    """:func:`_run_objective` without loading the matrix (:func:`nncift.streaming.select_from_npy`)."""
-    function = function_class.from_options(spec.options, progress=False)
-    own_scores = type(function).candidate_scores is not PairwiseInfluence.candidate_scores
-    return streaming.select_from_npy(
-        objective, predicted, selection_budget(settings), n_pool_rows=layout.n_pool_rows, eta=settings.eta, nu=settings.nu,
-        candidate_scores=(lambda matrix: function.candidate_scores(matrix, layout.rows)) if own_scores else None, workdir=workdir)
 
 
 def _select_pointwise(settings, spec, function_class, pool, store, executor, ledger, rng, progress):
@@ -549,23 +424,3 @@ def _select_pointwise(settings, spec, function_class, pool, store, executor, led
     extra = {"label_scaling": {"low": low, "high": high}, "sampled": len(seen),
              "failures": {str(k): v for k, v in sorted(failures.items())}, "network_training": report}
     return chosen, extra, column_origin(len(pool), exact=seen[ok])
-
-
-def _manifest(settings, function_class, options, objective, pool, targets, reports, ledger, extra, n_selected, objective_value) -> dict[str, Any]:
-    skipped: dict[str, int] = {}
-    for report in reports:
-        for reason, count in report.skipped.items():
-            skipped[reason] = skipped.get(reason, 0) + count
-    return {
-        "settings": settings_dict(settings),
-        "influence_options": options,
-        "objective": objective,
-        "environment": environment_info(),
-        "models": {"embedder": model_fingerprint(settings.embedder, kind="embedder"),
-                   **({"lm": model_fingerprint(settings.model)} if function_class.uses_language_model else {})},
-        "inputs": [report.as_dict() for report in reports],
-        "counts": {"pool": len(pool), "targets": len(targets), "selected": n_selected, "skipped": skipped},
-        "objective_value": objective_value,
-        "cost": ledger.as_dict(),
-        **extra,
-    }

@@ -108,7 +108,7 @@ class _Worker:
         """Rebuild the InfluenceNetwork from safetensors bytes; keep the embeddings for :meth:`predict`."""
         from safetensors.torch import load
 
-        from .network import build_network
+        from .network_files import build_network
 
         self.release()
         network = build_network(architecture)

@@ -110,7 +110,8 @@ def score_records(run: str | Path, records: Sequence[Record], out: str | Path, *
     """
     from . import models
     from .embed import embed_records
-    from .network import load_network, predict_pairwise, predict_pointwise
+    from .network import predict_pairwise, predict_pointwise
+    from .network_files import load_network
 
     view = open_run(run)
     if not records:

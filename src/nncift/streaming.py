@@ -1,4 +1,4 @@
-"""Predicted influence matrices that need not fit in memory: written in row blocks, selected on from disk.
+"""Predicted influence matrices that need not fit in memory, written in row blocks.
 
 Orientation as everywhere: the predicted matrix ``S`` has rows = targets (items to be represented)
 and columns = candidates (the pool), shape ``(n_rows, n_candidates)``, float32, stored as ``.npy``.
@@ -6,82 +6,23 @@ and columns = candidates (the pool), shape ``(n_rows, n_candidates)``, float32, 
 :func:`predict_to_npy` writes it one row block at a time (blocks computed by any executor: in this
 process, or on Ray actors), replacing the sampled block Q1 by its exact values. The driver holds at
 most the blocks in flight, never the matrix; blocks are written with ``pwrite`` (not through a
-memory map), so they do not stay in the driver's resident memory either.
-
-What each objective needs of ``S`` (:func:`select_from_npy`):
-
-- ``topk`` with the default aggregation (the mean over rows): one pass over row blocks, summing
-  columns in row order: O(n_candidates) memory. Functions with their own aggregation (LESS: the
-  maximum over subtasks of per-subtask means) receive the read-only memory map instead.
-- ``fl`` / ``flmi`` / ``flcg``: the greedy needs, for every evaluation of a candidate ``j``, its
-  whole column ``S[:, j]`` against the per-row coverage (n_rows values): every evaluation touches
-  every row. So the matrix is first transposed out of core into a candidate-major working file (the
-  same layout :mod:`nncift.selection` builds in memory, with the same clipping at 0 and FLMI cap),
-  then lazy greedy reads one candidate's column (n_rows floats) from disk per evaluation. FLMI needs
-  the per-row cap ``η·max_q S[q, i]`` and FLCG the initial coverage ``ν·max_p S[p, i]`` over the
-  target rows: one more streaming pass. Memory: coverage, heap and one tile; disk: one more copy of
-  the pool-row part of ``S`` (deleted afterwards).
-
-Picks, gains and objective are bit-identical to :mod:`nncift.selection` (same gain kernel and
-summation order, same tie rule: the lowest candidate index), and top-k scores to
-:meth:`PairwiseInfluence.candidate_scores`: tested in ``tests/test_streaming.py``.
+memory map), so they do not stay in the driver's resident memory either. Selection on it, in memory
+or from disk, is :func:`nncift.selection.choose_subset`.
 """
 
 from __future__ import annotations
 
-import heapq
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from .selection import Selection, _all_gains, _dense_gain, budget_to_count, fill_exhausted, top_k
+from .npy_files import create_npy, pwrite
 
-_TILE_BYTES = 32 << 20
-"""Bytes of one tile read or written while streaming (bounds the driver's memory)."""
-_MAP_ROWS = 4096
-"""Rows of one short-lived read-only map while gathering a slab of candidates."""
 _PREDICT_PAIRS = 1 << 24
 """Pairs per prediction task (64 MiB of float32): large enough that recomputing the candidates'
 first-layer part per task (cost ∝ d / rows of the task) stays small."""
-
-
-def npy_layout(path: str | Path) -> tuple[int, tuple[int, ...]]:
-    """(byte offset of the data, shape) of a C-ordered float32 ``.npy`` file."""
-    with open(path, "rb") as handle:
-        version = np.lib.format.read_magic(handle)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = read_header(handle)
-        offset = handle.tell()
-    if fortran or dtype != np.float32:
-        raise ValueError(f"{path}: expected a C-ordered float32 matrix, got {dtype} (fortran order {fortran})")
-    return offset, tuple(shape)
-
-
-def _create_npy(path: Path, shape: tuple[int, int]) -> int:
-    """Create a (sparse) float32 ``.npy`` of ``shape``; return its data offset."""
-    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
-    offset = int(array.offset)
-    del array
-    return offset
-
-
-def _pwrite(fd: int, values: np.ndarray, offset: int) -> None:
-    view = memoryview(np.ascontiguousarray(values)).cast("B")
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
-
-
-def _pread(fd: int, out: np.ndarray, offset: int) -> np.ndarray:
-    view = memoryview(out).cast("B")
-    while view:
-        read = os.preadv(fd, [view], offset)
-        if read == 0:
-            raise EOFError(f"file ended at byte {offset}")
-        view, offset = view[read:], offset + read
-    return out
 
 
 def prediction_blocks(n_rows: int, n_cols: int, block_rows: int | None = None) -> list[tuple[int, int]]:
@@ -113,7 +54,7 @@ def predict_to_npy(
 
     path = Path(path)
     shape = (len(row_embeddings), len(col_embeddings))
-    offset = _create_npy(path, shape)
+    offset = create_npy(path, shape)
     row_position = np.full(shape[0], -1, dtype=np.int64)
     if known is not None:
         row_position[np.asarray(known[0])] = np.arange(len(known[0]))
@@ -128,7 +69,7 @@ def predict_to_npy(
                 for local in np.flatnonzero(positions >= 0):
                     labels = known[2][positions[local]]
                     values[local, known[1]] = np.where(np.isfinite(labels), labels, values[local, known[1]])
-            _pwrite(fd, values.astype(np.float32, copy=False), offset + start * shape[1] * 4)
+            pwrite(fd, values.astype(np.float32, copy=False), offset + start * shape[1] * 4)
 
         (executor or LocalExecutor()).predict_rows(network, row_embeddings, col_embeddings,
                                                    prediction_blocks(*shape, block_rows), write, progress=progress,
@@ -136,177 +77,3 @@ def predict_to_npy(
     finally:
         os.close(fd)
     return path
-
-
-def column_means(path: str | Path) -> np.ndarray:
-    """float64 mean of each column of an .npy matrix, rows added in order (equal to ``np.mean(axis=0)``)."""
-    offset, (n_rows, n_cols) = npy_layout(path)
-    total = np.zeros(n_cols, dtype=np.float64)
-    for start, _, block in _row_blocks(path, offset, n_rows, n_cols):
-        if start == 0 and len(block):
-            total[:] = block[0]  # numpy's reduction starts from the first row, not from 0
-            block = block[1:]
-        for row in block:
-            total += row
-    return total / n_rows
-
-
-def _row_blocks(path: str | Path, offset: int, n_rows: int, n_cols: int, stop_row: int | None = None):
-    """Yield (start, stop, block) over rows [0, stop_row), each block read with pread (no mapping)."""
-    stop_row = n_rows if stop_row is None else stop_row
-    size = max(1, _TILE_BYTES // max(4 * n_cols, 1))
-    buffer = np.empty((min(size, max(stop_row, 1)), n_cols), dtype=np.float32)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        for start in range(0, stop_row, size):
-            stop = min(start + size, stop_row)
-            yield start, stop, _pread(fd, buffer[: stop - start], offset + start * n_cols * 4)
-    finally:
-        os.close(fd)
-
-
-def _row_caps(path: str | Path, first_row: int, scale: float) -> np.ndarray:
-    """float32 ``scale · max(0, max_{q ≥ first_row} S[q, i])`` per column i (selection's ``_row_max``)."""
-    offset, (n_rows, n_cols) = npy_layout(path)
-    best = np.zeros(n_cols, dtype=np.float32)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        size = max(1, _TILE_BYTES // max(4 * n_cols, 1))
-        for start in range(first_row, n_rows, size):
-            stop = min(start + size, n_rows)
-            block = _pread(fd, np.empty((stop - start, n_cols), np.float32), offset + start * n_cols * 4)
-            if not np.isfinite(block).all():
-                raise ValueError(f"{path}: rows {start}:{stop} contain non-finite values")
-            np.maximum(best, block.max(axis=0), out=best)
-    finally:
-        os.close(fd)
-    return (scale * best.astype(np.float64)).astype(np.float32)
-
-
-def _candidate_major(path: Path, work: Path, n_data_rows: int, cap: np.ndarray | None) -> None:
-    """Write ``min(max(S[:n_data_rows, :], 0), cap)ᵀ`` (candidates × data rows) to ``work``, slab by slab.
-
-    A slab of candidates is gathered from short-lived read-only maps of a few thousand rows each
-    (unmapped right away, so they do not stay resident) and written with one ``pwrite``.
-    """
-    offset, (_, n_cols) = npy_layout(path)
-    work_offset = _create_npy(work, (n_cols, n_data_rows))
-    slab_cols = max(1, min(n_cols, _TILE_BYTES // max(4 * n_data_rows, 1)))
-    slab = np.empty((slab_cols, n_data_rows), dtype=np.float32)
-    fd = os.open(work, os.O_WRONLY)
-    try:
-        for first in range(0, n_cols, slab_cols):
-            last = min(first + slab_cols, n_cols)
-            for start in range(0, n_data_rows, _MAP_ROWS):
-                stop = min(start + _MAP_ROWS, n_data_rows)
-                rows = np.memmap(path, dtype=np.float32, mode="r", offset=offset + start * n_cols * 4, shape=(stop - start, n_cols))
-                part = np.array(rows[:, first:last])
-                del rows
-                if not np.isfinite(part).all():
-                    raise ValueError(f"{path}: rows {start}:{stop} contain non-finite values")
-                part = np.where(part > 0, part, np.float32(0.0))
-                if cap is not None:
-                    part = np.where(part > cap[start:stop, None], cap[start:stop, None], part)
-                slab[: last - first, start:stop] = part.T
-            _pwrite(fd, slab[: last - first], work_offset + first * n_data_rows * 4)
-    finally:
-        os.close(fd)
-
-
-def _lazy_greedy(work: Path, start: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Lazy greedy over the candidate-major working file; returns (picks, gains, final coverage, initial gains).
-
-    Same semantics as the in-memory kernel: exact initial gains, a max-heap of bounds (larger bound
-    first, then lower index), a bound re-evaluated once per step, zero gains filled by
-    :func:`nncift.selection.fill_exhausted` (the caller applies it with the initial gains returned).
-    """
-    offset, (n_cand, n_rows) = npy_layout(work)
-    cover = start.astype(np.float32, copy=True)
-    bounds = np.empty(n_cand, dtype=np.float64)
-    for first, last, block in _row_blocks(work, offset, n_cand, n_rows):
-        bounds[first:last] = _all_gains(block, cover)
-    heap = [(-float(bound), j) for j, bound in enumerate(bounds)]
-    heapq.heapify(heap)
-    stamp = np.zeros(n_cand, dtype=np.int64)
-    picks, gains = np.empty(k, np.int64), np.empty(k, np.float64)
-    column = np.empty(n_rows, dtype=np.float32)
-    fd = os.open(work, os.O_RDONLY)
-    try:
-        step = 0
-        while step < k:
-            top = heap[0][1]
-            if stamp[top] != step:
-                gain = _dense_gain(_pread(fd, column, offset + top * n_rows * 4), cover)[0]
-                stamp[top] = step
-                heapq.heapreplace(heap, (-gain, top))
-                continue
-            gain = -heapq.heappop(heap)[0]
-            picks[step], gains[step] = top, gain
-            step += 1
-            if gain == 0.0:  # out of signal: the caller refills picks[step - 1:] (fill_exhausted)
-                picks[step:], gains[step:] = -1, 0.0
-                break
-            _pread(fd, column, offset + top * n_rows * 4)
-            np.copyto(cover, column, where=column > cover)
-    finally:
-        os.close(fd)
-    return picks, gains, cover, bounds
-
-
-def select_from_npy(
-    objective: str, path: str | Path, budget: float | int, *, n_pool_rows: int = 0, eta: float = 1.0,
-    nu: float = 1.0, candidate_scores: Callable[[np.ndarray], np.ndarray] | None = None,
-    workdir: str | Path | None = None,
-) -> Selection:
-    """Select on a predicted matrix stored as ``.npy`` without loading it (see the module docstring).
-
-    Args:
-        objective: ``fl``, ``flmi``, ``flcg`` or ``topk``.
-        path: the (n_rows × n_candidates) float32 matrix.
-        budget: fraction in (0, 1] or count of candidates.
-        n_pool_rows: for ``flmi``/``flcg``: the first ``n_pool_rows`` rows are the pool (the data
-            similarity, rows = pool items), the rest the query/existing set (used transposed).
-        eta: FLMI magnification; nu: FLCG penalty.
-        candidate_scores: for ``topk``, a function's own aggregation of the matrix (given the
-            read-only memory map); default the column mean, streamed.
-        workdir: folder of the temporary candidate-major file (default: beside ``path``).
-
-    Returns:
-        The same :class:`~nncift.selection.Selection` as the in-memory functions.
-    """
-    path = Path(path)
-    _, (n_rows, n_cols) = npy_layout(path)
-    if objective == "topk":
-        scores = column_means(path) if candidate_scores is None else candidate_scores(np.load(path, mmap_mode="r"))
-        return top_k(scores, budget)
-    if objective not in ("fl", "flmi", "flcg"):
-        raise ValueError(f"unknown objective '{objective}': choose fl, flmi, flcg or topk")
-    k = budget_to_count(budget, n_cols)
-    if k == 0:
-        return Selection(np.zeros(0, np.int64), np.zeros(0, np.float64), 0.0, objective)
-    n_data_rows = n_rows if objective == "fl" else n_pool_rows
-    if objective != "fl" and n_data_rows != n_cols:
-        raise ValueError(f"{objective}: the first {n_pool_rows} rows must be the {n_cols} pool items")
-    cap = _row_caps(path, n_data_rows, eta) if objective == "flmi" else None
-    start = _row_caps(path, n_data_rows, nu) if objective == "flcg" else np.zeros(n_data_rows, np.float32)
-    work = Path(workdir or path.parent) / f".{path.stem}.by-candidate.npy"
-    try:
-        _candidate_major(path, work, n_data_rows, cap)
-        picks, gains, cover, initial_gains = _lazy_greedy(work, start, k)
-    finally:
-        work.unlink(missing_ok=True)
-    value = float(np.sum(cover.astype(np.float64) - start.astype(np.float64)))
-    picks, n_positive = fill_exhausted(picks, gains, initial_gains)
-    return Selection(picks, gains, value, objective, n_positive, np.asarray(initial_gains, dtype=np.float64))
-
-
-def fits_in_memory(shape: tuple[int, int], *, share: float = 0.5) -> bool:
-    """Whether in-memory selection on a float32 matrix of ``shape`` (about three copies) fits in ``share``
-    of the memory available now (Linux ``MemAvailable``; True where unknown)."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as handle:
-            fields = dict(line.split(":", 1) for line in handle)
-        available = int(fields["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
-        return True
-    return 3 * 4 * shape[0] * shape[1] <= share * available

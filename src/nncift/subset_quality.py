@@ -14,69 +14,19 @@ It is NaN when the true subset is no better than random (nothing to lose).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
-
 import numpy as np
 from scipy.stats import spearmanr
 
 from . import selection
+from .selection import ObjectiveSpec, choose_subset, split_matrix
 
 __all__ = ["ObjectiveSpec", "choose_subset", "objective_on", "f_gain", "spearman", "cold_mask"]
-
-CandidateScores = Callable[[np.ndarray], np.ndarray]
-"""Aggregation of a (rows × candidates) matrix into one score per candidate (top-k)."""
-
-
-@dataclass(frozen=True)
-class ObjectiveSpec:
-    """A selection objective on a matrix layout."""
-
-    name: str
-    """fl, flmi, flcg or topk."""
-    budget: float | int
-    """Subset size: fraction in (0, 1] or count (see :func:`nncift.selection.budget_to_count`)."""
-    n_pool_rows: int = 0
-    """For flmi/flcg: the leading rows that are pool records (the rest are the targets)."""
-    eta: float = 1.0
-    nu: float = 1.0
-    candidate_scores: CandidateScores | None = None
-    """For topk: the influence function's aggregation (default: the mean over rows)."""
-
-    def scores(self, matrix: np.ndarray) -> np.ndarray:
-        """One score per candidate (topk)."""
-        if self.candidate_scores is not None:
-            return np.asarray(self.candidate_scores(matrix), dtype=np.float64)
-        return np.asarray(matrix, dtype=np.float64).mean(axis=0)
-
-
-def _parts(matrix: np.ndarray, spec: ObjectiveSpec) -> tuple[np.ndarray, np.ndarray | None]:
-    """(data similarity, other similarity) of a layout: FL uses the whole matrix; FLMI/FLCG split it."""
-    similarity = np.maximum(np.asarray(matrix, dtype=np.float32), 0.0)
-    if spec.name == "fl":
-        return similarity, None
-    return similarity[: spec.n_pool_rows], np.ascontiguousarray(similarity[spec.n_pool_rows :].T)
-
-
-def choose_subset(matrix: np.ndarray, spec: ObjectiveSpec) -> selection.Selection:
-    """The subset ``nncift select`` picks from ``matrix`` (negative values clipped at 0 for FL forms)."""
-    if spec.name == "topk":
-        return selection.top_k(spec.scores(matrix), spec.budget)
-    data, others = _parts(matrix, spec)
-    if spec.name == "fl":
-        return selection.facility_location(data, spec.budget)
-    if spec.name == "flmi":
-        return selection.fl_mutual_information(data, others, spec.budget, eta=spec.eta)
-    if spec.name == "flcg":
-        return selection.fl_conditional_gain(data, others, spec.budget, nu=spec.nu)
-    raise ValueError(f"unknown objective '{spec.name}': choose fl, flmi, flcg or topk")
-
 
 def objective_on(matrix: np.ndarray, indices: np.ndarray, spec: ObjectiveSpec) -> float:
     """The objective of the subset ``indices`` evaluated on ``matrix``."""
     if spec.name == "topk":
         return float(spec.scores(matrix)[np.asarray(indices, dtype=np.int64)].sum())
-    data, others = _parts(matrix, spec)
+    data, others = split_matrix(matrix, spec)
     if spec.name == "fl":
         return selection.objective_value(data, indices)
     row_max = others.max(axis=1).astype(np.float64) if others.shape[1] else np.zeros(data.shape[0])

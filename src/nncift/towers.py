@@ -146,7 +146,7 @@ class TwoTowerNetwork(torch.nn.Module):
         return int(sum(p.numel() for p in self.parameters()))
 
     def architecture(self) -> dict[str, Any]:
-        """JSON-ready description from which :func:`nncift.network.build_network` rebuilds the module."""
+        """JSON-ready description from which :func:`nncift.network_files.build_network` rebuilds the module."""
         return {"kind": self.kind, "embedding_dim": self.embedding_dim, "hidden": self.hidden_size, "rank": self.rank, "pairwise": True}
 
 
@@ -236,5 +236,5 @@ class PointwiseNetwork(torch.nn.Module):
         return int(sum(p.numel() for p in self.parameters()))
 
     def architecture(self) -> dict[str, Any]:
-        """JSON-ready description from which :func:`nncift.network.build_network` rebuilds the module."""
+        """JSON-ready description from which :func:`nncift.network_files.build_network` rebuilds the module."""
         return {"kind": self.kind, "embedding_dim": self.embedding_dim, "hidden": self.hidden_size, "pairwise": False}

@@ -2,7 +2,7 @@
 
 ``two-tower`` (default): :func:`nncift.fitting.fit_pairwise` / :func:`nncift.fitting_pointwise.fit_pointwise`
 (validated on held-out records, with the fallback to the no-learning prior); ``paper``: the paper's
-MLP and training (:func:`nncift.network.train_pairwise`), shipped as trained, for reproduction.
+MLP and training (:func:`nncift.paper_training.train_pairwise`), shipped as trained, for reproduction.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import numpy as np
 
 from .fitting import fit_pairwise
 from .fitting_pointwise import fit_pointwise
-from .network import NetworkSettings, train_pairwise, train_pointwise
+from .network import NetworkSettings
+from .paper_training import train_pairwise, train_pointwise
 
 __all__ = ["train_network", "train_network_pointwise"]
 
@@ -22,7 +23,7 @@ def train_network(row_embeddings: np.ndarray, col_embeddings: np.ndarray, labels
                   self_cols: np.ndarray | None = None, objective: str = "fl", progress: bool = False) -> tuple[Any, dict[str, Any]]:
     """Train the pairwise network named by ``settings.architecture`` (:class:`nncift.network.NetworkSettings`).
 
-    ``two-tower``: :func:`fit_pairwise`; ``paper``: :func:`nncift.network.train_pairwise` as the paper
+    ``two-tower``: :func:`fit_pairwise`; ``paper``: :func:`nncift.paper_training.train_pairwise` as the paper
     trains it, shipped as trained. Returns the network and a JSON-ready report.
     """
     if settings.architecture == "paper":

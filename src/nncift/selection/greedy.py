@@ -1,64 +1,18 @@
-"""Subset selection: facility location (FL), its mutual information (FLMI) and conditional gain
-(FLCG) variants, and top-k (docs/methods.md §4).
+"""In-memory greedy facility location (FL, FLMI, FLCG), top-k, budgets and the :class:`Selection` they return.
 
-Orientation (as everywhere in nncift): a similarity matrix ``s`` has **rows = items to be
-represented** (targets) and **columns = candidates** (the pool to select from); shape
-``(n_rows, n_candidates)``, not necessarily square. Selections are candidate column indices.
-
-Objectives (``max`` over the empty set is 0):
-
-- FL:   ``f(A) = sum_i max_{j in A} s_ij``
-- FLMI: ``I(A; Q) = sum_i min(max_{j in A} s_ij, eta * max_{q in Q} s_iq)`` -- FL on the row-capped
-  matrix ``min(s_ij, cap_i)``, ``cap_i = eta * max_q s_iq``.
-- FLCG: ``f(A | P) = sum_i max(max_{j in A} s_ij - nu * max_{p in P} s_ip, 0)`` -- FL whose per-row
-  coverage starts at ``initial_i = nu * max_p s_ip`` (minus that constant).
-
-So a single greedy kernel with an optional per-row cap (baked into the working copy of the matrix)
-and an optional initial per-row coverage serves all three.
-
-Conventions and numerics
-------------------------
-- **Negative similarities are clipped at 0** (not rejected). Facility location is only monotone
-  submodular for non-negative similarities, and predicted influence matrices legitimately contain
-  small negative values (regression noise around 0); clipping makes "a negative similarity" mean
-  "no coverage", which is what ``max`` over the empty set = 0 already says. Non-finite entries
-  (NaN, +-inf) raise ``ValueError``.
-- The matrix is copied **once**, transposed to ``(n_candidates, n_rows)`` float32 (so a candidate's
-  column is contiguous), with the clip and the FLMI cap applied during that copy. float64 inputs are
-  therefore rounded to float32; ``np.memmap`` inputs are read in place.
-- A candidate's marginal gain is ``sum_i max(s_ij - cover_i, 0)`` accumulated in float64 (each
-  difference of two float32 values is formed in float64), with a fixed summation order that does not
-  depend on which entries are still "alive". The computed gains are therefore exactly monotone
-  non-increasing as coverage grows, and lazy greedy returns exactly the picks of plain greedy.
-- Ties are broken by the lowest column index, in lazy and in plain greedy.
-- When every remaining gain is 0 (all rows covered as well as they can be: the objective has run
-  out of signal), the remaining slots are filled by :func:`fill_exhausted`: the not-yet-chosen
-  candidates in decreasing order of their gain on the empty set (their singleton value ``f({j})``,
-  ties by the lowest index), gain 0 each. The selection always has exactly ``budget`` elements and
-  ``Selection.n_positive`` says how many picks had a positive gain.
-- ``Selection.objective`` is recomputed from the final per-row coverage (float64 sum), not summed
-  from the gains.
-- A budget of 0 returns an empty selection at once, without reading the matrix.
-
-Speed: lazy greedy (max-heap of stale upper bounds) over numba kernels; the initial gains are
-computed in parallel; a candidate column whose entries mostly can no longer improve coverage is
-compacted in place to its "alive" entries (``s_ij > cover_i`` -- coverage only grows, so a dead
-entry stays dead), which makes later re-evaluations cost O(alive) instead of O(n_rows). Matrices
-below about a million entries run on one thread (waking numba's thread pool would cost more).
+The conventions (orientation, clipping, numerics, ties, filling) are in :mod:`nncift.selection`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import numbers
-import sys
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
-import numba
 import numpy as np
-from numba import njit, prange
+
+from .kernels import all_gains, lazy_greedy, plain_greedy, prepare_candidate_major, row_max, threads_for
 
 __all__ = [
     "Selection",
@@ -70,6 +24,7 @@ __all__ = [
     "objective_value",
     "fill_exhausted",
     "select",
+    "extend_greedy",
     "OBJECTIVES",
 ]
 
@@ -120,7 +75,7 @@ def budget_to_count(budget: float | int, n_candidates: int) -> int:
     if isinstance(budget, numbers.Integral) and not isinstance(budget, bool):
         count = int(budget)
     else:
-        from .config import normalise_budget  # the rule lives with the settings (no numba there)
+        from ..config import normalise_budget  # the rule lives with the settings (no numba there)
 
         rule = normalise_budget(budget)
         if isinstance(rule, float):
@@ -134,295 +89,7 @@ def budget_to_count(budget: float | int, n_candidates: int) -> int:
 
 
 # --------------------------------------------------------------------------------------------
-# numba kernels
-#
-# Canonical gain of a candidate column ``col`` (length n) under coverage ``cur`` (float32):
-#   _LANES float64 accumulators; row i goes to lane i % _LANES, rows added in increasing order;
-#   term_i = max(float64(col[i]) - float64(cur[i]), 0)   (float64 difference of two float32 values);
-#   gain = acc[0] + acc[1] + ... + acc[_LANES - 1]        (left to right).
-# The lanes are independent, so the compiler can vectorise the loop without reassociating anything
-# (no fastmath): the value is bit-for-bit defined. A dead term adds +0.0, which leaves a non-negative
-# accumulator unchanged, so the value is the same whether dead entries are visited (dense form) or
-# skipped (compacted form). Each lane sum, and the fixed combination, is monotone in the terms, and
-# terms only shrink as ``cur`` grows: computed gains never increase, which makes lazy greedy exact.
-#
-# Compacted form of candidate row j of ``st`` (float32, length n), used once alive <= n // 4 (it
-# needs alive <= n // 2 to fit; below a quarter the gather-based evaluation beats the dense one):
-#   st[j, 0:m] = alive values, sti[j, half:half + m] = their row indices (int32 view of the same
-#   memory), in increasing row order; clen[j] = m (-1 = dense).
-
-_LANES = 32
-
-
-@njit(cache=True, nogil=True)
-def _lane_total(acc):
-    total = 0.0
-    for q in range(_LANES):
-        total += acc[q]
-    return total
-
-
-@njit(cache=True, nogil=True)
-def _dense_gain(col, cur):
-    """Canonical gain of a dense column and its number of alive entries (``col[i] > cur[i]``)."""
-    n = col.shape[0]
-    tail = n - n % _LANES
-    acc = np.zeros(_LANES, np.float64)
-    cnt = np.zeros(_LANES, np.int64)
-    for i in range(0, tail, _LANES):
-        for q in range(_LANES):
-            d = np.float64(col[i + q]) - np.float64(cur[i + q])
-            p = d > 0.0
-            acc[q] += d if p else 0.0
-            cnt[q] += np.int64(p)
-    alive = 0
-    for q in range(_LANES):
-        alive += cnt[q]
-    for i in range(tail, n):
-        d = np.float64(col[i]) - np.float64(cur[i])
-        if d > 0.0:
-            acc[i % _LANES] += d
-            alive += 1
-    return _lane_total(acc), alive
-
-
-@njit(cache=True, nogil=True)
-def _compact_dense(st, sti, j, cur, half, scratch):
-    """Rewrite dense candidate row ``j`` into its compacted form; returns the number kept.
-
-    Branch-free: every entry is written at the next free slot ``w <= i`` (a slot already read) and
-    ``w`` only advances for alive entries."""
-    n = st.shape[1]
-    w = 0
-    for i in range(n):
-        v = st[j, i]
-        p = v > cur[i]
-        st[j, w] = v
-        scratch[w] = i
-        w += np.int64(p)
-    for q in range(w):
-        sti[j, half + q] = scratch[q]
-    return w
-
-
-@njit(cache=True, nogil=True)
-def _compact_gain(st, sti, j, m, cur, half, acc):
-    """Canonical gain of compacted row ``j`` (``m`` entries), dropping dead entries in place
-    (branch-free, as in :func:`_compact_dense`). Returns ``(gain, new_m)``."""
-    for q in range(_LANES):
-        acc[q] = 0.0
-    w = 0
-    for q in range(m):
-        v = st[j, q]
-        r = sti[j, half + q]
-        d = np.float64(v) - np.float64(cur[r])
-        p = d > 0.0
-        acc[r & (_LANES - 1)] += d if p else 0.0
-        st[j, w] = v
-        sti[j, half + w] = r
-        w += np.int64(p)
-    return _lane_total(acc), w
-
-
-@njit(cache=True, parallel=True)
-def _prepare(s, cap, use_cap, out):
-    """``out[j, i] = min(max(float32(s[i, j]), 0), cap[i])``; returns the number of entries that are not
-    finite as float32. Threads take bands of rows, so ``s`` (possibly a memmap) is read sequentially."""
-    n, m = s.shape
-    block = 64
-    nbi = (n + block - 1) // block
-    bad = np.zeros(nbi, np.int64)
-    for bi in prange(nbi):
-        i0 = bi * block
-        i1 = min(i0 + block, n)
-        nbad = 0
-        for j0 in range(0, m, block):
-            j1 = min(j0 + block, m)
-            for i in range(i0, i1):
-                c = cap[i]
-                for j in range(j0, j1):
-                    v = np.float32(s[i, j])
-                    if not np.isfinite(v):
-                        nbad += 1
-                    if not v > 0:
-                        v = np.float32(0.0)
-                    if use_cap and v > c:
-                        v = c
-                    out[j, i] = v
-        bad[bi] = nbad
-    return bad.sum()
-
-
-@njit(cache=True, parallel=True)
-def _row_max(s, scale):
-    """``float32(scale * max_j max(float32(s[i, j]), 0))`` per row (0 for no columns) and the number
-    of non-finite entries."""
-    n, m = s.shape
-    out = np.zeros(n, np.float32)
-    bad = np.zeros(n, np.int64)
-    for i in prange(n):
-        best = np.float32(0.0)
-        nbad = 0
-        for j in range(m):
-            v = np.float32(s[i, j])
-            if not np.isfinite(v):
-                nbad += 1
-            if v > best:
-                best = v
-        out[i] = np.float32(scale * np.float64(best))
-        bad[i] = nbad
-    return out, bad.sum()
-
-
-@njit(cache=True, parallel=True)
-def _all_gains(st, cur):
-    nc = st.shape[0]
-    g = np.empty(nc, np.float64)
-    for j in prange(nc):
-        g[j] = _dense_gain(st[j], cur)[0]
-    return g
-
-
-@njit(cache=True, nogil=True)
-def _before(a, b, ub):
-    """Heap order: larger bound first, then lower index."""
-    return ub[a] > ub[b] or (ub[a] == ub[b] and a < b)
-
-
-@njit(cache=True, nogil=True)
-def _sift_down(heap, size, pos, ub):
-    item = heap[pos]
-    while True:
-        c = 2 * pos + 1
-        if c >= size:
-            break
-        r = c + 1
-        if r < size and _before(heap[r], heap[c], ub):
-            c = r
-        if _before(heap[c], item, ub):
-            heap[pos] = heap[c]
-            pos = c
-        else:
-            break
-    heap[pos] = item
-
-
-@njit(cache=True, nogil=True)
-def _fill_zero_gain(chosen, picks, gains, t, k):
-    """Fill picks[t:k] with the unchosen candidates in increasing index order (gain 0)."""
-    j = 0
-    while t < k:
-        if not chosen[j]:
-            chosen[j] = True
-            picks[t] = j
-            gains[t] = 0.0
-            t += 1
-        j += 1
-
-
-@njit(cache=True, nogil=True)
-def _lazy_greedy(st, sti, cur, k, ub):
-    """Lazy greedy on ``st`` (candidates x rows, float32, modified in place by compaction).
-
-    ``cur`` (float32, per row) is the starting coverage and is updated in place; ``ub`` holds the exact
-    gains under the starting coverage. Returns ``(picks, gains)``."""
-    nc, n = st.shape
-    half = n // 2
-    quarter = n // 4
-    picks = np.empty(k, np.int64)
-    gains = np.empty(k, np.float64)
-    chosen = np.zeros(nc, np.bool_)
-    clen = np.full(nc, -1, np.int64)
-    stamp = np.zeros(nc, np.int64)
-    heap = np.arange(nc)
-    size = nc
-    for pos in range(size // 2 - 1, -1, -1):
-        _sift_down(heap, size, pos, ub)
-    scratch = np.empty(max(n, 1), np.int32)
-    acc = np.zeros(_LANES, np.float64)
-    t = 0
-    while t < k:
-        top = heap[0]
-        if stamp[top] != t:
-            m = clen[top]
-            if m < 0:
-                g, alive = _dense_gain(st[top], cur)
-                if alive <= quarter:
-                    clen[top] = _compact_dense(st, sti, top, cur, half, scratch)
-            else:
-                g, m2 = _compact_gain(st, sti, top, m, cur, half, acc)
-                clen[top] = m2
-            ub[top] = g
-            stamp[top] = t
-            _sift_down(heap, size, 0, ub)
-            continue
-        # the top's bound is fresh: it is the true maximum gain (ties: lowest index)
-        size -= 1
-        heap[0] = heap[size]
-        _sift_down(heap, size, 0, ub)
-        g = ub[top]
-        picks[t] = top
-        gains[t] = g
-        chosen[top] = True
-        t += 1
-        if g == 0.0:
-            _fill_zero_gain(chosen, picks, gains, t, k)
-            break
-        m = clen[top]
-        if m < 0:
-            for i in range(n):
-                v = st[top, i]
-                if v > cur[i]:
-                    cur[i] = v
-        else:
-            for q in range(m):
-                r = sti[top, half + q]
-                v = st[top, q]
-                if v > cur[r]:
-                    cur[r] = v
-    return picks, gains
-
-
-@njit(cache=True, parallel=True)
-def _masked_gains(st, cur, chosen):
-    nc = st.shape[0]
-    g = np.empty(nc, np.float64)
-    for j in prange(nc):
-        g[j] = -1.0 if chosen[j] else _dense_gain(st[j], cur)[0]
-    return g
-
-
-@njit(cache=True)
-def _plain_greedy(st, cur, k):
-    """Plain greedy (every gain recomputed at every step, dense form only). Returns ``(picks, gains)``."""
-    nc, n = st.shape
-    picks = np.empty(k, np.int64)
-    gains = np.empty(k, np.float64)
-    chosen = np.zeros(nc, np.bool_)
-    t = 0
-    while t < k:
-        g = _masked_gains(st, cur, chosen)
-        best = -1
-        for j in range(nc):
-            if not chosen[j] and (best < 0 or g[j] > g[best]):
-                best = j
-        picks[t] = best
-        gains[t] = g[best]
-        chosen[best] = True
-        t += 1
-        if g[best] == 0.0:
-            _fill_zero_gain(chosen, picks, gains, t, k)
-            break
-        for i in range(n):
-            v = st[best, i]
-            if v > cur[i]:
-                cur[i] = v
-    return picks, gains
-
-
-# --------------------------------------------------------------------------------------------
-# python side
-
+# in-memory greedy
 
 def _as_matrix(x: Any, what: str) -> np.ndarray:
     """A 2-D float32/float64 ndarray view of ``x`` (memmaps are viewed, not copied)."""
@@ -439,35 +106,11 @@ def _row_caps(matrix: Any, scale: float, what: str, n_rows: int) -> np.ndarray:
     a = _as_matrix(matrix, what)
     if a.shape[0] != n_rows:
         raise ValueError(f"{what} must have {n_rows} rows (one per row of the data similarity), got {a.shape[0]}")
-    with _threads_for(a.size):
-        out, bad = _row_max(a, float(scale))
+    with threads_for(a.size):
+        out, bad = row_max(a, float(scale))
     if bad:
         raise ValueError(f"{what} contains {bad} non-finite entries")
     return out
-
-
-_PARALLEL_MIN_ENTRIES = 1 << 20
-"""Below this many matrix entries the kernels run on one thread: waking the thread pool costs more than
-the work (and much more when the cores are shared)."""
-
-
-@contextlib.contextmanager
-def _threads_for(n_entries: int) -> Iterator[None]:
-    """Numba threads for a kernel on ``n_entries``; torch's intra-op thread count is restored afterwards.
-
-    Numba's OpenMP layer and torch share the OpenMP runtime: a numba call can change the count torch
-    uses for every later op (seen: 1 → 2 threads, which on busy cores makes torch much slower).
-    """
-    torch = sys.modules.get("torch")
-    torch_threads = torch.get_num_threads() if torch is not None else None
-    previous = numba.get_num_threads()
-    numba.set_num_threads(previous if n_entries >= _PARALLEL_MIN_ENTRIES else 1)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(previous)
-        if torch_threads is not None and torch.get_num_threads() != torch_threads:
-            torch.set_num_threads(torch_threads)
 
 
 def _greedy(similarity: Any, budget: float | int, *, cap: np.ndarray | None, initial: np.ndarray | None,
@@ -481,15 +124,15 @@ def _greedy(similarity: Any, budget: float | int, *, cap: np.ndarray | None, ini
     use_cap = cap is not None
     start = np.zeros(n_rows, np.float32) if initial is None else initial.astype(np.float32, copy=True)
     cur = start.copy()
-    with _threads_for(n_rows * n_cand):
-        bad = _prepare(s, cap if use_cap else np.zeros(n_rows, np.float32), use_cap, st)
+    with threads_for(n_rows * n_cand):
+        bad = prepare_candidate_major(s, cap if use_cap else np.zeros(n_rows, np.float32), use_cap, st)
         if bad:
             raise ValueError(f"similarity contains {bad} non-finite (as float32) entries")
-        initial_gains = _all_gains(st, cur)
+        initial_gains = all_gains(st, cur)
         if lazy:
-            picks, gains = _lazy_greedy(st, st.view(np.int32), cur, k, initial_gains.copy())
+            picks, gains = lazy_greedy(st, st.view(np.int32), cur, k, initial_gains.copy())
         else:
-            picks, gains = _plain_greedy(st, cur, k)
+            picks, gains = plain_greedy(st, cur, k)
     objective = float(np.sum(cur.astype(np.float64) - start.astype(np.float64)))
     picks, n_positive = fill_exhausted(picks, gains, initial_gains)
     return Selection(picks, gains, objective, name, n_positive, np.asarray(initial_gains, dtype=np.float64))

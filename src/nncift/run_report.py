@@ -1,0 +1,55 @@
+"""What a run reports about itself: the manifest, the line about the network training, the fill rule."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config import environment_info, settings_dict
+from .models import model_fingerprint
+from .selection import Selection
+
+FILL_RULE = "after the last positive gain: the unchosen candidates by decreasing singleton value f({j}), ties by lowest index"
+
+
+def selection_info(chosen: Selection) -> dict[str, Any]:
+    """What the manifest says about the picks: how many had a positive gain, and how the rest were chosen."""
+    if chosen.n_positive is None:
+        return {}
+    return {"positive_gain_picks": int(chosen.n_positive), "fill_rule": FILL_RULE if chosen.n_positive < len(chosen.indices) else None}
+
+
+def describe_training(report: dict[str, Any]) -> str:
+    """One line on what the network training chose (for the terminal)."""
+    if report.get("architecture") == "paper":
+        losses = report.get("losses") or [float("nan")]
+        return f"influence network (paper MLP): {report['n_labelled']} labels, loss {losses[0]:.4g} -> {losses[-1]:.4g}"
+    line = f"influence network ({report['architecture']}): {report['n_labelled']} labels, {report['folds']} record folds; shipped: {report['chosen']}"
+    candidates = report.get("candidates") or {}
+    if candidates:
+        line += " (held-out records, criterion = mean of Spearman and f_gain: " + ", ".join(
+            f"{name} {values.get('criterion') if values.get('criterion') is not None else float('nan'):.3f}" for name, values in candidates.items()) + ")"
+    if report.get("steps") is not None and report["chosen"] != "prior":
+        line += f"; lr {report['learning_rate']:g}, weight decay {report['weight_decay']:g}, {report['steps']} steps"
+    if report.get("note"):
+        line += f"; {report['note']}"
+    return line
+
+
+def build_manifest(settings, function_class, options, objective, pool, targets, reports, ledger, extra, n_selected, objective_value) -> dict[str, Any]:
+    skipped: dict[str, int] = {}
+    for report in reports:
+        for reason, count in report.skipped.items():
+            skipped[reason] = skipped.get(reason, 0) + count
+    return {
+        "settings": settings_dict(settings),
+        "influence_options": options,
+        "objective": objective,
+        "environment": environment_info(),
+        "models": {"embedder": model_fingerprint(settings.embedder, kind="embedder"),
+                   **({"lm": model_fingerprint(settings.model)} if function_class.uses_language_model else {})},
+        "inputs": [report.as_dict() for report in reports],
+        "counts": {"pool": len(pool), "targets": len(targets), "selected": n_selected, "skipped": skipped},
+        "objective_value": objective_value,
+        "cost": ledger.as_dict(),
+        **extra,
+    }

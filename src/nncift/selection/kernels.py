@@ -1,0 +1,319 @@
+"""The numba kernels of greedy facility location (see :mod:`nncift.selection`).
+
+Canonical gain of a candidate column ``col`` (length n) under coverage ``cur`` (float32):
+  LANES float64 accumulators; row i goes to lane i % LANES, rows added in increasing order;
+  term_i = max(float64(col[i]) - float64(cur[i]), 0)   (float64 difference of two float32 values);
+  gain = acc[0] + acc[1] + ... + acc[LANES - 1]        (left to right).
+The lanes are independent, so the compiler can vectorise the loop without reassociating anything
+(no fastmath): the value is bit-for-bit defined. A dead term adds +0.0, which leaves a non-negative
+accumulator unchanged, so the value is the same whether dead entries are visited (dense form) or
+skipped (compacted form). Each lane sum, and the fixed combination, is monotone in the terms, and
+terms only shrink as ``cur`` grows: computed gains never increase, which makes lazy greedy exact.
+
+Compacted form of candidate row j of ``st`` (float32, length n), used once alive <= n // 4 (it
+needs alive <= n // 2 to fit; below a quarter the gather-based evaluation beats the dense one):
+  st[j, 0:m] = alive values, sti[j, half:half + m] = their row indices (int32 view of the same
+  memory), in increasing row order; clen[j] = m (-1 = dense).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Iterator
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+LANES = 32
+
+
+@njit(cache=True, nogil=True)
+def _lane_total(acc):
+    total = 0.0
+    for q in range(LANES):
+        total += acc[q]
+    return total
+
+
+@njit(cache=True, nogil=True)
+def dense_gain(col, cur):
+    """Canonical gain of a dense column and its number of alive entries (``col[i] > cur[i]``)."""
+    n = col.shape[0]
+    tail = n - n % LANES
+    acc = np.zeros(LANES, np.float64)
+    cnt = np.zeros(LANES, np.int64)
+    for i in range(0, tail, LANES):
+        for q in range(LANES):
+            d = np.float64(col[i + q]) - np.float64(cur[i + q])
+            p = d > 0.0
+            acc[q] += d if p else 0.0
+            cnt[q] += np.int64(p)
+    alive = 0
+    for q in range(LANES):
+        alive += cnt[q]
+    for i in range(tail, n):
+        d = np.float64(col[i]) - np.float64(cur[i])
+        if d > 0.0:
+            acc[i % LANES] += d
+            alive += 1
+    return _lane_total(acc), alive
+
+
+@njit(cache=True, nogil=True)
+def _compact_dense(st, sti, j, cur, half, scratch):
+    """Rewrite dense candidate row ``j`` into its compacted form; returns the number kept.
+
+    Branch-free: every entry is written at the next free slot ``w <= i`` (a slot already read) and
+    ``w`` only advances for alive entries."""
+    n = st.shape[1]
+    w = 0
+    for i in range(n):
+        v = st[j, i]
+        p = v > cur[i]
+        st[j, w] = v
+        scratch[w] = i
+        w += np.int64(p)
+    for q in range(w):
+        sti[j, half + q] = scratch[q]
+    return w
+
+
+@njit(cache=True, nogil=True)
+def _compact_gain(st, sti, j, m, cur, half, acc):
+    """Canonical gain of compacted row ``j`` (``m`` entries), dropping dead entries in place
+    (branch-free, as in :func:`_compact_dense`). Returns ``(gain, new_m)``."""
+    for q in range(LANES):
+        acc[q] = 0.0
+    w = 0
+    for q in range(m):
+        v = st[j, q]
+        r = sti[j, half + q]
+        d = np.float64(v) - np.float64(cur[r])
+        p = d > 0.0
+        acc[r & (LANES - 1)] += d if p else 0.0
+        st[j, w] = v
+        sti[j, half + w] = r
+        w += np.int64(p)
+    return _lane_total(acc), w
+
+
+@njit(cache=True, parallel=True)
+def prepare_candidate_major(s, cap, use_cap, out):
+    """``out[j, i] = min(max(float32(s[i, j]), 0), cap[i])``; returns the number of entries that are not
+    finite as float32. Threads take bands of rows, so ``s`` (possibly a memmap) is read sequentially."""
+    n, m = s.shape
+    block = 64
+    nbi = (n + block - 1) // block
+    bad = np.zeros(nbi, np.int64)
+    for bi in prange(nbi):
+        i0 = bi * block
+        i1 = min(i0 + block, n)
+        nbad = 0
+        for j0 in range(0, m, block):
+            j1 = min(j0 + block, m)
+            for i in range(i0, i1):
+                c = cap[i]
+                for j in range(j0, j1):
+                    v = np.float32(s[i, j])
+                    if not np.isfinite(v):
+                        nbad += 1
+                    if not v > 0:
+                        v = np.float32(0.0)
+                    if use_cap and v > c:
+                        v = c
+                    out[j, i] = v
+        bad[bi] = nbad
+    return bad.sum()
+
+
+@njit(cache=True, parallel=True)
+def row_max(s, scale):
+    """``float32(scale * max_j max(float32(s[i, j]), 0))`` per row (0 for no columns) and the number
+    of non-finite entries."""
+    n, m = s.shape
+    out = np.zeros(n, np.float32)
+    bad = np.zeros(n, np.int64)
+    for i in prange(n):
+        best = np.float32(0.0)
+        nbad = 0
+        for j in range(m):
+            v = np.float32(s[i, j])
+            if not np.isfinite(v):
+                nbad += 1
+            if v > best:
+                best = v
+        out[i] = np.float32(scale * np.float64(best))
+        bad[i] = nbad
+    return out, bad.sum()
+
+
+@njit(cache=True, parallel=True)
+def all_gains(st, cur):
+    nc = st.shape[0]
+    g = np.empty(nc, np.float64)
+    for j in prange(nc):
+        g[j] = dense_gain(st[j], cur)[0]
+    return g
+
+
+@njit(cache=True, nogil=True)
+def _before(a, b, ub):
+    """Heap order: larger bound first, then lower index."""
+    return ub[a] > ub[b] or (ub[a] == ub[b] and a < b)
+
+
+@njit(cache=True, nogil=True)
+def _sift_down(heap, size, pos, ub):
+    item = heap[pos]
+    while True:
+        c = 2 * pos + 1
+        if c >= size:
+            break
+        r = c + 1
+        if r < size and _before(heap[r], heap[c], ub):
+            c = r
+        if _before(heap[c], item, ub):
+            heap[pos] = heap[c]
+            pos = c
+        else:
+            break
+    heap[pos] = item
+
+
+@njit(cache=True, nogil=True)
+def _fill_zero_gain(chosen, picks, gains, t, k):
+    """Fill picks[t:k] with the unchosen candidates in increasing index order (gain 0)."""
+    j = 0
+    while t < k:
+        if not chosen[j]:
+            chosen[j] = True
+            picks[t] = j
+            gains[t] = 0.0
+            t += 1
+        j += 1
+
+
+@njit(cache=True, nogil=True)
+def lazy_greedy(st, sti, cur, k, ub):
+    """Lazy greedy on ``st`` (candidates x rows, float32, modified in place by compaction).
+
+    ``cur`` (float32, per row) is the starting coverage and is updated in place; ``ub`` holds the exact
+    gains under the starting coverage. Returns ``(picks, gains)``."""
+    nc, n = st.shape
+    half = n // 2
+    quarter = n // 4
+    picks = np.empty(k, np.int64)
+    gains = np.empty(k, np.float64)
+    chosen = np.zeros(nc, np.bool_)
+    clen = np.full(nc, -1, np.int64)
+    stamp = np.zeros(nc, np.int64)
+    heap = np.arange(nc)
+    size = nc
+    for pos in range(size // 2 - 1, -1, -1):
+        _sift_down(heap, size, pos, ub)
+    scratch = np.empty(max(n, 1), np.int32)
+    acc = np.zeros(LANES, np.float64)
+    t = 0
+    while t < k:
+        top = heap[0]
+        if stamp[top] != t:
+            m = clen[top]
+            if m < 0:
+                g, alive = dense_gain(st[top], cur)
+                if alive <= quarter:
+                    clen[top] = _compact_dense(st, sti, top, cur, half, scratch)
+            else:
+                g, m2 = _compact_gain(st, sti, top, m, cur, half, acc)
+                clen[top] = m2
+            ub[top] = g
+            stamp[top] = t
+            _sift_down(heap, size, 0, ub)
+            continue
+        # the top's bound is fresh: it is the true maximum gain (ties: lowest index)
+        size -= 1
+        heap[0] = heap[size]
+        _sift_down(heap, size, 0, ub)
+        g = ub[top]
+        picks[t] = top
+        gains[t] = g
+        chosen[top] = True
+        t += 1
+        if g == 0.0:
+            _fill_zero_gain(chosen, picks, gains, t, k)
+            break
+        m = clen[top]
+        if m < 0:
+            for i in range(n):
+                v = st[top, i]
+                if v > cur[i]:
+                    cur[i] = v
+        else:
+            for q in range(m):
+                r = sti[top, half + q]
+                v = st[top, q]
+                if v > cur[r]:
+                    cur[r] = v
+    return picks, gains
+
+
+@njit(cache=True, parallel=True)
+def _masked_gains(st, cur, chosen):
+    nc = st.shape[0]
+    g = np.empty(nc, np.float64)
+    for j in prange(nc):
+        g[j] = -1.0 if chosen[j] else dense_gain(st[j], cur)[0]
+    return g
+
+
+@njit(cache=True)
+def plain_greedy(st, cur, k):
+    """Plain greedy (every gain recomputed at every step, dense form only). Returns ``(picks, gains)``."""
+    nc, n = st.shape
+    picks = np.empty(k, np.int64)
+    gains = np.empty(k, np.float64)
+    chosen = np.zeros(nc, np.bool_)
+    t = 0
+    while t < k:
+        g = _masked_gains(st, cur, chosen)
+        best = -1
+        for j in range(nc):
+            if not chosen[j] and (best < 0 or g[j] > g[best]):
+                best = j
+        picks[t] = best
+        gains[t] = g[best]
+        chosen[best] = True
+        t += 1
+        if g[best] == 0.0:
+            _fill_zero_gain(chosen, picks, gains, t, k)
+            break
+        for i in range(n):
+            v = st[best, i]
+            if v > cur[i]:
+                cur[i] = v
+    return picks, gains
+
+
+PARALLEL_MIN_ENTRIES = 1 << 20
+"""Below this many matrix entries the kernels run on one thread: waking the thread pool costs more than
+the work (and much more when the cores are shared)."""
+
+
+@contextlib.contextmanager
+def threads_for(n_entries: int) -> Iterator[None]:
+    """Numba threads for a kernel on ``n_entries``; torch's intra-op thread count is restored afterwards.
+
+    Numba's OpenMP layer and torch share the OpenMP runtime: a numba call can change the count torch
+    uses for every later op (seen: 1 → 2 threads, which on busy cores makes torch much slower).
+    """
+    torch = sys.modules.get("torch")
+    torch_threads = torch.get_num_threads() if torch is not None else None
+    previous = numba.get_num_threads()
+    numba.set_num_threads(previous if n_entries >= PARALLEL_MIN_ENTRIES else 1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
+        if torch_threads is not None and torch.get_num_threads() != torch_threads:
+            torch.set_num_threads(torch_threads)
