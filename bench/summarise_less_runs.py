@@ -1,6 +1,6 @@
 """Table of the README's ``nncift select --influence less`` command run once per compressor.
 
-The runs themselves are the README command with ``--compressor C --out runs/less-readme-C``
+The runs themselves are the README command with ``--less.compressor C --out runs/less-readme-C``
 (C = identity, projection, dropout, dropout-structured); this script only reads their run folders
 (manifest.json, selected.jsonl) and compares each subset with the exact (identity) one.
 
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     inputs = [item["path"] for item in first["inputs"]]
     counts = first["counts"]
     lines = ["# LESS from the README, once per compressor", "",
-             "Command (README, section LESS), with `--compressor C --out runs/less-readme-C` for each C; table by "
+             "Command (README, section LESS), with `--less.compressor C --out runs/less-readme-C` for each C; table by "
              "`python bench/summarise_less_runs.py --output bench/results/less_readme.md`.", "",
              f"Inputs: {', '.join(f'`{p}`' for p in inputs)} (the last is `--targets`); pool {counts['pool']} records "
              f"(first 200 = ag_news, the target family), {counts['targets']} targets; NN-CIFT u = 0.05 "

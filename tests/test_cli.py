@@ -151,3 +151,32 @@ def test_every_function_declares_its_settings_in_the_light_registry() -> None:
     assert set(SETTINGS) == set(REGISTRY)
     for name in REGISTRY:
         assert influence_class(name).Settings is settings_class(name)
+
+
+def test_influence_options_are_namespaced_on_the_command_line_and_in_yaml(tmp_path, capsys) -> None:
+    from nncift.cli import _split_settings, build_parser, main
+    from nncift.config import SelectSettings
+
+    help_text = build_parser()._subparsers._group_actions[0].choices["select"].format_help()  # noqa: SLF001
+    assert "--delift.token-budget" in help_text and "--selectit.token-budget" in help_text and "\n  --token-budget" not in help_text
+    assert help_text.index("--budget") < help_text.index("delift options")  # the common flags first
+    parser = build_parser()
+    args = parser.parse_args(["select", "--out", "x", "--data", "d.jsonl", "--influence", "selectit", "--selectit.token-budget", "999",
+                              "--dtype", "bfloat16"])
+    settings, options = _split_settings(args, SelectSettings)
+    assert options == {"token_budget": 999} and settings.dtype == "bfloat16"
+    config = tmp_path / "c.yaml"
+    config.write_text("influence: delift\nbudget: 0.5\ndelift:\n  token_budget: 1024\n  prefix_reuse: false\n")
+    settings, options = _split_settings(parser.parse_args(["select", "--out", "x", "--config", str(config)]), SelectSettings)
+    assert settings.budget == 0.5 and options == {"token_budget": 1024, "prefix_reuse": False}
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text('{"instruction": "a", "output": "b"}\n')
+    assert main(["select", "--data", str(pool), "--out", str(tmp_path / "r"), "--less.dim", "64"]) == 2
+    assert "--less.dim: less's options apply with --influence less, not with --influence delift-se" in capsys.readouterr().err
+    config.write_text("token_budget: 5\n")
+    assert main(["select", "--data", str(pool), "--out", str(tmp_path / "r"), "--config", str(config)]) == 2
+    assert "unknown settings: token_budget (an influence function's options go under its name" in capsys.readouterr().err
+    config.write_text("influence: delift\ndelift:\n  budget_of_tokens: 5\n")
+    assert main(["select", "--data", str(pool), "--out", str(tmp_path / "r"), "--config", str(config)]) == 2
+    assert "delift: unknown options: budget_of_tokens" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

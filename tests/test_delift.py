@@ -271,7 +271,7 @@ def test_registered_and_exposed_on_the_command_line():
 
     assert influence_class("delift") is Delift
     help_text = build_parser()._subparsers._group_actions[0].choices["select"].format_help()  # noqa: SLF001
-    for flag in ("--token-budget", "--max-length", "--prefix-reuse", "--no-prefix-reuse", "--dtype"):
+    for flag in ("--delift.token-budget", "--delift.max-length", "--delift.prefix-reuse", "--no-delift.prefix-reuse", "--dtype"):
         assert flag in help_text
 
 

@@ -187,8 +187,8 @@ def test_cli_select_less_on_real_data_with_smollm(tmp_path, smollm_dir):
     small_pool.write_text("".join(json.dumps(r.raw) + "\n" for r in pool[:20]))
     small_targets.write_text("".join(json.dumps(r.raw) + "\n" for r in targets[100:104]))
     code = main(["select", "--influence", "less", "--data", str(small_pool), "--targets", str(small_targets),
-                 "--out", str(tmp_path / "run"), "--compressor", "dropout-structured", "--dim", "1024",
-                 "--lora-r", "4", "--warmup-epochs", "1", "--warmup-fraction", "0.1", "--max-length", "128",
+                 "--out", str(tmp_path / "run"), "--less.compressor", "dropout-structured", "--less.dim", "1024",
+                 "--less.lora-r", "4", "--less.warmup-epochs", "1", "--less.warmup-fraction", "0.1", "--less.max-length", "128",
                  "--fraction", "0.25", "--min-sampled", "4", "--budget", "5", "--device", "cpu", "--quiet"])
     assert code == 0
     selected = (tmp_path / "run" / "selected.jsonl").read_text().splitlines()

@@ -21,7 +21,7 @@ _RUN = "import sys; from nncift.cli import main; sys.exit(main(sys.argv[1:]))"
 def _command(pool: Path, model: Path, out: Path) -> list[str]:
     return [sys.executable, "-c", _RUN, "select", "--data", str(pool), "--out", str(out), "--influence", "delift",
             "--model", str(model), "--fraction", "0.19", "--sampling-blocks", "1", "--block-size", "3", "--budget", "8", "--epochs", "2",
-            "--device", "cpu", "--token-budget", "512", "--quiet"]
+            "--device", "cpu", "--delift.token-budget", "512", "--quiet"]
 
 
 def _done_lines(out: Path) -> list[str]:

@@ -87,7 +87,7 @@ FLAG_CASES = [
     (["--objective", "best"], "--objective: expected one of '', 'fl', 'flmi', 'flcg', 'topk'"),
     (["--influence", "nope"], "unknown influence function 'nope'; choose from: delift, delift-se"),
     (["--objective", "flmi"], "objective flmi needs --targets"),
-    (["--influence", "selectit", "--token-budget", "0"], "token_budget must be ≥ 1, got 0"),
+    (["--influence", "selectit", "--selectit.token-budget", "0"], "token_budget must be ≥ 1, got 0"),
 ]
 
 YAML_CASES = [
@@ -101,7 +101,7 @@ YAML_CASES = [
     ({"hidden-sizes": [32, "x"]}, "c.yaml: hidden_sizes: expected a list of integers, got (32, 'x')"),
     ({"device": "tpu"}, "c.yaml: device: expected one of 'auto', 'cpu', 'cuda' (or 'cuda:N'), got 'tpu'"),
     ({"no-such-setting": 1}, "c.yaml: unknown settings: no_such_setting"),
-    ({"influence": "selectit", "token-budget": "lots"}, "c.yaml: token_budget: expected an integer, got 'lots'"),
+    ({"influence": "selectit", "selectit": {"token-budget": "lots"}}, "c.yaml (selectit:): token_budget: expected an integer, got 'lots'"),
 ]
 
 

@@ -23,11 +23,11 @@ USER_ERRORS = (DataError, ModelError, SettingsMismatch, ValueError, FileNotFound
 """Errors reported as one line (exit code 2); RunFolderError, RunFolderInUse and RunNotReady are among them."""
 
 
-def _influence_settings_classes() -> list[type]:
-    """Settings dataclasses of the registered influence functions (their fields are flags too; light modules, no torch)."""
+def _influence_settings_classes() -> dict[str, type]:
+    """Settings dataclass of each registered influence function by name (their fields are namespaced flags; light modules, no torch)."""
     from .influence import SETTINGS, settings_class
 
-    return [settings_class(name) for name in SETTINGS]
+    return {name: settings_class(name) for name in SETTINGS}
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser, settings_class: type) -> None:
@@ -38,9 +38,9 @@ def _add_run_arguments(parser: argparse.ArgumentParser, settings_class: type) ->
                              f"(selectit's model-level reflection). (default: {settings_class.model!r})")
     add_arguments(parser, settings_class)
     own = {f.name for f in dataclasses.fields(settings_class)}
-    group = parser.add_argument_group("influence-function options")
-    for klass in _influence_settings_classes():
-        add_arguments(group, klass, skip=own)  # type: ignore[arg-type]
+    for name, klass in _influence_settings_classes().items():
+        group = parser.add_argument_group(f"{name} options (apply with --influence {name}; in YAML under '{name}:')")
+        add_arguments(group, klass, skip=own, prefix=name)  # type: ignore[arg-type]
 
 
 def _split_settings(args: argparse.Namespace, settings_class: type) -> tuple[Any, dict[str, Any]]:
@@ -52,20 +52,41 @@ def _split_settings(args: argparse.Namespace, settings_class: type) -> tuple[Any
     from .influence import influence_class
 
     values: dict[str, Any] = load_yaml(args.config) if args.config else {}
-    origins = {key: str(args.config) for key in values}
+    functions = _influence_settings_classes()
     own = {f.name for f in dataclasses.fields(settings_class)}
-    option_names = {f.name for klass in _influence_settings_classes() for f in dataclasses.fields(klass)} - own
-    flags = {k: v for k, v in vars(args).items() if k in own | option_names and v is not None}
+    nested = {name: values.pop(name) for name in list(values) if name in functions}  # YAML: `delift: {token_budget: 1024}`
+    origins = {key: str(args.config) for key in values}
+    flags = {k: v for k, v in vars(args).items() if k in own and v is not None}
     values.update(flags)
     origins.update({key: "--" + key.replace("_", "-") for key in flags})
-    options = {k: values.pop(k) for k in list(values) if k in option_names}
     unknown = set(values) - own
     if unknown:  # flags are all known: these come from the YAML file
-        raise ValueError(f"{args.config}: unknown settings: {', '.join(sorted(unknown))}")
+        raise ValueError(f"{args.config}: unknown settings: {', '.join(sorted(unknown))} (an influence function's options go "
+                         f"under its name, e.g. 'delift:' with 'token_budget: 1024' below it)")
+    options_by_function: dict[str, dict[str, Any]] = {}
+    for name, given in nested.items():
+        if not isinstance(given, dict):
+            raise ValueError(f"{args.config}: {name}: expected a mapping of {name}'s options, got {given!r}")
+        options_by_function[name] = {str(key).replace("-", "_"): value for key, value in given.items()}
+        origins.update({key: f"{args.config} ({name}:)" for key in options_by_function[name]})
+    for dest, value in vars(args).items():
+        name, dot, key = dest.partition(".")
+        if dot and name in functions and value is not None:
+            options_by_function.setdefault(name, {})[key] = value
+            origins[key] = f"--{name}.{key.replace('_', '-')}"
     models = values.get("model")
     if isinstance(models, (list, tuple)):  # --model given once or more (or a YAML list)
         values["model"] = str(models[0])
     settings = build_settings(settings_class, values, origins=origins)
+    for name, given in options_by_function.items():
+        if name != settings.influence:
+            where = ", ".join(origins.get(key, key) for key in given)
+            raise ValueError(f"{where}: {name}'s options apply with --influence {name}, not with --influence {settings.influence}")
+        names = {f.name for f in dataclasses.fields(functions[name])} - own
+        unknown_options = sorted(set(given) - names)
+        if unknown_options:
+            raise ValueError(f"{args.config}: {name}: unknown options: {', '.join(unknown_options)}")
+    options = dict(options_by_function.get(settings.influence, {}))
     if isinstance(models, (list, tuple)) and len(models) > 1:
         _add_model_list(settings, options, [str(m) for m in models])
     try:
@@ -84,7 +105,7 @@ def _add_model_list(settings: Any, options: dict[str, Any], models: list[str]) -
         raise ValueError(f"--model given {len(models)} times, but {settings.influence} rates with one model "
                          "(several models: selectit)")
     if options.get("models"):
-        raise ValueError("give the rating models either as a repeated --model or as --models, not both")
+        raise ValueError("give the rating models either as a repeated --model or as --selectit.models, not both")
     options["models"] = models
 
 

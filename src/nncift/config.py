@@ -59,6 +59,10 @@ class SelectSettings:
     """Causal LM id or path for LM-based influence functions."""
     embedder: str = BUNDLED_EMBEDDER
     """Sentence embedder id or path for the InfluenceNetwork's inputs (and DELIFT-SE)."""
+    dtype: str = "float32"
+    """Causal LM weights of LM-based influence functions: float32, bfloat16 (GPU), float16."""
+    trust_remote_code: bool = False
+    """Run code shipped with the causal LM (explicit opt-in only)."""
     architecture: str = "two-tower"
     """InfluenceNetwork: two-tower (calibrated cosine prior + learned towers, validated on held-out records; the default) or paper (the paper's MLP, for reproduction)."""
     tower_hidden: int = 128
@@ -148,31 +152,34 @@ def _base_type(hint: Any) -> tuple[Any, bool]:
     return hint, False
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: frozenset[str] | set[str] = frozenset()) -> None:
+def add_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: frozenset[str] | set[str] = frozenset(),
+                  prefix: str = "") -> None:
     """Add a ``--flag`` for each field of dataclass ``cls`` (help = the field's docstring).
 
     Every flag defaults to None (not given), so that a YAML file's values and the dataclass
-    defaults apply unless the flag is set on the command line.
+    defaults apply unless the flag is set on the command line. With ``prefix`` (an influence
+    function's name) the flags are namespaced: ``--delift.token-budget``, stored as ``delift.token_budget``.
     """
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
     existing = {a.dest for a in parser._actions}  # noqa: SLF001 - argparse has no public accessor
     for item in dataclasses.fields(cls):
-        if item.name in skip or item.name in existing:
+        dest = f"{prefix}.{item.name}" if prefix else item.name
+        if item.name in skip or dest in existing:
             continue
-        flag = "--" + item.name.replace("_", "-")
+        flag = "--" + (f"{prefix}." if prefix else "") + item.name.replace("_", "-")
         element, is_sequence = _base_type(hints[item.name])
         choices = getattr(_RULES.get(item.name), "choices", None)
         help_text = f"{docs.get(item.name, '')}" + (f" (one of: {', '.join(c or repr(c) for c in choices)})" if choices else "") + \
             f" (default: {_default(item)!r})"
         if element is bool:
-            parser.add_argument(flag, dest=item.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif is_sequence:
-            parser.add_argument(flag, dest=item.name, type=_split_list(element), action="extend", default=None,
+            parser.add_argument(flag, dest=dest, type=_split_list(element), action="extend", default=None,
                                 help=help_text + ("; repeat the flag for several (values are not split at commas: paths may hold them)"
                                                   if element is str else "; repeat the flag or separate values with commas"))
         else:
-            parser.add_argument(flag, dest=item.name, type=element, default=None, help=help_text)
+            parser.add_argument(flag, dest=dest, type=element, default=None, help=help_text)
 
 
 def _split_list(element: type) -> Any:

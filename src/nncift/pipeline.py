@@ -104,7 +104,8 @@ def selection_budget(settings: SelectSettings) -> float | int:
 
 def influence_spec(settings: SelectSettings, options: dict[str, Any]) -> InfluenceSpec:
     """The influence function's spec: the run's shared settings plus its own options."""
-    shared = {"model": settings.model, "embedder": settings.embedder, "device": settings.device, "seed": settings.seed}
+    shared = {"model": settings.model, "embedder": settings.embedder, "device": settings.device, "seed": settings.seed,
+              "dtype": settings.dtype, "trust_remote_code": settings.trust_remote_code}
     return InfluenceSpec(settings.influence, {**shared, **options})
 
 

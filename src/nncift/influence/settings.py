@@ -105,7 +105,7 @@ class SelectITSettings:
     model: str = BUNDLED_LM
     """Causal LM that rates the examples (id or path); used when ``models`` is empty."""
     models: tuple[str, ...] = ()
-    """Several rating models for model-level reflection (repeat --model or --models, or A,B); weights ∝ parameter counts."""
+    """Several rating models for model-level reflection (repeat --model, or --selectit.models A,B); weights ∝ parameter counts."""
     device: str = "auto"
     """Device for the rating models: auto, cpu, cuda."""
     dtype: str = "float32"
