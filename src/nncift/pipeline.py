@@ -34,7 +34,7 @@ from . import selection as selection_module
 from . import streaming
 from .config import SelectSettings, settings_dict
 from .data import LoadReport, Record, jsonl_lines, read_many, records_from
-from .executor import executor_for, stored_failures
+from .executor import Executor, executor_for, stored_failures
 from .influence import InfluenceSpec, PairwiseInfluence, influence_class
 from .layout import (
     Layout,
@@ -56,7 +56,7 @@ from .run_files import (
     write_selection_files,
 )
 from .run_report import build_manifest, describe_training, selection_info
-from .selection import ObjectiveSpec, choose_subset
+from .selection import ObjectiveSpec, Selection, choose_subset
 from .store import RUNTIME_KEYS, RunStore, plan_blocks
 from .training import train_network, train_network_pointwise
 
@@ -192,14 +192,12 @@ def run_select(
     with run.store:  # releases the run folder's lock at the end, also on errors
         if run.finished is not None:
             return run.finished
-        ledger, store, spec, function_class, objective = run.ledger, run.store, run.spec, run.function_class, run.objective
-        pool, targets, progress = run.pool, run.targets, not settings.quiet
         rng = np.random.default_rng(settings.seed)
         with executor_for(settings) as executor:
-            if function_class.pairwise:
-                chosen, extra, origin = _select_pairwise(settings, spec, function_class, objective, pool, targets, store, executor, ledger, rng, progress)
+            if run.function_class.pairwise:
+                chosen, extra, origin = _select_pairwise(run, settings, executor, rng)
             else:
-                chosen, extra, origin = _select_pointwise(settings, spec, function_class, pool, store, executor, ledger, rng, progress)
+                chosen, extra, origin = _select_pointwise(run, settings, executor, rng)
         return _finish(run, settings, {**extra, **run.reselected}, chosen, origin)
 
 
@@ -324,7 +322,10 @@ def _finish(run: _Run, settings: SelectSettings, extra: dict[str, Any], chosen: 
                            manifest, run.store.folder)
 
 
-def _select_pairwise(settings, spec, function_class, objective, pool, targets, store, executor, ledger, rng, progress):
+def _select_pairwise(run: _Run, settings: SelectSettings, executor: Executor, rng: np.random.Generator) -> tuple[Selection, dict[str, Any], list[str]]:
+    """NN-CIFT for a pairwise function: Q1, embeddings, network, predicted matrix, selection; (picks, manifest entries, value origins)."""
+    spec, function_class, objective, pool, targets = run.spec, run.function_class, run.objective, run.pool, run.targets
+    store, ledger, progress = run.store, run.ledger, not settings.quiet
     design = sampling_blocks(settings, function_class)
     layout = plan_layout(pool, targets, objective, dataclasses.replace(settings, sampling_blocks=design), rng)
     seen = store.matrix("q1", layout.seen_rows, layout.seen_cols)
@@ -397,7 +398,9 @@ def objective_spec(objective: str, layout: Layout, settings: SelectSettings, fun
 
 
 
-def _select_pointwise(settings, spec, function_class, pool, store, executor, ledger, rng, progress):
+def _select_pointwise(run: _Run, settings: SelectSettings, executor: Executor, rng: np.random.Generator) -> tuple[Selection, dict[str, Any], list[str]]:
+    """NN-CIFT for a pointwise function: sampled scores, embeddings, network, predicted scores, top-k."""
+    spec, function_class, pool, store, ledger, progress = run.spec, run.function_class, run.pool, run.store, run.ledger, not settings.quiet
     seen = sample_indices(len(pool), settings.fraction, settings.min_sampled, rng)
     scores_store = store.matrix("scores", np.zeros(1, dtype=np.int64), seen)
     blocks = plan_blocks(1, len(seen), 1, settings.block_size)
