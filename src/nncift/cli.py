@@ -30,11 +30,11 @@ def _influence_settings_classes() -> dict[str, type]:
     return {name: settings_class(name) for name in SETTINGS}
 
 
-def _add_run_arguments(parser: argparse.ArgumentParser, settings_class: type) -> None:
+def _add_run_arguments(parser: argparse.ArgumentParser, settings_class: type[SelectSettings]) -> None:
     parser.add_argument("--out", required=True, help="run folder")
     parser.add_argument("--config", help="YAML file with settings (flags override it)")
     parser.add_argument("--model", dest="model", action="append", default=None,
-                        help=f"{field_docs(settings_class)['model']} Repeat the flag to rate with several models "
+                        help=f"{field_docs(settings_class)['model']} Repeat the flag to rate with several models "  # type: ignore[arg-type]
                              f"(selectit's model-level reflection). (default: {settings_class.model!r})")
     add_arguments(parser, settings_class)
     own = {f.name for f in dataclasses.fields(settings_class)}

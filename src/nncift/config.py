@@ -120,14 +120,14 @@ class FidelitySettings(SelectSettings):
 
 
 @functools.cache
-def field_docs(cls: type) -> dict[str, str]:
+def field_docs(cls: Any) -> dict[str, str]:
     """Attribute docstrings of a dataclass (the string right below each field), including bases."""
     docs: dict[str, str] = {}
     for klass in reversed(cls.__mro__):
         if not dataclasses.is_dataclass(klass):
             continue
         try:
-            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))  # type: ignore[arg-type]
         except (OSError, TypeError):
             continue
         body = tree.body[0].body  # type: ignore[attr-defined]
@@ -274,7 +274,7 @@ _KINDS = {bool: ("true or false", "booleans"), int: ("an integer", "integers"), 
 
 
 @functools.cache
-def _hints(cls: type) -> dict[str, Any]:
+def _hints(cls: Any) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
@@ -286,7 +286,7 @@ def _scalar(value: Any, kind: Any) -> tuple[bool, Any]:
         return True, value
     if isinstance(value, bool) or not isinstance(value, numbers.Integral if kind is int else numbers.Real):
         return False, value
-    return (math.isfinite(value), float(value)) if kind is float else (True, int(value))
+    return (math.isfinite(value), float(value)) if kind is float else (True, int(value))  # type: ignore[call-overload]  # an Integral
 
 
 def check_field(key: str, value: Any, hint: Any) -> Any:
@@ -312,11 +312,15 @@ def check_settings(settings: Any) -> None:
     Lists become tuples, integers in float fields floats, and the budget takes its normal form
     (:func:`normalise_budget`). The first bad field raises :class:`SettingsError`.
     """
-    for key, hint in _hints(type(settings)).items():
+    for key, hint in _hints(type(settings)).items():  # type: ignore[arg-type]  # classes are hashable
         value = check_field(key, getattr(settings, key), hint)
         rule = _RULES.get(key)
-        for item in (value if isinstance(value, tuple) else (value,)) if rule else ():
-            problem = rule(item)
+        if rule is None:
+            items: tuple[Any, ...] = ()
+        else:
+            items = value if isinstance(value, tuple) else (value,)
+        for item in items:
+            problem = rule(item)  # type: ignore[misc]  # not None when there are items
             if problem:
                 raise SettingsError(key, problem)
         if key == "budget":
@@ -406,7 +410,7 @@ def environment_info() -> dict[str, Any]:
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
+            versions[name] = "not installed"
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),

@@ -259,8 +259,9 @@ def _array_elements_with_lines(text: str) -> Iterator[tuple[int, Any]]:
     line = 1 + text.count("\n", 0, position)
     while True:
         match = _SEPARATORS.match(text, position)
-        line += text.count("\n", position, match.end())
-        position = match.end()
+        end = match.end() if match else position  # the pattern matches the empty string: never None
+        line += text.count("\n", position, end)
+        position = end
         if position >= len(text) or text[position] == "]":
             return
         item, end = decoder.raw_decode(text, position)

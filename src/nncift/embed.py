@@ -139,9 +139,9 @@ def embed_texts(
             else:
                 encode_chunks([[text for _, text in chunk] for chunk in chunks], store)
     rows = [computed[key] if key in computed else cache.get(key) for key in keys]  # type: ignore[union-attr]
-    if not rows:
+    if not rows:  # (every key is computed now or cached: no None)
         return np.zeros((0, 0), dtype=np.float32)
-    matrix = np.stack(rows).astype(np.float32)
+    matrix = np.stack(rows).astype(np.float32)  # type: ignore[arg-type]
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     return matrix / np.maximum(norms, 1e-12)
 

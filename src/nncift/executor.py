@@ -79,7 +79,8 @@ class LocalExecutor(Executor):
 
     name = "local"
 
-    def run_pairwise(self, spec, targets, candidates, matrix, blocks, workdir, *, progress=True):
+    def run_pairwise(self, spec: InfluenceSpec, targets: Sequence[Record], candidates: Sequence[Record], matrix: BlockMatrix,
+                     blocks: list[Block], workdir: Path, *, progress: bool = True) -> Counter:
         pending = matrix.pending(blocks)
         if not pending:
             return Counter()
@@ -94,7 +95,8 @@ class LocalExecutor(Executor):
         function.close()
         return counters
 
-    def run_pointwise(self, spec, records, scores, blocks, workdir, *, progress=True):
+    def run_pointwise(self, spec: InfluenceSpec, records: Sequence[Record], scores: BlockMatrix, blocks: list[Block], workdir: Path, *,
+                      progress: bool = True) -> tuple[Counter, dict[int, str]]:
         pending = scores.pending(blocks)
         failures: dict[int, str] = {}
         if not pending:

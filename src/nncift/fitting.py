@@ -382,7 +382,7 @@ def fit_pairwise(row_embeddings: np.ndarray, col_embeddings: np.ndarray, labels:
         else:
             valid = [fold for fold, _, _ in fold_masks]
             mean_curves = curves[:, valid, :].mean(axis=1)  # (grid, evals)
-            g, e = np.unravel_index(int(np.nanargmin(mean_curves)), mean_curves.shape)
+            g, e = (int(i) for i in np.unravel_index(int(np.nanargmin(mean_curves)), mean_curves.shape))
             report.learning_rate, report.weight_decay = grid[g]
             report.steps = int(e) * settings.eval_every
             report.validation_curve = [float(v) for v in mean_curves[g]]

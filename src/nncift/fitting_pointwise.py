@@ -79,7 +79,7 @@ def fit_pointwise(embeddings: np.ndarray, labels: np.ndarray, settings: FitSetti
                         _train_pointwise(network, x_t, y_t, torch.from_numpy(train), lr, wd, settings.max_steps, record, settings.eval_every)
                         snapshots[(p, g, f)] = shots
             mean_curves = np.nanmean(curves, axis=2)
-            p, g, e = np.unravel_index(int(np.nanargmin(mean_curves)), mean_curves.shape)
+            p, g, e = (int(i) for i in np.unravel_index(int(np.nanargmin(mean_curves)), mean_curves.shape))
             report.learning_rate, report.weight_decay = grid[g]
             report.steps = int(e) * settings.eval_every
             report.prior = {"ridge_penalty": penalties[p]}
@@ -104,6 +104,7 @@ def fit_pointwise(embeddings: np.ndarray, labels: np.ndarray, settings: FitSetti
         network.initialise(torch.Generator().manual_seed(settings.seed), weights, bias)
         if report.chosen in ("network", "blend"):
             with one_torch_thread():
+                assert report.learning_rate is not None and report.weight_decay is not None and report.steps is not None  # chosen above
                 _train_pointwise(network, x_t, y_t, torch.ones(n, dtype=torch.bool), report.learning_rate, report.weight_decay,
                                  report.steps, None, settings.eval_every)
             if report.chosen == "blend":

@@ -95,6 +95,8 @@ def add_to_run(run: str | Path, new: Sequence[Record], out: str | Path, *, budge
             new_embeddings = embed_records(new, model=settings.embedder, device=settings.device, progress=progress)
         network = load_network(view.network_path())
         objective = view.manifest["objective"]
+        matrix: np.ndarray | None = None
+        n_pool_rows = 0
         if view.pairwise:
             with ledger.stage("prediction"):
                 matrix, n_pool_rows, rows = _union_matrix(view, network, new_embeddings, pool, targets, new)
@@ -108,7 +110,8 @@ def add_to_run(run: str | Path, new: Sequence[Record], out: str | Path, *, budge
             with ledger.stage("prediction"):
                 from .network import predict_pointwise
 
-                scores = np.concatenate([np.load(view.folder / "predicted_scores.npy"), predict_pointwise(network, new_embeddings)]).astype(np.float64)
+                new_scores = predict_pointwise(network, new_embeddings)  # type: ignore[arg-type]  # a pointwise run's network
+                scores = np.concatenate([np.load(view.folder / "predicted_scores.npy"), new_scores]).astype(np.float64)
             with ledger.stage("selection"):
                 chosen, values = _continue_top_k(scores, kept, k), scores
             store.save_array("predicted_scores.npy", scores.astype(np.float32))
@@ -120,10 +123,9 @@ def add_to_run(run: str | Path, new: Sequence[Record], out: str | Path, *, budge
         origin = _old_origin(view, len(pool)) + ["predicted"] * len(new)
         write_selection_files(store.folder, union, indices, gains, values=values, influence=origin)
         ledger.counters["language_model_loads"] = models.LOADS["causal_lm"] - loads_before
-        total = _objective_total(objective, view, settings, union_matrix=matrix if view.pairwise else None, scores=values, indices=indices,
-                                 n_pool_rows=n_pool_rows if view.pairwise else 0, rows=rows if view.pairwise else [])
+        total = _objective_total(objective, settings, union_matrix=matrix, scores=values, indices=indices, n_pool_rows=n_pool_rows)
         manifest = {
-            **{key: view.manifest[key] for key in ("influence_options", "label_scaling", "network_training", "models") if key in view.manifest},
+            **{str(key): view.manifest[key] for key in ("influence_options", "label_scaling", "network_training", "models") if key in view.manifest},
             "command": "select --add",
             "settings": store_settings,
             "objective": objective,
@@ -184,23 +186,16 @@ def _union_matrix(view: RunView, network: Any, new_embeddings: np.ndarray, pool:
 def _continue(objective: str, matrix: np.ndarray, n_pool_rows: int, rows: list[Record], kept: np.ndarray, k: int,
               settings: SelectSettings, view: RunView) -> tuple[Selection, np.ndarray]:
     """The added picks (greedy from the kept ones) and every candidate's value on its own."""
-    from .scoring import ObjectiveState
+    from .scoring import ObjectiveState, run_aggregation
 
     if objective == "topk":
-        scores = _aggregate(view, matrix, rows)
+        scores = run_aggregation(view)(matrix, rows)
         return _continue_top_k(scores, kept, k), scores
     state = ObjectiveState.of(objective, matrix, n_pool_rows, np.zeros(0, np.int64), eta=settings.eta, nu=settings.nu)
     values, _ = state.values_and_gains(matrix)
     added = extend_greedy(matrix[: state.n_data_rows], k - len(kept), kept, cap=state.cap,
                           initial=None if objective != "flcg" else state.start, name=objective)
     return added, values
-
-
-def _aggregate(view: RunView, matrix: np.ndarray, rows: list[Record]) -> np.ndarray:
-    from .influence import influence_class
-
-    function = influence_class(view.settings["influence"]).from_options(view.manifest.get("influence_options") or {}, progress=False)
-    return np.asarray(function.candidate_scores(matrix, rows), dtype=np.float64)
 
 
 def _continue_top_k(scores: np.ndarray, kept: np.ndarray, k: int) -> Selection:
@@ -210,8 +205,8 @@ def _continue_top_k(scores: np.ndarray, kept: np.ndarray, k: int) -> Selection:
     return Selection(order.astype(np.int64), scores[order], float(scores[order].sum()), "topk", values=scores)
 
 
-def _objective_total(objective: str, view: RunView, settings: SelectSettings, *, union_matrix: np.ndarray | None, scores: np.ndarray,
-                     indices: np.ndarray, n_pool_rows: int, rows: list[Record]) -> float:
+def _objective_total(objective: str, settings: SelectSettings, *, union_matrix: np.ndarray | None, scores: np.ndarray,
+                     indices: np.ndarray, n_pool_rows: int) -> float:
     """The objective of the whole union subset (kept + added) on the union's matrix."""
     if union_matrix is None or objective == "topk":
         return float(np.asarray(scores)[indices].sum())

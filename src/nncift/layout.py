@@ -11,6 +11,7 @@ import numpy as np
 
 from .config import SelectSettings
 from .data import Record
+from .influence import InfluenceFunction
 from .store import Block, plan_blocks
 from .towers import block_self_columns, self_columns
 
@@ -84,7 +85,7 @@ def plan_layout(pool: Sequence[Record], targets: Sequence[Record], objective: st
     return Layout(rows, row_ids[row_order], seen_cols[col_order], n_pool_rows, row_groups[row_order], col_groups[col_order])
 
 
-def sampling_blocks(settings: SelectSettings, function_class: type) -> int:
+def sampling_blocks(settings: SelectSettings, function_class: type[InfluenceFunction]) -> int:
     """The run's sampling design: ``--sampling-blocks``, or when 0 the influence function's default."""
     return int(settings.sampling_blocks) or int(function_class.default_sampling_blocks)
 

@@ -168,7 +168,7 @@ def load_causal_lm(
         ) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model.to(pick_device(device)).eval()
+    model.to(pick_device(device)).eval()  # type: ignore[arg-type]  # transformers types .to oddly
     return model, tokenizer
 
 

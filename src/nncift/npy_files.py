@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -36,14 +37,14 @@ def create_npy(path: Path, shape: tuple[int, int]) -> int:
 
 
 def pwrite(fd: int, values: np.ndarray, offset: int) -> None:
-    view = memoryview(np.ascontiguousarray(values)).cast("B")
+    view = memoryview(np.ascontiguousarray(values)).cast("B")  # type: ignore[arg-type]  # ndarray has the buffer protocol
     while view:
         written = os.pwrite(fd, view, offset)
         view, offset = view[written:], offset + written
 
 
 def pread(fd: int, out: np.ndarray, offset: int) -> np.ndarray:
-    view = memoryview(out).cast("B")
+    view = memoryview(out).cast("B")  # type: ignore[arg-type]  # ndarray has the buffer protocol
     while view:
         read = os.preadv(fd, [view], offset)
         if read == 0:
@@ -52,7 +53,7 @@ def pread(fd: int, out: np.ndarray, offset: int) -> np.ndarray:
     return out
 
 
-def row_blocks(path: str | Path, offset: int, n_rows: int, n_cols: int, stop_row: int | None = None):
+def row_blocks(path: str | Path, offset: int, n_rows: int, n_cols: int, stop_row: int | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
     """Yield (start, stop, block) over rows [0, stop_row), each block read with pread (no mapping)."""
     stop_row = n_rows if stop_row is None else stop_row
     size = max(1, TILE_BYTES // max(4 * n_cols, 1))

@@ -20,6 +20,7 @@ TILE_COLS = 128
 """Columns of one numba tile: its 128 rows of B (h=100: 50 KiB) stay in L2 for all 64 rows of the tile
 (A tile + B tile ≈ 75 KiB per core, far below the 1 MiB L2; measured 64×128 ≥ 16×256 and 8×1024)."""
 
+_numba: Any
 try:  # numba is optional: without it every network takes the torch path
     import numba as _numba
 except ImportError:  # pragma: no cover - exercised only where numba is missing
@@ -78,6 +79,7 @@ def pair_kernel_py(a: np.ndarray, b: np.ndarray, w2: np.ndarray, b2: np.float32,
             i += 2
 
 
+_prange: Any
 if _numba is not None:
     _prange = _numba.prange
     pair_kernel: Any = _numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)(pair_kernel_py)

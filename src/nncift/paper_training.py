@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -70,7 +71,7 @@ class LabelScale:
 def _train(
     network: InfluenceNetwork,
     n_examples: int,
-    make_batch,
+    make_batch: Callable[[Tensor], tuple[Tensor, Tensor]],
     settings: NetworkSettings,
     generator: torch.Generator,
     progress: bool,

@@ -26,7 +26,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -35,7 +35,12 @@ from . import streaming
 from .config import SelectSettings, settings_dict
 from .data import LoadReport, Record, jsonl_lines, read_many, records_from
 from .executor import Executor, executor_for, stored_failures
-from .influence import InfluenceSpec, PairwiseInfluence, influence_class
+from .influence import (
+    InfluenceFunction,
+    InfluenceSpec,
+    PairwiseInfluence,
+    influence_class,
+)
 from .layout import (
     Layout,
     block_self_cols,
@@ -82,7 +87,7 @@ class SelectionResult:
     run_dir: Path
 
 
-def resolve_objective(settings: SelectSettings, function_class: type, has_targets: bool) -> str:
+def resolve_objective(settings: SelectSettings, function_class: type[InfluenceFunction], has_targets: bool) -> str:
     """The objective of the run: explicit, else the influence function's own (docs/methods.md §4)."""
     objective = settings.objective or function_class.default_objective
     if objective not in ("fl", "flmi", "flcg", "topk"):
@@ -114,7 +119,7 @@ def network_settings(settings: SelectSettings) -> NetworkSettings:
     return NetworkSettings(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(NetworkSettings)})
 
 
-def label_scaling(function_class: type, known: np.ndarray) -> tuple[float, float]:
+def label_scaling(function_class: type[InfluenceFunction], known: np.ndarray) -> tuple[float, float]:
     """(low, high) used to scale labels to [0, 1]: the function's fixed range, else min–max of ``known``."""
     if function_class.label_range is not None:
         return function_class.label_range
@@ -261,7 +266,7 @@ class _Run:
     reports: list[LoadReport]
     options: dict[str, Any]
     store: RunStore
-    function_class: type
+    function_class: type[InfluenceFunction]
     objective: str
     spec: InfluenceSpec
     finished: SelectionResult | None
@@ -361,7 +366,7 @@ def _select_pairwise(run: _Run, settings: SelectSettings, executor: Executor, rn
     return chosen, extra, column_origin(len(pool), partly=partly)
 
 
-def _embeddings(executor, settings: SelectSettings, layout: Layout, pool: Sequence[Record], progress: bool) -> tuple[np.ndarray, np.ndarray]:
+def _embeddings(executor: Executor, settings: SelectSettings, layout: Layout, pool: Sequence[Record], progress: bool) -> tuple[np.ndarray, np.ndarray]:
     """(row embeddings, column embeddings) of a layout: the pool rows reuse the columns' embeddings."""
     col_embeddings = executor.embed_records(pool, model=settings.embedder, device=settings.device, progress=progress)
     parts = [col_embeddings[: layout.n_pool_rows]]
@@ -370,7 +375,8 @@ def _embeddings(executor, settings: SelectSettings, layout: Layout, pool: Sequen
     return (np.concatenate(parts) if len(parts) > 1 else parts[0]), col_embeddings
 
 
-def _trained_network(store: RunStore, network_settings_: NetworkSettings, progress: bool, criterion: str, train):
+def _trained_network(store: RunStore, network_settings_: NetworkSettings, progress: bool, criterion: str,
+                     train: Callable[[NetworkSettings], tuple[Any, dict[str, Any]]]) -> tuple[Any, dict[str, Any]]:
     """Train (or reuse the stored network of an interrupted run or of a re-selection with the same network
     settings and validation criterion) and report what was chosen."""
     path = store.path("network.safetensors")
@@ -386,11 +392,14 @@ def _trained_network(store: RunStore, network_settings_: NetworkSettings, progre
     return network, report
 
 
-def objective_spec(objective: str, layout: Layout, settings: SelectSettings, function_class, spec) -> ObjectiveSpec:
+def objective_spec(objective: str, layout: Layout, settings: SelectSettings, function_class: type[InfluenceFunction],
+                   spec: InfluenceSpec) -> ObjectiveSpec:
     """The run's selection objective on its matrix layout (top-k with the influence function's aggregation)."""
     scores = None
-    if objective == "topk" and function_class.candidate_scores is not PairwiseInfluence.candidate_scores:  # else the mean over rows
+    if (objective == "topk" and issubclass(function_class, PairwiseInfluence)
+            and function_class.candidate_scores is not PairwiseInfluence.candidate_scores):  # else the mean over rows
         function = function_class.from_options(spec.options, progress=False)
+        assert isinstance(function, PairwiseInfluence)
         scores = lambda matrix: function.candidate_scores(matrix, layout.rows)  # noqa: E731
     return ObjectiveSpec(objective, selection_budget(settings), n_pool_rows=layout.n_pool_rows, eta=settings.eta, nu=settings.nu,
                          candidate_scores=scores)

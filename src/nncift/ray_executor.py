@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from .data import Record
 from .executor import Executor
 from .influence import InfluenceSpec
+from .store import Block, BlockMatrix
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +61,11 @@ class _Worker:
         try:
             import numba
 
-            numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+            numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
         except ImportError:  # pragma: no cover - numba is a dependency; prediction falls back to torch
             pass
         self.function: Any = None
-        self.prediction: tuple[Any, np.ndarray, np.ndarray] | None = None
+        self.prediction: tuple[Any, np.ndarray, np.ndarray, np.ndarray | None] | None = None
 
     def pid(self) -> int:
         """The worker's process id (to watch it, or to kill it in tests)."""
@@ -120,7 +121,8 @@ class _Worker:
         """Predicted rows ``start:stop`` against every column: float32 (stop − start, n_cols)."""
         from .network import predict_pairwise
 
-        network, rows, cols, self_cols = self.prediction  # type: ignore[misc]
+        assert self.prediction is not None, "load_network first"
+        network, rows, cols, self_cols = self.prediction
         return predict_pairwise(network, rows[start:stop], cols, self_cols=None if self_cols is None else self_cols[start:stop])
 
     def release(self) -> None:
@@ -318,7 +320,8 @@ class RayExecutor(Executor):
     # ------------------------------------------------------------------------------------------
     # the Executor interface
 
-    def run_pairwise(self, spec, targets, candidates, matrix, blocks, workdir, *, progress=True):
+    def run_pairwise(self, spec: InfluenceSpec, targets: Sequence[Record], candidates: Sequence[Record], matrix: BlockMatrix,
+                     blocks: list[Block], workdir: Path, *, progress: bool = True) -> Counter:
         pending = matrix.pending(blocks)
         if not pending:
             return Counter()
@@ -326,7 +329,7 @@ class RayExecutor(Executor):
         second = None if _same_records(targets, candidates) else ray.put(_plain(candidates))
         counters: Counter = Counter()
 
-        def store(block, result):
+        def store(block: Block, result: Any) -> None:
             values, added = result
             matrix.write(block, values)
             counters.update(added)
@@ -338,7 +341,8 @@ class RayExecutor(Executor):
             progress=progress))
         return counters
 
-    def run_pointwise(self, spec, records, scores, blocks, workdir, *, progress=True):
+    def run_pointwise(self, spec: InfluenceSpec, records: Sequence[Record], scores: BlockMatrix, blocks: list[Block], workdir: Path, *,
+                      progress: bool = True) -> tuple[Counter, dict[int, str]]:
         pending = scores.pending(blocks)
         failures: dict[int, str] = {}
         if not pending:
@@ -346,7 +350,7 @@ class RayExecutor(Executor):
         shipped = ray.put(_plain(records))
         counters: Counter = Counter()
 
-        def store(block, result):
+        def store(block: Block, result: Any) -> None:
             values, new, added = result
             failures.update(new)
             scores.write(block, values.reshape(1, -1), failures={str(k): v for k, v in new.items()})
@@ -359,7 +363,7 @@ class RayExecutor(Executor):
             progress=progress))
         return counters, failures
 
-    def embed_records(self, records, *, model, device="auto", progress=True):
+    def embed_records(self, records: Sequence[Record], *, model: str, device: str = "auto", progress: bool = True) -> np.ndarray:
         from .embed import embed_records
 
         def encode_chunks(chunks: list[list[str]], store: Callable[[int, np.ndarray], None]) -> None:
@@ -368,7 +372,8 @@ class RayExecutor(Executor):
 
         return embed_records(records, model=model, device=device, progress=False, encode_chunks=encode_chunks)
 
-    def predict_rows(self, network, row_embeddings, col_embeddings, row_blocks, write, *, progress=True, self_cols=None):
+    def predict_rows(self, network: Any, row_embeddings: np.ndarray, col_embeddings: np.ndarray, row_blocks: list[tuple[int, int]],
+                     write: Callable[[int, int, np.ndarray], None], *, progress: bool = True, self_cols: np.ndarray | None = None) -> None:
         from safetensors.torch import save
 
         weights = save({name: tensor.detach().contiguous().cpu() for name, tensor in network.state_dict().items()})

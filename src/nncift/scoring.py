@@ -28,7 +28,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -57,7 +57,7 @@ class ObjectiveState:
     def of(cls, name: str, matrix: np.ndarray, n_pool_rows: int, picks: np.ndarray, *, eta: float = 1.0, nu: float = 1.0) -> "ObjectiveState":
         """The state of objective ``name`` on a run's selection ``matrix`` (rows × pool) with ``picks`` chosen."""
         n_data = matrix.shape[0] if name == "fl" else n_pool_rows
-        best_target = None
+        best_target = np.zeros(n_data)
         if name in ("flmi", "flcg"):
             targets = np.maximum(np.asarray(matrix[n_pool_rows:, :n_pool_rows], dtype=np.float64), 0.0)
             best_target = targets.max(axis=0) if targets.shape[0] else np.zeros(n_pool_rows)
@@ -88,6 +88,16 @@ class ScoreResult:
     rows: list[dict[str, Any]]
     manifest: dict[str, Any]
     out: Path
+
+
+def run_aggregation(view: RunView) -> Callable[[np.ndarray, Sequence[Record]], np.ndarray]:
+    """The run's influence function's top-k aggregation: (rows × candidates block, row records) → one score per candidate."""
+    from .influence import PairwiseInfluence, influence_class
+
+    function = influence_class(view.settings["influence"]).from_options(view.manifest.get("influence_options") or {}, progress=False)
+    if not isinstance(function, PairwiseInfluence):
+        raise ValueError(f"{view.folder}: {view.settings['influence']} is not a pairwise influence function")
+    return lambda block, rows: np.asarray(function.candidate_scores(block, rows), dtype=np.float64)
 
 
 def row_records(view: RunView) -> list[Record]:
@@ -130,7 +140,7 @@ def score_records(run: str | Path, records: Sequence[Record], out: str | Path, *
             rows = _score_pairwise(view, network, embeddings, records, top_targets, ledger, predict_pairwise)
         else:
             with ledger.stage("prediction"):
-                scores = predict_pointwise(network, embeddings).astype(np.float64)
+                scores = predict_pointwise(network, embeddings).astype(np.float64)  # type: ignore[arg-type]  # a pointwise run's network
             rows = [{"index": i, "source": r.source, "task": r.task, "value": float(v)} for i, (r, v) in enumerate(zip(records, scores))]
         write_jsonl(folder / "scores.jsonl", rows)
         _write_csv(folder / "scores.csv", rows)
@@ -148,14 +158,12 @@ def _score_pairwise(view: RunView, network: Any, embeddings: np.ndarray, records
     n_pool_rows, row_info = int(described["n_pool_rows"]), described["rows"]
     row_embeddings = np.asarray(view.embeddings("row"))
     shown = np.arange(n_pool_rows, len(row_info)) if len(row_info) > n_pool_rows else np.arange(len(row_info))
-    state, aggregate = None, None
+    state: ObjectiveState | None = None
+    aggregate: Callable[[np.ndarray], np.ndarray] | None = None
     with ledger.stage("aggregation"):
         if objective == "topk":
-            from .influence import influence_class
-
-            function = influence_class(view.settings["influence"]).from_options(view.manifest.get("influence_options") or {}, progress=False)
-            stand_ins = row_records(view)
-            aggregate = lambda block: np.asarray(function.candidate_scores(block, stand_ins), dtype=np.float64)  # noqa: E731
+            scores_of, stand_ins = run_aggregation(view), row_records(view)
+            aggregate = lambda block: scores_of(block, stand_ins)  # noqa: E731
         else:
             picks, _ = view.picks()
             state = ObjectiveState.of(objective, view.matrix(), n_pool_rows, picks,
@@ -169,6 +177,7 @@ def _score_pairwise(view: RunView, network: Any, embeddings: np.ndarray, records
             if state is not None:
                 values, gains = state.values_and_gains(block)
             else:
+                assert aggregate is not None  # top-k
                 values, gains = aggregate(block), None
             best = _top_rows(block[shown], top_targets)
         for offset in range(stop - start):

@@ -27,7 +27,7 @@ def objective_on(matrix: np.ndarray, indices: np.ndarray, spec: ObjectiveSpec) -
     if spec.name == "topk":
         return float(spec.scores(matrix)[np.asarray(indices, dtype=np.int64)].sum())
     data, others = split_matrix(matrix, spec)
-    if spec.name == "fl":
+    if spec.name == "fl" or others is None:
         return selection.objective_value(data, indices)
     row_max = others.max(axis=1).astype(np.float64) if others.shape[1] else np.zeros(data.shape[0])
     if spec.name == "flmi":

@@ -70,6 +70,10 @@ class TwoTowerNetwork(torch.nn.Module):
 
     kind = "two-tower"
     pairwise = True
+    label_mean: Tensor
+    """Buffer: the labels' mean (output = mean + std · standardised output)."""
+    label_std: Tensor
+    """Buffer: the labels' standard deviation."""
 
     def __init__(self, embedding_dim: int, hidden: int = 128, rank: int = 64) -> None:
         """``embedding_dim`` d, tower ``hidden`` width, interaction ``rank`` k. Starts as the prior α = 1, β = 0."""
@@ -190,6 +194,10 @@ class PointwiseNetwork(torch.nn.Module):
 
     kind = "linear-residual"
     pairwise = False
+    label_mean: Tensor
+    """Buffer: the labels' mean."""
+    label_std: Tensor
+    """Buffer: the labels' standard deviation."""
 
     def __init__(self, embedding_dim: int, hidden: int = 128) -> None:
         super().__init__()

@@ -27,8 +27,8 @@ def train_network(row_embeddings: np.ndarray, col_embeddings: np.ndarray, labels
     trains it, shipped as trained. Returns the network and a JSON-ready report.
     """
     if settings.architecture == "paper":
-        network, report = train_pairwise(row_embeddings, col_embeddings, labels, settings, progress=progress)
-        return network, {"architecture": "paper", "chosen": "network", "losses": [round(x, 6) for x in report.losses],
+        paper, report = train_pairwise(row_embeddings, col_embeddings, labels, settings, progress=progress)
+        return paper, {"architecture": "paper", "chosen": "network", "losses": [round(x, 6) for x in report.losses],
                          "n_labelled": report.n_examples, "seconds": round(report.seconds, 3)}
     network, fit = fit_pairwise(row_embeddings, col_embeddings, labels, settings.fit_settings(), self_cols=self_cols,
                                 objective=objective, progress=progress)
@@ -39,8 +39,8 @@ def train_network_pointwise(embeddings: np.ndarray, labels: np.ndarray, settings
     """Train the pointwise network named by ``settings.architecture``; NaN labels are skipped."""
     if settings.architecture == "paper":
         ok = np.isfinite(np.asarray(labels, dtype=np.float64))
-        network, report = train_pointwise(np.asarray(embeddings)[ok], np.asarray(labels, dtype=np.float32)[ok], settings, progress=progress)
-        return network, {"architecture": "paper", "chosen": "network", "losses": [round(x, 6) for x in report.losses],
+        paper, report = train_pointwise(np.asarray(embeddings)[ok], np.asarray(labels, dtype=np.float32)[ok], settings, progress=progress)
+        return paper, {"architecture": "paper", "chosen": "network", "losses": [round(x, 6) for x in report.losses],
                          "n_labelled": report.n_examples, "seconds": round(report.seconds, 3)}
     network, fit = fit_pointwise(embeddings, labels, settings.fit_settings())
     return network, fit.as_dict()

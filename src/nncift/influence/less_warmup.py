@@ -214,7 +214,8 @@ def _optimizer_step(model: Any, optimizer: torch.optim.Optimizer, batch: Sequenc
 def load_checkpoint(model: Any, layers: Sequence[tuple[str, torch.nn.Module]], checkpoint: Checkpoint) -> AdamState:
     """Put a checkpoint's LoRA weights into ``model``; return its Adam moments in the layers' orientation."""
     params = _trainable(model)
-    exp_avg, exp_avg_sq = [], []
+    exp_avg: list[Any] = []
+    exp_avg_sq: list[Any] = []
     with safe_open(str(checkpoint.path), framework="pt") as handle:
         meta = handle.metadata() or {}
         for name, param in params.items():

@@ -42,16 +42,16 @@ def plan_batches(lengths: Sequence[int], token_budget: int, max_padding_share: f
     Returns:
         Index arrays into ``lengths``; every index appears once.
     """
-    lengths = np.asarray(lengths, dtype=np.int64)
+    sizes = np.asarray(lengths, dtype=np.int64)
     batches: list[np.ndarray] = []
-    for batch in plan_token_batches(lengths, token_budget):
+    for batch in plan_token_batches(sizes.tolist(), token_budget):
         start, real = 0, 0
         for position, index in enumerate(batch):
-            longest, count = int(lengths[batch[start]]), position - start + 1
-            if count > 1 and count * longest - (real + lengths[index]) > max_padding_share * count * longest:
+            longest, count = int(sizes[batch[start]]), position - start + 1
+            if count > 1 and count * longest - (real + sizes[index]) > max_padding_share * count * longest:
                 batches.append(batch[start:position])
                 start, real = position, 0
-            real += int(lengths[index])
+            real += int(sizes[index])
         batches.append(batch[start:])
     return batches
 

@@ -116,7 +116,7 @@ def choose_subset(matrix: np.ndarray | str | Path, spec: ObjectiveSpec, *, workd
     if spec.name == "topk":
         return top_k(spec.scores(matrix), spec.budget)
     data, others = split_matrix(matrix, spec)
-    if spec.name == "fl":
+    if spec.name == "fl" or others is None:
         return facility_location(data, spec.budget)
     if spec.name == "flmi":
         return fl_mutual_information(data, others, spec.budget, eta=spec.eta)

@@ -125,7 +125,7 @@ def _greedy(similarity: Any, budget: float | int, *, cap: np.ndarray | None, ini
     start = np.zeros(n_rows, np.float32) if initial is None else initial.astype(np.float32, copy=True)
     cur = start.copy()
     with threads_for(n_rows * n_cand):
-        bad = prepare_candidate_major(s, cap if use_cap else np.zeros(n_rows, np.float32), use_cap, st)
+        bad = prepare_candidate_major(s, cap if cap is not None else np.zeros(n_rows, np.float32), use_cap, st)
         if bad:
             raise ValueError(f"similarity contains {bad} non-finite (as float32) entries")
         initial_gains = all_gains(st, cur)

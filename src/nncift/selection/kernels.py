@@ -1,3 +1,5 @@
+# mypy: disable-error-code="assignment"
+# (numba integer locals: mypy reads `w += np.int64(p)` as assigning an np.int64 to an int)
 """The numba kernels of greedy facility location (see :mod:`nncift.selection`).
 
 Canonical gain of a candidate column ``col`` (length n) under coverage ``cur`` (float32):
@@ -30,7 +32,7 @@ LANES = 32
 
 
 @njit(cache=True, nogil=True)
-def _lane_total(acc):
+def _lane_total(acc: np.ndarray) -> float:
     total = 0.0
     for q in range(LANES):
         total += acc[q]
@@ -38,7 +40,7 @@ def _lane_total(acc):
 
 
 @njit(cache=True, nogil=True)
-def dense_gain(col, cur):
+def dense_gain(col: np.ndarray, cur: np.ndarray) -> tuple[float, int]:
     """Canonical gain of a dense column and its number of alive entries (``col[i] > cur[i]``)."""
     n = col.shape[0]
     tail = n - n % LANES
@@ -62,7 +64,7 @@ def dense_gain(col, cur):
 
 
 @njit(cache=True, nogil=True)
-def _compact_dense(st, sti, j, cur, half, scratch):
+def _compact_dense(st: np.ndarray, sti: np.ndarray, j: int, cur: np.ndarray, half: int, scratch: np.ndarray) -> int:
     """Rewrite dense candidate row ``j`` into its compacted form; returns the number kept.
 
     Branch-free: every entry is written at the next free slot ``w <= i`` (a slot already read) and
@@ -81,7 +83,7 @@ def _compact_dense(st, sti, j, cur, half, scratch):
 
 
 @njit(cache=True, nogil=True)
-def _compact_gain(st, sti, j, m, cur, half, acc):
+def _compact_gain(st: np.ndarray, sti: np.ndarray, j: int, m: int, cur: np.ndarray, half: int, acc: np.ndarray) -> tuple[float, int]:
     """Canonical gain of compacted row ``j`` (``m`` entries), dropping dead entries in place
     (branch-free, as in :func:`_compact_dense`). Returns ``(gain, new_m)``."""
     for q in range(LANES):
@@ -100,7 +102,7 @@ def _compact_gain(st, sti, j, m, cur, half, acc):
 
 
 @njit(cache=True, parallel=True)
-def prepare_candidate_major(s, cap, use_cap, out):
+def prepare_candidate_major(s: np.ndarray, cap: np.ndarray, use_cap: bool, out: np.ndarray) -> int:
     """``out[j, i] = min(max(float32(s[i, j]), 0), cap[i])``; returns the number of entries that are not
     finite as float32. Threads take bands of rows, so ``s`` (possibly a memmap) is read sequentially."""
     n, m = s.shape
@@ -129,7 +131,7 @@ def prepare_candidate_major(s, cap, use_cap, out):
 
 
 @njit(cache=True, parallel=True)
-def row_max(s, scale):
+def row_max(s: np.ndarray, scale: float) -> tuple[np.ndarray, int]:
     """``float32(scale * max_j max(float32(s[i, j]), 0))`` per row (0 for no columns) and the number
     of non-finite entries."""
     n, m = s.shape
@@ -150,7 +152,7 @@ def row_max(s, scale):
 
 
 @njit(cache=True, parallel=True)
-def all_gains(st, cur):
+def all_gains(st: np.ndarray, cur: np.ndarray) -> np.ndarray:
     nc = st.shape[0]
     g = np.empty(nc, np.float64)
     for j in prange(nc):
@@ -159,13 +161,13 @@ def all_gains(st, cur):
 
 
 @njit(cache=True, nogil=True)
-def _before(a, b, ub):
+def _before(a: int, b: int, ub: np.ndarray) -> bool:
     """Heap order: larger bound first, then lower index."""
     return ub[a] > ub[b] or (ub[a] == ub[b] and a < b)
 
 
 @njit(cache=True, nogil=True)
-def _sift_down(heap, size, pos, ub):
+def _sift_down(heap: np.ndarray, size: int, pos: int, ub: np.ndarray) -> None:
     item = heap[pos]
     while True:
         c = 2 * pos + 1
@@ -183,7 +185,7 @@ def _sift_down(heap, size, pos, ub):
 
 
 @njit(cache=True, nogil=True)
-def _fill_zero_gain(chosen, picks, gains, t, k):
+def _fill_zero_gain(chosen: np.ndarray, picks: np.ndarray, gains: np.ndarray, t: int, k: int) -> None:
     """Fill picks[t:k] with the unchosen candidates in increasing index order (gain 0)."""
     j = 0
     while t < k:
@@ -196,7 +198,7 @@ def _fill_zero_gain(chosen, picks, gains, t, k):
 
 
 @njit(cache=True, nogil=True)
-def lazy_greedy(st, sti, cur, k, ub):
+def lazy_greedy(st: np.ndarray, sti: np.ndarray, cur: np.ndarray, k: int, ub: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Lazy greedy on ``st`` (candidates x rows, float32, modified in place by compaction).
 
     ``cur`` (float32, per row) is the starting coverage and is updated in place; ``ub`` holds the exact
@@ -259,7 +261,7 @@ def lazy_greedy(st, sti, cur, k, ub):
 
 
 @njit(cache=True, parallel=True)
-def _masked_gains(st, cur, chosen):
+def _masked_gains(st: np.ndarray, cur: np.ndarray, chosen: np.ndarray) -> np.ndarray:
     nc = st.shape[0]
     g = np.empty(nc, np.float64)
     for j in prange(nc):
@@ -268,7 +270,7 @@ def _masked_gains(st, cur, chosen):
 
 
 @njit(cache=True)
-def plain_greedy(st, cur, k):
+def plain_greedy(st: np.ndarray, cur: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Plain greedy (every gain recomputed at every step, dense form only). Returns ``(picks, gains)``."""
     nc, n = st.shape
     picks = np.empty(k, np.int64)
@@ -315,5 +317,5 @@ def threads_for(n_entries: int) -> Iterator[None]:
         yield
     finally:
         numba.set_num_threads(previous)
-        if torch_threads is not None and torch.get_num_threads() != torch_threads:
+        if torch is not None and torch_threads is not None and torch.get_num_threads() != torch_threads:
             torch.set_num_threads(torch_threads)
