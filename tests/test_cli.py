@@ -180,3 +180,16 @@ def test_influence_options_are_namespaced_on_the_command_line_and_in_yaml(tmp_pa
     assert main(["select", "--data", str(pool), "--out", str(tmp_path / "r"), "--config", str(config)]) == 2
     assert "delift: unknown options: budget_of_tokens" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_quiet_runs_print_no_progress_bars_or_library_warnings(tmp_path, tiny_lm_dir, demo_pool) -> None:
+    """--quiet: nothing from the model libraries either (their loading bars, info logs, FutureWarnings)."""
+    pool = tmp_path / "pool.jsonl"
+    write_jsonl(pool, [r.raw for r in demo_pool[:12]])
+    command = [sys.executable, "-m", "nncift.cli", "select", "--influence", "selectit", "--model", str(tiny_lm_dir), "--data", str(pool),
+               "--fraction", "1", "--budget", "3", "--device", "cpu", "--out", str(tmp_path / "run")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    loud = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+    assert "Loading weights" in loud.stderr  # the library's bar shows without --quiet (else this test would prove nothing)
+    quiet = subprocess.run(command[:-1] + [str(tmp_path / "quiet"), "--quiet"], capture_output=True, text=True, env=env, check=True)
+    assert quiet.stderr == "" and "selected 3 records" in quiet.stdout
