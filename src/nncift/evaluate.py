@@ -201,16 +201,17 @@ def evaluate_records(model: Any, tokenizer: Any, records: Sequence[Record], sett
 
 def score_answers(records: Sequence[Record], answers: Sequence[str], loss_sums: np.ndarray | None, loss_counts: np.ndarray | None,
                   settings: EvaluateSettings, start: float) -> EvaluationResult:
-    """The metrics of generated ``answers`` against the records' outputs (loss NaN when not computed); ``start``: perf_counter at the start."""
+    """The metrics of generated ``answers`` against the records' outputs (loss None when not computed); ``start``: perf_counter at the start."""
     references = [record.output for record in records]
     rouge = rouge_l_scores(answers, references)
     cosine = embedding_cosines(answers, references, embedder=settings.embedder, device=settings.device)
     exact = np.array([exact_match(a, r) for a, r in zip(answers, references)])
-    sums = np.full(len(records), np.nan) if loss_sums is None else loss_sums
-    counts = np.ones(len(records), dtype=np.int64) if loss_counts is None else loss_counts
+    has_loss = loss_sums is not None and loss_counts is not None
+    sums = loss_sums if has_loss else np.full(len(records), np.nan)
+    counts = loss_counts if has_loss else np.ones(len(records), dtype=np.int64)
     metrics = {
         "n": len(records),
-        "loss": float(sums.sum() / max(1, counts.sum())),
+        "loss": float(sums.sum() / max(1, counts.sum())) if has_loss else None,
         "rouge_l": float(rouge.mean()),
         "embedding_cosine": float(cosine.mean()),
         "exact_match": float(exact.mean()),
@@ -219,7 +220,7 @@ def score_answers(records: Sequence[Record], answers: Sequence[str], loss_sums: 
     }
     examples = [
         {"source": record.source, "task": record.task, "reference": record.output, "prediction": answer,
-         "loss": float(s / max(1, c)), "rouge_l": float(r), "embedding_cosine": float(e), "exact_match": float(x)}
+         "loss": float(s / max(1, c)) if has_loss else None, "rouge_l": float(r), "embedding_cosine": float(e), "exact_match": float(x)}
         for record, answer, s, c, r, e, x in zip(records, answers, sums, counts, rouge, cosine, exact)
     ]
     return EvaluationResult(metrics, examples)

@@ -29,7 +29,7 @@ from .data import Record, read_many
 from .evaluate import EvaluateSettings, EvaluationResult, example_losses, generate_from_prompts, score_answers
 from .finetune import IGNORE_INDEX, EncodedExample, uses_chat_template
 
-__all__ = ["nearest_examples", "icl_prompt_ids", "evaluate_icl", "read_icl_pool", "query_vectors"]
+__all__ = ["nearest_examples", "icl_prompt_ids", "icl_prompts", "evaluate_icl", "read_icl_pool", "query_vectors"]
 
 
 def nearest_examples(queries: np.ndarray, pool: np.ndarray, k: int) -> np.ndarray:
@@ -90,6 +90,19 @@ def read_icl_pool(path: str | Path) -> list[Record]:
     return records
 
 
+def icl_prompts(tokenizer: Any, records: Sequence[Record], pool: Sequence[Record], neighbours: np.ndarray,
+                settings: EvaluateSettings) -> tuple[list[list[int]], list[int]]:
+    """Per record: the prompt ids with its neighbours (pool indices, most similar first) as examples, and how many fit."""
+    chat = uses_chat_template(tokenizer, settings.chat_template)
+    room = max(1, settings.icl_max_length - settings.max_new_tokens)
+    prompts, kept = [], []
+    for record, chosen in zip(records, neighbours):
+        ids, used = icl_prompt_ids(tokenizer, [pool[int(i)] for i in chosen[::-1]], record, chat=chat, max_tokens=room)
+        prompts.append(ids)
+        kept.append(used)
+    return prompts, kept
+
+
 def evaluate_icl(model: Any, tokenizer: Any, records: Sequence[Record], pool: Sequence[Record], settings: EvaluateSettings,
                  *, pool_vectors: np.ndarray | None = None) -> EvaluationResult:
     """Answer each record with its ``settings.k`` nearest ``pool`` records as examples; score as :func:`nncift.evaluate.evaluate_records`.
@@ -104,13 +117,7 @@ def evaluate_icl(model: Any, tokenizer: Any, records: Sequence[Record], pool: Se
     pool = list(pool)
     vectors = query_vectors(pool, settings) if pool_vectors is None else pool_vectors
     neighbours = nearest_examples(query_vectors(records, settings), vectors, settings.k)
-    chat = uses_chat_template(tokenizer, settings.chat_template)
-    room = max(1, settings.icl_max_length - settings.max_new_tokens)
-    prompts, kept = [], []
-    for record, chosen in zip(records, neighbours):
-        ids, used = icl_prompt_ids(tokenizer, [pool[int(i)] for i in chosen[::-1]], record, chat=chat, max_tokens=room)
-        prompts.append(ids)
-        kept.append(used)
+    prompts, kept = icl_prompts(tokenizer, records, pool, neighbours, settings)
     sums = counts = None
     if settings.with_loss:
         encoded = [_with_reference(tokenizer, prompt, record.output, settings.icl_max_length) for prompt, record in zip(prompts, records)]
