@@ -11,6 +11,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+REFERENCES = {"exact": "exact function's subset (every pair, no network)", "random": "random subset"}
+"""Reference rows of the grid tables by subset kind (besides the full pool), in display order."""
 METRIC_TITLES = {"exact_match": "exact match", "rouge_l": "ROUGE-L", "embedding_cosine": "embedding cosine", "loss": "loss"}
 
 
@@ -45,8 +47,9 @@ def grid_table(rows: Sequence[dict[str, Any]], metric: str, mode: str = "icl", *
     lines = [header, "|---|" + "---|" * len(vs)]
     for u in us:
         lines.append(f"| {label}, u = {u:g} | " + " | ".join(_cell(_values(rows, metric, mode, kind="nncift", u=u, v=v)) for v in vs) + " |")
-    if any(r["kind"] == "random" for r in rows):
-        lines.append("| random subset | " + " | ".join(_cell(_values(rows, metric, mode, kind="random", v=v)) for v in vs) + " |")
+    for kind, name in REFERENCES.items():
+        if any(r["kind"] == kind for r in rows):
+            lines.append(f"| {name} | " + " | ".join(_cell(_values(rows, metric, mode, kind=kind, v=v)) for v in vs) + " |")
     full = _values(rows, metric, mode, kind="full")
     if full:
         lines.append(f"| full pool (every v) | " + " | ".join(_cell(full) for _ in vs) + " |")
