@@ -13,7 +13,9 @@ Four numbers, each also kept per example:
   short-answer tasks.
 
 Generation is greedy (deterministic), batched with left padding, and stops at EOS or after
-``max_new_tokens``.
+``max_new_tokens``. With ``icl_pool`` (``--icl-pool SUBSET --k K``) the model is not fine-tuned:
+each record is answered with its K most similar subset records as in-context examples
+(:mod:`nncift.icl`), and scored with the same metrics. ``with_loss: false`` skips the loss.
 """
 
 from __future__ import annotations

@@ -55,8 +55,8 @@ def arm_table(results: dict[str, Any]) -> list[dict[str, Any]]:
         row["target_share"] = (float(np.mean(shares)), _spread(shares)) if shares else None
         row["finetune_seconds"] = float(np.mean([r["finetune_seconds"] for r in runs]))
         for metric in METRICS:
-            values = [r["metrics"][metric] for r in runs]
-            row[metric] = (float(np.mean(values)), _spread(values))
+            values = [r["metrics"][metric] for r in runs if r["metrics"].get(metric) is not None]  # loss: None when not computed
+            row[metric] = (float(np.mean(values)), _spread(values)) if values else (float("nan"), 0.0)
         rows.append(row)
     return rows
 
