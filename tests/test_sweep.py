@@ -112,3 +112,14 @@ def test_sweep_cli_runs_and_rejects_bad_values(sweep_files, tiny_lm_dir: Path, t
                            (["--influence", "selectit"], "needs a pairwise influence function")):
         assert main([*base, "--out", str(tmp_path / "bad"), *extra]) == 2
         assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sweep_fine_tunes_on_every_subset_when_asked(sweep_files, tiny_lm_dir: Path, tmp_path: Path) -> None:
+    settings = _settings(sweep_files, tiny_lm_dir, references=False, u=(0.5,), v=(0.25,), finetune=True)
+    results = run_sweep(settings, tmp_path / "ft")
+    assert [(r["name"], r["mode"]) for r in results["rows"]] == [("nncift-u0.5-v0.25-seed0", "icl"), ("nncift-u0.5-v0.25-seed0", "finetune")]
+    summary = json.loads((tmp_path / "ft" / "adapters" / "nncift-u0.5-v0.25-seed0" / "finetune.json").read_text())
+    assert summary["records"] == 10  # v = 0.25 of 40 records
+    markdown = (tmp_path / "ft" / "results.md").read_text()
+    assert "| exact match (finetune) |" in markdown and (tmp_path / "ft" / "grid-finetune.png").is_file()
