@@ -63,7 +63,7 @@ def heat_map(rows: Sequence[dict[str, Any]], path: Path, *, metrics: Sequence[st
     from .report_plots import _pyplot
 
     plt = _pyplot()
-    figure, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.8), squeeze=False)
+    figure, axes = plt.subplots(1, len(metrics), figsize=(5.6 * len(metrics), 4.2), squeeze=False)
     for axis, metric in zip(axes[0], metrics):
         us, vs, means = grid_values(rows, metric, mode)
         image = axis.imshow(means, cmap="viridis", aspect="auto", origin="lower")
@@ -84,6 +84,7 @@ def heat_map(rows: Sequence[dict[str, Any]], path: Path, *, metrics: Sequence[st
         figure.colorbar(image, ax=axis, fraction=0.046)
     if title:
         figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=96, bbox_inches="tight")
     plt.close(figure)
