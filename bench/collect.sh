@@ -15,7 +15,7 @@ order=(network_summary prediction selection network_delift_se_alpaca network_les
     file="bench/results/$name.md"
     [ -f "$file" ] || continue
     echo; echo "---"; echo
-    sed -e 's/^# /## /' "$file"
+    sed -e 's/^# /## /' -e 's#](\([A-Za-z0-9_.-]*\.png\))#](bench/results/\1)#g' "$file"  # figures: relative to the root
   done
 } > BENCHMARKS.md
 echo "BENCHMARKS.md: $(grep -c '^## ' BENCHMARKS.md) sections"
