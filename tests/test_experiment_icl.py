@@ -66,3 +66,17 @@ def test_both_modes_put_the_icl_table_next_to_the_finetuning_one(family_files: P
     finetuned = next(a for a in results["arms"] if a["arm"] == "delift-se:nncift")
     in_context = next(a for a in results["icl_arms"] if a["arm"] == "delift-se:nncift")
     assert finetuned["indices"] == in_context["indices"]
+
+
+def test_folders_made_before_the_icl_settings_still_resume_and_a_changed_k_is_refused(family_files: Path, tiny_lm_dir: Path,  # noqa: F811
+                                                                                      tmp_path: Path) -> None:
+    from nncift.store import SettingsMismatch
+
+    out = tmp_path / "old"
+    Experiment(config_from_dict(_config(family_files, out, tiny_lm_dir))).store.close()
+    stored = json.loads((out / "settings.json").read_text())["evaluate"]
+    assert not {"k", "icl_pool", "icl_max_length", "with_loss"} & set(stored)  # as in a folder made before they existed
+    Experiment(config_from_dict(_config(family_files, out, tiny_lm_dir, mode="both"))).store.close()  # mode changes no arm
+    evaluate = {"max_new_tokens": 3, "batch_size": 4, "max_length": 96, "k": 5}
+    with pytest.raises(SettingsMismatch, match="evaluate"):
+        Experiment(config_from_dict(_config(family_files, out, tiny_lm_dir, evaluate=evaluate)))

@@ -45,6 +45,9 @@ from .selection import budget_to_count
 from .store import RunStore
 
 SECTIONS = {"select": SelectSettings, "finetune": FinetuneSettings, "evaluate": EvaluateSettings}
+_ADDED_EVALUATE_FIELDS = {"with_loss": True, "icl_pool": "", "k": 3, "icl_max_length": 1024}
+"""Evaluation settings newer than some experiment folders: left out of the folder's settings at these defaults, so
+that a folder made before they existed still resumes (a changed value is recorded, and a mismatch refused, as usual)."""
 _SHARED = ("model", "embedder", "device")
 
 
@@ -114,7 +117,8 @@ class Experiment:
         defining = {k: v for k, v in config.as_dict()["experiment"].items()
                     if k not in ("name", "out", "influences", "objectives", "original_omitted", "original_per_seed", "seeds",
                                  "fidelity_fractions", "headline_metric", "device", "threads", "quiet", "mode")}
-        stages = {k: {n: v for n, v in config.as_dict()[k].items() if n not in ("seed", "device", "quiet")} for k in SECTIONS}
+        stages = {k: {n: v for n, v in config.as_dict()[k].items() if n not in ("seed", "device", "quiet")
+                      and not (k == "evaluate" and _ADDED_EVALUATE_FIELDS.get(n, object()) == v)} for k in SECTIONS}
         # several processes may work on one experiment (each selection and arm has its own lock), so the
         # experiment folder itself is not held exclusively; each selection's run folder is
         self.store = RunStore(self.folder, {"data": defining, **stages}, exclusive=False)
