@@ -23,8 +23,9 @@ _PAPER = re.compile(r"paper:(\d+(?:x\d+)*)")
 _TOWER = re.compile(r"two-tower:r(\d+)(?:h(\d+))?")
 
 
-def shape_settings(shape: str, base: NetworkSettings = NetworkSettings()) -> NetworkSettings:
-    """The network settings of ``shape`` (the other fields from ``base``); a malformed shape is a ValueError naming it."""
+def shape_settings(shape: str, base: NetworkSettings | None = None) -> NetworkSettings:
+    """The network settings of ``shape`` (the other fields from ``base``, default :class:`NetworkSettings`); a malformed shape is a ValueError naming it."""
+    base = base or NetworkSettings()
     paper, tower = _PAPER.fullmatch(shape), _TOWER.fullmatch(shape)
     if paper:
         widths = tuple(int(w) for w in paper.group(1).split("x"))

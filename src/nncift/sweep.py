@@ -227,7 +227,8 @@ class Sweep:
             network, report = train_network(row_embeddings[layout.seen_rows], col_embeddings[layout.seen_cols], labels, net_settings,
                                             self_cols=block_self_cols(layout), objective="topk" if self.objective == "topk" else "fl")
             save_network(network, path, {"settings": dataclasses.asdict(net_settings), "report": report})
-        predicted = predict_pairwise(network, row_embeddings, col_embeddings, self_cols=self_cols_of(layout)).astype(np.float32)
+        predicted = predict_pairwise(network, row_embeddings, col_embeddings,  # type: ignore[arg-type]  # a pairwise network here
+                                     self_cols=self_cols_of(layout)).astype(np.float32)
         block = np.ix_(layout.seen_rows, layout.seen_cols)
         predicted[block] = np.where(np.isfinite(labels), labels, predicted[block])
         return predicted, report
@@ -281,8 +282,8 @@ class Sweep:
                                _read_answers(self.store.path("answers.jsonl")))
         model, tokenizer, pool_vectors, heldout_vectors, answers = self._evaluator
         start = time.perf_counter()
-        indices = np.asarray(indices, dtype=np.int64)
-        neighbours = indices[nearest_examples(heldout_vectors, pool_vectors[indices], settings.k)]
+        chosen = np.asarray(indices, dtype=np.int64)
+        neighbours = chosen[nearest_examples(heldout_vectors, pool_vectors[chosen], settings.k)]
         prompts, kept = icl_prompts(tokenizer, self.heldout, self.pool, neighbours, settings)
         keys = [f"{q}:" + ",".join(str(int(i)) for i in row[:used]) for q, (row, used) in enumerate(zip(neighbours, kept))]
         missing = sorted({key: q for q, key in enumerate(keys) if key not in answers}.items(), key=lambda item: item[1])

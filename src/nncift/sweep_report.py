@@ -52,7 +52,7 @@ def grid_table(rows: Sequence[dict[str, Any]], metric: str, mode: str = "icl", *
             lines.append(f"| {name} | " + " | ".join(_cell(_values(rows, metric, mode, kind=kind, v=v)) for v in vs) + " |")
     full = _values(rows, metric, mode, kind="full")
     if full:
-        lines.append(f"| full pool (every v) | " + " | ".join(_cell(full) for _ in vs) + " |")
+        lines.append("| full pool (every v) | " + " | ".join(_cell(full) for _ in vs) + " |")
     return "\n".join(lines)
 
 
