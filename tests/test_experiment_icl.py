@@ -10,6 +10,9 @@ import pytest
 from nncift.experiment import Experiment, config_from_dict
 from test_experiment import _config, family_files  # noqa: F401 - the fixture is used by name
 
+FAST_SELECT = {"fraction": 0.3, "min_sampled": 3, "budget": 0.25, "max_steps": 20, "folds": 2}
+"""The tests' selection settings with a short network training (the arms, not the network, are tested here)."""
+
 
 def test_mode_is_validated_and_defaults_to_finetune(tmp_path: Path) -> None:
     assert config_from_dict({}).experiment.mode == "finetune"
@@ -29,7 +32,7 @@ def test_cli_bad_mode_exits_2_naming_the_field(tmp_path: Path, capsys: pytest.Ca
 
 def test_icl_mode_scores_every_subset_without_training_and_resumes(family_files: Path, tiny_lm_dir: Path, tmp_path: Path) -> None:  # noqa: F811
     out = tmp_path / "icl"
-    config = config_from_dict(_config(family_files, out, tiny_lm_dir, seeds=[0], mode="icl", evaluate={"max_new_tokens": 2, "batch_size": 4,
+    config = config_from_dict(_config(family_files, out, tiny_lm_dir, seeds=[0], mode="icl", select=FAST_SELECT, evaluate={"max_new_tokens": 2, "batch_size": 4,
                                                                                                          "max_length": 96, "k": 2}))
     experiment = Experiment(config)
     results = experiment.run()
@@ -54,7 +57,7 @@ def test_icl_mode_scores_every_subset_without_training_and_resumes(family_files:
 @pytest.mark.slow
 def test_both_modes_put_the_icl_table_next_to_the_finetuning_one(family_files: Path, tiny_lm_dir: Path, tmp_path: Path) -> None:  # noqa: F811
     out = tmp_path / "both"
-    results = Experiment(config_from_dict(_config(family_files, out, tiny_lm_dir, seeds=[0], mode="both"))).run()
+    results = Experiment(config_from_dict(_config(family_files, out, tiny_lm_dir, seeds=[0], mode="both", select=FAST_SELECT))).run()
     assert {a["arm"] for a in results["arms"]} == {"base", "random", "full", "delift-se:original", "delift-se:nncift"}
     assert {a["arm"] for a in results["icl_arms"]} == {"random", "full", "delift-se:original", "delift-se:nncift"}
     assert all(a.get("mode") == "icl" for a in results["icl_arms"])
