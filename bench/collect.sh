@@ -2,7 +2,7 @@
 # Rebuild BENCHMARKS.md from the latest result of each benchmark (bench/results/*.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-order=(network_summary prediction selection scoring network_delift_se_alpaca network_less_p3 network_delift_p3 network_delift_demo network_delift_se_p3 delift delift_cost compressors less less_readme selectit experiment_targeted experiment_general ray)
+order=(network_summary prediction selection scoring network_delift_se_alpaca network_less_p3 network_delift_p3 network_delift_demo network_delift_se_p3 network_sizes grid_delift_se_p3mix grid_less_p3 delift delift_cost compressors less less_readme selectit experiment_targeted experiment_general ray gpu)
 {
   echo "# Benchmarks"
   echo
@@ -15,7 +15,7 @@ order=(network_summary prediction selection scoring network_delift_se_alpaca net
     file="bench/results/$name.md"
     [ -f "$file" ] || continue
     echo; echo "---"; echo
-    sed -e 's/^# /## /' "$file"
+    sed -e 's/^# /## /' -e 's#](\([A-Za-z0-9_.-]*\.png\))#](bench/results/\1)#g' "$file"  # figures: relative to the root
   done
 } > BENCHMARKS.md
 echo "BENCHMARKS.md: $(grep -c '^## ' BENCHMARKS.md) sections"

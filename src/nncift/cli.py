@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands() -> list[Callable[[Any], None]]:
     """Subcommands contributed by other modules (fine-tuning, evaluation, experiments)."""
     registrations = []
-    for module_name in ("nncift.scoring", "nncift.inspect_run", "nncift.finetune", "nncift.evaluate", "nncift.experiment"):
+    for module_name in ("nncift.scoring", "nncift.inspect_run", "nncift.finetune", "nncift.evaluate", "nncift.experiment", "nncift.sweep"):
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as error:

@@ -13,7 +13,9 @@ Four numbers, each also kept per example:
   short-answer tasks.
 
 Generation is greedy (deterministic), batched with left padding, and stops at EOS or after
-``max_new_tokens``.
+``max_new_tokens``. With ``icl_pool`` (``--icl-pool SUBSET --k K``) the model is not fine-tuned:
+each record is answered with its K most similar subset records as in-context examples
+(:mod:`nncift.icl`), and scored with the same metrics. ``with_loss: false`` skips the loss.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .config import add_arguments, build_settings, environment_info, load_yaml, settings_dict
+from .config import SettingsError, add_arguments, build_settings, environment_info, load_yaml, settings_dict
 from .data import Record, read_many
 from .finetune import collate, encode_example, prompt_ids, response_loss, uses_chat_template
 from .models import BUNDLED_EMBEDDER, BUNDLED_LM
@@ -66,6 +68,22 @@ class EvaluateSettings:
     """Run code shipped with the model (explicit opt-in only)."""
     quiet: bool = False
     """No progress bars."""
+    with_loss: bool = True
+    """Also compute the teacher-forced loss of the reference answers (one more forward pass per record)."""
+    icl_pool: str = ""
+    """In-context-learning mode: file of the records (a selected subset) from which each query gets its K most similar records as examples; empty: answer each query alone."""
+    k: int = 3
+    """In-context-learning mode: examples per query (the K pool records most similar to it by embedding cosine)."""
+    icl_max_length: int = 1024
+    """In-context-learning mode: most tokens of a prompt with its examples (the least similar examples are dropped to fit)."""
+
+    def __post_init__(self) -> None:
+        """Check the ranges of the counts (a clear error naming the field)."""
+        for name in ("max_new_tokens", "batch_size", "max_length", "k", "icl_max_length"):
+            if getattr(self, name) < 1:
+                raise SettingsError(name, f"expected at least 1, got {getattr(self, name)}")
+        if self.limit < 0:
+            raise SettingsError("limit", f"expected at least 0, got {self.limit}")
 
 
 @dataclass
@@ -123,11 +141,15 @@ def _batches_by_length(lengths: Sequence[int], batch_size: int) -> list[np.ndarr
 
 def reference_losses(model: Any, tokenizer: Any, records: Sequence[Record], settings: EvaluateSettings) -> tuple[np.ndarray, np.ndarray]:
     """Per record: summed cross-entropy of the reference answer (+ EOS) and its token count, each (n,)."""
+    chat = uses_chat_template(tokenizer, settings.chat_template)
+    return example_losses(model, tokenizer, [encode_example(tokenizer, record, settings.max_length, chat=chat) for record in records], settings)
+
+
+def example_losses(model: Any, tokenizer: Any, examples: Sequence[Any], settings: EvaluateSettings) -> tuple[np.ndarray, np.ndarray]:
+    """Per encoded example (:class:`nncift.finetune.EncodedExample`): summed cross-entropy of its labelled tokens and their count."""
     import torch
 
-    chat = uses_chat_template(tokenizer, settings.chat_template)
-    examples = [encode_example(tokenizer, record, settings.max_length, chat=chat) for record in records]
-    sums, counts = np.zeros(len(records)), np.zeros(len(records), dtype=np.int64)
+    sums, counts = np.zeros(len(examples)), np.zeros(len(examples), dtype=np.int64)
     with torch.no_grad():
         for batch in _batches_by_length([len(e.input_ids) for e in examples], settings.batch_size):
             chosen = [examples[i] for i in batch]
@@ -138,17 +160,21 @@ def reference_losses(model: Any, tokenizer: Any, records: Sequence[Record], sett
 
 def generate_answers(model: Any, tokenizer: Any, records: Sequence[Record], settings: EvaluateSettings) -> list[str]:
     """Greedy answers to the records' prompts (batched, left-padded), special tokens removed."""
+    chat = uses_chat_template(tokenizer, settings.chat_template)
+    room = max(1, settings.max_length - settings.max_new_tokens)
+    return generate_from_prompts(model, tokenizer, [prompt_ids(tokenizer, record, chat=chat)[-room:] for record in records], settings)
+
+
+def generate_from_prompts(model: Any, tokenizer: Any, prompts: Sequence[list[int]], settings: EvaluateSettings) -> list[str]:
+    """Greedy answers to prompts given as token ids (batched by length, left-padded), special tokens removed."""
     import torch
     from tqdm.auto import tqdm
     from transformers import GenerationConfig
 
-    chat = uses_chat_template(tokenizer, settings.chat_template)
-    room = max(1, settings.max_length - settings.max_new_tokens)
-    prompts = [prompt_ids(tokenizer, record, chat=chat)[-room:] for record in records]
     config = GenerationConfig(max_new_tokens=settings.max_new_tokens, do_sample=False, num_beams=1,
                               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     device = next(model.parameters()).device
-    answers = [""] * len(records)
+    answers = [""] * len(prompts)
     batches = _batches_by_length([len(p) for p in prompts], settings.batch_size)
     for batch in tqdm(batches, desc="generating", unit="batch", disable=settings.quiet):
         width = max(len(prompts[i]) for i in batch)
@@ -170,15 +196,24 @@ def evaluate_records(model: Any, tokenizer: Any, records: Sequence[Record], sett
         raise ValueError("no records to evaluate on")
     start = time.perf_counter()
     model.eval()
-    sums, counts = reference_losses(model, tokenizer, records, settings)
+    sums, counts = reference_losses(model, tokenizer, records, settings) if settings.with_loss else (None, None)
     answers = generate_answers(model, tokenizer, records, settings)
+    return score_answers(records, answers, sums, counts, settings, start)
+
+
+def score_answers(records: Sequence[Record], answers: Sequence[str], loss_sums: np.ndarray | None, loss_counts: np.ndarray | None,
+                  settings: EvaluateSettings, start: float) -> EvaluationResult:
+    """The metrics of generated ``answers`` against the records' outputs (loss None when not computed); ``start``: perf_counter at the start."""
     references = [record.output for record in records]
     rouge = rouge_l_scores(answers, references)
     cosine = embedding_cosines(answers, references, embedder=settings.embedder, device=settings.device)
     exact = np.array([exact_match(a, r) for a, r in zip(answers, references)])
+    has_loss = loss_sums is not None and loss_counts is not None
+    sums = loss_sums if has_loss else np.full(len(records), np.nan)
+    counts = loss_counts if has_loss else np.ones(len(records), dtype=np.int64)
     metrics = {
         "n": len(records),
-        "loss": float(sums.sum() / max(1, counts.sum())),
+        "loss": float(sums.sum() / max(1, counts.sum())) if has_loss else None,
         "rouge_l": float(rouge.mean()),
         "embedding_cosine": float(cosine.mean()),
         "exact_match": float(exact.mean()),
@@ -187,7 +222,7 @@ def evaluate_records(model: Any, tokenizer: Any, records: Sequence[Record], sett
     }
     examples = [
         {"source": record.source, "task": record.task, "reference": record.output, "prediction": answer,
-         "loss": float(s / max(1, c)), "rouge_l": float(r), "embedding_cosine": float(e), "exact_match": float(x)}
+         "loss": float(s / max(1, c)) if has_loss else None, "rouge_l": float(r), "embedding_cosine": float(e), "exact_match": float(x)}
         for record, answer, s, c, r, e, x in zip(records, answers, sums, counts, rouge, cosine, exact)
     ]
     return EvaluationResult(metrics, examples)
@@ -212,7 +247,12 @@ def run_evaluate(settings: EvaluateSettings, records: Sequence[Record], out: str
     """Load the model (and adapter), evaluate on ``records``, and write ``out`` (JSON) when given."""
     records = list(records)[: settings.limit or None]
     model, tokenizer = load_model_for_evaluation(settings)
-    result = evaluate_records(model, tokenizer, records, settings)
+    if settings.icl_pool:
+        from .icl import evaluate_icl, read_icl_pool
+
+        result = evaluate_icl(model, tokenizer, records, read_icl_pool(settings.icl_pool), settings)
+    else:
+        result = evaluate_records(model, tokenizer, records, settings)
     result.metrics["settings"] = settings_dict(settings)
     result.metrics["environment"] = environment_info()
     if out is not None:
@@ -236,9 +276,12 @@ def register_cli(subparsers: Any) -> None:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     values = load_yaml(args.config) if args.config else {}
+    origins = {key: str(args.config) for key in values}
     names = set(EvaluateSettings.__dataclass_fields__)
-    values.update({k: v for k, v in vars(args).items() if k in names and v is not None})
-    settings = build_settings(EvaluateSettings, values)
+    flags = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    values.update(flags)
+    origins.update({key: "--" + key.replace("_", "-") for key in flags})
+    settings = build_settings(EvaluateSettings, values, origins=origins)
     records, _ = read_many(args.data)
     result = run_evaluate(settings, records, args.out)
     print(json.dumps({k: v for k, v in result.metrics.items() if k not in ("settings", "environment")}, indent=2))

@@ -45,6 +45,9 @@ from .selection import budget_to_count
 from .store import RunStore
 
 SECTIONS = {"select": SelectSettings, "finetune": FinetuneSettings, "evaluate": EvaluateSettings}
+_ADDED_EVALUATE_FIELDS = {"with_loss": True, "icl_pool": "", "k": 3, "icl_max_length": 1024}
+"""Evaluation settings newer than some experiment folders: left out of the folder's settings at these defaults, so
+that a folder made before they existed still resumes (a changed value is recorded, and a mismatch refused, as usual)."""
 _SHARED = ("model", "embedder", "device")
 
 
@@ -113,8 +116,9 @@ class Experiment:
         self.folder = Path(out or self.settings.out)
         defining = {k: v for k, v in config.as_dict()["experiment"].items()
                     if k not in ("name", "out", "influences", "objectives", "original_omitted", "original_per_seed", "seeds",
-                                 "fidelity_fractions", "headline_metric", "device", "threads", "quiet")}
-        stages = {k: {n: v for n, v in config.as_dict()[k].items() if n not in ("seed", "device", "quiet")} for k in SECTIONS}
+                                 "fidelity_fractions", "headline_metric", "device", "threads", "quiet", "mode")}
+        stages = {k: {n: v for n, v in config.as_dict()[k].items() if n not in ("seed", "device", "quiet")
+                      and not (k == "evaluate" and _ADDED_EVALUATE_FIELDS.get(n, object()) == v)} for k in SECTIONS}
         # several processes may work on one experiment (each selection and arm has its own lock), so the
         # experiment folder itself is not held exclusively; each selection's run folder is
         self.store = RunStore(self.folder, {"data": defining, **stages}, exclusive=False)
@@ -123,6 +127,7 @@ class Experiment:
         self.budget = budget_to_count(config.select.budget, len(self.splits.pool))
         self.log: list[str] = []
         self._warm: set[str] = set()
+        self._icl_model: Any = None
 
     # ---------------------------------------------------------------------------- selections
     def select_settings(self, influence: str, seed: int) -> SelectSettings:
@@ -262,20 +267,33 @@ class Experiment:
 
         start = time.perf_counter()
         influences, unavailable = available_influences(self.settings.influences)
+        from .experiment_icl import finished_icl_arms, icl_arms_for_seed
+
+        mode = self.settings.mode
+        icl_arms: list[dict[str, Any]] = []
         if report_only:
-            found = [(key, self.finished_arm(*key)) for key in self.expected_arms(influences)]
+            expected = self.expected_arms(influences)
+            found = [(key, self.finished_arm(*key)) for key in (expected if mode != "icl" else expected[:1])]
             arms = [arm for _, arm in found if arm is not None]
             missing = [f"{name}" + ("" if seed is None else f" seed {seed}") for (name, seed), arm in found if arm is None]
+            if mode != "finetune":
+                icl_arms, icl_missing = finished_icl_arms(self, expected)
+                missing += icl_missing
         else:
             arms = [self.run_arm("base", None, None)]
             for seed in self.settings.seeds:
-                arms += self.arms_for_seed(seed, influences)
+                if mode != "icl":
+                    arms += self.arms_for_seed(seed, influences)
+                if mode != "finetune":
+                    icl_arms += icl_arms_for_seed(self, seed, influences)
             missing = []
+        if mode == "icl":  # the table of an ICL-only experiment: the model without examples, then the ICL arms
+            arms, icl_arms = arms + icl_arms, []
         results = {
             "name": self.settings.name, "config": self.config.as_dict(), "environment": environment_info(),
             "data": self.splits.summary(), "budget": self.budget, "influences": influences, "unavailable": unavailable,
             "original_omitted": {k: v for k, v in self.settings.original_omitted.items() if k in influences},
-            "arms": arms, "missing_arms": missing, "cost": {}, "fidelity": {},
+            "arms": arms, "missing_arms": missing, "cost": {}, "fidelity": {}, "mode": mode, "icl_arms": icl_arms,
         }
         for influence in influences:
             cost = cost_summary(self, influence)

@@ -70,6 +70,8 @@ class ExperimentSettings:
     """Fractions u at which the network is checked against the full matrix (when the original arm ran)."""
     headline_metric: str = "exact_match"
     """Metric of the headline and of the NN-CIFT-versus-original verdict."""
+    mode: str = "finetune"
+    """How each subset is scored: finetune (LoRA fine-tuning, then evaluation), icl (in-context learning with the K most similar subset records; K = the evaluate section's k), or both."""
     model: str = BUNDLED_LM
     """Causal LM fine-tuned and evaluated (also the LM of LM-based influence functions)."""
     embedder: str = BUNDLED_EMBEDDER
@@ -80,6 +82,13 @@ class ExperimentSettings:
     """torch CPU threads (0: torch's default; 1 is far faster on a machine shared by many processes)."""
     quiet: bool = False
     """No progress bars."""
+
+    def __post_init__(self) -> None:
+        """Check the choices that would otherwise fail late (after selections or fine-tuning)."""
+        from .config import SettingsError
+
+        if self.mode not in ("finetune", "icl", "both"):
+            raise SettingsError("mode", f"expected one of 'finetune', 'icl', 'both', got {self.mode!r}")
 
 
 @dataclass

@@ -55,8 +55,8 @@ def arm_table(results: dict[str, Any]) -> list[dict[str, Any]]:
         row["target_share"] = (float(np.mean(shares)), _spread(shares)) if shares else None
         row["finetune_seconds"] = float(np.mean([r["finetune_seconds"] for r in runs]))
         for metric in METRICS:
-            values = [r["metrics"][metric] for r in runs]
-            row[metric] = (float(np.mean(values)), _spread(values))
+            values = [r["metrics"][metric] for r in runs if r["metrics"].get(metric) is not None]  # loss: None when not computed
+            row[metric] = (float(np.mean(values)), _spread(values)) if values else (float("nan"), 0.0)
         rows.append(row)
     return rows
 
@@ -147,6 +147,24 @@ def verdict_sentences(results: dict[str, Any]) -> list[str]:
     return sentences
 
 
+# ------------------------------------------------------------------------------------ ICL arms
+def icl_results(results: dict[str, Any]) -> dict[str, Any]:
+    """The results with the in-context-learning arms in place of the fine-tuning ones (the shared ``base`` arm first)."""
+    return {**results, "arms": [arm for arm in results["arms"] if arm["arm"] == "base"] + list(results.get("icl_arms") or [])}
+
+
+def icl_heading(results: dict[str, Any], table: str) -> list[str]:
+    """The line above a downstream table saying how its subsets were scored (none for a fine-tuning-only experiment)."""
+    mode = results.get("mode", "finetune")
+    if mode == "finetune":
+        return []
+    k = results["config"]["evaluate"].get("k", 3)
+    if table == "icl" or mode == "icl":
+        return [f"In-context learning: no fine-tuning; each held-out record is answered with the K = {k} subset records most "
+                "similar to it as examples (the 'no fine-tuning' row: no examples).\n"]
+    return ["LoRA fine-tuning on each subset, then evaluation without examples:\n"]
+
+
 # ------------------------------------------------------------------------------------ markdown
 def markdown_table(results: dict[str, Any]) -> str:
     """The downstream table in Markdown (mean ± s.d. over seeds)."""
@@ -165,7 +183,9 @@ def markdown_report(results: dict[str, Any]) -> str:
     finished = results.get("finished", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
     parts = [f"## {results['name']}\n", f"Command: `{environment.get('command', '')}` (finished {finished}; "
              f"git {environment.get('git_commit') or 'uncommitted'}; {environment.get('platform', '')}).\n",
-             sizes_sentence(results) + "\n", markdown_table(results)]
+             sizes_sentence(results) + "\n", *icl_heading(results, "finetune"), markdown_table(results)]
+    if results.get("icl_arms"):
+        parts += [*icl_heading(results, "icl"), markdown_table(icl_results(results))]
     parts += ["", *[f"- {s}" for s in verdict_sentences(results)], ""]
     if results["cost"]:
         parts += ["| influence | method | influence evaluations | seconds by stage | total s |", "|---|---|---|---|---|"]
@@ -267,7 +287,10 @@ def render_html(results: dict[str, Any]) -> str:
              f"<code>{html.escape(results['environment'].get('command', ''))}</code></div>",
              "<div class=\"verdict\">" + "".join(f"<p>{html.escape(s)}</p>" for s in verdict_sentences(results)) + "</div>",
              f"<p class=\"sub\">{html.escape(sizes_sentence(results))}</p>",
-             "<h2>Downstream quality</h2>", _table_html(results),
+             "<h2>Downstream quality</h2>", *[f"<p class=\"sub\">{html.escape(line)}</p>" for line in icl_heading(results, "finetune")],
+             _table_html(results),
+             *([f"<h2>In-context learning</h2><p class=\"sub\">{html.escape(icl_heading(results, 'icl')[0])}</p>",
+                _table_html(icl_results(results))] if results.get("icl_arms") else []),
              "<p class=\"sub\">Mean ± sample standard deviation over seeds; bold = best. Target share = part of the subset from "
              "the target family. Loss = cross-entropy per token of the reference answers.</p>",
              _image(plots.metric_bars(results["arms"], order, labels, metric, METRIC_NAMES[metric]), f"{metric} per arm",
