@@ -5,7 +5,7 @@ PIP := $(PY) -m pip
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo lint test test-fast bench clean
 
 setup: $(VENV)/.nncift-ready
 
@@ -23,7 +23,11 @@ $(VENV)/.nncift-ready: pyproject.toml
 demo: setup
 	HF_HUB_OFFLINE=1 $(VENV)/bin/nncift demo --out runs/demo
 
-test: setup
+lint: setup
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
+
+test: lint
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q
 
 test-fast: setup

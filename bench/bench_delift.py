@@ -36,10 +36,9 @@ import sys
 import time
 from pathlib import Path
 
-from benchlib import command_line, cpu_name, publish  # bench/ is on sys.path when a script runs
-
 import numpy as np
 import torch
+from benchlib import command_line, cpu_name, publish  # bench/ is on sys.path when a script runs
 
 from nncift.data import read_records
 from nncift.influence.delift import Delift, DeliftSettings

@@ -34,7 +34,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from benchlib import command_line, cpu_name, publish  # bench/ is on sys.path when a script runs
+from benchlib import (  # bench/ is on sys.path when a script runs
+    command_line,
+    cpu_name,
+    publish,
+)
 from less_data import read_p3
 from matrices import OUT, P3_POOL_FAMILIES, spec_named
 
@@ -91,7 +95,13 @@ def exact_subset(settings, v: float, pool, targets, rows, matrix, options, folde
 
     from nncift.config import SelectSettings, normalise_budget
     from nncift.influence import influence_class
-    from nncift.pipeline import Layout, influence_spec, label_scaling, objective_spec, run_full_select
+    from nncift.pipeline import (
+        Layout,
+        influence_spec,
+        label_scaling,
+        objective_spec,
+        run_full_select,
+    )
     from nncift.subset_quality import choose_subset
 
     select = SelectSettings(**{f: getattr(settings, f) for f in SelectSettings.__dataclass_fields__})
@@ -122,8 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    from nncift.sweep import Sweep, SweepSettings
+    from nncift.sweep_plan import SweepSettings
     from nncift.sweep_report import grid_table, heat_map
+    from nncift.sweep_run import Sweep
 
     started = time.perf_counter()
     setup = SETUPS[args.setup]

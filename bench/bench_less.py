@@ -92,9 +92,8 @@ def top(scores: np.ndarray, budget: float) -> set[int]:
 
 
 def main(argv=None) -> None:
-    from scipy.stats import spearmanr
-
     from less_data import pool_and_targets
+    from scipy.stats import spearmanr
 
     args = parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -119,9 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     from nncift.config import SelectSettings
     from nncift.embed import embed_records
     from nncift.fidelity import compare_pairwise
+    from nncift.layout import self_columns
     from nncift.pipeline import network_settings, plan_layout
     from nncift.subset_quality import choose_subset
-    from nncift.towers import self_columns
 
     started = time.perf_counter()
     matrix = shuffled(compute(args.matrix, progress=True))

@@ -26,10 +26,9 @@ import sys
 import time
 from pathlib import Path
 
-from benchlib import cpu_name  # bench/ is on sys.path when a script runs
-
 import numpy as np
 import torch
+from benchlib import cpu_name  # bench/ is on sys.path when a script runs
 
 from nncift import network as nw
 from nncift import pair_kernel as pk
@@ -131,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         del out
 
     # 4. the default two-tower network (one matrix product per row block), with the self-pair term on the diagonal
-    from nncift.towers import TwoTowerNetwork, self_columns
+    from nncift.layout import self_columns
+    from nncift.towers import TwoTowerNetwork
 
     tower = TwoTowerNetwork(args.dim)
     tower.initialise(torch.Generator().manual_seed(args.seed), 0.5, 0.1, 0.2)

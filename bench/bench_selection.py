@@ -34,9 +34,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 from benchlib import cpu_name  # bench/ is on sys.path when a script runs
-from typing import Iterator
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

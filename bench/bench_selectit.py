@@ -33,13 +33,17 @@ from nncift.data import read_records
 from nncift.embed import embed_records
 from nncift.fidelity import top_overlap
 from nncift.influence.selectit import (
-    RATINGS, SelectIT, SelectITSettings, model_weights, selectit_scores, token_level_scores,
+    RATINGS,
+    SelectIT,
+    SelectITSettings,
+    model_weights,
+    selectit_scores,
+    token_level_scores,
 )
 from nncift.models import BUNDLED_EMBEDDER, BUNDLED_LM
 from nncift.network import NetworkSettings, predict_pointwise
 from nncift.paper_training import train_pointwise
 from nncift.pipeline import run_select, sample_indices
-
 
 NETWORK_RUNS = ((0.05, 20), (0.1, 20), (0.2, 20), (0.5, 20), (0.05, 200), (0.5, 200))
 """(u, epochs) of the extra network runs: the paper's 20 epochs, and 200 to rule out under-training."""

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from bench_network import _objective, _scaled, shuffled  # bench/ is on sys.path when a script runs
 from benchlib import command_line, cpu_name, publish
-from matrices import OUT, NAMES, Matrix, spec_named
+from matrices import NAMES, OUT, Matrix, spec_named
 
 TOWER_SHAPES = ("two-tower:r4", "two-tower:r16", "two-tower:r64", "two-tower:r256")
 
@@ -55,10 +55,10 @@ def measure(matrix: Matrix, shapes: list[str], fraction: float, seeds: list[int]
     from nncift.config import SelectSettings
     from nncift.embed import embed_records
     from nncift.fidelity import compare_pairwise
+    from nncift.layout import self_columns
     from nncift.network_shapes import parameter_count, shape_settings
     from nncift.pipeline import network_settings, plan_layout
     from nncift.subset_quality import choose_subset
-    from nncift.towers import self_columns
 
     spec = matrix.spec
     budget = 0.05 if spec.influence == "less" else 0.1 if spec.targets else 0.3

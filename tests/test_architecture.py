@@ -1,4 +1,5 @@
-"""The package's shape: its import graph, built from the source with ``ast``, has no cycle."""
+"""The package's shape: its import graph, built from the source with ``ast``, has no cycle (imports inside
+functions count; ``if TYPE_CHECKING:`` imports, which never run, do not), and no module is over 450 lines."""
 
 from __future__ import annotations
 
@@ -17,7 +18,12 @@ def import_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {name: set() for name in modules}
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        type_only = {id(inner) for block in ast.walk(tree) if isinstance(block, ast.If) and _is_type_checking(block.test)
+                     for statement in block.body for inner in ast.walk(statement)}
+        for node in ast.walk(tree):
+            if id(node) in type_only:  # `if TYPE_CHECKING:` imports exist for annotations only, never at run time
+                continue
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom):
@@ -31,6 +37,10 @@ def import_graph() -> dict[str, set[str]]:
                 continue
             graph[name].update(t for t in targets if t in modules and t != name)
     return graph
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -66,3 +76,9 @@ def test_the_import_graph_has_no_cycle() -> None:
 def test_the_cycle_finder_finds_a_cycle() -> None:
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_module_is_over_450_lines() -> None:
+    sizes = {path.relative_to(PACKAGE).as_posix(): len(path.read_text(encoding="utf-8").splitlines()) for path in PACKAGE.rglob("*.py")}
+    assert len(sizes) > 40 and max(sizes.values()) > 100
+    assert {name: n for name, n in sizes.items() if n > 450} == {}

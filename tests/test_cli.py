@@ -154,7 +154,7 @@ def test_every_function_declares_its_settings_in_the_light_registry() -> None:
 
 
 def test_influence_options_are_namespaced_on_the_command_line_and_in_yaml(tmp_path, capsys) -> None:
-    from nncift.cli import _split_settings, build_parser, main
+    from nncift.cli import build_parser, main, split_settings
     from nncift.config import SelectSettings
 
     help_text = build_parser()._subparsers._group_actions[0].choices["select"].format_help()  # noqa: SLF001
@@ -163,11 +163,11 @@ def test_influence_options_are_namespaced_on_the_command_line_and_in_yaml(tmp_pa
     parser = build_parser()
     args = parser.parse_args(["select", "--out", "x", "--data", "d.jsonl", "--influence", "selectit", "--selectit.token-budget", "999",
                               "--dtype", "bfloat16"])
-    settings, options = _split_settings(args, SelectSettings)
+    settings, options = split_settings(args, SelectSettings)
     assert options == {"token_budget": 999} and settings.dtype == "bfloat16"
     config = tmp_path / "c.yaml"
     config.write_text("influence: delift\nbudget: 0.5\ndelift:\n  token_budget: 1024\n  prefix_reuse: false\n")
-    settings, options = _split_settings(parser.parse_args(["select", "--out", "x", "--config", str(config)]), SelectSettings)
+    settings, options = split_settings(parser.parse_args(["select", "--out", "x", "--config", str(config)]), SelectSettings)
     assert settings.budget == 0.5 and options == {"token_budget": 1024, "prefix_reuse": False}
     pool = tmp_path / "pool.jsonl"
     pool.write_text('{"instruction": "a", "output": "b"}\n')

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import SHARED_DATA, shared_data
+
 from nncift.data import END_OF_TEXT, DataError, EmptyFileError, Record, read_many, read_records, write_jsonl
 
 

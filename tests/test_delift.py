@@ -10,20 +10,18 @@ the utilities themselves on the real SmolLM2 (slow-marked).
 from __future__ import annotations
 
 import dataclasses
-
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
 from conftest import shared_data
+
 from nncift.data import Record, read_records
 from nncift.influence import influence_class
 from nncift.influence.delift import _PROBE_RECORDS, Delift, DeliftSettings, LengthShares, part_cuts
 from nncift.influence.lm_scoring import CausalScorer, rms_distance
-from nncift.templates import (delift_example, delift_example_header, delift_prompt_with_example,
-                              delift_prompt_without_example, delift_query_suffix)
+from nncift.templates import delift_example, delift_example_header, delift_prompt_with_example, delift_prompt_without_example, delift_query_suffix
 
 LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")

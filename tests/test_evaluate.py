@@ -10,9 +10,17 @@ import pytest
 
 from nncift.data import Record
 from nncift.evaluate import (
-    EvaluateSettings, embedding_cosines, evaluate_records, exact_match, generate_answers, load_model_for_evaluation,
-    normalize_answer, reference_losses, rouge_l_scores, run_evaluate,
+    EvaluateSettings,
+    embedding_cosines,
+    evaluate_records,
+    exact_match,
+    generate_answers,
+    load_model_for_evaluation,
+    normalize_answer,
+    reference_losses,
+    rouge_l_scores,
 )
+from nncift.evaluation import run_evaluate
 from nncift.finetune import FinetuneSettings, finetune
 
 RECORDS = [

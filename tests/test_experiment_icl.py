@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from test_experiment import _config, family_files  # noqa: F401 - the fixture is used by name
 
 from nncift.experiment import Experiment, config_from_dict
-from test_experiment import _config, family_files  # noqa: F401 - the fixture is used by name
 
 FAST_SELECT = {"fraction": 0.3, "min_sampled": 3, "budget": 0.25, "max_steps": 20, "folds": 2}
 """The tests' selection settings with a short network training (the arms, not the network, are tested here)."""

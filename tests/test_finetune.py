@@ -12,8 +12,15 @@ import torch
 from nncift import templates
 from nncift.data import Record
 from nncift.finetune import (
-    IGNORE_INDEX, FinetuneSettings, collate, encode_example, fast_head_matches, finetune, length_grouped_batches,
-    lora_model, response_loss,
+    IGNORE_INDEX,
+    FinetuneSettings,
+    collate,
+    encode_example,
+    fast_head_matches,
+    finetune,
+    length_grouped_batches,
+    lora_model,
+    response_loss,
 )
 
 RECORDS = [

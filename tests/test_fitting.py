@@ -11,10 +11,11 @@ from nncift.embed import embed_records
 from nncift.fidelity import calibrated_cosine, compare_pairwise, compare_pointwise
 from nncift.fitting import FitSettings, calibrate_prior, fit_pairwise, record_folds
 from nncift.fitting_pointwise import fit_pointwise
+from nncift.layout import self_columns
 from nncift.network import NetworkSettings, predict_pairwise, predict_pointwise
 from nncift.network_files import load_network, save_network
 from nncift.subset_quality import ObjectiveSpec, cold_mask, f_gain, objective_on, spearman
-from nncift.towers import TwoTowerNetwork, predict_two_tower, self_columns
+from nncift.towers import TwoTowerNetwork, predict_two_tower
 
 QUICK = FitSettings(max_steps=120, eval_every=10, learning_rates=(3e-3,), weight_decays=(1e-4,), folds=3, seed=0)
 

@@ -12,8 +12,18 @@ from torch import nn
 
 from nncift.data import Record
 from nncift.gradients import (
-    AdamPreconditioner, AdamState, FeatureStore, GradientFeaturizer, PerExampleGradients, collate, per_example_losses,
-    encode_example, layer_shape, make_compressor, parameter_matrix, trainable_layers,
+    AdamPreconditioner,
+    AdamState,
+    FeatureStore,
+    GradientFeaturizer,
+    PerExampleGradients,
+    collate,
+    encode_example,
+    layer_shape,
+    make_compressor,
+    parameter_matrix,
+    per_example_losses,
+    trainable_layers,
 )
 from nncift.gradients.adam import flat_state
 from nncift.gradients.batches import IGNORE

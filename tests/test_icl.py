@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nncift.data import Record as _Record, write_jsonl
+from nncift.data import Record as _Record
+from nncift.data import write_jsonl
 from nncift.evaluate import EvaluateSettings, load_model_for_evaluation
 from nncift.icl import evaluate_icl, icl_prompt_ids, nearest_examples, query_vectors
+
 
 def Record(instruction: str, output: str, input: str = "") -> _Record:  # noqa: N802 - a short constructor for the tests
     return _Record(instruction=instruction, input=input, output=output)

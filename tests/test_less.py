@@ -8,17 +8,16 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import shared_data
 from safetensors.torch import load_file
 
 from nncift.data import Record, read_records
 from nncift.gradients import collate, encode_example, layer_shape, parameter_matrix, trainable_layers
 from nncift.gradients.batches import per_example_losses
-from nncift.influence import build_influence, InfluenceSpec
+from nncift.influence import InfluenceSpec, build_influence
 from nncift.influence.less import Less, LessSettings, aggregate_scores
 from nncift.influence.less_warmup import add_lora, checkpoint_weights, learning_rate, load_checkpoint, run_warmup
 from nncift.selection import top_k
-
-from conftest import shared_data
 
 
 def test_aggregation_is_max_over_subtasks_of_the_mean_over_targets():

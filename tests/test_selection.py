@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 
-from nncift.selection import kernels as sel
 from nncift.selection import (
     OBJECTIVES,
     Selection,
@@ -20,6 +19,7 @@ from nncift.selection import (
     select,
     top_k,
 )
+from nncift.selection import kernels as sel
 
 # shapes (n_rows, n_candidates): square, more rows than columns, fewer rows than columns, rows not a
 # multiple of the 32 accumulator lanes, and very few rows

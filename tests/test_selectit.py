@@ -12,7 +12,12 @@ import pytest
 
 from nncift.data import Record
 from nncift.influence.selectit import (
-    SelectIT, SelectITSettings, model_weights, rating_token_ids, selectit_scores, sentence_level_scores,
+    SelectIT,
+    SelectITSettings,
+    model_weights,
+    rating_token_ids,
+    selectit_scores,
+    sentence_level_scores,
     token_level_scores,
 )
 from nncift.influence.token_batches import plan_token_batches, right_padded, shorten_middle
@@ -279,21 +284,21 @@ def test_fidelity_pointwise_rows(tiny_lm_dir: Path, demo_pool, tmp_path: Path) -
 
 
 def test_cli_repeated_model_flag_gives_the_model_list(tiny_lm_dir: Path, tiny_gpt2_dir: Path) -> None:
-    from nncift.cli import _split_settings, build_parser
+    from nncift.cli import build_parser, split_settings
     from nncift.config import SelectSettings
 
     args = build_parser().parse_args(["select", "--out", "x", "--data", "d.json", "--influence", "selectit",
                                       "--model", str(tiny_lm_dir), "--model", str(tiny_gpt2_dir), "--fraction", "0.05"])
-    settings, options = _split_settings(args, SelectSettings)
+    settings, options = split_settings(args, SelectSettings)
     assert settings.model == str(tiny_lm_dir) and options["models"] == [str(tiny_lm_dir), str(tiny_gpt2_dir)]
     assert SelectITSettings(**{k: v for k, v in options.items()}).model_list() == (str(tiny_lm_dir), str(tiny_gpt2_dir))
     one = build_parser().parse_args(["select", "--out", "x", "--data", "d.json", "--model", "m"])
-    settings, options = _split_settings(one, SelectSettings)
+    settings, options = split_settings(one, SelectSettings)
     assert settings.model == "m" and "models" not in options
     other = build_parser().parse_args(["select", "--out", "x", "--data", "d.json", "--influence", "delift-se",
                                        "--model", "a", "--model", "b"])
     with pytest.raises(ValueError, match="one model"):
-        _split_settings(other, SelectSettings)
+        split_settings(other, SelectSettings)
 
 
 # ---------------------------------------------------------------------------------------------

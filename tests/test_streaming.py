@@ -9,9 +9,8 @@ import pytest
 import torch
 
 from nncift import npy_files, selection, streaming
-from nncift.selection import out_of_core
 from nncift.network import InfluenceNetwork, predict_pairwise
-from nncift.selection import facility_location, fl_conditional_gain, fl_mutual_information, top_k
+from nncift.selection import facility_location, fl_conditional_gain, fl_mutual_information, out_of_core, top_k
 
 
 def _embeddings(n: int, seed: int) -> np.ndarray:

@@ -10,7 +10,8 @@ import pytest
 
 from nncift.data import write_jsonl
 from nncift.demo_data import demo_records
-from nncift.sweep import SweepSettings, nested_layouts, nested_samples, run_sweep, sample_size
+from nncift.sweep import run_sweep
+from nncift.sweep_plan import SweepSettings, nested_layouts, nested_samples, sample_size
 
 
 def test_nested_samples_are_prefixes_of_one_permutation_and_deterministic() -> None:

@@ -30,7 +30,7 @@ def _influence_settings_classes() -> dict[str, type]:
     return {name: settings_class(name) for name in SETTINGS}
 
 
-def _add_run_arguments(parser: argparse.ArgumentParser, settings_class: type[SelectSettings]) -> None:
+def add_run_arguments(parser: argparse.ArgumentParser, settings_class: type[SelectSettings]) -> None:
     parser.add_argument("--out", required=True, help="run folder")
     parser.add_argument("--config", help="YAML file with settings (flags override it)")
     parser.add_argument("--model", dest="model", action="append", default=None,
@@ -43,7 +43,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser, settings_class: type[Sel
         add_arguments(group, klass, skip=own, prefix=name)  # type: ignore[arg-type]
 
 
-def _split_settings(args: argparse.Namespace, settings_class: type) -> tuple[Any, dict[str, Any]]:
+def split_settings(args: argparse.Namespace, settings_class: type) -> tuple[Any, dict[str, Any]]:
     """(run settings, influence options): dataclass defaults, then the YAML file, then flags.
 
     Everything is checked here, before any file is written: a bad value is reported with the YAML file
@@ -115,7 +115,7 @@ def cmd_select(args: argparse.Namespace) -> int:
 
     if args.run or args.add:
         return _cmd_add(args)
-    settings, options = _split_settings(args, SelectSettings)
+    settings, options = split_settings(args, SelectSettings)
     result = run_select(settings, args.out, influence_options=options)
     _print_summary(result)
     return 0
@@ -149,7 +149,7 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
     """nncift fidelity: what selection loses on the predicted matrix, and per-quadrant MSE, against the true matrix."""
     from .fidelity import format_selection_table, format_table, run_fidelity
 
-    settings, options = _split_settings(args, FidelitySettings)
+    settings, options = split_settings(args, FidelitySettings)
     result = run_fidelity(settings, args.out, influence_options=options)
     print(format_selection_table(result.selection_rows or []))
     print(format_table(result.rows))
@@ -215,13 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"nncift {package_version()}", help="print the version and exit")
     commands = parser.add_subparsers(dest="command", required=True)
     select = commands.add_parser("select", help="select a fine-tuning subset with NN-CIFT")
-    _add_run_arguments(select, SelectSettings)
+    add_run_arguments(select, SelectSettings)
     grow = select.add_argument_group("growing a finished run (no influence function, no language model)")
     grow.add_argument("--run", help="a finished select run folder whose subset --add grows (its settings are used)")
     grow.add_argument("--add", action="append", help="new records to add to --run's pool (repeatable; not split at commas)")
     select.set_defaults(handler=cmd_select)
     fidelity = commands.add_parser("fidelity", help="InfluenceNetwork fidelity per quadrant (paper Fig. 2)")
-    _add_run_arguments(fidelity, FidelitySettings)
+    add_run_arguments(fidelity, FidelitySettings)
     fidelity.set_defaults(handler=cmd_fidelity)
     demo = commands.add_parser("demo", help="run the main job on the built-in data set")
     demo.add_argument("--out", default="runs/demo", help="run folder")
@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands() -> list[Callable[[Any], None]]:
     """Subcommands contributed by other modules (fine-tuning, evaluation, experiments)."""
     registrations = []
-    for module_name in ("nncift.scoring", "nncift.inspect_run", "nncift.finetune", "nncift.evaluate", "nncift.experiment", "nncift.sweep"):
+    for module_name in ("nncift.scoring", "nncift.inspect_run", "nncift.finetune", "nncift.evaluation", "nncift.experiment", "nncift.sweep"):
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as error:

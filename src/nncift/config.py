@@ -38,15 +38,18 @@ class SelectSettings:
     targets: tuple[str, ...] = ()
     """Target files (validation data of a task). Empty: the pool represents itself."""
     influence: str = "delift-se"
-    """Influence function: delift-se (default), delift, less, selectit. DELIFT-SE is the default because with the bundled 135M model, DELIFT through the network selected no better than its cosine fallback on real data, which DELIFT-SE computes exactly without the LM (BENCHMARKS.md)."""
+    """Influence function: delift-se (default), delift, less, selectit. DELIFT-SE is the default because with the bundled 135M model, DELIFT through the
+    network selected no better than its cosine fallback on real data, which DELIFT-SE computes exactly without the LM (BENCHMARKS.md)."""
     fraction: float = 0.05
     """Fraction u of targets and candidates on which the influence function is computed (Q1)."""
     min_sampled: int = 10
     """At least this many sampled targets and candidates (for tiny data sets)."""
     sampling_blocks: int = 0
-    """Sampling design: 1 = one u×u block; g > 1 = the same number of labelled pairs in g blocks over √g× as many records; 0 = the influence function's own default (DELIFT, which costs per pair: 4; the others, which cost per record: 1)."""
+    """Sampling design: 1 = one u×u block; g > 1 = the same number of labelled pairs in g blocks over √g× as many records; 0 = the influence function's
+    own default (DELIFT, which costs per pair: 4; the others, which cost per record: 1)."""
     budget: float = 0.3
-    """Subset size: a fraction of the pool in (0, 1] (1 = the whole pool, ranked), or a whole number of records above 1 (50, or 50.0); 0, negatives and non-integral values above 1 such as 1.5 are errors."""
+    """Subset size: a fraction of the pool in (0, 1] (1 = the whole pool, ranked), or a whole number of records above 1 (50, or 50.0); 0, negatives and
+    non-integral values above 1 such as 1.5 are errors."""
     objective: str = ""
     """Selection: fl, flmi, flcg, topk. Empty: the one that belongs to the influence function."""
     eta: float = 1.0
@@ -64,7 +67,8 @@ class SelectSettings:
     trust_remote_code: bool = False
     """Run code shipped with the causal LM (explicit opt-in only)."""
     architecture: str = "two-tower"
-    """InfluenceNetwork: two-tower (calibrated cosine prior + learned towers, validated on held-out records; the default) or paper (the paper's MLP, for reproduction)."""
+    """InfluenceNetwork: two-tower (calibrated cosine prior + learned towers, validated on held-out records; the default) or paper (the paper's MLP, for
+    reproduction)."""
     tower_hidden: int = 128
     """two-tower: hidden width of each tower."""
     tower_rank: int = 64

@@ -20,8 +20,6 @@ each record is answered with its K most similar subset records as in-context exa
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
 import string
 import time
@@ -31,8 +29,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .config import SettingsError, add_arguments, build_settings, environment_info, load_yaml, settings_dict
-from .data import Record, read_many
+from .config import SettingsError
+from .data import Record
 from .finetune import collate, encode_example, prompt_ids, response_loss, uses_chat_template
 from .models import BUNDLED_EMBEDDER, BUNDLED_LM
 
@@ -71,7 +69,8 @@ class EvaluateSettings:
     with_loss: bool = True
     """Also compute the teacher-forced loss of the reference answers (one more forward pass per record)."""
     icl_pool: str = ""
-    """In-context-learning mode: file of the records (a selected subset) from which each query gets its K most similar records as examples; empty: answer each query alone."""
+    """In-context-learning mode: file of the records (a selected subset) from which each query gets its K most similar records as examples; empty: answer
+    each query alone."""
     k: int = 3
     """In-context-learning mode: examples per query (the K pool records most similar to it by embedding cosine)."""
     icl_max_length: int = 1024
@@ -209,8 +208,8 @@ def score_answers(records: Sequence[Record], answers: Sequence[str], loss_sums: 
     cosine = embedding_cosines(answers, references, embedder=settings.embedder, device=settings.device)
     exact = np.array([exact_match(a, r) for a, r in zip(answers, references)])
     has_loss = loss_sums is not None and loss_counts is not None
-    sums = loss_sums if has_loss else np.full(len(records), np.nan)
-    counts = loss_counts if has_loss else np.ones(len(records), dtype=np.int64)
+    sums: np.ndarray = loss_sums if loss_sums is not None and has_loss else np.full(len(records), np.nan)
+    counts: np.ndarray = loss_counts if loss_counts is not None and has_loss else np.ones(len(records), dtype=np.int64)
     metrics = {
         "n": len(records),
         "loss": float(sums.sum() / max(1, counts.sum())) if has_loss else None,
@@ -241,48 +240,3 @@ def load_model_for_evaluation(settings: EvaluateSettings) -> tuple[Any, Any]:
             raise FileNotFoundError(f"{settings.adapter}: no adapter_config.json (expected a folder from `nncift finetune`)")
         model = PeftModel.from_pretrained(model, settings.adapter).merge_and_unload()
     return model.eval(), tokenizer
-
-
-def run_evaluate(settings: EvaluateSettings, records: Sequence[Record], out: str | Path | None = None) -> EvaluationResult:
-    """Load the model (and adapter), evaluate on ``records``, and write ``out`` (JSON) when given."""
-    records = list(records)[: settings.limit or None]
-    model, tokenizer = load_model_for_evaluation(settings)
-    if settings.icl_pool:
-        from .icl import evaluate_icl, read_icl_pool
-
-        result = evaluate_icl(model, tokenizer, records, read_icl_pool(settings.icl_pool), settings)
-    else:
-        result = evaluate_records(model, tokenizer, records, settings)
-    result.metrics["settings"] = settings_dict(settings)
-    result.metrics["environment"] = environment_info()
-    if out is not None:
-        path = Path(out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(result.as_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
-        tmp.replace(path)
-    return result
-
-
-def register_cli(subparsers: Any) -> None:
-    """Add ``nncift evaluate`` to the command line."""
-    parser = subparsers.add_parser("evaluate", help="loss, ROUGE-L, embedding cosine and exact match on held-out records")
-    parser.add_argument("--data", required=True, action="append", help="held-out records; repeatable")
-    parser.add_argument("--out", help="JSON file for the results (default: print only)")
-    parser.add_argument("--config", help="YAML file with evaluation settings (flags override it)")
-    add_arguments(parser, EvaluateSettings)
-    parser.set_defaults(handler=_cmd_evaluate)
-
-
-def _cmd_evaluate(args: argparse.Namespace) -> int:
-    values = load_yaml(args.config) if args.config else {}
-    origins = {key: str(args.config) for key in values}
-    names = set(EvaluateSettings.__dataclass_fields__)
-    flags = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    values.update(flags)
-    origins.update({key: "--" + key.replace("_", "-") for key in flags})
-    settings = build_settings(EvaluateSettings, values, origins=origins)
-    records, _ = read_many(args.data)
-    result = run_evaluate(settings, records, args.out)
-    print(json.dumps({k: v for k, v in result.metrics.items() if k not in ("settings", "environment")}, indent=2))
-    return 0

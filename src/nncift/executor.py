@@ -64,7 +64,7 @@ class Executor(ABC):
             own = None if self_cols is None else self_cols[start:stop]
             write(start, stop, predict_pairwise(network, row_embeddings[start:stop], col_embeddings, self_cols=own))
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook, empty by default
         """Release workers (and a cluster the executor started); the local executor holds nothing."""
 
     def __enter__(self) -> "Executor":

@@ -26,23 +26,21 @@ import argparse
 import dataclasses
 import json
 import time
-from collections import Counter
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
 from .config import SelectSettings, build_settings, environment_info, load_yaml, settings_dict
-from .data import Record
-from .evaluate import EvaluateSettings, run_evaluate
-from .experiment_data import ExperimentSettings, Splits, build_splits
+from .evaluate import EvaluateSettings
+from .evaluation import run_evaluate
+from .experiment_data import ExperimentSettings, Splits, build_splits, composition
 from .finetune import FinetuneSettings, finetune
 from .influence import REGISTRY, influence_class
-from .selection import budget_to_count
-from .store import RunStore
+from .store import RunStore, json_default
 
 SECTIONS = {"select": SelectSettings, "finetune": FinetuneSettings, "evaluate": EvaluateSettings}
 _ADDED_EVALUATE_FIELDS = {"with_loss": True, "icl_pool": "", "k": 3, "icl_max_length": 1024}
@@ -124,10 +122,12 @@ class Experiment:
         self.store = RunStore(self.folder, {"data": defining, **stages}, exclusive=False)
         self.splits: Splits = build_splits(self.settings)
         self.splits.write(self.folder / "data")
+        from .selection import budget_to_count  # numba: not needed to build the command line
+
         self.budget = budget_to_count(config.select.budget, len(self.splits.pool))
         self.log: list[str] = []
         self._warm: set[str] = set()
-        self._icl_model: Any = None
+        self.icl_model: Any = None
 
     # ---------------------------------------------------------------------------- selections
     def select_settings(self, influence: str, seed: int) -> SelectSettings:
@@ -166,7 +166,7 @@ class Experiment:
         warm_up_kernel()
         facility_location(np.eye(3, dtype=np.float32), 2)
         self._warm.update(todo)
-        self._say(f"warm-up (embedding cache of {', '.join(todo)}, compiled kernels): {time.perf_counter() - start:.1f} s, charged to no arm")
+        self.say(f"warm-up (embedding cache of {', '.join(todo)}, compiled kernels): {time.perf_counter() - start:.1f} s, charged to no arm")
 
     def selection_folder(self, influence: str, method: str, seed: int) -> Path:
         """Run folder of the selection of ``influence`` by ``method`` (original or nncift) for ``seed``."""
@@ -195,14 +195,15 @@ class Experiment:
             info.update(composition(records, self.settings.target_family), indices=[int(i) for i in indices])
             adapter_dir = folder / "adapter"
             if not (adapter_dir / "finetune.json").is_file():
-                self._say(f"fine-tuning {arm} seed {seed} on {len(records)} records")
+                self.say(f"fine-tuning {arm} seed {seed} on {len(records)} records")
+                assert seed is not None  # arms with a subset have a seed (only the base model has none)
                 result = finetune(records, dataclasses.replace(self.config.finetune, seed=seed), adapter_dir)
                 info["finetune_seconds"] = round(result.seconds, 3)
             summary = json.loads((adapter_dir / "finetune.json").read_text(encoding="utf-8"))
             info.update(finetune_seconds=summary["seconds"], truncated=summary["truncated"],
                         final_train_loss=float(np.mean(summary["losses"][-max(1, len(summary["losses"]) // 10):])))
             adapter = str(adapter_dir)
-        self._say(f"evaluating {arm} seed {seed}")
+        self.say(f"evaluating {arm} seed {seed}")
         evaluation = run_evaluate(dataclasses.replace(self.config.evaluate, adapter=adapter), self.splits.heldout, folder / "evaluation.json")
         info["metrics"] = {k: v for k, v in evaluation.metrics.items() if k not in ("settings", "environment")}
         self.store_json(done, info)
@@ -226,14 +227,14 @@ class Experiment:
         """Only the selections (original and NN-CIFT, every function and seed), no fine-tuning; their compositions."""
         influences, unavailable = available_influences(self.settings.influences)
         for name, reason in unavailable.items():
-            self._say(f"{name}: {reason}")
+            self.say(f"{name}: {reason}")
         rows = []
         for seed in self.settings.seeds:
             for influence in influences:
                 methods = ["nncift"] if influence in self.settings.original_omitted else ["original", "nncift"]
                 for method in methods:
                     used_seed = self.original_seed(seed) if method == "original" else seed
-                    self._say(f"selecting with {influence} ({method}) seed {used_seed}")
+                    self.say(f"selecting with {influence} ({method}) seed {used_seed}")
                     chosen = self.selection(influence, method, used_seed)
                     records = [self.splits.pool[int(i)] for i in chosen.indices]
                     rows.append({"influence": influence, "method": method, "seed": used_seed,
@@ -289,7 +290,7 @@ class Experiment:
             missing = []
         if mode == "icl":  # the table of an ICL-only experiment: the model without examples, then the ICL arms
             arms, icl_arms = arms + icl_arms, []
-        results = {
+        results: dict[str, Any] = {
             "name": self.settings.name, "config": self.config.as_dict(), "environment": environment_info(),
             "data": self.splits.summary(), "budget": self.budget, "influences": influences, "unavailable": unavailable,
             "original_omitted": {k: v for k, v in self.settings.original_omitted.items() if k in influences},
@@ -313,7 +314,8 @@ class Experiment:
         return (self.selection_folder(influence, method, seed) / "manifest.json").is_file()
 
     # ---------------------------------------------------------------------------- helpers
-    def _say(self, message: str) -> None:
+    def say(self, message: str) -> None:
+        """Log a progress message (printed unless quiet)."""
         self.log.append(message)
         if not self.settings.quiet:
             print(f"[experiment] {message}", flush=True)
@@ -322,7 +324,7 @@ class Experiment:
     def store_json(path: Path, payload: Any) -> None:
         """Write JSON atomically."""
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False, default=_json_default), encoding="utf-8")
+        tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False, default=json_default), encoding="utf-8")
         tmp.replace(path)
 
 
@@ -341,23 +343,6 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def composition(records: list[Record], target_family: str) -> dict[str, Any]:
-    """Per-family counts of a subset, and the share from the target family (None without one)."""
-    counts = Counter(record.task or "" for record in records)
-    share = counts.get(target_family, 0) / len(records) if target_family and records else None
-    return {"n_train": len(records), "by_family": dict(sorted(counts.items())), "target_share": share}
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def run_experiment(config: ExperimentConfig, out: str | Path | None = None) -> dict[str, Any]:

@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from .data import jsonl_lines
+from .config import SelectSettings
+from .data import Record, jsonl_lines
 from .embed import embed_records
 from .fidelity import evaluate_split, quadrant_masks
 from .influence import influence_class
-from .training import train_network, train_network_pointwise
 from .network import predict_pairwise, predict_pointwise
 from .pipeline import block_self_cols, network_settings, plan_layout, sample_indices, sampling_blocks, self_cols_of
+from .training import train_network, train_network_pointwise
 
 _SCATTER_POINTS = 3000
 
@@ -114,7 +115,9 @@ def fidelity_summary(experiment: Any, influence: str) -> dict[str, Any]:
             "label_scaling": manifest["label_scaling"]}
 
 
-def _pairwise_fidelity(truth, pool, targets, objective, settings, fractions, embed):
+def _pairwise_fidelity(truth: np.ndarray, pool: list[Record], targets: list[Record], objective: str, settings: SelectSettings,
+                       fractions: list[float], embed: Callable[[list[Record]], np.ndarray]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Quadrant rows per fraction and a scatter sample of a pairwise function (the full exact matrix ``truth``)."""
     layout_rows = plan_layout(pool, targets, objective, dataclasses.replace(settings, fraction=1.0, sampling_blocks=1), np.random.default_rng(0)).rows
     col_embeddings = embed(pool)
     row_embeddings = embed(layout_rows)  # the embedding cache makes the pool rows free
@@ -127,7 +130,7 @@ def _pairwise_fidelity(truth, pool, targets, objective, settings, fractions, emb
         network, _ = train_network(row_embeddings[layout.seen_rows], col_embeddings[layout.seen_cols], labels, network_settings(settings),
                                    self_cols=block_self_cols(layout), objective="topk" if objective == "topk" else "fl")
         predicted = predict_pairwise(network, row_embeddings, col_embeddings, self_cols=self_cols_of(layout)).astype(np.float64)
-        masks = quadrant_masks(*truth.shape, layout.seen_rows, layout.seen_cols)
+        masks = quadrant_masks(truth.shape[0], truth.shape[1], layout.seen_rows, layout.seen_cols)
         for name, mask in masks.items():
             metrics = evaluate_split(truth[mask], predicted[mask], labels[np.isfinite(labels)].astype(np.float64), rng, 0.10)
             rows.append({"fraction": fraction, "split": name, "n_seen_rows": len(layout.seen_rows), "n_seen_cols": len(layout.seen_cols), **metrics})
@@ -145,7 +148,9 @@ def _scatter_sample(truth: np.ndarray, predicted: np.ndarray, masks: dict[str, n
             "split": labels.ravel()[pick].tolist()}
 
 
-def _pointwise_fidelity(truth, embeddings, settings, fractions):
+def _pointwise_fidelity(truth: np.ndarray, embeddings: np.ndarray, settings: SelectSettings,
+                        fractions: list[float]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Rows per fraction and a scatter sample of a pointwise function (exact scores ``truth``)."""
     rows, scatter = [], {}
     ok = np.isfinite(truth)
     for fraction in fractions:

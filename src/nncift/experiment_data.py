@@ -71,7 +71,8 @@ class ExperimentSettings:
     headline_metric: str = "exact_match"
     """Metric of the headline and of the NN-CIFT-versus-original verdict."""
     mode: str = "finetune"
-    """How each subset is scored: finetune (LoRA fine-tuning, then evaluation), icl (in-context learning with the K most similar subset records; K = the evaluate section's k), or both."""
+    """How each subset is scored: finetune (LoRA fine-tuning, then evaluation), icl (in-context learning with the K most similar subset records; K = the
+    evaluate section's k), or both."""
     model: str = BUNDLED_LM
     """Causal LM fine-tuned and evaluated (also the LM of LM-based influence functions)."""
     embedder: str = BUNDLED_EMBEDDER
@@ -210,3 +211,10 @@ def build_splits(settings: ExperimentSettings) -> Splits:
     if not pool:
         raise ValueError("the pool is empty: check pool, families and per_family")
     return Splits(pool, targets, heldout, files)
+
+
+def composition(records: list[Record], target_family: str) -> dict[str, Any]:
+    """Per-family counts of a subset, and the share from the target family (None without one)."""
+    counts = Counter(record.task or "" for record in records)
+    share = counts.get(target_family, 0) / len(records) if target_family and records else None
+    return {"n_train": len(records), "by_family": dict(sorted(counts.items())), "target_share": share}

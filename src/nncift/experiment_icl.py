@@ -35,7 +35,7 @@ def icl_arm_folder(experiment: "Experiment", arm: str, seed: int) -> Path:
 def run_icl_arm(experiment: "Experiment", arm: str, seed: int, indices: np.ndarray) -> dict[str, Any]:
     """Evaluate the held-out records with examples from the pool records ``indices``; reuse a finished arm."""
     from .evaluate import load_model_for_evaluation
-    from .experiment import composition
+    from .experiment_data import composition
     from .icl import evaluate_icl
 
     folder = icl_arm_folder(experiment, arm, seed)
@@ -47,10 +47,10 @@ def run_icl_arm(experiment: "Experiment", arm: str, seed: int, indices: np.ndarr
     settings = dataclasses.replace(experiment.config.evaluate, adapter="")
     info: dict[str, Any] = {"arm": arm, "seed": seed, "mode": "icl", "finetune_seconds": 0.0,
                             **composition(records, experiment.settings.target_family), "indices": [int(i) for i in indices]}
-    if getattr(experiment, "_icl_model", None) is None:
-        experiment._icl_model = load_model_for_evaluation(settings)
-    model, tokenizer = experiment._icl_model
-    experiment._say(f"in-context evaluation of {arm} seed {seed} (K = {settings.k} of {len(records)} records)")
+    if getattr(experiment, "icl_model", None) is None:
+        experiment.icl_model = load_model_for_evaluation(settings)
+    model, tokenizer = experiment.icl_model
+    experiment.say(f"in-context evaluation of {arm} seed {seed} (K = {settings.k} of {len(records)} records)")
     result = evaluate_icl(model, tokenizer, experiment.splits.heldout, records, settings)
     result.metrics.update(settings=settings_dict(settings), environment=environment_info())
     experiment.store_json(folder / "evaluation.json", result.as_dict())

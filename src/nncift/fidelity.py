@@ -34,16 +34,16 @@ import numpy as np
 from .config import FidelitySettings, environment_info, settings_dict
 from .data import Record
 from .embed import embed_records
-from .executor import executor_for
+from .executor import Executor, executor_for
 from .fitting import calibrate_prior
-from .training import train_network, train_network_pointwise
 from .influence import influence_class
+from .layout import block_self_columns, self_columns
 from .ledger import CostLedger
 from .network import NetworkSettings, predict_pairwise, predict_pointwise
-from .pipeline import influence_spec, load_inputs, network_settings, sample_indices
+from .pipeline import influence_spec, label_scaling, load_inputs, network_settings, sample_indices
 from .store import RunStore, plan_blocks
 from .subset_quality import ObjectiveSpec, choose_subset, cold_mask, f_gain, spearman
-from .towers import block_self_columns, self_columns
+from .training import train_network, train_network_pointwise
 
 QUADRANTS = ("Q1", "Q2", "Q3", "Q4")
 _MAX_RANK_PAIRS = 2_000_000
@@ -147,12 +147,13 @@ def compare_pairwise(true: np.ndarray, row_embeddings: np.ndarray, col_embedding
     for predicted in predictions.values():
         predicted[q1] = np.where(known, labels, predicted[q1])  # exact where known, as nncift select keeps them
     rng = np.random.default_rng(seed)
-    masks = quadrant_masks(*true.shape, seen_rows, seen_cols)
+    n_rows, n_cols = true.shape
+    masks = quadrant_masks(n_rows, n_cols, seen_rows, seen_cols)
     first = networks[0].architecture
     quadrant_rows = [{"fraction": fraction, "seed": seed, "split": split, "n_seen_rows": len(seen_rows), "n_seen_cols": len(seen_cols),
                       **evaluate_split(true[mask], predictions[first][mask], labels[known], rng, 0.10, predictions["cosine"][mask])}
                      for split, mask in masks.items()]
-    cold = cold_mask(*true.shape, seen_rows, seen_cols, self_cols)
+    cold = cold_mask(n_rows, n_cols, seen_rows, seen_cols, self_cols)
     mse_mean = float(np.mean((predictions["mean"][masks["Q4"]] - true[masks["Q4"]]) ** 2)) if masks["Q4"].any() else float("nan")
     best = true_subset
     selection_rows = []
@@ -227,7 +228,7 @@ def _network_list(settings: FidelitySettings) -> list[NetworkSettings]:
     return [replace(base, architecture=name) for name in (settings.architectures or (settings.architecture,))]
 
 
-def _run_fidelity(settings: FidelitySettings, out: str | Path, pool: list[Record], options: dict[str, Any], executor) -> FidelityResult:
+def _run_fidelity(settings: FidelitySettings, out: str | Path, pool: list[Record], options: dict[str, Any], executor: Executor) -> FidelityResult:
     pool = pool[: settings.limit or None]
     store = RunStore(out, {**settings_dict(settings), "influence_options": options, "command": "fidelity"})
     function_class = influence_class(settings.influence)
@@ -242,8 +243,8 @@ def _run_fidelity(settings: FidelitySettings, out: str | Path, pool: list[Record
         else:
             executor.run_pointwise(spec, pool, full, plan_blocks(1, n, 1, settings.block_size), store.folder, progress=progress)
     values = np.asarray(full.array, dtype=np.float64)
-    low, high = function_class.label_range or (float(np.nanmin(values)), float(np.nanmax(values)))
-    scaled = (values - low) / ((high - low) or 1.0)
+    low, high = label_scaling(function_class, values)  # the same rule as select: the fixed range, else min–max
+    scaled = (values - low) / (high - low)
     with ledger.stage("embeddings"):
         embeddings = embed_records(pool, model=settings.embedder, device=settings.device, progress=progress)
     rows: list[dict[str, Any]] = []
@@ -307,7 +308,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return ""
     top_key = next(k for k in rows[0] if k.startswith("top"))
-    lines = [f"| u | seed | split | pairs | MSE network | MSE mean baseline | MSE cosine baseline | MSE random baseline | Spearman | {top_key.replace('_', ' ')} |",
+    lines = [f"| u | seed | split | pairs | MSE network | MSE mean baseline | MSE cosine baseline | MSE random baseline | Spearman "
+             f"| {top_key.replace('_', ' ')} |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row['fraction']} | {row.get('seed', '')} | {row['split']} | {row['n']} | {row['mse_network']:.4f} | {row['mse_mean']:.4f} | "

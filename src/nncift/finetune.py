@@ -279,6 +279,7 @@ def finetune(records: Sequence[Record], settings: FinetuneSettings, out: str | P
         The adapter folder, per-step losses, time and token counts.
     """
     import torch
+
     from .models import load_causal_lm
 
     if not records:

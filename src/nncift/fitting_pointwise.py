@@ -72,7 +72,8 @@ def fit_pointwise(embeddings: np.ndarray, labels: np.ndarray, settings: FitSetti
                         network.initialise(torch.Generator().manual_seed(settings.seed + f), weights, bias)
                         shots: list[np.ndarray] = []
 
-                        def record(step: int, prediction: np.ndarray, p: int = p, g: int = g, f: int = f, val: np.ndarray = val) -> None:
+                        def record(step: int, prediction: np.ndarray, p: int = p, g: int = g, f: int = f, val: np.ndarray = val,
+                                   shots: list[np.ndarray] = shots) -> None:
                             curves[p, g, f, step // settings.eval_every] = float(np.mean((prediction[val] - y[val]) ** 2))
                             shots.append(prediction[val].copy())
 

@@ -13,7 +13,6 @@ from .config import SelectSettings
 from .data import Record
 from .influence import InfluenceFunction
 from .store import Block, plan_blocks
-from .towers import block_self_columns, self_columns
 
 
 @dataclass(frozen=True)
@@ -114,3 +113,16 @@ def matrix_rows(objective: str, has_targets: bool) -> str:
     if not has_targets:
         return "pool"
     return "pool+targets" if objective in ("flmi", "flcg") else "targets"
+
+
+def self_columns(n_rows: int, n_self_rows: int) -> np.ndarray:
+    """Column index of each row's own record (``i`` for the first ``n_self_rows`` rows), else −1."""
+    out = np.full(n_rows, -1, dtype=np.int64)
+    out[:n_self_rows] = np.arange(min(n_self_rows, n_rows))
+    return out
+
+
+def block_self_columns(self_cols: np.ndarray, seen_rows: np.ndarray, seen_cols: np.ndarray) -> np.ndarray:
+    """:func:`self_columns` restricted to a block: per seen row, the position among ``seen_cols`` of its own record, else −1."""
+    position = {int(c): p for p, c in enumerate(seen_cols)}
+    return np.array([position.get(int(self_cols[r]), -1) if self_cols[r] >= 0 else -1 for r in seen_rows], dtype=np.int64)

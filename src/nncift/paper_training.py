@@ -89,7 +89,7 @@ def _train(
 
     bar = tqdm(total=settings.epochs, desc="influence network (paper MLP)", unit="epoch", disable=not progress, leave=False)
     with torch_threads(1), bar:
-        for epoch in range(settings.epochs):
+        for _ in range(settings.epochs):
             if n_examples == 0:
                 losses.append(float("nan"))
                 continue

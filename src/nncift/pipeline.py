@@ -231,10 +231,12 @@ def run_full_select(
         pool, targets, progress = run.pool, run.targets, not settings.quiet
         with executor_for(settings) as executor:
             if function_class.pairwise:
-                layout = plan_layout(pool, targets, objective, dataclasses.replace(settings, fraction=1.0, sampling_blocks=1), np.random.default_rng(settings.seed))
+                every_pair = dataclasses.replace(settings, fraction=1.0, sampling_blocks=1)
+                layout = plan_layout(pool, targets, objective, every_pair, np.random.default_rng(settings.seed))
                 full = store.matrix("full", np.arange(len(layout.rows)), np.arange(len(pool)))
                 with ledger.stage("influence on full matrix"):
-                    ledger.counters.update(executor.run_pairwise(spec, layout.rows, pool, full, plan_blocks(*full.shape, settings.block_size, settings.block_size), store.folder, progress=progress))
+                    blocks = plan_blocks(*full.shape, settings.block_size, settings.block_size)
+                    ledger.counters.update(executor.run_pairwise(spec, layout.rows, pool, full, blocks, store.folder, progress=progress))
             else:
                 full = store.matrix("scores", np.zeros(1, dtype=np.int64), np.arange(len(pool)))
                 with ledger.stage("influence on all examples"):
@@ -321,7 +323,8 @@ def _start_run(settings: SelectSettings, out: str | Path, pool: Iterable[Any] | 
 def _finish(run: _Run, settings: SelectSettings, extra: dict[str, Any], chosen: selection_module.Selection, origin: list[str]) -> SelectionResult:
     """Write ``selected.jsonl``, ``subset.jsonl``, ``scores.csv`` and (last) ``manifest.json``; return the :class:`SelectionResult`."""
     write_selection_files(run.store.folder, run.pool, chosen.indices, chosen.gains, values=chosen.values, influence=origin)
-    manifest = build_manifest(settings, run.function_class, run.options, run.objective, run.pool, run.targets, run.reports, run.ledger, extra, len(chosen.indices), chosen.objective)
+    manifest = build_manifest(settings, run.function_class, run.options, run.objective, run.pool, run.targets, run.reports, run.ledger, extra,
+                              len(chosen.indices), chosen.objective)
     run.store.write_json("manifest.json", manifest)
     return SelectionResult(np.asarray(chosen.indices), np.asarray(chosen.gains), [run.pool[i] for i in chosen.indices], chosen.objective,
                            manifest, run.store.folder)

@@ -13,7 +13,7 @@ _COLOURS = {"base": "#9e9e9e", "random": "#bdbdbd", "full": "#616161", "original
 _SPLIT_COLOURS = {"Q1": "#2ca02c", "Q2": "#1f77b4", "Q3": "#9467bd", "Q4": "#ff7f0e", "seen": "#2ca02c", "unseen": "#ff7f0e"}
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -25,7 +25,7 @@ def _pyplot() -> Any:
 def _png(figure: Any) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=96, bbox_inches="tight")
-    _pyplot().close(figure)
+    pyplot().close(figure)
     return buffer.getvalue()
 
 
@@ -36,7 +36,7 @@ def arm_colour(arm: str) -> str:
 
 def metric_bars(arms: list[dict[str, Any]], order: list[str], labels: dict[str, str], metric: str, title: str) -> bytes:
     """Mean of ``metric`` per arm (bars), ± s.d. (error bars), and each seed's value (dots)."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(max(5.0, 1.1 * len(order)), 3.2))
     for position, name in enumerate(order):
         values = [arm["metrics"][metric] for arm in arms if arm["arm"] == name]
@@ -61,7 +61,7 @@ def fidelity_plot(rows: list[dict[str, Any]], title: str) -> bytes:
 
 def scatter_plot(scatter: dict[str, list], title: str) -> bytes:
     """Predicted versus true influence (scaled), coloured by quadrant; the diagonal is a perfect network."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(4.2, 3.8))
     true, predicted, splits = np.asarray(scatter["true"]), np.asarray(scatter["predicted"]), np.asarray(scatter["split"])
     for split in dict.fromkeys(splits.tolist()):
@@ -78,14 +78,14 @@ def scatter_plot(scatter: dict[str, list], title: str) -> bytes:
 
 def cost_bars(costs: dict[str, dict[str, Any]]) -> bytes:
     """Stacked horizontal bars: seconds per stage of the original function and of NN-CIFT (hatched: extrapolated)."""
-    plt = _pyplot()
+    plt = pyplot()
     bars = [(f"{influence} original", entry["original"]) for influence, entry in costs.items()]
     bars += [(f"NN-CIFT + {influence}", entry["nncift"]) for influence, entry in costs.items()]
     bars.sort(key=lambda item: item[0].split()[-1] if item[0].startswith("NN") else item[0].split()[0])
     stages = list(dict.fromkeys(stage for _, cost in bars for stage in cost["seconds_by_stage"]))
     colours = dict(zip(stages, plt.get_cmap("tab10").colors))
     figure, axis = plt.subplots(figsize=(7.5, 0.55 * len(bars) + 1.4))
-    for position, (label, cost) in enumerate(bars):
+    for position, (_, cost) in enumerate(bars):
         left = 0.0
         for stage in stages:
             seconds = cost["seconds_by_stage"].get(stage, 0.0)
@@ -107,14 +107,14 @@ def cost_bars(costs: dict[str, dict[str, Any]]) -> bytes:
 
 def composition_bars(compositions: dict[str, dict[str, float]], target_family: str) -> bytes:
     """Stacked bars: records per task family in the pool and in each arm's subset (mean over seeds)."""
-    plt = _pyplot()
+    plt = pyplot()
     families = sorted({family for counts in compositions.values() for family in counts})
     if target_family in families:
         families.remove(target_family)
         families.insert(0, target_family)
     colours = dict(zip(families, plt.get_cmap("tab20").colors))
     figure, axis = plt.subplots(figsize=(max(5.0, 0.9 * len(compositions) + 2.5), 3.4))
-    for position, (label, counts) in enumerate(compositions.items()):
+    for position, (_, counts) in enumerate(compositions.items()):
         bottom = 0.0
         for family in families:
             value = counts.get(family, 0.0)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
-from .config import environment_info, settings_dict
+from .config import SelectSettings, environment_info, settings_dict
+from .data import LoadReport, Record
+from .influence import InfluenceFunction
+from .ledger import CostLedger
 from .models import model_fingerprint
 from .selection import Selection
 
@@ -35,7 +38,10 @@ def describe_training(report: dict[str, Any]) -> str:
     return line
 
 
-def build_manifest(settings, function_class, options, objective, pool, targets, reports, ledger, extra, n_selected, objective_value) -> dict[str, Any]:
+def build_manifest(settings: SelectSettings, function_class: type[InfluenceFunction], options: dict[str, Any], objective: str,
+                   pool: Sequence[Record], targets: Sequence[Record], reports: Sequence[LoadReport], ledger: CostLedger,
+                   extra: dict[str, Any], n_selected: int, objective_value: float) -> dict[str, Any]:
+    """The run's ``manifest.json``: settings, versions, models, inputs, counts, the cost ledger, and ``extra``."""
     skipped: dict[str, int] = {}
     for report in reports:
         for reason, count in report.skipped.items():

@@ -353,7 +353,7 @@ class RunStore:
     def write_json(self, name: str, payload: Any) -> None:
         """Write JSON atomically."""
         tmp = self.folder / f".{name}.tmp"
-        tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False, default=_json_default), encoding="utf-8")
+        tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False, default=json_default), encoding="utf-8")
         tmp.replace(self.folder / name)
 
     def read_json(self, name: str) -> Any:
@@ -373,11 +373,10 @@ class RunStore:
         return (p for p in sorted(self.folder.iterdir()) if p.is_file() and p.name != LOCK_NAME)
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
+def json_default(value: Any) -> Any:
+    """``json.dumps(..., default=json_default)``: numpy scalars (and bools) and arrays as Python values, paths as strings."""
+    if isinstance(value, np.generic):
+        return value.item()
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, Path):

@@ -1,402 +1,21 @@
-"""The u × v grid (``nncift sweep``): NN-CIFT at every labelled fraction u and subset size v, scored in ICL mode.
+"""``nncift sweep``: NN-CIFT over a u × v grid (fraction labelled × subset size), one influence computation per u.
 
-Per seed, the sampled targets and candidates are **nested**: one seeded permutation of each side,
-and u takes its first ``max(round(u·n), min_sampled)`` entries, so a smaller u's sample is part of
-a larger u's. The influence function is therefore computed once per seed, on the largest u's block
-(resumable, as ``nncift select`` computes its block); every other u reads its sub-block from it.
-The manifest counts the entries computed against what independent runs would have computed.
-
-For each (seed, u) the InfluenceNetwork is trained on u's labels only (scaled as ``nncift select``
-scales them) and predicts the rest; for each v the run's objective picks the subset. Every subset,
-and the references (a random subset per v and seed, the full pool), is evaluated on the held-out
-records in in-context-learning mode (:mod:`nncift.icl`), and by LoRA fine-tuning when asked.
-
-ICL answers are deterministic given the prompt, and a query's prompt depends only on its K
-nearest records in the subset, so an answer is generated once per (query, examples) and reused by
-every subset that gives the same examples (``answers.jsonl``). Subsets, networks, evaluations and
-answers are kept in the sweep folder: an interrupted sweep resumes without redoing finished work.
+The plan (settings, nested samples, cells) is :mod:`nncift.sweep_plan`; the engine :mod:`nncift.sweep_run`;
+the tables and heat map :mod:`nncift.sweep_report`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-import numpy as np
-
-from .config import SelectSettings, SettingsError, environment_info, normalise_budget, settings_dict
-from .data import Record, read_many
-from .evaluate import EvaluateSettings, EvaluationResult, generate_from_prompts, score_answers
-from .influence import influence_class
-from .pipeline import (Layout, block_self_cols, influence_spec, label_scaling, network_settings, objective_spec, records_digest,
-                       resolve_objective, self_cols_of)
-from .selection import budget_to_count
-from .store import RunStore, plan_blocks
-from .subset_quality import choose_subset
-
-
-@dataclass(frozen=True)
-class SweepSettings(SelectSettings):
-    """Settings of ``nncift sweep`` (the selection settings, less ``fraction``, ``budget`` and ``seed``, which the grid sets)."""
-
-    u: tuple[float, ...] = (0.01, 0.05, 0.1, 0.2)
-    """Fractions u of targets and candidates labelled by the influence function (nested: one computation, on the largest)."""
-    v: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5)
-    """Subset sizes v: fractions of the pool in (0, 1], or record counts above 1."""
-    seeds: tuple[int, ...] = (0,)
-    """Seeds of the sampling, the networks and the random references."""
-    heldout: tuple[str, ...] = ()
-    """Held-out records (queries) every subset is evaluated on."""
-    heldout_limit: int = 0
-    """Use only the first N held-out records (0: all)."""
-    k: int = 3
-    """ICL: examples per query (its K most similar subset records)."""
-    max_new_tokens: int = 16
-    """ICL and fine-tuning evaluation: most tokens generated per answer."""
-    icl_max_length: int = 1024
-    """ICL: most prompt tokens (the least similar examples are dropped to fit)."""
-    eval_batch_size: int = 8
-    """Queries per generation call."""
-    references: bool = True
-    """Also evaluate a random subset per v and seed and the full pool."""
-    finetune: bool = False
-    """Also LoRA fine-tune on every subset and evaluate without examples (slow on a CPU)."""
-
-    def __post_init__(self) -> None:
-        """Check the grid's values as well as the selection settings."""
-        super().__post_init__()
-        if not self.u or not self.v:
-            raise SettingsError("u" if not self.u else "v", "give at least one value")
-        for value in self.u:
-            if not 0 < value <= 1:
-                raise SettingsError("u", f"each u must be in (0, 1], got {value}")
-        for value in self.v:
-            try:
-                normalise_budget(value)
-            except ValueError as error:
-                raise SettingsError("v", str(error).split(": ", 1)[-1]) from None
-        for name in ("k", "max_new_tokens", "icl_max_length", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise SettingsError(name, f"expected at least 1, got {getattr(self, name)}")
-        if self.heldout_limit < 0:
-            raise SettingsError("heldout_limit", f"expected at least 0, got {self.heldout_limit}")
-
-
-def sample_size(n: int, fraction: float, minimum: int) -> int:
-    """How many of n records fraction u samples: ``max(round(u·n), minimum, 1)``, at most n (as ``nncift select``)."""
-    return min(n, max(int(round(fraction * n)), minimum, 1))
-
-
-def nested_samples(n: int, fractions: Sequence[float], minimum: int, rng: np.random.Generator) -> dict[float, np.ndarray]:
-    """Per fraction, a sorted sample of range(n): prefixes of one seeded permutation, so smaller fractions' samples are subsets."""
-    order = rng.permutation(n)
-    return {u: np.sort(order[: sample_size(n, u, minimum)]).astype(np.int64) for u in fractions}
-
-
-def nested_layouts(pool: Sequence[Record], targets: Sequence[Record], objective: str, fractions: Sequence[float], minimum: int,
-                   seed: int) -> dict[float, Layout]:
-    """The matrix layout of every u with nested samples of candidates and targets (rows as :func:`nncift.pipeline.plan_layout` lays them out)."""
-    rng = np.random.default_rng(seed)
-    cols = nested_samples(len(pool), fractions, minimum, rng)
-    picked = nested_samples(len(targets), fractions, minimum, rng) if targets else {u: np.zeros(0, np.int64) for u in fractions}
-    layouts = {}
-    for u in fractions:
-        if not targets:
-            layouts[u] = Layout(list(pool), cols[u], cols[u], len(pool))
-        elif objective in ("flmi", "flcg"):
-            layouts[u] = Layout(list(pool) + list(targets), np.concatenate([cols[u], len(pool) + picked[u]]), cols[u], len(pool))
-        else:
-            layouts[u] = Layout(list(targets), picked[u], cols[u], 0)
-    return layouts
-
-
-def sub_block(values: np.ndarray, largest: Layout, layout: Layout) -> np.ndarray:
-    """The entries of ``layout``'s block inside the largest block's ``values`` (its rows and columns are subsets)."""
-    rows, cols = np.searchsorted(largest.seen_rows, layout.seen_rows), np.searchsorted(largest.seen_cols, layout.seen_cols)
-    if not (np.array_equal(largest.seen_rows[rows], layout.seen_rows) and np.array_equal(largest.seen_cols[cols], layout.seen_cols)):
-        raise RuntimeError("the samples are not nested")  # cannot happen with nested_layouts
-    return np.asarray(values)[np.ix_(rows, cols)]
-
-
-def cell_name(u: float | None, v: float, seed: int | None) -> str:
-    """File name of one subset: ``nncift-u0.05-v0.3-seed0``, ``random-v0.3-seed0`` or ``full``."""
-    if u is None and seed is None:
-        return "full"
-    return f"random-v{v:g}-seed{seed}" if u is None else f"nncift-u{u:g}-v{v:g}-seed{seed}"
-
-
-class Sweep:
-    """One sweep folder: the influence blocks, networks, subsets, answers and evaluations, each computed once."""
-
-    def __init__(self, settings: SweepSettings, out: str | Path, *, pool: Sequence[Record] | None = None,
-                 targets: Sequence[Record] | None = None, heldout: Sequence[Record] | None = None,
-                 influence_options: dict[str, Any] | None = None, precomputed: np.ndarray | None = None):
-        """``precomputed``: the influence matrix of every pair (rows laid out as :func:`nested_layouts` does), read instead of computed."""
-        self.settings = settings
-        self.options = dict(influence_options or {})
-        self.pool = list(pool) if pool is not None else _read(settings.data, "--data")
-        self.targets = list(targets) if targets is not None else (_read(settings.targets, "--targets") if settings.targets else [])
-        self.heldout = list(heldout) if heldout is not None else _read(settings.heldout, "--heldout")
-        self.heldout = self.heldout[: settings.heldout_limit or None]
-        self.function_class = influence_class(settings.influence)
-        if not self.function_class.pairwise:
-            raise ValueError(f"the sweep needs a pairwise influence function (delift, delift-se, less), not {settings.influence}")
-        if int(settings.sampling_blocks) > 1:
-            raise ValueError("--sampling-blocks: the sweep samples one u×u block per u (nested); leave it at 0 or 1")
-        self.objective = resolve_objective(settings, self.function_class, bool(self.targets))
-        for v in settings.v:
-            budget_to_count(normalise_budget(v), len(self.pool))
-        self.spec = influence_spec(settings, self.options)
-        self.precomputed = precomputed
-        self.store = RunStore(out, {**settings_dict(settings), "influence_options": self.options,
-                                    "precomputed": precomputed is not None})
-        self.store.check_records(records_digest(self.pool, self.targets + self.heldout))
-        self.folder = self.store.folder
-        self.counts = {"computed_now": 0, "answers_generated": 0, "answers_reused": 0}
-        self._evaluator: Any = None
-
-    # ------------------------------------------------------------------------------ selection
-    def influence_block(self, seed: int, largest: Layout) -> tuple[np.ndarray, int]:
-        """The influence values of the largest u's block of ``seed`` and how many entries were computed now."""
-        if self.precomputed is not None:
-            return np.asarray(self.precomputed, dtype=np.float32)[np.ix_(largest.seen_rows, largest.seen_cols)], 0
-        from .executor import executor_for
-
-        matrix = self.store.matrix(f"q1-seed{seed}", largest.seen_rows, largest.seen_cols)
-        blocks = plan_blocks(*matrix.shape, self.settings.block_size, self.settings.block_size)
-        todo = sum((b.row_stop - b.row_start) * (b.col_stop - b.col_start) for b in matrix.pending(blocks))
-        with executor_for(self.settings) as executor:
-            executor.run_pairwise(self.spec, largest.rows, self.pool, matrix, blocks, self.folder, progress=not self.settings.quiet)
-        return np.asarray(matrix.array, dtype=np.float32), todo
-
-    def select_seed(self, seed: int) -> dict[str, Any]:
-        """Every (u, v) subset of one seed (stored in ``subsets/``); the block's and each network's record."""
-        s = self.settings
-        layouts = nested_layouts(self.pool, self.targets, self.objective, s.u, s.min_sampled, seed)
-        largest = layouts[max(s.u)]
-        names = {(u, v): cell_name(u, v, seed) for u in s.u for v in s.v}
-        info: dict[str, Any] = {"block": [len(largest.seen_rows), len(largest.seen_cols)], "computed_now": 0, "networks": {}}
-        if all(self.store.path(f"subsets/{name}.json").is_file() for name in names.values()):
-            return info
-        values, info["computed_now"] = self.influence_block(seed, largest)
-        self.counts["computed_now"] += info["computed_now"]
-        col_embeddings, row_embeddings = self._embeddings(largest)
-        for u in s.u:
-            if all(self.store.path(f"subsets/{names[u, v]}.json").is_file() for v in s.v):
-                continue
-            layout = layouts[u]
-            known = sub_block(values, largest, layout)
-            low, high = label_scaling(self.function_class, known)
-            labels = ((known - low) / (high - low)).astype(np.float32)
-            predicted, report = self._predict(seed, u, layout, labels, row_embeddings, col_embeddings)
-            info["networks"][f"u{u:g}"] = {k: report.get(k) for k in ("architecture", "chosen", "n_labelled", "seconds")}
-            for v in s.v:
-                run = dataclasses.replace(s, budget=normalise_budget(v), seed=seed)
-                chosen = choose_subset(predicted, objective_spec(self.objective, layout, run, self.function_class, self.spec))
-                _write_json(self.store.path(f"subsets/{names[u, v]}.json"), {
-                    "u": u, "v": v, "seed": seed, "indices": [int(i) for i in chosen.indices], "objective": float(chosen.objective),
-                    "labelled_block": [len(layout.seen_rows), len(layout.seen_cols)], "label_scaling": [low, high]})
-        return info
-
-    def _embeddings(self, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
-        from .embed import embed_records
-
-        kwargs = {"model": self.settings.embedder, "device": self.settings.device, "progress": False}
-        cols = embed_records(self.pool, **kwargs)
-        extra = layout.rows[layout.n_pool_rows:]
-        rows = np.concatenate([cols[: layout.n_pool_rows], embed_records(extra, **kwargs)]) if extra else cols[: layout.n_pool_rows]
-        return cols, rows
-
-    def _predict(self, seed: int, u: float, layout: Layout, labels: np.ndarray, row_embeddings: np.ndarray,
-                 col_embeddings: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
-        """Train (or reload) the network of (seed, u) and predict the whole matrix, exact labels kept on u's block."""
-        from .network import load_network, load_network_metadata, predict_pairwise, save_network
-        from .training import train_network
-
-        path = self.store.path(f"networks/seed{seed}-u{u:g}.safetensors")
-        net_settings = network_settings(dataclasses.replace(self.settings, seed=seed))
-        if path.is_file():
-            network, report = load_network(path), load_network_metadata(path).get("report", {})
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            network, report = train_network(row_embeddings[layout.seen_rows], col_embeddings[layout.seen_cols], labels, net_settings,
-                                            self_cols=block_self_cols(layout), objective="topk" if self.objective == "topk" else "fl")
-            save_network(network, path, {"settings": dataclasses.asdict(net_settings), "report": report})
-        predicted = predict_pairwise(network, row_embeddings, col_embeddings,  # type: ignore[arg-type]  # a pairwise network here
-                                     self_cols=self_cols_of(layout)).astype(np.float32)
-        block = np.ix_(layout.seen_rows, layout.seen_cols)
-        predicted[block] = np.where(np.isfinite(labels), labels, predicted[block])
-        return predicted, report
-
-    def subsets(self) -> list[dict[str, Any]]:
-        """Every subset to evaluate: the grid's (from ``subsets/``), then the references."""
-        s = self.settings
-        rows = [{"name": cell_name(u, v, seed), "kind": "nncift", "u": u, "v": v, "seed": seed,
-                 "indices": self.store.read_json(f"subsets/{cell_name(u, v, seed)}.json")["indices"]}
-                for seed in s.seeds for u in s.u for v in s.v]
-        if s.references:
-            for seed in s.seeds:
-                rng = np.random.default_rng([seed, 1])
-                for v in s.v:
-                    count = budget_to_count(normalise_budget(v), len(self.pool))
-                    rows.append({"name": cell_name(None, v, seed), "kind": "random", "u": None, "v": v, "seed": seed,
-                                 "indices": np.sort(rng.choice(len(self.pool), count, replace=False)).tolist()})
-            rows.append({"name": "full", "kind": "full", "u": None, "v": 1.0, "seed": None, "indices": list(range(len(self.pool)))})
-        return rows
-
-    # ------------------------------------------------------------------------------ evaluation
-    def evaluate(self, subset: dict[str, Any], mode: str) -> dict[str, Any]:
-        """The metrics of one subset in ``mode`` (icl or finetune), computed once (``evaluations/``)."""
-        name = f"evaluations/{subset['name']}-{mode}.json"
-        if self.store.path(name).is_file():
-            return self.store.read_json(name)["metrics"]
-        records = [self.pool[int(i)] for i in subset["indices"]]
-        result = self._icl(subset["indices"]) if mode == "icl" else self._finetuned(records, subset)
-        result.metrics["n_subset"] = len(records)
-        if self.targets:
-            families = {record.task for record in self.targets}
-            result.metrics["target_share"] = float(np.mean([record.task in families for record in records]))
-        _write_json(self.store.path(name), result.as_dict())
-        return result.metrics
-
-    def evaluate_settings(self) -> EvaluateSettings:
-        """The evaluation settings the sweep's own settings imply (no loss: the ICL prompts are long)."""
-        s = self.settings
-        return EvaluateSettings(model=s.model, max_new_tokens=s.max_new_tokens, batch_size=s.eval_batch_size, embedder=s.embedder,
-                                device=s.device, quiet=s.quiet, with_loss=False, k=s.k, icl_max_length=s.icl_max_length)
-
-    def _icl(self, indices: Sequence[int]) -> EvaluationResult:
-        from .icl import icl_prompts, nearest_examples, query_vectors
-
-        settings = self.evaluate_settings()
-        if self._evaluator is None:
-            from .evaluate import load_model_for_evaluation
-
-            model, tokenizer = load_model_for_evaluation(settings)
-            self._evaluator = (model, tokenizer, query_vectors(self.pool, settings), query_vectors(self.heldout, settings),
-                               _read_answers(self.store.path("answers.jsonl")))
-        model, tokenizer, pool_vectors, heldout_vectors, answers = self._evaluator
-        start = time.perf_counter()
-        chosen = np.asarray(indices, dtype=np.int64)
-        neighbours = chosen[nearest_examples(heldout_vectors, pool_vectors[chosen], settings.k)]
-        prompts, kept = icl_prompts(tokenizer, self.heldout, self.pool, neighbours, settings)
-        keys = [f"{q}:" + ",".join(str(int(i)) for i in row[:used]) for q, (row, used) in enumerate(zip(neighbours, kept))]
-        missing = sorted({key: q for q, key in enumerate(keys) if key not in answers}.items(), key=lambda item: item[1])
-        self.counts["answers_reused"] += len(keys) - len(missing)
-        if missing:
-            generated = generate_from_prompts(model, tokenizer, [prompts[q] for _, q in missing], settings)
-            with open(self.store.path("answers.jsonl"), "a", encoding="utf-8") as handle:
-                for (key, _), answer in zip(missing, generated):
-                    answers[key] = answer
-                    handle.write(json.dumps({"key": key, "answer": answer}, ensure_ascii=False) + "\n")
-            self.counts["answers_generated"] += len(missing)
-        result = score_answers(self.heldout, [answers[key] for key in keys], None, None, settings, start)
-        for row, chosen, used in zip(result.examples, neighbours, kept):
-            row["icl_examples"] = [int(i) for i in chosen[:used]]
-        result.metrics.update(mode="icl", k=settings.k)
-        return result
-
-    def _finetuned(self, records: list[Record], subset: dict[str, Any]) -> EvaluationResult:
-        from .evaluate import run_evaluate
-        from .finetune import FinetuneSettings, finetune
-
-        s = self.settings
-        adapter = self.store.path(f"adapters/{subset['name']}")
-        if not (adapter / "finetune.json").is_file():
-            finetune(records, FinetuneSettings(model=s.model, seed=subset["seed"] or 0, device=s.device, quiet=s.quiet), adapter)
-        result = run_evaluate(dataclasses.replace(self.evaluate_settings(), adapter=str(adapter)), self.heldout)
-        result.metrics = {k: v for k, v in result.metrics.items() if k not in ("settings", "environment")}
-        result.metrics["mode"] = "finetune"
-        return result
-
-    # ------------------------------------------------------------------------------ whole run
-    def run(self) -> dict[str, Any]:
-        """Select every cell, evaluate every subset, write ``manifest.json``, ``results.json``, ``results.md`` and ``grid.png``."""
-        from .sweep_report import write_sweep_report
-
-        start = time.perf_counter()
-        s = self.settings
-        seeds = {str(seed): self.select_seed(seed) for seed in s.seeds}
-        modes = ["icl"] + (["finetune"] if s.finetune else [])
-        rows = []
-        for subset in self.subsets():
-            for mode in modes:
-                if not s.quiet:
-                    print(f"[sweep] {mode}: {subset['name']} ({len(subset['indices'])} records)", flush=True)
-                rows.append({k: subset[k] for k in ("name", "kind", "u", "v", "seed")} | {"mode": mode, "metrics": self.evaluate(subset, mode)})
-        largest = max(s.u)
-        block_entries = {seed: math.prod(info["block"]) for seed, info in seeds.items()}
-        per_u = sum(math.prod(_block_shape(self.pool, self.targets, self.objective, u, s.min_sampled)) for u in s.u) * len(s.seeds)
-        manifest = {
-            "settings": settings_dict(s), "influence_options": self.options, "objective": self.objective, "environment": environment_info(),
-            "counts": {"pool": len(self.pool), "targets": len(self.targets), "heldout": len(self.heldout), "subsets": len(rows)},
-            "influence": {
-                "source": "precomputed matrix (read, not computed)" if self.precomputed is not None else "computed in this folder",
-                "largest_u": largest, "block_per_seed": {seed: info["block"] for seed, info in seeds.items()},
-                "evaluations_in_blocks": sum(block_entries.values()),
-                "evaluations_made_by_this_invocation": self.counts["computed_now"],
-                "independent_runs_per_u_would_make": per_u,
-                "independent_runs_per_cell_would_make": per_u * len(s.v),
-            },
-            "networks": {seed: info["networks"] for seed, info in seeds.items() if info["networks"]},
-            "icl_answers": {"generated_by_this_invocation": self.counts["answers_generated"], "reused": self.counts["answers_reused"]},
-            "seconds_this_invocation": round(time.perf_counter() - start, 1),
-        }
-        self.store.write_json("manifest.json", manifest)
-        results = {"settings": settings_dict(s), "manifest": manifest, "rows": rows}
-        self.store.write_json("results.json", results)
-        write_sweep_report(results, self.folder)
-        return results
-
-    def close(self) -> None:
-        """Release the folder's lock."""
-        self.store.close()
-
-
-def _block_shape(pool: Sequence[Record], targets: Sequence[Record], objective: str, u: float, minimum: int) -> tuple[int, int]:
-    cols = sample_size(len(pool), u, minimum)
-    picked = sample_size(len(targets), u, minimum) if targets else 0
-    rows = cols if not targets else cols + picked if objective in ("flmi", "flcg") else picked
-    return rows, cols
-
-
-def _read(paths: Sequence[str], flag: str) -> list[Record]:
-    if not paths:
-        raise ValueError(f"{flag}: no file given")
-    records, _ = read_many(paths)
-    return records
-
-
-def _write_json(path: Path, payload: Any) -> None:
-    """Write JSON atomically (parent folders created)."""
-    from .store import _json_default
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False, default=_json_default), encoding="utf-8")
-    tmp.replace(path)
-
-
-def _read_answers(path: Path) -> dict[str, str]:
-    """Stored ICL answers by key; a line torn by a kill is ignored (its answer is generated again)."""
-    answers: dict[str, str] = {}
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-                answers[str(row["key"])] = str(row["answer"])
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue
-    return answers
+from .sweep_plan import SweepSettings
 
 
 def run_sweep(settings: SweepSettings, out: str | Path, **kwargs: Any) -> dict[str, Any]:
-    """Run (or resume) the sweep in ``out``; see :class:`Sweep` for the keyword arguments."""
+    """Run (or resume) the sweep in ``out``; see :class:`nncift.sweep_run.Sweep` for the keyword arguments."""
+    from .sweep_run import Sweep
+
     sweep = Sweep(settings, out, **kwargs)
     try:
         return sweep.run()
@@ -406,21 +25,21 @@ def run_sweep(settings: SweepSettings, out: str | Path, **kwargs: Any) -> dict[s
 
 def register_cli(subparsers: Any) -> None:
     """Add ``nncift sweep`` to the command line."""
-    from .cli import _add_run_arguments
+    from .cli import add_run_arguments
 
     parser = subparsers.add_parser("sweep", help="the u × v grid: NN-CIFT at every labelled fraction and subset size, scored in ICL mode")
-    _add_run_arguments(parser, SweepSettings)
+    add_run_arguments(parser, SweepSettings)
     parser.set_defaults(handler=_cmd_sweep)
 
 
 def _cmd_sweep(args: Any) -> int:
-    from .cli import _split_settings
+    from .cli import split_settings
     from .sweep_report import grid_table
 
     for flag in ("fraction", "budget", "seed"):
         if getattr(args, flag, None) is not None:
             raise ValueError(f"--{flag}: the sweep takes --u, --v and --seeds instead")
-    settings, options = _split_settings(args, SweepSettings)
+    settings, options = split_settings(args, SweepSettings)
     results = run_sweep(settings, args.out, influence_options=options)
     print(grid_table(results["rows"], "exact_match"))
     influence = results["manifest"]["influence"]

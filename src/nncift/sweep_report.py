@@ -60,9 +60,9 @@ def heat_map(rows: Sequence[dict[str, Any]], path: Path, *, metrics: Sequence[st
              title: str = "") -> Path:
     """The paper's grid figure: one heat map per metric (u down, v across), each cell annotated; the random and full
     references are written under each panel."""
-    from .report_plots import _pyplot
+    from .report_plots import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(1, len(metrics), figsize=(5.6 * len(metrics), 4.2), squeeze=False)
     for axis, metric in zip(axes[0], metrics):
         us, vs, means = grid_values(rows, metric, mode)

@@ -32,23 +32,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["TwoTowerNetwork", "PointwiseNetwork", "predict_two_tower", "self_columns", "block_self_columns"]
+__all__ = ["TwoTowerNetwork", "PointwiseNetwork", "predict_two_tower"]
 
 _PREDICT_PAIRS = 1 << 22
 """Pairs per row block of :func:`predict_two_tower` (16 MiB of float32 output per block)."""
-
-
-def self_columns(n_rows: int, n_self_rows: int) -> np.ndarray:
-    """Column index of each row's own record (``i`` for the first ``n_self_rows`` rows), else −1."""
-    out = np.full(n_rows, -1, dtype=np.int64)
-    out[:n_self_rows] = np.arange(min(n_self_rows, n_rows))
-    return out
-
-
-def block_self_columns(self_cols: np.ndarray, seen_rows: np.ndarray, seen_cols: np.ndarray) -> np.ndarray:
-    """:func:`self_columns` restricted to a block: per seen row, the position among ``seen_cols`` of its own record, else −1."""
-    position = {int(c): p for p, c in enumerate(seen_cols)}
-    return np.array([position.get(int(self_cols[r]), -1) if self_cols[r] >= 0 else -1 for r in seen_rows], dtype=np.int64)
 
 
 class _Tower(torch.nn.Module):

@@ -25,7 +25,6 @@ from torch import Tensor
 from ..choices import ADAM_FORMS
 
 
-
 @dataclass
 class AdamState:
     """Adam moments of every layer, flat in the layer orientation of :mod:`nncift.gradients.hooks`."""

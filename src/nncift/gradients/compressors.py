@@ -40,7 +40,6 @@ from ..choices import COMPRESSORS
 from .hooks import LayerShape, full_layer_gradient
 
 
-
 def seeded_rng(seed: int, *keys: int) -> np.random.Generator:
     """A numpy generator that depends only on ``seed`` and ``keys`` (layer, block, purpose...)."""
     return np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, *[int(k) for k in keys]]))

@@ -66,7 +66,7 @@ class InfluenceFunction(ABC):
         """The settings as a JSON-ready dict (recorded in the manifest)."""
         return dataclasses.asdict(self.settings)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook, empty by default
         """Release models and memory (optional)."""
 
 

@@ -79,8 +79,8 @@ from ..data import Record
 from ..models import load_causal_lm
 from ..templates import delift_example, delift_example_header, delift_prompt_without_example, delift_query_suffix
 from .base import PairwiseInfluence
-from .settings import DeliftSettings
 from .lm_scoring import CausalScorer, plan_batches, rms_distance
+from .settings import DeliftSettings
 
 _MIN_MAX_LENGTH = 64
 

@@ -37,14 +37,21 @@ from tqdm.auto import tqdm
 
 from ..data import Record
 from ..gradients import (
-    AdamPreconditioner, FeatureStore, GradientFeaturizer, collate, encode_example,
-    l2_normalise, layer_shape, make_compressor, trainable_layers,
+    AdamPreconditioner,
+    FeatureStore,
+    GradientFeaturizer,
+    collate,
+    encode_example,
+    l2_normalise,
+    layer_shape,
+    make_compressor,
+    trainable_layers,
 )
 from ..gradients.batches import EncodedExample
 from ..models import load_causal_lm
 from .base import PairwiseInfluence
-from .settings import LessSettings
 from .less_warmup import Checkpoint, add_lora, checkpoint_weights, load_checkpoint, run_warmup, saved_checkpoints, warmup_sample
+from .settings import LessSettings
 
 
 def aggregate_scores(matrix: np.ndarray, subtasks: Sequence[str | None], *, max_block_elements: int = 1 << 24) -> np.ndarray:

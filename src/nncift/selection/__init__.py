@@ -60,8 +60,17 @@ from typing import Callable
 import numpy as np
 
 from .greedy import (
-    OBJECTIVES, Selection, budget_to_count, extend_greedy, facility_location, fill_exhausted, fl_conditional_gain,
-    fl_mutual_information, objective_value, select, top_k,
+    OBJECTIVES,
+    Selection,
+    budget_to_count,
+    extend_greedy,
+    facility_location,
+    fill_exhausted,
+    fl_conditional_gain,
+    fl_mutual_information,
+    objective_value,
+    select,
+    top_k,
 )
 from .out_of_core import column_means, fits_in_memory, select_from_npy
 
