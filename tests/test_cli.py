@@ -188,7 +188,8 @@ def test_quiet_runs_print_no_progress_bars_or_library_warnings(tmp_path, tiny_lm
     write_jsonl(pool, [r.raw for r in demo_pool[:12]])
     command = [sys.executable, "-m", "nncift.cli", "select", "--influence", "selectit", "--model", str(tiny_lm_dir), "--data", str(pool),
                "--fraction", "1", "--budget", "3", "--device", "cpu", "--out", str(tmp_path / "run")]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    quieting = ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY")  # set by in-process --quiet runs of other tests
+    env = {**{k: v for k, v in os.environ.items() if k not in quieting}, "HF_HUB_OFFLINE": "1"}
     loud = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
     assert "Loading weights" in loud.stderr  # the library's bar shows without --quiet (else this test would prove nothing)
     quiet = subprocess.run(command[:-1] + [str(tmp_path / "quiet"), "--quiet"], capture_output=True, text=True, env=env, check=True)
