@@ -201,14 +201,16 @@ def record_from_dict(obj: Any, path: Path, line: int, task: str | None = None) -
     return Record(instruction.strip(), extra.strip(), output.strip(), f"{path}:{line}", task, obj)
 
 
-def records_from(items: Iterable[Any], name: str = "<records>") -> tuple[list[Record], LoadReport]:
+def records_from(items: Iterable[Any], name: str = "<records>", *, task: str | None = None, sha256: str = "") -> tuple[list[Record], LoadReport]:
     """Records from :class:`Record` objects, plain dicts in any layout the readers accept, or a
-    ``datasets.Dataset`` (its rows); errors name ``name:position:field``, empty outputs are counted skips."""
-    report = LoadReport(name)
+    ``datasets.Dataset`` (its rows); errors name ``name:position:field``, empty outputs are counted skips.
+    ``task``: the label of records without one; ``sha256``: the source's fingerprint for the report."""
+    report = LoadReport(name, sha256=sha256)
     records = []
     for number, item in enumerate(items, start=1):
         report.read += 1
-        record = item if isinstance(item, Record) else record_from_dict(dict(item) if hasattr(item, "keys") else item, Path(name), number)
+        row = dict(item) if hasattr(item, "keys") else item
+        record = item if isinstance(item, Record) else record_from_dict(row, Path(name), number, task)
         if not record.output:
             report.skip("empty output", f"{name}:{number}")
             continue
@@ -334,17 +336,7 @@ def _read_hf(spec: str, task: str | None) -> tuple[list[Record], LoadReport]:
         raise DataError(spec, None, None, "reading hf: data needs `pip install nncift[datasets]`") from None
     name, _, split = spec.partition(":")
     table = datasets.load_dataset(name, split=split or "train")
-    report = LoadReport(f"hf:{spec}", sha256=getattr(table, "_fingerprint", ""))
-    records = []
-    for row_number, row in enumerate(table, start=1):
-        report.read += 1
-        record = record_from_dict(dict(row), Path(f"hf:{spec}"), row_number, task or name)
-        if not record.output:
-            report.skip("empty output", f"hf:{spec}:{row_number}")
-            continue
-        records.append(record)
-    report.kept = len(records)
-    return records, report
+    return records_from(table, f"hf:{spec}", task=task or name, sha256=getattr(table, "_fingerprint", ""))
 
 
 def _folder_files(folder: Path) -> tuple[list[Path], LoadReport]:

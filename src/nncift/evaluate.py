@@ -1,4 +1,4 @@
-"""Evaluation of a (fine-tuned) model on held-out records (METHODS.md §6).
+"""Evaluation of a (fine-tuned) model on held-out records (docs/methods.md §6).
 
 Four numbers, each also kept per example:
 

@@ -1,4 +1,4 @@
-"""The downstream experiment (METHODS.md §6): does the NN-CIFT subset fine-tune as well as the original?
+"""The downstream experiment (docs/methods.md §6): does the NN-CIFT subset fine-tune as well as the original?
 
 For every seed, the same base model is fine-tuned with LoRA on, and evaluated after:
 

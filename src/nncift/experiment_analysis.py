@@ -3,7 +3,7 @@
 - :func:`cost_summary`: seconds per stage of the original function (or an extrapolation when its
   arm was omitted) and of NN-CIFT, with the influence evaluations each made;
 - :func:`fidelity_summary`: from the full matrix the original arm computed, the InfluenceNetwork's
-  MSE per quadrant at several fractions u (METHODS.md §1, beside the mean and random baselines), a
+  MSE per quadrant at several fractions u (docs/methods.md §1, beside the mean and random baselines), a
   sample of predicted-versus-true values at the experiment's u, and the overlap of the two subsets.
 """
 
