@@ -9,6 +9,7 @@ import json
 import shutil
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pytest
 
@@ -44,7 +45,6 @@ def files(tmp_path: Path, demo_pool) -> dict[str, Path]:
 
 
 def test_subset_and_scores_files_hold_the_chosen_records_as_read(tmp_path: Path, files) -> None:
-    datasets = pytest.importorskip("datasets")  # a dev dependency: installed by make test
     result = run_select(_settings(data=(str(files["pool"]),)), tmp_path / "run")
     originals = [json.loads(line) for line in files["pool"].read_text().splitlines()]
     subset = datasets.load_dataset("json", data_files=str(tmp_path / "run" / "subset.jsonl"), split="train")
@@ -262,7 +262,6 @@ def test_score_add_and_inspect_from_the_command_line_on_real_data(tmp_path: Path
 
 
 def test_run_select_takes_dicts_and_a_datasets_dataset(tmp_path: Path, files) -> None:
-    datasets = pytest.importorskip("datasets")
     rows = [json.loads(line) for line in files["pool"].read_text().splitlines()]
     from_records = run_select(_settings(), tmp_path / "records", pool=read_records(files["pool"])[0])
     from_dicts = run_select(_settings(), tmp_path / "dicts", pool=rows + [{"instruction": "x", "output": ""}])

@@ -201,6 +201,14 @@ def record_from_dict(obj: Any, path: Path, line: int, task: str | None = None) -
     return Record(instruction.strip(), extra.strip(), output.strip(), f"{path}:{line}", task, obj)
 
 
+def skip_counts(reports: Iterable[LoadReport]) -> dict[str, int]:
+    """Records skipped by reason, summed over load reports (what every manifest's ``counts.skipped`` shows)."""
+    total: Counter = Counter()
+    for report in reports:
+        total.update(report.skipped)
+    return dict(total)
+
+
 def records_from(items: Iterable[Any], name: str = "<records>", *, task: str | None = None, sha256: str = "") -> tuple[list[Record], LoadReport]:
     """Records from :class:`Record` objects, plain dicts in any layout the readers accept, or a
     ``datasets.Dataset`` (its rows); errors name ``name:position:field``, empty outputs are counted skips.

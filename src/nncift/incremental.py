@@ -15,7 +15,6 @@ kept and which were added, and which of the added ones are new records.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import shutil
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .config import SelectSettings, build_settings, environment_info, normalise_budget, settings_dict
-from .data import LoadReport, Record, read_many
+from .data import LoadReport, Record, read_many, skip_counts
 from .ledger import CostLedger
 from .run_files import RunView, check_digest, open_run, records_digest, save_rows, write_selection_files
 from .selection import Selection, budget_to_count, extend_greedy, fits_in_memory
@@ -120,7 +119,7 @@ def add_to_run(run: str | Path, new: Sequence[Record], out: str | Path, *, budge
             shutil.copyfile(view.folder / name, store.path(name))
         indices = np.concatenate([kept, chosen.indices])
         gains = np.concatenate([kept_gains, chosen.gains])
-        origin = _old_origin(view, len(pool)) + ["predicted"] * len(new)
+        origin = [row["influence"] for row in view.scores_table()] + ["predicted"] * len(new)
         write_selection_files(store.folder, union, indices, gains, values=values, influence=origin)
         ledger.counters["language_model_loads"] = models.LOADS["causal_lm"] - loads_before
         total = _objective_total(objective, settings, union_matrix=matrix, scores=values, indices=indices, n_pool_rows=n_pool_rows)
@@ -138,7 +137,7 @@ def add_to_run(run: str | Path, new: Sequence[Record], out: str | Path, *, budge
             "inputs": [report.as_dict() for report in reports],
             "counts": {"pool": len(union), "old_pool": len(pool), "new_records": len(new), "targets": len(targets), "selected": len(indices),
                        "kept": len(kept), "added": len(chosen.indices), "added_from_new_records": int((chosen.indices >= len(pool)).sum()),
-                       "skipped": _skips(reports)},
+                       "skipped": skip_counts(reports)},
             "objective_value": total,
             "cost": {**ledger.as_dict(), "influence_evaluations_made": 0},
         }
@@ -226,20 +225,3 @@ def _copy_q1(view: RunView, folder: Path, m: int, n_pool_rows_union: int) -> Non
     shutil.copyfile(source, folder / "q1.npy")
     np.save(folder / "q1.rows.npy", rows)
     shutil.copyfile(view.folder / "q1.cols.npy", folder / "q1.cols.npy")
-
-
-def _old_origin(view: RunView, n_pool: int) -> list[str]:
-    """The ``influence`` column of the run's ``scores.csv`` (where its pool's values came from)."""
-    path = view.folder / "scores.csv"
-    if not path.exists():
-        return ["predicted"] * n_pool
-    with path.open(encoding="utf-8", newline="") as handle:
-        return [row["influence"] for row in csv.DictReader(handle)]
-
-
-def _skips(reports: Sequence[LoadReport]) -> dict[str, int]:
-    skipped: dict[str, int] = {}
-    for report in reports:
-        for reason, count in report.skipped.items():
-            skipped[reason] = skipped.get(reason, 0) + count
-    return skipped

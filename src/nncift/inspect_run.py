@@ -16,7 +16,6 @@ Markdown on the terminal; ``--json`` for scripts.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from collections import Counter
 from pathlib import Path
@@ -32,7 +31,7 @@ def inspect_run(run: str | Path, *, target: int | None = None, candidate: int | 
     view = open_run(run)
     if top < 1:
         raise ValueError(f"--top must be >= 1, got {top}")
-    table = _scores_table(view)
+    table = view.scores_table()
     picked = [row for row in table if row["picked"] == "1"]
     key = "task" if any(row["task"] for row in picked) else "source_file"
     manifest = view.manifest
@@ -107,14 +106,6 @@ class _Lookup:
         values = np.asarray(self.matrix[shown, index], dtype=np.float64)
         order = shown[np.argsort(-values, kind="stable")[:top]]
         return {"index": index, "top_targets": [{**self.rows[int(r)], "row": int(r), **self._entry(int(r), index)} for r in order]}
-
-
-def _scores_table(view: RunView) -> list[dict[str, str]]:
-    path = view.folder / "scores.csv"
-    if not path.exists():
-        raise ValueError(f"{view.folder}: no scores.csv (made by an older nncift): select again into a new folder")
-    with path.open(encoding="utf-8", newline="") as handle:
-        return list(csv.DictReader(handle))
 
 
 def _brief(row: dict[str, str]) -> dict[str, Any]:

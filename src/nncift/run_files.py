@@ -21,7 +21,6 @@ model nor the input files: ``rows.json`` (what each matrix row stands for), ``ro
 from __future__ import annotations
 
 import csv
-import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -158,6 +157,11 @@ class RunView:
         scaling = self.manifest.get("label_scaling") or {}
         return float(scaling.get("low", 0.0)), float(scaling.get("high", 1.0))
 
+    def scores_table(self) -> list[dict[str, str]]:
+        """The rows of the run's ``scores.csv`` (one per pool record, as strings)."""
+        with self.need("scores.csv", "the per-record values").open(encoding="utf-8", newline="") as handle:
+            return list(csv.DictReader(handle))
+
     def network_path(self) -> Path:
         """The run's trained InfluenceNetwork."""
         if (self.folder / "full.npy").exists() or (self.folder / "scores.npy").exists() and not (self.folder / "predicted_scores.npy").exists():
@@ -200,8 +204,3 @@ def _write_json(path: Path, payload: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
     tmp.replace(path)
-
-
-def as_dict_record(record: Record) -> dict[str, Any]:
-    """A record's parsed fields (for JSON output of commands)."""
-    return {k: v for k, v in dataclasses.asdict(record).items() if k != "raw"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from .config import SelectSettings, environment_info, settings_dict
-from .data import LoadReport, Record
+from .data import LoadReport, Record, skip_counts
 from .influence import InfluenceFunction
 from .ledger import CostLedger
 from .models import model_fingerprint
@@ -42,10 +42,7 @@ def build_manifest(settings: SelectSettings, function_class: type[InfluenceFunct
                    pool: Sequence[Record], targets: Sequence[Record], reports: Sequence[LoadReport], ledger: CostLedger,
                    extra: dict[str, Any], n_selected: int, objective_value: float) -> dict[str, Any]:
     """The run's ``manifest.json``: settings, versions, models, inputs, counts, the cost ledger, and ``extra``."""
-    skipped: dict[str, int] = {}
-    for report in reports:
-        for reason, count in report.skipped.items():
-            skipped[reason] = skipped.get(reason, 0) + count
+    skipped = skip_counts(reports)
     return {
         "settings": settings_dict(settings),
         "influence_options": options,

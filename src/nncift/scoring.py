@@ -33,7 +33,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .config import environment_info
-from .data import LoadReport, Record, read_many, write_jsonl
+from .data import LoadReport, Record, read_many, skip_counts, write_jsonl
 from .ledger import CostLedger
 from .run_files import RunView, open_run, split_source
 from .store import acquire_lock, make_run_folder, release_lock
@@ -210,10 +210,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def _manifest(view: RunView, network_path: Path, records: Sequence[Record], reports: Sequence[LoadReport], ledger: CostLedger,
               lm_loads: int, top_targets: int) -> dict[str, Any]:
-    skipped: dict[str, int] = {}
-    for report in reports:
-        for reason, count in report.skipped.items():
-            skipped[reason] = skipped.get(reason, 0) + count
+    skipped = skip_counts(reports)
     cost = ledger.as_dict()
     cost.update({"influence_evaluations_made": 0, "language_model_loads": lm_loads})
     return {
