@@ -36,7 +36,7 @@ from .config import environment_info
 from .data import LoadReport, Record, read_many, skip_counts, write_jsonl
 from .ledger import CostLedger
 from .run_files import RunView, open_run, split_source
-from .store import acquire_lock, make_run_folder, release_lock
+from .store import acquire_lock, json_default, make_run_folder, release_lock
 
 SCORE_BLOCK = 16384
 """New records per prediction block (bounds memory: rows × block float32 values at a time)."""
@@ -145,7 +145,9 @@ def score_records(run: str | Path, records: Sequence[Record], out: str | Path, *
         write_jsonl(folder / "scores.jsonl", rows)
         _write_csv(folder / "scores.csv", rows)
         manifest = _manifest(view, network_path, records, reports, ledger, models.LOADS["causal_lm"] - loads_before, top_targets)
-        (folder / "manifest.json").write_text(_json(manifest), encoding="utf-8")
+        tmp = folder / ".manifest.json.tmp"
+        tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False, default=json_default), encoding="utf-8")
+        tmp.replace(folder / "manifest.json")
     finally:
         release_lock(lock)
     return ScoreResult(rows, manifest, folder)
@@ -198,7 +200,8 @@ def _top_rows(block: np.ndarray, k: int) -> np.ndarray:
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    with path.open("w", encoding="utf-8", newline="") as handle:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["index", "source_file", "line", "task", "value", "gain", "top_targets"])
         for row in rows:
@@ -206,6 +209,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
             top = ";".join(f"{t['kind']}:{t['index']}={t['value']:.4g}" for t in row.get("top_targets", []))
             gain = row.get("gain")
             writer.writerow([row["index"], file, line, row["task"] or "", f"{row['value']:.6g}", "" if gain is None else f"{gain:.6g}", top])
+    tmp.replace(path)  # a killed run never leaves a torn file
 
 
 def _manifest(view: RunView, network_path: Path, records: Sequence[Record], reports: Sequence[LoadReport], ledger: CostLedger,
@@ -225,10 +229,6 @@ def _manifest(view: RunView, network_path: Path, records: Sequence[Record], repo
         "cost": cost,
         "environment": environment_info(),
     }
-
-
-def _json(payload: Any) -> str:
-    return json.dumps(payload, indent=2, ensure_ascii=False, default=str)
 
 
 def cmd_score(args: argparse.Namespace) -> int:
