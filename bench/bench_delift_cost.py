@@ -59,16 +59,16 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
-    from nncift.config import SelectSettings
     from nncift.data import read_records
     from nncift.pipeline import run_select
     from nncift.selection import facility_location
+    from nncift.settings import SelectSettings
 
     records, _ = read_records(args.data)
     pool = records[: args.n]
     n = len(pool)
     shutil.rmtree(args.out, ignore_errors=True)
-    settings = SelectSettings(influence="delift", model=args.model, fraction=args.fraction, device="cpu", quiet=True)
+    settings = SelectSettings.build(influence="delift", model=args.model, fraction=args.fraction, device="cpu", quiet=True)
     start = time.perf_counter()
     result = run_select(settings, args.out, pool=pool)
     nncift_seconds = time.perf_counter() - start
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     load = counters["milliseconds_model_load"] / 1000
     predicted = np.load(args.out / "predicted.npy")
     start = time.perf_counter()
-    facility_location(np.maximum(predicted, 0.0), settings.budget)
+    facility_location(np.maximum(predicted, 0.0), settings.selection.budget)
     selection_seconds = time.perf_counter() - start
     full_pairs = n * n
     full_seconds = load + n * per_target + full_pairs * per_pair + selection_seconds

@@ -91,9 +91,8 @@ def load_matrix(folder: Path, name: str, expected: tuple[int, int]) -> np.ndarra
 
 def exact_subset(settings, v: float, pool, targets, rows, matrix, options, folder: Path) -> list[int]:
     """The exact function's subset of size v: ``nncift select``'s full-matrix baseline, or the same selection on a stored matrix."""
-    from dataclasses import replace
+    from dataclasses import fields
 
-    from nncift.config import SelectSettings, normalise_budget
     from nncift.influence import influence_class
     from nncift.pipeline import (
         Layout,
@@ -102,16 +101,17 @@ def exact_subset(settings, v: float, pool, targets, rows, matrix, options, folde
         objective_spec,
         run_full_select,
     )
+    from nncift.settings import SelectSettings
     from nncift.subset_quality import choose_subset
 
-    select = SelectSettings(**{f: getattr(settings, f) for f in SelectSettings.__dataclass_fields__})
-    select = replace(select, budget=normalise_budget(v), seed=0)
+    select = SelectSettings(**{f.name: getattr(settings, f.name) for f in fields(SelectSettings)})  # the sweep's own fields dropped
+    select = select.updated(budget=v, seed=0)  # the budget takes its normal form (SelectionSettings)
     if matrix is None:
         return [int(i) for i in run_full_select(select, folder, pool=pool, targets=targets, influence_options=options).indices]
     function_class = influence_class(settings.influence)
     low, high = label_scaling(function_class, matrix)
     layout = Layout(rows, np.arange(len(rows)), np.arange(len(pool)), len(pool) if len(rows) > len(targets) else 0)
-    spec = objective_spec(settings.objective, layout, select, function_class, influence_spec(select, options))
+    spec = objective_spec(settings.selection.objective, layout, select, function_class, influence_spec(select, options))
     return [int(i) for i in choose_subset((matrix - low) / (high - low), spec).indices]
 
 
@@ -132,9 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    from nncift.sweep_plan import SweepSettings
-    from nncift.sweep_report import grid_table, heat_map
-    from nncift.sweep_run import Sweep
+    from nncift.experiments.sweep_plan import SweepSettings
+    from nncift.experiments.sweep_report import grid_table, heat_map
+    from nncift.experiments.sweep_run import Sweep
 
     started = time.perf_counter()
     setup = SETUPS[args.setup]
@@ -143,9 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     matrix = load_matrix(args.matrices, args.setup, (len(rows), len(pool))) if setup["stored"] else None
     heldout = heldout_queries(args.setup, args.heldout)
     objective = setup["objective"]
-    settings = SweepSettings(influence=setup["influence"], objective=objective, u=tuple(args.u), v=tuple(args.v), seeds=tuple(args.seeds),
-                             min_sampled=4, k=args.k, max_new_tokens=args.max_new_tokens, icl_max_length=args.icl_max_length, device="cpu", architecture=args.architecture,
-                             quiet=True)
+    settings = SweepSettings.build(influence=setup["influence"], objective=objective, u=tuple(args.u), v=tuple(args.v), seeds=tuple(args.seeds),
+                                   min_sampled=4, k=args.k, max_new_tokens=args.max_new_tokens, icl_max_length=args.icl_max_length, device="cpu", architecture=args.architecture,
+                                   quiet=True)
     sweep = Sweep(settings, args.out / args.setup, pool=pool, targets=targets, heldout=heldout, influence_options=options,
                   precomputed=matrix)
     subsets = []

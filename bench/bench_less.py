@@ -72,11 +72,11 @@ def run_less(args, pool, targets, folder: Path) -> tuple[np.ndarray, tuple[float
 
 def run_nncift(args, pool, targets, fraction: float, folder: Path) -> tuple[np.ndarray, tuple[float, float], int, int]:
     """NN-CIFT + LESS through the pipeline: (predicted matrix, (wall, CPU seconds), gradient passes, pairs computed)."""
-    from nncift.config import SelectSettings
     from nncift.pipeline import run_select
+    from nncift.settings import SelectSettings
 
     options = {k: v for k, v in dataclasses.asdict(less_settings(args)).items() if k not in ("model", "device", "seed")}
-    settings = SelectSettings(influence="less", fraction=fraction, budget=0.05, seed=args.seed, device="cpu", quiet=True)
+    settings = SelectSettings.build(influence="less", fraction=fraction, budget=0.05, seed=args.seed, device="cpu", quiet=True)
     start, cpu = time.perf_counter(), time.process_time()
     result = run_select(settings, folder, pool=pool, targets=targets, influence_options=options)
     seconds = (time.perf_counter() - start, time.process_time() - cpu)

@@ -116,11 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    from nncift.config import SelectSettings
     from nncift.embed import embed_records
-    from nncift.fidelity import compare_pairwise
+    from nncift.experiments.fidelity import compare_pairwise
     from nncift.layout import self_columns
-    from nncift.pipeline import network_settings, plan_layout
+    from nncift.pipeline import plan_layout
+    from nncift.settings import SelectSettings
     from nncift.subset_quality import choose_subset
 
     started = time.perf_counter()
@@ -146,9 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     for fraction in args.fractions:
         for blocks in args.sampling_blocks:
             for seed in args.seeds:
-                settings = SelectSettings(fraction=fraction, min_sampled=args.min_sampled, seed=seed, budget=budget, sampling_blocks=blocks)
-                layout = plan_layout(spec.pool, spec.targets, objective_name, settings, np.random.default_rng(seed))
-                nets = [replace(network_settings(settings), architecture=name) for name in args.architectures]
+                settings = SelectSettings.build(fraction=fraction, min_sampled=args.min_sampled, seed=seed, budget=budget, sampling_blocks=blocks)
+                layout = plan_layout(spec.pool, spec.targets, objective_name, settings.sampling, np.random.default_rng(seed))
+                nets = [replace(settings.network, architecture=name) for name in args.architectures]
                 _, selection_rows, predictions = compare_pairwise(true, row_embeddings, col_embeddings, layout.seen_rows, layout.seen_cols,
                                                                   objective, nets, self_cols=self_cols, fraction=fraction, seed=seed,
                                                                   true_subset=true_subset, labelled=layout.labelled())

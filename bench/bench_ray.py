@@ -95,7 +95,7 @@ def scaling(args: argparse.Namespace) -> str:
     init_seconds = time.perf_counter() - start
     for workers in (int(w) for w in args.ray_workers.split(",")):
         cpus = 1.0
-        with RayExecutor(workers=workers, cpus_per_worker=cpus) as executor:
+        with RayExecutor(workers=workers, worker_cpus=cpus) as executor:
             start = time.perf_counter()
             pids = executor.worker_pids()
             startup = time.perf_counter() - start
@@ -203,7 +203,7 @@ def child(mode: str, folder: Path, budget: float) -> None:
         from nncift.ray_executor import RayExecutor
 
         ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, object_store_memory=600 * 1024**2, log_to_driver=False)
-        executor = RayExecutor(workers=2, cpus_per_worker=1.0)
+        executor = RayExecutor(workers=2, worker_cpus=1.0)
         executor.worker_pids()
     baseline = _status("VmRSS")
     path = folder / f"predicted-{mode}.npy"

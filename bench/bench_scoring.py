@@ -55,8 +55,8 @@ def _phase(args: argparse.Namespace) -> None:
     else:  # select
         from nncift import SelectSettings, run_select
 
-        settings = SelectSettings(data=tuple(args.data.split("+")), targets=(args.targets,) if args.targets else (), fraction=0.05,
-                                  budget=0.1, quiet=True, seed=0)
+        settings = SelectSettings.build(data=tuple(args.data.split("+")), targets=(args.targets,) if args.targets else (), fraction=0.05,
+                                        budget=0.1, quiet=True, seed=0)
         result = run_select(settings, args.out)
         info = {"cost": result.manifest["cost"], "objective": result.objective, "indices": result.indices.tolist()}
     info.update(wall=time.perf_counter() - start, peak_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)

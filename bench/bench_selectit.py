@@ -28,10 +28,9 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-from nncift.config import SelectSettings
 from nncift.data import read_records
 from nncift.embed import embed_records
-from nncift.fidelity import top_overlap
+from nncift.experiments.fidelity import top_overlap
 from nncift.influence.selectit import (
     RATINGS,
     SelectIT,
@@ -44,6 +43,7 @@ from nncift.models import BUNDLED_EMBEDDER, BUNDLED_LM
 from nncift.network import NetworkSettings, predict_pointwise
 from nncift.paper_training import train_pointwise
 from nncift.pipeline import run_select, sample_indices
+from nncift.settings import SelectSettings
 
 NETWORK_RUNS = ((0.05, 20), (0.1, 20), (0.2, 20), (0.5, 20), (0.05, 200), (0.5, 200))
 """(u, epochs) of the extra network runs: the paper's 20 epochs, and 200 to rule out under-training."""
@@ -109,7 +109,7 @@ def network_rows(scores: np.ndarray, embeddings: np.ndarray, runs, settings: Sel
     scaled = (scores - low) / (high - low)
     rows = []
     for fraction, epochs in runs:
-        seen = sample_indices(len(scores), fraction, settings.min_sampled, np.random.default_rng(settings.seed))
+        seen = sample_indices(len(scores), fraction, settings.sampling.min_sampled, np.random.default_rng(settings.seed))
         seen_ok = seen[ok[seen]]
         network, _ = train_pointwise(embeddings[seen_ok], scaled[seen_ok].astype(np.float32),
                                      NetworkSettings(epochs=epochs, seed=settings.seed))
@@ -147,8 +147,8 @@ def main() -> None:
 
     print(f"NN-CIFT + SelectIT at u = {args.fraction} ...", file=sys.stderr)
     shutil.rmtree(out / "nncift", ignore_errors=True)
-    settings = SelectSettings(influence="selectit", model=args.model, fraction=args.fraction, budget=args.budget,
-                              seed=args.seed, quiet=True, embedder=BUNDLED_EMBEDDER)
+    settings = SelectSettings.build(influence="selectit", model=args.model, fraction=args.fraction, budget=args.budget,
+                                    seed=args.seed, quiet=True, embedder=BUNDLED_EMBEDDER)
     result = run_select(settings, out / "nncift", pool=records, reports=[report],
                         influence_options={"token_budget": args.token_budget})
     stages = result.manifest["cost"]["seconds_by_stage"]

@@ -6,7 +6,7 @@ trained on that same block and compared with the exact matrix as bench/bench_net
 cold Spearman (pairs whose target and candidate are both unlabelled), Q4 MSE relative to the
 training mean's, and f_gain (what selection on the prediction keeps of the exact function's gain
 over a random subset). Shapes: the paper's MLP (1–5 hidden layers of widths 5, 50, 500, and one
-layer of 5000: :data:`nncift.network_shapes.PAPER_FIGURE_SHAPES`) and the two-tower network at
+layer of 5000: :data:`nncift.experiments.network_shapes.PAPER_FIGURE_SHAPES`) and the two-tower network at
 several ranks, trained as shipped but with its fallback to the prior off, so that every point is the
 network itself (the calibrated-cosine baseline is drawn as a line).
 
@@ -52,12 +52,12 @@ def _summary(values: list[float]) -> tuple[float, float]:
 
 def measure(matrix: Matrix, shapes: list[str], fraction: float, seeds: list[int]) -> list[dict]:
     """One row per (shape or baseline, seed): parameters, cold Spearman, Q4 MSE / mean's, f_gain, train seconds."""
-    from nncift.config import SelectSettings
     from nncift.embed import embed_records
-    from nncift.fidelity import compare_pairwise
+    from nncift.experiments.fidelity import compare_pairwise
+    from nncift.experiments.network_shapes import parameter_count, shape_settings
     from nncift.layout import self_columns
-    from nncift.network_shapes import parameter_count, shape_settings
-    from nncift.pipeline import network_settings, plan_layout
+    from nncift.pipeline import plan_layout
+    from nncift.settings import SelectSettings
     from nncift.subset_quality import choose_subset
 
     spec = matrix.spec
@@ -70,9 +70,9 @@ def measure(matrix: Matrix, shapes: list[str], fraction: float, seeds: list[int]
     true_subset = choose_subset(true, objective).indices
     records = []
     for seed in seeds:
-        settings = SelectSettings(fraction=fraction, min_sampled=10, seed=seed, budget=budget, sampling_blocks=1)
-        layout = plan_layout(spec.pool, spec.targets, objective_name, settings, np.random.default_rng(seed))
-        base = replace(network_settings(settings), fallback=False)
+        settings = SelectSettings.build(fraction=fraction, min_sampled=10, seed=seed, budget=budget, sampling_blocks=1)
+        layout = plan_layout(spec.pool, spec.targets, objective_name, settings.sampling, np.random.default_rng(seed))
+        base = replace(settings.network, fallback=False)
         for position, shape in enumerate(shapes):
             net = shape_settings(shape, base)
             _, selection, _ = compare_pairwise(true, row_embeddings, col_embeddings, layout.seen_rows, layout.seen_cols, objective, [net],
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    from nncift.network_shapes import PAPER_FIGURE_SHAPES
+    from nncift.experiments.network_shapes import PAPER_FIGURE_SHAPES
 
     shapes = args.shapes or [*PAPER_FIGURE_SHAPES, *TOWER_SHAPES]
     started = time.perf_counter()

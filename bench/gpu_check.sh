@@ -26,9 +26,9 @@ for file in "${POOL[@]}"; do pool_flags+=(--data "$file"); done
 
 declare -a NAMES COMMANDS
 add() { NAMES+=("$1"); shift; COMMANDS+=("$(printf '%q ' "$@")"); }
-add delift   select "${pool_flags[@]}" --targets "$TARGETS" --influence delift --objective flmi --fraction 0.1 --budget 0.1 "${GPU[@]}" --out "$OUT/select-delift" --quiet
-add less     select "${pool_flags[@]}" --targets "$TARGETS" --influence less --fraction 0.1 --budget 0.05 "${GPU[@]}" --out "$OUT/select-less" --quiet
-add selectit select "${pool_flags[@]}" --influence selectit --fraction 0.1 --budget 0.2 "${GPU[@]}" --out "$OUT/select-selectit" --quiet
+add delift   select "${pool_flags[@]}" --targets "$TARGETS" --influence delift --selection.objective flmi --sampling.fraction 0.1 --selection.budget 0.1 "${GPU[@]}" --out "$OUT/select-delift" --quiet
+add less     select "${pool_flags[@]}" --targets "$TARGETS" --influence less --sampling.fraction 0.1 --selection.budget 0.05 "${GPU[@]}" --out "$OUT/select-less" --quiet
+add selectit select "${pool_flags[@]}" --influence selectit --sampling.fraction 0.1 --selection.budget 0.2 "${GPU[@]}" --out "$OUT/select-selectit" --quiet
 add finetune finetune --data "$OUT/select-delift/selected.jsonl" --epochs 1 "${GPU[@]}" --out "$OUT/adapter" --quiet
 add evaluate evaluate --data "$TARGETS" --limit 64 --adapter "$OUT/adapter" --max-new-tokens 8 "${GPU[@]}" --out "$OUT/evaluate.json" --quiet
 add icl      evaluate --data "$TARGETS" --limit 64 --icl-pool "$OUT/select-delift/selected.jsonl" --k 3 --max-new-tokens 8 "${GPU[@]}" --out "$OUT/icl.json" --quiet

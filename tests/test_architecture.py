@@ -82,3 +82,13 @@ def test_no_module_is_over_450_lines() -> None:
     sizes = {path.relative_to(PACKAGE).as_posix(): len(path.read_text(encoding="utf-8").splitlines()) for path in PACKAGE.rglob("*.py")}
     assert len(sizes) > 40 and max(sizes.values()) > 100
     assert {name: n for name, n in sizes.items() if n > 450} == {}
+
+
+def test_the_library_never_imports_the_research_code() -> None:
+    """``nncift.experiments`` (experiment, fidelity, sweep, report) sits on top of the library: no library module imports it."""
+    graph = import_graph()
+    experiments = {name for name in graph if name == "nncift.experiments" or name.startswith("nncift.experiments.")}
+    assert {"nncift.experiments.experiment", "nncift.experiments.fidelity", "nncift.experiments.sweep"} <= experiments
+    assert "nncift.pipeline" in graph["nncift.experiments.fidelity"]  # the graph sees the research code's imports
+    offending = {name: sorted(graph[name] & experiments) for name in set(graph) - experiments if graph[name] & experiments}
+    assert not offending, offending

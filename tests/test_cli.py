@@ -26,7 +26,8 @@ def pool_file(tmp_path: Path, demo_pool) -> Path:
 
 def test_flags_come_from_the_settings_with_their_docstrings() -> None:
     help_text = build_parser()._subparsers._group_actions[0].choices["select"].format_help()  # noqa: SLF001
-    for flag in ("--fraction", "--budget", "--objective", "--embedder", "--model", "--seed", "--targets", "--config", "--hidden-sizes"):
+    for flag in ("--fraction", "--budget", "--objective", "--embedder", "--model", "--seed", "--targets", "--config", "--network.hidden-sizes",
+                 "--selection.budget", "--sampling.fraction", "--executor.name"):
         assert flag in help_text
     assert "Fraction u of targets and candidates" in help_text
 
@@ -45,8 +46,8 @@ def test_yaml_config_and_flags_override_it(tmp_path: Path, pool_file: Path) -> N
     config.write_text(yaml.safe_dump({"data": [str(pool_file)], "budget": 5, "seed": 7, "hidden-sizes": [32, 16]}))
     assert main(["select", "--config", str(config), *FAST, "--budget", "6", "--out", str(tmp_path / "run")]) == 0
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
-    assert manifest["settings"]["budget"] == 6 and manifest["settings"]["seed"] == 7
-    assert manifest["settings"]["hidden_sizes"] == [32, 16] and manifest["counts"]["selected"] == 6
+    assert manifest["settings"]["selection"]["budget"] == 6 and manifest["settings"]["seed"] == 7
+    assert manifest["settings"]["network"]["hidden_sizes"] == [32, 16] and manifest["counts"]["selected"] == 6
 
 
 @pytest.mark.parametrize(
@@ -109,7 +110,7 @@ def test_help_says_how_each_list_flag_takes_several_values() -> None:
     help_text = " ".join(build_parser()._subparsers._group_actions[0].choices["select"].format_help().split())  # noqa: SLF001
     data_help = help_text.split("--data DATA Pool files")[1].split("--targets")[0]
     assert "repeat the flag for several (values are not split at commas" in data_help and "separate values with commas" not in data_help
-    sizes_help = help_text.split("--hidden-sizes HIDDEN_SIZES paper:")[1].split("--learning-rate")[0]
+    sizes_help = help_text.split("--network.hidden-sizes HIDDEN_SIZES paper:")[1].split("--network.learning-rate")[0]
     assert "separate values with commas" in sizes_help
 
 
@@ -155,7 +156,7 @@ def test_every_function_declares_its_settings_in_the_light_registry() -> None:
 
 def test_influence_options_are_namespaced_on_the_command_line_and_in_yaml(tmp_path, capsys) -> None:
     from nncift.cli import build_parser, main, split_settings
-    from nncift.config import SelectSettings
+    from nncift.settings import SelectSettings
 
     help_text = build_parser()._subparsers._group_actions[0].choices["select"].format_help()  # noqa: SLF001
     assert "--delift.token-budget" in help_text and "--selectit.token-budget" in help_text and "\n  --token-budget" not in help_text
@@ -168,7 +169,7 @@ def test_influence_options_are_namespaced_on_the_command_line_and_in_yaml(tmp_pa
     config = tmp_path / "c.yaml"
     config.write_text("influence: delift\nbudget: 0.5\ndelift:\n  token_budget: 1024\n  prefix_reuse: false\n")
     settings, options = split_settings(parser.parse_args(["select", "--out", "x", "--config", str(config)]), SelectSettings)
-    assert settings.budget == 0.5 and options == {"token_budget": 1024, "prefix_reuse": False}
+    assert settings.selection.budget == 0.5 and options == {"token_budget": 1024, "prefix_reuse": False}
     pool = tmp_path / "pool.jsonl"
     pool.write_text('{"instruction": "a", "output": "b"}\n')
     assert main(["select", "--data", str(pool), "--out", str(tmp_path / "r"), "--less.dim", "64"]) == 2

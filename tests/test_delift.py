@@ -9,7 +9,6 @@ the utilities themselves on the real SmolLM2 (slow-marked).
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -274,10 +273,10 @@ def test_registered_and_exposed_on_the_command_line():
 
 
 def test_select_with_delift_end_to_end(sharp_llama_dir, demo_pool, tmp_path):
-    from nncift.config import SelectSettings
     from nncift.pipeline import run_select
+    from nncift.settings import SelectSettings
 
-    settings = SelectSettings(influence="delift", model=str(sharp_llama_dir), fraction=0.25, budget=8, block_size=8,
+    settings = SelectSettings.build(influence="delift", model=str(sharp_llama_dir), fraction=0.25, budget=8, block_size=8,
                               device="cpu", quiet=True, epochs=2, sampling_blocks=1, max_steps=40)
     result = run_select(settings, tmp_path / "run", pool=demo_pool[:32])
     assert len(result.indices) == 8 and len(set(result.indices.tolist())) == 8
@@ -288,7 +287,7 @@ def test_select_with_delift_end_to_end(sharp_llama_dir, demo_pool, tmp_path):
     assert q1.shape == (10, 10) and np.isfinite(q1).all()
     assert result.manifest["label_scaling"]["source"] == "min-max of Q1"
     # DELIFT's own default design: the same pairs in 4 blocks over twice the records (2 × min_sampled)
-    spread = run_select(dataclasses.replace(settings, sampling_blocks=0), tmp_path / "spread", pool=demo_pool[:32])
+    spread = run_select(settings.updated(sampling_blocks=0), tmp_path / "spread", pool=demo_pool[:32])
     q1 = np.load(tmp_path / "spread" / "q1.npy")
     assert spread.manifest["sampling_blocks"] == 4 and q1.shape == (20, 20) and int(np.isfinite(q1).sum()) == 4 * 5 * 5
     assert spread.manifest["cost"]["counters"]["forward_passes"] == 20 + 4 * 5 * 5

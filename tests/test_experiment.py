@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from nncift.data import read_records, write_jsonl
-from nncift.experiment import Experiment, config_from_dict, load_experiment_config, run_experiment
-from nncift.experiment_data import ExperimentSettings, build_splits, family_of
+from nncift.experiments.experiment import Experiment, config_from_dict, load_experiment_config, run_experiment
+from nncift.experiments.experiment_data import ExperimentSettings, build_splits, family_of
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -135,7 +135,7 @@ def test_unavailable_influence_is_listed_not_fatal(family_files: Path, tiny_lm_d
     from nncift import influence
 
     monkeypatch.setitem(influence.REGISTRY, "delift", "nncift.influence.not_written_yet:Nothing")
-    from nncift.experiment import available_influences
+    from nncift.experiments.experiment import available_influences
 
     ready, missing = available_influences(("delift-se", "delift"))
     assert ready == ["delift-se"] and "delift" in missing

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from nncift.embed import embed_records
-from nncift.fidelity import calibrated_cosine, compare_pairwise, compare_pointwise
+from nncift.experiments.fidelity import calibrated_cosine, compare_pairwise, compare_pointwise
 from nncift.fitting import FitSettings, calibrate_prior, fit_pairwise, record_folds
 from nncift.fitting_pointwise import fit_pointwise
 from nncift.layout import self_columns

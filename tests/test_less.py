@@ -156,11 +156,11 @@ def test_compressed_less_is_deterministic_and_tracks_the_exact_matrix_on_conv1d(
 
 
 def test_select_with_less_through_the_pipeline(tiny_lm_dir, tmp_path):
-    from nncift.config import SelectSettings
     from nncift.pipeline import run_select
+    from nncift.settings import SelectSettings
 
     pool, targets = records(24), records(30, task_of=lambda i: "sum")[24:]
-    settings = SelectSettings(influence="less", model=str(tiny_lm_dir), device="cpu", fraction=0.25, min_sampled=4,
+    settings = SelectSettings.build(influence="less", model=str(tiny_lm_dir), device="cpu", fraction=0.25, min_sampled=4,
                               budget=0.25, epochs=2, quiet=True)
     options = {k: v for k, v in tiny_settings(tiny_lm_dir, compressor="dropout-structured", dim=256).__dict__.items()
                if k not in ("model", "device", "seed")}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from nncift.experiments.network_shapes import PAPER_FIGURE_SHAPES, parameter_count, shape_name, shape_settings
 from nncift.network import InfluenceNetwork, NetworkSettings
-from nncift.network_shapes import PAPER_FIGURE_SHAPES, parameter_count, shape_name, shape_settings
 from nncift.towers import TwoTowerNetwork
 
 

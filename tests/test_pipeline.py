@@ -19,7 +19,7 @@ from nncift.store import SettingsMismatch
 
 def _settings(**overrides) -> SelectSettings:
     base = dict(influence="delift-se", fraction=0.25, min_sampled=8, budget=0.25, epochs=5, max_steps=60, folds=3, quiet=True, seed=3)
-    return SelectSettings(**{**base, **overrides})
+    return SelectSettings.build(**{**base, **overrides})
 
 
 def test_sampling_is_seeded_random_not_the_first_rows() -> None:
@@ -34,20 +34,20 @@ def test_sampling_is_seeded_random_not_the_first_rows() -> None:
 def test_layout_orientation_for_each_objective(demo_pool) -> None:
     pool, targets = demo_pool[:40], demo_pool[40:52]
     rng = lambda: np.random.default_rng(0)  # noqa: E731
-    alone = plan_layout(pool, [], "fl", _settings(), rng())
+    alone = plan_layout(pool, [], "fl", _settings().sampling, rng())
     assert alone.rows == pool and np.array_equal(alone.seen_rows, alone.seen_cols)
-    targeted = plan_layout(pool, targets, "fl", _settings(), rng())
+    targeted = plan_layout(pool, targets, "fl", _settings().sampling, rng())
     assert targeted.rows == targets and targeted.seen_rows.max() < len(targets)
-    mutual = plan_layout(pool, targets, "flmi", _settings(), rng())
+    mutual = plan_layout(pool, targets, "flmi", _settings().sampling, rng())
     assert len(mutual.rows) == 52 and mutual.n_pool_rows == 40
     assert set(mutual.seen_rows[mutual.seen_rows >= 40] - 40) <= set(range(12))
 
 
 def test_sampling_blocks_spend_the_same_pairs_on_more_records(demo_pool) -> None:
     pool, targets = demo_pool[:48], demo_pool[48:64]
-    square = plan_layout(pool, [], "fl", _settings(), np.random.default_rng(0))
+    square = plan_layout(pool, [], "fl", _settings().sampling, np.random.default_rng(0))
     assert square.row_groups is None and square.labelled().all() and len(square.blocks(5)) == 9  # 12 × 12 in 5-blocks
-    blocks = plan_layout(pool, [], "fl", _settings(sampling_blocks=4), np.random.default_rng(0))
+    blocks = plan_layout(pool, [], "fl", _settings(sampling_blocks=4).sampling, np.random.default_rng(0))
     assert len(blocks.seen_cols) == 24 == 2 * len(square.seen_cols) and np.array_equal(blocks.seen_rows, blocks.seen_cols)
     labelled = blocks.labelled()
     assert labelled.sum() == 4 * 6 * 6 and abs(int(labelled.sum()) - square.labelled().size) <= 12 * 12 // 2
@@ -56,7 +56,7 @@ def test_sampling_blocks_spend_the_same_pairs_on_more_records(demo_pool) -> None
     for block in blocks.blocks(4):
         covered[block.row_start:block.row_stop, block.col_start:block.col_stop] = True
     assert np.array_equal(covered, labelled)  # exactly the within-group pairs are computed
-    mutual = plan_layout(pool, targets, "flmi", _settings(sampling_blocks=4), np.random.default_rng(0))
+    mutual = plan_layout(pool, targets, "flmi", _settings(sampling_blocks=4).sampling, np.random.default_rng(0))
     group_of_col = dict(zip(mutual.seen_cols.tolist(), mutual.col_groups.tolist()))
     for row, group in zip(mutual.seen_rows.tolist(), mutual.row_groups.tolist()):
         if row < mutual.n_pool_rows:

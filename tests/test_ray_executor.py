@@ -52,15 +52,15 @@ def test_select_on_ray_gives_the_same_matrices_and_subset(ray_cluster, tmp_path:
     pool, targets = demo_pool[:40], (demo_pool[40:52] if objective == "flmi" else [])
     base = dict(influence="delift-se", objective=objective, fraction=0.3, min_sampled=8, budget=0.25, epochs=3,
                 block_size=4, quiet=True, seed=5, device="cpu")
-    local = run_select(SelectSettings(**base), tmp_path / "local", pool=pool, targets=targets)
-    on_ray = run_select(SelectSettings(**base, executor="ray", workers=2, worker_cpus=1.0), tmp_path / "ray", pool=pool, targets=targets)
+    local = run_select(SelectSettings.build(**base), tmp_path / "local", pool=pool, targets=targets)
+    on_ray = run_select(SelectSettings.build(**base, executor="ray", workers=2, worker_cpus=1.0), tmp_path / "ray", pool=pool, targets=targets)
     for name in ("q1.npy", "predicted.npy"):
         assert np.array_equal(np.load(tmp_path / "local" / name), np.load(tmp_path / "ray" / name), equal_nan=False), name
     assert not np.isnan(np.load(tmp_path / "ray" / "q1.npy")).any()
     assert np.array_equal(local.indices, on_ray.indices) and np.array_equal(local.scores, on_ray.scores)
     assert local.objective == on_ray.objective
     assert (tmp_path / "ray" / "selected.jsonl").read_text() == (tmp_path / "local" / "selected.jsonl").read_text()
-    assert on_ray.manifest["settings"]["executor"] == "ray"
+    assert on_ray.manifest["settings"]["executor"]["name"] == "ray"
 
 
 def test_killed_worker_is_replaced_and_the_job_gives_the_same_results(ray_cluster, tmp_path: Path, demo_pool, monkeypatch) -> None:
@@ -73,7 +73,7 @@ def test_killed_worker_is_replaced_and_the_job_gives_the_same_results(ray_cluste
     expected = _matrix(tmp_path / "local", 48, 48)
     LocalExecutor().run_pairwise(SPEC, pool, pool, expected, blocks, tmp_path / "local", progress=False)
 
-    executor = RayExecutor(workers=2, cpus_per_worker=1.0)
+    executor = RayExecutor(workers=2, worker_cpus=1.0)
     try:
         before = executor.worker_pids()
         killed: list[int] = []
@@ -98,9 +98,9 @@ def test_killed_worker_is_replaced_and_the_job_gives_the_same_results(ray_cluste
         executor.on_task_done = None
         monkeypatch.setattr(embed, "SHARD_ROWS", 16)  # 3 chunks over 2 workers
         monkeypatch.setenv("NNCIFT_CACHE", str(tmp_path / "cache-ray"))
-        sharded = executor.embed_records(pool, model=SelectSettings().embedder, device="cpu", progress=False)
+        sharded = executor.embed_records(pool, model=SelectSettings.build().embedder, device="cpu", progress=False)
         monkeypatch.setenv("NNCIFT_CACHE", str(tmp_path / "cache-local"))
-        local = LocalExecutor().embed_records(pool, model=SelectSettings().embedder, device="cpu", progress=False)
+        local = LocalExecutor().embed_records(pool, model=SelectSettings.build().embedder, device="cpu", progress=False)
         assert sharded.shape == (48, 384) and np.array_equal(sharded, local)
 
         # prediction in row blocks on the workers, with a worker killed again

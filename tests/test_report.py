@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nncift.report import arm_table, markdown_table, render_html, verdict_sentences, verdicts, write_report
+from nncift.experiments.report import arm_table, markdown_table, render_html, verdict_sentences, verdicts, write_report
 
 METRICS = ("loss", "rouge_l", "embedding_cosine", "exact_match")
 
@@ -26,7 +26,7 @@ def _arm(name: str, seed: int | None, exact: float, loss: float, by_family: dict
 
 
 def _results() -> dict:
-    """A results dict shaped like ``results.json`` of :mod:`nncift.experiment` (two seeds, one function)."""
+    """A results dict shaped like ``results.json`` of :mod:`nncift.experiments.experiment` (two seeds, one function)."""
     rng = np.random.default_rng(0)
     arms = [_arm("base", None, 0.10, 3.0)]
     for seed, (original, nncift) in enumerate([(0.70, 0.66), (0.72, 0.69)]):

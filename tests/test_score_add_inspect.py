@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -29,7 +28,7 @@ from nncift.subset_quality import ObjectiveSpec, objective_on
 
 def _settings(**overrides) -> SelectSettings:
     base = dict(influence="delift-se", fraction=0.25, min_sampled=8, budget=0.25, max_steps=60, folds=3, quiet=True, seed=3)
-    return SelectSettings(**{**base, **overrides})
+    return SelectSettings.build(**{**base, **overrides})
 
 
 @pytest.fixture()
@@ -77,7 +76,7 @@ def _copy_model(source: Path, tmp_path: Path) -> Path:
 
 def test_score_values_new_records_without_the_language_model(tmp_path: Path, files, tiny_lm_dir) -> None:
     model = _copy_model(tiny_lm_dir, tmp_path)
-    settings = SelectSettings(influence="delift", model=str(model), data=(str(files["pool"]),), targets=(str(files["targets"]),),
+    settings = SelectSettings.build(influence="delift", model=str(model), data=(str(files["pool"]),), targets=(str(files["targets"]),),
                               fraction=0.25, min_sampled=6, budget=8, sampling_blocks=1, device="cpu", quiet=True, max_steps=40, folds=3)
     run_select(settings, tmp_path / "run")
     shutil.rmtree(model)  # the LM is gone: scoring must not need it
@@ -101,7 +100,7 @@ def test_score_values_new_records_without_the_language_model(tmp_path: Path, fil
 
 def test_score_and_add_for_a_pointwise_run(tmp_path: Path, files, tiny_gpt2_dir) -> None:
     model = _copy_model(tiny_gpt2_dir, tmp_path)
-    settings = SelectSettings(influence="selectit", model=str(model), data=(str(files["pool"]),), fraction=0.25, min_sampled=6,
+    settings = SelectSettings.build(influence="selectit", model=str(model), data=(str(files["pool"]),), fraction=0.25, min_sampled=6,
                               budget=6.0, device="cpu", quiet=True, max_steps=40, folds=3)
     run = run_select(settings, tmp_path / "run", influence_options={"max_length": 0, "n_instructions": 2})
     shutil.rmtree(model)
@@ -196,25 +195,25 @@ def test_reselect_reuses_the_influence_block_and_matches_a_fresh_run(tmp_path: P
     run_select(settings, tmp_path / "run")
     done = (tmp_path / "run" / "q1.done.jsonl").read_text()
     q1_mtime = (tmp_path / "run" / "q1.npy").stat().st_mtime_ns
-    wider = dataclasses.replace(settings, budget=0.5)
+    wider = settings.updated(budget=0.5)
     again = run_select(wider, tmp_path / "run")
     fresh = run_select(wider, tmp_path / "fresh")
     assert again.indices.tolist() == fresh.indices.tolist() and len(again.indices) == 24
     assert (tmp_path / "run" / "q1.done.jsonl").read_text() == done and (tmp_path / "run" / "q1.npy").stat().st_mtime_ns == q1_mtime
-    assert again.manifest["reselected"]["changed"] == {"budget": {"stored": 0.25, "now": 0.5}}
+    assert again.manifest["reselected"]["changed"] == {"selection.budget": {"stored": 0.25, "now": 0.5}}
     assert "reused" in again.manifest["network_training"]  # same network settings: not retrained
-    other_network = run_select(dataclasses.replace(wider, architecture="paper", epochs=2), tmp_path / "run")
+    other_network = run_select(wider.updated(architecture="paper", epochs=2), tmp_path / "run")
     assert "reused" not in other_network.manifest["network_training"] and other_network.manifest["network_training"]["architecture"] == "paper"
     assert (tmp_path / "run" / "q1.done.jsonl").read_text() == done
     assert run_select(wider, tmp_path / "fresh").manifest == fresh.manifest  # finished with the same settings: returned as it is
     for changed in ({"fraction": 0.5}, {"seed": 4}, {"influence": "delift"}):
         with pytest.raises(SettingsMismatch, match=next(iter(changed))):
-            run_select(dataclasses.replace(wider, **changed), tmp_path / "run")
-    targeted = dataclasses.replace(settings, targets=(str(files["targets"]),))
+            run_select(wider.updated(**changed), tmp_path / "run")
+    targeted = settings.updated(targets=(str(files["targets"]),))
     run_select(targeted, tmp_path / "targeted")
     with pytest.raises(SettingsMismatch, match="matrix_rows: stored 'targets', now 'pool\\+targets'"):
-        run_select(dataclasses.replace(targeted, objective="flmi"), tmp_path / "targeted")
-    assert run_select(dataclasses.replace(targeted, objective="topk"), tmp_path / "targeted").manifest["objective"] == "topk"
+        run_select(targeted.updated(objective="flmi"), tmp_path / "targeted")
+    assert run_select(targeted.updated(objective="topk"), tmp_path / "targeted").manifest["objective"] == "topk"
 
 
 def test_score_and_add_refuse_bad_input_with_one_line(tmp_path: Path, files, capsys) -> None:
@@ -226,7 +225,7 @@ def test_score_and_add_refuse_bad_input_with_one_line(tmp_path: Path, files, cap
     assert main(["score", "--run", str(tmp_path / "nothing"), "--data", str(files["new"]), "--out", str(tmp_path / "s")]) == 2
     assert "no such run folder" in capsys.readouterr().err
     assert main(["select", "--run", str(tmp_path / "run"), "--add", str(files["new"]), "--fraction", "0.5", "--out", str(tmp_path / "g")]) == 2
-    assert "only --budget and --quiet apply" in capsys.readouterr().err
+    assert "only --selection.budget (--budget) and --quiet apply (got --fraction)" in capsys.readouterr().err
     assert main(["select", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "g")]) == 2
     assert "--run and --add go together" in capsys.readouterr().err
     assert main(["select", "--run", str(tmp_path / "run"), "--add", str(files["new"]), "--out", str(tmp_path / "g"), "--quiet"]) == 0

@@ -236,12 +236,12 @@ def test_model_level_weights_follow_parameter_counts(tiny_lm_dir: Path, tiny_gpt
 
 
 def test_run_select_records_failures_and_predicts_the_rest(tiny_gpt2_dir: Path, demo_pool, tmp_path: Path) -> None:
-    from nncift.config import SelectSettings
     from nncift.pipeline import run_select
+    from nncift.settings import SelectSettings
 
     pool = list(demo_pool[:23]) + [_long_record()]
     options = {"max_length": 0, "n_instructions": 2}
-    settings = SelectSettings(influence="selectit", model=str(tiny_gpt2_dir), fraction=1.0, budget=5.0, quiet=True, device="cpu")
+    settings = SelectSettings.build(influence="selectit", model=str(tiny_gpt2_dir), fraction=1.0, budget=5.0, quiet=True, device="cpu")
     result = run_select(settings, tmp_path / "all", pool=pool, influence_options=options)
     manifest = json.loads((tmp_path / "all" / "manifest.json").read_text())
     assert list(manifest["failures"]) == ["23"] and "IndexError" in manifest["failures"]["23"]
@@ -252,7 +252,7 @@ def test_run_select_records_failures_and_predicts_the_rest(tiny_gpt2_dir: Path, 
     order = np.argsort(-np.nan_to_num(raw, nan=-np.inf), kind="stable")
     assert set(result.indices.tolist()) == set(order[:5].tolist())  # every record scored: exact top-k
 
-    sampled = SelectSettings(influence="selectit", model=str(tiny_gpt2_dir), fraction=0.25, min_sampled=4,
+    sampled = SelectSettings.build(influence="selectit", model=str(tiny_gpt2_dir), fraction=0.25, min_sampled=4,
                              budget=0.25, quiet=True, device="cpu", epochs=3)
     result = run_select(sampled, tmp_path / "sampled", pool=pool, influence_options=options)
     folder = tmp_path / "sampled"
@@ -268,10 +268,10 @@ def test_run_select_records_failures_and_predicts_the_rest(tiny_gpt2_dir: Path, 
 
 
 def test_fidelity_pointwise_rows(tiny_lm_dir: Path, demo_pool, tmp_path: Path) -> None:
-    from nncift.config import FidelitySettings
-    from nncift.fidelity import run_fidelity
+    from nncift.experiments.fidelity import run_fidelity
+    from nncift.experiments.fidelity_command import FidelitySettings
 
-    settings = FidelitySettings(influence="selectit", model=str(tiny_lm_dir), fractions=(0.25, 0.5), min_sampled=4,
+    settings = FidelitySettings.build(influence="selectit", model=str(tiny_lm_dir), fractions=(0.25, 0.5), min_sampled=4,
                                 quiet=True, device="cpu", epochs=3, architectures=("paper", "two-tower"), max_steps=40, folds=2)
     result = run_fidelity(settings, tmp_path / "fid", pool=list(demo_pool[:16]), influence_options={"n_instructions": 2})
     assert [(row["fraction"], row["split"]) for row in result.rows] == [(0.25, "seen"), (0.25, "unseen"), (0.5, "seen"), (0.5, "unseen")]
@@ -285,7 +285,7 @@ def test_fidelity_pointwise_rows(tiny_lm_dir: Path, demo_pool, tmp_path: Path) -
 
 def test_cli_repeated_model_flag_gives_the_model_list(tiny_lm_dir: Path, tiny_gpt2_dir: Path) -> None:
     from nncift.cli import build_parser, split_settings
-    from nncift.config import SelectSettings
+    from nncift.settings import SelectSettings
 
     args = build_parser().parse_args(["select", "--out", "x", "--data", "d.json", "--influence", "selectit",
                                       "--model", str(tiny_lm_dir), "--model", str(tiny_gpt2_dir), "--fraction", "0.05"])

@@ -12,10 +12,10 @@ import pytest
 import yaml
 
 from nncift.cli import build_parser, main
-from nncift.config import SelectSettings, SettingsError, load_yaml, normalise_budget
+from nncift.config import SettingsError, load_yaml, normalise_budget
 from nncift.data import write_jsonl
-from nncift.pipeline import selection_budget
 from nncift.selection import budget_to_count
+from nncift.settings import SelectSettings
 
 FAST = ["--influence", "delift-se", "--quiet"]
 
@@ -35,15 +35,15 @@ def pool_file(tmp_path: Path, demo_pool) -> Path:
 ])
 def test_one_budget_rule(budget, normal) -> None:
     assert normalise_budget(budget) == normal and type(normalise_budget(budget)) is type(normal)
-    settings = SelectSettings(budget=budget)
-    assert settings.budget == normal and selection_budget(settings) == normal
-    assert budget_to_count(settings.budget, 100) == budget_to_count(budget if budget != 1 else 1.0, 100)
+    settings = SelectSettings.build(budget=budget)
+    assert settings.selection.budget == normal and type(settings.selection.budget) is type(normal)
+    assert budget_to_count(settings.selection.budget, 100) == budget_to_count(budget if budget != 1 else 1.0, 100)
 
 
 @pytest.mark.parametrize("budget", [0, 0.0, -1, -0.5, 1.5, 50.5, float("nan"), float("inf"), True, "5", None])
 def test_bad_budgets_are_refused_when_settings_are_built(budget) -> None:
-    with pytest.raises(SettingsError, match="^budget: expected"):
-        SelectSettings(budget=budget)
+    with pytest.raises(SettingsError, match="^selection.budget: expected"):
+        SelectSettings.build(budget=budget)
 
 
 def test_budget_to_count_keeps_fractions_and_counts() -> None:
@@ -88,19 +88,30 @@ FLAG_CASES = [
     (["--influence", "nope"], "unknown influence function 'nope'; choose from: delift, delift-se"),
     (["--objective", "flmi"], "objective flmi needs --targets"),
     (["--influence", "selectit", "--selectit.token-budget", "0"], "token_budget must be ≥ 1, got 0"),
+    (["--selection.budget", "0"], "--selection.budget: expected a fraction in (0, 1]"),
+    (["--sampling.blocks", "-1"], "--sampling.blocks: expected a value ≥ 0"),
+    (["--network.tower-rank", "0"], "--network.tower-rank: expected a value ≥ 1, got 0"),
+    (["--executor.name", "spark"], "--executor.name: expected one of 'local', 'ray', got 'spark'"),
+    (["--budget", "3", "--selection.budget", "4"], "selection.budget is given twice"),
 ]
 
 YAML_CASES = [
-    ({"budget": "lots"}, "c.yaml: budget: expected a number, got 'lots'"),
-    ({"budget": 0}, "c.yaml: budget: expected a fraction in (0, 1]"),
+    ({"budget": "lots"}, "c.yaml: selection.budget: expected a number, got 'lots'"),
+    ({"budget": 0}, "c.yaml: selection.budget: expected a fraction in (0, 1]"),
     ({"seed": "abc"}, "c.yaml: seed: expected an integer, got 'abc'"),
-    ({"fraction": [0.1, 0.2]}, "c.yaml: fraction: expected a number, got [0.1, 0.2]"),
-    ({"epochs": "5"}, "c.yaml: epochs: expected an integer, got '5'"),
-    ({"epochs": 2.5}, "c.yaml: epochs: expected an integer, got 2.5"),
-    ({"fallback": "loud"}, "c.yaml: fallback: expected true or false, got 'loud'"),
-    ({"hidden-sizes": [32, "x"]}, "c.yaml: hidden_sizes: expected a list of integers, got (32, 'x')"),
+    ({"fraction": [0.1, 0.2]}, "c.yaml: sampling.fraction: expected a number, got [0.1, 0.2]"),
+    ({"epochs": "5"}, "c.yaml: network.epochs: expected an integer, got '5'"),
+    ({"epochs": 2.5}, "c.yaml: network.epochs: expected an integer, got 2.5"),
+    ({"fallback": "loud"}, "c.yaml: network.fallback: expected true or false, got 'loud'"),
+    ({"hidden-sizes": [32, "x"]}, "c.yaml: network.hidden_sizes: expected a list of integers, got (32, 'x')"),
     ({"device": "tpu"}, "c.yaml: device: expected one of 'auto', 'cpu', 'cuda' (or 'cuda:N'), got 'tpu'"),
     ({"no-such-setting": 1}, "c.yaml: unknown settings: no_such_setting"),
+    ({"selection": {"budget": 0}}, "c.yaml: selection.budget: expected a fraction in (0, 1]"),
+    ({"network": {"tower-rank": 0}}, "c.yaml: network.tower_rank: expected a value ≥ 1, got 0"),
+    ({"selection": {"budgt": 3}}, "c.yaml: unknown settings for SelectSettings: selection.budgt"),
+    ({"budget": 3, "selection": {"budget": 4}}, "selection.budget is given twice"),
+    ({"network": {"seed": 3}}, "network.seed is the run's seed: set seed instead"),
+    ({"executor": {"name": "spark"}}, "c.yaml: executor.name: expected one of 'local', 'ray', got 'spark'"),
     ({"influence": "selectit", "selectit": {"token-budget": "lots"}}, "c.yaml (selectit:): token_budget: expected an integer, got 'lots'"),
 ]
 

@@ -109,7 +109,7 @@ def test_streaming_rejects_bad_input(tmp_path: Path) -> None:
 def test_pipeline_streams_when_the_matrix_does_not_fit(tmp_path: Path, demo_pool, monkeypatch: pytest.MonkeyPatch) -> None:
     from nncift import SelectSettings, run_select
 
-    settings = SelectSettings(influence="delift-se", fraction=0.25, min_sampled=8, budget=0.25, epochs=3, quiet=True, seed=3)
+    settings = SelectSettings.build(influence="delift-se", fraction=0.25, min_sampled=8, budget=0.25, epochs=3, quiet=True, seed=3)
     pool = demo_pool[:48]
     in_memory = run_select(settings, tmp_path / "memory", pool=pool)
     monkeypatch.setattr(selection, "fits_in_memory", lambda shape, share=0.5: False)

@@ -10,8 +10,8 @@ import pytest
 
 from nncift.data import write_jsonl
 from nncift.demo_data import demo_records
-from nncift.sweep import run_sweep
-from nncift.sweep_plan import SweepSettings, nested_layouts, nested_samples, sample_size
+from nncift.experiments.sweep import run_sweep
+from nncift.experiments.sweep_plan import SweepSettings, nested_layouts, nested_samples, sample_size
 
 
 def test_nested_samples_are_prefixes_of_one_permutation_and_deterministic() -> None:
@@ -54,7 +54,7 @@ def _settings(files: dict[str, Path], tiny_lm_dir: Path, **changes) -> SweepSett
     values = dict(data=(str(files["pool"]),), heldout=(str(files["heldout"]),), influence="delift-se", u=(0.25, 0.5), v=(0.2, 0.5),
                   seeds=(0,), min_sampled=4, model=str(tiny_lm_dir), device="cpu", k=2, max_new_tokens=2, max_steps=20, folds=2,
                   quiet=True)
-    return SweepSettings(**{**values, **changes})
+    return SweepSettings.build(**{**values, **changes})
 
 
 def test_sweep_computes_the_largest_block_once_and_resumes_without_recomputing(sweep_files, tiny_lm_dir: Path, tmp_path: Path) -> None:

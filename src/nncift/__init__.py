@@ -19,10 +19,10 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "SelectSettings": "config", "FidelitySettings": "config",
+    "SelectSettings": "settings", "SamplingSettings": "settings", "NetworkSettings": "settings", "SelectionSettings": "settings",
+    "ExecutorSettings": "settings",
     "DataError": "data", "LoadReport": "data", "Record": "data", "read_many": "data", "read_records": "data",
     "demo_records": "demo_data",
-    "FidelityResult": "fidelity", "run_fidelity": "fidelity",
     "InfluenceSpec": "influence", "PairwiseInfluence": "influence", "PointwiseInfluence": "influence", "build_influence": "influence",
     "SelectionResult": "pipeline", "run_select": "pipeline",
 }

@@ -14,9 +14,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import FidelitySettings, SelectSettings, add_arguments, build_settings, check_options, field_docs, load_yaml
+from .config import add_arguments, build_settings, check_options, field_docs, load_yaml, resolve_names, stage_fields
 from .data import DataError
 from .models import ModelError
+from .settings import SelectSettings
 from .store import SettingsMismatch, make_run_folder
 
 USER_ERRORS = (DataError, ModelError, SettingsMismatch, ValueError, FileNotFoundError, RuntimeError)
@@ -54,15 +55,18 @@ def split_settings(args: argparse.Namespace, settings_class: type) -> tuple[Any,
     values: dict[str, Any] = load_yaml(args.config) if args.config else {}
     functions = _influence_settings_classes()
     own = {f.name for f in dataclasses.fields(settings_class)}
+    aliases = getattr(settings_class, "ALIASES", {})
+    stages = stage_fields(settings_class)
     nested = {name: values.pop(name) for name in list(values) if name in functions}  # YAML: `delift: {token_budget: 1024}`
-    origins = {key: str(args.config) for key in values}
-    flags = {k: v for k, v in vars(args).items() if k in own and v is not None}
-    values.update(flags)
-    origins.update({key: "--" + key.replace("_", "-") for key in flags})
-    unknown = set(values) - own
-    if unknown:  # flags are all known: these come from the YAML file
-        raise ValueError(f"{args.config}: unknown settings: {', '.join(sorted(unknown))} (an influence function's options go "
+    unknown = sorted(key for key in values if key not in own and key not in aliases and key.partition(".")[0] not in stages)
+    if unknown:
+        raise ValueError(f"{args.config}: unknown settings: {', '.join(unknown)} (an influence function's options go "
                          f"under its name, e.g. 'delift:' with 'token_budget: 1024' below it)")
+    from_file, origins = resolve_names(settings_class, values, {key: str(args.config) for key in values})
+    flags = {k: v for k, v in vars(args).items()
+             if v is not None and (k in own or k in aliases or k.partition(".")[0] in stages)}
+    from_flags, flag_origins = resolve_names(settings_class, flags, {key: "--" + key.replace("_", "-") for key in flags})
+    origins.update(flag_origins)
     options_by_function: dict[str, dict[str, Any]] = {}
     for name, given in nested.items():
         if not isinstance(given, dict):
@@ -74,6 +78,7 @@ def split_settings(args: argparse.Namespace, settings_class: type) -> tuple[Any,
         if dot and name in functions and value is not None:
             options_by_function.setdefault(name, {})[key] = value
             origins[key] = f"--{name}.{key.replace('_', '-')}"
+    values = {**from_file, **from_flags}  # flags override the file
     models = values.get("model")
     if isinstance(models, (list, tuple)):  # --model given once or more (or a YAML list)
         values["model"] = str(models[0])
@@ -129,31 +134,22 @@ def _cmd_add(args: argparse.Namespace) -> int:
     if not (args.run and args.add):
         raise ValueError("--run and --add go together: --run RUN_DIR --add NEW.jsonl grows RUN_DIR's selection with new records")
     given = sorted("--" + k.replace("_", "-") for k, v in vars(args).items()
-                   if v is not None and k not in ("run", "add", "out", "budget", "quiet", "command", "handler") and v is not False)
+                   if v is not None and k not in ("run", "add", "out", "budget", "selection.budget", "quiet", "command", "handler") and v is not False)
     if given:
-        raise ValueError(f"with --run, the run's own settings are used: only --budget and --quiet apply (got {', '.join(given)})")
+        raise ValueError(f"with --run, the run's own settings are used: only --selection.budget (--budget) and --quiet apply (got {', '.join(given)})")
+    if args.budget is not None and vars(args)["selection.budget"] is not None:
+        raise ValueError("selection.budget is given twice (--budget and --selection.budget): give one")
+    budget = args.budget if args.budget is not None else vars(args)["selection.budget"]
     new, reports = read_many(args.add)
     if not new:
         raise ValueError(f"no records to add in {', '.join(args.add)} (see the skip counts)")
-    result = add_to_run(args.run, new, args.out, budget=args.budget, reports=reports, new_paths=args.add, progress=not args.quiet)
+    result = add_to_run(args.run, new, args.out, budget=budget, reports=reports, new_paths=args.add, progress=not args.quiet)
     counts = result.manifest["counts"]
     print(f"kept the run's {counts['kept']} picks and added {counts['added']} ({counts['added_from_new_records']} of them new records) "
           f"from a union of {counts['pool']} records; objective {result.objective:.4f}")
     print(f"0 influence evaluations, {result.manifest['cost']['counters'].get('language_model_loads', 0)} language-model loads, "
           f"{result.manifest['cost']['seconds_total']:.2f} s")
     print(f"-> {result.run_dir / 'subset.jsonl'}, {result.run_dir / 'scores.csv'} and {result.run_dir / 'manifest.json'}")
-    return 0
-
-
-def cmd_fidelity(args: argparse.Namespace) -> int:
-    """nncift fidelity: what selection loses on the predicted matrix, and per-quadrant MSE, against the true matrix."""
-    from .fidelity import format_selection_table, format_table, run_fidelity
-
-    settings, options = split_settings(args, FidelitySettings)
-    result = run_fidelity(settings, args.out, influence_options=options)
-    print(format_selection_table(result.selection_rows or []))
-    print(format_table(result.rows))
-    print(f"table, plot and JSON in {result.run_dir}")
     return 0
 
 
@@ -220,9 +216,6 @@ def build_parser() -> argparse.ArgumentParser:
     grow.add_argument("--run", help="a finished select run folder whose subset --add grows (its settings are used)")
     grow.add_argument("--add", action="append", help="new records to add to --run's pool (repeatable; not split at commas)")
     select.set_defaults(handler=cmd_select)
-    fidelity = commands.add_parser("fidelity", help="InfluenceNetwork fidelity per quadrant (paper Fig. 2)")
-    add_run_arguments(fidelity, FidelitySettings)
-    fidelity.set_defaults(handler=cmd_fidelity)
     demo = commands.add_parser("demo", help="run the main job on the built-in data set")
     demo.add_argument("--out", default="runs/demo", help="run folder")
     demo.add_argument("--influence", default=SelectSettings.influence, help=f"influence function (default: {SelectSettings.influence})")
@@ -236,10 +229,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+COMMAND_MODULES = ("nncift.scoring", "nncift.inspect_run", "nncift.finetune", "nncift.evaluation",
+                   "nncift.experiments.fidelity_command", "nncift.experiments.experiment", "nncift.experiments.sweep")
+"""Modules that add a subcommand (``register_cli``), by name: the research commands live in :mod:`nncift.experiments`,
+which the library never imports."""
+
+
 def _extra_commands() -> list[Callable[[Any], None]]:
     """Subcommands contributed by other modules (fine-tuning, evaluation, experiments)."""
     registrations = []
-    for module_name in ("nncift.scoring", "nncift.inspect_run", "nncift.finetune", "nncift.evaluation", "nncift.experiment", "nncift.sweep"):
+    for module_name in COMMAND_MODULES:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as error:

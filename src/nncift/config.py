@@ -1,5 +1,9 @@
-"""Settings are data: one dataclass per stage, read from YAML, written into every run's manifest,
-and turned into command-line flags (the help text is each field's docstring).
+"""Settings are data: dataclasses (one per stage, nested in a run's: :mod:`nncift.settings`), read from YAML,
+written into every run's manifest, and turned into command-line flags (the help text is each field's docstring).
+
+This module is the machinery: type and range checks (:func:`check_settings`), the budget rule
+(:func:`normalise_budget`), YAML reading, building settings from names (:func:`build_settings`) and flags
+(:func:`add_arguments`).
 """
 
 from __future__ import annotations
@@ -19,108 +23,12 @@ import sys
 import textwrap
 import types
 import typing
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
 from .choices import DTYPES
-from .models import BUNDLED_EMBEDDER, BUNDLED_LM
-
-
-@dataclass(frozen=True)
-class SelectSettings:
-    """Settings of one NN-CIFT selection run (``nncift select``)."""
-
-    data: tuple[str, ...] = ()
-    """Pool files (candidates): .json/.jsonl files, folders of them, or hf:NAME[:SPLIT]."""
-    targets: tuple[str, ...] = ()
-    """Target files (validation data of a task). Empty: the pool represents itself."""
-    influence: str = "delift-se"
-    """Influence function: delift-se (default), delift, less, selectit. DELIFT-SE is the default because with the bundled 135M model, DELIFT through the
-    network selected no better than its cosine fallback on real data, which DELIFT-SE computes exactly without the LM (BENCHMARKS.md)."""
-    fraction: float = 0.05
-    """Fraction u of targets and candidates on which the influence function is computed (Q1)."""
-    min_sampled: int = 10
-    """At least this many sampled targets and candidates (for tiny data sets)."""
-    sampling_blocks: int = 0
-    """Sampling design: 1 = one u×u block; g > 1 = the same number of labelled pairs in g blocks over √g× as many records; 0 = the influence function's
-    own default (DELIFT, which costs per pair: 4; the others, which cost per record: 1)."""
-    budget: float = 0.3
-    """Subset size: a fraction of the pool in (0, 1] (1 = the whole pool, ranked), or a whole number of records above 1 (50, or 50.0); 0, negatives and
-    non-integral values above 1 such as 1.5 are errors."""
-    objective: str = ""
-    """Selection: fl, flmi, flcg, topk. Empty: the one that belongs to the influence function."""
-    eta: float = 1.0
-    """FLMI magnification η."""
-    nu: float = 1.0
-    """FLCG penalty ν."""
-    seed: int = 0
-    """Seed for sampling, network training and everything random."""
-    model: str = BUNDLED_LM
-    """Causal LM id or path for LM-based influence functions."""
-    embedder: str = BUNDLED_EMBEDDER
-    """Sentence embedder id or path for the InfluenceNetwork's inputs (and DELIFT-SE)."""
-    dtype: str = "float32"
-    """Causal LM weights of LM-based influence functions: float32, bfloat16 (GPU), float16."""
-    trust_remote_code: bool = False
-    """Run code shipped with the causal LM (explicit opt-in only)."""
-    architecture: str = "two-tower"
-    """InfluenceNetwork: two-tower (calibrated cosine prior + learned towers, validated on held-out records; the default) or paper (the paper's MLP, for
-    reproduction)."""
-    tower_hidden: int = 128
-    """two-tower: hidden width of each tower."""
-    tower_rank: int = 64
-    """two-tower: rank of the learned target × candidate interaction."""
-    max_steps: int = 300
-    """two-tower: most optimisation steps; the step count, learning rate and weight decay are chosen on held-out records."""
-    folds: int = 4
-    """two-tower: record folds of the validation (whole rows and columns held out)."""
-    fallback: bool = True
-    """two-tower: ship the calibrated prior (or a blend) when it validates better than the network."""
-    hidden_sizes: tuple[int, ...] = (100,)
-    """paper: InfluenceNetwork hidden layer sizes."""
-    learning_rate: float = 1e-4
-    """paper: InfluenceNetwork Adam learning rate."""
-    epochs: int = 20
-    """paper: InfluenceNetwork training epochs."""
-    batch_size: int = 64
-    """paper: InfluenceNetwork mini-batch size."""
-    block_size: int = 64
-    """Targets × candidates per block of influence computation (also the resume granularity)."""
-    device: str = "auto"
-    """auto, cpu, cuda."""
-    executor: str = "local"
-    """Where influence blocks run: local or ray."""
-    workers: int = 2
-    """Ray workers (with --executor ray)."""
-    ray_address: str = ""
-    """Ray cluster address (auto, HOST:PORT); empty starts a local cluster."""
-    worker_cpus: float = 1.0
-    """CPUs per Ray worker."""
-    worker_gpus: float = 0.0
-    """GPUs per Ray worker."""
-    quiet: bool = False
-    """No progress bars."""
-
-    def __post_init__(self) -> None:
-        """Check every field's type and range before anything runs (:func:`check_settings`)."""
-        check_settings(self)
-
-
-@dataclass(frozen=True)
-class FidelitySettings(SelectSettings):
-    """Settings of ``nncift fidelity``: the full matrix once, the network at several fractions."""
-
-    fractions: tuple[float, ...] = (0.01, 0.05, 0.1, 0.2)
-    """Sampled fractions u to evaluate."""
-    seeds: tuple[int, ...] = ()
-    """Seeds of the sampling and the networks (empty: --seed alone)."""
-    architectures: tuple[str, ...] = ()
-    """Network architectures to compare (two-tower, paper); empty: --architecture alone. The first fills the quadrant table."""
-    limit: int = 0
-    """Use only the first N records of the pool (0: all); the full matrix costs N² evaluations."""
 
 
 @functools.cache
@@ -156,34 +64,59 @@ def _base_type(hint: Any) -> tuple[Any, bool]:
     return hint, False
 
 
+def stage_fields(cls: Any) -> dict[str, Any]:
+    """The fields of a settings dataclass that are stages (dataclasses themselves), by name → their class."""
+    hints = _hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if dataclasses.is_dataclass(hints[f.name])}
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: frozenset[str] | set[str] = frozenset(),
-                  prefix: str = "") -> None:
+                  prefix: str = "", aliases: dict[str, str] | None = None, listed: frozenset[str] | None = None) -> None:
     """Add a ``--flag`` for each field of dataclass ``cls`` (help = the field's docstring).
 
     Every flag defaults to None (not given), so that a YAML file's values and the dataclass
-    defaults apply unless the flag is set on the command line. With ``prefix`` (an influence
-    function's name) the flags are namespaced: ``--delift.token-budget``, stored as ``delift.token_budget``.
+    defaults apply unless the flag is set on the command line. With ``prefix`` (a stage's or an influence
+    function's name) the flags are namespaced: ``--selection.budget``, stored as ``selection.budget``.
+    A stage field gets its own help group and namespaced flags. ``aliases`` (flat name → dotted name)
+    adds the flat flag too (``--budget``, stored as ``budget``): listed in the help when in ``listed``.
     """
+    aliases = aliases if aliases is not None else getattr(cls, "ALIASES", {})
+    listed = listed if listed is not None else getattr(cls, "SHORT_FLAGS", frozenset())
+    short = {dotted: flat for flat, dotted in aliases.items()}
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
     existing = {a.dest for a in parser._actions}  # noqa: SLF001 - argparse has no public accessor
+    stages = stage_fields(cls)
     for item in dataclasses.fields(cls):
         dest = f"{prefix}.{item.name}" if prefix else item.name
-        if item.name in skip or dest in existing:
+        if item.name in skip or dest in skip or dest in existing:
             continue
-        flag = "--" + (f"{prefix}." if prefix else "") + item.name.replace("_", "-")
+        if item.name in stages:
+            group = parser.add_argument_group(f"{item.name} settings ({docs.get(item.name, '')} In YAML under '{item.name}:')")
+            add_arguments(group, stages[item.name], prefix=item.name, aliases=aliases, listed=listed,  # type: ignore[arg-type]
+                          skip={name.partition(".")[2] for name in getattr(cls, "HIDDEN", ()) if name.startswith(item.name + ".")})
+            continue
         element, is_sequence = _base_type(hints[item.name])
         choices = getattr(_RULES.get(item.name), "choices", None)
         help_text = f"{docs.get(item.name, '')}" + (f" (one of: {', '.join(c or repr(c) for c in choices)})" if choices else "") + \
             f" (default: {_default(item)!r})"
+        flags = ["--" + dest.replace("_", "-")]
         if element is bool:
-            parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            kwargs: dict[str, Any] = {"action": argparse.BooleanOptionalAction}
         elif is_sequence:
-            parser.add_argument(flag, dest=dest, type=_split_list(element), action="extend", default=None,
-                                help=help_text + ("; repeat the flag for several (values are not split at commas: paths may hold them)"
-                                                  if element is str else "; repeat the flag or separate values with commas"))
+            kwargs = {"type": _split_list(element), "action": "extend"}
+            help_text += ("; repeat the flag for several (values are not split at commas: paths may hold them)"
+                          if element is str else "; repeat the flag or separate values with commas")
         else:
-            parser.add_argument(flag, dest=dest, type=element, default=None, help=help_text)
+            kwargs = {"type": element}
+        if prefix and element is not bool:
+            kwargs["metavar"] = item.name.upper()
+        alias = short.get(dest, "")
+        parser.add_argument(*flags, dest=dest, default=None, help=help_text + (f" (short: --{alias.replace('_', '-')})" if alias in listed else ""),
+                            **kwargs)
+        if alias and alias not in existing:
+            parser.add_argument("--" + alias.replace("_", "-"), dest=alias, default=None,
+                                help=f"short for {flags[0]}" if alias in listed else argparse.SUPPRESS, **kwargs)
 
 
 def _split_list(element: type) -> Any:
@@ -262,16 +195,16 @@ def _influence(value: str) -> str | None:
 
 _ARCHITECTURES = _one_of("two-tower", "paper")
 _RULES: dict[str, _Rule] = {
-    "influence": _influence, "fraction": _fraction, "min_sampled": _at_least(1), "sampling_blocks": _at_least(0),
+    "influence": _influence, "fraction": _fraction, "min_sampled": _at_least(1), "blocks": _at_least(0),
     "objective": _one_of("", "fl", "flmi", "flcg", "topk"), "eta": _at_least(0), "nu": _at_least(0), "seed": _at_least(0),
     "architecture": _ARCHITECTURES, "tower_hidden": _at_least(1), "tower_rank": _at_least(1), "max_steps": _at_least(0),
     "folds": _at_least(1), "hidden_sizes": _at_least(1), "learning_rate": _at_least(0, strict=True), "epochs": _at_least(0),
-    "batch_size": _at_least(1), "block_size": _at_least(1), "device": _device, "executor": _one_of("local", "ray"),
+    "batch_size": _at_least(1), "block_size": _at_least(1), "device": _device, "name": _one_of("local", "ray"),
     "workers": _at_least(1), "worker_cpus": _at_least(0), "worker_gpus": _at_least(0),
     "fractions": _fraction, "seeds": _at_least(0), "architectures": _ARCHITECTURES, "limit": _at_least(0),
     "dtype": _one_of(*DTYPES),
 }
-"""Ranges and choices of the fields of :class:`SelectSettings` and :class:`FidelitySettings` (per item of a list),
+"""Ranges and choices of settings fields by name, at any level of the run settings (per item of a list),
 and of the influence functions' options of the same name (``device``, ``dtype``)."""
 
 _KINDS = {bool: ("true or false", "booleans"), int: ("an integer", "integers"), float: ("a number", "numbers"), str: ("a string", "strings")}
@@ -313,18 +246,24 @@ def check_field(key: str, value: Any, hint: Any) -> Any:
 def check_settings(settings: Any) -> None:
     """Check every field of a settings dataclass: its type (the type hint), then its range (:data:`_RULES`).
 
-    Lists become tuples, integers in float fields floats, and the budget takes its normal form
-    (:func:`normalise_budget`). The first bad field raises :class:`SettingsError`.
+    Lists become tuples, integers in float fields floats, a stage given as a mapping its dataclass, and the
+    budget takes its normal form (:func:`normalise_budget`). The first bad field raises :class:`SettingsError`.
     """
-    for key, hint in _hints(type(settings)).items():  # type: ignore[arg-type]  # classes are hashable
-        value = check_field(key, getattr(settings, key), hint)
+    hints = _hints(type(settings))  # type: ignore[arg-type]  # classes are hashable
+    stages = stage_fields(type(settings))
+    for item in dataclasses.fields(settings):
+        key, value = item.name, getattr(settings, item.name)
+        if key in stages:
+            if isinstance(value, dict):
+                value = build_settings(stages[key], value)
+            elif not isinstance(value, stages[key]):
+                raise SettingsError(key, f"expected {stages[key].__name__} or a mapping of its settings, got {value!r}")
+            object.__setattr__(settings, key, value)
+            continue
+        value = check_field(key, value, hints[key])
         rule = _RULES.get(key)
-        if rule is None:
-            items: tuple[Any, ...] = ()
-        else:
-            items = value if isinstance(value, tuple) else (value,)
-        for item in items:
-            problem = rule(item)  # type: ignore[misc]  # not None when there are items
+        for element in (value if isinstance(value, tuple) else (value,)) if rule else ():
+            problem = rule(element)  # type: ignore[misc]  # not None when there are items
             if problem:
                 raise SettingsError(key, problem)
         if key == "budget":
@@ -375,35 +314,101 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return {str(k).replace("-", "_"): v for k, v in payload.items()}
 
 
-def build_settings(cls: type, values: dict[str, Any], *, origins: dict[str, str] | None = None) -> Any:
-    """Make a settings dataclass from a dict, converting lists to tuples; unknown keys are an error.
+def resolve_names(cls: type, values: dict[str, Any], origins: dict[str, str] | None = None, *,
+                  replace: bool = False) -> tuple[dict[str, Any], dict[str, str]]:
+    """({dotted name: value}, {dotted name: origin}) of settings given by the names YAML and flags use.
 
-    ``origins`` says where each value came from (a YAML file's path, or a ``--flag``): a value the
-    dataclass refuses (:class:`SettingsError`) is reported with it, e.g. ``c.yaml: budget: expected a number, got 'lots'``.
+    A stage (a field that is a dataclass, e.g. ``selection``) is given as a mapping, by dotted names
+    (``selection.budget``) or by the class's flat ``ALIASES`` (``budget``). Unknown names, and the same
+    setting given twice (unless ``replace``: later values win), raise ``ValueError`` naming the origin.
     """
+    origins = origins or {}
+    aliases: dict[str, str] = getattr(cls, "ALIASES", {})
+    stages = stage_fields(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"unknown settings for {cls.__name__}: {', '.join(unknown)}")
-    hints = typing.get_type_hints(cls)
-    converted = {}
-    for key, value in values.items():
-        element, is_sequence = _base_type(hints[key])
-        if is_sequence and value is not None:  # a single value is a list of one; items keep their type unless widened
-            value = tuple(_scalar(v, element)[1] for v in (value if isinstance(value, (list, tuple)) else [value]))
-        converted[key] = value
+    resolved: dict[str, Any] = {}
+    where: dict[str, str] = {}  # dotted name → origin of its value
+    named: dict[str, str] = {}  # dotted name → the name it was given under
+
+    def put(path: str, value: Any, given_as: str, origin_of: str = "") -> None:
+        stage, dot, key = path.partition(".")
+        origin = origins.get(origin_of or given_as, "")
+        if (stage not in stages or key not in {f.name for f in dataclasses.fields(stages[stage])}) if dot else path not in names:
+            raise ValueError(f"{origin + ': ' if origin else ''}unknown settings for {cls.__name__}: {given_as}"
+                             + (f" (its stages: {', '.join(stages)})" if stages else ""))
+        if path in resolved and not replace:
+            raise ValueError(f"{path} is given twice ({where[path] or named[path]} and {origin or given_as}): give one")
+        resolved[path], where[path], named[path] = value, origin, given_as
+
+    for given, value in values.items():
+        key = str(given).replace("-", "_")
+        if key in stages and isinstance(value, dict):
+            for sub, item in value.items():
+                put(f"{key}.{str(sub).replace('-', '_')}", item, f"{given}.{sub}", given)
+        elif key in names and not (key in stages and key in aliases and not dataclasses.is_dataclass(value)):
+            put(key, value, given)  # ``executor: ray`` is the alias of executor.name; ``executor: {...}`` the stage
+        else:
+            put(aliases.get(key, key), value, given)
+    return resolved, where
+
+
+def build_settings(cls: type, values: dict[str, Any], *, origins: dict[str, str] | None = None, replace: bool = False) -> Any:
+    """Make a settings dataclass from names (YAML keys, flag destinations: :func:`resolve_names`), checking every value.
+
+    ``origins`` says where each value came from (a YAML file's path, or a ``--flag``), by the name it was
+    given under: a value the dataclass refuses (:class:`SettingsError`) is reported with it, e.g.
+    ``c.yaml: selection.budget: expected a number, got 'lots'``.
+    """
+    resolved, where = resolve_names(cls, values, origins, replace=replace)
+    stages = stage_fields(cls)
+    top = {path: value for path, value in resolved.items() if "." not in path}
+    nested: dict[str, dict[str, Any]] = {}
+    for path, value in resolved.items():
+        stage, dot, key = path.partition(".")
+        if dot:
+            nested.setdefault(stage, {})[key] = value
+    for path in getattr(cls, "HIDDEN", ()):
+        stage, _, key = path.partition(".")
+        if key in nested.get(stage, {}) and nested[stage].pop(key) != top.get(key, _default_of(cls, key)) and not replace:
+            raise ValueError(f"{where[path] + ': ' if where[path] else ''}{path} is the run's {key}: set {key} instead")
     try:
-        return cls(**converted)
+        for stage, given_values in nested.items():
+            try:
+                top[stage] = build_settings(stages[stage], given_values)
+            except SettingsError as error:
+                path = f"{stage}.{error.key}"
+                raise SettingsError(path, error.problem, where.get(path, "")) from None
+        return cls(**_as_declared(cls, top))
     except SettingsError as error:
-        origin = (origins or {}).get(error.key)
+        origin = where.get(error.key)
         if not origin or error.origin:
             raise
         raise SettingsError(error.key, error.problem, origin) from None
 
 
+def _default_of(cls: type, name: str) -> Any:
+    return next(_default(f) for f in dataclasses.fields(cls) if f.name == name)
+
+
+def _as_declared(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """Lists (or a single value) in sequence fields become tuples; items keep their type unless widened."""
+    hints = typing.get_type_hints(cls)
+    converted = {}
+    for key, value in values.items():
+        element, is_sequence = _base_type(hints[key])
+        if is_sequence and value is not None:
+            value = tuple(_scalar(v, element)[1] for v in (value if isinstance(value, (list, tuple)) else [value]))
+        converted[key] = value
+    return converted
+
+
 def settings_dict(settings: Any) -> dict[str, Any]:
-    """JSON-ready dict of a settings dataclass (tuples become lists)."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(settings).items()}
+    """JSON-ready dict of a settings dataclass: stages become nested dicts, tuples lists."""
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return [plain(v) for v in value] if isinstance(value, (tuple, list)) else value
+    return plain(dataclasses.asdict(settings))
 
 
 def environment_info() -> dict[str, Any]:

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from .data import Record
 from .influence import InfluenceSpec, build_influence
+from .settings import ExecutorSettings
 from .store import Block, BlockMatrix
 
 
@@ -131,10 +132,10 @@ def stored_failures(scores: BlockMatrix) -> dict[int, str]:
     return failures
 
 
-def executor_for(settings: Any) -> Executor:
-    """The executor named by run settings (``executor``, ``workers``, ``ray_address``, ``worker_cpus``, ``worker_gpus``)."""
-    return make_executor(settings.executor, workers=settings.workers, address=settings.ray_address,
-                         cpus_per_worker=settings.worker_cpus, gpus_per_worker=settings.worker_gpus)
+def executor_for(settings: ExecutorSettings) -> Executor:
+    """The executor a run's executor stage names: ``settings.name``, with its ``workers``, ``address``, ``worker_cpus`` and ``worker_gpus``."""
+    return make_executor(settings.name, workers=settings.workers, address=settings.address,
+                         worker_cpus=settings.worker_cpus, worker_gpus=settings.worker_gpus)
 
 
 EXECUTORS: dict[str, str] = {
@@ -146,7 +147,7 @@ EXECUTORS: dict[str, str] = {
 
 def make_executor(name: str = "local", **options: object) -> Executor:
     """Executor by name (:data:`EXECUTORS`): ``local`` (in process; takes no options) or ``ray`` (needs
-    ``pip install nncift[ray]``; ``workers``, ``address``, ``cpus_per_worker``, ``gpus_per_worker``)."""
+    ``pip install nncift[ray]``; ``workers``, ``address``, ``worker_cpus``, ``worker_gpus``)."""
     if name not in EXECUTORS:
         raise ValueError(f"unknown executor '{name}': choose from {', '.join(EXECUTORS)}")
     module_name, _, attribute = EXECUTORS[name].partition(":")

@@ -22,11 +22,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .config import SelectSettings, build_settings, environment_info, normalise_budget, settings_dict
+from .config import build_settings, environment_info, settings_dict
 from .data import LoadReport, Record, read_many, skip_counts
 from .ledger import CostLedger
 from .run_files import RunView, check_digest, open_run, records_digest, save_rows, write_selection_files
 from .selection import Selection, budget_to_count, extend_greedy, fits_in_memory
+from .settings import SelectSettings
 from .store import RunStore
 from .subset_quality import ObjectiveSpec, objective_on
 
@@ -35,7 +36,8 @@ def run_settings(view: RunView, **changes: Any) -> SelectSettings:
     """The :class:`SelectSettings` a run was made with (from its manifest), with ``changes`` applied."""
     names = {f.name for f in dataclasses.fields(SelectSettings)}
     values = {k: v for k, v in view.settings.items() if k in names}
-    return build_settings(SelectSettings, {**values, **changes}, origins={k: str(view.folder / "manifest.json") for k in values})
+    settings = build_settings(SelectSettings, values, origins={k: str(view.folder / "manifest.json") for k in values})
+    return settings.updated(**changes) if changes else settings
 
 
 def run_inputs(view: RunView) -> tuple[list[Record], list[Record]]:
@@ -81,7 +83,7 @@ def add_to_run(run: str | Path, new: Sequence[Record], out: str | Path, *, budge
         pool, targets = run_inputs(view)
     pool, targets, new = list(pool), list(targets or []), list(new)
     union = pool + new
-    k = budget_to_count(normalise_budget(settings.budget), len(union))
+    k = budget_to_count(settings.selection.budget, len(union))
     kept, kept_gains = view.picks()
     if k < len(kept):
         raise ValueError(f"the budget over the union is {k} records, fewer than the run's {len(kept)} picks: give a larger --budget")
@@ -190,7 +192,7 @@ def _continue(objective: str, matrix: np.ndarray, n_pool_rows: int, rows: list[R
     if objective == "topk":
         scores = run_aggregation(view)(matrix, rows)
         return _continue_top_k(scores, kept, k), scores
-    state = ObjectiveState.of(objective, matrix, n_pool_rows, np.zeros(0, np.int64), eta=settings.eta, nu=settings.nu)
+    state = ObjectiveState.of(objective, matrix, n_pool_rows, np.zeros(0, np.int64), eta=settings.selection.eta, nu=settings.selection.nu)
     values, _ = state.values_and_gains(matrix)
     added = extend_greedy(matrix[: state.n_data_rows], k - len(kept), kept, cap=state.cap,
                           initial=None if objective != "flcg" else state.start, name=objective)
@@ -209,7 +211,7 @@ def _objective_total(objective: str, settings: SelectSettings, *, union_matrix: 
     """The objective of the whole union subset (kept + added) on the union's matrix."""
     if union_matrix is None or objective == "topk":
         return float(np.asarray(scores)[indices].sum())
-    spec = ObjectiveSpec(objective, len(indices), n_pool_rows=n_pool_rows, eta=settings.eta, nu=settings.nu)
+    spec = ObjectiveSpec(objective, len(indices), n_pool_rows=n_pool_rows, eta=settings.selection.eta, nu=settings.selection.nu)
     return objective_on(union_matrix, indices, spec)
 
 

@@ -9,9 +9,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .config import SelectSettings
 from .data import Record
 from .influence import InfluenceFunction
+from .settings import SamplingSettings
 from .store import Block, plan_blocks
 
 
@@ -25,7 +25,7 @@ class Layout:
     n_pool_rows: int
     """How many leading rows are pool records (the rest are targets)."""
     row_groups: np.ndarray | None = None
-    """Sampling group of each seen row (``sampling_blocks`` > 1); None: one block, every seen pair labelled."""
+    """Sampling group of each seen row (``sampling.blocks`` > 1); None: one block, every seen pair labelled."""
     col_groups: np.ndarray | None = None
     """Sampling group of each seen column."""
 
@@ -55,17 +55,17 @@ def sample_indices(n: int, fraction: float, minimum: int, rng: np.random.Generat
     return np.sort(rng.choice(n, size=size, replace=False)).astype(np.int64)
 
 
-def plan_layout(pool: Sequence[Record], targets: Sequence[Record], objective: str, settings: SelectSettings, rng: np.random.Generator) -> Layout:
+def plan_layout(pool: Sequence[Record], targets: Sequence[Record], objective: str, sampling: SamplingSettings, rng: np.random.Generator) -> Layout:
     """Decide the matrix rows and sample the seen rows and columns (seeded, never the first rows).
 
-    ``settings.sampling_blocks`` = g > 1 spends the same number of labelled pairs on √g times as many
+    ``sampling.blocks`` = g > 1 spends the same number of labelled pairs on √g times as many
     records: the sample (u·√g of each side) is split into g seeded groups and only the pairs within a
     group are computed (g diagonal blocks). A pool record that is also a row is in the same group on
     both sides.
     """
-    g = int(settings.sampling_blocks) or 1  # 0 (the function's default) is resolved by the caller: see sampling_blocks()
-    fraction = min(1.0, settings.fraction * math.sqrt(g))
-    minimum = settings.min_sampled * math.ceil(math.sqrt(g))
+    g = int(sampling.blocks) or 1  # 0 (the function's default) is resolved by the caller: see sampling_blocks()
+    fraction = min(1.0, sampling.fraction * math.sqrt(g))
+    minimum = sampling.min_sampled * math.ceil(math.sqrt(g))
     seen_cols = sample_indices(len(pool), fraction, minimum, rng)
     seen_targets = sample_indices(len(targets), fraction, minimum, rng) if targets else np.zeros(0, np.int64)
     col_groups = _groups(len(seen_cols), g, rng)
@@ -84,9 +84,9 @@ def plan_layout(pool: Sequence[Record], targets: Sequence[Record], objective: st
     return Layout(rows, row_ids[row_order], seen_cols[col_order], n_pool_rows, row_groups[row_order], col_groups[col_order])
 
 
-def sampling_blocks(settings: SelectSettings, function_class: type[InfluenceFunction]) -> int:
-    """The run's sampling design: ``--sampling-blocks``, or when 0 the influence function's default."""
-    return int(settings.sampling_blocks) or int(function_class.default_sampling_blocks)
+def sampling_blocks(sampling: SamplingSettings, function_class: type[InfluenceFunction]) -> int:
+    """The run's sampling design: ``--sampling.blocks``, or when 0 the influence function's default."""
+    return int(sampling.blocks) or int(function_class.default_sampling_blocks)
 
 
 def _groups(n: int, g: int, rng: np.random.Generator) -> np.ndarray:

@@ -30,18 +30,15 @@ import concurrent.futures
 import contextlib
 import math
 import threading
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Literal, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from .pair_kernel import TILE_COLS, TILE_ROWS, pair_kernel
+from .settings import NetworkSettings
 from .towers import PointwiseNetwork, TwoTowerNetwork, predict_two_tower
-
-if TYPE_CHECKING:
-    from .fitting import FitSettings
 
 __all__ = [
     "NetworkSettings",
@@ -69,50 +66,6 @@ _NAIVE_BLOCK_PAIRS = 1 << 15
 ARCHITECTURES = ("two-tower", "paper")
 """``two-tower``: the default (:mod:`nncift.towers`, trained and validated by :mod:`nncift.fitting`);
 ``paper``: the NN-CIFT paper's MLP on ``[e_i, 0, e_j]`` with its training, for reproduction."""
-
-
-@dataclass(frozen=True)
-class NetworkSettings:
-    """Architecture and training settings of an InfluenceNetwork.
-
-    ``architecture="two-tower"`` (default) uses ``tower_hidden``, ``tower_rank``, ``max_steps``,
-    ``folds`` and ``fallback`` (see :class:`nncift.fitting.FitSettings`); ``"paper"`` uses
-    ``hidden_sizes``, ``learning_rate``, ``epochs`` and ``batch_size`` (the paper's values).
-    """
-
-    architecture: str = "two-tower"
-    """two-tower (default) or paper."""
-    tower_hidden: int = 128
-    """two-tower: hidden width of each tower."""
-    tower_rank: int = 64
-    """two-tower: rank of the learned interaction."""
-    max_steps: int = 300
-    """two-tower: most full-batch optimisation steps (the step count is chosen on held-out records)."""
-    folds: int = 4
-    """two-tower: record folds of the validation."""
-    fallback: bool = True
-    """two-tower: ship the calibrated prior or a blend when they validate better than the network."""
-    hidden_sizes: tuple[int, ...] = (100,)
-    """Sizes of the hidden layers, input side first; the paper uses one layer of 100."""
-    learning_rate: float = 1e-4
-    """Adam learning rate."""
-    epochs: int = 20
-    """Passes over the labelled examples."""
-    batch_size: int = 64
-    """Examples per mini-batch."""
-    seed: int = 0
-    """Seed of the weight initialisation and of the shuffling (one torch.Generator for both)."""
-
-    def __post_init__(self) -> None:
-        if self.architecture not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture '{self.architecture}': choose {' or '.join(ARCHITECTURES)}")
-
-    def fit_settings(self) -> "FitSettings":
-        """The two-tower training settings."""
-        from .fitting import FitSettings
-
-        return FitSettings(hidden=self.tower_hidden, rank=self.tower_rank, max_steps=self.max_steps, folds=self.folds,
-                           fallback=self.fallback, seed=self.seed)
 
 
 class InfluenceNetwork(torch.nn.Module):

@@ -32,7 +32,7 @@ import numpy as np
 
 from . import selection as selection_module
 from . import streaming
-from .config import SelectSettings, settings_dict
+from .config import settings_dict
 from .data import LoadReport, Record, jsonl_lines, read_many, records_from
 from .executor import Executor, executor_for, stored_failures
 from .influence import (
@@ -51,7 +51,7 @@ from .layout import (
     self_cols_of,
 )
 from .ledger import CostLedger
-from .network import NetworkSettings, predict_pointwise
+from .network import predict_pointwise
 from .network_files import load_network, load_network_metadata, save_network
 from .run_files import (
     column_origin,
@@ -62,6 +62,7 @@ from .run_files import (
 )
 from .run_report import build_manifest, describe_training, selection_info
 from .selection import ObjectiveSpec, Selection, choose_subset
+from .settings import NetworkSettings, SamplingSettings, SelectSettings
 from .store import RUNTIME_KEYS, RunStore, plan_blocks
 from .training import train_network, train_network_pointwise
 
@@ -89,7 +90,7 @@ class SelectionResult:
 
 def resolve_objective(settings: SelectSettings, function_class: type[InfluenceFunction], has_targets: bool) -> str:
     """The objective of the run: explicit, else the influence function's own (docs/methods.md §4)."""
-    objective = settings.objective or function_class.default_objective
+    objective = settings.selection.objective or function_class.default_objective
     if objective not in ("fl", "flmi", "flcg", "topk"):
         raise ValueError(f"unknown objective '{objective}': choose fl, flmi, flcg or topk")
     if objective in ("flmi", "flcg") and not has_targets:
@@ -99,24 +100,11 @@ def resolve_objective(settings: SelectSettings, function_class: type[InfluenceFu
     return objective
 
 
-def selection_budget(settings: SelectSettings) -> float | int:
-    """The subset size by the one budget rule (:func:`nncift.config.normalise_budget`): a float fraction of
-    the pool in (0, 1], or an int count of records above 1."""
-    from .config import normalise_budget
-
-    return normalise_budget(settings.budget)
-
-
 def influence_spec(settings: SelectSettings, options: dict[str, Any]) -> InfluenceSpec:
     """The influence function's spec: the run's shared settings plus its own options."""
     shared = {"model": settings.model, "embedder": settings.embedder, "device": settings.device, "seed": settings.seed,
               "dtype": settings.dtype, "trust_remote_code": settings.trust_remote_code}
     return InfluenceSpec(settings.influence, {**shared, **options})
-
-
-def network_settings(settings: SelectSettings) -> NetworkSettings:
-    """The InfluenceNetwork settings of a run: the fields of :class:`NetworkSettings`, read from the run's settings by name."""
-    return NetworkSettings(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(NetworkSettings)})
 
 
 def label_scaling(function_class: type[InfluenceFunction], known: np.ndarray) -> tuple[float, float]:
@@ -141,8 +129,8 @@ def load_inputs(settings: SelectSettings) -> tuple[list[Record], list[Record], l
     return pool, targets, reports + target_reports
 
 
-RESELECT_KEYS = frozenset({"budget", "objective", "eta", "nu"} | {f.name for f in dataclasses.fields(NetworkSettings)} - {"seed"})
-"""Settings that change only the network or the selection: a run folder whose influence block is finished
+RESELECT_KEYS = frozenset({"selection", "network"})
+"""The stages whose settings change only the network or the selection: a run folder whose influence block is finished
 is re-selected with other values of these (the network is retrained when its settings changed); any
 other difference refuses the folder (the seed too: it draws the sample)."""
 
@@ -198,7 +186,7 @@ def run_select(
         if run.finished is not None:
             return run.finished
         rng = np.random.default_rng(settings.seed)
-        with executor_for(settings) as executor:
+        with executor_for(settings.executor) as executor:
             if run.function_class.pairwise:
                 chosen, extra, origin = _select_pairwise(run, settings, executor, rng)
             else:
@@ -219,28 +207,29 @@ def run_full_select(
 
     The baseline NN-CIFT is measured against (docs/methods.md §6): the same matrix layout, label scaling
     (the function's fixed range, else min–max of the whole matrix) and selection as
-    :func:`run_select`, with ``settings.fraction`` ignored. The full matrix is kept in the run
+    :func:`run_select`, with ``settings.sampling.fraction`` ignored. The full matrix is kept in the run
     folder as ``full.npy`` (rows = ``full.rows.npy``, resumable); pointwise scores as ``scores.npy``.
     Arguments and result as :func:`run_select`.
     """
-    run = _start_run(settings, out, pool, targets, influence_options, reports, {"fraction": 1.0, "command": "full-select"})
+    run = _start_run(settings, out, pool, targets, influence_options, reports, {"sampling": "every pair", "command": "full-select"})
     with run.store:  # releases the run folder's lock at the end, also on errors
         if run.finished is not None:
             return run.finished
         ledger, store, spec, function_class, objective = run.ledger, run.store, run.spec, run.function_class, run.objective
         pool, targets, progress = run.pool, run.targets, not settings.quiet
-        with executor_for(settings) as executor:
+        with executor_for(settings.executor) as executor:
             if function_class.pairwise:
-                every_pair = dataclasses.replace(settings, fraction=1.0, sampling_blocks=1)
+                every_pair = SamplingSettings(fraction=1.0, blocks=1)
                 layout = plan_layout(pool, targets, objective, every_pair, np.random.default_rng(settings.seed))
                 full = store.matrix("full", np.arange(len(layout.rows)), np.arange(len(pool)))
                 with ledger.stage("influence on full matrix"):
-                    blocks = plan_blocks(*full.shape, settings.block_size, settings.block_size)
+                    blocks = plan_blocks(*full.shape, settings.executor.block_size, settings.executor.block_size)
                     ledger.counters.update(executor.run_pairwise(spec, layout.rows, pool, full, blocks, store.folder, progress=progress))
             else:
                 full = store.matrix("scores", np.zeros(1, dtype=np.int64), np.arange(len(pool)))
                 with ledger.stage("influence on all examples"):
-                    counters, _ = executor.run_pointwise(spec, pool, full, plan_blocks(1, len(pool), 1, settings.block_size), store.folder, progress=progress)
+                    block_size = settings.executor.block_size
+                    counters, _ = executor.run_pointwise(spec, pool, full, plan_blocks(1, len(pool), 1, block_size), store.folder, progress=progress)
                     ledger.counters.update(counters)
         ledger.evaluations_made = ledger.evaluations_full = int(full.array.size)
         values = np.asarray(full.array, dtype=np.float32)
@@ -250,7 +239,7 @@ def run_full_select(
             if function_class.pairwise:
                 chosen = choose_subset(np.where(np.isfinite(scaled), scaled, 0.0), objective_spec(objective, layout, settings, function_class, spec))
             else:
-                chosen = selection_module.top_k(np.where(np.isfinite(scaled[0]), scaled[0], -1.0), selection_budget(settings))  # failures last
+                chosen = selection_module.top_k(np.where(np.isfinite(scaled[0]), scaled[0], -1.0), settings.selection.budget)  # failures last
         extra = {"label_scaling": {"low": low, "high": high, "source": "fixed range" if function_class.label_range else "min-max of the full matrix"},
                  "matrix_shape": list(full.shape), "not_computed": int(np.isnan(values).sum()), **selection_info(chosen)}
         if function_class.pairwise:
@@ -305,7 +294,7 @@ def _start_run(settings: SelectSettings, out: str | Path, pool: Iterable[Any] | 
     objective = resolve_objective(settings, function_class, bool(targets))
     spec = influence_spec(settings, options)
     check_options(function_class.Settings, spec.options)
-    selection_module.budget_to_count(selection_budget(settings), len(pool))  # a count above the pool size
+    selection_module.budget_to_count(settings.selection.budget, len(pool))  # a count above the pool size
     store = RunStore(out, {**settings_dict(settings), **store_extra, "influence_options": options,
                            "matrix_rows": matrix_rows(objective, bool(targets))}, rerun_keys=RESELECT_KEYS)
     try:
@@ -334,10 +323,10 @@ def _select_pairwise(run: _Run, settings: SelectSettings, executor: Executor, rn
     """NN-CIFT for a pairwise function: Q1, embeddings, network, predicted matrix, selection; (picks, manifest entries, value origins)."""
     spec, function_class, objective, pool, targets = run.spec, run.function_class, run.objective, run.pool, run.targets
     store, ledger, progress = run.store, run.ledger, not settings.quiet
-    design = sampling_blocks(settings, function_class)
-    layout = plan_layout(pool, targets, objective, dataclasses.replace(settings, sampling_blocks=design), rng)
+    design = sampling_blocks(settings.sampling, function_class)
+    layout = plan_layout(pool, targets, objective, dataclasses.replace(settings.sampling, blocks=design), rng)
     seen = store.matrix("q1", layout.seen_rows, layout.seen_cols)
-    blocks = layout.blocks(settings.block_size)
+    blocks = layout.blocks(settings.executor.block_size)
     with ledger.stage("influence on sampled block"):
         ledger.counters.update(executor.run_pairwise(spec, layout.rows, pool, seen, blocks, store.folder, progress=progress))
     ledger.evaluations_made = int(layout.labelled().sum())
@@ -350,7 +339,7 @@ def _select_pairwise(run: _Run, settings: SelectSettings, executor: Executor, rn
     labels = (known - low) / (high - low)
     criterion = "topk" if objective == "topk" else "fl"
     with ledger.stage("network training"):
-        network, report = _trained_network(store, network_settings(settings), progress, criterion, lambda s: train_network(
+        network, report = _trained_network(store, settings.network, progress, criterion, lambda s: train_network(
             row_embeddings[layout.seen_rows], col_embeddings[layout.seen_cols], labels, s, self_cols=block_self_cols(layout),
             objective=criterion, progress=progress))
     with ledger.stage("prediction"):  # row blocks written to disk; Q1 keeps its exact values
@@ -404,7 +393,7 @@ def objective_spec(objective: str, layout: Layout, settings: SelectSettings, fun
         function = function_class.from_options(spec.options, progress=False)
         assert isinstance(function, PairwiseInfluence)
         scores = lambda matrix: function.candidate_scores(matrix, layout.rows)  # noqa: E731
-    return ObjectiveSpec(objective, selection_budget(settings), n_pool_rows=layout.n_pool_rows, eta=settings.eta, nu=settings.nu,
+    return ObjectiveSpec(objective, settings.selection.budget, n_pool_rows=layout.n_pool_rows, eta=settings.selection.eta, nu=settings.selection.nu,
                          candidate_scores=scores)
 
 
@@ -413,9 +402,9 @@ def objective_spec(objective: str, layout: Layout, settings: SelectSettings, fun
 def _select_pointwise(run: _Run, settings: SelectSettings, executor: Executor, rng: np.random.Generator) -> tuple[Selection, dict[str, Any], list[str]]:
     """NN-CIFT for a pointwise function: sampled scores, embeddings, network, predicted scores, top-k."""
     spec, function_class, pool, store, ledger, progress = run.spec, run.function_class, run.pool, run.store, run.ledger, not settings.quiet
-    seen = sample_indices(len(pool), settings.fraction, settings.min_sampled, rng)
+    seen = sample_indices(len(pool), settings.sampling.fraction, settings.sampling.min_sampled, rng)
     scores_store = store.matrix("scores", np.zeros(1, dtype=np.int64), seen)
-    blocks = plan_blocks(1, len(seen), 1, settings.block_size)
+    blocks = plan_blocks(1, len(seen), 1, settings.executor.block_size)
     with ledger.stage("influence on sampled examples"):
         counters, _ = executor.run_pointwise(spec, pool, scores_store, blocks, store.folder, progress=progress)
         ledger.counters.update(counters)
@@ -429,14 +418,14 @@ def _select_pointwise(run: _Run, settings: SelectSettings, executor: Executor, r
         embeddings = executor.embed_records(pool, model=settings.embedder, device=settings.device, progress=progress)
         save_pool_embeddings(store.folder, embeddings)
     with ledger.stage("network training"):
-        network, report = _trained_network(store, network_settings(settings), progress, "topk", lambda s: train_network_pointwise(
+        network, report = _trained_network(store, settings.network, progress, "topk", lambda s: train_network_pointwise(
             embeddings[seen[ok]], labels[ok], s, progress=progress))
     with ledger.stage("prediction"):
         predicted = predict_pointwise(network, embeddings).astype(np.float32)
         predicted[seen[ok]] = labels[ok]
         store.save_array("predicted_scores.npy", predicted)
     with ledger.stage("selection"):
-        chosen = selection_module.top_k(predicted, selection_budget(settings))
+        chosen = selection_module.top_k(predicted, settings.selection.budget)
     extra = {"label_scaling": {"low": low, "high": high}, "sampled": len(seen),
              "failures": {str(k): v for k, v in sorted(failures.items())}, "network_training": report}
     return chosen, extra, column_origin(len(pool), exact=seen[ok])

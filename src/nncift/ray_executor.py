@@ -1,7 +1,7 @@
 """Run the expensive parts on a Ray cluster (``pip install nncift[ray]``): influence blocks, embeddings
 in shards, and the InfluenceNetwork's prediction in row blocks.
 
-- A pool of ``workers`` Ray actors (``cpus_per_worker`` CPUs and ``gpus_per_worker`` GPUs each) lives as
+- A pool of ``workers`` Ray actors (``worker_cpus`` CPUs and ``worker_gpus`` GPUs each) lives as
   long as the executor. For an influence job every actor rebuilds the influence function from its
   :class:`~nncift.influence.InfluenceSpec` and prepares it once (the records go into the object
   store once per job), then computes the blocks handed to it.
@@ -159,8 +159,8 @@ class RayExecutor(Executor):
         workers: number of actors.
         address: ``""`` (an already initialised Ray, else a new local cluster), ``"auto"`` (the cluster
             started with ``ray start`` on this machine) or ``"HOST:PORT"`` / ``"ray://HOST:PORT"``.
-        cpus_per_worker: CPUs reserved per actor (also its torch/numba threads).
-        gpus_per_worker: GPUs per actor (fractions share a GPU).
+        worker_cpus: CPUs reserved per actor (also its torch/numba threads).
+        worker_gpus: GPUs per actor (fractions share a GPU).
         max_retries: how often one task may be queued again after its worker died.
         in_flight: tasks queued per actor at a time (2 keeps an actor busy while the driver writes).
         on_task_done: called as ``on_task_done(job, done, total)`` after each result is stored.
@@ -170,14 +170,14 @@ class RayExecutor(Executor):
     name = "ray"
 
     def __init__(
-        self, workers: int = 2, address: str = "", cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0, *,
+        self, workers: int = 2, address: str = "", worker_cpus: float = 1.0, worker_gpus: float = 0.0, *,
         max_retries: int = 3, in_flight: int = 2, on_task_done: Callable[[str, int, int], None] | None = None,
         init_options: dict[str, Any] | None = None,
     ) -> None:
-        if workers < 1 or cpus_per_worker <= 0 or gpus_per_worker < 0 or in_flight < 1 or max_retries < 0:
-            raise ValueError(f"invalid Ray executor settings: workers={workers}, worker_cpus={cpus_per_worker}, "
-                             f"worker_gpus={gpus_per_worker}, in_flight={in_flight}, max_retries={max_retries}")
-        self.workers, self.cpus_per_worker, self.gpus_per_worker = int(workers), float(cpus_per_worker), float(gpus_per_worker)
+        if workers < 1 or worker_cpus <= 0 or worker_gpus < 0 or in_flight < 1 or max_retries < 0:
+            raise ValueError(f"invalid Ray executor settings: workers={workers}, worker_cpus={worker_cpus}, "
+                             f"worker_gpus={worker_gpus}, in_flight={in_flight}, max_retries={max_retries}")
+        self.workers, self.worker_cpus, self.worker_gpus = int(workers), float(worker_cpus), float(worker_gpus)
         self.max_retries, self.in_flight, self.on_task_done = int(max_retries), int(in_flight), on_task_done
         self.started_ray = not ray.is_initialized()
         if self.started_ray:
@@ -190,7 +190,7 @@ class RayExecutor(Executor):
 
     def _check_resources(self, address: str) -> None:
         total = ray.cluster_resources()
-        need = {"CPU": self.workers * self.cpus_per_worker, "GPU": self.workers * self.gpus_per_worker}
+        need = {"CPU": self.workers * self.worker_cpus, "GPU": self.workers * self.worker_gpus}
         short = [f"{need[k]:g} {k}s (the cluster has {total.get(k, 0):g})" for k in need if need[k] > total.get(k, 0)]
         if short and not address:
             raise RuntimeError(f"{self.workers} Ray workers need " + " and ".join(short)
@@ -203,8 +203,8 @@ class RayExecutor(Executor):
     # the pool
 
     def _new_actor(self) -> Any:
-        threads = max(1, int(self.cpus_per_worker))
-        return self._remote.options(num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker,
+        threads = max(1, int(self.worker_cpus))
+        return self._remote.options(num_cpus=self.worker_cpus, num_gpus=self.worker_gpus,
                                     max_restarts=0, max_task_retries=0).remote(threads)
 
     def _start(self, setup: Callable[[Any], Any] | None) -> Counter:

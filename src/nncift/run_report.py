@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from .config import SelectSettings, environment_info, settings_dict
+from .config import environment_info, settings_dict
 from .data import LoadReport, Record, skip_counts
 from .influence import InfluenceFunction
 from .ledger import CostLedger
 from .models import model_fingerprint
 from .selection import Selection
+from .settings import SelectSettings
 
 FILL_RULE = "after the last positive gain: the unchosen candidates by decreasing singleton value f({j}), ties by lowest index"
 

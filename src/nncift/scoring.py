@@ -169,7 +169,7 @@ def _score_pairwise(view: RunView, network: Any, embeddings: np.ndarray, records
         else:
             picks, _ = view.picks()
             state = ObjectiveState.of(objective, view.matrix(), n_pool_rows, picks,
-                                      eta=float(view.settings.get("eta", 1.0)), nu=float(view.settings.get("nu", 1.0)))
+                                      eta=float(view.settings["selection"]["eta"]), nu=float(view.settings["selection"]["nu"]))
     rows: list[dict[str, Any]] = []
     for start in range(0, len(records), SCORE_BLOCK):
         stop = min(start + SCORE_BLOCK, len(records))

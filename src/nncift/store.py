@@ -268,8 +268,16 @@ class BlockMatrix:
         return not bool(np.isnan(self.array).any())
 
 
-RUNTIME_KEYS = {"quiet", "out", "config", "device", "executor", "workers", "ray_address", "worker_cpus", "worker_gpus", "block_size"}
-"""Settings that do not change results; they may differ between a run and its resumption."""
+RUNTIME_KEYS = {"quiet", "out", "config", "device", "executor"}
+"""Settings that do not change results (``executor`` is a whole stage: where and in what blocks); they may differ between a run and
+its resumption."""
+
+
+def _leaves(key: str, stored: Any, now: Any) -> list[tuple[str, Any, Any]]:
+    """(name, stored, now) of each changed setting under ``key``: a stage's fields by dotted name (``selection.budget``)."""
+    if isinstance(stored, dict) and isinstance(now, dict):
+        return [(f"{key}.{name}", stored.get(name), now.get(name)) for name in sorted(set(stored) | set(now)) if stored.get(name) != now.get(name)]
+    return [(key, stored, now)]
 
 
 class RunStore:
@@ -312,14 +320,15 @@ class RunStore:
             stored = json.loads(path.read_text(encoding="utf-8"))
             differing = [key for key in sorted(set(stored) | set(self.settings))
                          if key not in RUNTIME_KEYS and stored.get(key) != self.settings.get(key)]
-            refused = [f"{key}: stored {stored.get(key)!r}, now {self.settings.get(key)!r}" for key in differing if key not in self.rerun_keys]
+            refused = [f"{path}: stored {old!r}, now {new!r}" for key in differing if key not in self.rerun_keys
+                       for path, old, new in _leaves(key, stored.get(key), self.settings.get(key))]
             if refused:
                 allowed = f" (only {', '.join(sorted(self.rerun_keys))} may change in a finished folder)" if self.rerun_keys else ""
                 raise SettingsMismatch(
                     f"{self.folder} holds a run made with other settings ("
                     + "; ".join(refused) + f"). Use another --out folder or the same settings{allowed}."
                 )
-            self.changed = {key: {"stored": stored.get(key), "now": self.settings.get(key)} for key in differing}
+            self.changed = {path: {"stored": old, "now": new} for key in differing for path, old, new in _leaves(key, stored.get(key), self.settings.get(key))}
             if self.changed:
                 self.write_json("settings.json", self.settings)
         else:

@@ -21,7 +21,7 @@ __all__ = ["train_network", "train_network_pointwise"]
 
 def train_network(row_embeddings: np.ndarray, col_embeddings: np.ndarray, labels: np.ndarray, settings: NetworkSettings, *,
                   self_cols: np.ndarray | None = None, objective: str = "fl", progress: bool = False) -> tuple[Any, dict[str, Any]]:
-    """Train the pairwise network named by ``settings.architecture`` (:class:`nncift.network.NetworkSettings`).
+    """Train the pairwise network named by ``settings.architecture`` (:class:`nncift.settings.NetworkSettings`).
 
     ``two-tower``: :func:`fit_pairwise`; ``paper``: :func:`nncift.paper_training.train_pairwise` as the paper
     trains it, shipped as trained. Returns the network and a JSON-ready report.

@@ -48,7 +48,7 @@ class InfluenceFunction(ABC):
     uses_language_model: ClassVar[bool] = True
     """Whether the function runs the causal LM of ``--model`` (then the run fingerprints that model)."""
     default_sampling_blocks: ClassVar[int] = 1
-    """Sampling design when ``--sampling-blocks`` is 0: 1 block for functions that cost per record; a
+    """Sampling design when ``--sampling.blocks`` is 0: 1 block for functions that cost per record; a
     function that costs per pair (DELIFT) labels the same pairs in several blocks over more records."""
 
     def __init__(self, settings: Any, *, progress: bool = True):

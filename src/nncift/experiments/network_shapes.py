@@ -3,7 +3,7 @@
 A shape is written ``paper:W1xW2x…`` (the paper's MLP with those hidden widths, e.g. ``paper:500x500``)
 or ``two-tower:rR[hH]`` (the default two-tower network with interaction rank R and tower width H,
 e.g. ``two-tower:r16`` or ``two-tower:r64h256``). :func:`shape_settings` turns one into
-:class:`nncift.network.NetworkSettings`; :func:`parameter_count` counts its weights without building it.
+:class:`nncift.settings.NetworkSettings`; :func:`parameter_count` counts its weights without building it.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
-from .network import NetworkSettings
+from ..network import NetworkSettings
 
 __all__ = ["PAPER_FIGURE_SHAPES", "shape_settings", "parameter_count", "shape_name"]
 
@@ -56,7 +56,7 @@ def parameter_count(settings: NetworkSettings, embedding_dim: int) -> int:
     if settings.architecture == "paper":
         widths = [2 * embedding_dim + 1, *settings.hidden_sizes, 1]
         return sum((fan_in + 1) * fan_out for fan_in, fan_out in zip(widths, widths[1:]))
-    from .towers import TwoTowerNetwork
+    from ..towers import TwoTowerNetwork
 
     network = TwoTowerNetwork(embedding_dim, hidden=settings.tower_hidden, rank=settings.tower_rank)
     return int(sum(p.numel() for p in network.parameters() if p.requires_grad))

@@ -1,6 +1,6 @@
 """The experiment's report: one self-contained HTML page (inline CSS, images as base64 PNG) and Markdown.
 
-Input is the ``results`` dict written by :mod:`nncift.experiment` (``results.json``). The page shows a
+Input is the ``results`` dict written by :mod:`nncift.experiments.experiment` (``results.json``). The page shows a
 headline verdict, the downstream table (mean ± sample standard deviation over seeds), the headline
 metric per arm, the InfluenceNetwork's fidelity (MSE per quadrant versus u), predicted versus true
 influence, the cost of each method per stage, and what the subsets contain.
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .evaluate import METRICS
+from ..evaluate import METRICS
 
 LOWER_IS_BETTER = {"loss"}
 METRIC_NAMES = {"loss": "loss ↓", "rouge_l": "ROUGE-L", "embedding_cosine": "embedding cosine", "exact_match": "exact match"}
@@ -214,8 +214,8 @@ def sizes_sentence(results: dict[str, Any]) -> str:
     targets = f", {data['targets']} target records" if data["targets"] else ""
     arm_seconds = sum(arm.get("finetune_seconds", 0.0) + arm["metrics"].get("seconds", 0.0) for arm in results["arms"])
     return (f"Pool {data['pool']} records ({', '.join(f'{k} {v}' for k, v in data['pool_by_family'].items())}){targets}, "
-            f"{data['heldout']} held-out records; subsets of {results['budget']} records (budget {select['budget']}); "
-            f"NN-CIFT at u = {select['fraction']}; LoRA r={finetune['lora_r']}, α={finetune['lora_alpha']}, "
+            f"{data['heldout']} held-out records; subsets of {results['budget']} records (budget {select['selection']['budget']}); "
+            f"NN-CIFT at u = {select['sampling']['fraction']}; LoRA r={finetune['lora_r']}, α={finetune['lora_alpha']}, "
             f"lr {finetune['learning_rate']}, {finetune['epochs']} epoch(s), batch {finetune['batch_size']}, "
             f"max length {finetune['max_length']}; model {config['experiment']['model']}; "
             f"seeds {', '.join(str(s) for s in config['experiment']['seeds'])}; fine-tuning + evaluation time summed over arms "

@@ -1,4 +1,4 @@
-"""Tables and the heat map of a u × v sweep (:mod:`nncift.sweep`): ``results.md`` and ``grid.png``.
+"""Tables and the heat map of a u × v sweep (:mod:`nncift.experiments.sweep`): ``results.md`` and ``grid.png``.
 
 Cells are mean ± standard deviation over the seeds (sample s.d., ddof = 1). The random-subset
 references sit in their own row (one per v), the full pool in its own line.
@@ -99,7 +99,7 @@ def markdown(results: dict[str, Any], image: str = "grid.png") -> str:
     lines = [f"# u × v sweep: {settings['influence']} ({manifest['objective']})", "",
              f"Pool {manifest['counts']['pool']} records, targets {manifest['counts']['targets']}, held-out queries "
              f"{manifest['counts']['heldout']}; seeds {settings['seeds']}; ICL with K = {settings['k']} nearest subset records; "
-             f"network {settings['architecture']}.", "",
+             f"network {settings['network']['architecture']}.", "",
              f"Influence: {influence['source']}; {influence['evaluations_in_blocks']:,} entries in the largest u's blocks "
              f"(u = {influence['largest_u']:g}), {influence['evaluations_made_by_this_invocation']:,} computed by the last invocation. "
              f"Independent runs would have computed {influence['independent_runs_per_u_would_make']:,} (one per u and seed) or "

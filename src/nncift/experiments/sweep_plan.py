@@ -24,9 +24,10 @@ from typing import Sequence
 
 import numpy as np
 
-from .config import SelectSettings, SettingsError, normalise_budget
-from .data import Record
-from .layout import Layout
+from ..config import SettingsError, normalise_budget
+from ..data import Record
+from ..layout import Layout
+from ..settings import SelectSettings
 
 
 @dataclass(frozen=True)
@@ -64,11 +65,10 @@ class SweepSettings(SelectSettings):
         for value in self.u:
             if not 0 < value <= 1:
                 raise SettingsError("u", f"each u must be in (0, 1], got {value}")
-        for value in self.v:
-            try:
-                normalise_budget(value)
-            except ValueError as error:
-                raise SettingsError("v", str(error).split(": ", 1)[-1]) from None
+        try:  # each v takes the budget's normal form (a float fraction or an int count), as --selection.budget does
+            object.__setattr__(self, "v", tuple(normalise_budget(value) for value in self.v))
+        except ValueError as error:
+            raise SettingsError("v", str(error).split(": ", 1)[-1]) from None
         for name in ("k", "max_new_tokens", "icl_max_length", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise SettingsError(name, f"expected at least 1, got {getattr(self, name)}")

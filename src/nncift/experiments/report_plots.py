@@ -50,7 +50,7 @@ def metric_bars(arms: list[dict[str, Any]], order: list[str], labels: dict[str, 
 
 
 def fidelity_plot(rows: list[dict[str, Any]], title: str) -> bytes:
-    """MSE per quadrant versus u (network and the two baselines), via :func:`nncift.fidelity.plot_fidelity`."""
+    """MSE per quadrant versus u (network and the two baselines), via :func:`nncift.experiments.fidelity.plot_fidelity`."""
     from .fidelity import plot_fidelity
 
     with tempfile.TemporaryDirectory() as folder:

@@ -1,7 +1,7 @@
 """``nncift sweep``: NN-CIFT over a u × v grid (fraction labelled × subset size), one influence computation per u.
 
-The plan (settings, nested samples, cells) is :mod:`nncift.sweep_plan`; the engine :mod:`nncift.sweep_run`;
-the tables and heat map :mod:`nncift.sweep_report`.
+The plan (settings, nested samples, cells) is :mod:`nncift.experiments.sweep_plan`; the engine :mod:`nncift.experiments.sweep_run`;
+the tables and heat map :mod:`nncift.experiments.sweep_report`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from .sweep_plan import SweepSettings
 
 
 def run_sweep(settings: SweepSettings, out: str | Path, **kwargs: Any) -> dict[str, Any]:
-    """Run (or resume) the sweep in ``out``; see :class:`nncift.sweep_run.Sweep` for the keyword arguments."""
+    """Run (or resume) the sweep in ``out``; see :class:`nncift.experiments.sweep_run.Sweep` for the keyword arguments."""
     from .sweep_run import Sweep
 
     sweep = Sweep(settings, out, **kwargs)
@@ -25,7 +25,7 @@ def run_sweep(settings: SweepSettings, out: str | Path, **kwargs: Any) -> dict[s
 
 def register_cli(subparsers: Any) -> None:
     """Add ``nncift sweep`` to the command line."""
-    from .cli import add_run_arguments
+    from ..cli import add_run_arguments
 
     parser = subparsers.add_parser("sweep", help="the u × v grid: NN-CIFT at every labelled fraction and subset size, scored in ICL mode")
     add_run_arguments(parser, SweepSettings)
@@ -33,7 +33,7 @@ def register_cli(subparsers: Any) -> None:
 
 
 def _cmd_sweep(args: Any) -> int:
-    from .cli import split_settings
+    from ..cli import split_settings
     from .sweep_report import grid_table
 
     for flag in ("fraction", "budget", "seed"):

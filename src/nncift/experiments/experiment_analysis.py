@@ -15,14 +15,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .config import SelectSettings
-from .data import Record, jsonl_lines
-from .embed import embed_records
+from ..data import Record, jsonl_lines
+from ..embed import embed_records
+from ..influence import influence_class
+from ..network import predict_pairwise, predict_pointwise
+from ..pipeline import block_self_cols, plan_layout, sample_indices, sampling_blocks, self_cols_of
+from ..settings import SamplingSettings, SelectSettings
+from ..training import train_network, train_network_pointwise
 from .fidelity import evaluate_split, quadrant_masks
-from .influence import influence_class
-from .network import predict_pairwise, predict_pointwise
-from .pipeline import block_self_cols, network_settings, plan_layout, sample_indices, sampling_blocks, self_cols_of
-from .training import train_network, train_network_pointwise
 
 _SCATTER_POINTS = 3000
 
@@ -104,37 +104,37 @@ def fidelity_summary(experiment: Any, influence: str) -> dict[str, Any]:
     seed = experiment.original_seed(experiment.settings.seeds[0])
     truth, manifest = _scaled_full(experiment, influence, seed)
     settings = experiment.select_settings(influence, seed)
-    fractions = sorted(set(experiment.settings.fidelity_fractions) | {settings.fraction})
+    fractions = sorted(set(experiment.settings.fidelity_fractions) | {settings.sampling.fraction})
     pool, targets = experiment.splits.pool, experiment.splits.targets
     embed = lambda records: embed_records(records, model=settings.embedder, device=settings.device, progress=False)  # noqa: E731
     if influence_class(influence).pairwise:
         rows, scatter = _pairwise_fidelity(truth, pool, targets, manifest["objective"], settings, fractions, embed)
     else:
         rows, scatter = _pointwise_fidelity(truth[0], embed(pool), settings, fractions)
-    return {"rows": rows, "scatter": scatter, "fraction": settings.fraction, "subset_overlap": _subset_overlap(experiment, influence),
+    return {"rows": rows, "scatter": scatter, "fraction": settings.sampling.fraction, "subset_overlap": _subset_overlap(experiment, influence),
             "label_scaling": manifest["label_scaling"]}
 
 
 def _pairwise_fidelity(truth: np.ndarray, pool: list[Record], targets: list[Record], objective: str, settings: SelectSettings,
                        fractions: list[float], embed: Callable[[list[Record]], np.ndarray]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Quadrant rows per fraction and a scatter sample of a pairwise function (the full exact matrix ``truth``)."""
-    layout_rows = plan_layout(pool, targets, objective, dataclasses.replace(settings, fraction=1.0, sampling_blocks=1), np.random.default_rng(0)).rows
+    layout_rows = plan_layout(pool, targets, objective, SamplingSettings(fraction=1.0, blocks=1), np.random.default_rng(0)).rows
     col_embeddings = embed(pool)
     row_embeddings = embed(layout_rows)  # the embedding cache makes the pool rows free
     rows, scatter = [], {}
     for fraction in fractions:
         rng = np.random.default_rng(settings.seed)
-        design = sampling_blocks(settings, influence_class(settings.influence))
-        layout = plan_layout(pool, targets, objective, dataclasses.replace(settings, fraction=fraction, sampling_blocks=design), rng)
+        design = sampling_blocks(settings.sampling, influence_class(settings.influence))
+        layout = plan_layout(pool, targets, objective, dataclasses.replace(settings.sampling, fraction=fraction, blocks=design), rng)
         labels = np.where(layout.labelled(), truth[np.ix_(layout.seen_rows, layout.seen_cols)], np.nan).astype(np.float32)
-        network, _ = train_network(row_embeddings[layout.seen_rows], col_embeddings[layout.seen_cols], labels, network_settings(settings),
+        network, _ = train_network(row_embeddings[layout.seen_rows], col_embeddings[layout.seen_cols], labels, settings.network,
                                    self_cols=block_self_cols(layout), objective="topk" if objective == "topk" else "fl")
         predicted = predict_pairwise(network, row_embeddings, col_embeddings, self_cols=self_cols_of(layout)).astype(np.float64)
         masks = quadrant_masks(truth.shape[0], truth.shape[1], layout.seen_rows, layout.seen_cols)
         for name, mask in masks.items():
             metrics = evaluate_split(truth[mask], predicted[mask], labels[np.isfinite(labels)].astype(np.float64), rng, 0.10)
             rows.append({"fraction": fraction, "split": name, "n_seen_rows": len(layout.seen_rows), "n_seen_cols": len(layout.seen_cols), **metrics})
-        if fraction == settings.fraction:
+        if fraction == settings.sampling.fraction:
             scatter = _scatter_sample(truth, predicted, masks, np.random.default_rng(settings.seed))
     return rows, scatter
 
@@ -155,16 +155,16 @@ def _pointwise_fidelity(truth: np.ndarray, embeddings: np.ndarray, settings: Sel
     ok = np.isfinite(truth)
     for fraction in fractions:
         rng = np.random.default_rng(settings.seed)
-        seen = sample_indices(len(truth), fraction, settings.min_sampled, rng)
+        seen = sample_indices(len(truth), fraction, settings.sampling.min_sampled, rng)
         seen_ok = seen[ok[seen]]
-        network, _ = train_network_pointwise(embeddings[seen_ok], truth[seen_ok].astype(np.float32), network_settings(settings))
+        network, _ = train_network_pointwise(embeddings[seen_ok], truth[seen_ok].astype(np.float32), settings.network)
         predicted = predict_pointwise(network, embeddings).astype(np.float64)
         seen_mask = np.zeros(len(truth), dtype=bool)
         seen_mask[seen] = True
         for name, mask in (("seen", seen_mask & ok), ("unseen", ~seen_mask & ok)):
             metrics = evaluate_split(truth[mask], predicted[mask], truth[seen_ok], rng, 0.20)
             rows.append({"fraction": fraction, "split": name, "n_seen_rows": len(seen), "n_seen_cols": len(seen), **metrics})
-        if fraction == settings.fraction:
+        if fraction == settings.sampling.fraction:
             scatter = {"true": truth[ok].round(5).tolist(), "predicted": predicted[ok].round(5).tolist(),
                        "split": np.where(seen_mask[ok], "seen", "unseen").tolist()}
     return rows, scatter

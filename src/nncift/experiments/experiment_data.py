@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from .data import EmptyFileError, Record, read_records, write_jsonl
-from .models import BUNDLED_EMBEDDER, BUNDLED_LM
+from ..data import EmptyFileError, Record, read_records, write_jsonl
+from ..models import BUNDLED_EMBEDDER, BUNDLED_LM
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ class ExperimentSettings:
 
     def __post_init__(self) -> None:
         """Check the choices that would otherwise fail late (after selections or fine-tuning)."""
-        from .config import SettingsError
+        from ..config import SettingsError
 
         if self.mode not in ("finetune", "icl", "both"):
             raise SettingsError("mode", f"expected one of 'finetune', 'icl', 'both', got {self.mode!r}")

@@ -15,7 +15,7 @@ config runs only the new arms. The results go to ``results.json``, ``report.html
 and ``results.md``.
 
 Config file (YAML): the fields of :class:`ExperimentSettings` at the top level, plus the sections
-``select`` (:class:`~nncift.config.SelectSettings`), ``finetune``
+``select`` (:class:`~nncift.settings.SelectSettings`), ``finetune``
 (:class:`~nncift.finetune.FinetuneSettings`), ``evaluate`` (:class:`~nncift.evaluate.EvaluateSettings`)
 and ``influence_options`` (per function name, the options of its settings dataclass).
 """
@@ -34,13 +34,14 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .config import SelectSettings, build_settings, environment_info, load_yaml, settings_dict
-from .evaluate import EvaluateSettings
-from .evaluation import run_evaluate
+from ..config import build_settings, environment_info, load_yaml, settings_dict
+from ..evaluate import EvaluateSettings
+from ..evaluation import run_evaluate
+from ..finetune import FinetuneSettings, finetune
+from ..influence import REGISTRY, influence_class
+from ..settings import SelectSettings
+from ..store import RunStore, json_default
 from .experiment_data import ExperimentSettings, Splits, build_splits, composition
-from .finetune import FinetuneSettings, finetune
-from .influence import REGISTRY, influence_class
-from .store import RunStore, json_default
 
 SECTIONS = {"select": SelectSettings, "finetune": FinetuneSettings, "evaluate": EvaluateSettings}
 _ADDED_EVALUATE_FIELDS = {"with_loss": True, "icl_pool": "", "k": 3, "icl_max_length": 1024}
@@ -122,9 +123,9 @@ class Experiment:
         self.store = RunStore(self.folder, {"data": defining, **stages}, exclusive=False)
         self.splits: Splits = build_splits(self.settings)
         self.splits.write(self.folder / "data")
-        from .selection import budget_to_count  # numba: not needed to build the command line
+        from ..selection import budget_to_count  # numba: not needed to build the command line
 
-        self.budget = budget_to_count(config.select.budget, len(self.splits.pool))
+        self.budget = budget_to_count(config.select.selection.budget, len(self.splits.pool))
         self.log: list[str] = []
         self._warm: set[str] = set()
         self.icl_model: Any = None
@@ -132,12 +133,12 @@ class Experiment:
     # ---------------------------------------------------------------------------- selections
     def select_settings(self, influence: str, seed: int) -> SelectSettings:
         """The selection settings of one function and seed."""
-        objective = self.settings.objectives.get(influence, self.config.select.objective)
-        return dataclasses.replace(self.config.select, influence=influence, seed=seed, objective=objective)
+        objective = self.settings.objectives.get(influence, self.config.select.selection.objective)
+        return self.config.select.updated(influence=influence, seed=seed, objective=objective)
 
     def selection(self, influence: str, method: str, seed: int) -> Any:
         """The subset of ``influence`` by ``method`` (original or nncift) for ``seed`` (computed once)."""
-        from .pipeline import run_full_select, run_select
+        from ..pipeline import run_full_select, run_select
 
         run = run_full_select if method == "original" else run_select
         folder = self.selection_folder(influence, method, seed)
@@ -151,9 +152,9 @@ class Experiment:
     def warm_up(self, influence: str) -> None:
         """Fill the embedding cache of the pool and targets and compile the selection kernels, untimed, once per
         process and embedder: every arm's cost is then measured warm, none is charged another's cold start."""
-        from .embed import embed_records
-        from .pair_kernel import warm_up_kernel
-        from .selection import facility_location
+        from ..embed import embed_records
+        from ..pair_kernel import warm_up_kernel
+        from ..selection import facility_location
 
         options = self.config.influence_options.get(influence, {})
         embedders = {self.config.select.embedder, str(options.get("embedder", self.config.select.embedder))}

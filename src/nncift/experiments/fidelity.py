@@ -27,23 +27,27 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from .config import FidelitySettings, environment_info, settings_dict
-from .data import Record
-from .embed import embed_records
-from .executor import Executor, executor_for
-from .fitting import calibrate_prior
-from .influence import influence_class
-from .layout import block_self_columns, self_columns
-from .ledger import CostLedger
-from .network import NetworkSettings, predict_pairwise, predict_pointwise
-from .pipeline import influence_spec, label_scaling, load_inputs, network_settings, sample_indices
-from .store import RunStore, plan_blocks
-from .subset_quality import ObjectiveSpec, choose_subset, cold_mask, f_gain, spearman
-from .training import train_network, train_network_pointwise
+from ..config import environment_info, settings_dict
+from ..data import Record
+from ..embed import embed_records
+from ..executor import Executor, executor_for
+from ..fitting import calibrate_prior
+from ..influence import influence_class
+from ..layout import block_self_columns, self_columns
+from ..ledger import CostLedger
+from ..network import predict_pairwise, predict_pointwise
+from ..pipeline import influence_spec, label_scaling, load_inputs, sample_indices
+from ..settings import NetworkSettings
+from ..store import RunStore, plan_blocks
+from ..subset_quality import ObjectiveSpec, choose_subset, cold_mask, f_gain, spearman
+from ..training import train_network, train_network_pointwise
+
+if TYPE_CHECKING:
+    from .fidelity_command import FidelitySettings
 
 QUADRANTS = ("Q1", "Q2", "Q3", "Q4")
 _MAX_RANK_PAIRS = 2_000_000
@@ -219,13 +223,13 @@ def run_fidelity(settings: FidelitySettings, out: str | Path, *, pool: Sequence[
     """Compute the full matrix (or all scores) once, then train and evaluate at each fraction and seed."""
     if pool is None:
         pool, _, _ = load_inputs(settings)
-    with executor_for(settings) as executor:
+    with executor_for(settings.executor) as executor:
         return _run_fidelity(settings, out, list(pool), dict(influence_options or {}), executor)
 
 
 def _network_list(settings: FidelitySettings) -> list[NetworkSettings]:
-    base = network_settings(settings)
-    return [replace(base, architecture=name) for name in (settings.architectures or (settings.architecture,))]
+    base = settings.network
+    return [replace(base, architecture=name) for name in (settings.architectures or (settings.network.architecture,))]
 
 
 def _run_fidelity(settings: FidelitySettings, out: str | Path, pool: list[Record], options: dict[str, Any], executor: Executor) -> FidelityResult:
@@ -235,13 +239,13 @@ def _run_fidelity(settings: FidelitySettings, out: str | Path, pool: list[Record
     spec = influence_spec(settings, options)
     ledger = CostLedger()
     progress = not settings.quiet
-    n = len(pool)
+    n, size = len(pool), settings.executor.block_size
     full = store.matrix("full", np.arange(1 if not function_class.pairwise else n), np.arange(n))
     with ledger.stage("full influence"):
         if function_class.pairwise:
-            executor.run_pairwise(spec, pool, pool, full, plan_blocks(n, n, settings.block_size, settings.block_size), store.folder, progress=progress)
+            executor.run_pairwise(spec, pool, pool, full, plan_blocks(n, n, size, size), store.folder, progress=progress)
         else:
-            executor.run_pointwise(spec, pool, full, plan_blocks(1, n, 1, settings.block_size), store.folder, progress=progress)
+            executor.run_pointwise(spec, pool, full, plan_blocks(1, n, 1, size), store.folder, progress=progress)
     values = np.asarray(full.array, dtype=np.float64)
     low, high = label_scaling(function_class, values)  # the same rule as select: the fixed range, else min–max
     scaled = (values - low) / (high - low)
@@ -251,11 +255,11 @@ def _run_fidelity(settings: FidelitySettings, out: str | Path, pool: list[Record
     selection_rows: list[dict[str, Any]] = []
     predictions: dict[float, np.ndarray] = {}
     networks = _network_list(settings)
-    objective = ObjectiveSpec("fl" if function_class.pairwise else "topk", settings.budget)
+    objective = ObjectiveSpec("fl" if function_class.pairwise else "topk", settings.selection.budget)
     true_subset = None
     for fraction in settings.fractions:
         for seed in settings.seeds or (settings.seed,):
-            seen = sample_indices(n, fraction, settings.min_sampled, np.random.default_rng(seed))
+            seen = sample_indices(n, fraction, settings.sampling.min_sampled, np.random.default_rng(seed))
             nets = [replace(net, seed=seed) for net in networks]
             with ledger.stage(f"networks u={fraction}"):
                 if function_class.pairwise:
@@ -265,7 +269,7 @@ def _run_fidelity(settings: FidelitySettings, out: str | Path, pool: list[Record
                                                                      seen, seen, objective, nets, self_cols=self_columns(n, n),
                                                                      fraction=fraction, seed=seed, true_subset=true_subset)
                 else:
-                    quadrant, selected, predicted = compare_pointwise(scaled[0], embeddings, seen, settings.budget, nets,
+                    quadrant, selected, predicted = compare_pointwise(scaled[0], embeddings, seen, settings.selection.budget, nets,
                                                                       fraction=fraction, seed=seed)
             rows += quadrant
             selection_rows += selected
@@ -368,3 +372,4 @@ def plot_scatter(scaled: np.ndarray, predictions: dict[float, np.ndarray], path:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .config import environment_info, settings_dict
+from ..config import environment_info, settings_dict
 
 if TYPE_CHECKING:
     from .experiment import Experiment
@@ -34,9 +34,9 @@ def icl_arm_folder(experiment: "Experiment", arm: str, seed: int) -> Path:
 
 def run_icl_arm(experiment: "Experiment", arm: str, seed: int, indices: np.ndarray) -> dict[str, Any]:
     """Evaluate the held-out records with examples from the pool records ``indices``; reuse a finished arm."""
-    from .evaluate import load_model_for_evaluation
+    from ..evaluate import load_model_for_evaluation
+    from ..icl import evaluate_icl
     from .experiment_data import composition
-    from .icl import evaluate_icl
 
     folder = icl_arm_folder(experiment, arm, seed)
     done = folder / "arm.json"

@@ -1,5 +1,5 @@
 """The u × v sweep's engine (:class:`Sweep`): one influence computation per u, a network and a selection per cell,
-each subset evaluated in ICL mode (and fine-tuning when asked); resumable. Settings and the command: :mod:`nncift.sweep`."""
+each subset evaluated in ICL mode (and fine-tuning when asked); resumable. Settings and the command: :mod:`nncift.experiments.sweep`."""
 
 from __future__ import annotations
 
@@ -12,29 +12,28 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .config import environment_info, normalise_budget, settings_dict
-from .data import Record, read_many
-from .evaluate import (
+from ..config import environment_info, settings_dict
+from ..data import Record, read_many
+from ..evaluate import (
     EvaluateSettings,
     EvaluationResult,
     generate_from_prompts,
     score_answers,
 )
-from .influence import influence_class
-from .pipeline import (
+from ..influence import influence_class
+from ..pipeline import (
     Layout,
     block_self_cols,
     influence_spec,
     label_scaling,
-    network_settings,
     objective_spec,
     records_digest,
     resolve_objective,
     self_cols_of,
 )
-from .selection import budget_to_count
-from .store import RunStore, plan_blocks
-from .subset_quality import choose_subset
+from ..selection import budget_to_count
+from ..store import RunStore, plan_blocks
+from ..subset_quality import choose_subset
 from .sweep_plan import SweepSettings, cell_name, nested_layouts, sample_size, sub_block
 
 
@@ -54,11 +53,11 @@ class Sweep:
         self.function_class = influence_class(settings.influence)
         if not self.function_class.pairwise:
             raise ValueError(f"the sweep needs a pairwise influence function (delift, delift-se, less), not {settings.influence}")
-        if int(settings.sampling_blocks) > 1:
-            raise ValueError("--sampling-blocks: the sweep samples one u×u block per u (nested); leave it at 0 or 1")
+        if int(settings.sampling.blocks) > 1:
+            raise ValueError("--sampling.blocks: the sweep samples one u×u block per u (nested); leave it at 0 or 1")
         self.objective = resolve_objective(settings, self.function_class, bool(self.targets))
         for v in settings.v:
-            budget_to_count(normalise_budget(v), len(self.pool))
+            budget_to_count(v, len(self.pool))
         self.spec = influence_spec(settings, self.options)
         self.precomputed = precomputed
         self.store = RunStore(out, {**settings_dict(settings), "influence_options": self.options,
@@ -73,19 +72,19 @@ class Sweep:
         """The influence values of the largest u's block of ``seed`` and how many entries were computed now."""
         if self.precomputed is not None:
             return np.asarray(self.precomputed, dtype=np.float32)[np.ix_(largest.seen_rows, largest.seen_cols)], 0
-        from .executor import executor_for
+        from ..executor import executor_for
 
         matrix = self.store.matrix(f"q1-seed{seed}", largest.seen_rows, largest.seen_cols)
-        blocks = plan_blocks(*matrix.shape, self.settings.block_size, self.settings.block_size)
+        blocks = plan_blocks(*matrix.shape, self.settings.executor.block_size, self.settings.executor.block_size)
         todo = sum((b.row_stop - b.row_start) * (b.col_stop - b.col_start) for b in matrix.pending(blocks))
-        with executor_for(self.settings) as executor:
+        with executor_for(self.settings.executor) as executor:
             executor.run_pairwise(self.spec, largest.rows, self.pool, matrix, blocks, self.folder, progress=not self.settings.quiet)
         return np.asarray(matrix.array, dtype=np.float32), todo
 
     def select_seed(self, seed: int) -> dict[str, Any]:
         """Every (u, v) subset of one seed (stored in ``subsets/``); the block's and each network's record."""
         s = self.settings
-        layouts = nested_layouts(self.pool, self.targets, self.objective, s.u, s.min_sampled, seed)
+        layouts = nested_layouts(self.pool, self.targets, self.objective, s.u, s.sampling.min_sampled, seed)
         largest = layouts[max(s.u)]
         names = {(u, v): cell_name(u, v, seed) for u in s.u for v in s.v}
         info: dict[str, Any] = {"block": [len(largest.seen_rows), len(largest.seen_cols)], "computed_now": 0, "networks": {}}
@@ -104,7 +103,7 @@ class Sweep:
             predicted, report = self._predict(seed, u, layout, labels, row_embeddings, col_embeddings)
             info["networks"][f"u{u:g}"] = {k: report.get(k) for k in ("architecture", "chosen", "n_labelled", "seconds")}
             for v in s.v:
-                run = dataclasses.replace(s, budget=normalise_budget(v), seed=seed)
+                run = s.updated(budget=v, seed=seed)
                 chosen = choose_subset(predicted, objective_spec(self.objective, layout, run, self.function_class, self.spec))
                 _write_json(self.store.path(f"subsets/{names[u, v]}.json"), {
                     "u": u, "v": v, "seed": seed, "indices": [int(i) for i in chosen.indices], "objective": float(chosen.objective),
@@ -112,7 +111,7 @@ class Sweep:
         return info
 
     def _embeddings(self, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
-        from .embed import embed_records
+        from ..embed import embed_records
 
         kwargs = {"model": self.settings.embedder, "device": self.settings.device, "progress": False}
         cols = embed_records(self.pool, **kwargs)
@@ -123,12 +122,12 @@ class Sweep:
     def _predict(self, seed: int, u: float, layout: Layout, labels: np.ndarray, row_embeddings: np.ndarray,
                  col_embeddings: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
         """Train (or reload) the network of (seed, u) and predict the whole matrix, exact labels kept on u's block."""
-        from .network import predict_pairwise
-        from .network_files import load_network, load_network_metadata, save_network
-        from .training import train_network
+        from ..network import predict_pairwise
+        from ..network_files import load_network, load_network_metadata, save_network
+        from ..training import train_network
 
         path = self.store.path(f"networks/seed{seed}-u{u:g}.safetensors")
-        net_settings = network_settings(dataclasses.replace(self.settings, seed=seed))
+        net_settings = self.settings.updated(seed=seed).network
         if path.is_file():
             network, report = load_network(path), load_network_metadata(path).get("report", {})
         else:
@@ -152,7 +151,7 @@ class Sweep:
             for seed in s.seeds:
                 rng = np.random.default_rng([seed, 1])
                 for v in s.v:
-                    count = budget_to_count(normalise_budget(v), len(self.pool))
+                    count = budget_to_count(v, len(self.pool))
                     rows.append({"name": cell_name(None, v, seed), "kind": "random", "u": None, "v": v, "seed": seed,
                                  "indices": np.sort(rng.choice(len(self.pool), count, replace=False)).tolist()})
             rows.append({"name": "full", "kind": "full", "u": None, "v": 1.0, "seed": None, "indices": list(range(len(self.pool)))})
@@ -180,11 +179,11 @@ class Sweep:
                                 device=s.device, quiet=s.quiet, with_loss=False, k=s.k, icl_max_length=s.icl_max_length)
 
     def _icl(self, indices: Sequence[int]) -> EvaluationResult:
-        from .icl import icl_prompts, nearest_examples, query_vectors
+        from ..icl import icl_prompts, nearest_examples, query_vectors
 
         settings = self.evaluate_settings()
         if self._evaluator is None:
-            from .evaluate import load_model_for_evaluation
+            from ..evaluate import load_model_for_evaluation
 
             model, tokenizer = load_model_for_evaluation(settings)
             self._evaluator = (model, tokenizer, query_vectors(self.pool, settings), query_vectors(self.heldout, settings),
@@ -211,8 +210,8 @@ class Sweep:
         return result
 
     def _finetuned(self, records: list[Record], subset: dict[str, Any]) -> EvaluationResult:
-        from .evaluation import run_evaluate
-        from .finetune import FinetuneSettings, finetune
+        from ..evaluation import run_evaluate
+        from ..finetune import FinetuneSettings, finetune
 
         s = self.settings
         adapter = self.store.path(f"adapters/{subset['name']}")
@@ -240,7 +239,7 @@ class Sweep:
                 rows.append({k: subset[k] for k in ("name", "kind", "u", "v", "seed")} | {"mode": mode, "metrics": self.evaluate(subset, mode)})
         largest = max(s.u)
         block_entries = {seed: math.prod(info["block"]) for seed, info in seeds.items()}
-        per_u = sum(math.prod(_block_shape(self.pool, self.targets, self.objective, u, s.min_sampled)) for u in s.u) * len(s.seeds)
+        per_u = sum(math.prod(_block_shape(self.pool, self.targets, self.objective, u, s.sampling.min_sampled)) for u in s.u) * len(s.seeds)
         manifest = {
             "settings": settings_dict(s), "influence_options": self.options, "objective": self.objective, "environment": environment_info(),
             "counts": {"pool": len(self.pool), "targets": len(self.targets), "heldout": len(self.heldout), "subsets": len(rows)},
@@ -283,7 +282,7 @@ def _read(paths: Sequence[str], flag: str) -> list[Record]:
 
 def _write_json(path: Path, payload: Any) -> None:
     """Write JSON atomically (parent folders created)."""
-    from .store import json_default
+    from ..store import json_default
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
