@@ -111,7 +111,7 @@ def exact_subset(settings, v: float, pool, targets, rows, matrix, options, folde
     function_class = influence_class(settings.influence)
     low, high = label_scaling(function_class, matrix)
     layout = Layout(rows, np.arange(len(rows)), np.arange(len(pool)), len(pool) if len(rows) > len(targets) else 0)
-    spec = objective_spec(settings.selection.objective, layout, select, function_class, influence_spec(select, options))
+    spec = objective_spec(settings.selection.objective, layout, select.selection, function_class, influence_spec(select, options))
     return [int(i) for i in choose_subset((matrix - low) / (high - low), spec).indices]
 
 

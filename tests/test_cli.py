@@ -114,14 +114,17 @@ def test_help_says_how_each_list_flag_takes_several_values() -> None:
     assert "separate values with commas" in sizes_help
 
 
-def test_version_and_help_on_every_demo_flag(capsys) -> None:
+def test_version_and_help_on_every_flag_of_every_command(capsys) -> None:
     from nncift.cli import build_parser, main, package_version
 
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])
     assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"nncift {package_version()}"
-    demo = build_parser()._subparsers._group_actions[0].choices["demo"]  # noqa: SLF001
-    assert all(action.help for action in demo._actions)  # noqa: SLF001
+    commands = build_parser()._subparsers._group_actions[0].choices  # noqa: SLF001
+    assert {"select", "demo", "score", "inspect", "finetune", "evaluate", "fidelity", "experiment", "sweep"} <= set(commands)
+    for name, command in commands.items():
+        missing = [action.option_strings for action in command._actions if not action.help]  # noqa: SLF001
+        assert not missing, (name, missing)
 
 
 @pytest.mark.parametrize("flags, message", [

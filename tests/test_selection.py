@@ -10,13 +10,14 @@ import pytest
 
 from nncift.selection import (
     OBJECTIVES,
+    ObjectiveSpec,
     Selection,
     budget_to_count,
+    choose_subset,
     facility_location,
     fl_conditional_gain,
     fl_mutual_information,
     objective_value,
-    select,
     top_k,
 )
 from nncift.selection import kernels as sel
@@ -402,22 +403,20 @@ def test_top_k_order_ties_and_objective():
         top_k(scores, 7)
 
 
-# ------------------------------------------------------------------------------------- dispatcher
+# ------------------------------------------------------------------------------------- the one entry point
 
 
-def test_select_dispatches_by_name():
+def test_choose_subset_is_the_one_dispatch_by_objective():
     rng = np.random.default_rng(9)
-    s = dyadic(rng, (20, 15))
-    q = dyadic(rng, (20, 2))
+    s = dyadic(rng, (15, 15))  # pool rows × pool candidates
+    q = dyadic(rng, (2, 15))  # target rows below them (FLMI queries, FLCG existing set)
+    layout = np.vstack([s, q])
     scores = rng.random(15)
-    assert select("fl", 5, similarity=s).indices.tolist() == facility_location(s, 5).indices.tolist()
-    assert select("flmi", 5, similarity=s, query_similarity=q, eta=0.5).indices.tolist() == \
-        fl_mutual_information(s, q, 5, eta=0.5).indices.tolist()
-    assert select("flcg", 5, similarity=s, private_similarity=q).indices.tolist() == \
-        fl_conditional_gain(s, q, 5).indices.tolist()
-    assert select("topk", 5, scores=scores).indices.tolist() == top_k(scores, 5).indices.tolist()
+    assert choose_subset(s, ObjectiveSpec("fl", 5)).indices.tolist() == facility_location(s, 5).indices.tolist()
+    assert choose_subset(layout, ObjectiveSpec("flmi", 5, n_pool_rows=15, eta=0.5)).indices.tolist() == \
+        fl_mutual_information(s, q.T, 5, eta=0.5).indices.tolist()
+    assert choose_subset(layout, ObjectiveSpec("flcg", 5, n_pool_rows=15)).indices.tolist() == fl_conditional_gain(s, q.T, 5).indices.tolist()
+    assert choose_subset(s, ObjectiveSpec("topk", 5, candidate_scores=lambda _: scores)).indices.tolist() == top_k(scores, 5).indices.tolist()
     assert set(OBJECTIVES) == {"fl", "flmi", "flcg", "topk"}
-    with pytest.raises(ValueError, match="unknown selection"):
-        select("random", 5, similarity=s)
-    with pytest.raises(ValueError, match="query_similarity"):
-        select("flmi", 5, similarity=s)
+    with pytest.raises(ValueError, match="unknown objective"):
+        choose_subset(layout, ObjectiveSpec("random", 5, n_pool_rows=15))

@@ -85,3 +85,37 @@ def test_flags_are_grouped_by_stage_with_short_forms() -> None:
     args = parser.parse_args(["select", "--out", "x", "--sampling-blocks", "3", "--ray-address", "auto", "--executor.workers", "3"])
     settings, _ = split_settings(args, SelectSettings)
     assert settings.sampling.blocks == 3 and settings.executor.address == "auto" and settings.executor.workers == 3
+
+
+def _flat(settings: dict) -> dict:
+    """Settings as versions before the stages recorded them (``budget``, ``sampling_blocks``, ``executor: "local"`` at the top)."""
+    back = {dotted: flat for flat, dotted in ALIASES.items()}
+    back["executor.name"], back["sampling.blocks"], back["executor.address"] = "executor", "sampling_blocks", "ray_address"
+    flat = {key: value for key, value in settings.items() if not isinstance(value, dict) or key == "influence_options"}
+    for stage in ("sampling", "network", "selection", "executor"):
+        flat.update({back[f"{stage}.{name}"]: value for name, value in settings[stage].items() if f"{stage}.{name}" in back})
+    return flat
+
+
+def test_run_folders_of_the_flat_settings_version_resume_reselect_and_open(tmp_path: Path, demo_pool) -> None:
+    from nncift.pipeline import run_select
+    from nncift.run_files import open_run
+
+    settings = SelectSettings.build(influence="delift-se", fraction=0.25, min_sampled=8, budget=6, max_steps=40, folds=2, quiet=True, seed=1)
+    out = tmp_path / "run"
+    first = run_select(settings, out, pool=demo_pool[:32])
+    for name in ("settings.json", "manifest.json"):  # the folder as the previous version wrote it
+        stored = json.loads((out / name).read_text())
+        if name == "manifest.json":
+            stored["settings"] = _flat(stored["settings"])
+        else:
+            stored = _flat(stored)
+        assert "budget" in stored or "budget" in stored["settings"]
+        (out / name).write_text(json.dumps(stored))
+    done = (out / "q1.done.jsonl").stat().st_mtime_ns
+    again = run_select(settings, out, pool=demo_pool[:32])  # the same settings: the finished result, nothing recomputed
+    assert list(again.indices) == list(first.indices) and (out / "q1.done.jsonl").stat().st_mtime_ns == done
+    assert open_run(out).settings["selection"]["budget"] == 6
+    wider = run_select(settings.updated(budget=9), out, pool=demo_pool[:32])  # re-selection from the stored block
+    assert len(wider.indices) == 9 and wider.manifest["reselected"]["changed"] == {"selection.budget": {"stored": 6, "now": 9}}
+    assert (out / "q1.done.jsonl").stat().st_mtime_ns == done

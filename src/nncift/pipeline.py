@@ -62,7 +62,7 @@ from .run_files import (
 )
 from .run_report import build_manifest, describe_training, selection_info
 from .selection import ObjectiveSpec, Selection, choose_subset
-from .settings import NetworkSettings, SamplingSettings, SelectSettings
+from .settings import NetworkSettings, SamplingSettings, SelectionSettings, SelectSettings, nest_flat_settings
 from .store import RUNTIME_KEYS, RunStore, plan_blocks
 from .training import train_network, train_network_pointwise
 
@@ -148,7 +148,7 @@ def finished_selection(store: RunStore, pool: Sequence[Record], settings: Select
         return None
     manifest = store.read_json("manifest.json")
     now = settings_dict(settings)
-    if any(manifest["settings"].get(key) != now.get(key) for key in RESELECT_KEYS - RUNTIME_KEYS):
+    if any(nest_flat_settings(manifest["settings"]).get(key) != now.get(key) for key in RESELECT_KEYS - RUNTIME_KEYS):
         return None
     rows = [json.loads(line) for line in jsonl_lines(selected_path.read_text(encoding="utf-8")) if line.strip()]
     indices = np.array([row["index"] for row in rows], dtype=np.int64)
@@ -237,7 +237,7 @@ def run_full_select(
         scaled = (values - low) / (high - low)
         with ledger.stage("selection"):
             if function_class.pairwise:
-                chosen = choose_subset(np.where(np.isfinite(scaled), scaled, 0.0), objective_spec(objective, layout, settings, function_class, spec))
+                chosen = choose_subset(np.where(np.isfinite(scaled), scaled, 0.0), objective_spec(objective, layout, settings.selection, function_class, spec))
             else:
                 chosen = selection_module.top_k(np.where(np.isfinite(scaled[0]), scaled[0], -1.0), settings.selection.budget)  # failures last
         extra = {"label_scaling": {"low": low, "high": high, "source": "fixed range" if function_class.label_range else "min-max of the full matrix"},
@@ -296,7 +296,8 @@ def _start_run(settings: SelectSettings, out: str | Path, pool: Iterable[Any] | 
     check_options(function_class.Settings, spec.options)
     selection_module.budget_to_count(settings.selection.budget, len(pool))  # a count above the pool size
     store = RunStore(out, {**settings_dict(settings), **store_extra, "influence_options": options,
-                           "matrix_rows": matrix_rows(objective, bool(targets))}, rerun_keys=RESELECT_KEYS)
+                           "matrix_rows": matrix_rows(objective, bool(targets))}, rerun_keys=RESELECT_KEYS,
+                     upgrade=nest_flat_settings)
     try:
         store.check_records(records_digest(pool, targets))  # first: a finished run of other records is never read back
         finished = finished_selection(store, pool, settings, progress=not settings.quiet)
@@ -349,7 +350,7 @@ def _select_pairwise(run: _Run, settings: SelectSettings, executor: Executor, rn
     with ledger.stage("selection"):  # on a cluster, or when it would not fit: from disk, same result
         in_memory = executor.name == "local" and selection_module.fits_in_memory((len(layout.rows), len(pool)))
         chosen = choose_subset(np.load(predicted, mmap_mode="r") if in_memory else predicted,
-                               objective_spec(objective, layout, settings, function_class, spec), workdir=store.folder)
+                               objective_spec(objective, layout, settings.selection, function_class, spec), workdir=store.folder)
     extra = {"label_scaling": {"low": low, "high": high, "source": "fixed range" if function_class.label_range else "min-max of Q1"},
              "sampled_rows": len(layout.seen_rows), "sampled_cols": len(layout.seen_cols), "sampling_blocks": design,
              "labelled_pairs": int(layout.labelled().sum()),
@@ -384,16 +385,17 @@ def _trained_network(store: RunStore, network_settings_: NetworkSettings, progre
     return network, report
 
 
-def objective_spec(objective: str, layout: Layout, settings: SelectSettings, function_class: type[InfluenceFunction],
+def objective_spec(objective: str, layout: Layout, selection: SelectionSettings, function_class: type[InfluenceFunction],
                    spec: InfluenceSpec) -> ObjectiveSpec:
-    """The run's selection objective on its matrix layout (top-k with the influence function's aggregation)."""
+    """The run's selection objective (``objective``: :func:`resolve_objective` of the selection stage) on its matrix layout,
+    with the stage's budget, η and ν (top-k with the influence function's aggregation)."""
     scores = None
     if (objective == "topk" and issubclass(function_class, PairwiseInfluence)
             and function_class.candidate_scores is not PairwiseInfluence.candidate_scores):  # else the mean over rows
         function = function_class.from_options(spec.options, progress=False)
         assert isinstance(function, PairwiseInfluence)
         scores = lambda matrix: function.candidate_scores(matrix, layout.rows)  # noqa: E731
-    return ObjectiveSpec(objective, settings.selection.budget, n_pool_rows=layout.n_pool_rows, eta=settings.selection.eta, nu=settings.selection.nu,
+    return ObjectiveSpec(objective, selection.budget, n_pool_rows=layout.n_pool_rows, eta=selection.eta, nu=selection.nu,
                          candidate_scores=scores)
 
 

@@ -117,8 +117,10 @@ class RunView:
 
     @property
     def settings(self) -> dict[str, Any]:
-        """The run's settings as recorded in its manifest."""
-        return self.manifest["settings"]
+        """The run's settings as recorded in its manifest (stage by stage: ``settings["selection"]["budget"]``)."""
+        from .settings import nest_flat_settings
+
+        return nest_flat_settings(self.manifest["settings"])
 
     @property
     def pairwise(self) -> bool:

@@ -56,16 +56,14 @@ class ObjectiveState:
     @classmethod
     def of(cls, name: str, matrix: np.ndarray, n_pool_rows: int, picks: np.ndarray, *, eta: float = 1.0, nu: float = 1.0) -> "ObjectiveState":
         """The state of objective ``name`` on a run's selection ``matrix`` (rows × pool) with ``picks`` chosen."""
-        n_data = matrix.shape[0] if name == "fl" else n_pool_rows
-        best_target = np.zeros(n_data)
-        if name in ("flmi", "flcg"):
-            targets = np.maximum(np.asarray(matrix[n_pool_rows:, :n_pool_rows], dtype=np.float64), 0.0)
-            best_target = targets.max(axis=0) if targets.shape[0] else np.zeros(n_pool_rows)
-        cap = eta * best_target if name == "flmi" else None
-        start = nu * best_target if name == "flcg" else np.zeros(n_data)
+        from .selection import ObjectiveSpec, objective_terms
+
+        data, cap, initial = objective_terms(matrix, ObjectiveSpec(name, 1, n_pool_rows=n_pool_rows, eta=eta, nu=nu))
+        n_data = data.shape[0]
+        start = initial if initial is not None else np.zeros(n_data)
         coverage = start.copy()
         if len(picks):
-            chosen = np.maximum(np.asarray(matrix[:n_data][:, np.asarray(picks)], dtype=np.float64), 0.0)
+            chosen = np.asarray(data[:, np.asarray(picks)], dtype=np.float64)
             if cap is not None:
                 chosen = np.minimum(chosen, cap[:, None])
             coverage = np.maximum(coverage, chosen.max(axis=1))

@@ -192,6 +192,23 @@ SHORT_FLAGS = frozenset({"fraction", "budget", "objective", "architecture", "exe
 """Aliases that also stand in ``--help`` as a short form of their dotted flag; the others are accepted but not listed."""
 
 
+def nest_flat_settings(stored: dict[str, Any]) -> dict[str, Any]:
+    """Run settings recorded by versions before the stages (flat: ``budget``, ``fraction``, ``executor: "local"``, …)
+    in today's nested form, so that their run folders resume, re-select and open as before; nested settings come back unchanged."""
+    if isinstance(stored.get("selection"), dict) or "budget" not in stored:
+        return stored
+    nested: dict[str, Any] = {}
+    for key, value in stored.items():
+        stage, _, name = ALIASES.get(key, "").partition(".")
+        if name:
+            nested.setdefault(stage, {})[name] = value
+        else:
+            nested[key] = value
+    if "seed" in stored and isinstance(nested.get("network"), dict):
+        nested["network"]["seed"] = stored["seed"]
+    return nested
+
+
 def _dotted(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """{"selection": {"budget": 5}} → {"selection.budget": 5} (one level of stages)."""
     out: dict[str, Any] = {}

@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -288,11 +288,13 @@ class RunStore:
     """
 
     def __init__(self, folder: str | Path, settings: dict[str, Any], *, exclusive: bool = True,
-                 rerun_keys: frozenset[str] = frozenset()):
+                 rerun_keys: frozenset[str] = frozenset(), upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None):
         self.folder = make_run_folder(folder)
         self.settings = settings
         self.rerun_keys = rerun_keys
         """Settings that may differ from the stored ones: the results they affect are recomputed (re-selection)."""
+        self.upgrade = upgrade
+        """Reads settings stored by an older version in today's form (None: as stored)."""
         self.changed: dict[str, Any] = {}
         """The ``rerun_keys`` that differ from the folder's stored settings: ``{key: {"stored", "now"}}``."""
         self._lock = acquire_lock(self.folder) if exclusive else None
@@ -318,6 +320,7 @@ class RunStore:
         path = self.folder / "settings.json"
         if path.exists():
             stored = json.loads(path.read_text(encoding="utf-8"))
+            stored = self.upgrade(stored) if self.upgrade else stored
             differing = [key for key in sorted(set(stored) | set(self.settings))
                          if key not in RUNTIME_KEYS and stored.get(key) != self.settings.get(key)]
             refused = [f"{path}: stored {old!r}, now {new!r}" for key in differing if key not in self.rerun_keys

@@ -18,7 +18,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from . import selection
-from .selection import ObjectiveSpec, choose_subset, split_matrix
+from .selection import ObjectiveSpec, choose_subset
 
 __all__ = ["ObjectiveSpec", "choose_subset", "objective_on", "f_gain", "spearman", "cold_mask"]
 
@@ -26,13 +26,8 @@ def objective_on(matrix: np.ndarray, indices: np.ndarray, spec: ObjectiveSpec) -
     """The objective of the subset ``indices`` evaluated on ``matrix``."""
     if spec.name == "topk":
         return float(spec.scores(matrix)[np.asarray(indices, dtype=np.int64)].sum())
-    data, others = split_matrix(matrix, spec)
-    if spec.name == "fl" or others is None:
-        return selection.objective_value(data, indices)
-    row_max = others.max(axis=1).astype(np.float64) if others.shape[1] else np.zeros(data.shape[0])
-    if spec.name == "flmi":
-        return selection.objective_value(data, indices, cap=spec.eta * row_max)
-    return selection.objective_value(data, indices, initial=spec.nu * row_max)
+    data, cap, initial = selection.objective_terms(matrix, spec)
+    return selection.objective_value(data, indices, cap=cap, initial=initial)
 
 
 def f_gain(true: np.ndarray, predicted: np.ndarray, spec: ObjectiveSpec, *, n_random: int = 20, seed: int = 0,

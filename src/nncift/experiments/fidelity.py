@@ -41,7 +41,7 @@ from ..layout import block_self_columns, self_columns
 from ..ledger import CostLedger
 from ..network import predict_pairwise, predict_pointwise
 from ..pipeline import influence_spec, label_scaling, load_inputs, sample_indices
-from ..settings import NetworkSettings
+from ..settings import NetworkSettings, nest_flat_settings
 from ..store import RunStore, plan_blocks
 from ..subset_quality import ObjectiveSpec, choose_subset, cold_mask, f_gain, spearman
 from ..training import train_network, train_network_pointwise
@@ -234,7 +234,7 @@ def _network_list(settings: FidelitySettings) -> list[NetworkSettings]:
 
 def _run_fidelity(settings: FidelitySettings, out: str | Path, pool: list[Record], options: dict[str, Any], executor: Executor) -> FidelityResult:
     pool = pool[: settings.limit or None]
-    store = RunStore(out, {**settings_dict(settings), "influence_options": options, "command": "fidelity"})
+    store = RunStore(out, {**settings_dict(settings), "influence_options": options, "command": "fidelity"}, upgrade=nest_flat_settings)
     function_class = influence_class(settings.influence)
     spec = influence_spec(settings, options)
     ledger = CostLedger()

@@ -103,8 +103,8 @@ class Sweep:
             predicted, report = self._predict(seed, u, layout, labels, row_embeddings, col_embeddings)
             info["networks"][f"u{u:g}"] = {k: report.get(k) for k in ("architecture", "chosen", "n_labelled", "seconds")}
             for v in s.v:
-                run = s.updated(budget=v, seed=seed)
-                chosen = choose_subset(predicted, objective_spec(self.objective, layout, run, self.function_class, self.spec))
+                selection = dataclasses.replace(s.selection, budget=v)
+                chosen = choose_subset(predicted, objective_spec(self.objective, layout, selection, self.function_class, self.spec))
                 _write_json(self.store.path(f"subsets/{names[u, v]}.json"), {
                     "u": u, "v": v, "seed": seed, "indices": [int(i) for i in chosen.indices], "objective": float(chosen.objective),
                     "labelled_block": [len(layout.seen_rows), len(layout.seen_cols)], "label_scaling": [low, high]})

@@ -69,7 +69,6 @@ from .greedy import (
     fl_conditional_gain,
     fl_mutual_information,
     objective_value,
-    select,
     top_k,
 )
 from .out_of_core import column_means, fits_in_memory, select_from_npy
@@ -77,7 +76,7 @@ from .out_of_core import column_means, fits_in_memory, select_from_npy
 __all__ = [
     "OBJECTIVES", "CandidateScores", "ObjectiveSpec", "Selection", "budget_to_count", "choose_subset", "column_means",
     "extend_greedy", "facility_location", "fill_exhausted", "fits_in_memory", "fl_conditional_gain",
-    "fl_mutual_information", "objective_value", "select", "select_from_npy", "split_matrix", "top_k",
+    "fl_mutual_information", "objective_terms", "objective_value", "select_from_npy", "split_matrix", "top_k",
 ]
 
 
@@ -113,6 +112,17 @@ def split_matrix(matrix: np.ndarray, spec: ObjectiveSpec) -> tuple[np.ndarray, n
     if spec.name == "fl":
         return similarity, None
     return similarity[: spec.n_pool_rows], np.ascontiguousarray(similarity[spec.n_pool_rows :].T)
+
+
+def objective_terms(matrix: np.ndarray, spec: ObjectiveSpec) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """(data similarity, cap, initial coverage) of a facility-location objective on a layout's matrix, as
+    :func:`objective_value` and :func:`extend_greedy` take them: FL has neither; FLMI caps each data row
+    at ``eta * max_q max(s_iq, 0)`` over the target rows; FLCG starts it at ``nu * max_p max(s_ip, 0)``."""
+    data, others = split_matrix(matrix, spec)
+    if spec.name == "fl" or others is None:
+        return data, None, None
+    row_max = others.max(axis=1).astype(np.float64) if others.shape[1] else np.zeros(data.shape[0])
+    return (data, spec.eta * row_max, None) if spec.name == "flmi" else (data, None, spec.nu * row_max)
 
 
 def choose_subset(matrix: np.ndarray | str | Path, spec: ObjectiveSpec, *, workdir: str | Path | None = None) -> Selection:

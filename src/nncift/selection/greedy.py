@@ -23,7 +23,6 @@ __all__ = [
     "top_k",
     "objective_value",
     "fill_exhausted",
-    "select",
     "extend_greedy",
     "OBJECTIVES",
 ]
@@ -316,31 +315,3 @@ def objective_value(similarity: np.ndarray, indices: Any, *, cap: np.ndarray | N
     if np.any(start < 0):
         raise ValueError("initial coverage must be >= 0")
     return float(np.maximum(best - start, 0.0).sum())
-
-
-def select(name: str, budget: float | int, *, similarity: np.ndarray | None = None,
-           query_similarity: np.ndarray | None = None, private_similarity: np.ndarray | None = None,
-           scores: np.ndarray | None = None, eta: float = 1.0, nu: float = 1.0, lazy: bool = True) -> Selection:
-    """Run the selection called ``name``.
-
-    - ``"fl"``: :func:`facility_location` on ``similarity`` ``(n_rows, n_candidates)``.
-    - ``"flmi"``: :func:`fl_mutual_information` on ``similarity`` and ``query_similarity`` ``(n_rows, n_queries)``.
-    - ``"flcg"``: :func:`fl_conditional_gain` on ``similarity`` and ``private_similarity`` ``(n_rows, n_private)``.
-    - ``"topk"``: :func:`top_k` on ``scores`` ``(n_candidates,)``.
-    """
-    def need(value: Any, arg: str) -> Any:
-        if value is None:
-            raise ValueError(f"selection '{name}' needs {arg}=")
-        return value
-
-    if name == "fl":
-        return facility_location(need(similarity, "similarity"), budget, lazy=lazy)
-    if name == "flmi":
-        return fl_mutual_information(need(similarity, "similarity"), need(query_similarity, "query_similarity"),
-                                     budget, eta=eta, lazy=lazy)
-    if name == "flcg":
-        return fl_conditional_gain(need(similarity, "similarity"), need(private_similarity, "private_similarity"),
-                                   budget, nu=nu, lazy=lazy)
-    if name == "topk":
-        return top_k(need(scores, "scores"), budget)
-    raise ValueError(f"unknown selection '{name}'; choose from: {', '.join(OBJECTIVES)}")
