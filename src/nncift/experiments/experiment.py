@@ -39,7 +39,7 @@ from ..evaluate import EvaluateSettings
 from ..evaluation import run_evaluate
 from ..finetune import FinetuneSettings, finetune
 from ..influence import REGISTRY, influence_class
-from ..settings import SelectSettings
+from ..settings import SelectSettings, nest_flat_settings
 from ..store import RunStore, json_default
 from .experiment_data import ExperimentSettings, Splits, build_splits, composition
 
@@ -83,6 +83,12 @@ def config_from_dict(values: dict[str, Any]) -> ExperimentConfig:
     return ExperimentConfig(experiment, influence_options=sections["influence_options"], **built)
 
 
+def _nest_select(stored: dict[str, Any]) -> dict[str, Any]:
+    """An experiment folder's stored settings with a ``select`` section of the flat-settings version in today's nesting."""
+    select = stored.get("select")
+    return {**stored, "select": nest_flat_settings(select)} if isinstance(select, dict) else stored
+
+
 def load_experiment_config(path: str | Path) -> ExperimentConfig:
     """Read an experiment config file (see the module docstring)."""
     return config_from_dict(load_yaml(path))
@@ -120,7 +126,8 @@ class Experiment:
                       and not (k == "evaluate" and _ADDED_EVALUATE_FIELDS.get(n, object()) == v)} for k in SECTIONS}
         # several processes may work on one experiment (each selection and arm has its own lock), so the
         # experiment folder itself is not held exclusively; each selection's run folder is
-        self.store = RunStore(self.folder, {"data": defining, **stages}, exclusive=False)
+        stages["select"]["network"] = {n: v for n, v in stages["select"]["network"].items() if n != "seed"}  # the run's seed, per arm
+        self.store = RunStore(self.folder, {"data": defining, **stages}, exclusive=False, upgrade=_nest_select)
         self.splits: Splits = build_splits(self.settings)
         self.splits.write(self.folder / "data")
         from ..selection import budget_to_count  # numba: not needed to build the command line
