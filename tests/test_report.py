@@ -139,3 +139,13 @@ def test_flat_metric_carries_no_information_and_cost_excludes_cold_stages() -> N
     assert any("no verdict on exact match" in s for s in sentences)
     # influence + network + prediction only: 0.4 + 0.3 + 0.1 for NN-CIFT vs 12.0 (embeddings and selection left out)
     assert any("0.8 s for NN-CIFT vs 12.0 s for the original" in s for s in sentences)
+
+
+def test_the_sizes_sentence_reads_results_of_either_settings_layout() -> None:
+    from nncift.experiments.report import sizes_sentence
+
+    flat = _results()
+    nested = _results()
+    nested["config"]["select"] = {"selection": {"budget": 0.3}, "sampling": {"fraction": 0.05}}
+    sentence = sizes_sentence(nested)
+    assert sentence == sizes_sentence(flat) and "(budget 0.3)" in sentence and "u = 0.05" in sentence
