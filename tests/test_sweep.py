@@ -109,6 +109,7 @@ def test_sweep_cli_runs_and_rejects_bad_values(sweep_files, tiny_lm_dir: Path, t
     for extra, message in ((["--u", "1.5"], "--u: each u must be in (0, 1], got 1.5"),
                            (["--v", "0"], "--v: "),
                            (["--fraction", "0.1"], "--fraction: the sweep takes --u, --v and --seeds instead"),
+                           (["--selection.budget", "3"], "--selection.budget: the sweep takes --u, --v and --seeds instead"),
                            (["--k", "0"], "--k: expected at least 1, got 0"),
                            (["--influence", "selectit"], "needs a pairwise influence function")):
         assert main([*base, "--out", str(tmp_path / "bad"), *extra]) == 2

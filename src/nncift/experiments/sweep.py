@@ -36,9 +36,9 @@ def _cmd_sweep(args: Any) -> int:
     from ..cli import split_settings
     from .sweep_report import grid_table
 
-    for flag in ("fraction", "budget", "seed"):
-        if getattr(args, flag, None) is not None:
-            raise ValueError(f"--{flag}: the sweep takes --u, --v and --seeds instead")
+    for dest in ("fraction", "sampling.fraction", "budget", "selection.budget", "seed"):
+        if vars(args).get(dest) is not None:
+            raise ValueError(f"--{dest.replace('_', '-')}: the sweep takes --u, --v and --seeds instead")
     settings, options = split_settings(args, SweepSettings)
     results = run_sweep(settings, args.out, influence_options=options)
     print(grid_table(results["rows"], "exact_match"))
