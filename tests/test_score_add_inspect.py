@@ -270,3 +270,14 @@ def test_run_select_takes_dicts_and_a_datasets_dataset(tmp_path: Path, files) ->
     assert json.loads((tmp_path / "dicts" / "subset.jsonl").read_text().splitlines()[0]) == rows[from_dicts.indices[0]]
     with pytest.raises(ValueError, match="<pool>:2: field 'instruction'"):
         run_select(_settings(), tmp_path / "bad", pool=[rows[0], {"instruction": 5, "output": "y"}])
+
+
+def test_top_targets_keep_the_sort_order_and_its_tie_rule() -> None:
+    """The top rows per column come from a partition, not a full sort: they equal the stable argsort, ties at the k-th value included."""
+    from nncift.scoring import _top_rows
+
+    rng = np.random.default_rng(4)
+    for shape, k in (((7, 5), 3), ((60, 40), 5), ((3, 9), 5), ((20, 30), 1)):
+        block = rng.integers(0, 4, size=shape).astype(np.float32)  # few distinct values: many ties
+        assert _top_rows(block, k).tolist() == np.argsort(-block, axis=0, kind="stable")[: min(k, shape[0])].tolist()
+    assert _top_rows(np.zeros((0, 3), np.float32), 5).shape == (0, 3)

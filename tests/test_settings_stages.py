@@ -90,7 +90,6 @@ def test_flags_are_grouped_by_stage_with_short_forms() -> None:
 def _flat(settings: dict) -> dict:
     """Settings as versions before the stages recorded them (``budget``, ``sampling_blocks``, ``executor: "local"`` at the top)."""
     back = {dotted: flat for flat, dotted in ALIASES.items()}
-    back["executor.name"], back["sampling.blocks"], back["executor.address"] = "executor", "sampling_blocks", "ray_address"
     flat = {key: value for key, value in settings.items() if not isinstance(value, dict) or key == "influence_options"}
     for stage in ("sampling", "network", "selection", "executor"):
         flat.update({back[f"{stage}.{name}"]: value for name, value in settings[stage].items() if f"{stage}.{name}" in back})

@@ -63,7 +63,7 @@ from .run_files import (
 from .run_report import build_manifest, describe_training, selection_info
 from .selection import ObjectiveSpec, Selection, choose_subset
 from .settings import NetworkSettings, SamplingSettings, SelectionSettings, SelectSettings, nest_flat_settings
-from .store import RUNTIME_KEYS, RunStore, plan_blocks
+from .store import RunStore, plan_blocks
 from .training import train_network, train_network_pointwise
 
 
@@ -148,7 +148,7 @@ def finished_selection(store: RunStore, pool: Sequence[Record], settings: Select
         return None
     manifest = store.read_json("manifest.json")
     now = settings_dict(settings)
-    if any(nest_flat_settings(manifest["settings"]).get(key) != now.get(key) for key in RESELECT_KEYS - RUNTIME_KEYS):
+    if any(nest_flat_settings(manifest["settings"]).get(key) != now.get(key) for key in RESELECT_KEYS):
         return None
     rows = [json.loads(line) for line in jsonl_lines(selected_path.read_text(encoding="utf-8")) if line.strip()]
     indices = np.array([row["index"] for row in rows], dtype=np.int64)

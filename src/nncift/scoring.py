@@ -193,8 +193,12 @@ def _top_rows(block: np.ndarray, k: int) -> np.ndarray:
     k = min(k, block.shape[0])
     if k == 0:
         return np.zeros((0, block.shape[1]), dtype=np.int64)
-    order = np.argsort(-block, axis=0, kind="stable")
-    return order[:k]
+    kth = -np.partition(-block, k - 1, axis=0)[k - 1]  # the k-th largest value of each column: O(rows) per column, no full sort
+    rows, cols = np.nonzero((block >= kth).T)[::-1]  # the candidates (ties at the k-th value included), column by column
+    order = np.lexsort((rows, -block[rows, cols], cols))  # by column, then value (largest first), then row (lower first)
+    rows, cols = rows[order], cols[order]
+    first = np.searchsorted(cols, np.arange(block.shape[1]))
+    return rows[first[None, :] + np.arange(k)[:, None]]
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -123,6 +123,19 @@ class ExecutorSettings(Stage):
     """GPUs per Ray worker."""
 
 
+ALIASES: dict[str, str] = {
+    **{name: f"{stage}.{name}" for stage, klass in (("sampling", SamplingSettings), ("network", NetworkSettings),
+                                                     ("selection", SelectionSettings), ("executor", ExecutorSettings))
+       for name in (f.name for f in dataclasses.fields(klass)) if name not in ("blocks", "name", "address", "seed")},
+    "sampling_blocks": "sampling.blocks", "executor": "executor.name", "ray_address": "executor.address",
+}
+"""Flat names (of earlier versions, and short flags such as ``--budget``) → the dotted name of a stage's field."""
+
+SHORT_FLAGS = frozenset({"fraction", "budget", "objective", "architecture", "executor", "workers", "block_size"})
+"""Aliases that also stand in ``--help`` as a short form of their dotted flag; the others are accepted but not listed."""
+
+
+
 @dataclass(frozen=True)
 class SelectSettings:
     """Settings of one NN-CIFT selection run (``nncift select``): the run's own fields and one object per stage.
@@ -161,6 +174,10 @@ class SelectSettings:
     executor: ExecutorSettings = field(default_factory=ExecutorSettings)
     """Where influence blocks run."""
 
+    ALIASES: ClassVar[dict[str, str]] = ALIASES
+    """Flat names accepted for stage fields (read by :func:`nncift.config.build_settings` and :func:`nncift.config.add_arguments`)."""
+    SHORT_FLAGS: ClassVar[frozenset[str]] = SHORT_FLAGS
+    """Aliases listed in ``--help``."""
     HIDDEN: ClassVar[frozenset[str]] = frozenset({"network.seed"})
     """Stage fields that are not settings of their own in a run (the network's seed is the run's)."""
 
@@ -178,18 +195,6 @@ class SelectSettings:
     def updated(self, **changes: Any) -> Any:
         """A copy with ``changes`` applied; names as in :meth:`build`."""
         return build_settings(type(self), {**_dotted(settings_dict(self)), **changes}, replace=True)
-
-
-ALIASES: dict[str, str] = {
-    **{name: f"{stage}.{name}" for stage, klass in (("sampling", SamplingSettings), ("network", NetworkSettings),
-                                                     ("selection", SelectionSettings), ("executor", ExecutorSettings))
-       for name in (f.name for f in dataclasses.fields(klass)) if name not in ("blocks", "name", "address", "seed")},
-    "sampling_blocks": "sampling.blocks", "executor": "executor.name", "ray_address": "executor.address",
-}
-"""Flat names (of earlier versions, and short flags such as ``--budget``) → the dotted name of a stage's field."""
-
-SHORT_FLAGS = frozenset({"fraction", "budget", "objective", "architecture", "executor", "workers", "block_size"})
-"""Aliases that also stand in ``--help`` as a short form of their dotted flag; the others are accepted but not listed."""
 
 
 def nest_flat_settings(stored: dict[str, Any]) -> dict[str, Any]:
@@ -219,6 +224,3 @@ def _dotted(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
             out[prefix + key] = value
     return out
 
-
-SelectSettings.ALIASES = ALIASES  # type: ignore[attr-defined]  # read by build_settings and add_arguments
-SelectSettings.SHORT_FLAGS = SHORT_FLAGS  # type: ignore[attr-defined]
