@@ -228,6 +228,9 @@ def test_score_and_add_refuse_bad_input_with_one_line(tmp_path: Path, files, cap
     assert "only --selection.budget (--budget) and --quiet apply (got --fraction)" in capsys.readouterr().err
     assert main(["select", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "g")]) == 2
     assert "--run and --add go together" in capsys.readouterr().err
+    assert main(["select", "--run", str(tmp_path / "run"), "--add", str(files["new"]), "--budget", "5", "--selection.budget", "6",
+                 "--out", str(tmp_path / "g")]) == 2
+    assert "selection.budget is given twice (--budget and --selection.budget)" in capsys.readouterr().err
     assert main(["select", "--run", str(tmp_path / "run"), "--add", str(files["new"]), "--out", str(tmp_path / "g"), "--quiet"]) == 0
     assert "kept the run's 12 picks and added 4" in capsys.readouterr().out
 

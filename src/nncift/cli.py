@@ -137,9 +137,8 @@ def _cmd_add(args: argparse.Namespace) -> int:
                    if v is not None and k not in ("run", "add", "out", "budget", "selection.budget", "quiet", "command", "handler") and v is not False)
     if given:
         raise ValueError(f"with --run, the run's own settings are used: only --selection.budget (--budget) and --quiet apply (got {', '.join(given)})")
-    if args.budget is not None and vars(args)["selection.budget"] is not None:
-        raise ValueError("selection.budget is given twice (--budget and --selection.budget): give one")
-    budget = args.budget if args.budget is not None else vars(args)["selection.budget"]
+    budgets = {dest: vars(args)[dest] for dest in ("budget", "selection.budget") if vars(args)[dest] is not None}
+    budget = resolve_names(SelectSettings, budgets, {dest: "--" + dest for dest in budgets})[0].get("selection.budget")  # given twice: refused
     new, reports = read_many(args.add)
     if not new:
         raise ValueError(f"no records to add in {', '.join(args.add)} (see the skip counts)")
