@@ -18,13 +18,28 @@ Matrices (rows = records to represent, then the targets; columns = the pool):
   on a pool of 30 records from each of 10 P3 families (300) and 60 targets from held-out templates
   of ag_news and rotten_tomatoes (two subtasks): 60 × 300 (rows = the targets only; LESS selects by top-k).
 
+Matrices at a size where a network can learn (the network issue; hours of CPU, run in the background):
+
+- ``less-p3-2k``: LESS as ``less-p3`` (max_length 192) on a pool of 2,016 records, 126 from each of
+  16 P3 families (63 from each of two templates), and 120 targets, 30 from a held-out template of
+  each of 4 subtasks (ag_news, rotten_tomatoes, sciq, glue_mrpc): 120 × 2,016.
+- ``delift-se-p3-5k``: DELIFT-SE on a pool of 5,100 P3 records (17 families × 300, spread over their
+  templates) plus the same 120 held-out targets: 5,220 × 5,100 (FLMI layout).
+- ``delift-p3-large``: DELIFT (bundled SmolLM2, max_length 128) on a pool of ``NNCIFT_DELIFT_POOL``
+  records (default 2,016, as ``less-p3-2k``'s pool) and ``NNCIFT_DELIFT_TARGETS`` targets (default
+  200, 50 from each of the 4 held-out templates): rows = the targets only. Meant for a GPU
+  (``NNCIFT_DEVICE=cuda``); on a CPU set smaller sizes (e.g. 240 and 40).
+
 Run: ``OMP_NUM_THREADS=1 .venv/bin/python bench/matrices.py delift-p3`` (prints where it is kept).
+Matrices are kept under ``bench/out/matrices`` or ``$NNCIFT_BENCH_OUT`` (a folder outside the work
+tree survives a fresh checkout on the same machine).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -34,7 +49,7 @@ from typing import Any
 import numpy as np
 from less_data import SHARED_DATA, read_p3  # bench/ is on sys.path when a script runs
 
-OUT = Path(__file__).resolve().parent / "out" / "matrices"
+OUT = Path(os.environ["NNCIFT_BENCH_OUT"]) if os.environ.get("NNCIFT_BENCH_OUT") else Path(__file__).resolve().parent / "out" / "matrices"
 
 P3_POOL_FAMILIES = {  # family -> template file stem used for the pool
     "ag_news": "ag_news_classify",
@@ -50,10 +65,29 @@ P3_POOL_FAMILIES = {  # family -> template file stem used for the pool
     "wiki_qa": "wiki_qa_Is_This_True_",
     "gigaword": "gigaword_make_a_title",
 }
-HELD_OUT_TEMPLATES = {"ag_news": "ag_news_classify_question_first", "rotten_tomatoes": "rotten_tomatoes_Movie_Expressed_Sentiment"}
+HELD_OUT_TEMPLATES = {"ag_news": "ag_news_classify_question_first", "rotten_tomatoes": "rotten_tomatoes_Movie_Expressed_Sentiment",
+                      "sciq": "sciq_Multiple_Choice_Question_First", "glue_mrpc": "glue_mrpc_same_thing"}
+LARGE_POOL_TEMPLATES = {  # family -> two pool templates (never a held-out target template)
+    "ag_news": ("ag_news_classify", "ag_news_which_section"),
+    "amazon_polarity": ("amazon_polarity_Is_this_review", "amazon_polarity_user_satisfied"),
+    "common_gen": ("common_gen_Put_together", "common_gen_Given_concepts_type_1"),
+    "cosmos_qa": ("cosmos_qa_context_question_description_answer_text", "cosmos_qa_only_question_answer"),
+    "glue_mrpc": ("glue_mrpc_paraphrase", "glue_mrpc_equivalent"),
+    "imdb": ("imdb_Movie_Expressed_Sentiment", "imdb_Reviewer_Enjoyment"),
+    "quartz": ("quartz_answer_question_below", "quartz_given_the_fact_answer_the_q"),
+    "rotten_tomatoes": ("rotten_tomatoes_Reviewer_Enjoyment", "rotten_tomatoes_Text_Expressed_Sentiment"),
+    "sciq": ("sciq_Direct_Question_Closed_Book_", "sciq_Multiple_Choice"),
+    "social_i_qa": ("social_i_qa_Generate_answer", "social_i_qa_I_was_wondering"),
+    "wiki_qa": ("wiki_qa_Is_This_True_", "wiki_qa_Decide_good_answer"),
+    "gigaword": ("gigaword_make_a_title", "gigaword_TLDR"),
+    "yelp_review_full": ("yelp_review_full_format_rating", "yelp_review_full_so_i_would"),
+    "paws": ("paws_labeled_final_Meaning", "paws_labeled_final_Rewrite"),
+    "qasc": ("qasc_qa_with_separated_facts_1", "qasc_is_correct_1"),
+    "samsum": ("samsum_Summarize_", "samsum_To_sum_up_this_dialog"),
+}
 
 
-NAMES = ("delift-se-alpaca", "delift-se-p3", "delift-p3", "less-p3", "delift-demo")
+NAMES = ("delift-se-alpaca", "delift-se-p3", "delift-p3", "less-p3", "delift-demo", "less-p3-2k", "delift-se-p3-5k", "delift-p3-large")
 
 
 @dataclass
@@ -86,6 +120,47 @@ def _p3_mix(families: list[str], per_family: int, targets: dict[str, int]) -> tu
     return pool, target_records, pool_families, target_families
 
 
+def _large_targets(per_subtask: int) -> tuple[list, list[str]]:
+    """``per_subtask`` records of each held-out template (from record 100 on, away from the pool's rows)."""
+    targets, families = [], []
+    for family, stem in HELD_OUT_TEMPLATES.items():
+        records = read_p3(stem, per_subtask, offset=100)
+        targets += records
+        families += [family] * len(records)
+    return targets, families
+
+
+def _large_pool(per_template: int, families: dict[str, tuple[str, ...]]) -> tuple[list, list[str]]:
+    pool, pool_families = [], []
+    for family, stems in families.items():
+        for stem in stems:
+            records = read_p3(stem, per_template)
+            pool += records
+            pool_families += [family] * len(records)
+    return pool, pool_families
+
+
+P3_FAMILIES = ("adversarial_qa", "ag_news", "amazon_polarity", "common_gen", "cosmos_qa", "gigaword", "glue_mrpc", "imdb",
+               "paws_labeled_final", "qasc", "quartz", "rotten_tomatoes", "samsum", "sciq", "social_i_qa", "wiki_qa",
+               "yelp_review_full")
+
+
+def _all_p3_families() -> dict[str, tuple[str, ...]]:
+    """Every P3 family (source data set) with its templates of at least 150 records with an output, held-out target templates left out."""
+    from nncift.data import read_records
+
+    folder = SHARED_DATA / "p3"
+    if not folder.is_dir():
+        sys.exit(f"real data not found at {folder}")
+    held = set(HELD_OUT_TEMPLATES.values())
+    out = {}
+    for family in P3_FAMILIES:
+        stems = sorted(p.stem for p in folder.glob(f"{family}_*.jsonl") if p.stem not in held and len(read_records(p)[0]) >= 150)
+        if stems:
+            out[family] = tuple(stems)
+    return out
+
+
 def spec_named(name: str) -> MatrixSpec:
     """The matrix called ``name`` with its records (read from ../shared/data)."""
     if name == "delift-se-alpaca":
@@ -114,6 +189,31 @@ def spec_named(name: str) -> MatrixSpec:
         options = {"compressor": "dropout-structured", "dim": 8192, "lora_r": 8, "lora_alpha": 32, "warmup_epochs": 2,
                    "max_length": 256, "warmup_learning_rate": 2e-4}
         return MatrixSpec(name, "less", options, pool, targets, pf, tf, block_size=60, pool_rows=False)
+    if name == "less-p3-2k":
+        pool, pf = _large_pool(63, LARGE_POOL_TEMPLATES)
+        targets, tf = _large_targets(30)
+        options = {"compressor": "dropout-structured", "dim": 8192, "lora_r": 8, "lora_alpha": 32, "warmup_epochs": 2,
+                   "max_length": 192, "warmup_learning_rate": 2e-4}
+        return MatrixSpec(name, "less", options, pool, targets, pf, tf, block_size=120, pool_rows=False)
+    if name == "delift-se-p3-5k":
+        pool, pf = [], []
+        for family, stems in _all_p3_families().items():  # 17 families × 300 records, at most 100 per template
+            per = min(100, -(-300 // len(stems)))
+            records = [r for stem in stems for r in read_p3(stem, per)][:300]
+            pool += records
+            pf += [family] * len(records)
+        targets, tf = _large_targets(30)
+        return MatrixSpec(name, "delift-se", {}, pool, targets, pf, tf, block_size=1024)
+    if name == "delift-p3-large":
+        n_pool, n_targets = int(os.environ.get("NNCIFT_DELIFT_POOL", 2016)), int(os.environ.get("NNCIFT_DELIFT_TARGETS", 200))
+        pool, pf = _large_pool(63, LARGE_POOL_TEMPLATES)
+        order = np.random.default_rng(0).permutation(len(pool))[:n_pool]
+        pool, pf = [pool[i] for i in sorted(order)], [pf[i] for i in sorted(order)]
+        targets, tf = _large_targets(-(-n_targets // len(HELD_OUT_TEMPLATES)))
+        options = {"max_length": 128, "token_budget": 8192 if os.environ.get("NNCIFT_DEVICE") == "cuda" else 2048,
+                   "device": os.environ.get("NNCIFT_DEVICE", "cpu"), "dtype": "bfloat16" if os.environ.get("NNCIFT_DEVICE") == "cuda" else "float32"}
+        name = f"{name}-{len(targets)}x{len(pool)}"
+        return MatrixSpec(name, "delift", options, pool, targets, pf, tf, block_size=40, pool_rows=False)
     raise SystemExit(f"unknown matrix {name!r}; choose {', '.join(NAMES)}")
 
 
@@ -140,9 +240,9 @@ def compute(name: str, *, progress: bool = True) -> Matrix:
     from nncift.store import RunStore, plan_blocks
 
     spec = spec_named(name)
-    folder = OUT / name
+    folder = OUT / spec.name
     options = {"model": BUNDLED_LM, "embedder": BUNDLED_EMBEDDER, "device": "cpu", "seed": 0, **spec.options}
-    store = RunStore(folder, {"matrix": name, "influence": spec.influence, "options": options})
+    store = RunStore(folder, {"matrix": spec.name, "influence": spec.influence, "options": options})
     store.check_records(records_digest(spec.pool, spec.targets))
     rows = (spec.pool if spec.pool_rows else []) + spec.targets
     matrix = store.matrix("full", np.arange(len(rows)), np.arange(len(spec.pool)))

@@ -12,3 +12,10 @@ SELECTIT_FORMS = ("paper", "reference")
 
 DTYPES = ("float32", "bfloat16", "float16")
 """Model weight dtypes."""
+
+NETWORK_LOSSES = ("mse", "row-centred")
+"""Training losses of the two-tower network (``nncift.fitting``): plain MSE, or MSE after removing each row's mean error."""
+
+SAMPLING_DESIGNS = ("auto", "block", "all-targets")
+"""Which pairs get the exact influence function (``nncift.layout``): the function's own choice, a u × u block (or g
+blocks), or every target × the sampled candidates."""

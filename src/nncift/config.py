@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import yaml
 
-from .choices import DTYPES
+from .choices import DTYPES, NETWORK_LOSSES, SAMPLING_DESIGNS
 
 
 @functools.cache
@@ -202,7 +202,7 @@ _RULES: dict[str, _Rule] = {
     "batch_size": _at_least(1), "block_size": _at_least(1), "device": _device, "name": _one_of("local", "ray"),
     "workers": _at_least(1), "worker_cpus": _at_least(0), "worker_gpus": _at_least(0),
     "fractions": _fraction, "seeds": _at_least(0), "architectures": _ARCHITECTURES, "limit": _at_least(0),
-    "dtype": _one_of(*DTYPES),
+    "dtype": _one_of(*DTYPES), "loss": _one_of(*NETWORK_LOSSES), "design": _one_of(*SAMPLING_DESIGNS), "labels": _at_least(0),
 }
 """Ranges and choices of settings fields by name, at any level of the run settings (per item of a list),
 and of the influence functions' options of the same name (``device``, ``dtype``)."""

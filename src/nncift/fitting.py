@@ -1,28 +1,26 @@
 """Training the InfluenceNetwork on the labelled block, validated the way it will be used.
 
-The network is judged on pairs it has never seen either side of (the bulk of the predicted matrix),
-so validation holds out whole **records**, never random pairs:
+The network predicts pairs it has never seen, so validation holds out what prediction will not have:
 
-1. The labelled records (rows and columns; a pool record that is both a row and a column is one
-   record) are split into ``folds`` seeded groups. For each fold, the network trains on the pairs
-   whose row and column are both outside the fold and is validated on the pairs whose row and
-   column are both inside it ("cold" pairs, as in the unlabelled part of the matrix).
-2. Training runs by optimisation steps (full batch: one step sees every training pair), AdamW, for
-   each learning rate × weight decay of a small grid; the validation MSE is recorded every
-   ``eval_every`` steps. The grid point and step count with the lowest validation MSE, averaged over
-   the folds, win (early stopping on held-out records).
-3. **The network must beat its no-learning fallback.** (At least 5 held-out records per fold and 3
-   folds, else the prior is shipped.) On the same cold validation pairs the
-   candidates — the calibrated prior (for pairs: the embeddings' cosine, least-squares fitted to the
-   labels; pointwise: the labels' mean), the trained network, and a half-way blend of the two — are
-   scored by a selection-aware criterion: the mean of Spearman's ρ and of f_gain (facility location
-   or top-k on the validation block, :mod:`nncift.subset_quality`). A candidate replaces the prior
-   only if it is better on every fold, and on average by more than one standard error of the
-   per-fold differences; the best such candidate is shipped, else the prior. Pointwise, the candidates are
-   scored on the pooled out-of-fold predictions of all records, and a learned one replaces the mean
-   only if its ρ exceeds 2/√(n − 1). With too few labelled records to validate (fewer than two per fold), the
-   prior is shipped and the report says why.
-4. The chosen network is retrained on every labelled pair with the chosen settings.
+1. **Folds by design.** In a u × u block (``held_out="records"``) the unlabelled pairs have neither
+   side labelled: the labelled records (a pool record that is both a row and a column is one record)
+   are split into ``folds`` seeded groups, and each fold is validated on the pairs whose row and column
+   are both inside it, after training on the pairs whose row and column are both outside. When every
+   row is labelled (all targets × sampled candidates, ``held_out="columns"``), folds hold out
+   candidates only and validate on every row × the fold's candidates.
+2. Training runs by optimisation steps (full batch), AdamW, for each learning rate × weight decay of a
+   small grid, on plain or row-centred MSE (``loss``); the validation error is recorded every
+   ``eval_every`` steps, and the grid point and step count with the lowest mean error win.
+3. **The network must beat its no-learning fallback.** The candidates — the calibrated prior (the
+   embeddings' cosine, least-squares fitted to the labels), the trained network, their half-way blend,
+   and each of those with **label anchors** (:mod:`nncift.anchors`: the labelled residuals carried to
+   nearby records) — are scored on the held-out pairs by a selection-aware criterion
+   (:mod:`nncift.validation`: per-row Spearman and f_gain of the run's own selection). A candidate
+   replaces the prior only if it is better on every fold, and on average by more than one standard
+   error of the per-fold differences. With fewer than 3 folds of 5 records (or candidates), the prior is
+   shipped and the report says why.
+4. The chosen predictor is retrained on every labelled pair with the chosen settings, and the report
+   says in words why it was shipped.
 
 Every choice and its validation numbers go into the :class:`FitReport` (the run's manifest). Same
 inputs and seed → the same network (one torch thread, seeded initialisation and folds).
@@ -40,14 +38,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .subset_quality import ObjectiveSpec, f_gain, spearman
+from .anchors import NEIGHBOURS, SHRINKS, TEMPERATURES, Anchors, anchor_correction
+from .tower_training import PairBlock, train_stacked
 from .towers import TwoTowerNetwork
+from .validation import MIN_FOLDS, choose_candidate, mean_criteria, selection_criterion
 
-__all__ = ["FitSettings", "FitReport", "fit_pairwise", "record_folds", "calibrate_prior", "selection_criterion", "one_torch_thread"]
-
-
-MIN_FOLDS = 3
-"""Fewest record folds with which a learned predictor may replace the prior (it must win on every one)."""
+__all__ = ["FitSettings", "FitReport", "fit_pairwise", "record_folds", "calibrate_prior", "one_torch_thread"]
 MIN_RECORDS_PER_FOLD = 5
 """Fewest held-out records per fold: with fewer, fewer folds are used (and below :data:`MIN_FOLDS`, the prior is shipped)."""
 
@@ -72,8 +68,12 @@ class FitSettings:
     """Record folds for validation (each record is held out once)."""
     fallback: bool = True
     """Ship the calibrated prior or a blend instead of the network when they validate better."""
+    force: str = "network"
+    """Without ``fallback``: the candidate shipped whatever validation says (benchmarks compare every candidate this way)."""
     validation_budget: float = 0.3
     """Subset share used by the selection-aware validation criterion."""
+    loss: str = "mse"
+    """Training loss: ``mse`` or ``row-centred`` (:data:`nncift.choices.NETWORK_LOSSES`)."""
     seed: int = 0
     """Seed of the folds, the initialisation and nothing else."""
 
@@ -97,6 +97,12 @@ class FitReport:
     """Per candidate: cold-validation Spearman, f_gain, MSE and the combined criterion."""
     prior: dict[str, float] = field(default_factory=dict)
     note: str = ""
+    """Why the shipped predictor was shipped, in words."""
+    loss: str = "mse"
+    held_out: str = "records"
+    """What validation held out: ``records`` (both sides) or ``columns`` (candidates; every row labelled)."""
+    anchors: dict[str, float] = field(default_factory=dict)
+    """The label anchors' kernel (τ, κ, neighbours) when the shipped predictor has them."""
 
     def as_dict(self) -> dict[str, Any]:
         def clean(value: Any) -> Any:
@@ -164,253 +170,226 @@ def calibrate_prior(cos: np.ndarray, labels: np.ndarray, mask: np.ndarray, self_
 # pairwise
 
 
-@dataclass
-class _PairData:
-    rows: torch.Tensor
-    cols: torch.Tensor
-    cos: np.ndarray
-    labels: np.ndarray  # standardised, NaN → 0
-    mask: np.ndarray  # labelled
-    self_cols: np.ndarray | None
-    self_mask: np.ndarray
-
-
-def _build_two_tower(data: _PairData, settings: FitSettings, mask: np.ndarray, seed: int) -> TwoTowerNetwork:
+def _build_two_tower(data: PairBlock, settings: FitSettings, mask: np.ndarray, seed: int) -> TwoTowerNetwork:
     alpha, beta, delta = calibrate_prior(data.cos, data.labels, mask, data.self_mask)
     network = TwoTowerNetwork(data.rows.shape[1], settings.hidden, settings.rank)
     network.initialise(torch.Generator().manual_seed(seed), alpha, beta, delta)
     return network
 
 
-def _batched_block(params: dict[str, torch.Tensor], rows: torch.Tensor, cols: torch.Tensor, cos: torch.Tensor,
-                   self_index: tuple[torch.Tensor, torch.Tensor] | None, rank: int) -> torch.Tensor:
-    """(B, R, C) standardised predictions of B stacked two-tower networks (as :meth:`TwoTowerNetwork.standardised_block`)."""
-    def tower(prefix: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = torch.relu(torch.einsum("nd,bhd->bnh", x, params[prefix + "hidden.weight"]) + params[prefix + "hidden.bias"][:, None, :])
-        out = torch.einsum("bnh,bkh->bnk", hidden, params[prefix + "out.weight"]) + params[prefix + "out.bias"][:, None, :]
-        offset = torch.einsum("bnh,bh->bn", hidden, params[prefix + "offset.weight"][:, 0, :]) + params[prefix + "offset.bias"]
-        return out, offset
-
-    f, r = tower("row_tower.", rows)
-    g, c = tower("col_tower.", cols)
-    out = (params["alpha"][:, None, None] * cos + torch.bmm(f, g.transpose(1, 2)) / math.sqrt(rank)
-           + r[:, :, None] + c[:, None, :] + params["beta"][:, None, None])
-    if self_index is not None:
-        own_rows, own_cols = self_index
-        term = params["self_bias"][:, None] + torch.einsum("nd,bd->bn", rows[own_rows], params["self_weight"])
-        batch = torch.arange(out.shape[0])[:, None]
-        out = out.index_put((batch, own_rows[None, :], own_cols[None, :]), term, accumulate=True)
-    return out
-
-
-def _train_many(networks: list[TwoTowerNetwork], data: _PairData, masks: list[np.ndarray], learning_rates: list[float],
-                weight_decays: list[float], steps: int, on_eval: Callable[[int, np.ndarray], None] | None, eval_every: int,
-                tick: Callable[[], None] | None = None) -> None:
-    """Train B networks at once, each on its own mask with its own AdamW learning rate and weight decay.
-
-    The B networks' parameters are stacked and trained jointly (their losses add up; no parameter is
-    shared, so each gets exactly its own gradient), full batch. ``on_eval(step, (B, R, C) standardised
-    predictions)`` every ``eval_every`` steps. AdamW as in torch (β = 0.9, 0.999, ε = 1e-8, decoupled
-    weight decay, bias correction). The trained parameters are written back into ``networks``.
-    """
-    names = [name for name, _ in networks[0].named_parameters()]
-    params = {name: torch.stack([dict(n.named_parameters())[name].detach() for n in networks]).clone().requires_grad_(True) for name in names}
-    count = len(networks)
-    target = torch.from_numpy(data.labels.astype(np.float32))
-    weight = torch.from_numpy(np.stack(masks).astype(np.float32))
-    per_model = weight.sum(dim=(1, 2)).clamp(min=1.0)
-    cos = torch.from_numpy(data.cos.astype(np.float32))
-    self_index = None
-    if data.self_cols is not None and (data.self_cols >= 0).any():
-        own = np.flatnonzero(data.self_cols >= 0)
-        self_index = (torch.from_numpy(own), torch.from_numpy(data.self_cols[own]))
-    lr = torch.tensor(learning_rates, dtype=torch.float32)
-    decay = 1.0 - lr * torch.tensor(weight_decays, dtype=torch.float32)
-    first = {name: torch.zeros_like(p) for name, p in params.items()}
-    second = {name: torch.zeros_like(p) for name, p in params.items()}
-    beta1, beta2, eps = 0.9, 0.999, 1e-8
-    for step in range(steps + 1):
-        prediction = _batched_block(params, data.rows, data.cols, cos, self_index, networks[0].rank)
-        if on_eval is not None and step % eval_every == 0:
-            on_eval(step, prediction.detach().numpy())
-            if tick is not None:
-                tick()
-        if step == steps:
-            break
-        loss = ((((prediction - target) ** 2) * weight).sum(dim=(1, 2)) / per_model).sum()
-        for p in params.values():
-            p.grad = None
-        loss.backward()
-        with torch.no_grad():
-            t = step + 1
-            correction1, correction2 = 1.0 - beta1 ** t, 1.0 - beta2 ** t
-            for name, p in params.items():
-                if p.grad is None:  # not in the graph (the self-pair term without self-pairs): untouched, as torch's AdamW does
-                    continue
-                shape = (count,) + (1,) * (p.dim() - 1)
-                p.mul_(decay.view(shape))
-                first[name].lerp_(p.grad, 1.0 - beta1)
-                second[name].mul_(beta2).addcmul_(p.grad, p.grad, value=1.0 - beta2)
-                denominator = (second[name] / correction2).sqrt_().add_(eps)
-                p.sub_((lr / correction1).view(shape) * first[name] / denominator)
-    with torch.no_grad():
-        for b, network in enumerate(networks):
-            for name, p in network.named_parameters():
-                p.copy_(params[name][b])
-            network.eval()
-
-
-def selection_criterion(true: np.ndarray, predicted: np.ndarray, budget: float, objective: str, seed: int) -> dict[str, float]:
-    """Cold-validation Spearman, f_gain (on the validation block) and MSE; combined = mean of the first two."""
-    rho = spearman(true, predicted)
-    spec = ObjectiveSpec(objective, budget if objective == "topk" else max(1, int(round(budget * true.shape[-1]))))
-    if true.ndim == 1:  # pointwise scores: a one-row matrix
-        true, predicted = true[None, :], predicted[None, :]
-    gain = f_gain(true, predicted, spec, seed=seed)["f_gain"]
-    parts = [v for v in (rho, max(-1.0, min(1.0, gain)) if not math.isnan(gain) else float("nan")) if not math.isnan(v)]
-    return {"spearman": rho, "f_gain": gain, "mse": float(np.mean((true - predicted) ** 2)),
-            "criterion": float(np.mean(parts)) if parts else float("nan")}
-
-
-def _mean_criteria(per_fold: list[dict[str, float]]) -> dict[str, float]:
-    keys = per_fold[0].keys() if per_fold else ()
-    return {k: float(np.nanmean([p[k] for p in per_fold])) if any(not math.isnan(p[k]) for p in per_fold) else float("nan") for k in keys}
-
-
-def _choose(per_fold: dict[str, list[dict[str, float]]], order: list[str], fallback: bool) -> str:
-    """The candidate to ship: ``order[0]`` is the no-learning fallback, the others must beat it.
-
-    A candidate beats the fallback when its criterion is higher on **every** fold and higher on
-    average by more than one standard error of the per-fold differences (better consistently, not by
-    fold noise); of those, the best on average is shipped. Without ``fallback``, the last of
-    ``order`` (the network).
-    """
-    if not fallback:
-        return order[-1]
-    base = np.array([p["criterion"] for p in per_fold[order[0]]], dtype=np.float64)
-    best, best_value = order[0], -np.inf
-    for name in order[1:]:
-        values = np.array([p["criterion"] for p in per_fold[name]], dtype=np.float64)
-        diff = values - base
-        if diff.size < MIN_FOLDS or not np.all(np.isfinite(diff)) or not np.all(diff > 1e-9):
-            continue
-        se = float(diff.std(ddof=1) / math.sqrt(diff.size))
-        if diff.mean() > se and float(values.mean()) > best_value + 1e-9:
-            best, best_value = name, float(values.mean())
-    return best
-
-
-def fit_pairwise(row_embeddings: np.ndarray, col_embeddings: np.ndarray, labels: np.ndarray, settings: FitSettings, *,
-                 self_cols: np.ndarray | None = None, objective: str = "fl", progress: bool = False) -> tuple[TwoTowerNetwork, FitReport]:
-    """Train the default pairwise network on a labelled block (NaN = not labelled) and choose what to ship.
-
-    Args:
-        row_embeddings: (R, d) L2-normalised embeddings of the block's rows (targets).
-        col_embeddings: (C, d) of its columns (candidates).
-        labels: (R, C) influence values; NaN entries are not labelled.
-        settings: grid, steps, folds, seed.
-        self_cols: per row, the column of the same record (−1: none) — pool records that are both.
-        objective: ``fl`` or ``topk``: the selection used by the validation criterion.
-        progress: a progress bar over the trainings (folds × grid, then the final one).
-
-    Returns:
-        The network to predict with (label units) and the report of what was chosen.
-    """
-    start = time.perf_counter()
+def _pair_data(row_embeddings: np.ndarray, col_embeddings: np.ndarray, labels: np.ndarray,
+               self_cols: np.ndarray | None) -> tuple[PairBlock, float, float]:
+    """The labelled block on standardised labels, with its cosines and self-pair mask; (data, label mean, label std)."""
     rows = torch.from_numpy(np.ascontiguousarray(row_embeddings, dtype=np.float32))
     cols = torch.from_numpy(np.ascontiguousarray(col_embeddings, dtype=np.float32))
     raw = np.asarray(labels, dtype=np.float64)
     if raw.shape != (rows.shape[0], cols.shape[0]):
         raise ValueError(f"labels must have shape {(rows.shape[0], cols.shape[0])}, got {raw.shape}")
     mask = np.isfinite(raw)
-    n_labelled = int(mask.sum())
-    mean = float(raw[mask].mean()) if n_labelled else 0.0
-    std = float(raw[mask].std()) if n_labelled else 1.0
+    mean = float(raw[mask].mean()) if mask.any() else 0.0
+    std = float(raw[mask].std()) if mask.any() else 1.0
     std = std if std > 1e-12 else 1.0
-    standardised = np.where(mask, (raw - mean) / std, 0.0)
     self_mask = np.zeros(raw.shape, dtype=bool)
     if self_cols is not None:
         self_cols = np.asarray(self_cols, dtype=np.int64)
         has = np.flatnonzero(self_cols >= 0)
         self_mask[has, self_cols[has]] = True
-    data = _PairData(rows, cols, (rows @ cols.T).numpy().astype(np.float64), standardised, mask, self_cols, self_mask)
-    n_records = len(_record_ids(raw.shape[0], raw.shape[1], self_cols)[1])
-    folds = max(1, min(settings.folds, n_records // MIN_RECORDS_PER_FOLD))
-    row_fold, col_fold, k = record_folds(raw.shape[0], raw.shape[1], self_cols, folds, settings.seed)
+    data = PairBlock(rows, cols, (rows @ cols.T).numpy().astype(np.float64), np.where(mask, (raw - mean) / std, 0.0), mask, self_cols, self_mask)
+    return data, mean, std
+
+
+def _fold_masks(data: PairBlock, settings: FitSettings, held_out: str) -> tuple[list[tuple[int, np.ndarray, np.ndarray]], int]:
+    """Per fold (fold, training mask, validation mask), and the number of held-out units (records or columns).
+
+    ``held_out="records"``: a fold's records are held out on both sides (the unlabelled pairs of a u × u
+    block: neither side seen). ``"columns"``: every row is labelled when predicting (all targets ×
+    sampled candidates), so folds hold out columns only and validate on all rows × the fold's columns.
+    """
+    n_rows, n_cols = data.mask.shape
+    if held_out == "columns":
+        n_units = n_cols
+        k = max(1, min(settings.folds, n_cols // MIN_RECORDS_PER_FOLD))
+        col_fold = np.empty(n_cols, dtype=np.int64)
+        col_fold[np.random.default_rng(settings.seed).permutation(n_cols)] = np.arange(n_cols) % k
+        row_fold = np.full(n_rows, -1, dtype=np.int64)
+    else:
+        n_units = len(_record_ids(n_rows, n_cols, data.self_cols)[1])
+        k = max(1, min(settings.folds, n_units // MIN_RECORDS_PER_FOLD))
+        row_fold, col_fold, k = record_folds(n_rows, n_cols, data.self_cols, k, settings.seed)
+    masks = []
+    for fold in range(k):
+        rows_out = np.ones(n_rows, dtype=bool) if held_out == "columns" else row_fold == fold
+        train = data.mask & ~(row_fold == fold)[:, None] & (col_fold != fold)[None, :]
+        val = data.mask & rows_out[:, None] & (col_fold == fold)[None, :]
+        if train.sum() >= 2 and val.sum() >= 2:
+            masks.append((fold, train, val))
+    return masks, n_units
+
+
+def _validation_error(prediction: np.ndarray, target: np.ndarray, mask: np.ndarray, centre_rows: bool) -> float:
+    """Mean squared error on the masked pairs (row-centred: each row's mean error removed first)."""
+    error = np.where(mask, prediction - target, 0.0)
+    if centre_rows:
+        count = np.maximum(mask.sum(axis=1, keepdims=True), 1)
+        error = np.where(mask, error - error.sum(axis=1, keepdims=True) / count, 0.0)
+    return float((error ** 2).sum() / max(int(mask.sum()), 1))
+
+
+def _anchored(data: PairBlock, base: np.ndarray, train: np.ndarray, rows: np.ndarray, cols: np.ndarray, temperature: float,
+              shrink: float) -> np.ndarray:
+    """``base`` on the block rows × cols plus the anchor correction read from the ``train`` pairs' residuals of ``base``."""
+    anchors = Anchors.from_block(data.rows.numpy(), data.cols.numpy(), data.labels - base, train & ~data.self_mask, temperature, shrink)
+    correction = anchor_correction(data.rows[rows], data.cols[cols], anchors).numpy()
+    return base[np.ix_(rows, cols)] + correction
+
+
+def _validate(data: PairBlock, settings: FitSettings, folds: list[tuple[int, np.ndarray, np.ndarray]], bases: dict[str, list[np.ndarray]],
+              objective: str, candidate_scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | None
+              ) -> tuple[dict[str, list[dict[str, float]]], dict[str, tuple[float, float]]]:
+    """Per candidate, the selection criterion on each fold's held-out pairs; and each anchored candidate's (τ, κ).
+
+    ``bases[name][i]``: fold i's (R, C) standardised predictions of a base predictor trained without that
+    fold. Each base is scored as it is and with label anchors (the (τ, κ) with the best mean criterion).
+    """
+    per_fold: dict[str, list[dict[str, float]]] = {}
+    kernels: dict[str, tuple[float, float]] = {}
+
+    def score(fold: int, values: np.ndarray, true: np.ndarray, val_rows: np.ndarray) -> dict[str, float]:
+        aggregate = None if candidate_scores is None else (lambda matrix: candidate_scores(matrix, val_rows))
+        filled = np.where(np.isfinite(true), true, np.nanmean(true))
+        return selection_criterion(filled, np.where(np.isfinite(true), values, np.nanmean(values)), settings.validation_budget, objective,
+                                   settings.seed, aggregate)
+
+    for name, predictions in bases.items():
+        grid: dict[tuple[float, float], list[dict[str, float]]] = {}
+        for (fold, train, val), base in zip(folds, predictions):
+            val_rows, val_cols = np.flatnonzero(val.any(axis=1)), np.flatnonzero(val.any(axis=0))
+            block = np.ix_(val_rows, val_cols)
+            true = np.where(val[block], data.labels[block], np.nan)
+            per_fold.setdefault(name, []).append(score(fold, base[block], true, val_rows))
+            for tau in TEMPERATURES:
+                for kappa in SHRINKS:
+                    grid.setdefault((tau, kappa), []).append(score(fold, _anchored(data, base, train, val_rows, val_cols, tau, kappa), true, val_rows))
+        best = max(grid, key=lambda key: mean_criteria(grid[key])["criterion"])
+        per_fold[f"{name} + anchors"], kernels[f"{name} + anchors"] = grid[best], best
+    return per_fold, kernels
+
+
+def fit_pairwise(row_embeddings: np.ndarray, col_embeddings: np.ndarray, labels: np.ndarray, settings: FitSettings, *,
+                 self_cols: np.ndarray | None = None, objective: str = "fl",
+                 candidate_scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None, held_out: str = "records",
+                 progress: bool = False) -> tuple[TwoTowerNetwork, FitReport]:
+    """Train the default pairwise network on a labelled block (NaN = not labelled) and choose what to ship.
+
+    Args:
+        row_embeddings: (R, d) L2-normalised embeddings of the block's rows (targets).
+        col_embeddings: (C, d) of its columns (candidates).
+        labels: (R, C) influence values; NaN entries are not labelled.
+        settings: grid, steps, folds, loss, seed.
+        self_cols: per row, the column of the same record (−1: none) — pool records that are both.
+        objective: ``fl`` or ``topk``: the selection used by the validation criterion.
+        candidate_scores: top-k's aggregation ``(matrix, block row indices) -> score per column`` (default: the row mean).
+        held_out: ``records`` (u × u designs: unlabelled pairs have neither side labelled) or ``columns`` (every
+            row of the matrix is labelled: validation holds out candidates only).
+        progress: a progress bar over the trainings (folds × grid, then the final one).
+
+    Returns:
+        The network to predict with (label units) and the report of what was chosen.
+    """
+    start = time.perf_counter()
+    data, mean, std = _pair_data(row_embeddings, col_embeddings, labels, self_cols)
+    fold_masks, n_units = _fold_masks(data, settings, held_out)
+    centre = settings.loss == "row-centred"
     grid = [(lr, wd) for lr in settings.learning_rates for wd in settings.weight_decays]
     evals = settings.max_steps // settings.eval_every + 1
-    curves = np.full((len(grid), k, evals), np.nan)
-    fold_predictions: dict[tuple[int, int], list[np.ndarray]] = {}
-    fold_masks, prior_predictions = [], []
-    jobs: list[tuple[int, int]] = []  # (grid point, fold)
-    for fold in range(k):
-        train = mask & (row_fold != fold)[:, None] & (col_fold != fold)[None, :]
-        val = mask & (row_fold == fold)[:, None] & (col_fold == fold)[None, :]
-        if train.sum() < 2 or val.sum() < 2:
-            continue
-        fold_masks.append((fold, train, val))
-        jobs += [(g, fold) for g in range(len(grid))]
-    bar = tqdm(total=settings.max_steps // settings.eval_every + 2, desc="influence network", unit="eval", disable=not progress, leave=False)
+    curves = np.full((len(grid), len(fold_masks), evals), np.nan)
+    jobs = [(g, i) for i in range(len(fold_masks)) for g in range(len(grid))]  # (grid point, fold position)
+    report = FitReport("two-tower", "prior", int(data.mask.sum()), 0.0, folds=len(fold_masks), loss=settings.loss, held_out=held_out)
+    bar = tqdm(total=evals + 1, desc="influence network", unit="eval", disable=not progress, leave=False)
     with one_torch_thread(), bar:
-        train_of = {fold: train for fold, train, _ in fold_masks}
-        networks = [_build_two_tower(data, settings, train_of[fold], settings.seed + fold) for _, fold in jobs]
-        self_t = None if self_cols is None else torch.from_numpy(self_cols)
-        cos_t = torch.from_numpy(data.cos.astype(np.float32))
-        for network, (g, _) in zip(networks, jobs):
-            if g == 0:
-                prior_predictions.append(network.standardised_block(rows, cols, self_t, cos=cos_t).detach().numpy())
-        val_of = {fold: val for fold, _, val in fold_masks}
+        networks = [_build_two_tower(data, settings, fold_masks[i][1], settings.seed + fold_masks[i][0]) for _, i in jobs]
+        priors = [network.standardised_block(data.rows, data.cols, None if self_cols is None else torch.from_numpy(np.asarray(self_cols)),
+                                             cos=torch.from_numpy(data.cos.astype(np.float32))).detach().numpy().astype(np.float64)
+                  for network, (g, _) in zip(networks, jobs) if g == 0]
 
         def record(step: int, predictions: np.ndarray) -> None:
-            for (g, fold), prediction in zip(jobs, predictions):
-                val = val_of[fold]
-                curves[g, fold, step // settings.eval_every] = float(np.mean((prediction[val] - standardised[val]) ** 2))
-                fold_predictions.setdefault((g, fold), []).append(prediction[val].copy())
-            bar.set_postfix(val_mse=f"{np.nanmin(curves):.3f}")
+            for (g, i), prediction in zip(jobs, predictions):
+                curves[g, i, step // settings.eval_every] = _validation_error(prediction, data.labels, fold_masks[i][2], centre)
+            bar.set_postfix(val_error=f"{np.nanmin(curves):.3f}")
 
         if jobs:
-            _train_many(networks, data, [train_of[fold] for _, fold in jobs],
-                        [grid[g][0] for g, _ in jobs], [grid[g][1] for g, _ in jobs], settings.max_steps, record,
-                        settings.eval_every, tick=lambda: bar.update(1))
-        report = FitReport("two-tower", "prior", n_labelled, 0.0, folds=len(fold_masks))
-        alpha, beta, delta = calibrate_prior(data.cos, standardised, mask, self_mask)
+            train_stacked(networks, data, [fold_masks[i][1] for _, i in jobs], [grid[g][0] for g, _ in jobs], [grid[g][1] for g, _ in jobs],
+                        settings.max_steps, record, settings.eval_every, tick=lambda: bar.update(1), centre_rows=centre)
+        alpha, beta, delta = calibrate_prior(data.cos, data.labels, data.mask, data.self_mask)
         report.prior = {"alpha": alpha * std, "beta": beta * std + mean, "self_delta": delta * std}
+        network = _build_two_tower(data, settings, data.mask, settings.seed)
         if len(fold_masks) < MIN_FOLDS:
-            report.note = (f"too few labelled records ({n_records}) to validate on held-out records "
+            unit = "candidates" if held_out == "columns" else "records"
+            report.note = (f"too few labelled {unit} ({n_units}) to validate on held-out {unit} "
                            f"(at least {MIN_FOLDS * MIN_RECORDS_PER_FOLD}): the calibrated prior is used")
-            network = _build_two_tower(data, settings, mask, settings.seed)
         else:
-            valid = [fold for fold, _, _ in fold_masks]
-            mean_curves = curves[:, valid, :].mean(axis=1)  # (grid, evals)
+            mean_curves = curves.mean(axis=1)  # (grid, evals)
             g, e = (int(i) for i in np.unravel_index(int(np.nanargmin(mean_curves)), mean_curves.shape))
             report.learning_rate, report.weight_decay = grid[g]
-            report.steps = int(e) * settings.eval_every
-            report.validation_curve = [float(v) for v in mean_curves[g]]
-            candidates: dict[str, list[dict[str, float]]] = {"prior": [], "blend": [], "network": []}
-            for (fold, _train, val), prior in zip(fold_masks, prior_predictions):
-                val_rows, val_cols = np.flatnonzero(val.any(axis=1)), np.flatnonzero(val.any(axis=0))
-                block = np.ix_(val_rows, val_cols)
-                true = np.where(val[block], standardised[block], np.nan)
-                network_values = np.full(val.shape, np.nan)
-                network_values[val] = fold_predictions[(g, fold)][e]
-                options = {"prior": prior[block], "network": network_values[block]}
-                options["blend"] = 0.5 * (options["prior"] + options["network"])
-                filled = np.where(np.isfinite(true), true, np.nanmean(true))
-                for name, values in options.items():
-                    candidates[name].append(selection_criterion(filled, np.where(np.isfinite(true), values, np.nanmean(values)),
-                                                                settings.validation_budget, objective, settings.seed))
-            report.candidates = {name: _mean_criteria(values) for name, values in candidates.items()}
-            report.chosen = _choose(candidates, ["prior", "blend", "network"], settings.fallback)
-            network = _build_two_tower(data, settings, mask, settings.seed)
-            if report.chosen != "prior":
-                _train_many([network], data, [mask], [report.learning_rate], [report.weight_decay], report.steps, None, settings.eval_every)
-                if report.chosen == "blend":
-                    prior_network = _build_two_tower(data, settings, mask, settings.seed)
-                    _blend_into(network, prior_network, 0.5)
+            report.steps, report.validation_curve = e * settings.eval_every, [float(v) for v in mean_curves[g]]
+            trained = _fold_predictions(data, settings, fold_masks, grid[g], report.steps)
+            bases = {"prior": priors, "network": trained, "blend": [0.5 * (a + b) for a, b in zip(priors, trained)]}
+            per_fold, kernels = _validate(data, settings, fold_masks, bases, objective, candidate_scores)
+            report.candidates = {name: mean_criteria(values) for name, values in per_fold.items()}
+            report.chosen = choose_candidate(per_fold, ["prior", "blend", "network", "prior + anchors", "blend + anchors", "network + anchors"],
+                                             settings.fallback, settings.force)
+            network = _final_network(data, settings, report, kernels.get(report.chosen))
+        report.note = report.note or _explain(report)
         bar.update(1)
     network.set_label_scale(mean, std)
     report.seconds = time.perf_counter() - start
     return network.eval(), report
+
+
+def _fold_predictions(data: PairBlock, settings: FitSettings, folds: list[tuple[int, np.ndarray, np.ndarray]], point: tuple[float, float],
+                      steps: int) -> list[np.ndarray]:
+    """Each fold's (R, C) standardised predictions of the network at the chosen grid point and step count (retrained: the
+    grid's trainings keep only validation errors, not k × grid × steps full predictions)."""
+    networks = [_build_two_tower(data, settings, train, settings.seed + fold) for fold, train, _ in folds]
+    train_stacked(networks, data, [train for _, train, _ in folds], [point[0]] * len(folds), [point[1]] * len(folds), steps, None,
+                settings.eval_every, centre_rows=settings.loss == "row-centred")
+    self_t = None if data.self_cols is None else torch.from_numpy(data.self_cols)
+    cos = torch.from_numpy(data.cos.astype(np.float32))
+    with torch.no_grad():
+        return [n.standardised_block(data.rows, data.cols, self_t, cos=cos).numpy().astype(np.float64) for n in networks]
+
+
+def _final_network(data: PairBlock, settings: FitSettings, report: FitReport, kernel: tuple[float, float] | None) -> TwoTowerNetwork:
+    """The chosen predictor trained on every labelled pair: the prior, the network or their blend, with its anchors."""
+    network = _build_two_tower(data, settings, data.mask, settings.seed)
+    base = report.chosen.replace(" + anchors", "")
+    if base != "prior":
+        assert report.learning_rate is not None and report.weight_decay is not None and report.steps is not None  # chosen on validation
+        train_stacked([network], data, [data.mask], [report.learning_rate], [report.weight_decay], report.steps, None, settings.eval_every,
+                    centre_rows=settings.loss == "row-centred")
+        if base == "blend":
+            _blend_into(network, _build_two_tower(data, settings, data.mask, settings.seed), 0.5)
+    if kernel is not None:
+        self_t = None if data.self_cols is None else torch.from_numpy(data.self_cols)
+        with torch.no_grad():
+            fitted = network.standardised_block(data.rows, data.cols, self_t, cos=torch.from_numpy(data.cos.astype(np.float32))).numpy()
+        network.attach_anchors(Anchors.from_block(data.rows.numpy(), data.cols.numpy(), data.labels - fitted, data.mask & ~data.self_mask, *kernel))
+        report.anchors = {"temperature": kernel[0], "shrink": kernel[1], "neighbours": NEIGHBOURS}
+    return network
+
+
+def _explain(report: FitReport) -> str:
+    """One sentence on why the shipped predictor was shipped (the manifest and the terminal show it)."""
+    prior = report.candidates.get("prior", {}).get("criterion", float("nan"))
+    shipped = report.candidates.get(report.chosen, {}).get("criterion", float("nan"))
+    best = max(report.candidates, key=lambda name: report.candidates[name].get("criterion", -np.inf)) if report.candidates else "prior"
+    if report.chosen == "prior":
+        if best == "prior":
+            return f"no learned candidate beat the calibrated cosine on held-out {report.held_out} (criterion {prior:.3f})"
+        return (f"'{best}' scored {report.candidates[best]['criterion']:.3f} against the prior's {prior:.3f} on average, but not on every "
+                f"fold by more than the folds' noise: the calibrated cosine is shipped")
+    return (f"'{report.chosen}' beat the calibrated cosine on every held-out fold (criterion {shipped:.3f} against {prior:.3f}: "
+            f"per-row Spearman {report.candidates[report.chosen]['row_spearman']:.3f}, f_gain {report.candidates[report.chosen]['f_gain']:.3f})")
 
 
 def _blend_into(network: TwoTowerNetwork, prior: TwoTowerNetwork, weight: float) -> None:

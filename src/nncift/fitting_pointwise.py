@@ -19,8 +19,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .fitting import FitReport, FitSettings, one_torch_thread, selection_criterion
+from .fitting import FitReport, FitSettings, one_torch_thread
 from .towers import PointwiseNetwork
+from .validation import selection_criterion
 
 __all__ = ["fit_pointwise"]
 

@@ -3,6 +3,7 @@ columns are sampled (seen) for the exact influence function (docs/methods.md §1
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -58,16 +59,27 @@ def sample_indices(n: int, fraction: float, minimum: int, rng: np.random.Generat
 def plan_layout(pool: Sequence[Record], targets: Sequence[Record], objective: str, sampling: SamplingSettings, rng: np.random.Generator) -> Layout:
     """Decide the matrix rows and sample the seen rows and columns (seeded, never the first rows).
 
-    ``sampling.blocks`` = g > 1 spends the same number of labelled pairs on √g times as many
-    records: the sample (u·√g of each side) is split into g seeded groups and only the pairs within a
-    group are computed (g diagonal blocks). A pool record that is also a row is in the same group on
-    both sides.
+    ``sampling.design`` (resolved by :func:`resolve_sampling`; ``auto`` reads as ``block`` here):
+
+    - ``block``: u of the rows × u of the candidates. ``sampling.blocks`` = g > 1 spends the same
+      number of labelled pairs on √g times as many records: the sample (u·√g of each side) is split
+      into g seeded groups and only the pairs within a group are computed (g diagonal blocks). A pool
+      record that is also a row is in the same group on both sides.
+    - ``all-targets`` (with targets): every target row × u of the candidates (and, where the pool's
+      own rows come first, u of them too): every target row has exact labels.
+
+    A fraction of 1 labels every pair, whatever the design.
     """
-    g = int(sampling.blocks) or 1  # 0 (the function's default) is resolved by the caller: see sampling_blocks()
+    g = int(sampling.blocks) or 1  # 0 (the function's default) is resolved by the caller: see resolve_sampling()
+    every_pair = sampling.fraction >= 1
+    if every_pair:
+        g = 1
     fraction = min(1.0, sampling.fraction * math.sqrt(g))
     minimum = sampling.min_sampled * math.ceil(math.sqrt(g))
     seen_cols = sample_indices(len(pool), fraction, minimum, rng)
-    seen_targets = sample_indices(len(targets), fraction, minimum, rng) if targets else np.zeros(0, np.int64)
+    all_targets = sampling.design == "all-targets" and bool(targets)
+    seen_targets = np.arange(len(targets), dtype=np.int64) if all_targets or every_pair else \
+        sample_indices(len(targets), fraction, minimum, rng) if targets else np.zeros(0, np.int64)
     col_groups = _groups(len(seen_cols), g, rng)
     target_groups = _groups(len(seen_targets), g, rng)
     if not targets:
@@ -84,9 +96,33 @@ def plan_layout(pool: Sequence[Record], targets: Sequence[Record], objective: st
     return Layout(rows, row_ids[row_order], seen_cols[col_order], n_pool_rows, row_groups[row_order], col_groups[col_order])
 
 
-def sampling_blocks(sampling: SamplingSettings, function_class: type[InfluenceFunction]) -> int:
-    """The run's sampling design: ``--sampling.blocks``, or when 0 the influence function's default."""
-    return int(sampling.blocks) or int(function_class.default_sampling_blocks)
+def resolve_sampling(sampling: SamplingSettings, function_class: type[InfluenceFunction], n_pool: int, n_targets: int,
+                     n_rows: int) -> SamplingSettings:
+    """The sampling stage with every "the function's own" choice made: the design, the blocks and, from a label budget
+    (``sampling.labels``), the fraction.
+
+    ``auto`` is ``all-targets`` for a function that costs per record (``cost_per``) when there are
+    targets (their rows then cost a few more records and every target row gets exact labels), else
+    ``block`` (in ``function_class.default_sampling_blocks`` blocks when ``sampling.blocks`` is 0).
+    A label budget N is labelled pairs for a function that costs per pair (block designs label u²·R·C
+    pairs, all-targets R·u·C), sampled pool records for one that costs per record (u = N / pool size).
+    """
+    design = sampling.design
+    if design == "auto":
+        design = "all-targets" if function_class.cost_per == "record" and n_targets else "block"
+    if design == "all-targets" and not n_targets:
+        design = "block"  # the pool represents itself: its rows are its candidates
+    blocks = 1 if design == "all-targets" else int(sampling.blocks) or int(function_class.default_sampling_blocks)
+    fraction = sampling.fraction
+    if sampling.labels:
+        if function_class.cost_per == "pair":
+            fraction = sampling.labels / (n_rows * n_pool) if design == "all-targets" else math.sqrt(sampling.labels / (n_rows * n_pool))
+        else:
+            fraction = sampling.labels / n_pool
+        fraction = min(1.0, max(fraction, 1e-9))
+    if fraction >= 1:
+        design, blocks = "block", 1
+    return dataclasses.replace(sampling, design=design, blocks=blocks, fraction=fraction)
 
 
 def _groups(n: int, g: int, rng: np.random.Generator) -> np.ndarray:

@@ -173,9 +173,14 @@ def load_causal_lm(
 
 
 def load_embedder(name_or_path: str = BUNDLED_EMBEDDER, *, device: str = "auto", trust_remote_code: bool = False) -> Any:
-    """Load a sentence-transformers embedder (any id or path; default the bundled MiniLM)."""
+    """Load a sentence-transformers embedder (any id or path; default the bundled MiniLM), or with ``lm:MODEL`` a causal
+    LM's mean-pooled hidden states (:mod:`nncift.lm_embeddings`)."""
     from sentence_transformers import SentenceTransformer
 
+    from .lm_embeddings import CausalLMEncoder, lm_of
+
+    if lm_of(name_or_path) is not None:
+        return CausalLMEncoder(*load_causal_lm(str(lm_of(name_or_path)), device=device, trust_remote_code=trust_remote_code))
     path = resolve_embedder(name_or_path)
     try:
         return SentenceTransformer(path, device=pick_device(device), trust_remote_code=trust_remote_code)
@@ -188,6 +193,10 @@ def load_embedder(name_or_path: str = BUNDLED_EMBEDDER, *, device: str = "auto",
 
 def model_fingerprint(name_or_path: str, *, kind: str = "lm") -> dict[str, str]:
     """Name, resolved location and a hash of the config, for the run manifest."""
+    from .lm_embeddings import lm_of
+
+    if kind == "embedder" and lm_of(name_or_path) is not None:
+        return {**model_fingerprint(str(lm_of(name_or_path)), kind="lm"), "name": name_or_path, "pooling": "mean of the last hidden states"}
     resolved = resolve_lm(name_or_path) if kind == "lm" else resolve_embedder(name_or_path)
     config = Path(resolved) / "config.json"
     digest = hashlib.sha256(config.read_bytes()).hexdigest()[:16] if config.is_file() else ""

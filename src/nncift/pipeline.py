@@ -46,8 +46,8 @@ from .layout import (
     block_self_cols,
     matrix_rows,
     plan_layout,
+    resolve_sampling,
     sample_indices,
-    sampling_blocks,
     self_cols_of,
 )
 from .ledger import CostLedger
@@ -324,8 +324,9 @@ def _select_pairwise(run: _Run, settings: SelectSettings, executor: Executor, rn
     """NN-CIFT for a pairwise function: Q1, embeddings, network, predicted matrix, selection; (picks, manifest entries, value origins)."""
     spec, function_class, objective, pool, targets = run.spec, run.function_class, run.objective, run.pool, run.targets
     store, ledger, progress = run.store, run.ledger, not settings.quiet
-    design = sampling_blocks(settings.sampling, function_class)
-    layout = plan_layout(pool, targets, objective, dataclasses.replace(settings.sampling, blocks=design), rng)
+    n_rows = len(pool) + len(targets) if objective in ("flmi", "flcg") else len(targets) or len(pool)
+    sampling = resolve_sampling(settings.sampling, function_class, len(pool), len(targets), n_rows)
+    layout = plan_layout(pool, targets, objective, sampling, rng)
     seen = store.matrix("q1", layout.seen_rows, layout.seen_cols)
     blocks = layout.blocks(settings.executor.block_size)
     with ledger.stage("influence on sampled block"):
@@ -339,10 +340,13 @@ def _select_pairwise(run: _Run, settings: SelectSettings, executor: Executor, rn
     low, high = label_scaling(function_class, known)
     labels = (known - low) / (high - low)
     criterion = "topk" if objective == "topk" else "fl"
+    aggregate = candidate_scores(function_class, spec)
+    block_scores = None if aggregate is None else (lambda m, idx: aggregate(m, [layout.rows[int(layout.seen_rows[i])] for i in idx]))
+    held_out = "columns" if len(layout.seen_rows) == len(layout.rows) else "records"
     with ledger.stage("network training"):
         network, report = _trained_network(store, settings.network, progress, criterion, lambda s: train_network(
             row_embeddings[layout.seen_rows], col_embeddings[layout.seen_cols], labels, s, self_cols=block_self_cols(layout),
-            objective=criterion, progress=progress))
+            objective=criterion, candidate_scores=block_scores, held_out=held_out, progress=progress))
     with ledger.stage("prediction"):  # row blocks written to disk; Q1 keeps its exact values
         predicted = streaming.predict_to_npy(network, row_embeddings, col_embeddings, store.path("predicted.npy"), executor=executor,
                                              known=(layout.seen_rows, layout.seen_cols, labels), progress=progress,
@@ -352,8 +356,8 @@ def _select_pairwise(run: _Run, settings: SelectSettings, executor: Executor, rn
         chosen = choose_subset(np.load(predicted, mmap_mode="r") if in_memory else predicted,
                                objective_spec(objective, layout, settings.selection, function_class, spec), workdir=store.folder)
     extra = {"label_scaling": {"low": low, "high": high, "source": "fixed range" if function_class.label_range else "min-max of Q1"},
-             "sampled_rows": len(layout.seen_rows), "sampled_cols": len(layout.seen_cols), "sampling_blocks": design,
-             "labelled_pairs": int(layout.labelled().sum()),
+             "sampled_rows": len(layout.seen_rows), "sampled_cols": len(layout.seen_cols), "sampling_blocks": sampling.blocks,
+             "sampling_design": sampling.design, "sampled_fraction": sampling.fraction, "labelled_pairs": int(layout.labelled().sum()),
              "matrix_shape": [len(layout.rows), len(pool)], "network_training": report, **selection_info(chosen)}
     partly = layout.seen_cols[np.asarray(layout.labelled()).any(axis=0)]
     return chosen, extra, column_origin(len(pool), partly=partly)
@@ -389,16 +393,22 @@ def objective_spec(objective: str, layout: Layout, selection: SelectionSettings,
                    spec: InfluenceSpec) -> ObjectiveSpec:
     """The run's selection objective (``objective``: :func:`resolve_objective` of the selection stage) on its matrix layout,
     with the stage's budget, η and ν (top-k with the influence function's aggregation)."""
-    scores = None
-    if (objective == "topk" and issubclass(function_class, PairwiseInfluence)
-            and function_class.candidate_scores is not PairwiseInfluence.candidate_scores):  # else the mean over rows
-        function = function_class.from_options(spec.options, progress=False)
-        assert isinstance(function, PairwiseInfluence)
-        scores = lambda matrix: function.candidate_scores(matrix, layout.rows)  # noqa: E731
+    aggregate = candidate_scores(function_class, spec) if objective == "topk" else None
+    scores = None if aggregate is None else (lambda matrix: aggregate(matrix, layout.rows))
     return ObjectiveSpec(objective, selection.budget, n_pool_rows=layout.n_pool_rows, eta=selection.eta, nu=selection.nu,
                          candidate_scores=scores)
 
 
+
+
+def candidate_scores(function_class: type[InfluenceFunction], spec: InfluenceSpec) -> Callable[[np.ndarray, Sequence[Record]], np.ndarray] | None:
+    """Top-k's aggregation of an influence matrix's rows (records ``rows``) into one score per candidate, when the
+    function has its own (LESS: max over subtasks of the mean over that subtask's targets); None: the mean over rows."""
+    if not issubclass(function_class, PairwiseInfluence) or function_class.candidate_scores is PairwiseInfluence.candidate_scores:
+        return None
+    function = function_class.from_options(spec.options, progress=False)
+    assert isinstance(function, PairwiseInfluence)
+    return function.candidate_scores
 
 
 def _select_pointwise(run: _Run, settings: SelectSettings, executor: Executor, rng: np.random.Generator) -> tuple[Selection, dict[str, Any], list[str]]:

@@ -27,12 +27,13 @@ def describe_training(report: dict[str, Any]) -> str:
     if report.get("architecture") == "paper":
         losses = report.get("losses") or [float("nan")]
         return f"influence network (paper MLP): {report['n_labelled']} labels, loss {losses[0]:.4g} -> {losses[-1]:.4g}"
-    line = f"influence network ({report['architecture']}): {report['n_labelled']} labels, {report['folds']} record folds; shipped: {report['chosen']}"
+    held_out = report.get("held_out", "records")
+    line = f"influence network ({report['architecture']}): {report['n_labelled']} labels, {report['folds']} folds of {held_out}; shipped: {report['chosen']}"
     candidates = report.get("candidates") or {}
     if candidates:
-        line += " (held-out records, criterion = mean of Spearman and f_gain: " + ", ".join(
+        line += f" (held-out {held_out}, criterion = mean of per-row Spearman and f_gain: " + ", ".join(
             f"{name} {values.get('criterion') if values.get('criterion') is not None else float('nan'):.3f}" for name, values in candidates.items()) + ")"
-    if report.get("steps") is not None and report["chosen"] != "prior":
+    if report.get("steps") is not None and not report["chosen"].startswith("prior"):
         line += f"; lr {report['learning_rate']:g}, weight decay {report['weight_decay']:g}, {report['steps']} steps"
     if report.get("note"):
         line += f"; {report['note']}"

@@ -46,6 +46,13 @@ class SamplingSettings(Stage):
     blocks: int = 0
     """Sampling design: 1 = one u×u block; g > 1 = the same number of labelled pairs in g blocks over √g× as many records; 0 = the influence function's
     own default (DELIFT, which costs per pair: 4; the others, which cost per record: 1)."""
+    design: str = "auto"
+    """Which pairs are labelled: block (u of the rows × u of the candidates, in sampling.blocks blocks), all-targets (every target row × u of the
+    candidates: every target row then has exact labels; for functions that cost per record), or auto (all-targets for a function that costs per
+    record when there are targets, else block)."""
+    labels: int = 0
+    """Label budget in absolute units instead of the fraction: labelled pairs for a function that costs per pair (DELIFT), sampled pool
+    records for one that costs per record; 0 = use the fraction."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,8 @@ class NetworkSettings(Stage):
     """two-tower: record folds of the validation (whole rows and columns held out)."""
     fallback: bool = True
     """two-tower: ship the calibrated prior (or a blend) when it validates better than the network."""
+    loss: str = "mse"
+    """two-tower: training loss, mse or row-centred (each row's mean error removed: a row's offset changes no selection)."""
     hidden_sizes: tuple[int, ...] = (100,)
     """paper: hidden layer sizes, input side first (the paper: one layer of 100)."""
     learning_rate: float = 1e-4
@@ -87,7 +96,7 @@ class NetworkSettings(Stage):
         from .fitting import FitSettings
 
         return FitSettings(hidden=self.tower_hidden, rank=self.tower_rank, max_steps=self.max_steps, folds=self.folds,
-                           fallback=self.fallback, seed=self.seed)
+                           fallback=self.fallback, loss=self.loss, seed=self.seed)
 
 
 @dataclass(frozen=True)

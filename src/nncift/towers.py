@@ -15,6 +15,8 @@ Pairwise (:class:`TwoTowerNetwork`), for a target embedding ``a`` and a candidat
   differently from any other pair (DELIFT: ≈ 0.4 against ≈ 0.01 off the diagonal); a term of its
   own learns that from the labelled self-pairs instead of distorting every other prediction.
 - ``μ, σ`` are the training labels' mean and standard deviation (training runs on standardised labels).
+- Optional **label anchors** (:mod:`nncift.anchors`): the labelled block's residuals, carried to
+  unlabelled pairs by embedding neighbours, added on top (two more matrix products per block).
 
 Prediction of a whole (R × C) block is one matrix product: ``[α·a, f(a)/√k, r(a)+β, 1] ·
 [b, g(b), 1, c(b)]ᵀ`` (width d + k + 2), then the self-pair term on the diagonal entries.
@@ -31,6 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+
+from .anchors import Anchors, anchor_correction, kernel_weights
 
 __all__ = ["TwoTowerNetwork", "PointwiseNetwork", "predict_two_tower"]
 
@@ -76,6 +80,27 @@ class TwoTowerNetwork(torch.nn.Module):
         self.self_weight = torch.nn.Parameter(torch.zeros(self.embedding_dim))
         self.register_buffer("label_mean", torch.zeros(()))
         self.register_buffer("label_std", torch.ones(()))
+        self.anchors: Anchors | None = None
+
+    def attach_anchors(self, anchors: Anchors | None) -> None:
+        """Add (or, with None, remove) the label-anchor correction; its tensors are saved with the weights."""
+        self.anchors = anchors
+        for name in ("anchor_rows", "anchor_cols", "anchor_residuals", "anchor_mask", "anchor_kernel"):
+            self._buffers.pop(name, None)
+        if anchors is not None:
+            self.register_buffer("anchor_rows", anchors.rows)
+            self.register_buffer("anchor_cols", anchors.cols)
+            self.register_buffer("anchor_residuals", anchors.residuals)
+            self.register_buffer("anchor_mask", anchors.mask)
+            self.register_buffer("anchor_kernel", torch.tensor([anchors.temperature, anchors.shrink, float(anchors.neighbours)]))
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        """Loading weights saved with anchors re-creates the anchors (their sizes come from the file)."""
+        if prefix + "anchor_rows" in state_dict:
+            kernel = state_dict[prefix + "anchor_kernel"]
+            rows, cols, residuals, mask = (state_dict[prefix + name].clone() for name in ("anchor_rows", "anchor_cols", "anchor_residuals", "anchor_mask"))
+            self.attach_anchors(Anchors(rows, cols, residuals, mask, float(kernel[0]), float(kernel[1]), int(kernel[2])))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def initialise(self, generator: torch.Generator, alpha: float, beta: float, self_bias: float) -> None:
         """Seeded start: hidden layers U(±1/√fan_in), output layers 0, prior (α, β) and self bias as given."""
@@ -126,6 +151,8 @@ class TwoTowerNetwork(torch.nn.Module):
                 extra = torch.zeros_like(out)
                 extra[index, self_cols[index]] = self.self_bias + rows[index] @ self.self_weight
                 out = out + extra
+        if self.anchors is not None:
+            out = out + anchor_correction(rows, cols, self.anchors)
         return out
 
     def forward(self, rows: Tensor, cols: Tensor, self_cols: Tensor | None = None) -> Tensor:
@@ -138,7 +165,11 @@ class TwoTowerNetwork(torch.nn.Module):
 
     def architecture(self) -> dict[str, Any]:
         """JSON-ready description from which :func:`nncift.network_files.build_network` rebuilds the module."""
-        return {"kind": self.kind, "embedding_dim": self.embedding_dim, "hidden": self.hidden_size, "rank": self.rank, "pairwise": True}
+        described = {"kind": self.kind, "embedding_dim": self.embedding_dim, "hidden": self.hidden_size, "rank": self.rank, "pairwise": True}
+        if self.anchors is not None:
+            described["anchors"] = {"rows": int(self.anchors.rows.shape[0]), "cols": int(self.anchors.cols.shape[0]),
+                                    "temperature": self.anchors.temperature, "shrink": self.anchors.shrink, "neighbours": self.anchors.neighbours}
+        return described
 
 
 def predict_two_tower(network: TwoTowerNetwork, rows: np.ndarray, cols: np.ndarray, *, out: np.ndarray | None = None,
@@ -159,6 +190,10 @@ def predict_two_tower(network: TwoTowerNetwork, rows: np.ndarray, cols: np.ndarr
         scale, shift = float(network.label_std), float(network.label_mean)
         g, c = network.col_tower(cols_t)
         right = torch.cat([cols_t, g, torch.ones(n_cols, 1), c[:, None]], dim=1) * scale
+        anchors = network.anchors
+        if anchors is not None:  # columns' side of the correction, once: (Lr, C) numerator and denominator
+            wc = kernel_weights(cols_t, anchors.cols, anchors.temperature, anchors.neighbours)
+            residual_cols, mask_cols = anchors.residuals @ wc.T, anchors.mask @ wc.T
         for start in range(0, n_rows, block_rows):
             stop = min(n_rows, start + block_rows)
             part = rows_t[start:stop]
@@ -172,6 +207,9 @@ def predict_two_tower(network: TwoTowerNetwork, rows: np.ndarray, cols: np.ndarr
                 if local.size:
                     term = network.self_bias + part[local] @ network.self_weight
                     block[local, own[local]] += scale * term
+            if anchors is not None:
+                wr = kernel_weights(part, anchors.rows, anchors.temperature, anchors.neighbours)
+                block += scale * (wr @ residual_cols) / (wr @ mask_cols + anchors.shrink)
             out[start:stop] = block.numpy()
     return out
 

@@ -19,7 +19,7 @@ from ..data import Record, jsonl_lines
 from ..embed import embed_records
 from ..influence import influence_class
 from ..network import predict_pairwise, predict_pointwise
-from ..pipeline import block_self_cols, plan_layout, sample_indices, sampling_blocks, self_cols_of
+from ..pipeline import block_self_cols, plan_layout, resolve_sampling, sample_indices, self_cols_of
 from ..settings import SamplingSettings, SelectSettings
 from ..training import train_network, train_network_pointwise
 from .fidelity import evaluate_split, quadrant_masks
@@ -124,8 +124,9 @@ def _pairwise_fidelity(truth: np.ndarray, pool: list[Record], targets: list[Reco
     rows, scatter = [], {}
     for fraction in fractions:
         rng = np.random.default_rng(settings.seed)
-        design = sampling_blocks(settings.sampling, influence_class(settings.influence))
-        layout = plan_layout(pool, targets, objective, dataclasses.replace(settings.sampling, fraction=fraction, blocks=design), rng)
+        sampling = resolve_sampling(dataclasses.replace(settings.sampling, fraction=fraction, design="block"),  # the paper's quadrants
+                                    influence_class(settings.influence), len(pool), len(targets), len(layout_rows))
+        layout = plan_layout(pool, targets, objective, sampling, rng)
         labels = np.where(layout.labelled(), truth[np.ix_(layout.seen_rows, layout.seen_cols)], np.nan).astype(np.float32)
         network, _ = train_network(row_embeddings[layout.seen_rows], col_embeddings[layout.seen_cols], labels, settings.network,
                                    self_cols=block_self_cols(layout), objective="topk" if objective == "topk" else "fl")

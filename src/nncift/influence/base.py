@@ -47,6 +47,9 @@ class InfluenceFunction(ABC):
     """The settings dataclass of this function; its fields are CLI flags and YAML keys."""
     uses_language_model: ClassVar[bool] = True
     """Whether the function runs the causal LM of ``--model`` (then the run fingerprints that model)."""
+    cost_per: ClassVar[str] = "record"
+    """What the exact function's cost grows with: ``record`` (features or scores per example: LESS, DELIFT-SE,
+    SelectIT) or ``pair`` (a model pass per target × candidate: DELIFT). Decides the default sampling design."""
     default_sampling_blocks: ClassVar[int] = 1
     """Sampling design when ``--sampling.blocks`` is 0: 1 block for functions that cost per record; a
     function that costs per pair (DELIFT) labels the same pairs in several blocks over more records."""

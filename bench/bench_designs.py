@@ -1,0 +1,173 @@
+"""Label design × training loss × predictor, judged by what selection loses (the network issue's table).
+
+For a stored full matrix of ``bench/matrices.py`` (rows = targets, or the pool then the targets), for each
+fraction u and seed, label the pairs of a sampling design exactly as ``nncift select`` does
+(``resolve_sampling`` + ``plan_layout``), train the InfluenceNetwork as the run does (validation by
+design, selection-aware criterion with the function's own aggregation) and also force each of its
+candidates, predict every pair (exact values kept where labelled) and score the selection on the TRUE
+matrix:
+
+- f_gain (1 = the exact function's subset, 0 = a random subset), LESS's top-k of the max-over-subtasks
+  mean, or FLMI for DELIFT-SE with targets;
+- per-row Spearman on unlabelled candidates (each target's ranking of the candidates it has no label for);
+- the on-task share of the picks (records of the targets' families), with the exact function's and a
+  random subset's;
+- the cost: records whose exact features were computed (per-record functions) or labelled pairs.
+
+Run: ``NNCIFT_BENCH_OUT=~/.cache/nncift/bench OMP_NUM_THREADS=2 .venv/bin/python bench/bench_designs.py less-p3-2k --output bench/results/designs_less_p3_2k.md``
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from bench_network import _objective, _scaled, shuffled  # bench/ is on sys.path when a script runs
+from benchlib import command_line, cpu_name, publish
+from matrices import NAMES, compute
+
+CANDIDATES = ("prior", "prior + anchors", "network", "network + anchors", "blend + anchors")
+
+
+def _row_spearman_unlabelled(true: np.ndarray, predicted: np.ndarray, seen_rows: np.ndarray, seen_cols: np.ndarray, rows: np.ndarray) -> float:
+    from nncift.validation import row_spearman
+
+    unlabelled = np.setdiff1d(np.arange(true.shape[1]), seen_cols)
+    return row_spearman(true[np.ix_(rows, unlabelled)], predicted[np.ix_(rows, unlabelled)])
+
+
+def _cost(cost_per: str, seen_rows: np.ndarray, seen_cols: np.ndarray, n_pool_rows: int) -> int:
+    """Labelled pairs (per-pair functions), or distinct records with exact features: a pool row and its column are one record."""
+    if cost_per == "pair":
+        return len(seen_rows) * len(seen_cols)
+    return len(set(seen_rows[seen_rows < n_pool_rows].tolist()) | set(seen_cols.tolist())) + int((seen_rows >= n_pool_rows).sum())
+
+
+def _mean_sd(values: list[float]) -> str:
+    finite = [v for v in values if v is not None and np.isfinite(v)]
+    return "–" if not finite else f"{np.mean(finite):.3f} ± {np.std(finite):.3f}" if len(finite) > 1 else f"{finite[0]:.3f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("matrix", choices=NAMES)
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.02, 0.05, 0.1])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--designs", nargs="+", default=["block", "all-targets"])
+    parser.add_argument("--losses", nargs="+", default=["mse", "row-centred"])
+    parser.add_argument("--budget", type=float, default=None, help="subset share (default: LESS 0.05, with targets 0.1, else 0.3)")
+    parser.add_argument("--forced", action="store_true", help="also force each candidate predictor (what each would lose)")
+    parser.add_argument("--inputs", nargs="+", default=["all-MiniLM-L6-v2"],
+                        help="network inputs: embedders (the bundled all-MiniLM-L6-v2, lm:smollm2-135m-instruct for the LM's own mean-pooled states, any id)")
+    parser.add_argument("--output", type=Path, default=None)
+    args = parser.parse_args(argv)
+
+    from nncift.embed import embed_records
+    from nncift.experiments.fidelity import calibrated_cosine
+    from nncift.fitting import fit_pairwise
+    from nncift.influence import influence_class
+    from nncift.influence.less import aggregate_scores
+    from nncift.layout import block_self_columns, plan_layout, resolve_sampling, self_columns
+    from nncift.network import predict_pairwise
+    from nncift.settings import NetworkSettings, SamplingSettings
+    from nncift.subset_quality import choose_subset, f_gain
+
+    started = time.perf_counter()
+    matrix = shuffled(compute(args.matrix, progress=True))
+    spec = matrix.spec
+    budget = args.budget or (0.05 if spec.influence == "less" else 0.1 if spec.targets else 0.3)
+    objective_name, objective = _objective(matrix, budget)
+    true = _scaled(matrix)
+    rows = (spec.pool if spec.pool_rows else []) + spec.targets
+    n_pool_rows = len(spec.pool) if spec.pool_rows else 0
+    target_rows = np.arange(n_pool_rows, len(rows))
+    inputs = {name: (embed_records(rows, model=name, progress=True), embed_records(spec.pool, model=name, progress=True)) for name in args.inputs}
+    self_cols = self_columns(len(rows), n_pool_rows)
+    family = np.array(spec.pool_families)
+    on_task_families = sorted(set(spec.target_families))
+    true_subset = choose_subset(true, objective).indices
+    function_class = influence_class(spec.influence)
+    tasks = [r.task for r in rows]
+
+    def on_task(indices: np.ndarray) -> float:
+        return float(np.isin(family[indices], on_task_families).mean()) if len(indices) and on_task_families else float("nan")
+
+    def aggregate(block: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        return aggregate_scores(block, [tasks[int(seen_rows[i])] for i in idx])
+
+    results = []
+    for (input_name, (row_embeddings, col_embeddings)), fraction, design, seed in (
+            (i, f, d, s) for i in inputs.items() for f in args.fractions for d in args.designs for s in args.seeds):
+        sampling = resolve_sampling(SamplingSettings(fraction=fraction, design=design, blocks=1), function_class,
+                                    len(spec.pool), len(spec.targets), len(rows))
+        layout = plan_layout(spec.pool, spec.targets, objective_name, sampling, np.random.default_rng(seed))
+        seen_rows, seen_cols = layout.seen_rows, layout.seen_cols
+        labels = true[np.ix_(seen_rows, seen_cols)]
+        cost = _cost(function_class.cost_per, seen_rows, seen_cols, n_pool_rows)
+        held_out = "columns" if len(seen_rows) == len(rows) else "records"
+        block_self = block_self_columns(self_cols, seen_rows, seen_cols)
+        predictions: dict[str, tuple[np.ndarray, str, float]] = {}
+        for loss in args.losses:
+            variants = [("shipped", None)] + ([(c, c) for c in CANDIDATES if c != "prior"] if args.forced else [])
+            for label, forced in variants:
+                if forced and forced.startswith("prior") and loss != args.losses[0]:
+                    continue  # the prior does not train: one loss is enough
+                net_settings = NetworkSettings(loss=loss, fallback=forced is None, seed=seed)
+                fit = net_settings.fit_settings()
+                if forced:
+                    fit = dataclasses.replace(fit, force=forced)
+                tick = time.perf_counter()
+                network, report = fit_pairwise(row_embeddings[seen_rows], col_embeddings[seen_cols], labels, fit, self_cols=block_self,
+                                               objective="topk" if objective_name == "topk" else "fl",
+                                               candidate_scores=aggregate if spec.influence == "less" else None, held_out=held_out)
+                seconds = time.perf_counter() - tick
+                predicted = predict_pairwise(network, row_embeddings, col_embeddings, self_cols=self_cols).astype(np.float64)
+                name = f"{label} ({loss})" if not (forced or "").startswith("prior") else label
+                predictions[name] = (predicted, report.chosen, seconds)
+        predictions["cosine"] = (calibrated_cosine(row_embeddings, col_embeddings, seen_rows, seen_cols, labels, self_cols), "-", 0.0)
+        predictions["mean"] = (np.full(true.shape, float(np.nanmean(labels))), "-", 0.0)
+        for name, (predicted, chosen, seconds) in predictions.items():
+            predicted[np.ix_(seen_rows, seen_cols)] = labels
+            picks = choose_subset(predicted, objective).indices
+            quality = f_gain(true, predicted, objective, seed=seed, true_subset=true_subset)
+            results.append({"input": input_name, "fraction": fraction, "design": sampling.design, "seed": seed, "predictor": name, "chosen": chosen,
+                            "cost": cost, "labelled": labels.size, "f_gain": quality["f_gain"], "on_task": on_task(picks),
+                            "row_rho": _row_spearman_unlabelled(true, predicted, seen_rows, seen_cols, target_rows) if name != "mean" else float("nan"),
+                            "seconds": seconds})
+        print(f"{input_name} u={fraction} {design} seed={seed}: " + ", ".join(f"{r['predictor']} {r['f_gain']:.3f}" for r in results[-len(predictions):]),
+              flush=True)
+
+    header = "| input | u | design | exact cost | predictor | shipped (per seed) | per-row ρ, unlabelled candidates | f_gain | on-task share | train s |"
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for input_name, fraction in ((i, f) for i in inputs for f in args.fractions):
+        for design in dict.fromkeys(r["design"] for r in results if r["fraction"] == fraction):
+            for name in dict.fromkeys(r["predictor"] for r in results):
+                group = [r for r in results if r["input"] == input_name and r["fraction"] == fraction and r["design"] == design and r["predictor"] == name]
+                if group:
+                    lines.append(f"| {input_name} | {fraction} | {design} | {np.mean([r['cost'] for r in group]):,.0f} | {name} | {' / '.join(r['chosen'] for r in group)} | "
+                                 f"{_mean_sd([r['row_rho'] for r in group])} | {_mean_sd([r['f_gain'] for r in group])} | "
+                                 f"{_mean_sd([r['on_task'] for r in group])} | {_mean_sd([r['seconds'] for r in group])} |")
+    random_share = float(np.isin(family, on_task_families).mean()) if on_task_families else float("nan")
+    unit = "records with exact features" if function_class.cost_per == "record" else "labelled pairs"
+    report = [f"# Label design × loss × predictor: `{args.matrix}`", "",
+              f"Command: `{command_line('bench/bench_designs.py')}`", "",
+              f"Date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}  ",
+              f"Machine: {cpu_name()}, {os.cpu_count()} cores (load average at the end {os.getloadavg()[0]:.1f})", "",
+              f"Matrix: {true.shape[0]} × {true.shape[1]} {spec.influence} ({len(spec.pool)} pool records of {len(set(spec.pool_families))} families, "
+              f"{len(spec.targets)} targets of {on_task_families}), computed in {matrix.seconds:,.0f} s by `bench/matrices.py {args.matrix}`; "
+              f"options {spec.options}. Objective {objective_name}, budget {budget} ({len(true_subset)} records). Seeds {args.seeds}, mean ± sd. "
+              f"Exact cost in {unit} (the full matrix: {len(rows) + len(spec.pool) - n_pool_rows if function_class.cost_per == 'record' else true.size:,}). "
+              f"On-task share: exact function {on_task(true_subset):.3f}, random {random_share:.3f}. Run time {time.perf_counter() - started:,.0f} s.", "",
+              "`shipped (loss)`: what `nncift select` ships (validation by design, per-row Spearman + f_gain criterion, the prior as the floor); "
+              "a candidate's name alone (`--forced`): that candidate shipped whatever validation says.", "", *lines]
+    publish("\n".join(report) + "\n", args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
