@@ -31,7 +31,7 @@ from bench_network import _objective, _scaled, shuffled  # bench/ is on sys.path
 from benchlib import command_line, cpu_name, publish
 from matrices import NAMES, compute
 
-CANDIDATES = ("prior", "prior + anchors", "network", "network + anchors", "blend + anchors")
+CANDIDATES = ("prior + anchors", "network", "network + anchors", "blend", "blend + anchors")
 
 
 def _row_spearman_unlabelled(true: np.ndarray, predicted: np.ndarray, seen_rows: np.ndarray, seen_cols: np.ndarray, rows: np.ndarray) -> float:
@@ -41,10 +41,8 @@ def _row_spearman_unlabelled(true: np.ndarray, predicted: np.ndarray, seen_rows:
     return row_spearman(true[np.ix_(rows, unlabelled)], predicted[np.ix_(rows, unlabelled)])
 
 
-def _cost(cost_per: str, seen_rows: np.ndarray, seen_cols: np.ndarray, n_pool_rows: int) -> int:
-    """Labelled pairs (per-pair functions), or distinct records with exact features: a pool row and its column are one record."""
-    if cost_per == "pair":
-        return len(seen_rows) * len(seen_cols)
+def _cost(seen_rows: np.ndarray, seen_cols: np.ndarray, n_pool_rows: int) -> int:
+    """Distinct records with exact features (per-record functions): a pool row and its column are one record."""
     return len(set(seen_rows[seen_rows < n_pool_rows].tolist()) | set(seen_cols.tolist())) + int((seen_rows >= n_pool_rows).sum())
 
 
@@ -58,10 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("matrix", choices=NAMES)
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.02, 0.05, 0.1])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--designs", nargs="+", default=["block", "all-targets"])
+    parser.add_argument("--designs", nargs="+", default=["block", "all-targets"],
+                        help="block, block:G (the same pairs in G blocks), all-targets")
+    parser.add_argument("--labels", type=int, nargs="*", default=[],
+                        help="label budgets in the function's own units (pairs for DELIFT, records otherwise) instead of --fractions")
     parser.add_argument("--losses", nargs="+", default=["mse", "row-centred"])
     parser.add_argument("--budget", type=float, default=None, help="subset share (default: LESS 0.05, with targets 0.1, else 0.3)")
-    parser.add_argument("--forced", action="store_true", help="also force each candidate predictor (what each would lose)")
+    parser.add_argument("--forced", nargs="*", default=[], choices=CANDIDATES,
+                        help="also ship these candidates whatever validation says (what each would lose)")
     parser.add_argument("--inputs", nargs="+", default=["all-MiniLM-L6-v2"],
                         help="network inputs: embedders (the bundled all-MiniLM-L6-v2, lm:smollm2-135m-instruct for the LM's own mean-pooled states, any id)")
     parser.add_argument("--output", type=Path, default=None)
@@ -101,19 +103,22 @@ def main(argv: list[str] | None = None) -> int:
         return aggregate_scores(block, [tasks[int(seen_rows[i])] for i in idx])
 
     results = []
-    for (input_name, (row_embeddings, col_embeddings)), fraction, design, seed in (
-            (i, f, d, s) for i in inputs.items() for f in args.fractions for d in args.designs for s in args.seeds):
-        sampling = resolve_sampling(SamplingSettings(fraction=fraction, design=design, blocks=1), function_class,
+    budgets = [("labels", n) for n in args.labels] or [("fraction", f) for f in args.fractions]
+    for (input_name, (row_embeddings, col_embeddings)), (kind, amount), design_name, seed in (
+            (i, b, d, s) for i in inputs.items() for b in budgets for d in args.designs for s in args.seeds):
+        design, _, groups = design_name.partition(":")
+        fraction = amount if kind == "fraction" else f"N={amount}"
+        sampling = resolve_sampling(SamplingSettings(design=design, blocks=int(groups or 1), **{kind: amount}), function_class,
                                     len(spec.pool), len(spec.targets), len(rows))
         layout = plan_layout(spec.pool, spec.targets, objective_name, sampling, np.random.default_rng(seed))
         seen_rows, seen_cols = layout.seen_rows, layout.seen_cols
-        labels = true[np.ix_(seen_rows, seen_cols)]
-        cost = _cost(function_class.cost_per, seen_rows, seen_cols, n_pool_rows)
+        labels = np.where(layout.labelled(), true[np.ix_(seen_rows, seen_cols)], np.nan)
+        cost = int(layout.labelled().sum()) if function_class.cost_per == "pair" else _cost(seen_rows, seen_cols, n_pool_rows)
         held_out = "columns" if len(seen_rows) == len(rows) else "records"
         block_self = block_self_columns(self_cols, seen_rows, seen_cols)
         predictions: dict[str, tuple[np.ndarray, str, float]] = {}
         for loss in args.losses:
-            variants = [("shipped", None)] + ([(c, c) for c in CANDIDATES if c != "prior"] if args.forced else [])
+            variants = [("shipped", None)] + [(c, c) for c in args.forced]
             for label, forced in variants:
                 if forced and forced.startswith("prior") and loss != args.losses[0]:
                     continue  # the prior does not train: one loss is enough
@@ -132,11 +137,12 @@ def main(argv: list[str] | None = None) -> int:
         predictions["cosine"] = (calibrated_cosine(row_embeddings, col_embeddings, seen_rows, seen_cols, labels, self_cols), "-", 0.0)
         predictions["mean"] = (np.full(true.shape, float(np.nanmean(labels))), "-", 0.0)
         for name, (predicted, chosen, seconds) in predictions.items():
-            predicted[np.ix_(seen_rows, seen_cols)] = labels
+            block = np.ix_(seen_rows, seen_cols)
+            predicted[block] = np.where(np.isfinite(labels), labels, predicted[block])
             picks = choose_subset(predicted, objective).indices
             quality = f_gain(true, predicted, objective, seed=seed, true_subset=true_subset)
-            results.append({"input": input_name, "fraction": fraction, "design": sampling.design, "seed": seed, "predictor": name, "chosen": chosen,
-                            "cost": cost, "labelled": labels.size, "f_gain": quality["f_gain"], "on_task": on_task(picks),
+            results.append({"input": input_name, "fraction": fraction, "design": design_name, "seed": seed, "predictor": name, "chosen": chosen,
+                            "cost": cost, "labelled": int(np.isfinite(labels).sum()), "f_gain": quality["f_gain"], "on_task": on_task(picks),
                             "row_rho": _row_spearman_unlabelled(true, predicted, seen_rows, seen_cols, target_rows) if name != "mean" else float("nan"),
                             "seconds": seconds})
         print(f"{input_name} u={fraction} {design} seed={seed}: " + ", ".join(f"{r['predictor']} {r['f_gain']:.3f}" for r in results[-len(predictions):]),
@@ -144,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
 
     header = "| input | u | design | exact cost | predictor | shipped (per seed) | per-row ρ, unlabelled candidates | f_gain | on-task share | train s |"
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
-    for input_name, fraction in ((i, f) for i in inputs for f in args.fractions):
+    for input_name, fraction in ((i, f) for i in inputs for f in dict.fromkeys(r["fraction"] for r in results)):
         for design in dict.fromkeys(r["design"] for r in results if r["fraction"] == fraction):
             for name in dict.fromkeys(r["predictor"] for r in results):
                 group = [r for r in results if r["input"] == input_name and r["fraction"] == fraction and r["design"] == design and r["predictor"] == name]

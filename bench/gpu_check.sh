@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU path, checked end to end on a CUDA machine: `nncift select` with DELIFT, LESS and SelectIT on
 # `--device cuda --dtype bfloat16`, LoRA fine-tuning and evaluation (fine-tuning and ICL) on the GPU, and the
-# model tests with the GPU visible (their `device: auto` resolves to cuda). Prints one table: influence
+# model tests with the GPU visible (their `device: auto` resolves to cuda), and the DELIFT benchmark matrix of 200 targets ×
+# 2,016 pool records (bench/matrices.py delift-p3-large; copy $OUT/matrices back to benchmark it). Prints one table: influence
 # evaluations per second on the GPU against the CPU numbers recorded in BENCHMARKS.md.
 #
 # Run from the repository root:  bash bench/gpu_check.sh            (needs a CUDA device; exits 1 with a message otherwise)
@@ -65,6 +66,9 @@ for i in "${!NAMES[@]}"; do
   "$PYTHON" -m nncift.cli "${args[@]}" > "$OUT/${NAMES[$i]}.log" 2>&1 || { echo "gpu_check: ${NAMES[$i]} failed; see $OUT/${NAMES[$i]}.log" >&2; tail -5 "$OUT/${NAMES[$i]}.log" >&2; exit 1; }
   SECONDS_OF[${NAMES[$i]}]=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN{print b - a}')
 done
+
+echo "== the network issue's DELIFT matrix: 200 targets × 2,016 P3 pool records on the GPU (resumable; bench/matrices.py)"
+NNCIFT_DEVICE=cuda NNCIFT_BENCH_OUT="$OUT/matrices" "$PYTHON" bench/matrices.py delift-p3-large 2>&1 | tail -1 || echo "gpu_check: the DELIFT matrix failed (see above)" >&2
 
 echo "== model tests with the GPU visible (device auto -> cuda)"
 "$PYTHON" -m pytest -q tests/test_evaluate.py tests/test_icl.py tests/test_finetune.py tests/test_delift.py tests/test_less.py tests/test_selectit.py 2>&1 | tail -3

@@ -63,7 +63,8 @@ def test_empty_outputs_are_counted_skips(tmp_path: Path) -> None:
         ('{"instruction": "a", "output": 3}\n', 1, "output", "expected a string"),
         ('{"instruction": ["x"], "output": "b"}\n', 1, "instruction", "expected a string"),
         ('{"text": "no layout"}\n', 1, None, "no known layout"),
-        ('[1, 2]\n', 1, None, "expected a JSON object"),
+        ('[1, 2]\n', 1, None, "a JSON array, not one JSON object per line"),
+        ('"text"\n', 1, None, "expected a JSON object"),
         ('{"messages": [{"role": "user", "content": "hi"}]}\n', 1, "messages", "no assistant turn"),
     ],
 )

@@ -10,7 +10,7 @@ from test_experiment import _config, family_files  # noqa: F401 - the fixture is
 
 from nncift.experiments.experiment import Experiment, config_from_dict
 
-FAST_SELECT = {"fraction": 0.3, "min_sampled": 3, "budget": 0.25, "max_steps": 20, "folds": 2}
+FAST_SELECT = {"fraction": 0.3, "min_sampled": 3, "budget": 0.25, "max_steps": 20, "folds": 3}
 """The tests' selection settings with a short network training (the arms, not the network, are tested here)."""
 
 

@@ -152,12 +152,15 @@ def test_rerun_with_other_settings_is_refused(tmp_path: Path, demo_pool) -> None
 def test_finished_run_is_reused_with_its_cost_and_changed_records_are_refused(tmp_path: Path, demo_pool) -> None:
     first = run_select(_settings(), tmp_path / "run", pool=demo_pool)
     manifest = (tmp_path / "run" / "manifest.json").read_text()
-    (tmp_path / "run" / "predicted.npy").unlink()  # a recomputation would have to write it again
+    written = {path.name: path.stat().st_mtime_ns for path in (tmp_path / "run").iterdir()}
     again = run_select(_settings(), tmp_path / "run", pool=demo_pool)
     assert np.array_equal(again.indices, first.indices) and np.allclose(again.scores, first.scores)
     assert [r.source for r in again.records] == [r.source for r in first.records]
     assert (tmp_path / "run" / "manifest.json").read_text() == manifest  # the ledger of the run that did the work
-    assert not (tmp_path / "run" / "predicted.npy").exists()
+    assert {path.name: path.stat().st_mtime_ns for path in (tmp_path / "run").iterdir()} == written  # nothing written again
+    (tmp_path / "run" / "predicted.npy").unlink()  # no longer what commit.json vouches for: selected again, same picks
+    assert run_select(_settings(), tmp_path / "run", pool=demo_pool).indices.tolist() == first.indices.tolist()
+    assert (tmp_path / "run" / "predicted.npy").exists()
     changed = [dataclasses.replace(demo_pool[0], output=demo_pool[0].output + " (edited)")] + list(demo_pool[1:])
     with pytest.raises(SettingsMismatch, match="records_sha256"):
         run_select(_settings(), tmp_path / "run", pool=changed)

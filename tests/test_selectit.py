@@ -272,7 +272,7 @@ def test_fidelity_pointwise_rows(tiny_lm_dir: Path, demo_pool, tmp_path: Path) -
     from nncift.experiments.fidelity_command import FidelitySettings
 
     settings = FidelitySettings.build(influence="selectit", model=str(tiny_lm_dir), fractions=(0.25, 0.5), min_sampled=4,
-                                quiet=True, device="cpu", epochs=3, architectures=("paper", "two-tower"), max_steps=40, folds=2)
+                                quiet=True, device="cpu", epochs=3, architectures=("paper", "two-tower"), max_steps=40, folds=3)
     result = run_fidelity(settings, tmp_path / "fid", pool=list(demo_pool[:16]), influence_options={"n_instructions": 2})
     assert [(row["fraction"], row["split"]) for row in result.rows] == [(0.25, "seen"), (0.25, "unseen"), (0.5, "seen"), (0.5, "unseen")]
     for row in result.rows:

@@ -47,7 +47,7 @@ def test_the_manifest_yaml_and_flags_share_one_nesting(tmp_path: Path, demo_pool
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump({
         "data": [str(pool)], "influence": "delift-se", "seed": 2, "quiet": True,
-        "sampling": {"fraction": 0.25, "min_sampled": 8}, "network": {"max_steps": 40, "folds": 2},
+        "sampling": {"fraction": 0.25, "min_sampled": 8}, "network": {"max_steps": 40, "folds": 3},
         "selection": {"budget": 5, "objective": "fl"}, "executor": {"block_size": 16},
     }))
     out = tmp_path / "run"
@@ -100,7 +100,7 @@ def test_run_folders_of_the_flat_settings_version_resume_reselect_and_open(tmp_p
     from nncift.pipeline import run_select
     from nncift.run_files import open_run
 
-    settings = SelectSettings.build(influence="delift-se", fraction=0.25, min_sampled=8, budget=6, max_steps=40, folds=2, quiet=True, seed=1)
+    settings = SelectSettings.build(influence="delift-se", fraction=0.25, min_sampled=8, budget=6, max_steps=40, folds=3, quiet=True, seed=1)
     out = tmp_path / "run"
     first = run_select(settings, out, pool=demo_pool[:32])
     for name in ("settings.json", "manifest.json"):  # the folder as the previous version wrote it

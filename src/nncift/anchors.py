@@ -22,13 +22,14 @@ base it corrects are chosen on held-out records (:mod:`nncift.fitting`).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Anchors", "kernel_weights", "anchor_correction", "TEMPERATURES", "SHRINKS", "NEIGHBOURS"]
+__all__ = ["Anchors", "kernel_weights", "sparse_kernel_weights", "anchor_correction", "TEMPERATURES", "SHRINKS", "NEIGHBOURS"]
 
 TEMPERATURES = (0.02, 0.05, 0.1)
 """Kernel bandwidths τ tried on held-out records (cosines of MiniLM embeddings: same template ≈ 0.6–0.9)."""
@@ -74,6 +75,16 @@ def kernel_weights(x: Tensor, anchors: Tensor, temperature: float, neighbours: i
     weights = torch.zeros_like(cos)
     weights.scatter_(1, index, torch.exp((top - 1.0) / temperature))
     return weights
+
+
+def sparse_kernel_weights(x: Tensor, anchors: Tensor, temperature: float, neighbours: int) -> Tensor:
+    """:func:`kernel_weights` as a sparse CSR (n, L) tensor: ``neighbours`` entries per row (prediction at scale)."""
+    keep = min(int(neighbours), anchors.shape[0])
+    top, index = torch.topk(x @ anchors.T, keep, dim=1)
+    crow = torch.arange(0, x.shape[0] * keep + 1, keep, dtype=torch.int64)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": the two operations used here are stable
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, index.reshape(-1), torch.exp((top - 1.0) / temperature).reshape(-1), size=(x.shape[0], anchors.shape[0]))
 
 
 def anchor_correction(rows: Tensor, cols: Tensor, anchors: Anchors, *, col_weights: Tensor | None = None) -> Tensor:

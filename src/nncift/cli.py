@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import importlib
 import os
+import signal
 import sys
 from collections import Counter
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any, Callable
 
 from .config import add_arguments, build_settings, check_options, field_docs, load_yaml, resolve_names, stage_fields
 from .data import DataError
+from .given_once import StoreOnce, refuse_repeated
 from .models import ModelError
 from .settings import SelectSettings
 from .store import SettingsMismatch, make_run_folder
@@ -32,8 +34,8 @@ def _influence_settings_classes() -> dict[str, type]:
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, settings_class: type[SelectSettings]) -> None:
-    parser.add_argument("--out", required=True, help="run folder")
-    parser.add_argument("--config", help="YAML file with settings (flags override it)")
+    parser.add_argument("--out", required=True, action=StoreOnce, help="run folder")
+    parser.add_argument("--config", action=StoreOnce, help="YAML file with settings (flags override it)")
     parser.add_argument("--model", dest="model", action="append", default=None,
                         help=f"{field_docs(settings_class)['model']} Repeat the flag to rate with several models "  # type: ignore[arg-type]
                              f"(selectit's model-level reflection). (default: {settings_class.model!r})")
@@ -117,10 +119,12 @@ def _add_model_list(settings: Any, options: dict[str, Any], models: list[str]) -
 def cmd_select(args: argparse.Namespace) -> int:
     """nncift select: choose a subset with NN-CIFT (or, with --run and --add, grow a finished run's subset)."""
     from .pipeline import run_select
+    from .preflight import check_select
 
     if args.run or args.add:
         return _cmd_add(args)
     settings, options = split_settings(args, SelectSettings)
+    check_select(settings, options, out=args.out, force=args.force)  # before anything is written
     result = run_select(settings, args.out, influence_options=options)
     _print_summary(result)
     return 0
@@ -130,15 +134,19 @@ def _cmd_add(args: argparse.Namespace) -> int:
     """select --run RUN --add NEW: the run's own settings, the budget over the union (--budget to change it)."""
     from .data import read_many
     from .incremental import add_to_run
+    from .preflight import check_out_folder
+    from .run_check import check_run_files
 
     if not (args.run and args.add):
         raise ValueError("--run and --add go together: --run RUN_DIR --add NEW.jsonl grows RUN_DIR's selection with new records")
     given = sorted("--" + k.replace("_", "-") for k, v in vars(args).items()
-                   if v is not None and k not in ("run", "add", "out", "budget", "selection.budget", "quiet", "command", "handler") and v is not False)
+                   if v is not None and k not in ("run", "add", "out", "budget", "selection.budget", "quiet", "command", "handler", "force") and v is not False)
     if given:
         raise ValueError(f"with --run, the run's own settings are used: only --selection.budget (--budget) and --quiet apply (got {', '.join(given)})")
     budgets = {dest: vars(args)[dest] for dest in ("budget", "selection.budget") if vars(args)[dest] is not None}
     budget = resolve_names(SelectSettings, budgets, {dest: "--" + dest for dest in budgets})[0].get("selection.budget")  # given twice: refused
+    check_out_folder(args.out, data=args.add, run=args.run, force=args.force)
+    check_run_files(args.run)
     new, reports = read_many(args.add)
     if not new:
         raise ValueError(f"no records to add in {', '.join(args.add)} (see the skip counts)")
@@ -211,8 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     select = commands.add_parser("select", help="select a fine-tuning subset with NN-CIFT")
     add_run_arguments(select, SelectSettings)
+    select.add_argument("--force", action="store_true", help="write into --out even when it is a non-empty folder that is not an nncift run")
     grow = select.add_argument_group("growing a finished run (no influence function, no language model)")
-    grow.add_argument("--run", help="a finished select run folder whose subset --add grows (its settings are used)")
+    grow.add_argument("--run", action=StoreOnce, help="a finished select run folder whose subset --add grows (its settings are used)")
     grow.add_argument("--add", action="append", help="new records to add to --run's pool (repeatable; not split at commas)")
     select.set_defaults(handler=cmd_select)
     demo = commands.add_parser("demo", help="run the main job on the built-in data set")
@@ -258,15 +267,24 @@ def package_version() -> str:
         return "0+unknown"
 
 
+def _interrupted_while_starting(signum: int, frame: Any) -> None:
+    """Ctrl-C before the command started (parsing, imports): nothing to clean up; leave at once, in one line."""
+    print("nncift: interrupted before the command started; nothing was written", file=sys.stderr)
+    os._exit(130)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``nncift`` command."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
-    if getattr(args, "quiet", False):
-        from .models import quiet_libraries
-
-        quiet_libraries()
+    previous = _on_sigint(_interrupted_while_starting)  # first: a Ctrl-C while the parser is built is clean too
     try:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        args = build_parser().parse_args(argv)
+        if getattr(args, "quiet", False):
+            from .models import quiet_libraries
+
+            quiet_libraries()
+        _on_sigint(signal.default_int_handler)  # from here: KeyboardInterrupt, so that locks are released
+        refuse_repeated(args)
         return int(args.handler(args) or 0)
     except USER_ERRORS as error:
         if os.environ.get("NNCIFT_DEBUG"):
@@ -276,6 +294,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nncift: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            _on_sigint(previous)
+
+
+def _on_sigint(handler: Any) -> Any:
+    """Install a Ctrl-C handler; the previous one (None where signals cannot be set: not the main thread)."""
+    try:
+        return signal.signal(signal.SIGINT, handler)
+    except ValueError:
+        return None
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import importlib.metadata
 import inspect
 import math
 import numbers
+import os
 import platform
 import re
 import subprocess
@@ -29,6 +30,7 @@ from typing import Any, Callable
 import yaml
 
 from .choices import DTYPES, NETWORK_LOSSES, SAMPLING_DESIGNS
+from .given_once import StoreOnce, UniqueKeyLoader
 
 
 @functools.cache
@@ -108,7 +110,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: frozenset
             help_text += ("; repeat the flag for several (values are not split at commas: paths may hold them)"
                           if element is str else "; repeat the flag or separate values with commas")
         else:
-            kwargs = {"type": element}
+            kwargs = {"type": element, "action": StoreOnce}  # given twice: refused (nncift.given_once)
         if prefix and element is not bool:
             kwargs["metavar"] = item.name.upper()
         alias = short.get(dest, "")
@@ -165,9 +167,9 @@ def normalise_budget(budget: Any) -> float | int:
 _Rule = Callable[[Any], "str | None"]
 
 
-def _at_least(low: float, *, strict: bool = False) -> _Rule:
-    """Rule: a number ≥ ``low`` (> ``low`` when strict)."""
-    return lambda v: None if (v > low if strict else v >= low) else f"expected a value {'>' if strict else '≥'} {low}, got {v!r}"
+def _at_least(low: float, *, strict: bool = False, why: str = "") -> _Rule:
+    """Rule: a number ≥ ``low`` (> ``low`` when strict); ``why`` is added to the message."""
+    return lambda v: None if (v > low if strict else v >= low) else f"expected a value {'>' if strict else '≥'} {low}, got {v!r}{why}"
 
 
 def _one_of(*choices: str) -> _Rule:
@@ -198,7 +200,8 @@ _RULES: dict[str, _Rule] = {
     "influence": _influence, "fraction": _fraction, "min_sampled": _at_least(1), "blocks": _at_least(0),
     "objective": _one_of("", "fl", "flmi", "flcg", "topk"), "eta": _at_least(0), "nu": _at_least(0), "seed": _at_least(0),
     "architecture": _ARCHITECTURES, "tower_hidden": _at_least(1), "tower_rank": _at_least(1), "max_steps": _at_least(0),
-    "folds": _at_least(1), "hidden_sizes": _at_least(1), "learning_rate": _at_least(0, strict=True), "epochs": _at_least(0),
+    "folds": _at_least(3, why=" (the validation that chooses the predictor needs at least 3 folds)"),
+    "hidden_sizes": _at_least(1), "learning_rate": _at_least(0, strict=True), "epochs": _at_least(0),
     "batch_size": _at_least(1), "block_size": _at_least(1), "device": _device, "name": _one_of("local", "ray"),
     "workers": _at_least(1), "worker_cpus": _at_least(0), "worker_gpus": _at_least(0),
     "fractions": _fraction, "seeds": _at_least(0), "architectures": _ARCHITECTURES, "limit": _at_least(0),
@@ -284,10 +287,14 @@ def check_options(settings_class: type, options: dict[str, Any], origins: dict[s
                 raise SettingsError(key, problem)
     except SettingsError as error:
         raise SettingsError(error.key, error.problem, (origins or {}).get(error.key, "")) from None
-    settings_class(**own)
+    try:
+        settings_class(**own)
+    except ValueError as error:  # the class's own checks: "max_length: ..." names the option
+        key, _, problem = str(error).partition(": ")
+        raise SettingsError(key, problem, (origins or {}).get(key, "")) if key in own and problem else error from None
 
 
-class _YamlLoader(yaml.SafeLoader):
+class _YamlLoader(UniqueKeyLoader):
     """Safe YAML that reads 1e-4 as a number (YAML 1.2), not as the string PyYAML makes of it."""
 
 
@@ -311,7 +318,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: malformed YAML{line}: {getattr(error, 'problem', None) or error}") from None
     if not isinstance(payload, dict):
         raise ValueError(f"{path}: expected a mapping of settings, got {type(payload).__name__}")
-    return {str(k).replace("-", "_"): v for k, v in payload.items()}
+    flat = {str(k).replace("-", "_"): v for k, v in payload.items()}
+    if len(flat) < len(payload):
+        raise ValueError(f"{path}: a key is given twice, once with - and once with _: give it once")
+    return flat
 
 
 def resolve_names(cls: type, values: dict[str, Any], origins: dict[str, str] | None = None, *,
@@ -426,6 +436,7 @@ def environment_info() -> dict[str, Any]:
         "packages": versions,
         "git_commit": _git_commit(),
         "command": " ".join(sys.argv),
+        "cwd": os.getcwd(),  # relative input paths are read from here (select --add, score)
     }
 
 

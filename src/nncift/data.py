@@ -19,18 +19,18 @@ Supported layouts (detected per record, so mixed files work):
 
 Files: ``.json`` (a list of records), ``.jsonl`` (one record per line), suffix in any case, UTF-8
 with or without a byte-order mark; or, with ``datasets`` installed, anything
-``datasets.load_dataset`` can open (``hf:NAME[:SPLIT]``).
+``datasets.load_dataset`` can open (``hf:NAME[:SPLIT]``). ``Infinity``/``NaN`` in a record (not JSON) are read as null.
 
 A file with no records at all (empty, whitespace only, or an empty JSON list) is an
 :class:`EmptyFileError` from :func:`read_records`; :func:`read_many` instead counts it as skipped
 (reason ``"empty file"``) and goes on. A folder given to :func:`read_many` is read one level deep:
 its ``.json``/``.jsonl`` files, sorted by name. Sub-folders are *not* read (a run folder's
 ``selected.jsonl`` would otherwise be read as data); they and any other files are counted as
-skipped, with their paths, in an extra report for the folder (reasons ``"sub-folder (not read)"``
-and ``"not .json/.jsonl (not read)"``), so the run manifest (with paths) and the terminal
+skipped, with their paths, in an extra report for the folder (reasons ``"sub-folder (not read)"``,
+``"broken link (not read)"`` and ``"not .json/.jsonl (not read)"``), so the run manifest (with paths) and the terminal
 (counts) show them.
 :func:`read_many` raises :class:`DataError` when no record at all is kept, listing per file how
-many records were read and skipped (:meth:`LoadReport.summary`).
+many records were read and skipped (:meth:`LoadReport.summary`), or when a folder holds no file to read.
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
+
+from .json_text import array_elements_with_lines, finite
 
 END_OF_TEXT = "<|endoftext|>"
 SUFFIXES = (".json", ".jsonl")
@@ -132,10 +134,14 @@ class LoadReport:
         return f"{self.path}: read {self.read}, kept {self.kept}{skipped}"
 
 
+_ABSENT = object()
+"""A field that is not there at all (``None`` is a JSON null)."""
+
+
 def _text(value: Any, path: Path, line: int, name: str, *, required: bool) -> str:
-    if value is None:
+    if value is None or value is _ABSENT:
         if required:
-            raise DataError(path, line, name, "missing")
+            raise DataError(path, line, name, "missing" if value is _ABSENT else "null: expected a string")
         return ""
     if not isinstance(value, str):
         raise DataError(path, line, name, f"expected a string, got {type(value).__name__}")
@@ -190,7 +196,7 @@ def record_from_dict(obj: Any, path: Path, line: int, task: str | None = None) -
         instruction = _text(obj["instruction"], path, line, "instruction", required=True)
         extra = _text(obj.get("input"), path, line, "input", required=False)
         out_key = "response" if "response" in obj and "output" not in obj else "output"
-        output = _text(obj.get(out_key), path, line, out_key, required=True)
+        output = _text(obj.get(out_key, _ABSENT), path, line, out_key, required=True)
     else:
         keys = ", ".join(sorted(obj)[:8]) or "none"
         raise DataError(
@@ -238,7 +244,27 @@ def jsonl_lines(text: str) -> list[str]:
 
 
 def _iter_json_objects(path: Path, text: str) -> Iterator[tuple[int, Any]]:
+    """(line, parsed value) of each record. A lone surrogate (``"\\ud800"``, not Unicode text) is refused with its line;
+    ``Infinity`` and ``NaN`` (which Python's reader accepts, JSON does not) become null, so written records stay valid JSON."""
+    items = _parsed_values(path, text)
+    surrogates, constants = "\\u" in text, "Infinity" in text or "NaN" in text
+    if not (surrogates or constants):  # the usual case: nothing to look at
+        yield from items
+        return
+    for line, item in items:
+        try:
+            if surrogates:
+                json.dumps(item, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise DataError(path, line, None, f"a lone surrogate {error.object[error.start]!r} (half of a \\u escape pair): not Unicode text") from None
+        yield line, finite(item) if constants else item
+
+
+def _parsed_values(path: Path, text: str) -> Iterator[tuple[int, Any]]:
     if path.suffix.lower() == ".jsonl":
+        if text.lstrip().startswith("["):
+            raise DataError(path, 1 + text[: len(text) - len(text.lstrip())].count("\n"), None,
+                            "a JSON array, not one JSON object per line: name the file .json to read it as an array")
         for number, line in enumerate(jsonl_lines(text), start=1):
             if not line.strip():
                 continue
@@ -246,13 +272,19 @@ def _iter_json_objects(path: Path, text: str) -> Iterator[tuple[int, Any]]:
                 yield number, json.loads(line)
             except json.JSONDecodeError as error:
                 raise DataError(path, number, None, f"malformed JSON: {error.msg} (column {error.colno})") from None
+            except RecursionError:
+                raise DataError(path, number, None, "nested too deeply to read (arrays or objects inside each other)") from None
         return
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
         raise DataError(path, error.lineno, None, f"malformed JSON: {error.msg} (column {error.colno})") from None
+    except RecursionError:
+        deep = re.search(r"[\[{]{200}", text)
+        raise DataError(path, 1 + text.count("\n", 0, deep.start() if deep else 0), None,
+                        "nested too deeply to read (arrays or objects inside each other)") from None
     if isinstance(data, list):
-        yield from _array_elements_with_lines(text)
+        yield from array_elements_with_lines(text)
         return
     if isinstance(data, dict):
         lists = [v for v in data.values() if isinstance(v, list)]
@@ -260,27 +292,6 @@ def _iter_json_objects(path: Path, text: str) -> Iterator[tuple[int, Any]]:
             yield from ((position, item) for position, item in enumerate(lists[0], start=1))
             return
     raise DataError(path, 1, None, f"expected a JSON list of records, got {type(data).__name__}")
-
-
-def _array_elements_with_lines(text: str) -> Iterator[tuple[int, Any]]:
-    """Yield (line where the element starts, element) for a top-level JSON array."""
-    decoder = json.JSONDecoder()
-    position = text.index("[") + 1
-    line = 1 + text.count("\n", 0, position)
-    while True:
-        match = _SEPARATORS.match(text, position)
-        end = match.end() if match else position  # the pattern matches the empty string: never None
-        line += text.count("\n", position, end)
-        position = end
-        if position >= len(text) or text[position] == "]":
-            return
-        item, end = decoder.raw_decode(text, position)
-        yield line, item
-        line += text.count("\n", position, end)
-        position = end
-
-
-_SEPARATORS = re.compile(r"[\s,]*")
 
 
 def read_records(path: str | Path, *, task: str | None = None) -> tuple[list[Record], LoadReport]:
@@ -312,7 +323,7 @@ def _read_file(path: str | Path, task: str | None) -> tuple[list[Record], LoadRe
         return _read_hf(str(path)[3:], task)
     path = Path(path)
     if not path.is_file():
-        raise DataError(path, None, None, "no such file")
+        raise DataError(path, None, None, "a broken link (its target does not exist)" if path.is_symlink() else "no such file")
     payload = path.read_bytes()
     report = LoadReport(str(path), sha256=hashlib.sha256(payload).hexdigest())
     try:
@@ -343,7 +354,14 @@ def _read_hf(spec: str, task: str | None) -> tuple[list[Record], LoadReport]:
     except ImportError:
         raise DataError(spec, None, None, "reading hf: data needs `pip install nncift[datasets]`") from None
     name, _, split = spec.partition(":")
-    table = datasets.load_dataset(name, split=split or "train")
+    if not name.strip():
+        raise DataError(f"hf:{spec}", None, None, "the data set name is empty: write hf:NAME or hf:NAME:SPLIT")
+    try:
+        table = datasets.load_dataset(name, split=split or "train")
+    except (ConnectionError, OSError, ValueError) as error:  # offline: ConnectionError; unknown names: FileNotFoundError
+        offline = isinstance(error, ConnectionError) or any(word in f"{type(error).__name__} {error}".lower() for word in ("offline", "reach"))
+        raise DataError(f"hf:{spec}", None, None, "the Hugging Face hub is unreachable (offline) and the data set is not in the local cache"
+                        if offline else f"cannot load the data set: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
     return records_from(table, f"hf:{spec}", task=task or name, sha256=getattr(table, "_fingerprint", ""))
 
 
@@ -354,6 +372,8 @@ def _folder_files(folder: Path) -> tuple[list[Path], LoadReport]:
     for entry in sorted(folder.iterdir()):
         if entry.is_file() and entry.suffix.lower() in SUFFIXES:
             files.append(entry)
+        elif entry.is_symlink() and not entry.exists():
+            report.skip("broken link (not read)", str(entry))
         else:
             report.skip("sub-folder (not read)" if entry.is_dir() else "not .json/.jsonl (not read)", str(entry))
     return files, report
@@ -377,6 +397,10 @@ def read_many(paths: Iterable[str | Path]) -> tuple[list[Record], list[LoadRepor
     for path in inputs:
         is_folder = not str(path).startswith("hf:") and Path(path).is_dir()
         files, folder_report = _folder_files(Path(path)) if is_folder else ([path], None)
+        if folder_report is not None and not files:
+            raise DataError(path, None, None, "the folder holds no .json/.jsonl files to read" + ("; skipped: " + "; ".join(
+                f"{reason} {n} ({', '.join(folder_report.skipped_places[reason][:3])})" for reason, n in folder_report.skipped.items())
+                if folder_report.skipped else " (it is empty)"))
         for file in files:
             file_records, report = _read_file(file, None)
             records.extend(file_records)
@@ -391,10 +415,15 @@ def read_many(paths: Iterable[str | Path]) -> tuple[list[Record], list[LoadRepor
 
 
 def write_jsonl(path: str | Path, rows: Sequence[dict[str, Any]]) -> None:
-    """Write rows as JSON lines (UTF-8, no ASCII escaping), atomically."""
+    """Write rows as JSON lines (UTF-8, no ASCII escaping), atomically. Valid JSON only: a non-finite number a record
+    was read with (``Infinity``, ``NaN``: Python's reader accepts them) is written as ``null``."""
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
     with tmp.open("w", encoding="utf-8") as handle:
         for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            try:
+                line = json.dumps(row, ensure_ascii=False, allow_nan=False)
+            except ValueError:  # Infinity or NaN somewhere in the row
+                line = json.dumps(finite(row), ensure_ascii=False, allow_nan=False)
+            handle.write(line + "\n")
     tmp.replace(path)

@@ -11,12 +11,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .atomic_files import atomic_write, is_temporary
 from .data import Record
 from .models import BUNDLED_EMBEDDER, cache_dir, model_fingerprint
 from .templates import embedding_text
@@ -54,6 +54,8 @@ class EmbeddingCache:
         from safetensors import safe_open
 
         for shard in sorted(self.folder.glob("*.safetensors")):
+            if is_temporary(shard):  # being written by another process, or left by a kill
+                continue
             with safe_open(str(shard), framework="numpy") as handle:
                 keys = json.loads(handle.metadata()["keys"])
                 vectors = handle.get_tensor("vectors")
@@ -69,9 +71,8 @@ class EmbeddingCache:
 
         name = hashlib.sha256("".join(keys).encode()).hexdigest()[:20]
         final = self.folder / f"{name}.safetensors"
-        tmp = self.folder / f".{name}.{os.getpid()}.tmp"
-        save_file({"vectors": np.ascontiguousarray(vectors, dtype=np.float32)}, str(tmp), metadata={"keys": json.dumps(list(keys))})
-        tmp.replace(final)
+        atomic_write(final, lambda tmp: save_file({"vectors": np.ascontiguousarray(vectors, dtype=np.float32)}, str(tmp),
+                                                  metadata={"keys": json.dumps(list(keys))}))
         self._vectors.update(zip(keys, vectors))
 
 

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from .atomic_files import write_text_atomic
 from .config import add_arguments, build_settings, environment_info, load_yaml, settings_dict
 from .data import Record, read_many
 from .evaluate import EvaluateSettings, EvaluationResult, evaluate_records, load_model_for_evaluation
@@ -28,9 +29,7 @@ def run_evaluate(settings: EvaluateSettings, records: Sequence[Record], out: str
     if out is not None:
         path = Path(out)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(result.as_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
-        tmp.replace(path)
+        write_text_atomic(path, json.dumps(result.as_dict(), indent=2, ensure_ascii=False))
     return result
 
 

@@ -30,7 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import templates
-from .config import add_arguments, build_settings, environment_info, load_yaml, settings_dict
+from .config import SettingsError, add_arguments, build_settings, check_settings, environment_info, load_yaml, settings_dict
 from .data import Record, read_many
 from .models import BUNDLED_LM
 from .store import RunStore
@@ -77,6 +77,12 @@ class FinetuneSettings:
     """Run code shipped with the model (explicit opt-in only)."""
     quiet: bool = False
     """No progress bar."""
+
+    def __post_init__(self) -> None:
+        """Check every field (types and ranges) before a model is loaded; at least one epoch."""
+        check_settings(self)
+        if self.epochs < 1:
+            raise SettingsError("epochs", f"expected at least 1 pass over the data, got {self.epochs}")
 
 
 @dataclass
@@ -319,10 +325,17 @@ def register_cli(subparsers: Any) -> None:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
+    from .preflight import check_device, check_model
+
     values = load_yaml(args.config) if args.config else {}
+    origins = {key: str(args.config) for key in values}
     names = set(FinetuneSettings.__dataclass_fields__)
-    values.update({k: v for k, v in vars(args).items() if k in names and v is not None})
-    settings = build_settings(FinetuneSettings, values)
+    flags = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    values.update(flags)
+    origins.update({key: "--" + key.replace("_", "-") for key in flags})
+    settings = build_settings(FinetuneSettings, values, origins=origins)  # flags override the file (values.update)
+    check_device(settings.device)
+    check_model(settings.model, "--model")
     records, _ = read_many(args.data)
     result = finetune(records, settings, args.out)
     first, last = result.losses[0], float(np.mean(result.losses[-max(1, len(result.losses) // 10):]))

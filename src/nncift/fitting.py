@@ -41,7 +41,7 @@ from tqdm import tqdm
 from .anchors import NEIGHBOURS, SHRINKS, TEMPERATURES, Anchors, anchor_correction
 from .tower_training import PairBlock, train_stacked
 from .towers import TwoTowerNetwork
-from .validation import MIN_FOLDS, choose_candidate, mean_criteria, selection_criterion
+from .validation import MIN_FOLDS, choose_candidate, explain_choice, mean_criteria, selection_criterion
 
 __all__ = ["FitSettings", "FitReport", "fit_pairwise", "record_folds", "calibrate_prior", "one_torch_thread"]
 MIN_RECORDS_PER_FOLD = 5
@@ -244,41 +244,79 @@ def _anchored(data: PairBlock, base: np.ndarray, train: np.ndarray, rows: np.nda
 
 
 def _validate(data: PairBlock, settings: FitSettings, folds: list[tuple[int, np.ndarray, np.ndarray]], bases: dict[str, list[np.ndarray]],
-              objective: str, candidate_scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | None
+              objective: str, candidate_scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | None, held_out: str
               ) -> tuple[dict[str, list[dict[str, float]]], dict[str, tuple[float, float]]]:
-    """Per candidate, the selection criterion on each fold's held-out pairs; and each anchored candidate's (τ, κ).
+    """Per candidate, the selection criterion on held-out pairs, as replicates; and each anchored candidate's (τ, κ).
 
     ``bases[name][i]``: fold i's (R, C) standardised predictions of a base predictor trained without that
     fold. Each base is scored as it is and with label anchors (the (τ, κ) with the best mean criterion).
+    Records: one replicate per fold (its held-out block). Columns: every labelled candidate has one
+    out-of-fold column, so the criterion is computed once on all of them pooled (replicate 0) and on
+    :data:`BOOTSTRAP` seeded resamples of the candidates (the rest), which tell how sure the comparison is.
     """
-    per_fold: dict[str, list[dict[str, float]]] = {}
-    kernels: dict[str, tuple[float, float]] = {}
-
-    def score(fold: int, values: np.ndarray, true: np.ndarray, val_rows: np.ndarray) -> dict[str, float]:
-        aggregate = None if candidate_scores is None else (lambda matrix: candidate_scores(matrix, val_rows))
-        filled = np.where(np.isfinite(true), true, np.nanmean(true))
-        return selection_criterion(filled, np.where(np.isfinite(true), values, np.nanmean(values)), settings.validation_budget, objective,
-                                   settings.seed, aggregate)
-
+    held: dict[str, list[np.ndarray]] = {}  # candidate -> per fold, its values on the fold's held-out block
     for name, predictions in bases.items():
-        grid: dict[tuple[float, float], list[dict[str, float]]] = {}
-        for (fold, train, val), base in zip(folds, predictions):
+        for (_, train, val), base in zip(folds, predictions):
             val_rows, val_cols = np.flatnonzero(val.any(axis=1)), np.flatnonzero(val.any(axis=0))
-            block = np.ix_(val_rows, val_cols)
-            true = np.where(val[block], data.labels[block], np.nan)
-            per_fold.setdefault(name, []).append(score(fold, base[block], true, val_rows))
+            held.setdefault(name, []).append(base[np.ix_(val_rows, val_cols)])
             for tau in TEMPERATURES:
                 for kappa in SHRINKS:
-                    grid.setdefault((tau, kappa), []).append(score(fold, _anchored(data, base, train, val_rows, val_cols, tau, kappa), true, val_rows))
-        best = max(grid, key=lambda key: mean_criteria(grid[key])["criterion"])
-        per_fold[f"{name} + anchors"], kernels[f"{name} + anchors"] = grid[best], best
-    return per_fold, kernels
+                    held.setdefault(f"{name}@{tau},{kappa}", []).append(_anchored(data, base, train, val_rows, val_cols, tau, kappa))
+    evaluate = _pooled_replicates if held_out == "columns" else _fold_replicates
+    replicates = {key: evaluate(data, settings, folds, values, objective, candidate_scores) for key, values in held.items()}
+    chosen: dict[str, list[dict[str, float]]] = {name: replicates[name] for name in bases}
+    kernels: dict[str, tuple[float, float]] = {}
+    for name in bases:
+        grid = {(tau, kappa): replicates[f"{name}@{tau},{kappa}"] for tau in TEMPERATURES for kappa in SHRINKS}
+        best = max(grid, key=lambda key: grid[key][0]["criterion"] if held_out == "columns" else mean_criteria(grid[key])["criterion"])
+        chosen[f"{name} + anchors"], kernels[f"{name} + anchors"] = grid[best], best
+    return chosen, kernels
+
+
+BOOTSTRAP = 50
+"""Seeded resamples of the held-out candidates behind a pooled comparison (columns held out)."""
+
+
+def _criterion(true: np.ndarray, values: np.ndarray, rows: np.ndarray, settings: FitSettings, objective: str,
+               candidate_scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | None) -> dict[str, float]:
+    aggregate = None if candidate_scores is None else (lambda matrix: candidate_scores(matrix, rows))
+    filled = np.where(np.isfinite(true), true, np.nanmean(true))
+    return selection_criterion(filled, np.where(np.isfinite(true), values, np.nanmean(values)), settings.validation_budget, objective,
+                               settings.seed, aggregate)
+
+
+def _fold_replicates(data: PairBlock, settings: FitSettings, folds: list[tuple[int, np.ndarray, np.ndarray]], values: list[np.ndarray],
+                     objective: str, candidate_scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | None) -> list[dict[str, float]]:
+    """The criterion on each fold's held-out block."""
+    out = []
+    for (_, _, val), predicted in zip(folds, values):
+        rows, cols = np.flatnonzero(val.any(axis=1)), np.flatnonzero(val.any(axis=0))
+        block = np.ix_(rows, cols)
+        out.append(_criterion(np.where(val[block], data.labels[block], np.nan), predicted, rows, settings, objective, candidate_scores))
+    return out
+
+
+def _pooled_replicates(data: PairBlock, settings: FitSettings, folds: list[tuple[int, np.ndarray, np.ndarray]], values: list[np.ndarray],
+                       objective: str, candidate_scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | None) -> list[dict[str, float]]:
+    """The criterion on every held-out candidate pooled (first), then on :data:`BOOTSTRAP` resamples of them."""
+    mask = np.zeros(data.mask.shape, dtype=bool)
+    pooled = np.full(data.mask.shape, np.nan)
+    for (_, _, val), predicted in zip(folds, values):
+        rows, cols = np.flatnonzero(val.any(axis=1)), np.flatnonzero(val.any(axis=0))
+        pooled[np.ix_(rows, cols)] = predicted
+        mask |= val
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    true = np.where(mask, data.labels, np.nan)[np.ix_(rows, cols)]
+    pooled = pooled[np.ix_(rows, cols)]
+    rng = np.random.default_rng(settings.seed)
+    samples = [np.arange(len(cols))] + [rng.integers(0, len(cols), len(cols)) for _ in range(BOOTSTRAP)]
+    return [_criterion(true[:, pick], pooled[:, pick], rows, settings, objective, candidate_scores) for pick in samples]
 
 
 def fit_pairwise(row_embeddings: np.ndarray, col_embeddings: np.ndarray, labels: np.ndarray, settings: FitSettings, *,
                  self_cols: np.ndarray | None = None, objective: str = "fl",
                  candidate_scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None, held_out: str = "records",
-                 progress: bool = False) -> tuple[TwoTowerNetwork, FitReport]:
+                 prior_is_exact: bool = False, progress: bool = False) -> tuple[TwoTowerNetwork, FitReport]:
     """Train the default pairwise network on a labelled block (NaN = not labelled) and choose what to ship.
 
     Args:
@@ -291,6 +329,7 @@ def fit_pairwise(row_embeddings: np.ndarray, col_embeddings: np.ndarray, labels:
         candidate_scores: top-k's aggregation ``(matrix, block row indices) -> score per column`` (default: the row mean).
         held_out: ``records`` (u × u designs: unlabelled pairs have neither side labelled) or ``columns`` (every
             row of the matrix is labelled: validation holds out candidates only).
+        prior_is_exact: the labels are an affine map of the inputs' cosine (DELIFT-SE): ship the calibrated prior, train nothing.
         progress: a progress bar over the trainings (folds × grid, then the final one).
 
     Returns:
@@ -298,6 +337,15 @@ def fit_pairwise(row_embeddings: np.ndarray, col_embeddings: np.ndarray, labels:
     """
     start = time.perf_counter()
     data, mean, std = _pair_data(row_embeddings, col_embeddings, labels, self_cols)
+    if prior_is_exact:
+        report = FitReport("two-tower", "prior", int(data.mask.sum()), 0.0, loss=settings.loss, held_out=held_out,
+                           note="the influence function is the embeddings' cosine: the calibrated prior is exact, nothing was trained")
+        alpha, beta, delta = calibrate_prior(data.cos, data.labels, data.mask, data.self_mask)
+        report.prior = {"alpha": alpha * std, "beta": beta * std + mean, "self_delta": delta * std}
+        network = _build_two_tower(data, settings, data.mask, settings.seed)
+        network.set_label_scale(mean, std)
+        report.seconds = time.perf_counter() - start
+        return network.eval(), report
     fold_masks, n_units = _fold_masks(data, settings, held_out)
     centre = settings.loss == "row-centred"
     grid = [(lr, wd) for lr in settings.learning_rates for wd in settings.weight_decays]
@@ -334,12 +382,13 @@ def fit_pairwise(row_embeddings: np.ndarray, col_embeddings: np.ndarray, labels:
             report.steps, report.validation_curve = e * settings.eval_every, [float(v) for v in mean_curves[g]]
             trained = _fold_predictions(data, settings, fold_masks, grid[g], report.steps)
             bases = {"prior": priors, "network": trained, "blend": [0.5 * (a + b) for a, b in zip(priors, trained)]}
-            per_fold, kernels = _validate(data, settings, fold_masks, bases, objective, candidate_scores)
-            report.candidates = {name: mean_criteria(values) for name, values in per_fold.items()}
-            report.chosen = choose_candidate(per_fold, ["prior", "blend", "network", "prior + anchors", "blend + anchors", "network + anchors"],
-                                             settings.fallback, settings.force)
+            replicates, kernels = _validate(data, settings, fold_masks, bases, objective, candidate_scores, held_out)
+            pooled = held_out == "columns"
+            report.candidates = {name: values[0] if pooled else mean_criteria(values) for name, values in replicates.items()}
+            report.chosen = choose_candidate(replicates, ["prior", "blend", "network", "prior + anchors", "blend + anchors", "network + anchors"],
+                                             settings.fallback, settings.force, rule="bootstrap" if pooled else "every fold")
             network = _final_network(data, settings, report, kernels.get(report.chosen))
-        report.note = report.note or _explain(report)
+        report.note = report.note or explain_choice(report.candidates, report.chosen, report.held_out)
         bar.update(1)
     network.set_label_scale(mean, std)
     report.seconds = time.perf_counter() - start
@@ -376,20 +425,6 @@ def _final_network(data: PairBlock, settings: FitSettings, report: FitReport, ke
         network.attach_anchors(Anchors.from_block(data.rows.numpy(), data.cols.numpy(), data.labels - fitted, data.mask & ~data.self_mask, *kernel))
         report.anchors = {"temperature": kernel[0], "shrink": kernel[1], "neighbours": NEIGHBOURS}
     return network
-
-
-def _explain(report: FitReport) -> str:
-    """One sentence on why the shipped predictor was shipped (the manifest and the terminal show it)."""
-    prior = report.candidates.get("prior", {}).get("criterion", float("nan"))
-    shipped = report.candidates.get(report.chosen, {}).get("criterion", float("nan"))
-    best = max(report.candidates, key=lambda name: report.candidates[name].get("criterion", -np.inf)) if report.candidates else "prior"
-    if report.chosen == "prior":
-        if best == "prior":
-            return f"no learned candidate beat the calibrated cosine on held-out {report.held_out} (criterion {prior:.3f})"
-        return (f"'{best}' scored {report.candidates[best]['criterion']:.3f} against the prior's {prior:.3f} on average, but not on every "
-                f"fold by more than the folds' noise: the calibrated cosine is shipped")
-    return (f"'{report.chosen}' beat the calibrated cosine on every held-out fold (criterion {shipped:.3f} against {prior:.3f}: "
-            f"per-row Spearman {report.candidates[report.chosen]['row_spearman']:.3f}, f_gain {report.candidates[report.chosen]['f_gain']:.3f})")
 
 
 def _blend_into(network: TwoTowerNetwork, prior: TwoTowerNetwork, weight: float) -> None:

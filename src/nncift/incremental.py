@@ -22,9 +22,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .atomic_files import atomic_write, save_npy_atomic
 from .config import build_settings, environment_info, settings_dict
 from .data import LoadReport, Record, read_many, skip_counts
 from .ledger import CostLedger
+from .run_check import recorded_inputs
+from .run_commit import write_commit
 from .run_files import RunView, check_digest, open_run, records_digest, save_rows, write_selection_files
 from .selection import Selection, budget_to_count, extend_greedy, fits_in_memory
 from .settings import SelectSettings
@@ -45,9 +48,9 @@ def run_inputs(view: RunView) -> tuple[list[Record], list[Record]]:
     settings = view.settings
     if not settings.get("data"):
         raise ValueError(f"{view.folder}: the run's pool was passed in code, not as files: pass pool= (and targets=) to add_to_run")
-    pool, _ = read_many(settings["data"])
-    targets, _ = read_many(settings["targets"]) if settings.get("targets") else ([], [])
-    check_digest(view, pool, targets)
+    pool, reports = read_many(recorded_inputs(view, "data"))  # relative paths: from the run's working directory, not the current one
+    targets, target_reports = read_many(recorded_inputs(view, "targets")) if settings.get("targets") else ([], [])
+    check_digest(view, pool, targets, reports + target_reports)  # and files changed since the run finished
     return pool, targets
 
 
@@ -118,7 +121,7 @@ def add_to_run(run: str | Path, new: Sequence[Record], out: str | Path, *, budge
             store.save_array("predicted_scores.npy", scores.astype(np.float32))
             store.save_array("col_embeddings.npy", np.concatenate([np.asarray(view.embeddings("col")), new_embeddings]))
         for name in ("network.safetensors", "network.json"):
-            shutil.copyfile(view.folder / name, store.path(name))
+            copy_atomic(view.folder / name, store.path(name))
         indices = np.concatenate([kept, chosen.indices])
         gains = np.concatenate([kept_gains, chosen.gains])
         origin = [row["influence"] for row in view.scores_table()] + ["predicted"] * len(new)
@@ -144,6 +147,7 @@ def add_to_run(run: str | Path, new: Sequence[Record], out: str | Path, *, budge
             "cost": {**ledger.as_dict(), "influence_evaluations_made": 0},
         }
         store.write_json("manifest.json", manifest)
+        write_commit(store.folder, store.settings, manifest["inputs"])
     return SelectionResult(indices, gains, [union[i] for i in indices], total, manifest, store.folder)
 
 
@@ -224,6 +228,11 @@ def _copy_q1(view: RunView, folder: Path, m: int, n_pool_rows_union: int) -> Non
     rows = np.load(view.folder / "q1.rows.npy")
     if old_pool_rows and n_pool_rows_union:
         rows = np.where(rows >= old_pool_rows, rows + m, rows)
-    shutil.copyfile(source, folder / "q1.npy")
-    np.save(folder / "q1.rows.npy", rows)
-    shutil.copyfile(view.folder / "q1.cols.npy", folder / "q1.cols.npy")
+    copy_atomic(source, folder / "q1.npy")
+    save_npy_atomic(folder / "q1.rows.npy", rows)
+    copy_atomic(view.folder / "q1.cols.npy", folder / "q1.cols.npy")
+
+
+def copy_atomic(source: Path, target: Path) -> None:
+    """Copy a file all or nothing."""
+    atomic_write(target, lambda tmp: shutil.copyfile(source, tmp))

@@ -146,6 +146,9 @@ def to_markdown(report: dict[str, Any]) -> str:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     """nncift inspect: what a finished run chose and why."""
+    from .run_check import check_run_files
+
+    check_run_files(args.run)
     report = inspect_run(args.run, target=args.target, candidate=args.candidate, top=args.top)
     print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else to_markdown(report), end="" if not args.json else "\n")
     return 0

@@ -21,6 +21,7 @@ Matrix layout (rows = targets, columns = candidates = the pool):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sys
@@ -33,7 +34,7 @@ import numpy as np
 from . import selection as selection_module
 from . import streaming
 from .config import settings_dict
-from .data import LoadReport, Record, jsonl_lines, read_many, records_from
+from .data import LoadReport, Record, read_many, records_from
 from .executor import Executor, executor_for, stored_failures
 from .influence import (
     InfluenceFunction,
@@ -52,14 +53,9 @@ from .layout import (
 )
 from .ledger import CostLedger
 from .network import predict_pointwise
-from .network_files import load_network, load_network_metadata, save_network
-from .run_files import (
-    column_origin,
-    records_digest,
-    save_pool_embeddings,
-    save_rows,
-    write_selection_files,
-)
+from .network_files import NetworkFileError, load_network, load_network_metadata, save_network
+from .run_commit import COMMIT_NAME, check_inputs, commit_problem, committed_settings, remove_temporaries, write_commit
+from .run_files import column_origin, read_picks, records_digest, save_pool_embeddings, save_rows, write_selection_files
 from .run_report import build_manifest, describe_training, selection_info
 from .selection import ObjectiveSpec, Selection, choose_subset
 from .settings import NetworkSettings, SamplingSettings, SelectionSettings, SelectSettings, nest_flat_settings
@@ -136,26 +132,23 @@ other difference refuses the folder (the seed too: it draws the sample)."""
 
 
 def finished_selection(store: RunStore, pool: Sequence[Record], settings: SelectSettings, *, progress: bool) -> SelectionResult | None:
-    """The stored result of a run that already finished in this folder with these settings (its
-    ``manifest.json`` is written last), or None.
-
-    A finished run is not recomputed: its manifest, with the cost ledger of the run that did the
-    work, stays as it is. Delete the folder to recompute. A run finished with other selection or
-    network settings (:data:`RESELECT_KEYS`) is re-selected instead.
-    """
-    manifest_path, selected_path = store.path("manifest.json"), store.path("selected.jsonl")
-    if not (manifest_path.is_file() and selected_path.is_file() and store.path("records.json").is_file()):
+    """The stored result of a run that finished in this folder with these settings (its commit record matches its files,
+    :mod:`nncift.run_commit`; manifest and cost ledger as they were), or None: then it is selected again from the stored
+    influence values (other :data:`RESELECT_KEYS`, an interrupted re-selection, a damaged file). Delete the folder to recompute."""
+    committed = committed_settings(store.folder)
+    if committed is not None and store.changes_since(committed):
+        return None
+    problem = None if committed is None and not store.path(COMMIT_NAME).exists() else commit_problem(store.folder)
+    if committed is None or problem is not None:
+        if problem is not None and progress:
+            print(f"{problem}; selecting again from the stored influence values", file=sys.stderr)
         return None
     manifest = store.read_json("manifest.json")
-    now = settings_dict(settings)
-    if any(nest_flat_settings(manifest["settings"]).get(key) != now.get(key) for key in RESELECT_KEYS):
-        return None
-    rows = [json.loads(line) for line in jsonl_lines(selected_path.read_text(encoding="utf-8")) if line.strip()]
-    indices = np.array([row["index"] for row in rows], dtype=np.int64)
+    indices, scores = read_picks(store.path("selected.jsonl"))
+    remove_temporaries(store.folder)  # left by a write a kill interrupted
     if progress:
         print(f"{store.folder}: finished earlier; reusing its selection (delete the folder to recompute)", file=sys.stderr)
-    return SelectionResult(indices, np.array([row["score"] for row in rows], dtype=np.float64), [pool[int(i)] for i in indices],
-                           float(manifest["objective_value"]), manifest, store.folder)
+    return SelectionResult(indices, scores, [pool[int(i)] for i in indices], float(manifest["objective_value"]), manifest, store.folder)
 
 
 def run_select(
@@ -297,25 +290,28 @@ def _start_run(settings: SelectSettings, out: str | Path, pool: Iterable[Any] | 
     selection_module.budget_to_count(settings.selection.budget, len(pool))  # a count above the pool size
     store = RunStore(out, {**settings_dict(settings), **store_extra, "influence_options": options,
                            "matrix_rows": matrix_rows(objective, bool(targets))}, rerun_keys=RESELECT_KEYS,
-                     upgrade=nest_flat_settings)
+                     upgrade=nest_flat_settings, check=lambda store: check_inputs(store, records_digest(pool, targets), [r.as_dict() for r in reports]))
     try:
-        store.check_records(records_digest(pool, targets))  # first: a finished run of other records is never read back
         finished = finished_selection(store, pool, settings, progress=not settings.quiet)
+        committed = committed_settings(store.folder)  # changed since the last finished selection, even if one was interrupted since
+        changed = store.changes_since(committed) if committed is not None else store.changed
     except BaseException:
         store.close()
         raise
-    reselected = {"reselected": {"changed": store.changed, "influence": "reused the stored influence block"}} if store.changed else {}
-    if store.changed and not settings.quiet:
-        print(f"{store.folder}: re-selecting with changed {', '.join(store.changed)}; the stored influence values are reused", file=sys.stderr)
+    reselected = {"reselected": {"changed": changed, "influence": "reused the stored influence block"}} if changed else {}
+    if changed and finished is None and not settings.quiet:
+        print(f"{store.folder}: re-selecting with changed {', '.join(changed)}; the stored influence values are reused", file=sys.stderr)
     return _Run(ledger, pool, targets, reports, options, store, function_class, objective, spec, finished, reselected)
 
 
 def _finish(run: _Run, settings: SelectSettings, extra: dict[str, Any], chosen: selection_module.Selection, origin: list[str]) -> SelectionResult:
-    """Write ``selected.jsonl``, ``subset.jsonl``, ``scores.csv`` and (last) ``manifest.json``; return the :class:`SelectionResult`."""
+    """Write ``selected.jsonl``, ``subset.jsonl``, ``scores.csv``, ``manifest.json`` and (last) the commit record that makes them
+    the folder's result; return the :class:`SelectionResult`."""
     write_selection_files(run.store.folder, run.pool, chosen.indices, chosen.gains, values=chosen.values, influence=origin)
     manifest = build_manifest(settings, run.function_class, run.options, run.objective, run.pool, run.targets, run.reports, run.ledger, extra,
                               len(chosen.indices), chosen.objective)
     run.store.write_json("manifest.json", manifest)
+    write_commit(run.store.folder, run.store.settings, manifest["inputs"])
     return SelectionResult(np.asarray(chosen.indices), np.asarray(chosen.gains), [run.pool[i] for i in chosen.indices], chosen.objective,
                            manifest, run.store.folder)
 
@@ -346,7 +342,8 @@ def _select_pairwise(run: _Run, settings: SelectSettings, executor: Executor, rn
     with ledger.stage("network training"):
         network, report = _trained_network(store, settings.network, progress, criterion, lambda s: train_network(
             row_embeddings[layout.seen_rows], col_embeddings[layout.seen_cols], labels, s, self_cols=block_self_cols(layout),
-            objective=criterion, candidate_scores=block_scores, held_out=held_out, progress=progress))
+            objective=criterion, candidate_scores=block_scores, held_out=held_out,
+            prior_is_exact=function_class.is_embedding_cosine and spec.options.get("embedder") == settings.embedder, progress=progress))
     with ledger.stage("prediction"):  # row blocks written to disk; Q1 keeps its exact values
         predicted = streaming.predict_to_npy(network, row_embeddings, col_embeddings, store.path("predicted.npy"), executor=executor,
                                              known=(layout.seen_rows, layout.seen_cols, labels), progress=progress,
@@ -379,9 +376,10 @@ def _trained_network(store: RunStore, network_settings_: NetworkSettings, progre
     path = store.path("network.safetensors")
     wanted = {"settings": json.loads(json.dumps(dataclasses.asdict(network_settings_))), "criterion": criterion}
     if path.exists():
-        stored = load_network_metadata(path)
-        if {"settings": stored.get("settings"), "criterion": stored.get("criterion")} == wanted:
-            return load_network(path), {**stored.get("report", {}), "reused": str(path)}
+        with contextlib.suppress(NetworkFileError):  # damaged, or a pair a kill left unmatched: trained again
+            stored = load_network_metadata(path)
+            if {"settings": stored.get("settings"), "criterion": stored.get("criterion")} == wanted:
+                return load_network(path), {**stored.get("report", {}), "reused": str(path)}
     network, report = train(network_settings_)
     save_network(network, path, {**wanted, "report": report})
     if progress:

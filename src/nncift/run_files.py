@@ -29,8 +29,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .data import Record, jsonl_lines, write_jsonl
-from .store import SettingsMismatch
+from .atomic_files import atomic_write, save_npy_atomic, write_json_atomic, write_text_atomic
+from .data import Record, jsonl_lines
+from .run_commit import changed_inputs, commit_problem
+from .store import SettingsMismatch, read_json_file
 
 SCORE_COLUMNS = ("index", "source_file", "line", "task", "value", "gain", "rank", "picked", "influence")
 """Columns of ``scores.csv``."""
@@ -55,21 +57,28 @@ def write_selection_files(folder: Path, pool: Sequence[Record], indices: np.ndar
                           values: np.ndarray | None, influence: Sequence[str]) -> None:
     """Write ``selected.jsonl``, ``subset.jsonl`` and ``scores.csv`` (see the module docstring)."""
     indices = np.asarray(indices, dtype=np.int64)
-    write_jsonl(folder / "selected.jsonl", [
+    write_jsonl_atomic(folder / "selected.jsonl", [
         {"index": int(i), "score": float(s), "record": raw_record(pool[i])} for i, s in zip(indices, gains)])
-    write_jsonl(folder / "subset.jsonl", [raw_record(pool[i]) for i in indices])
+    write_jsonl_atomic(folder / "subset.jsonl", [raw_record(pool[i]) for i in indices])
     rank = {int(i): (position + 1, float(g)) for position, (i, g) in enumerate(zip(indices, gains))}
-    tmp = folder / ".scores.csv.tmp"
-    with tmp.open("w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(SCORE_COLUMNS)
-        for j, record in enumerate(pool):
-            file, line = split_source(record.source)
-            picked = rank.get(j)
-            value = "" if values is None or not np.isfinite(values[j]) else f"{values[j]:.6g}"
-            writer.writerow([j, file, line, record.task or "", value, "" if picked is None else f"{picked[1]:.6g}",
-                             "" if picked is None else picked[0], int(picked is not None), influence[j]])
-    tmp.replace(folder / "scores.csv")
+
+    def write_table(tmp: Path) -> None:
+        with tmp.open("w", encoding="utf-8", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(SCORE_COLUMNS)
+            for j, record in enumerate(pool):
+                file, line = split_source(record.source)
+                picked = rank.get(j)
+                value = "" if values is None or not np.isfinite(values[j]) else f"{values[j]:.6g}"
+                writer.writerow([j, file, line, record.task or "", value, "" if picked is None else f"{picked[1]:.6g}",
+                                 "" if picked is None else picked[0], int(picked is not None), influence[j]])
+
+    atomic_write(folder / "scores.csv", write_table)
+
+
+def write_jsonl_atomic(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """JSON lines (UTF-8, no ASCII escaping), written all or nothing."""
+    write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def column_origin(n_pool: int, *, exact: np.ndarray | None = None, partly: np.ndarray | None = None) -> list[str]:
@@ -87,15 +96,15 @@ def save_rows(folder: Path, rows: Sequence[Record], n_pool_rows: int, row_embedd
     """Store what a pairwise run's rows stand for and (NN-CIFT runs) both sides' embeddings (for score, --add, inspect)."""
     described = [{"kind": "pool" if r < n_pool_rows else "target", "index": r if r < n_pool_rows else r - n_pool_rows,
                   "source": record.source, "task": record.task} for r, record in enumerate(rows)]
-    _write_json(folder / "rows.json", {"n_pool_rows": n_pool_rows, "rows": described})
+    write_json_atomic(folder / "rows.json", {"n_pool_rows": n_pool_rows, "rows": described}, indent=None)
     if row_embeddings is not None and col_embeddings is not None:
-        _save(folder / "row_embeddings.npy", row_embeddings)
-        _save(folder / "col_embeddings.npy", col_embeddings)
+        save_npy_atomic(folder / "row_embeddings.npy", np.ascontiguousarray(row_embeddings, dtype=np.float32))
+        save_npy_atomic(folder / "col_embeddings.npy", np.ascontiguousarray(col_embeddings, dtype=np.float32))
 
 
 def save_pool_embeddings(folder: Path, embeddings: np.ndarray) -> None:
     """Store a pointwise run's pool embeddings (for score, --add)."""
-    _save(folder / "col_embeddings.npy", embeddings)
+    save_npy_atomic(folder / "col_embeddings.npy", np.ascontiguousarray(embeddings, dtype=np.float32))
 
 
 def records_digest(pool: Sequence[Record], targets: Sequence[Record]) -> str:
@@ -150,9 +159,7 @@ class RunView:
 
     def picks(self) -> tuple[np.ndarray, np.ndarray]:
         """(pool indices, gains or scores) of the run's selection, in pick order."""
-        lines = jsonl_lines((self.folder / "selected.jsonl").read_text(encoding="utf-8"))
-        rows = [json.loads(line) for line in lines if line.strip()]
-        return (np.array([r["index"] for r in rows], dtype=np.int64), np.array([r["score"] for r in rows], dtype=np.float64))
+        return read_picks(self.folder / "selected.jsonl")
 
     def scaling(self) -> tuple[float, float]:
         """(low, high) that map raw influence values to the [0, 1] the selection uses."""
@@ -171,38 +178,43 @@ class RunView:
         return self.need("network.safetensors", "the trained InfluenceNetwork")
 
 
+def read_picks(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(pool indices, gains or scores) of a ``selected.jsonl``, in pick order; :class:`RunNotReady` naming it when damaged."""
+    try:
+        rows = [json.loads(line) for line in jsonl_lines(path.read_text(encoding="utf-8")) if line.strip()]
+        return (np.array([r["index"] for r in rows], dtype=np.int64), np.array([r["score"] for r in rows], dtype=np.float64))
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
+        raise RunNotReady(f"{path}: damaged ({type(error).__name__}: {error}): run the same select again to repair it") from None
+
+
 def open_run(folder: str | Path) -> RunView:
-    """Read a finished run folder (``manifest.json`` is written last); :class:`RunNotReady` otherwise."""
+    """Read a finished run folder: its commit record must match its files (:mod:`nncift.run_commit`); :class:`RunNotReady`
+    naming the folder or the first file that does not match otherwise."""
     path = Path(folder)
     if not path.is_dir():
         raise RunNotReady(f"{path}: no such run folder")
     manifest_path = path / "manifest.json"
     if not (manifest_path.is_file() and (path / "selected.jsonl").is_file()):
         raise RunNotReady(f"{path}: not a finished nncift run (no manifest.json / selected.jsonl): run select to the end first")
+    problem = commit_problem(path)
+    if problem is not None:
+        raise RunNotReady(f"{problem}: run the same select again to finish or repair it")
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        manifest = read_json_file(manifest_path)
     except ValueError as error:
-        raise RunNotReady(f"{manifest_path}: not valid JSON ({error})") from None
-    if not isinstance(manifest, dict) or "settings" not in manifest:
+        raise RunNotReady(str(error)) from None
+    if "settings" not in manifest:
         raise RunNotReady(f"{manifest_path}: not an nncift run manifest (no 'settings')")
     return RunView(path, manifest)
 
 
-def check_digest(view: RunView, pool: Sequence[Record], targets: Sequence[Record]) -> None:
-    """Refuse records that are not the ones the run was computed from."""
-    stored = json.loads((view.folder / "records.json").read_text(encoding="utf-8")).get("records_sha256")
+def check_digest(view: RunView, pool: Sequence[Record], targets: Sequence[Record], reports: Sequence[Any] = ()) -> None:
+    """Refuse records that are not the ones the run was computed from, and input files changed since it finished
+    (``reports``: the :class:`~nncift.data.LoadReport` of each file read again)."""
+    stored = read_json_file(view.folder / "records.json").get("records_sha256")
     if stored != records_digest(pool, targets):
         raise SettingsMismatch(f"{view.folder}: its input files ({', '.join(view.settings.get('data') or ())}) no longer hold the "
                                "records the run was computed from; restore them or select again")
-
-
-def _save(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp.npy")
-    np.save(tmp, np.ascontiguousarray(array, dtype=np.float32))
-    tmp.replace(path)
-
-
-def _write_json(path: Path, payload: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(path)
+    changed = changed_inputs(view.folder, [report.as_dict() for report in reports])
+    if changed is not None:
+        raise SettingsMismatch(changed)

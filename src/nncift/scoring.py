@@ -25,18 +25,19 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .atomic_files import atomic_write, write_json_atomic
 from .config import environment_info
-from .data import LoadReport, Record, read_many, skip_counts, write_jsonl
+from .data import LoadReport, Record, read_many, skip_counts
 from .ledger import CostLedger
-from .run_files import RunView, open_run, split_source
-from .store import acquire_lock, json_default, make_run_folder, release_lock
+from .run_commit import remove_temporaries
+from .run_files import RunView, open_run, split_source, write_jsonl_atomic
+from .store import acquire_lock, make_run_folder, release_lock
 
 SCORE_BLOCK = 16384
 """New records per prediction block (bounds memory: rows × block float32 values at a time)."""
@@ -140,12 +141,11 @@ def score_records(run: str | Path, records: Sequence[Record], out: str | Path, *
             with ledger.stage("prediction"):
                 scores = predict_pointwise(network, embeddings).astype(np.float64)  # type: ignore[arg-type]  # a pointwise run's network
             rows = [{"index": i, "source": r.source, "task": r.task, "value": float(v)} for i, (r, v) in enumerate(zip(records, scores))]
-        write_jsonl(folder / "scores.jsonl", rows)
+        write_jsonl_atomic(folder / "scores.jsonl", rows)
         _write_csv(folder / "scores.csv", rows)
         manifest = _manifest(view, network_path, records, reports, ledger, models.LOADS["causal_lm"] - loads_before, top_targets)
-        tmp = folder / ".manifest.json.tmp"
-        tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False, default=json_default), encoding="utf-8")
-        tmp.replace(folder / "manifest.json")
+        write_json_atomic(folder / "manifest.json", manifest)
+        remove_temporaries(folder)  # of an earlier score into this folder that was killed
     finally:
         release_lock(lock)
     return ScoreResult(rows, manifest, folder)
@@ -202,16 +202,17 @@ def _top_rows(block: np.ndarray, k: int) -> np.ndarray:
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["index", "source_file", "line", "task", "value", "gain", "top_targets"])
-        for row in rows:
-            file, line = split_source(row["source"])
-            top = ";".join(f"{t['kind']}:{t['index']}={t['value']:.4g}" for t in row.get("top_targets", []))
-            gain = row.get("gain")
-            writer.writerow([row["index"], file, line, row["task"] or "", f"{row['value']:.6g}", "" if gain is None else f"{gain:.6g}", top])
-    tmp.replace(path)  # a killed run never leaves a torn file
+    def write(tmp: Path) -> None:
+        with tmp.open("w", encoding="utf-8", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["index", "source_file", "line", "task", "value", "gain", "top_targets"])
+            for row in rows:
+                file, line = split_source(row["source"])
+                top = ";".join(f"{t['kind']}:{t['index']}={t['value']:.4g}" for t in row.get("top_targets", []))
+                gain = row.get("gain")
+                writer.writerow([row["index"], file, line, row["task"] or "", f"{row['value']:.6g}", "" if gain is None else f"{gain:.6g}", top])
+
+    atomic_write(path, write)  # a killed run never leaves a torn file
 
 
 def _manifest(view: RunView, network_path: Path, records: Sequence[Record], reports: Sequence[LoadReport], ledger: CostLedger,
@@ -235,12 +236,21 @@ def _manifest(view: RunView, network_path: Path, records: Sequence[Record], repo
 
 def cmd_score(args: argparse.Namespace) -> int:
     """nncift score: value new records with a finished run's network (no language model)."""
+    from .preflight import check_device, check_out_folder
+    from .run_check import check_run_files
+
+    check_out_folder(args.out, data=args.data, run=args.run, force=args.force)  # before anything is written
+    check_device(args.device)
+    check_run_files(args.run)
     records, reports = read_many(args.data)
     if not records:
         raise ValueError(f"no records to score in {', '.join(args.data)} (see the skip counts)")
     result = score_records(args.run, records, args.out, reports=reports, top_targets=args.top, device=args.device, progress=not args.quiet)
     cost = result.manifest["cost"]
-    print(f"scored {len(result.rows)} records against {result.manifest['run']['folder']} "
+    skipped = skip_counts(reports)
+    counted = (f"{len(result.rows)} of {sum(r.read for r in reports)} records ({sum(skipped.values())} skipped: "
+               + ", ".join(f"{reason}: {n}" for reason, n in skipped.items()) + ")") if skipped else f"{len(result.rows)} records"
+    print(f"scored {counted} against {result.manifest['run']['folder']} "
           f"({result.manifest['run']['objective']}): {cost['seconds_total']:.2f} s, "
           f"{cost['language_model_loads']} language-model loads, 0 influence evaluations")
     best = sorted(result.rows, key=lambda row: -row["value"])[:5]
@@ -252,12 +262,15 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def register_cli(commands: Any) -> None:
     """Add ``nncift score``."""
+    from .given_once import StoreOnce
+
     parser = commands.add_parser("score", help="value new records with a finished run's network (no language model)")
-    parser.add_argument("--run", required=True, help="a finished select run folder")
+    parser.add_argument("--run", required=True, action=StoreOnce, help="a finished select run folder")
     parser.add_argument("--data", action="append", required=True, help="new records (file, folder or hf:NAME; repeatable; not split at commas)")
-    parser.add_argument("--out", required=True, help="output folder (scores.jsonl, scores.csv, manifest.json)")
-    parser.add_argument("--top", type=int, default=5, help="pairwise runs: most-influenced targets listed per record (default: 5)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the embedder runs (default: auto)")
+    parser.add_argument("--out", required=True, action=StoreOnce, help="output folder (scores.jsonl, scores.csv, manifest.json)")
+    parser.add_argument("--top", type=int, default=5, action=StoreOnce, help="pairwise runs: most-influenced targets listed per record (default: 5)")
+    parser.add_argument("--device", default="auto", action=StoreOnce, choices=("auto", "cpu", "cuda"), help="where the embedder runs (default: auto)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--force", action="store_true", help="write into --out even when it is a non-empty folder that is not an nncift output")
     parser.set_defaults(handler=cmd_score)
 

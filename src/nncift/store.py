@@ -9,6 +9,7 @@ Layout of a run folder::
     <name>.cols.npy    the candidate indices its columns stand for
     <name>.done.jsonl  one line per finished block (appended and fsynced after the block's values)
     network.safetensors + network.json   the trained InfluenceNetwork
+    commit.json        written last: the hashes of the finished result's files (:mod:`nncift.run_commit`)
     .lock              while a run is in progress: {pid, host, started} of the one process writing the folder
 
 One writer per run folder: :class:`RunStore` creates ``.lock`` with ``O_CREAT | O_EXCL`` (atomic on local
@@ -16,8 +17,9 @@ file systems and on NFSv3 and later, so on a cluster's shared folders too) and r
 Another process gets :class:`RunFolderInUse`; a lock left by a process that no longer exists on the same
 host is stale and taken over. Within one process the lock is re-entrant.
 
-Nothing is pickled. A block is marked done only after its values are flushed to disk, so a run killed
-at any point resumes from the finished blocks and recomputes only the block in flight.
+Nothing is pickled. Every file is written whole or not at all (:func:`nncift.atomic_files.atomic_write`). A block is
+marked done only after its values are flushed to disk, so a run killed at any point resumes from the finished blocks
+and recomputes only the block in flight.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
+
+from .atomic_files import atomic_write, save_npy_atomic, write_json_atomic
+from .atomic_files import json_default as json_default  # re-exported: older imports name it here
 
 
 class SettingsMismatch(RuntimeError):
@@ -72,10 +77,13 @@ def _lock_owner(path: Path) -> tuple[str, dict[str, Any] | None]:
     """(text, {pid, host, started}) of a lock file; None when gone, being written, or torn by a kill."""
     try:
         text = path.read_text(encoding="utf-8")
-        owner = json.loads(text)
-        return text, owner if isinstance(owner, dict) and isinstance(owner.get("pid"), int) else None
     except (OSError, ValueError):
         return "", None
+    try:
+        owner = json.loads(text)
+    except ValueError:
+        return text, None  # torn: the text is kept, so that a stale torn lock can be taken over
+    return text, owner if isinstance(owner, dict) and isinstance(owner.get("pid"), int) else None
 
 
 def _alive(pid: int) -> bool:
@@ -124,11 +132,11 @@ def acquire_lock(folder: Path) -> Path:
                 if not path.exists() or time.time() - path.stat().st_mtime < 10:
                     time.sleep(0.05)
                     continue
+                print(f"nncift: taking over a torn lock (unreadable, untouched for 10 s or more): {path}", file=sys.stderr)
             elif (owner.get("host"), owner["pid"]) == (me["host"], me["pid"]):  # left by an earlier process with our PID
                 break
             elif owner.get("host") != me["host"] or _alive(owner["pid"]):
-                hint = "" if owner.get("host") == me["host"] else f" (if that process is gone, delete {path})"
-                raise RunFolderInUse(f"run folder in use by PID {owner['pid']} on {owner.get('host')}: {folder}{hint}") from None
+                raise RunFolderInUse(_in_use_message(owner, folder, path, str(me["host"]))) from None
             else:
                 print(f"nncift: taking over the stale lock of PID {owner['pid']} on {owner.get('host')} (no such process): {folder}",
                       file=sys.stderr)
@@ -145,6 +153,20 @@ def acquire_lock(folder: Path) -> Path:
         raise RunFolderInUse(f"run folder in use: could not take its lock {path}")
     _held[path] = 1
     return path
+
+
+def _in_use_message(owner: dict[str, Any], folder: Path, path: Path, host: str) -> str:
+    """Why the lock is not taken, and how to clear it when its holder is not an nncift run (another program that got the PID)."""
+    message = f"run folder in use by PID {owner['pid']} on {owner.get('host')}: {folder}"
+    if owner.get("host") != host:
+        return message + f" (if that process is gone, delete {path})"
+    try:
+        command = Path(f"/proc/{owner['pid']}/cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+    except OSError:
+        command = ""
+    if command and "nncift" not in command and "python" not in command.lower():
+        return message + f"; that PID is now another program ({command[:60]}), so the lock was left by a run that ended: delete {path}"
+    return message + f" (if no nncift command is writing this folder, delete {path})"
 
 
 def release_lock(path: Path) -> None:
@@ -191,10 +213,19 @@ def plan_blocks(n_rows: int, n_cols: int, block_rows: int, block_cols: int) -> l
 
 
 def _fsync_append(path: Path, line: str) -> None:
+    """Append one line and flush it to disk (a block's done record)."""
     with path.open("a", encoding="utf-8") as handle:
         handle.write(line + "\n")
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def _nan_matrix(path: Path, shape: tuple[int, int]) -> None:
+    """A float32 ``.npy`` of ``shape`` full of NaN (nothing computed yet)."""
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+    array[:] = np.nan
+    array.flush()
+    del array
 
 
 class BlockMatrix:
@@ -212,21 +243,28 @@ class BlockMatrix:
         shape = (len(self.row_indices), len(self.col_indices))
         rows_path, cols_path = folder / f"{name}.rows.npy", folder / f"{name}.cols.npy"
         if self.path.exists():
-            stored_rows, stored_cols = np.load(rows_path), np.load(cols_path)
-            if not (np.array_equal(stored_rows, self.row_indices) and np.array_equal(stored_cols, self.col_indices)):
-                raise SettingsMismatch(f"{self.path}: stored for other rows/columns; use a new run folder")
-            self.array = np.load(self.path, mmap_mode="r+")
+            self.array = self._open_stored(rows_path, cols_path, shape)
         else:
-            np.save(rows_path, self.row_indices)
-            np.save(cols_path, self.col_indices)
-            tmp = folder / f".{name}.npy.tmp"
-            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
-            array[:] = np.nan
-            array.flush()
-            del array
-            tmp.replace(self.path)
+            save_npy_atomic(rows_path, self.row_indices)
+            save_npy_atomic(cols_path, self.col_indices)
+            atomic_write(self.path, lambda tmp: _nan_matrix(tmp, shape))
             self.done_path.unlink(missing_ok=True)
             self.array = np.load(self.path, mmap_mode="r+")
+
+    def _open_stored(self, rows_path: Path, cols_path: Path, shape: tuple[int, int]) -> np.memmap:
+        """The stored matrix, memory-mapped, after checking it stands for these rows and columns (damage is named)."""
+        for part in (rows_path, cols_path, self.path):
+            try:
+                stored = np.load(part, mmap_mode="r")
+            except (OSError, ValueError, EOFError) as error:
+                raise RunFolderError(f"{part}: damaged ({error}); delete {self.path} to compute this influence block again, "
+                                     "or use a new run folder") from None
+            if part == rows_path and not np.array_equal(stored, self.row_indices) or part == cols_path and not np.array_equal(stored, self.col_indices):
+                raise SettingsMismatch(f"{self.path}: stored for other rows/columns; use a new run folder")
+            if part == self.path and (stored.shape != shape or stored.dtype != np.float32):
+                raise RunFolderError(f"{self.path}: damaged (shape {stored.shape}, expected {shape}); delete it to compute this "
+                                     "influence block again, or use a new run folder")
+        return np.load(self.path, mmap_mode="r+")
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -288,7 +326,9 @@ class RunStore:
     """
 
     def __init__(self, folder: str | Path, settings: dict[str, Any], *, exclusive: bool = True,
-                 rerun_keys: frozenset[str] = frozenset(), upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None):
+                 rerun_keys: frozenset[str] = frozenset(), upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                 check: Callable[["RunStore"], None] | None = None):
+        """``check``: further refusals (records, input files), made after the settings are compared and before they are written."""
         self.folder = make_run_folder(folder)
         self.settings = settings
         self.rerun_keys = rerun_keys
@@ -299,7 +339,11 @@ class RunStore:
         """The ``rerun_keys`` that differ from the folder's stored settings: ``{key: {"stored", "now"}}``."""
         self._lock = acquire_lock(self.folder) if exclusive else None
         try:
-            self._check_settings()
+            rewrite = self._check_settings()
+            if check is not None:
+                check(self)
+            if rewrite:
+                self.write_json("settings.json", self.settings)
         except BaseException:
             self.close()
             raise
@@ -316,10 +360,11 @@ class RunStore:
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
 
-    def _check_settings(self) -> None:
+    def _check_settings(self) -> bool:
+        """Refuse other settings (but the ``rerun_keys``); whether ``settings.json`` is to be written (new or changed)."""
         path = self.folder / "settings.json"
         if path.exists():
-            stored = json.loads(path.read_text(encoding="utf-8"))
+            stored = read_json_file(path)
             stored = self.upgrade(stored) if self.upgrade else stored
             differing = [key for key in sorted(set(stored) | set(self.settings))
                          if key not in RUNTIME_KEYS and stored.get(key) != self.settings.get(key)]
@@ -331,11 +376,15 @@ class RunStore:
                     f"{self.folder} holds a run made with other settings ("
                     + "; ".join(refused) + f"). Use another --out folder or the same settings{allowed}."
                 )
-            self.changed = {path: {"stored": old, "now": new} for key in differing for path, old, new in _leaves(key, stored.get(key), self.settings.get(key))}
-            if self.changed:
-                self.write_json("settings.json", self.settings)
-        else:
-            self.write_json("settings.json", self.settings)
+            self.changed = self.changes_since(stored)
+            return bool(self.changed)
+        return True
+
+    def changes_since(self, stored: dict[str, Any]) -> dict[str, Any]:
+        """The ``rerun_keys`` settings that differ between ``stored`` and this run's: ``{dotted name: {"stored", "now"}}``."""
+        stored = self.upgrade(stored) if self.upgrade else stored
+        return {path: {"stored": old, "now": new} for key in sorted(self.rerun_keys) if stored.get(key) != self.settings.get(key)
+                for path, old, new in _leaves(key, stored.get(key), self.settings.get(key))}
 
     def check_records(self, digest: str) -> None:
         """Refuse a folder whose stored results were computed from other records (``records.json``).
@@ -345,7 +394,7 @@ class RunStore:
         """
         path = self.folder / "records.json"
         if path.exists():
-            stored = json.loads(path.read_text(encoding="utf-8")).get("records_sha256")
+            stored = read_json_file(path).get("records_sha256")
             if stored != digest:
                 raise SettingsMismatch(
                     f"{self.folder} holds a run computed from other records (records_sha256: stored {stored}, now "
@@ -364,33 +413,27 @@ class RunStore:
 
     def write_json(self, name: str, payload: Any) -> None:
         """Write JSON atomically."""
-        tmp = self.folder / f".{name}.tmp"
-        tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False, default=json_default), encoding="utf-8")
-        tmp.replace(self.folder / name)
+        write_json_atomic(self.folder / name, payload)
 
     def read_json(self, name: str) -> Any:
-        """Read a JSON artefact."""
-        return json.loads((self.folder / name).read_text(encoding="utf-8"))
+        """Read a JSON artefact (a damaged one is named: :class:`RunFolderError`)."""
+        return read_json_file(self.folder / name)
 
     def save_array(self, name: str, array: np.ndarray) -> Path:
         """Save an array as ``.npy`` atomically."""
-        final = self.folder / name
-        tmp = self.folder / f".{name}.tmp.npy"
-        np.save(tmp, array)
-        tmp.replace(final)
-        return final
+        return save_npy_atomic(self.folder / name, array)
 
     def iter_files(self) -> Iterator[Path]:
         """Every file in the run folder."""
         return (p for p in sorted(self.folder.iterdir()) if p.is_file() and p.name != LOCK_NAME)
 
 
-def json_default(value: Any) -> Any:
-    """``json.dumps(..., default=json_default)``: numpy scalars (and bools) and arrays as Python values, paths as strings."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+def read_json_file(path: Path) -> Any:
+    """A run file's JSON object; :class:`RunFolderError` naming the file when it is damaged (truncated, not an object)."""
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as error:
+        raise RunFolderError(f"{path}: damaged, not valid JSON ({error}); restore it or use a new run folder") from None
+    if not isinstance(payload, dict):
+        raise RunFolderError(f"{path}: damaged, not a JSON object; restore it or use a new run folder")
+    return payload

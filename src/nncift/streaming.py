@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from .atomic_files import atomic_write
 from .npy_files import create_npy, pwrite
 
 _PREDICT_PAIRS = 1 << 24
@@ -42,7 +43,7 @@ def predict_to_npy(
         network: a pairwise InfluenceNetwork.
         row_embeddings: (n_rows, d) embeddings of the rows (targets).
         col_embeddings: (n_cols, d) embeddings of the columns (candidates).
-        path: the ``.npy`` file to write (replaced).
+        path: the ``.npy`` file to write (replaced when complete: a kill leaves the old one).
         executor: where the blocks are computed (:meth:`Executor.predict_rows`); default in process.
         known: ``(seen_rows, seen_cols, labels)`` with labels (len(seen_rows), len(seen_cols)): exact
             values that replace the prediction there (NaN labels keep the prediction).
@@ -54,26 +55,29 @@ def predict_to_npy(
 
     path = Path(path)
     shape = (len(row_embeddings), len(col_embeddings))
-    offset = create_npy(path, shape)
     row_position = np.full(shape[0], -1, dtype=np.int64)
     if known is not None:
         row_position[np.asarray(known[0])] = np.arange(len(known[0]))
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        def write(start: int, stop: int, values: np.ndarray) -> None:
-            if values.shape != (stop - start, shape[1]):
-                raise ValueError(f"rows {start}:{stop}: predicted block of shape {values.shape}, expected {(stop - start, shape[1])}")
-            positions = row_position[start:stop]
-            if known is not None and (positions >= 0).any():
-                values = np.array(values, dtype=np.float32)  # results from Ray are read-only
-                for local in np.flatnonzero(positions >= 0):
-                    labels = known[2][positions[local]]
-                    values[local, known[1]] = np.where(np.isfinite(labels), labels, values[local, known[1]])
-            pwrite(fd, values.astype(np.float32, copy=False), offset + start * shape[1] * 4)
 
-        (executor or LocalExecutor()).predict_rows(network, row_embeddings, col_embeddings,
-                                                   prediction_blocks(*shape, block_rows), write, progress=progress,
-                                                   self_cols=self_cols)
-    finally:
-        os.close(fd)
-    return path
+    def fill(target: Path) -> None:  # a temporary file, renamed to ``path`` when complete
+        offset = create_npy(target, shape)
+        fd = os.open(target, os.O_WRONLY)
+        try:
+            def write(start: int, stop: int, values: np.ndarray) -> None:
+                if values.shape != (stop - start, shape[1]):
+                    raise ValueError(f"rows {start}:{stop}: predicted block of shape {values.shape}, expected {(stop - start, shape[1])}")
+                positions = row_position[start:stop]
+                if known is not None and (positions >= 0).any():
+                    values = np.array(values, dtype=np.float32)  # results from Ray are read-only
+                    for local in np.flatnonzero(positions >= 0):
+                        labels = known[2][positions[local]]
+                        values[local, known[1]] = np.where(np.isfinite(labels), labels, values[local, known[1]])
+                pwrite(fd, values.astype(np.float32, copy=False), offset + start * shape[1] * 4)
+
+            (executor or LocalExecutor()).predict_rows(network, row_embeddings, col_embeddings,
+                                                       prediction_blocks(*shape, block_rows), write, progress=progress,
+                                                       self_cols=self_cols)
+        finally:
+            os.close(fd)
+
+    return atomic_write(path, fill)

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .anchors import Anchors, anchor_correction, kernel_weights
+from .anchors import Anchors, anchor_correction, sparse_kernel_weights
 
 __all__ = ["TwoTowerNetwork", "PointwiseNetwork", "predict_two_tower"]
 
@@ -191,9 +191,12 @@ def predict_two_tower(network: TwoTowerNetwork, rows: np.ndarray, cols: np.ndarr
         g, c = network.col_tower(cols_t)
         right = torch.cat([cols_t, g, torch.ones(n_cols, 1), c[:, None]], dim=1) * scale
         anchors = network.anchors
-        if anchors is not None:  # columns' side of the correction, once: (Lr, C) numerator and denominator
-            wc = kernel_weights(cols_t, anchors.cols, anchors.temperature, anchors.neighbours)
-            residual_cols, mask_cols = anchors.residuals @ wc.T, anchors.mask @ wc.T
+        if anchors is not None and anchors.rows.shape[0] and anchors.cols.shape[0]:
+            # the columns' side of the correction, once: (C, Lr) numerator and denominator (sparse kernels: 16 neighbours a record)
+            wc = sparse_kernel_weights(cols_t, anchors.cols, anchors.temperature, anchors.neighbours)
+            residual_cols, mask_cols = torch.sparse.mm(wc, anchors.residuals.T.contiguous()).T, torch.sparse.mm(wc, anchors.mask.T.contiguous()).T
+        else:
+            anchors = None
         for start in range(0, n_rows, block_rows):
             stop = min(n_rows, start + block_rows)
             part = rows_t[start:stop]
@@ -208,8 +211,8 @@ def predict_two_tower(network: TwoTowerNetwork, rows: np.ndarray, cols: np.ndarr
                     term = network.self_bias + part[local] @ network.self_weight
                     block[local, own[local]] += scale * term
             if anchors is not None:
-                wr = kernel_weights(part, anchors.rows, anchors.temperature, anchors.neighbours)
-                block += scale * (wr @ residual_cols) / (wr @ mask_cols + anchors.shrink)
+                wr = sparse_kernel_weights(part, anchors.rows, anchors.temperature, anchors.neighbours)
+                block += scale * torch.sparse.mm(wr, residual_cols) / (torch.sparse.mm(wr, mask_cols) + anchors.shrink)
             out[start:stop] = block.numpy()
     return out
 

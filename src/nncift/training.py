@@ -22,18 +22,19 @@ __all__ = ["train_network", "train_network_pointwise"]
 def train_network(row_embeddings: np.ndarray, col_embeddings: np.ndarray, labels: np.ndarray, settings: NetworkSettings, *,
                   self_cols: np.ndarray | None = None, objective: str = "fl",
                   candidate_scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None, held_out: str = "records",
-                  progress: bool = False) -> tuple[Any, dict[str, Any]]:
+                  prior_is_exact: bool = False, progress: bool = False) -> tuple[Any, dict[str, Any]]:
     """Train the pairwise network named by ``settings.architecture`` (:class:`nncift.settings.NetworkSettings`).
 
-    ``two-tower``: :func:`fit_pairwise` (``candidate_scores`` and ``held_out`` as there); ``paper``: :func:`nncift.paper_training.train_pairwise` as the paper
-    trains it, shipped as trained. Returns the network and a JSON-ready report.
+    ``two-tower``: :func:`fit_pairwise` (``candidate_scores``, ``held_out`` and ``prior_is_exact`` as there);
+    ``paper``: :func:`nncift.paper_training.train_pairwise` as the paper trains it, shipped as trained. Returns the network and a JSON-ready report.
     """
     if settings.architecture == "paper":
         paper, report = train_pairwise(row_embeddings, col_embeddings, labels, settings, progress=progress)
         return paper, {"architecture": "paper", "chosen": "network", "losses": [round(x, 6) for x in report.losses],
                          "n_labelled": report.n_examples, "seconds": round(report.seconds, 3)}
     network, fit = fit_pairwise(row_embeddings, col_embeddings, labels, settings.fit_settings(), self_cols=self_cols,
-                                objective=objective, candidate_scores=candidate_scores, held_out=held_out, progress=progress)
+                                objective=objective, candidate_scores=candidate_scores, held_out=held_out,
+                                prior_is_exact=prior_is_exact, progress=progress)
     return network, fit.as_dict()
 
 

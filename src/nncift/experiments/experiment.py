@@ -34,13 +34,14 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from ..atomic_files import write_json_atomic
 from ..config import build_settings, environment_info, load_yaml, settings_dict
 from ..evaluate import EvaluateSettings
 from ..evaluation import run_evaluate
 from ..finetune import FinetuneSettings, finetune
 from ..influence import REGISTRY, influence_class
 from ..settings import SelectSettings, nest_flat_settings
-from ..store import RunStore, json_default
+from ..store import RunStore
 from .experiment_data import ExperimentSettings, Splits, build_splits, composition
 
 SECTIONS = {"select": SelectSettings, "finetune": FinetuneSettings, "evaluate": EvaluateSettings}
@@ -331,9 +332,7 @@ class Experiment:
     @staticmethod
     def store_json(path: Path, payload: Any) -> None:
         """Write JSON atomically."""
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False, default=json_default), encoding="utf-8")
-        tmp.replace(path)
+        write_json_atomic(path, payload)
 
 
 @contextmanager

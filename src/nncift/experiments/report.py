@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic_files import write_text_atomic
 from ..evaluate import METRICS
 from ..settings import nest_flat_settings
 
@@ -333,7 +334,4 @@ def write_report(results: dict[str, Any], path: str | Path) -> Path:
     """Write the self-contained HTML report; returns its path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(render_html(results), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_text_atomic(path, render_html(results))

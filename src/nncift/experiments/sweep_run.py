@@ -282,12 +282,10 @@ def _read(paths: Sequence[str], flag: str) -> list[Record]:
 
 def _write_json(path: Path, payload: Any) -> None:
     """Write JSON atomically (parent folders created)."""
-    from ..store import json_default
+    from ..atomic_files import write_json_atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False, default=json_default), encoding="utf-8")
-    tmp.replace(path)
+    write_json_atomic(path, payload)
 
 
 def _read_answers(path: Path) -> dict[str, str]:

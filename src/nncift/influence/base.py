@@ -50,6 +50,9 @@ class InfluenceFunction(ABC):
     cost_per: ClassVar[str] = "record"
     """What the exact function's cost grows with: ``record`` (features or scores per example: LESS, DELIFT-SE,
     SelectIT) or ``pair`` (a model pass per target × candidate: DELIFT). Decides the default sampling design."""
+    is_embedding_cosine: ClassVar[bool] = False
+    """Whether the function's values are an affine map of the network input's cosine (DELIFT-SE with the run's embedder):
+    the network's calibrated prior is then exact and nothing is trained."""
     default_sampling_blocks: ClassVar[int] = 1
     """Sampling design when ``--sampling.blocks`` is 0: 1 block for functions that cost per record; a
     function that costs per pair (DELIFT) labels the same pairs in several blocks over more records."""

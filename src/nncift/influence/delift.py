@@ -80,9 +80,9 @@ from ..models import load_causal_lm
 from ..templates import delift_example, delift_example_header, delift_prompt_without_example, delift_query_suffix
 from .base import PairwiseInfluence
 from .lm_scoring import CausalScorer, plan_batches, rms_distance
-from .settings import DeliftSettings
+from .settings import MIN_MAX_LENGTH, DeliftSettings
 
-_MIN_MAX_LENGTH = 64
+_MIN_MAX_LENGTH = MIN_MAX_LENGTH
 
 
 @dataclass(frozen=True)

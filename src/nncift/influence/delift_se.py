@@ -24,6 +24,7 @@ class DeliftSE(PairwiseInfluence):
     label_range: ClassVar[tuple[float, float] | None] = (0.0, 1.0)
     Settings: ClassVar[type] = DeliftSESettings
     uses_language_model: ClassVar[bool] = False
+    is_embedding_cosine: ClassVar[bool] = True
 
     def prepare(self, targets: Sequence[Record], candidates: Sequence[Record], workdir: Path) -> None:
         """Embed targets and candidates once (through the embedding cache)."""

@@ -29,6 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from ..atomic_files import atomic_write
 from ..data import Record
 from ..gradients.adam import AdamState
 from ..gradients.batches import collate, encode_example, token_losses
@@ -133,9 +134,7 @@ def _save_checkpoint(model: Any, optimizer: torch.optim.Optimizer, path: Path, m
         tensors[f"weight/{name}"] = param.detach().cpu().contiguous()
         tensors[f"exp_avg/{name}"] = state.get("exp_avg", torch.zeros_like(param)).detach().cpu().contiguous()
         tensors[f"exp_avg_sq/{name}"] = state.get("exp_avg_sq", torch.zeros_like(param)).detach().cpu().contiguous()
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata={k: str(v) for k, v in meta.items()})
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={k: str(v) for k, v in meta.items()}))
 
 
 def _restore(model: Any, optimizer: torch.optim.Optimizer, checkpoint: Checkpoint) -> None:

@@ -12,6 +12,9 @@ from ..choices import ADAM_FORMS, COMPRESSORS, SELECTIT_FORMS
 from ..models import BUNDLED_EMBEDDER, BUNDLED_LM
 from ..templates import SELECTIT_RATING_INSTRUCTIONS
 
+MIN_MAX_LENGTH = 64
+"""Fewest tokens of one DELIFT sequence (``max_length``)."""
+
 
 @dataclass(frozen=True)
 class DeliftSettings:
@@ -33,6 +36,11 @@ class DeliftSettings:
     """Run code shipped with the model (explicit opt-in only)."""
     seed: int = 0
     """Seed (DELIFT itself is deterministic; recorded for the run)."""
+
+    def __post_init__(self) -> None:
+        """Refuse a ``max_length`` too short for DELIFT's sequence (before any file is written)."""
+        if isinstance(self.max_length, int) and self.max_length < MIN_MAX_LENGTH:
+            raise ValueError(f"max_length: expected at least {MIN_MAX_LENGTH} tokens (DELIFT's prefix, query and response), got {self.max_length}")
 
 
 @dataclass(frozen=True)

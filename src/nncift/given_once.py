@@ -1,0 +1,53 @@
+"""A setting given twice is refused, never silently replaced: a flag repeated on the command line
+(``--budget 5 --budget 6``) and a key repeated in one YAML mapping (``seed: 1`` then ``seed: 2``).
+
+Flags that take several values (``--data``, ``--model``, list settings) are repeatable on purpose and
+do not use :class:`StoreOnce`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import yaml
+
+GIVEN_TWICE = "_given_twice"
+"""Namespace attribute where :class:`StoreOnce` lists the flags given more than once."""
+
+
+class StoreOnce(argparse.Action):
+    """``store`` that notes a second value of the same flag; :func:`refuse_repeated` then refuses it (exit 2, one line)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option_string: str | None = None) -> None:
+        previous = getattr(namespace, self.dest, None)
+        if getattr(namespace, f"_seen.{self.dest}", False):
+            if not hasattr(namespace, GIVEN_TWICE):
+                setattr(namespace, GIVEN_TWICE, [])
+            getattr(namespace, GIVEN_TWICE).append(f"{option_string or self.dest} is given twice ({previous} and {values}): give it once")
+        setattr(namespace, f"_seen.{self.dest}", True)
+        setattr(namespace, self.dest, values)
+
+
+def refuse_repeated(args: argparse.Namespace) -> None:
+    """Raise ``ValueError`` for the first flag :class:`StoreOnce` saw twice; drop its bookkeeping from ``args``."""
+    repeated = vars(args).pop(GIVEN_TWICE, None)
+    for key in [key for key in vars(args) if key.startswith("_seen.")]:
+        delattr(args, key)
+    if repeated:
+        raise ValueError(repeated[0])
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """Safe YAML that refuses a key repeated in one mapping, naming its line (PyYAML keeps the last value silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise ValueError(f"{self.name}: line {key_node.start_mark.line + 1}: key '{key}' is given twice "  # type: ignore[attr-defined]
+                                 f"(lines {seen[key] + 1} and {key_node.start_mark.line + 1}): give it once")
+            if isinstance(key, (str, int, float, bool)):
+                seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
