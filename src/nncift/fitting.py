@@ -262,14 +262,20 @@ def _validate(data: PairBlock, settings: FitSettings, folds: list[tuple[int, np.
             for tau in TEMPERATURES:
                 for kappa in SHRINKS:
                     held.setdefault(f"{name}@{tau},{kappa}", []).append(_anchored(data, base, train, val_rows, val_cols, tau, kappa))
-    evaluate = _pooled_replicates if held_out == "columns" else _fold_replicates
-    replicates = {key: evaluate(data, settings, folds, values, objective, candidate_scores) for key, values in held.items()}
-    chosen: dict[str, list[dict[str, float]]] = {name: replicates[name] for name in bases}
+    pooled = held_out == "columns"
+
+    def evaluate(key: str, resamples: int) -> list[dict[str, float]]:
+        if pooled:
+            return _pooled_replicates(data, settings, folds, held[key], objective, candidate_scores, resamples)
+        return _fold_replicates(data, settings, folds, held[key], objective, candidate_scores)
+
+    chosen: dict[str, list[dict[str, float]]] = {name: evaluate(name, BOOTSTRAP) for name in bases}
     kernels: dict[str, tuple[float, float]] = {}
-    for name in bases:
-        grid = {(tau, kappa): replicates[f"{name}@{tau},{kappa}"] for tau in TEMPERATURES for kappa in SHRINKS}
-        best = max(grid, key=lambda key: grid[key][0]["criterion"] if held_out == "columns" else mean_criteria(grid[key])["criterion"])
-        chosen[f"{name} + anchors"], kernels[f"{name} + anchors"] = grid[best], best
+    for name in bases:  # each base's kernel by its point estimate (pooled) or mean over folds; then its replicates
+        grid = {(tau, kappa): evaluate(f"{name}@{tau},{kappa}", 0) for tau in TEMPERATURES for kappa in SHRINKS}
+        best = max(grid, key=lambda key: mean_criteria(grid[key])["criterion"])
+        chosen[f"{name} + anchors"] = evaluate(f"{name}@{best[0]},{best[1]}", BOOTSTRAP) if pooled else grid[best]
+        kernels[f"{name} + anchors"] = best
     return chosen, kernels
 
 
@@ -297,8 +303,9 @@ def _fold_replicates(data: PairBlock, settings: FitSettings, folds: list[tuple[i
 
 
 def _pooled_replicates(data: PairBlock, settings: FitSettings, folds: list[tuple[int, np.ndarray, np.ndarray]], values: list[np.ndarray],
-                       objective: str, candidate_scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | None) -> list[dict[str, float]]:
-    """The criterion on every held-out candidate pooled (first), then on :data:`BOOTSTRAP` resamples of them."""
+                       objective: str, candidate_scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | None,
+                       resamples: int) -> list[dict[str, float]]:
+    """The criterion on every held-out candidate pooled (first), then on ``resamples`` seeded resamples of them."""
     mask = np.zeros(data.mask.shape, dtype=bool)
     pooled = np.full(data.mask.shape, np.nan)
     for (_, _, val), predicted in zip(folds, values):
@@ -309,7 +316,7 @@ def _pooled_replicates(data: PairBlock, settings: FitSettings, folds: list[tuple
     true = np.where(mask, data.labels, np.nan)[np.ix_(rows, cols)]
     pooled = pooled[np.ix_(rows, cols)]
     rng = np.random.default_rng(settings.seed)
-    samples = [np.arange(len(cols))] + [rng.integers(0, len(cols), len(cols)) for _ in range(BOOTSTRAP)]
+    samples = [np.arange(len(cols))] + [rng.integers(0, len(cols), len(cols)) for _ in range(resamples)]
     return [_criterion(true[:, pick], pooled[:, pick], rows, settings, objective, candidate_scores) for pick in samples]
 
 
