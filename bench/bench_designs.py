@@ -27,9 +27,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_network import _objective, _scaled, shuffled  # bench/ is on sys.path when a script runs
+from bench_network import setup  # bench/ is on sys.path when a script runs
 from benchlib import command_line, cpu_name, publish
-from matrices import NAMES, compute
+from matrices import NAMES
 
 CANDIDATES = ("prior + anchors", "network", "network + anchors", "blend", "blend + anchors")
 
@@ -74,30 +74,21 @@ def main(argv: list[str] | None = None) -> int:
     from nncift.fitting import fit_pairwise
     from nncift.influence import influence_class
     from nncift.influence.less import aggregate_scores
-    from nncift.layout import block_self_columns, plan_layout, resolve_sampling, self_columns
+    from nncift.layout import block_self_columns, plan_layout, resolve_sampling
     from nncift.network import predict_pairwise
     from nncift.settings import NetworkSettings, SamplingSettings
     from nncift.subset_quality import choose_subset, f_gain
 
     started = time.perf_counter()
-    matrix = shuffled(compute(args.matrix, progress=True))
-    spec = matrix.spec
-    budget = args.budget or (0.05 if spec.influence == "less" else 0.1 if spec.targets else 0.3)
-    objective_name, objective = _objective(matrix, budget)
-    true = _scaled(matrix)
-    rows = (spec.pool if spec.pool_rows else []) + spec.targets
-    n_pool_rows = len(spec.pool) if spec.pool_rows else 0
+    bench = setup(args.matrix, args.budget)
+    matrix, spec, budget, objective_name, objective, true, rows = (bench.matrix, bench.spec, bench.budget, bench.objective_name,
+                                                                   bench.objective, bench.true, bench.rows)
+    n_pool_rows, self_cols, family, on_task_families, true_subset = bench.n_pool_rows, bench.self_cols, bench.family, bench.on_task_families, bench.true_subset
+    on_task = bench.on_task
     target_rows = np.arange(n_pool_rows, len(rows))
     inputs = {name: (embed_records(rows, model=name, progress=True), embed_records(spec.pool, model=name, progress=True)) for name in args.inputs}
-    self_cols = self_columns(len(rows), n_pool_rows)
-    family = np.array(spec.pool_families)
-    on_task_families = sorted(set(spec.target_families))
-    true_subset = choose_subset(true, objective).indices
     function_class = influence_class(spec.influence)
     tasks = [r.task for r in rows]
-
-    def on_task(indices: np.ndarray) -> float:
-        return float(np.isin(family[indices], on_task_families).mean()) if len(indices) and on_task_families else float("nan")
 
     def aggregate(block: np.ndarray, idx: np.ndarray) -> np.ndarray:
         return aggregate_scores(block, [tasks[int(seen_rows[i])] for i in idx])

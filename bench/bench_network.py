@@ -29,8 +29,9 @@ import argparse
 import datetime
 import os
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from benchlib import command_line, cpu_name, publish  # bench/ is on sys.path when a script runs
@@ -80,6 +81,44 @@ def shuffled(matrix):
     return replace(matrix, spec=spec, values=values)
 
 
+@dataclass
+class Setup:
+    """A stored matrix ready to benchmark: its pool in a seeded order, the run's objective, the scaled true values."""
+
+    matrix: Any
+    spec: Any
+    budget: float
+    objective_name: str
+    objective: Any
+    true: np.ndarray
+    rows: list
+    n_pool_rows: int
+    self_cols: np.ndarray
+    family: np.ndarray
+    on_task_families: list[str]
+    true_subset: np.ndarray
+
+    def on_task(self, indices: np.ndarray) -> float:
+        """Share of ``indices`` from the targets' families (NaN without targets)."""
+        return float(np.isin(self.family[indices], self.on_task_families).mean()) if len(indices) and self.on_task_families else float("nan")
+
+
+def setup(name: str, budget: float | None = None) -> Setup:
+    """Load (or compute) the matrix ``name`` and everything both network benchmarks derive from it."""
+    from nncift.layout import self_columns
+    from nncift.subset_quality import choose_subset
+
+    matrix = shuffled(compute(name, progress=True))
+    spec = matrix.spec
+    budget = budget or (0.05 if spec.influence == "less" else 0.1 if spec.targets else 0.3)
+    objective_name, objective = _objective(matrix, budget)
+    true = _scaled(matrix)
+    rows = (spec.pool if spec.pool_rows else []) + spec.targets
+    n_pool_rows = len(spec.pool) if spec.pool_rows else 0
+    return Setup(matrix, spec, budget, objective_name, objective, true, rows, n_pool_rows, self_columns(len(rows), n_pool_rows),
+                 np.array(spec.pool_families), sorted(set(spec.target_families)), choose_subset(true, objective).indices)
+
+
 def exact_cost(influence: str, layout) -> int:
     """What the labelled block costs the exact function, in its own units.
 
@@ -118,29 +157,18 @@ def main(argv: list[str] | None = None) -> int:
 
     from nncift.embed import embed_records
     from nncift.experiments.fidelity import compare_pairwise
-    from nncift.layout import self_columns
     from nncift.pipeline import plan_layout
     from nncift.settings import SelectSettings
     from nncift.subset_quality import choose_subset
 
     started = time.perf_counter()
-    matrix = shuffled(compute(args.matrix, progress=True))
-    spec = matrix.spec
-    budget = args.budget or (0.05 if spec.influence == "less" else 0.1 if spec.targets else 0.3)
-    objective_name, objective = _objective(matrix, budget)
-    true = _scaled(matrix)
-    rows = (spec.pool if spec.pool_rows else []) + spec.targets
+    bench = setup(args.matrix, args.budget)
+    matrix, spec, budget, objective_name, objective, true, rows = (bench.matrix, bench.spec, bench.budget, bench.objective_name,
+                                                                   bench.objective, bench.true, bench.rows)
     col_embeddings = embed_records(spec.pool, progress=False)
     row_embeddings = embed_records(rows, progress=False)
-    n_pool_rows = len(spec.pool) if spec.pool_rows else 0
-    self_cols = self_columns(len(rows), n_pool_rows)
-    on_task_families = set(spec.target_families)
-    family = np.array(spec.pool_families)
-    true_subset = choose_subset(true, objective).indices
+    self_cols, on_task_families, family, true_subset, on_task = bench.self_cols, bench.on_task_families, bench.family, bench.true_subset, bench.on_task
     k = len(true_subset)
-
-    def on_task(indices: np.ndarray) -> float:
-        return float(np.isin(family[indices], list(on_task_families)).mean()) if len(indices) else float("nan")
 
     records = []
     for fraction in args.fractions:

@@ -9,11 +9,13 @@ similar LESS gradient, hence a similar column. The anchored prediction adds to `
     p̂(a, b) = p(a, b) + Σ_kl w(a, a_k) e_kl w(b, b_l) / (Σ_kl w(a, a_k) m_kl w(b, b_l) + κ)
 
 with ``w(x, x_k) = exp((cos(x, x_k) − 1) / τ)`` kept for the ``neighbours`` closest labelled records
-(0 for the rest), ``m_kl`` = 1 where the pair (k, l) is labelled and ``κ`` a shrinkage pseudo-count:
-with few or distant neighbours the estimate shrinks to 0 and ``p̂`` to ``p``. A labelled row's own
-residuals carry most weight on its row (w = 1 at cos = 1), which calibrates that row's scale and offset
-to its labels; a target row with no labels borrows from its neighbours. Self-pairs (a record with
-itself) are left out of the residuals: the network's self-pair term models them.
+(0 for the rest; on the candidates' side ``neighbours = 0`` weighs every labelled candidate alike,
+which makes the correction each labelled row's mean residual: a per-row offset calibration),
+``m_kl`` = 1 where the pair (k, l) is labelled and ``κ`` a shrinkage pseudo-count: with few or
+distant neighbours the estimate shrinks to 0 and ``p̂`` to ``p``. A labelled row's own residuals
+carry most weight on its row (w = 1 at cos = 1), which calibrates that row's scale and offset to its
+labels; a target row with no labels borrows from its neighbours. Self-pairs (a record with itself)
+are left out of the residuals: the network's self-pair term models them.
 
 The estimate is two matrix products per block (``K_rows · E · K_colsᵀ``), so it keeps the
 prediction's inner-product form with width ``len(anchor rows)``; the bandwidth ``τ``, ``κ`` and the
@@ -51,6 +53,8 @@ class Anchors:
     temperature: float
     shrink: float
     neighbours: int = NEIGHBOURS
+    """Labelled candidates a column borrows from (0: all of them alike, i.e. each row's mean residual); rows always
+    borrow from their :data:`NEIGHBOURS` nearest labelled rows."""
 
     @classmethod
     def from_block(cls, rows: np.ndarray | Tensor, cols: np.ndarray | Tensor, residuals: np.ndarray, mask: np.ndarray,
@@ -66,9 +70,13 @@ class Anchors:
 
 
 def kernel_weights(x: Tensor, anchors: Tensor, temperature: float, neighbours: int) -> Tensor:
-    """(n, L) weights ``exp((cos − 1)/τ)`` of each of n embeddings to its ``neighbours`` nearest anchors (0 elsewhere)."""
+    """(n, L) weights ``exp((cos − 1)/τ)`` of each of n embeddings to its ``neighbours`` nearest anchors (0 elsewhere).
+
+    ``neighbours`` = 0 weighs every anchor 1 (a global average over them)."""
     if anchors.shape[0] == 0:
         return torch.zeros(x.shape[0], 0)
+    if neighbours == 0:
+        return torch.ones(x.shape[0], anchors.shape[0])
     cos = x @ anchors.T
     keep = min(int(neighbours), anchors.shape[0])
     top, index = torch.topk(cos, keep, dim=1)
@@ -78,7 +86,9 @@ def kernel_weights(x: Tensor, anchors: Tensor, temperature: float, neighbours: i
 
 
 def sparse_kernel_weights(x: Tensor, anchors: Tensor, temperature: float, neighbours: int) -> Tensor:
-    """:func:`kernel_weights` as a sparse CSR (n, L) tensor: ``neighbours`` entries per row (prediction at scale)."""
+    """:func:`kernel_weights` as a sparse CSR (n, L) tensor: ``neighbours`` entries per row (prediction at scale; all L with 0)."""
+    if neighbours == 0:
+        return kernel_weights(x, anchors, temperature, 0).to_sparse_csr()
     keep = min(int(neighbours), anchors.shape[0])
     top, index = torch.topk(x @ anchors.T, keep, dim=1)
     crow = torch.arange(0, x.shape[0] * keep + 1, keep, dtype=torch.int64)
@@ -90,7 +100,7 @@ def sparse_kernel_weights(x: Tensor, anchors: Tensor, temperature: float, neighb
 def anchor_correction(rows: Tensor, cols: Tensor, anchors: Anchors, *, col_weights: Tensor | None = None) -> Tensor:
     """(R, C) standardised residual estimate for every row × column (``col_weights``: the columns' kernel weights when
     already computed, as in a prediction by row blocks)."""
-    wr = kernel_weights(rows, anchors.rows, anchors.temperature, anchors.neighbours)
+    wr = kernel_weights(rows, anchors.rows, anchors.temperature, NEIGHBOURS)
     wc = kernel_weights(cols, anchors.cols, anchors.temperature, anchors.neighbours) if col_weights is None else col_weights
     numerator = (wr @ anchors.residuals) @ wc.T
     denominator = (wr @ anchors.mask) @ wc.T + anchors.shrink

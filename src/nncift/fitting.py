@@ -235,89 +235,53 @@ def _validation_error(prediction: np.ndarray, target: np.ndarray, mask: np.ndarr
     return float((error ** 2).sum() / max(int(mask.sum()), 1))
 
 
-def _anchored(data: PairBlock, base: np.ndarray, train: np.ndarray, rows: np.ndarray, cols: np.ndarray, temperature: float,
-              shrink: float) -> np.ndarray:
-    """``base`` on the block rows × cols plus the anchor correction read from the ``train`` pairs' residuals of ``base``."""
-    anchors = Anchors.from_block(data.rows.numpy(), data.cols.numpy(), data.labels - base, train & ~data.self_mask, temperature, shrink)
-    correction = anchor_correction(data.rows[rows], data.cols[cols], anchors).numpy()
-    return base[np.ix_(rows, cols)] + correction
+def _anchored(data: PairBlock, base: np.ndarray, train: np.ndarray, kernel: tuple[float, float, int]) -> np.ndarray:
+    """``base`` plus the anchor correction read from the ``train`` pairs' residuals of ``base``, on the whole block."""
+    anchors = Anchors.from_block(data.rows.numpy(), data.cols.numpy(), data.labels - base, train & ~data.self_mask, *kernel)
+    return base + anchor_correction(data.rows, data.cols, anchors).numpy()
 
 
 def _validate(data: PairBlock, settings: FitSettings, folds: list[tuple[int, np.ndarray, np.ndarray]], bases: dict[str, list[np.ndarray]],
-              objective: str, candidate_scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | None, held_out: str
-              ) -> tuple[dict[str, list[dict[str, float]]], dict[str, tuple[float, float]]]:
-    """Per candidate, the selection criterion on held-out pairs, as replicates; and each anchored candidate's (τ, κ).
+              objective: str, candidate_scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | None
+              ) -> tuple[dict[str, list[dict[str, float]]], dict[str, tuple[float, float, int]]]:
+    """Per candidate, the selection criterion on each fold; and each anchored candidate's kernel (:data:`KERNELS`).
 
     ``bases[name][i]``: fold i's (R, C) standardised predictions of a base predictor trained without that
     fold. Each base is scored as it is and with label anchors (the (τ, κ) with the best mean criterion).
-    Records: one replicate per fold (its held-out block). Columns: every labelled candidate has one
-    out-of-fold column, so the criterion is computed once on all of them pooled (replicate 0) and on
-    :data:`BOOTSTRAP` seeded resamples of the candidates (the rest), which tell how sure the comparison is.
     """
-    held: dict[str, list[np.ndarray]] = {}  # candidate -> per fold, its values on the fold's held-out block
+    full: dict[str, list[np.ndarray]] = {}
     for name, predictions in bases.items():
-        for (_, train, val), base in zip(folds, predictions):
-            val_rows, val_cols = np.flatnonzero(val.any(axis=1)), np.flatnonzero(val.any(axis=0))
-            held.setdefault(name, []).append(base[np.ix_(val_rows, val_cols)])
-            for tau in TEMPERATURES:
-                for kappa in SHRINKS:
-                    held.setdefault(f"{name}@{tau},{kappa}", []).append(_anchored(data, base, train, val_rows, val_cols, tau, kappa))
-    pooled = held_out == "columns"
-
-    def evaluate(key: str, resamples: int) -> list[dict[str, float]]:
-        if pooled:
-            return _pooled_replicates(data, settings, folds, held[key], objective, candidate_scores, resamples)
-        return _fold_replicates(data, settings, folds, held[key], objective, candidate_scores)
-
-    chosen: dict[str, list[dict[str, float]]] = {name: evaluate(name, BOOTSTRAP) for name in bases}
-    kernels: dict[str, tuple[float, float]] = {}
-    for name in bases:  # each base's kernel by its point estimate (pooled) or mean over folds; then its replicates
-        grid = {(tau, kappa): evaluate(f"{name}@{tau},{kappa}", 0) for tau in TEMPERATURES for kappa in SHRINKS}
-        best = max(grid, key=lambda key: mean_criteria(grid[key])["criterion"])
-        chosen[f"{name} + anchors"] = evaluate(f"{name}@{best[0]},{best[1]}", BOOTSTRAP) if pooled else grid[best]
-        kernels[f"{name} + anchors"] = best
+        for (_, train, _), base in zip(folds, predictions):
+            full.setdefault(name, []).append(base)
+            for kernel in KERNELS:
+                full.setdefault(f"{name}@{kernel}", []).append(_anchored(data, base, train, kernel))
+    scored = {key: _fold_criteria(data, settings, folds, values, objective, candidate_scores) for key, values in full.items()}
+    chosen = {name: scored[name] for name in bases}
+    kernels: dict[str, tuple[float, float, int]] = {}
+    for name in bases:
+        best = max(KERNELS, key=lambda kernel: mean_criteria(scored[f"{name}@{kernel}"])["criterion"])
+        chosen[f"{name} + anchors"], kernels[f"{name} + anchors"] = scored[f"{name}@{best}"], best
     return chosen, kernels
 
 
-BOOTSTRAP = 50
-"""Seeded resamples of the held-out candidates behind a pooled comparison (columns held out)."""
+KERNELS = tuple((tau, kappa, NEIGHBOURS) for tau in TEMPERATURES for kappa in SHRINKS) + tuple((tau, 1.0, 0) for tau in TEMPERATURES)
+"""Anchor kernels tried: (τ, κ, neighbours); neighbours 0 = every labelled candidate alike, i.e. each labelled row's mean
+residual (per-row offset calibration), borrowed by unlabelled rows from their nearest labelled rows."""
 
 
-def _criterion(true: np.ndarray, values: np.ndarray, rows: np.ndarray, settings: FitSettings, objective: str,
-               candidate_scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | None) -> dict[str, float]:
-    aggregate = None if candidate_scores is None else (lambda matrix: candidate_scores(matrix, rows))
-    filled = np.where(np.isfinite(true), true, np.nanmean(true))
-    return selection_criterion(filled, np.where(np.isfinite(true), values, np.nanmean(values)), settings.validation_budget, objective,
-                               settings.seed, aggregate)
-
-
-def _fold_replicates(data: PairBlock, settings: FitSettings, folds: list[tuple[int, np.ndarray, np.ndarray]], values: list[np.ndarray],
-                     objective: str, candidate_scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | None) -> list[dict[str, float]]:
-    """The criterion on each fold's held-out block."""
+def _fold_criteria(data: PairBlock, settings: FitSettings, folds: list[tuple[int, np.ndarray, np.ndarray]], values: list[np.ndarray],
+                   objective: str, candidate_scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | None) -> list[dict[str, float]]:
+    """The criterion of each fold on its held-out pairs (all predicted, as nearly every pair of a run is)."""
     out = []
     for (_, _, val), predicted in zip(folds, values):
         rows, cols = np.flatnonzero(val.any(axis=1)), np.flatnonzero(val.any(axis=0))
         block = np.ix_(rows, cols)
-        out.append(_criterion(np.where(val[block], data.labels[block], np.nan), predicted, rows, settings, objective, candidate_scores))
+        true = np.where(val[block], data.labels[block], np.nan)
+        filled = np.where(np.isfinite(true), true, np.nanmean(true))
+        aggregate = None if candidate_scores is None else (lambda matrix, rows=rows: candidate_scores(matrix, rows))
+        out.append(selection_criterion(filled, np.where(np.isfinite(true), predicted[block], np.nanmean(predicted[block])),
+                                       settings.validation_budget, objective, settings.seed, aggregate))
     return out
-
-
-def _pooled_replicates(data: PairBlock, settings: FitSettings, folds: list[tuple[int, np.ndarray, np.ndarray]], values: list[np.ndarray],
-                       objective: str, candidate_scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | None,
-                       resamples: int) -> list[dict[str, float]]:
-    """The criterion on every held-out candidate pooled (first), then on ``resamples`` seeded resamples of them."""
-    mask = np.zeros(data.mask.shape, dtype=bool)
-    pooled = np.full(data.mask.shape, np.nan)
-    for (_, _, val), predicted in zip(folds, values):
-        rows, cols = np.flatnonzero(val.any(axis=1)), np.flatnonzero(val.any(axis=0))
-        pooled[np.ix_(rows, cols)] = predicted
-        mask |= val
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    true = np.where(mask, data.labels, np.nan)[np.ix_(rows, cols)]
-    pooled = pooled[np.ix_(rows, cols)]
-    rng = np.random.default_rng(settings.seed)
-    samples = [np.arange(len(cols))] + [rng.integers(0, len(cols), len(cols)) for _ in range(resamples)]
-    return [_criterion(true[:, pick], pooled[:, pick], rows, settings, objective, candidate_scores) for pick in samples]
 
 
 def fit_pairwise(row_embeddings: np.ndarray, col_embeddings: np.ndarray, labels: np.ndarray, settings: FitSettings, *,
@@ -389,11 +353,10 @@ def fit_pairwise(row_embeddings: np.ndarray, col_embeddings: np.ndarray, labels:
             report.steps, report.validation_curve = e * settings.eval_every, [float(v) for v in mean_curves[g]]
             trained = _fold_predictions(data, settings, fold_masks, grid[g], report.steps)
             bases = {"prior": priors, "network": trained, "blend": [0.5 * (a + b) for a, b in zip(priors, trained)]}
-            replicates, kernels = _validate(data, settings, fold_masks, bases, objective, candidate_scores, held_out)
-            pooled = held_out == "columns"
-            report.candidates = {name: values[0] if pooled else mean_criteria(values) for name, values in replicates.items()}
-            report.chosen = choose_candidate(replicates, ["prior", "blend", "network", "prior + anchors", "blend + anchors", "network + anchors"],
-                                             settings.fallback, settings.force, rule="bootstrap" if pooled else "every fold")
+            per_fold, kernels = _validate(data, settings, fold_masks, bases, objective, candidate_scores)
+            report.candidates = {name: mean_criteria(values) for name, values in per_fold.items()}
+            report.chosen = choose_candidate(per_fold, ["prior", "blend", "network", "prior + anchors", "blend + anchors", "network + anchors"],
+                                             settings.fallback, settings.force)
             network = _final_network(data, settings, report, kernels.get(report.chosen))
         report.note = report.note or explain_choice(report.candidates, report.chosen, report.held_out)
         bar.update(1)
@@ -415,7 +378,7 @@ def _fold_predictions(data: PairBlock, settings: FitSettings, folds: list[tuple[
         return [n.standardised_block(data.rows, data.cols, self_t, cos=cos).numpy().astype(np.float64) for n in networks]
 
 
-def _final_network(data: PairBlock, settings: FitSettings, report: FitReport, kernel: tuple[float, float] | None) -> TwoTowerNetwork:
+def _final_network(data: PairBlock, settings: FitSettings, report: FitReport, kernel: tuple[float, float, int] | None) -> TwoTowerNetwork:
     """The chosen predictor trained on every labelled pair: the prior, the network or their blend, with its anchors."""
     network = _build_two_tower(data, settings, data.mask, settings.seed)
     base = report.chosen.replace(" + anchors", "")
@@ -430,7 +393,7 @@ def _final_network(data: PairBlock, settings: FitSettings, report: FitReport, ke
         with torch.no_grad():
             fitted = network.standardised_block(data.rows, data.cols, self_t, cos=torch.from_numpy(data.cos.astype(np.float32))).numpy()
         network.attach_anchors(Anchors.from_block(data.rows.numpy(), data.cols.numpy(), data.labels - fitted, data.mask & ~data.self_mask, *kernel))
-        report.anchors = {"temperature": kernel[0], "shrink": kernel[1], "neighbours": NEIGHBOURS}
+        report.anchors = {"temperature": kernel[0], "shrink": kernel[1], "neighbours": kernel[2]}
     return network
 
 

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .anchors import Anchors, anchor_correction, sparse_kernel_weights
+from .anchors import NEIGHBOURS, Anchors, anchor_correction, sparse_kernel_weights
 
 __all__ = ["TwoTowerNetwork", "PointwiseNetwork", "predict_two_tower"]
 
@@ -211,7 +211,7 @@ def predict_two_tower(network: TwoTowerNetwork, rows: np.ndarray, cols: np.ndarr
                     term = network.self_bias + part[local] @ network.self_weight
                     block[local, own[local]] += scale * term
             if anchors is not None:
-                wr = sparse_kernel_weights(part, anchors.rows, anchors.temperature, anchors.neighbours)
+                wr = sparse_kernel_weights(part, anchors.rows, anchors.temperature, NEIGHBOURS)
                 block += scale * torch.sparse.mm(wr, residual_cols) / (torch.sparse.mm(wr, mask_cols) + anchors.shrink)
             out[start:stop] = block.numpy()
     return out

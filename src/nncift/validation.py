@@ -10,12 +10,12 @@ criterion is therefore the mean of
   ranks: e.g. LESS's max over subtasks of the mean over that subtask's targets); for pointwise scores,
   the plain Spearman's ρ;
 - **f_gain** of the run's own selection (facility location, or top-k with the influence function's
-  aggregation over rows) on the validation block (:mod:`nncift.subset_quality`).
+  aggregation over rows), made as the run makes it: on the labelled block with the training pairs exact
+  and the rest predicted, scored against the labels (:func:`deployed_f_gain`). A predictor whose values
+  are on another scale than the exact ones is penalised here, as it would be in the run.
 
 :func:`choose_candidate` ships a learned candidate only when it beats the prior on every fold, and
-on average by more than one standard error of the per-fold differences — or, where every held-out
-candidate is scored at once (all rows labelled), on the pooled candidates and on 90% of bootstrap
-resamples of them.
+on average by more than one standard error of the per-fold differences.
 """
 
 from __future__ import annotations
@@ -67,43 +67,45 @@ def selection_criterion(true: np.ndarray, predicted: np.ndarray, budget: float, 
             "criterion": float(np.mean(parts)) if parts else float("nan")}
 
 
+def deployed_f_gain(true: np.ndarray, deployed: np.ndarray, budget: float, objective: str, seed: int,
+                    candidate_scores: CandidateScores | None = None) -> float:
+    """f_gain of the selection made on ``deployed`` (exact values where known, predictions elsewhere), scored on ``true``."""
+    spec = ObjectiveSpec(objective, budget if objective == "topk" else max(1, int(round(budget * true.shape[-1]))),
+                         candidate_scores=candidate_scores if objective == "topk" else None)
+    return float(f_gain(true, deployed, spec, seed=seed)["f_gain"])
+
+
+def with_f_gain(criterion: dict[str, float], gain: float) -> dict[str, float]:
+    """``criterion`` with its f_gain replaced (and the combined criterion recomputed)."""
+    parts = [v for v in (criterion["ranking_spearman"], max(-1.0, min(1.0, gain)) if not math.isnan(gain) else float("nan")) if not math.isnan(v)]
+    return {**criterion, "f_gain": gain, "criterion": float(np.mean(parts)) if parts else float("nan")}
+
+
 def mean_criteria(per_fold: list[dict[str, float]]) -> dict[str, float]:
     """Each criterion's mean over the folds (NaN folds left out)."""
     keys = per_fold[0].keys() if per_fold else ()
     return {k: float(np.nanmean([p[k] for p in per_fold])) if any(not math.isnan(p[k]) for p in per_fold) else float("nan") for k in keys}
 
 
-BOOTSTRAP_CONFIDENCE = 0.9
-"""Share of bootstrap resamples on which a candidate must beat the prior (``rule="bootstrap"``)."""
-
-
-def choose_candidate(replicates: dict[str, list[dict[str, float]]], order: list[str], fallback: bool, forced: str, *,
-                     rule: str = "every fold") -> str:
+def choose_candidate(per_fold: dict[str, list[dict[str, float]]], order: list[str], fallback: bool, forced: str) -> str:
     """The candidate to ship: ``order[0]`` is the no-learning fallback, the others must beat it.
 
-    ``rule="every fold"`` (replicates = folds): a candidate beats the fallback when its criterion is
-    higher on **every** fold and higher on average by more than one standard error of the per-fold
-    differences (better consistently, not by fold noise). ``rule="bootstrap"`` (replicate 0 = all
-    held-out candidates pooled, the rest = resamples of them): higher on the pooled candidates and on
-    at least :data:`BOOTSTRAP_CONFIDENCE` of the resamples. Of the candidates that beat the fallback,
-    the best (on average, or pooled) is shipped. Without ``fallback``, ``forced``.
+    A candidate beats the fallback when its criterion is higher on **every** fold and higher on
+    average by more than one standard error of the per-fold differences (better consistently, not by
+    fold noise); of those, the best on average is shipped. Without ``fallback``, ``forced``.
     """
     if not fallback:
         return forced
-    base = np.array([p["criterion"] for p in replicates[order[0]]], dtype=np.float64)
+    base = np.array([p["criterion"] for p in per_fold[order[0]]], dtype=np.float64)
     best, best_value = order[0], -np.inf
     for name in order[1:]:
-        values = np.array([p["criterion"] for p in replicates[name]], dtype=np.float64)
+        values = np.array([p["criterion"] for p in per_fold[name]], dtype=np.float64)
         diff = values - base
-        if not np.all(np.isfinite(diff)):
+        if diff.size < MIN_FOLDS or not np.all(np.isfinite(diff)) or not np.all(diff > 1e-9):
             continue
-        if rule == "bootstrap":
-            wins, value = diff[0] > 1e-9 and float(np.mean(diff[1:] > 0)) >= BOOTSTRAP_CONFIDENCE, float(values[0])
-        else:
-            wins = diff.size >= MIN_FOLDS and bool(np.all(diff > 1e-9)) and diff.mean() > float(diff.std(ddof=1) / math.sqrt(diff.size))
-            value = float(values.mean())
-        if wins and value > best_value + 1e-9:
-            best, best_value = name, value
+        se = float(diff.std(ddof=1) / math.sqrt(diff.size))
+        if diff.mean() > se and float(values.mean()) > best_value + 1e-9:
+            best, best_value = name, float(values.mean())
     return best
 
 
@@ -112,8 +114,7 @@ def explain_choice(candidates: dict[str, dict[str, float]], chosen: str, held_ou
     prior = candidates.get("prior", {}).get("criterion", float("nan"))
     shipped = candidates.get(chosen, {}).get("criterion", float("nan"))
     best = max(candidates, key=lambda name: candidates[name].get("criterion", -np.inf)) if candidates else "prior"
-    pooled = held_out == "columns"
-    where = "on the held-out candidates pooled and on 90% of resamples of them" if pooled else "on every held-out fold"
+    where = "on every held-out fold"
     if chosen == "prior":
         if best == "prior":
             return f"no learned candidate beat the calibrated cosine on held-out {held_out} (criterion {prior:.3f})"
