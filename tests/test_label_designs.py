@@ -36,17 +36,18 @@ def embeddings(records) -> np.ndarray:
     return embed_records(records, progress=False)
 
 
-def test_auto_design_follows_the_cost_structure(records) -> None:
+def test_designs_resolve_to_what_the_function_and_the_evidence_ask(records) -> None:
     pool, targets = records[:100], records[100:120]
     less, delift, delift_se = influence_class("less"), influence_class("delift"), influence_class("delift-se")
     base = SamplingSettings(fraction=0.1)
-    assert resolve_sampling(base, less, 100, 20, 20).design == "all-targets"  # per record, with targets
-    assert resolve_sampling(base, delift_se, 100, 0, 100).design == "block"  # the pool represents itself
+    assert resolve_sampling(base, less, 100, 20, 20).design == "block"  # auto: the u × u block won on the LESS benchmark
+    assert resolve_sampling(SamplingSettings(fraction=0.1, design="all-targets"), delift_se, 100, 0, 100).design == "block"  # no targets
     per_pair = resolve_sampling(base, delift, 100, 20, 20)
     assert per_pair.design == "block" and per_pair.blocks == 4  # DELIFT: its own 4 blocks
-    layout = plan_layout(pool, targets, "topk", resolve_sampling(base, less, 100, 20, 20), np.random.default_rng(0))
+    every_target = SamplingSettings(fraction=0.1, design="all-targets")
+    layout = plan_layout(pool, targets, "topk", resolve_sampling(every_target, less, 100, 20, 20), np.random.default_rng(0))
     assert np.array_equal(layout.seen_rows, np.arange(20)) and len(layout.seen_cols) == 10 and layout.labelled().all()
-    mutual = plan_layout(pool, targets, "flmi", resolve_sampling(base, delift_se, 100, 20, 120), np.random.default_rng(0))
+    mutual = plan_layout(pool, targets, "flmi", resolve_sampling(every_target, delift_se, 100, 20, 120), np.random.default_rng(0))
     assert set(range(100, 120)) <= set(mutual.seen_rows.tolist())  # every target row
     assert set(mutual.seen_rows[mutual.seen_rows < 100].tolist()) == set(mutual.seen_cols.tolist())  # plus the sampled pool rows
 
@@ -140,11 +141,13 @@ def test_row_centred_loss_ignores_each_rows_offset(embeddings) -> None:
 
 
 def test_select_with_targets_labels_every_target_row_and_says_why_it_shipped(tmp_path: Path, records) -> None:
-    settings = SelectSettings.build(influence="delift-se", fraction=0.2, min_sampled=6, budget=10, seed=0, quiet=True, max_steps=40, folds=3)
+    settings = SelectSettings.build(influence="delift-se", fraction=0.2, min_sampled=6, budget=10, seed=0, quiet=True, max_steps=40, folds=3,
+                                    design="all-targets")
     result = run_select(settings, tmp_path / "run", pool=records[:60], targets=records[60:72])
     manifest = result.manifest
     assert manifest["sampling_design"] == "all-targets" and manifest["sampled_rows"] == 12 and manifest["sampled_cols"] == 12
     assert manifest["network_training"]["held_out"] == "columns" and manifest["network_training"]["note"]  # every row labelled
+    assert result.manifest["settings"]["sampling"]["design"] == "all-targets"
     mutual = run_select(settings.updated(objective="flmi"), tmp_path / "flmi", pool=records[:60], targets=records[60:72]).manifest
     assert mutual["sampled_rows"] == 12 + 12 and mutual["labelled_pairs"] == mutual["sampled_rows"] * mutual["sampled_cols"]  # sampled pool rows + every target
     assert mutual["network_training"]["held_out"] == "records"

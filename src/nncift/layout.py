@@ -101,15 +101,14 @@ def resolve_sampling(sampling: SamplingSettings, function_class: type[InfluenceF
     """The sampling stage with every "the function's own" choice made: the design, the blocks and, from a label budget
     (``sampling.labels``), the fraction.
 
-    ``auto`` is ``all-targets`` for a function that costs per record (``cost_per``) when there are
-    targets (their rows then cost a few more records and every target row gets exact labels), else
-    ``block`` (in ``function_class.default_sampling_blocks`` blocks when ``sampling.blocks`` is 0).
-    A label budget N is labelled pairs for a function that costs per pair (block designs label u²·R·C
-    pairs, all-targets R·u·C), sampled pool records for one that costs per record (u = N / pool size).
+    ``auto`` is ``block`` (in ``function_class.default_sampling_blocks`` blocks when ``sampling.blocks``
+    is 0): on the LESS benchmark of 2,016 P3 records the all-targets design, which labels every target
+    row, lost selection quality against a u × u block at the same fraction (BENCHMARKS.md), so it is
+    an explicit choice. A label budget N is labelled pairs for a function that costs per pair (block
+    designs label u²·R·C pairs, all-targets R·u·C), sampled pool records for one that costs per record
+    (u = N / pool size).
     """
-    design = sampling.design
-    if design == "auto":
-        design = "all-targets" if function_class.cost_per == "record" and n_targets else "block"
+    design = "block" if sampling.design == "auto" else sampling.design
     if design == "all-targets" and not n_targets:
         design = "block"  # the pool represents itself: its rows are its candidates
     blocks = 1 if design == "all-targets" else int(sampling.blocks) or int(function_class.default_sampling_blocks)

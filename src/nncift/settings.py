@@ -48,8 +48,8 @@ class SamplingSettings(Stage):
     own default (DELIFT, which costs per pair: 4; the others, which cost per record: 1)."""
     design: str = "auto"
     """Which pairs are labelled: block (u of the rows × u of the candidates, in sampling.blocks blocks), all-targets (every target row × u of the
-    candidates: every target row then has exact labels; for functions that cost per record), or auto (all-targets for a function that costs per
-    record when there are targets, else block)."""
+    candidates: every target row then has exact labels, for a few more records with functions that cost per record), or auto (block: it beat
+    all-targets on the LESS benchmark)."""
     labels: int = 0
     """Label budget in absolute units instead of the fraction: labelled pairs for a function that costs per pair (DELIFT), sampled pool
     records for one that costs per record; 0 = use the fraction."""
