@@ -28,7 +28,8 @@ def describe_training(report: dict[str, Any]) -> str:
         losses = report.get("losses") or [float("nan")]
         return f"influence network (paper MLP): {report['n_labelled']} labels, loss {losses[0]:.4g} -> {losses[-1]:.4g}"
     held_out = report.get("held_out", "records")
-    line = f"influence network ({report['architecture']}): {report['n_labelled']} labels, {report['folds']} folds of {held_out}; shipped: {report['chosen']}"
+    folds = f", {report['folds']} folds of {held_out}" if report.get("folds") else ""
+    line = f"influence network ({report['architecture']}): {report['n_labelled']} labels{folds}; shipped: {report['chosen']}"
     candidates = report.get("candidates") or {}
     if candidates:
         line += f" (held-out {held_out}, criterion = mean of per-row Spearman and f_gain: " + ", ".join(
