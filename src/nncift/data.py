@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+from .atomic_files import atomic_write
 from .json_text import array_elements_with_lines, finite
 
 END_OF_TEXT = "<|endoftext|>"
@@ -417,13 +418,13 @@ def read_many(paths: Iterable[str | Path]) -> tuple[list[Record], list[LoadRepor
 def write_jsonl(path: str | Path, rows: Sequence[dict[str, Any]]) -> None:
     """Write rows as JSON lines (UTF-8, no ASCII escaping), atomically. Valid JSON only: a non-finite number a record
     was read with (``Infinity``, ``NaN``: Python's reader accepts them) is written as ``null``."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        for row in rows:
-            try:
-                line = json.dumps(row, ensure_ascii=False, allow_nan=False)
-            except ValueError:  # Infinity or NaN somewhere in the row
-                line = json.dumps(finite(row), ensure_ascii=False, allow_nan=False)
-            handle.write(line + "\n")
-    tmp.replace(path)
+    def fill(tmp: Path) -> None:
+        with tmp.open("w", encoding="utf-8") as handle:
+            for row in rows:
+                try:
+                    line = json.dumps(row, ensure_ascii=False, allow_nan=False)
+                except ValueError:  # Infinity or NaN somewhere in the row
+                    line = json.dumps(finite(row), ensure_ascii=False, allow_nan=False)
+                handle.write(line + "\n")
+
+    atomic_write(path, fill)

@@ -10,9 +10,7 @@ criterion is therefore the mean of
   ranks: e.g. LESS's max over subtasks of the mean over that subtask's targets); for pointwise scores,
   the plain Spearman's ρ;
 - **f_gain** of the run's own selection (facility location, or top-k with the influence function's
-  aggregation over rows), made as the run makes it: on the labelled block with the training pairs exact
-  and the rest predicted, scored against the labels (:func:`deployed_f_gain`). A predictor whose values
-  are on another scale than the exact ones is penalised here, as it would be in the run.
+  aggregation over rows) on the held-out block (:mod:`nncift.subset_quality`).
 
 :func:`choose_candidate` ships a learned candidate only when it beats the prior on every fold, and
 on average by more than one standard error of the per-fold differences.
@@ -65,20 +63,6 @@ def selection_criterion(true: np.ndarray, predicted: np.ndarray, budget: float, 
     parts = [v for v in (ranking, max(-1.0, min(1.0, gain)) if not math.isnan(gain) else float("nan")) if not math.isnan(v)]
     return {"ranking_spearman": ranking, "spearman": rho, "f_gain": gain, "mse": float(np.mean((true - predicted) ** 2)),
             "criterion": float(np.mean(parts)) if parts else float("nan")}
-
-
-def deployed_f_gain(true: np.ndarray, deployed: np.ndarray, budget: float, objective: str, seed: int,
-                    candidate_scores: CandidateScores | None = None) -> float:
-    """f_gain of the selection made on ``deployed`` (exact values where known, predictions elsewhere), scored on ``true``."""
-    spec = ObjectiveSpec(objective, budget if objective == "topk" else max(1, int(round(budget * true.shape[-1]))),
-                         candidate_scores=candidate_scores if objective == "topk" else None)
-    return float(f_gain(true, deployed, spec, seed=seed)["f_gain"])
-
-
-def with_f_gain(criterion: dict[str, float], gain: float) -> dict[str, float]:
-    """``criterion`` with its f_gain replaced (and the combined criterion recomputed)."""
-    parts = [v for v in (criterion["ranking_spearman"], max(-1.0, min(1.0, gain)) if not math.isnan(gain) else float("nan")) if not math.isnan(v)]
-    return {**criterion, "f_gain": gain, "criterion": float(np.mean(parts)) if parts else float("nan")}
 
 
 def mean_criteria(per_fold: list[dict[str, float]]) -> dict[str, float]:
