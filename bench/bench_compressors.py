@@ -67,7 +67,7 @@ def configs(dims: list[int]) -> list[tuple[str, int]]:
 def prepare_model(args, pool):
     from nncift.gradients import layer_shape, trainable_layers
     from nncift.influence.less_warmup import add_lora, load_checkpoint, run_warmup
-    from nncift.models import load_causal_lm
+    from nncift.models.loading import load_causal_lm
 
     settings = LessSettings(lora_r=args.lora_r, lora_alpha=4 * args.lora_r, warmup_epochs=1, warmup_batch_size=8,
                             gradient_batch_size=args.batch_size, max_length=args.max_length, seed=args.seed, device="cpu")

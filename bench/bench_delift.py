@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from benchlib import command_line, cpu_name, publish  # bench/ is on sys.path when a script runs
 
-from nncift.data import read_records
+from nncift.data.records import read_records
 from nncift.influence.delift import Delift, DeliftSettings
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_en_demo.json"

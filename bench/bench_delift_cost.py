@@ -31,7 +31,7 @@ from benchlib import command_line, cpu_name, publish  # bench/ is on sys.path wh
 
 def _isolated_embedding_cache() -> Path:
     """A fresh NNCIFT_CACHE (embeddings computed from scratch) that still sees the converted bundled LM."""
-    from nncift.models import bundled_lm_path, cache_dir
+    from nncift.models.loading import bundled_lm_path, cache_dir
 
     bundled_lm_path()
     root = Path(tempfile.mkdtemp(prefix="nncift-bench-cache-"))
@@ -59,10 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
-    from nncift.data import read_records
-    from nncift.pipeline import run_select
+    from nncift.data.records import read_records
     from nncift.selection import facility_location
-    from nncift.settings import SelectSettings
+    from nncift.settings.stages import SelectSettings
+    from nncift.steps.select import run_select
 
     records, _ = read_records(args.data)
     pool = records[: args.n]

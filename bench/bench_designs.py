@@ -35,7 +35,7 @@ CANDIDATES = ("prior + anchors", "network", "network + anchors", "blend", "blend
 
 
 def _row_spearman_unlabelled(true: np.ndarray, predicted: np.ndarray, seen_rows: np.ndarray, seen_cols: np.ndarray, rows: np.ndarray) -> float:
-    from nncift.validation import row_spearman
+    from nncift.network.validation import row_spearman
 
     unlabelled = np.setdiff1d(np.arange(true.shape[1]), seen_cols)
     return row_spearman(true[np.ix_(rows, unlabelled)], predicted[np.ix_(rows, unlabelled)])
@@ -69,15 +69,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    from nncift.embed import embed_records
-    from nncift.experiments.fidelity import calibrated_cosine
-    from nncift.fitting import fit_pairwise
     from nncift.influence import influence_class
     from nncift.influence.less import aggregate_scores
-    from nncift.layout import block_self_columns, plan_layout, resolve_sampling
-    from nncift.network import predict_pairwise
-    from nncift.settings import NetworkSettings, SamplingSettings
-    from nncift.subset_quality import choose_subset, f_gain
+    from nncift.models.embeddings import embed_records
+    from nncift.network.fitting import fit_pairwise
+    from nncift.network.paper import predict_pairwise
+    from nncift.run.layout import block_self_columns, plan_layout, resolve_sampling
+    from nncift.selection.subset_quality import choose_subset, f_gain
+    from nncift.settings.stages import NetworkSettings, SamplingSettings
+    from nncift_research.fidelity import calibrated_cosine
 
     started = time.perf_counter()
     bench = setup(args.matrix, args.budget)

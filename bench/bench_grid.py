@@ -94,15 +94,15 @@ def exact_subset(settings, v: float, pool, targets, rows, matrix, options, folde
     from dataclasses import fields
 
     from nncift.influence import influence_class
-    from nncift.pipeline import (
+    from nncift.selection.subset_quality import choose_subset
+    from nncift.settings.stages import SelectSettings
+    from nncift.steps.select import (
         Layout,
         influence_spec,
         label_scaling,
         objective_spec,
         run_full_select,
     )
-    from nncift.settings import SelectSettings
-    from nncift.subset_quality import choose_subset
 
     select = SelectSettings(**{f.name: getattr(settings, f.name) for f in fields(SelectSettings)})  # the sweep's own fields dropped
     select = select.updated(budget=v, seed=0)  # the budget takes its normal form (SelectionSettings)
@@ -132,9 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    from nncift.experiments.sweep_plan import SweepSettings
-    from nncift.experiments.sweep_report import grid_table, heat_map
-    from nncift.experiments.sweep_run import Sweep
+    from nncift_research.sweep_plan import SweepSettings
+    from nncift_research.sweep_report import grid_table, heat_map
+    from nncift_research.sweep_run import Sweep
 
     started = time.perf_counter()
     setup = SETUPS[args.setup]

@@ -72,8 +72,8 @@ def run_less(args, pool, targets, folder: Path) -> tuple[np.ndarray, tuple[float
 
 def run_nncift(args, pool, targets, fraction: float, folder: Path) -> tuple[np.ndarray, tuple[float, float], int, int]:
     """NN-CIFT + LESS through the pipeline: (predicted matrix, (wall, CPU seconds), gradient passes, pairs computed)."""
-    from nncift.pipeline import run_select
-    from nncift.settings import SelectSettings
+    from nncift.settings.stages import SelectSettings
+    from nncift.steps.select import run_select
 
     options = {k: v for k, v in dataclasses.asdict(less_settings(args)).items() if k not in ("model", "device", "seed")}
     settings = SelectSettings.build(influence="less", fraction=fraction, budget=0.05, seed=args.seed, device="cpu", quiet=True)

@@ -48,7 +48,7 @@ TARGETS = {  # the network issue's targets at u = 0.05, per matrix
 
 def _objective(matrix, budget: float):
     from nncift.influence.less import aggregate_scores
-    from nncift.subset_quality import ObjectiveSpec
+    from nncift.selection.subset_quality import ObjectiveSpec
 
     spec = matrix.spec
     if spec.influence == "less":
@@ -105,8 +105,8 @@ class Setup:
 
 def setup(name: str, budget: float | None = None) -> Setup:
     """Load (or compute) the matrix ``name`` and everything both network benchmarks derive from it."""
-    from nncift.layout import self_columns
-    from nncift.subset_quality import choose_subset
+    from nncift.run.layout import self_columns
+    from nncift.selection.subset_quality import choose_subset
 
     matrix = shuffled(compute(name, progress=True))
     spec = matrix.spec
@@ -155,11 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    from nncift.embed import embed_records
-    from nncift.experiments.fidelity import compare_pairwise
-    from nncift.pipeline import plan_layout
-    from nncift.settings import SelectSettings
-    from nncift.subset_quality import choose_subset
+    from nncift.models.embeddings import embed_records
+    from nncift.selection.subset_quality import choose_subset
+    from nncift.settings.stages import SelectSettings
+    from nncift.steps.select import plan_layout
+    from nncift_research.fidelity import compare_pairwise
 
     started = time.perf_counter()
     bench = setup(args.matrix, args.budget)

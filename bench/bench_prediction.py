@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from benchlib import cpu_name  # bench/ is on sys.path when a script runs
 
-from nncift import network as nw
-from nncift import pair_kernel as pk
+from nncift.network import pair_kernel as pk
+from nncift.network import paper as nw
 
 
 def embeddings(n: int, d: int, rng: np.random.Generator) -> np.ndarray:
@@ -130,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         del out
 
     # 4. the default two-tower network (one matrix product per row block), with the self-pair term on the diagonal
-    from nncift.layout import self_columns
-    from nncift.towers import TwoTowerNetwork
+    from nncift.network.towers import TwoTowerNetwork
+    from nncift.run.layout import self_columns
 
     tower = TwoTowerNetwork(args.dim)
     tower.initialise(torch.Generator().manual_seed(args.seed), 0.5, 0.1, 0.2)
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         del out
 
     # 5. the same network with label anchors read from a labelled block of 5% of the rows × 5% of the columns
-    from nncift.anchors import Anchors
+    from nncift.network.anchors import Anchors
 
     for n in sorted(args.sizes):
         labelled = max(16, n // 20)

@@ -15,7 +15,7 @@ Part ``memory``: predict the full matrix with an InfluenceNetwork and run facili
 - ``in memory``: the local pipeline's in-memory path: the matrix written to disk in row blocks,
   memory-mapped, clipped at 0 into a new array, and selected on by :mod:`nncift.selection` (which
   makes its own transposed copy);
-- ``streamed``: :func:`nncift.streaming.predict_to_npy` + :func:`nncift.selection.select_from_npy`;
+- ``streamed``: :func:`nncift.network.streaming.predict_to_npy` + :func:`nncift.selection.select_from_npy`;
 - ``streamed, predicted on Ray``: the same with the row blocks predicted by 2 Ray workers.
 
 Embeddings: n seeded random unit vectors around 50 centres (d = 384); the network (one hidden layer
@@ -56,11 +56,11 @@ SHARED = HERE.parents[1] / "shared" / "data"
 def scaling(args: argparse.Namespace) -> str:
     import ray
 
-    from nncift.data import read_records
-    from nncift.executor import LocalExecutor
+    from nncift.data.records import read_records
+    from nncift.execution.executor import LocalExecutor
+    from nncift.execution.ray_cluster import RayExecutor
     from nncift.influence import InfluenceSpec
-    from nncift.ray_executor import RayExecutor
-    from nncift.store import RunStore, plan_blocks
+    from nncift.run.store import RunStore, plan_blocks
 
     records, _ = read_records(args.data)
     rng = np.random.default_rng(0)
@@ -161,9 +161,9 @@ def make_inputs(n: int, folder: Path) -> None:
     """Embeddings (n, 384) and a network trained briefly on DELIFT-SE values of a sample."""
     import torch
 
-    from nncift.network import NetworkSettings
-    from nncift.network_files import save_network
-    from nncift.paper_training import train_pairwise
+    from nncift.network.files import save_network
+    from nncift.network.paper import NetworkSettings
+    from nncift.network.paper_training import train_pairwise
 
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((50, 384))
@@ -187,9 +187,10 @@ def _status(field: str) -> int:
 
 def child(mode: str, folder: Path, budget: float) -> None:
     """One mode, in a fresh process: prints a JSON line with times, memory and the picks' digest."""
-    from nncift import selection, streaming
-    from nncift.network_files import load_network
-    from nncift.pair_kernel import warm_up_kernel
+    from nncift import selection
+    from nncift.network import streaming
+    from nncift.network.files import load_network
+    from nncift.network.pair_kernel import warm_up_kernel
 
     embeddings = np.load(folder / "embeddings.npy")
     network = load_network(folder / "network.safetensors")
@@ -200,7 +201,7 @@ def child(mode: str, folder: Path, budget: float) -> None:
     if mode == "ray":
         import ray
 
-        from nncift.ray_executor import RayExecutor
+        from nncift.execution.ray_cluster import RayExecutor
 
         ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, object_store_memory=600 * 1024**2, log_to_driver=False)
         executor = RayExecutor(workers=2, worker_cpus=1.0)

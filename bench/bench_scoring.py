@@ -37,17 +37,17 @@ P3 = ROOT.parent / "shared" / "data" / "p3"
 
 def _phase(args: argparse.Namespace) -> None:
     """One measured step in this process; prints a JSON line with seconds and peak memory."""
-    from nncift.data import read_many
+    from nncift.data.records import read_many
 
     start = time.perf_counter()
     if args.phase == "score":
-        from nncift.scoring import score_records
+        from nncift.steps.score import score_records
 
         records, _ = read_many([args.data])
         result = score_records(args.run, records, args.out, top_targets=5, progress=False)
         info = {"cost": result.manifest["cost"], "records": len(records)}
     elif args.phase == "add":
-        from nncift.incremental import add_to_run
+        from nncift.steps.add import add_to_run
 
         records, _ = read_many([args.data])
         result = add_to_run(args.run, records, args.out, new_paths=[args.data], progress=False)
@@ -104,10 +104,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.phase:
         return _phase(args)
-    from nncift.data import read_many
-    from nncift.embed import embed_records
+    from nncift.data.records import read_many
+    from nncift.models.embeddings import embed_records
     from nncift.selection import facility_location
-    from nncift.subset_quality import ObjectiveSpec, objective_on
+    from nncift.selection.subset_quality import ObjectiveSpec, objective_on
 
     records, _ = read_many(sorted(str(p) for p in P3.glob("*.jsonl")))
     order = np.random.default_rng(0).permutation(len(records))

@@ -28,9 +28,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-from nncift.data import read_records
-from nncift.embed import embed_records
-from nncift.experiments.fidelity import top_overlap
+from nncift.data.records import read_records
 from nncift.influence.selectit import (
     RATINGS,
     SelectIT,
@@ -39,11 +37,13 @@ from nncift.influence.selectit import (
     selectit_scores,
     token_level_scores,
 )
-from nncift.models import BUNDLED_EMBEDDER, BUNDLED_LM
-from nncift.network import NetworkSettings, predict_pointwise
-from nncift.paper_training import train_pointwise
-from nncift.pipeline import run_select, sample_indices
-from nncift.settings import SelectSettings
+from nncift.models.embeddings import embed_records
+from nncift.network.paper import NetworkSettings, predict_pointwise
+from nncift.network.paper_training import train_pointwise
+from nncift.settings.choices import BUNDLED_EMBEDDER, BUNDLED_LM
+from nncift.settings.stages import SelectSettings
+from nncift.steps.select import run_select, sample_indices
+from nncift_research.fidelity import top_overlap
 
 NETWORK_RUNS = ((0.05, 20), (0.1, 20), (0.2, 20), (0.5, 20), (0.05, 200), (0.5, 200))
 """(u, epochs) of the extra network runs: the paper's 20 epochs, and 200 to rule out under-training."""

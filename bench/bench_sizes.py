@@ -6,7 +6,7 @@ trained on that same block and compared with the exact matrix as bench/bench_net
 cold Spearman (pairs whose target and candidate are both unlabelled), Q4 MSE relative to the
 training mean's, and f_gain (what selection on the prediction keeps of the exact function's gain
 over a random subset). Shapes: the paper's MLP (1–5 hidden layers of widths 5, 50, 500, and one
-layer of 5000: :data:`nncift.experiments.network_shapes.PAPER_FIGURE_SHAPES`) and the two-tower network at
+layer of 5000: :data:`nncift_research.network_shapes.PAPER_FIGURE_SHAPES`) and the two-tower network at
 several ranks, trained as shipped but with its fallback to the prior off, so that every point is the
 network itself (the calibrated-cosine baseline is drawn as a line).
 
@@ -52,13 +52,13 @@ def _summary(values: list[float]) -> tuple[float, float]:
 
 def measure(matrix: Matrix, shapes: list[str], fraction: float, seeds: list[int]) -> list[dict]:
     """One row per (shape or baseline, seed): parameters, cold Spearman, Q4 MSE / mean's, f_gain, train seconds."""
-    from nncift.embed import embed_records
-    from nncift.experiments.fidelity import compare_pairwise
-    from nncift.experiments.network_shapes import parameter_count, shape_settings
-    from nncift.layout import self_columns
-    from nncift.pipeline import plan_layout
-    from nncift.settings import SelectSettings
-    from nncift.subset_quality import choose_subset
+    from nncift.models.embeddings import embed_records
+    from nncift.run.layout import self_columns
+    from nncift.selection.subset_quality import choose_subset
+    from nncift.settings.stages import SelectSettings
+    from nncift.steps.select import plan_layout
+    from nncift_research.fidelity import compare_pairwise
+    from nncift_research.network_shapes import parameter_count, shape_settings
 
     spec = matrix.spec
     budget = 0.05 if spec.influence == "less" else 0.1 if spec.targets else 0.3
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    from nncift.experiments.network_shapes import PAPER_FIGURE_SHAPES
+    from nncift_research.network_shapes import PAPER_FIGURE_SHAPES
 
     shapes = args.shapes or [*PAPER_FIGURE_SHAPES, *TOWER_SHAPES]
     started = time.perf_counter()

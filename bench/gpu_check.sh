@@ -39,7 +39,7 @@ if [ "$DRY_RUN" = 1 ]; then
     eval "args=(${COMMANDS[$i]})"
     "$PYTHON" - "${args[@]}" <<'EOF'
 import sys
-from nncift.cli import build_parser
+from nncift.cli.commands import build_parser
 args = build_parser().parse_args(sys.argv[1:])  # exits 2 with argparse's message on a bad flag
 print(f"parses: nncift {args.command} ({len(sys.argv) - 1} arguments)")
 EOF
@@ -63,7 +63,7 @@ for i in "${!NAMES[@]}"; do
   eval "args=(${COMMANDS[$i]})"
   echo "== ${NAMES[$i]}: nncift ${COMMANDS[$i]}"
   start=$(date +%s.%N)
-  "$PYTHON" -m nncift.cli "${args[@]}" > "$OUT/${NAMES[$i]}.log" 2>&1 || { echo "gpu_check: ${NAMES[$i]} failed; see $OUT/${NAMES[$i]}.log" >&2; tail -5 "$OUT/${NAMES[$i]}.log" >&2; exit 1; }
+  "$PYTHON" -m nncift.cli.commands "${args[@]}" > "$OUT/${NAMES[$i]}.log" 2>&1 || { echo "gpu_check: ${NAMES[$i]} failed; see $OUT/${NAMES[$i]}.log" >&2; tail -5 "$OUT/${NAMES[$i]}.log" >&2; exit 1; }
   SECONDS_OF[${NAMES[$i]}]=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN{print b - a}')
 done
 
@@ -71,7 +71,7 @@ echo "== the network issue's DELIFT matrix: 200 targets × 2,016 P3 pool records
 NNCIFT_DEVICE=cuda NNCIFT_BENCH_OUT="$OUT/matrices" "$PYTHON" bench/matrices.py delift-p3-large 2>&1 | tail -1 || echo "gpu_check: the DELIFT matrix failed (see above)" >&2
 
 echo "== model tests with the GPU visible (device auto -> cuda)"
-"$PYTHON" -m pytest -q tests/test_evaluate.py tests/test_icl.py tests/test_finetune.py tests/test_delift.py tests/test_less.py tests/test_selectit.py 2>&1 | tail -3
+"$PYTHON" -m pytest -q tests/downstream tests/influence 2>&1 | tail -3
 
 "$PYTHON" - "$OUT" "${SECONDS_OF[finetune]}" "${SECONDS_OF[evaluate]}" "${SECONDS_OF[icl]}" <<'EOF' | tee "$OUT/gpu_table.md"
 import json, sys

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from nncift.data import Record, read_records
+from nncift.data.records import Record, read_records
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 POOL_FILES = (

@@ -147,7 +147,7 @@ P3_FAMILIES = ("adversarial_qa", "ag_news", "amazon_polarity", "common_gen", "co
 
 def _all_p3_families() -> dict[str, tuple[str, ...]]:
     """Every P3 family (source data set) with its templates of at least 150 records with an output, held-out target templates left out."""
-    from nncift.data import read_records
+    from nncift.data.records import read_records
 
     folder = SHARED_DATA / "p3"
     if not folder.is_dir():
@@ -164,7 +164,7 @@ def _all_p3_families() -> dict[str, tuple[str, ...]]:
 def spec_named(name: str) -> MatrixSpec:
     """The matrix called ``name`` with its records (read from ../shared/data)."""
     if name == "delift-se-alpaca":
-        from nncift.data import read_records
+        from nncift.data.records import read_records
 
         path = SHARED_DATA / "alpaca_en_demo.json"
         if not path.is_file():
@@ -178,7 +178,7 @@ def spec_named(name: str) -> MatrixSpec:
         pool, targets, pf, tf = _p3_mix(list(P3_POOL_FAMILIES), 8, {"ag_news": 16})
         return MatrixSpec(name, "delift", {"max_length": 256, "token_budget": 2048}, pool, targets, pf, tf)
     if name == "delift-demo":
-        from nncift.demo_data import demo_records
+        from nncift.data.demo import demo_records
 
         pool = demo_records(96, seed=0)
         return MatrixSpec(name, "delift", {"max_length": 2048, "token_budget": 2048}, pool, [], [r.task for r in pool], [])
@@ -233,11 +233,11 @@ class Matrix:
 
 def compute(name: str, *, progress: bool = True) -> Matrix:
     """Compute (or resume, or load) the matrix ``name``; rows = pool (if ``pool_rows``) then targets, columns = pool."""
-    from nncift.executor import LocalExecutor
+    from nncift.execution.executor import LocalExecutor
     from nncift.influence import InfluenceSpec
-    from nncift.models import BUNDLED_EMBEDDER, BUNDLED_LM
-    from nncift.pipeline import records_digest
-    from nncift.store import RunStore, plan_blocks
+    from nncift.run.store import RunStore, plan_blocks
+    from nncift.settings.choices import BUNDLED_EMBEDDER, BUNDLED_LM
+    from nncift.steps.select import records_digest
 
     spec = spec_named(name)
     folder = OUT / spec.name

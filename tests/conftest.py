@@ -26,7 +26,7 @@ def shared_data(relative: str) -> Path:
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Embedding caches go to a temporary folder; the converted bundled LM is shared (read-only use)."""
-    from nncift.models import bundled_lm_path
+    from nncift.models.loading import bundled_lm_path
 
     bundled_lm_path()  # convert once into the user's cache before redirecting
     root = tmp_path_factory.mktemp("nncift-cache")
@@ -38,7 +38,7 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def smollm_dir(isolated_cache: Path) -> Path:
     """The bundled SmolLM2-135M-Instruct converted to safetensors (real weights, real tokenizer)."""
-    from nncift.models import bundled_lm_path
+    from nncift.models.loading import bundled_lm_path
 
     return bundled_lm_path()
 
@@ -83,6 +83,6 @@ def tiny_gpt2_dir(tmp_path_factory: pytest.TempPathFactory, smollm_dir: Path) ->
 @pytest.fixture()
 def demo_pool():
     """64 built-in demo records (8 task families)."""
-    from nncift.demo_data import demo_records
+    from nncift.data.demo import demo_records
 
     return demo_records(64, seed=0)

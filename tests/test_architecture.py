@@ -1,29 +1,31 @@
-"""The package's shape: its import graph, built from the source with ``ast``, has no cycle (imports inside
-functions count; ``if TYPE_CHECKING:`` imports, which never run, do not), and no module is over 450 lines."""
+"""The package's shape: its import graph, built from the source with ``ast`` (imports inside functions and behind
+``if TYPE_CHECKING:`` count alike), has no cycle; every import between stage packages points down the stages;
+the library never names the research code; no module is over 450 lines."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "src" / "nncift"
+SOURCE = Path(__file__).resolve().parents[1] / "src"
+PACKAGE = SOURCE / "nncift"
+
+STAGES = ("files", "settings", "data", "models", "gradients", "influence", "selection", "network", "run", "execution",
+          "steps", "downstream", "cli")
+"""The library's stage packages, bottom first: a module may import its own package and the ones before it."""
 
 
 def import_graph() -> dict[str, set[str]]:
-    """Module → the package's modules it imports (module level and inside functions alike)."""
+    """Module → the modules of nncift and nncift_research it imports (module level, inside functions and
+    ``if TYPE_CHECKING:`` blocks alike)."""
     modules = {}
-    for path in PACKAGE.rglob("*.py"):
-        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    for path in [*PACKAGE.rglob("*.py"), *(SOURCE / "nncift_research").rglob("*.py")]:
+        parts = path.relative_to(SOURCE).with_suffix("").parts
         modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     graph: dict[str, set[str]] = {name: set() for name in modules}
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        type_only = {id(inner) for block in ast.walk(tree) if isinstance(block, ast.If) and _is_type_checking(block.test)
-                     for statement in block.body for inner in ast.walk(statement)}
-        for node in ast.walk(tree):
-            if id(node) in type_only:  # `if TYPE_CHECKING:` imports exist for annotations only, never at run time
-                continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom):
@@ -37,10 +39,6 @@ def import_graph() -> dict[str, set[str]]:
                 continue
             graph[name].update(t for t in targets if t in modules and t != name)
     return graph
-
-
-def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -68,8 +66,8 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_import_graph_has_no_cycle() -> None:
     graph = import_graph()
-    assert {"nncift.pipeline", "nncift.executor", "nncift.ray_executor", "nncift.influence.delift"} <= set(graph)
-    assert "nncift.selection" in graph["nncift.pipeline"] and "nncift.executor" in graph["nncift.ray_executor"]
+    assert {"nncift.steps.select", "nncift.execution.executor", "nncift.execution.ray_cluster", "nncift.influence.delift"} <= set(graph)
+    assert "nncift.selection" in graph["nncift.steps.select"] and "nncift.execution.executor" in graph["nncift.execution.ray_cluster"]
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
 
 
@@ -85,10 +83,37 @@ def test_no_module_is_over_450_lines() -> None:
 
 
 def test_the_library_never_imports_the_research_code() -> None:
-    """``nncift.experiments`` (experiment, fidelity, sweep, report) sits on top of the library: no library module imports it."""
+    """``nncift_research`` (experiment, fidelity, sweep, report) sits on top of the library: no library module imports it."""
     graph = import_graph()
-    experiments = {name for name in graph if name == "nncift.experiments" or name.startswith("nncift.experiments.")}
-    assert {"nncift.experiments.experiment", "nncift.experiments.fidelity", "nncift.experiments.sweep"} <= experiments
-    assert "nncift.pipeline" in graph["nncift.experiments.fidelity"]  # the graph sees the research code's imports
+    experiments = {name for name in graph if name == "nncift_research" or name.startswith("nncift_research.")}
+    assert {"nncift_research.experiment", "nncift_research.fidelity", "nncift_research.sweep"} <= experiments
+    assert "nncift.steps.select" in graph["nncift_research.fidelity"]  # the graph sees the research code's imports
     offending = {name: sorted(graph[name] & experiments) for name in set(graph) - experiments if graph[name] & experiments}
     assert not offending, offending
+
+
+def stage_of(module: str) -> int | None:
+    """The stage index of an nncift module (None: the package root, which is the public API on top)."""
+    parts = module.split(".")
+    return STAGES.index(parts[1]) if parts[0] == "nncift" and len(parts) > 1 else None
+
+
+def test_every_module_lives_in_a_stage_package() -> None:
+    flat = sorted(path.name for path in PACKAGE.glob("*.py") if path.name != "__init__.py")
+    assert flat == []
+    assert sorted(path.name for path in PACKAGE.iterdir() if path.is_dir() and (path / "__init__.py").exists()) == sorted(STAGES)
+
+
+def test_imports_point_down_the_stages() -> None:
+    graph = import_graph()
+    upward = sorted(f"{name} -> {target}" for name, targets in graph.items() if name.startswith("nncift.")
+                    for target in targets if target.startswith("nncift.")
+                    and (stage_of(target) is None or (stage_of(name) or 0) < (stage_of(target) or 0)))
+    assert "nncift.network.fitting" in graph["nncift.steps.select"] or graph["nncift.steps.select"]  # the graph sees imports
+    assert upward == []
+
+
+def test_the_library_never_names_the_research_code() -> None:
+    """Not even as an import string: research commands reach the CLI through the ``nncift.commands`` entry points."""
+    named = sorted(path.relative_to(PACKAGE).as_posix() for path in PACKAGE.rglob("*.py") if "nncift_research" in path.read_text(encoding="utf-8"))
+    assert named == []

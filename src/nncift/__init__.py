@@ -19,12 +19,12 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "SelectSettings": "settings", "SamplingSettings": "settings", "NetworkSettings": "settings", "SelectionSettings": "settings",
-    "ExecutorSettings": "settings",
-    "DataError": "data", "LoadReport": "data", "Record": "data", "read_many": "data", "read_records": "data",
-    "demo_records": "demo_data",
+    "SelectSettings": "settings.stages", "SamplingSettings": "settings.stages", "NetworkSettings": "settings.stages", "SelectionSettings": "settings.stages",
+    "ExecutorSettings": "settings.stages",
+    "DataError": "data.records", "LoadReport": "data.records", "Record": "data.records", "read_many": "data.records", "read_records": "data.records",
+    "demo_records": "data.demo",
     "InfluenceSpec": "influence", "PairwiseInfluence": "influence", "PointwiseInfluence": "influence", "build_influence": "influence",
-    "SelectionResult": "pipeline", "run_select": "pipeline",
+    "SelectionResult": "steps.select", "run_select": "steps.select",
 }
 """Public names and the module each lives in: imported on first use, so ``import nncift`` (and the
 command line's ``--help``) does not load torch."""

@@ -7,11 +7,11 @@
 - :mod:`.features`: the featurizer (hooks + compressor) and the memory-mapped feature store.
 """
 
-from .adam import ADAM_FORMS, AdamPreconditioner, AdamState
-from .batches import collate, encode_example, per_example_losses
-from .compressors import COMPRESSORS, Compressor, make_compressor
-from .features import FeatureStore, GradientFeaturizer, l2_normalise
-from .hooks import LayerShape, PerExampleGradients, layer_shape, parameter_matrix, trainable_layers
+from nncift.gradients.adam import ADAM_FORMS, AdamPreconditioner, AdamState
+from nncift.gradients.batches import collate, encode_example, per_example_losses
+from nncift.gradients.compressors import COMPRESSORS, Compressor, make_compressor
+from nncift.gradients.features import FeatureStore, GradientFeaturizer, l2_normalise
+from nncift.gradients.hooks import LayerShape, PerExampleGradients, layer_shape, parameter_matrix, trainable_layers
 
 __all__ = [
     "ADAM_FORMS", "AdamPreconditioner", "AdamState", "COMPRESSORS", "Compressor", "FeatureStore",

@@ -22,7 +22,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ..choices import ADAM_FORMS
+from nncift.settings.choices import ADAM_FORMS
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """Token batches with the loss on response tokens only, and the per-example loss.
 
 Text of an example: the prompt (the tokenizer's chat template with the user turn of
-:func:`nncift.templates.chat_messages` and a generation prompt when the tokenizer has a chat template,
-else :func:`nncift.templates.plain_prompt`) followed by the response ``record.output`` and EOS.
+:func:`nncift.data.templates.chat_messages` and a generation prompt when the tokenizer has a chat template,
+else :func:`nncift.data.templates.plain_prompt`) followed by the response ``record.output`` and EOS.
 Labels are -100 on prompt and padding tokens.
 
 **Per-example loss** (what every per-example gradient in nncift differentiates): for example ``b``
@@ -26,8 +26,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from ..data import Record
-from ..templates import chat_messages, plain_prompt
+from nncift.data.records import Record
+from nncift.data.templates import chat_messages, plain_prompt
 
 IGNORE = -100
 

@@ -36,8 +36,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..choices import COMPRESSORS
-from .hooks import LayerShape, full_layer_gradient
+from nncift.gradients.hooks import LayerShape, full_layer_gradient
+from nncift.settings.choices import COMPRESSORS
 
 
 def seeded_rng(seed: int, *keys: int) -> np.random.Generator:

@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..store import SettingsMismatch
-from .adam import AdamPreconditioner
-from .batches import model_device, per_example_losses
-from .compressors import Compressor
-from .hooks import PerExampleGradients
+from nncift.files.errors import SettingsMismatch
+from nncift.gradients.adam import AdamPreconditioner
+from nncift.gradients.batches import model_device, per_example_losses
+from nncift.gradients.compressors import Compressor
+from nncift.gradients.hooks import PerExampleGradients
 
 
 def compress_layer(compressor: Compressor, preconditioner: AdamPreconditioner | None, layer: int,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .base import InfluenceFunction, InfluenceSpec, PairwiseInfluence, PointwiseInfluence
+from nncift.influence.base import InfluenceFunction, InfluenceSpec, PairwiseInfluence, PointwiseInfluence
+from nncift.settings.fields import SettingsError
 
 REGISTRY: dict[str, str] = {
     "delift-se": "nncift.influence.delift_se:DeliftSE",
@@ -28,7 +29,7 @@ from them without importing torch); ``influence_class(name).Settings`` is the sa
 def settings_class(name: str) -> type:
     """The settings dataclass of the function registered under ``name``."""
     if name not in SETTINGS:
-        raise ValueError(f"unknown influence function '{name}'; choose from: {', '.join(sorted(SETTINGS))}")
+        raise SettingsError(f"unknown influence function '{name}'; choose from: {', '.join(sorted(SETTINGS))}")
     module, _, attribute = SETTINGS[name].partition(":")
     return getattr(importlib.import_module(module), attribute)
 
@@ -36,7 +37,7 @@ def settings_class(name: str) -> type:
 def influence_class(name: str) -> type[InfluenceFunction]:
     """The class registered under ``name`` (imported on first use)."""
     if name not in REGISTRY:
-        raise ValueError(f"unknown influence function '{name}'; choose from: {', '.join(sorted(REGISTRY))}")
+        raise SettingsError(f"unknown influence function '{name}'; choose from: {', '.join(sorted(REGISTRY))}")
     module, _, attribute = REGISTRY[name].partition(":")
     return getattr(importlib.import_module(module), attribute)
 

@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
-from ..data import Record
+from nncift.data.records import Record
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ values: showing j helps the model predict i's response. Raw values are returned 
 pipeline scales labels to [0, 1] as a separate, recorded step).
 
 **Token sequences.** The prompt text is the template's joint text
-(:func:`nncift.templates.delift_prompt_with_example`), but it is tokenized in three parts (no special
+(:func:`nncift.data.templates.delift_prompt_with_example`), but it is tokenized in three parts (no special
 tokens) whose token lists are concatenated, so that the tokens of the one-shot prefix (instruction +
 example j) are the same for every target; a leading BOS is added when the tokenizer adds one itself::
 
@@ -75,12 +75,12 @@ from typing import Any, ClassVar, Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from ..data import Record
-from ..models import load_causal_lm
-from ..templates import delift_example, delift_example_header, delift_prompt_without_example, delift_query_suffix
-from .base import PairwiseInfluence
-from .lm_scoring import CausalScorer, plan_batches, rms_distance
-from .settings import MIN_MAX_LENGTH, DeliftSettings
+from nncift.data.records import Record
+from nncift.data.templates import delift_example, delift_example_header, delift_prompt_without_example, delift_query_suffix
+from nncift.influence.base import PairwiseInfluence
+from nncift.influence.lm_scoring import CausalScorer, plan_batches, rms_distance
+from nncift.influence.settings import MIN_MAX_LENGTH, DeliftSettings
+from nncift.models.loading import load_causal_lm
 
 _MIN_MAX_LENGTH = MIN_MAX_LENGTH
 

@@ -11,10 +11,10 @@ from typing import ClassVar, Sequence
 
 import numpy as np
 
-from ..data import Record
-from ..embed import embed_records
-from .base import PairwiseInfluence
-from .settings import DeliftSESettings
+from nncift.data.records import Record
+from nncift.influence.base import PairwiseInfluence
+from nncift.influence.settings import DeliftSESettings
+from nncift.models.embeddings import embed_records
 
 
 class DeliftSE(PairwiseInfluence):

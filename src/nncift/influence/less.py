@@ -35,8 +35,8 @@ from typing import ClassVar, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..data import Record
-from ..gradients import (
+from nncift.data.records import Record
+from nncift.gradients import (
     AdamPreconditioner,
     FeatureStore,
     GradientFeaturizer,
@@ -47,11 +47,11 @@ from ..gradients import (
     make_compressor,
     trainable_layers,
 )
-from ..gradients.batches import EncodedExample
-from ..models import load_causal_lm
-from .base import PairwiseInfluence
-from .less_warmup import Checkpoint, add_lora, checkpoint_weights, load_checkpoint, run_warmup, saved_checkpoints, warmup_sample
-from .settings import LessSettings
+from nncift.gradients.batches import EncodedExample
+from nncift.influence.base import PairwiseInfluence
+from nncift.influence.less_warmup import Checkpoint, add_lora, checkpoint_weights, load_checkpoint, run_warmup, saved_checkpoints, warmup_sample
+from nncift.influence.settings import LessSettings
+from nncift.models.loading import load_causal_lm
 
 
 def aggregate_scores(matrix: np.ndarray, subtasks: Sequence[str | None], *, max_block_elements: int = 1 << 24) -> np.ndarray:

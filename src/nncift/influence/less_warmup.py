@@ -29,12 +29,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from ..atomic_files import atomic_write
-from ..data import Record
-from ..gradients.adam import AdamState
-from ..gradients.batches import collate, encode_example, token_losses
-from ..gradients.hooks import layer_shape, parameter_matrix
-from ..store import SettingsMismatch
+from nncift.data.records import Record
+from nncift.files.atomic import atomic_write
+from nncift.files.errors import SettingsMismatch
+from nncift.gradients.adam import AdamState
+from nncift.gradients.batches import collate, encode_example, token_losses
+from nncift.gradients.hooks import layer_shape, parameter_matrix
 
 BETAS = (0.9, 0.999)
 EPS = 1e-8

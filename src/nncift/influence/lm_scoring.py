@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .token_batches import plan_token_batches, right_padded
+from nncift.influence.token_batches import plan_token_batches, right_padded
 
 HEAD_MODES = ("masked", "full")
 """``masked``: the output layer runs only at the positions that predict scored tokens (through the

@@ -2,7 +2,7 @@
 
 Three levels of "self-reflection", all from one forward pass per (model, rating instruction, example):
 
-- **Token level.** The rating prompt (:func:`nncift.templates.selectit_prompt`) ends with the cue
+- **Token level.** The rating prompt (:func:`nncift.data.templates.selectit_prompt`) ends with the cue
   ``"\\nThe answer is: \\n"``. At its last position we read the next-token probabilities ``P_k`` of the
   rating tokens ``"1".."5"`` (ids looked up in the tokenizer in use, :func:`rating_token_ids`) and
   renormalise them, ``P′_k = P_k / Σ_j P_j``. With ``k*`` the rating (1..R) of the most likely token,
@@ -12,7 +12,7 @@ Three levels of "self-reflection", all from one forward pass per (model, rating 
   lower rating. This is the paper's formula and our reading of "argmax_k P′_k" in it: the argmax is
   the rating *value* ``k*`` (the reference multiplies by ``argmax + 1``), not the probability.
 - **Sentence level.** The same pair is rated under ``K`` paraphrased rating instructions
-  (:data:`nncift.templates.SELECTIT_RATING_INSTRUCTIONS`, default all 5):
+  (:data:`nncift.data.templates.SELECTIT_RATING_INSTRUCTIONS`, default all 5):
   ``S_sent = mean(S_token) / (1 + α · std(S_token))``, population std, ``α = 0.2``.
 - **Model level.** Several models (e.g. sizes of one family) rate the same pairs:
   ``S = Σ_m (θ_m / Σ θ) · S_sent,m`` with ``θ_m`` the parameter count read from the loaded model
@@ -43,13 +43,13 @@ from typing import Any, ClassVar, Iterator, Sequence
 
 import numpy as np
 
-from ..choices import SELECTIT_FORMS as FORMS
-from ..data import Record
-from ..models import load_causal_lm
-from ..templates import SELECTIT_RATING_INSTRUCTIONS, selectit_prompt
-from .base import PointwiseInfluence
-from .settings import SelectITSettings
-from .token_batches import plan_token_batches, right_padded, shorten_middle
+from nncift.data.records import Record
+from nncift.data.templates import SELECTIT_RATING_INSTRUCTIONS, selectit_prompt
+from nncift.influence.base import PointwiseInfluence
+from nncift.influence.settings import SelectITSettings
+from nncift.influence.token_batches import plan_token_batches, right_padded, shorten_middle
+from nncift.models.loading import load_causal_lm
+from nncift.settings.choices import SELECTIT_FORMS as FORMS
 
 RATINGS: tuple[str, ...] = ("1", "2", "3", "4", "5")
 """The rating tokens, lowest first: rating value k is ``RATINGS[k - 1]``."""

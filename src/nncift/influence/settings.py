@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..choices import ADAM_FORMS, COMPRESSORS, SELECTIT_FORMS
-from ..models import BUNDLED_EMBEDDER, BUNDLED_LM
-from ..templates import SELECTIT_RATING_INSTRUCTIONS
+from nncift.data.templates import SELECTIT_RATING_INSTRUCTIONS
+from nncift.settings.choices import ADAM_FORMS, BUNDLED_EMBEDDER, BUNDLED_LM, COMPRESSORS, SELECTIT_FORMS
 
 MIN_MAX_LENGTH = 64
 """Fewest tokens of one DELIFT sequence (``max_length``)."""

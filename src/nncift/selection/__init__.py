@@ -59,7 +59,7 @@ from typing import Callable
 
 import numpy as np
 
-from .greedy import (
+from nncift.selection.greedy import (
     OBJECTIVES,
     Selection,
     budget_to_count,
@@ -71,7 +71,7 @@ from .greedy import (
     objective_value,
     top_k,
 )
-from .out_of_core import column_means, fits_in_memory, select_from_npy
+from nncift.selection.out_of_core import column_means, fits_in_memory, select_from_npy
 
 __all__ = [
     "OBJECTIVES", "CandidateScores", "ObjectiveSpec", "Selection", "budget_to_count", "choose_subset", "column_means",

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .kernels import all_gains, lazy_greedy, plain_greedy, prepare_candidate_major, row_max, threads_for
+from nncift.selection.kernels import all_gains, lazy_greedy, plain_greedy, prepare_candidate_major, row_max, threads_for
 
 __all__ = [
     "Selection",
@@ -60,7 +60,7 @@ class Selection:
 def budget_to_count(budget: float | int, n_candidates: int) -> int:
     """Number of candidates to select for ``budget`` out of ``n_candidates``.
 
-    The budget rule is :func:`nncift.config.normalise_budget` (the one ``--budget`` follows): a number
+    The budget rule is :func:`nncift.settings.fields.normalise_budget` (the one ``--budget`` follows): a number
     in ``(0, 1]`` is a fraction of ``n_candidates``, rounded to the nearest integer (halves round up)
     and at least 1 (unless ``n_candidates`` is 0); a whole number above 1 (``50`` or ``50.0``) is a
     count; 0.0, negatives, NaN and non-integral values above 1 (``1.5``) raise ``ValueError``.
@@ -74,7 +74,7 @@ def budget_to_count(budget: float | int, n_candidates: int) -> int:
     if isinstance(budget, numbers.Integral) and not isinstance(budget, bool):
         count = int(budget)
     else:
-        from ..config import normalise_budget  # the rule lives with the settings (no numba there)
+        from nncift.settings.fields import normalise_budget  # the rule lives with the settings (no numba there)
 
         rule = normalise_budget(budget)
         if isinstance(rule, float):

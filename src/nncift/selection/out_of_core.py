@@ -3,7 +3,7 @@
 Orientation as everywhere: the predicted matrix ``S`` has rows = targets (items to be represented)
 and columns = candidates (the pool), shape ``(n_rows, n_candidates)``, float32, stored as ``.npy``.
 
-(:func:`nncift.streaming.predict_to_npy` writes it in row blocks.)
+(:func:`nncift.network.streaming.predict_to_npy` writes it in row blocks.)
 
 What each objective needs of ``S`` (:func:`select_from_npy`):
 
@@ -33,10 +33,10 @@ from typing import Callable
 
 import numpy as np
 
-from .. import npy_files
-from ..npy_files import create_npy, npy_layout, pread, pwrite, row_blocks
-from .greedy import Selection, budget_to_count, fill_exhausted, top_k
-from .kernels import all_gains, dense_gain
+from nncift.files import npy as npy_files
+from nncift.files.npy import create_npy, npy_layout, pread, pwrite, row_blocks
+from nncift.selection.greedy import Selection, budget_to_count, fill_exhausted, top_k
+from nncift.selection.kernels import all_gains, dense_gain
 
 _MAP_ROWS = 4096
 """Rows of one short-lived read-only map while gathering a slab of candidates."""

@@ -1,0 +1,308 @@
+"""The ``nncift`` command line. Flags are generated from the settings dataclasses.
+
+Every command exits with code 2 and a one-line message (no traceback) on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import signal
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+
+from nncift.data.records import DataError
+from nncift.files.errors import SettingsMismatch
+from nncift.models.loading import ModelError
+from nncift.run.store import make_run_folder
+from nncift.settings.fields import add_arguments, build_settings, check_options, field_docs, load_yaml, resolve_names, stage_fields
+from nncift.settings.given_once import StoreOnce, refuse_repeated
+from nncift.settings.stages import SelectSettings
+
+USER_ERRORS = (DataError, ModelError, SettingsMismatch, ValueError, FileNotFoundError, RuntimeError)
+"""Errors reported as one line (exit code 2); RunFolderError, RunFolderInUse and RunNotReady are among them."""
+
+
+def _influence_settings_classes() -> dict[str, type]:
+    """Settings dataclass of each registered influence function by name (their fields are namespaced flags; light modules, no torch)."""
+    from nncift.influence import SETTINGS, settings_class
+
+    return {name: settings_class(name) for name in SETTINGS}
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, settings_class: type[SelectSettings]) -> None:
+    parser.add_argument("--out", required=True, action=StoreOnce, help="run folder")
+    parser.add_argument("--config", action=StoreOnce, help="YAML file with settings (flags override it)")
+    parser.add_argument("--model", dest="model", action="append", default=None,
+                        help=f"{field_docs(settings_class)['model']} Repeat the flag to rate with several models "  # type: ignore[arg-type]
+                             f"(selectit's model-level reflection). (default: {settings_class.model!r})")
+    add_arguments(parser, settings_class)
+    own = {f.name for f in dataclasses.fields(settings_class)}
+    for name, klass in _influence_settings_classes().items():
+        group = parser.add_argument_group(f"{name} options (apply with --influence {name}; in YAML under '{name}:')")
+        add_arguments(group, klass, skip=own, prefix=name)  # type: ignore[arg-type]
+
+
+def split_settings(args: argparse.Namespace, settings_class: type) -> tuple[Any, dict[str, Any]]:
+    """(run settings, influence options): dataclass defaults, then the YAML file, then flags.
+
+    Everything is checked here, before any file is written: a bad value is reported with the YAML file
+    it came from (``c.yaml: budget: expected a number, got 'lots'``) or its flag.
+    """
+    from nncift.influence import influence_class
+
+    values: dict[str, Any] = load_yaml(args.config) if args.config else {}
+    functions = _influence_settings_classes()
+    own = {f.name for f in dataclasses.fields(settings_class)}
+    aliases = getattr(settings_class, "ALIASES", {})
+    stages = stage_fields(settings_class)
+    nested = {name: values.pop(name) for name in list(values) if name in functions}  # YAML: `delift: {token_budget: 1024}`
+    unknown = sorted(key for key in values if key not in own and key not in aliases and key.partition(".")[0] not in stages)
+    if unknown:
+        raise ValueError(f"{args.config}: unknown settings: {', '.join(unknown)} (an influence function's options go "
+                         f"under its name, e.g. 'delift:' with 'token_budget: 1024' below it)")
+    from_file, origins = resolve_names(settings_class, values, {key: str(args.config) for key in values})
+    flags = {k: v for k, v in vars(args).items()
+             if v is not None and (k in own or k in aliases or k.partition(".")[0] in stages)}
+    from_flags, flag_origins = resolve_names(settings_class, flags, {key: "--" + key.replace("_", "-") for key in flags})
+    origins.update(flag_origins)
+    options_by_function: dict[str, dict[str, Any]] = {}
+    for name, given in nested.items():
+        if not isinstance(given, dict):
+            raise ValueError(f"{args.config}: {name}: expected a mapping of {name}'s options, got {given!r}")
+        options_by_function[name] = {str(key).replace("-", "_"): value for key, value in given.items()}
+        origins.update({key: f"{args.config} ({name}:)" for key in options_by_function[name]})
+    for dest, value in vars(args).items():
+        name, dot, key = dest.partition(".")
+        if dot and name in functions and value is not None:
+            options_by_function.setdefault(name, {})[key] = value
+            origins[key] = f"--{name}.{key.replace('_', '-')}"
+    values = {**from_file, **from_flags}  # flags override the file
+    models = values.get("model")
+    if isinstance(models, (list, tuple)):  # --model given once or more (or a YAML list)
+        values["model"] = str(models[0])
+    settings = build_settings(settings_class, values, origins=origins)
+    for name, given in options_by_function.items():
+        if name != settings.influence:
+            where = ", ".join(origins.get(key, key) for key in given)
+            raise ValueError(f"{where}: {name}'s options apply with --influence {name}, not with --influence {settings.influence}")
+        names = {f.name for f in dataclasses.fields(functions[name])} - own
+        unknown_options = sorted(set(given) - names)
+        if unknown_options:
+            raise ValueError(f"{args.config}: {name}: unknown options: {', '.join(unknown_options)}")
+    options = dict(options_by_function.get(settings.influence, {}))
+    if isinstance(models, (list, tuple)) and len(models) > 1:
+        _add_model_list(settings, options, [str(m) for m in models])
+    try:
+        function_settings = influence_class(settings.influence).Settings
+    except ModuleNotFoundError as error:
+        raise ValueError(f"influence function {settings.influence} is not available in this build ({error.name} is missing)") from None
+    check_options(function_settings, options, origins)
+    return settings, options
+
+
+def _add_model_list(settings: Any, options: dict[str, Any], models: list[str]) -> None:
+    """A repeated --model becomes the influence function's ``models`` option (only those that have one)."""
+    from nncift.influence import settings_class
+
+    if "models" not in {f.name for f in dataclasses.fields(settings_class(settings.influence))}:
+        raise ValueError(f"--model given {len(models)} times, but {settings.influence} rates with one model "
+                         "(several models: selectit)")
+    if options.get("models"):
+        raise ValueError("give the rating models either as a repeated --model or as --selectit.models, not both")
+    options["models"] = models
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    """nncift select: choose a subset with NN-CIFT (or, with --run and --add, grow a finished run's subset)."""
+    from nncift.steps.preflight import check_select
+    from nncift.steps.select import run_select
+
+    if args.run or args.add:
+        return _cmd_add(args)
+    settings, options = split_settings(args, SelectSettings)
+    check_select(settings, options, out=args.out, force=args.force)  # before anything is written
+    result = run_select(settings, args.out, influence_options=options)
+    _print_summary(result)
+    return 0
+
+
+def _cmd_add(args: argparse.Namespace) -> int:
+    """select --run RUN --add NEW: the run's own settings, the budget over the union (--budget to change it)."""
+    from nncift.data.records import read_many
+    from nncift.run.check import check_run_files
+    from nncift.steps.add import add_to_run
+    from nncift.steps.preflight import check_out_folder
+
+    if not (args.run and args.add):
+        raise ValueError("--run and --add go together: --run RUN_DIR --add NEW.jsonl grows RUN_DIR's selection with new records")
+    given = sorted("--" + k.replace("_", "-") for k, v in vars(args).items()
+                   if v is not None and k not in ("run", "add", "out", "budget", "selection.budget", "quiet", "command", "handler", "force") and v is not False)
+    if given:
+        raise ValueError(f"with --run, the run's own settings are used: only --selection.budget (--budget) and --quiet apply (got {', '.join(given)})")
+    budgets = {dest: vars(args)[dest] for dest in ("budget", "selection.budget") if vars(args)[dest] is not None}
+    budget = resolve_names(SelectSettings, budgets, {dest: "--" + dest for dest in budgets})[0].get("selection.budget")  # given twice: refused
+    check_out_folder(args.out, data=args.add, run=args.run, force=args.force)
+    check_run_files(args.run)
+    new, reports = read_many(args.add)
+    if not new:
+        raise ValueError(f"no records to add in {', '.join(args.add)} (see the skip counts)")
+    result = add_to_run(args.run, new, args.out, budget=budget, reports=reports, new_paths=args.add, progress=not args.quiet)
+    counts = result.manifest["counts"]
+    print(f"kept the run's {counts['kept']} picks and added {counts['added']} ({counts['added_from_new_records']} of them new records) "
+          f"from a union of {counts['pool']} records; objective {result.objective:.4f}")
+    print(f"0 influence evaluations, {result.manifest['cost']['counters'].get('language_model_loads', 0)} language-model loads, "
+          f"{result.manifest['cost']['seconds_total']:.2f} s")
+    print(f"-> {result.run_dir / 'subset.jsonl'}, {result.run_dir / 'scores.csv'} and {result.run_dir / 'manifest.json'}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """nncift demo: the main job on the built-in data set and the bundled models."""
+    from nncift.data.demo import demo_records
+    from nncift.data.records import write_jsonl
+    from nncift.steps.select import run_select
+
+    records = demo_records(seed=args.seed)
+    out = Path(args.out)
+    settings = SelectSettings(data=(str(out / "demo_pool.jsonl"),), influence=args.influence, seed=args.seed, quiet=args.quiet)
+    make_run_folder(out)  # after the settings are checked
+    write_jsonl(out / "demo_pool.jsonl", [r.raw for r in records])
+    print(f"nncift demo: {len(records)} built-in records in 8 task families -> {out / 'demo_pool.jsonl'}")
+    result = run_select(settings, out / "run")
+    _print_summary(result)
+    return 0
+
+
+def cmd_prepare_models(args: argparse.Namespace) -> int:
+    """nncift prepare-models: convert the bundled GGUF model once to a cached safetensors folder."""
+    from nncift.models.loading import bundled_embedder_path, bundled_lm_path
+
+    print(f"causal LM: {bundled_lm_path()}")
+    print(f"embedder:  {bundled_embedder_path()}")
+    return 0
+
+
+def _print_summary(result: Any) -> None:
+    manifest = result.manifest
+    cost = manifest["cost"]
+    counts = manifest["counts"]
+    print(f"\npool {counts['pool']} records, targets {counts['targets']}, skipped {counts['skipped'] or 'none'}")
+    print(f"influence '{manifest['settings']['influence']}' computed on {cost['influence_evaluations_made']:,} of "
+          f"{cost['influence_evaluations_full_matrix']:,} entries ({100 * (cost['share_of_full_matrix'] or 0):.2f}%)")
+    for stage, seconds in cost["seconds_by_stage"].items():
+        print(f"  {stage:<32s}{seconds:9.2f} s")
+    training = manifest.get("network_training")
+    if training and "architecture" in training:
+        from nncift.run.report import describe_training
+
+        print(describe_training(training))
+    print(f"selected {counts['selected']} records with {manifest['objective']} (objective {result.objective:.4f})")
+    positive = manifest.get("positive_gain_picks")
+    if positive is not None:
+        rest = counts["selected"] - positive
+        print(f"  {positive} picks with a positive gain" + (f"; the objective ran out of signal, so the other {rest} were filled "
+                                                           f"by singleton value (highest f({{j}}) first)" if rest else ""))
+    tasks = Counter(record.task for record in result.records)
+    if len(tasks) > 1:
+        print("by task: " + ", ".join(f"{task} {count}" for task, count in tasks.most_common()))
+    print(f"-> {result.run_dir / 'subset.jsonl'} (the chosen records as read), scores.csv, selected.jsonl and manifest.json")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(prog="nncift", description="NN-CIFT data valuation and selection for instruction tuning")
+    parser.add_argument("--version", action="version", version=f"nncift {package_version()}", help="print the version and exit")
+    commands = parser.add_subparsers(dest="command", required=True)
+    select = commands.add_parser("select", help="select a fine-tuning subset with NN-CIFT")
+    add_run_arguments(select, SelectSettings)
+    select.add_argument("--force", action="store_true", help="write into --out even when it is a non-empty folder that is not an nncift run")
+    grow = select.add_argument_group("growing a finished run (no influence function, no language model)")
+    grow.add_argument("--run", action=StoreOnce, help="a finished select run folder whose subset --add grows (its settings are used)")
+    grow.add_argument("--add", action="append", help="new records to add to --run's pool (repeatable; not split at commas)")
+    select.set_defaults(handler=cmd_select)
+    demo = commands.add_parser("demo", help="run the main job on the built-in data set")
+    demo.add_argument("--out", default="runs/demo", help="run folder")
+    demo.add_argument("--influence", default=SelectSettings.influence, help=f"influence function (default: {SelectSettings.influence})")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the built-in data, the sampling and the network (default: 0)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.set_defaults(handler=cmd_demo)
+    prepare = commands.add_parser("prepare-models", help="convert the bundled models for offline use")
+    prepare.set_defaults(handler=cmd_prepare_models)
+    for register in _extra_commands():
+        register(commands)
+    return parser
+
+
+COMMANDS_GROUP = "nncift.commands"
+"""Entry-point group through which other packages add subcommands (a ``register_cli(subparsers)`` function each):
+the research commands (``experiment``, ``sweep``, ``fidelity``) come from the research package this way, so the
+library never imports research code."""
+
+
+def _extra_commands() -> list[Callable[[Any], None]]:
+    """Subcommands of the library's later stages (score, inspect, fine-tuning, evaluation), then those registered
+    by installed packages under :data:`COMMANDS_GROUP`."""
+    from importlib.metadata import entry_points
+
+    from nncift.downstream import evaluation, finetune
+    from nncift.steps import inspect, score
+
+    registrations: list[Callable[[Any], None]] = [score.register_cli, inspect.register_cli, finetune.register_cli,
+                                                  evaluation.register_cli]
+    for entry in sorted(entry_points(group=COMMANDS_GROUP), key=lambda entry: entry.name):
+        registrations.append(entry.load())
+    return registrations
+
+
+def package_version() -> str:
+    """The installed package's version (the source tree's when it is not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("nncift")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def _interrupted_while_starting(signum: int, frame: Any) -> None:
+    """Ctrl-C before the command started (parsing, imports): nothing to clean up; leave at once, in one line."""
+    print("nncift: interrupted before the command started; nothing was written", file=sys.stderr)
+    os._exit(130)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``nncift`` command."""
+    previous = _on_sigint(_interrupted_while_starting)  # first: a Ctrl-C while the parser is built is clean too
+    try:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        args = build_parser().parse_args(argv)
+        if getattr(args, "quiet", False):
+            from nncift.models.loading import quiet_libraries
+
+            quiet_libraries()
+        _on_sigint(signal.default_int_handler)  # from here: KeyboardInterrupt, so that locks are released
+        refuse_repeated(args)
+        return int(args.handler(args) or 0)
+    except USER_ERRORS as error:
+        if os.environ.get("NNCIFT_DEBUG"):
+            raise
+        print(f"nncift: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nncift: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            _on_sigint(previous)
+
+
+def _on_sigint(handler: Any) -> Any:
+    """Install a Ctrl-C handler; the previous one (None where signals cannot be set: not the main thread)."""
+    try:
+        return signal.signal(signal.SIGINT, handler)
+    except ValueError:
+        return None

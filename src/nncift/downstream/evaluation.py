@@ -1,0 +1,57 @@
+"""Evaluating a model on held-out records — fine-tuned (an adapter), as it is, or with in-context examples from
+a subset (``icl_pool``) — and the ``nncift evaluate`` command. The metrics are :mod:`nncift.downstream.evaluate`'s;
+the in-context answers :mod:`nncift.downstream.icl`'s."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from nncift.data.records import Record, read_many
+from nncift.downstream.evaluate import EvaluateSettings, EvaluationResult, evaluate_records, load_model_for_evaluation
+from nncift.downstream.icl import evaluate_icl, read_icl_pool
+from nncift.files.atomic import write_text_atomic
+from nncift.settings.fields import add_arguments, build_settings, environment_info, load_yaml, settings_dict
+
+
+def run_evaluate(settings: EvaluateSettings, records: Sequence[Record], out: str | Path | None = None) -> EvaluationResult:
+    """Load the model (and adapter), evaluate on ``records``, and write ``out`` (JSON) when given."""
+    records = list(records)[: settings.limit or None]
+    model, tokenizer = load_model_for_evaluation(settings)
+    if settings.icl_pool:
+        result = evaluate_icl(model, tokenizer, records, read_icl_pool(settings.icl_pool), settings)
+    else:
+        result = evaluate_records(model, tokenizer, records, settings)
+    result.metrics["settings"] = settings_dict(settings)
+    result.metrics["environment"] = environment_info()
+    if out is not None:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, json.dumps(result.as_dict(), indent=2, ensure_ascii=False))
+    return result
+
+
+def register_cli(subparsers: Any) -> None:
+    """Add ``nncift evaluate`` to the command line."""
+    parser = subparsers.add_parser("evaluate", help="loss, ROUGE-L, embedding cosine and exact match on held-out records")
+    parser.add_argument("--data", required=True, action="append", help="held-out records; repeatable")
+    parser.add_argument("--out", help="JSON file for the results (default: print only)")
+    parser.add_argument("--config", help="YAML file with evaluation settings (flags override it)")
+    add_arguments(parser, EvaluateSettings)
+    parser.set_defaults(handler=_cmd_evaluate)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    values = load_yaml(args.config) if args.config else {}
+    origins = {key: str(args.config) for key in values}
+    names = set(EvaluateSettings.__dataclass_fields__)
+    flags = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    values.update(flags)
+    origins.update({key: "--" + key.replace("_", "-") for key in flags})
+    settings = build_settings(EvaluateSettings, values, origins=origins)
+    records, _ = read_many(args.data)
+    result = run_evaluate(settings, records, args.out)
+    print(json.dumps({k: v for k, v in result.metrics.items() if k not in ("settings", "environment")}, indent=2))
+    return 0

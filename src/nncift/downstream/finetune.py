@@ -1,0 +1,345 @@
+"""LoRA fine-tuning on a subset (docs/methods.md §6).
+
+Each record becomes ``prompt tokens + response tokens + EOS``. The prompt is the tokenizer's chat
+template applied to :func:`nncift.data.templates.chat_messages` with the generation cue (when the
+tokenizer has a template), else :func:`nncift.data.templates.plain_prompt`. Labels are ``-100`` on the
+prompt and on padding, and equal the token ids on the response and its EOS (teacher forcing): the
+loss is the mean cross-entropy over response tokens only (one reference copy never trained on the
+response; this is tested). Labels are set by position, never by token id, because the padding token
+is often the EOS token.
+
+Long records are cut to ``max_length`` tokens: the response keeps at least half of the room (cut at
+its end), the prompt is cut at its start so that its end, the generation cue, is kept. The number of
+truncated records is reported.
+
+The adapter is saved with ``save_pretrained(safe_serialization=True)`` (``adapter_model.safetensors``
++ ``adapter_config.json``) beside ``finetune.json`` (settings, versions, data hash, losses, time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from nncift.data import templates
+from nncift.data.records import Record, read_many
+from nncift.run.store import RunStore
+from nncift.settings.choices import BUNDLED_LM
+from nncift.settings.fields import SettingsError, add_arguments, build_settings, check_settings, environment_info, load_yaml, settings_dict
+
+IGNORE_INDEX = -100
+"""Label of positions that do not count in the loss (prompt, padding)."""
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """Settings of ``nncift finetune`` (defaults: docs/methods.md §6)."""
+
+    model: str = BUNDLED_LM
+    """Base causal LM id or path."""
+    lora_r: int = 8
+    """LoRA rank r."""
+    lora_alpha: int = 16
+    """LoRA scaling α."""
+    lora_dropout: float = 0.05
+    """Dropout on the LoRA branch."""
+    target_modules: tuple[str, ...] = ("all-linear",)
+    """Modules that get LoRA adapters: all-linear (every linear layer but the output head) or module names."""
+    learning_rate: float = 2e-4
+    """AdamW peak learning rate (linear decay to 0 after the warm-up)."""
+    warmup_ratio: float = 0.0
+    """Share of the steps with a linear learning-rate warm-up."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    epochs: int = 3
+    """Passes over the data."""
+    batch_size: int = 8
+    """Records per optimiser step."""
+    max_length: int = 256
+    """Maximum tokens per record (prompt + response + EOS); longer records are cut."""
+    chat_template: bool = True
+    """Use the tokenizer's chat template when it has one (else the plain prompt template)."""
+    seed: int = 0
+    """Seed for LoRA initialisation, dropout and the data order."""
+    device: str = "auto"
+    """auto, cpu, cuda."""
+    dtype: str = "float32"
+    """Weights' dtype: float32, bfloat16, float16."""
+    trust_remote_code: bool = False
+    """Run code shipped with the model (explicit opt-in only)."""
+    quiet: bool = False
+    """No progress bar."""
+
+    def __post_init__(self) -> None:
+        """Check every field (types and ranges) before a model is loaded; at least one epoch."""
+        check_settings(self)
+        if self.epochs < 1:
+            raise SettingsError("epochs", f"expected at least 1 pass over the data, got {self.epochs}")
+
+
+@dataclass
+class EncodedExample:
+    """One tokenised record: ``input_ids`` and ``labels`` of equal length (prompt labels = -100)."""
+
+    input_ids: list[int]
+    labels: list[int]
+    prompt_length: int
+    truncated: bool
+
+
+@dataclass
+class FinetuneResult:
+    """What :func:`finetune` returns (also written to ``out/finetune.json``)."""
+
+    adapter_dir: Path
+    losses: list[float]
+    seconds: float
+    n_records: int
+    n_truncated: int
+    n_tokens: int
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def uses_chat_template(tokenizer: Any, want_chat: bool = True) -> bool:
+    """True when the chat template is wanted and the tokenizer has one."""
+    return bool(want_chat and getattr(tokenizer, "chat_template", None))
+
+
+def prompt_ids(tokenizer: Any, record: Record, *, chat: bool) -> list[int]:
+    """Token ids of the prompt of ``record`` (chat template with generation cue, or the plain prompt)."""
+    if chat:
+        text = tokenizer.apply_chat_template(templates.chat_messages(record), add_generation_prompt=True, tokenize=False)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return list(tokenizer(templates.plain_prompt(record), add_special_tokens=True)["input_ids"])
+
+
+def encode_example(tokenizer: Any, record: Record, max_length: int, *, chat: bool) -> EncodedExample:
+    """Tokenise one record for teacher-forced training: labels -100 on the prompt, ids on response + EOS."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no EOS token: cannot mark the end of a response")
+    prompt = prompt_ids(tokenizer, record, chat=chat)
+    response = list(tokenizer(record.output, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
+    truncated = len(prompt) + len(response) > max_length
+    if truncated:
+        response = response[: max_length - min(len(prompt), max_length // 2)]
+        prompt = prompt[len(prompt) - (max_length - len(response)):]
+    return EncodedExample(prompt + response, [IGNORE_INDEX] * len(prompt) + response, len(prompt), truncated)
+
+
+def collate(examples: Sequence[EncodedExample], pad_id: int) -> dict[str, Any]:
+    """Right-padded batch: ``input_ids``, ``attention_mask``, ``labels`` (-100 on padding), each (batch, length)."""
+    import torch
+
+    length = max(len(example.input_ids) for example in examples)
+    input_ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), length), dtype=torch.long)
+    for row, example in enumerate(examples):
+        n = len(example.input_ids)
+        input_ids[row, :n] = torch.tensor(example.input_ids)
+        labels[row, :n] = torch.tensor(example.labels)
+        attention_mask[row, :n] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def response_loss(model: Any, batch: dict[str, Any], *, reduction: str = "mean", fast_head: bool = True) -> Any:
+    """Cross-entropy of the labelled (response) tokens, each predicted from the position before it.
+
+    With ``fast_head`` only the final hidden states of positions whose next label is not -100 go
+    through the output head (the prompt's logits are never formed, which saves the head's cost on
+    prompt tokens); :func:`fast_head_matches` checks that a model allows it.
+
+    Args:
+        model: a causal LM (optionally wrapped by peft).
+        batch: ``input_ids``, ``attention_mask``, ``labels`` of shape (batch, length).
+        reduction: ``mean`` (over all labelled tokens of the batch), ``sum``, or ``none``
+            (a (batch,) tensor of per-record sums).
+        fast_head: apply the output head to the labelled positions only.
+
+    Returns:
+        The loss tensor (with gradient when the model trains).
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    input_ids, labels = batch["input_ids"].to(device), batch["labels"].to(device)
+    targets = labels[:, 1:]  # position t predicts token t + 1
+    keep = targets != IGNORE_INDEX
+    mask = batch["attention_mask"].to(device)
+    if fast_head:
+        outputs = model(input_ids=input_ids, attention_mask=mask, output_hidden_states=True, logits_to_keep=1, use_cache=False)
+        logits = model.get_output_embeddings()(outputs.hidden_states[-1][:, :-1][keep]).float()
+    else:
+        logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits[:, :-1][keep].float()
+    per_token = torch.nn.functional.cross_entropy(logits, targets[keep], reduction="none")
+    if reduction == "mean":
+        return per_token.sum() / keep.sum().clamp(min=1)
+    if reduction == "sum":
+        return per_token.sum()
+    rows = keep.nonzero()[:, 0]
+    return torch.zeros(len(labels), dtype=per_token.dtype, device=device).index_add(0, rows, per_token)
+
+
+def fast_head_matches(model: Any, batch: dict[str, Any]) -> bool:
+    """True when the fast output-head path gives the same loss as full logits for ``model`` (eval mode)."""
+    import torch
+
+    training = model.training
+    model.eval()
+    with torch.no_grad():
+        fast, full = response_loss(model, batch), response_loss(model, batch, fast_head=False)
+    model.train(training)
+    return bool(torch.allclose(fast, full, rtol=1e-4, atol=1e-5))
+
+
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, rng: np.random.Generator, *, group: int = 16) -> list[np.ndarray]:
+    """Shuffled batches of indices, grouping similar lengths to save padding.
+
+    The order is shuffled, cut into groups of ``group·batch_size`` records, each sorted by length and
+    cut into batches; the batches are shuffled again. Every index appears exactly once.
+    """
+    order = rng.permutation(len(lengths))
+    lengths_array = np.asarray(lengths)
+    batches: list[np.ndarray] = []
+    for start in range(0, len(order), group * batch_size):
+        chunk = order[start : start + group * batch_size]
+        chunk = chunk[np.argsort(lengths_array[chunk], kind="stable")]
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def lora_model(model: Any, settings: FinetuneSettings) -> Any:
+    """Wrap ``model`` with fresh LoRA adapters (initialised from torch's current seed)."""
+    from peft import LoraConfig, get_peft_model
+
+    modules: Any = "all-linear" if tuple(settings.target_modules) == ("all-linear",) else list(settings.target_modules)
+    config = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
+                        target_modules=modules, bias="none", task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def _schedule(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def train_lora(model: Any, examples: Sequence[EncodedExample], settings: FinetuneSettings, pad_id: int,
+               *, progress: bool = True) -> list[float]:
+    """Train the trainable (LoRA) parameters of ``model`` in place; return the loss of every step."""
+    import torch
+    from tqdm.auto import tqdm
+
+    rng = np.random.default_rng(settings.seed)
+    steps_per_epoch = math.ceil(len(examples) / settings.batch_size)
+    total = steps_per_epoch * settings.epochs
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    warmup = int(round(settings.warmup_ratio * total))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: _schedule(step, total, warmup))
+    lengths = [len(example.input_ids) for example in examples]
+    fast_head = fast_head_matches(model, collate(examples[:2], pad_id))
+    losses: list[float] = []
+    model.train()
+    with tqdm(total=total, desc="fine-tuning", unit="step", disable=not progress) as bar:
+        for epoch in range(settings.epochs):
+            for batch_indices in length_grouped_batches(lengths, settings.batch_size, rng):
+                loss = response_loss(model, collate([examples[i] for i in batch_indices], pad_id), fast_head=fast_head)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                scheduler.step()
+                losses.append(float(loss.detach()))
+                bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.4f}")
+                bar.update(1)
+    model.eval()
+    return losses
+
+
+def records_digest(records: Sequence[Record]) -> str:
+    """SHA-256 of the records' text (what the adapter was trained on)."""
+    digest = hashlib.sha256()
+    for record in records:
+        digest.update(json.dumps([record.instruction, record.input, record.output]).encode("utf-8"))
+    return digest.hexdigest()
+
+
+def finetune(records: Sequence[Record], settings: FinetuneSettings, out: str | Path) -> FinetuneResult:
+    """Fine-tune ``settings.model`` with LoRA on ``records`` and save the adapter in ``out``.
+
+    Args:
+        records: the training records (a selected subset).
+        settings: the fine-tuning settings.
+        out: folder for ``adapter_model.safetensors``, ``adapter_config.json`` and ``finetune.json``
+            (a folder made with other settings or other records is refused).
+
+    Returns:
+        The adapter folder, per-step losses, time and token counts.
+    """
+    import torch
+
+    from nncift.models.loading import load_causal_lm
+
+    if not records:
+        raise ValueError("no records to fine-tune on")
+    digest = records_digest(records)
+    store = RunStore(out, {**settings_dict(settings), "data_sha256": digest, "command": "finetune"})
+    torch.manual_seed(settings.seed)
+    model, tokenizer = load_causal_lm(settings.model, device=settings.device, dtype=settings.dtype,
+                                      trust_remote_code=settings.trust_remote_code)
+    chat = uses_chat_template(tokenizer, settings.chat_template)
+    examples = [encode_example(tokenizer, record, settings.max_length, chat=chat) for record in records]
+    model = lora_model(model, settings)
+    start = time.perf_counter()
+    losses = train_lora(model, examples, settings, tokenizer.pad_token_id, progress=not settings.quiet)
+    seconds = time.perf_counter() - start
+    model.save_pretrained(store.folder, safe_serialization=True)
+    n_tokens = sum(len(e.input_ids) for e in examples) * settings.epochs
+    summary = {
+        "settings": settings_dict(settings), "environment": environment_info(), "data_sha256": digest,
+        "records": len(records), "truncated": sum(e.truncated for e in examples), "prompt_format": "chat template" if chat else "plain",
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "tokens_seen": n_tokens, "response_tokens_per_epoch": sum(len(e.input_ids) - e.prompt_length for e in examples),
+        "seconds": round(seconds, 3), "losses": [round(x, 6) for x in losses],
+    }
+    store.write_json("finetune.json", summary)
+    return FinetuneResult(store.folder, losses, seconds, len(records), summary["truncated"], n_tokens, summary)
+
+
+def register_cli(subparsers: Any) -> None:
+    """Add ``nncift finetune`` to the command line."""
+    parser = subparsers.add_parser("finetune", help="LoRA fine-tuning on a subset (labels on the response only)")
+    parser.add_argument("--data", required=True, action="append", help="training records (a run's selected.jsonl works); repeatable")
+    parser.add_argument("--out", required=True, help="folder for the adapter")
+    parser.add_argument("--config", help="YAML file with fine-tuning settings (flags override it)")
+    add_arguments(parser, FinetuneSettings)
+    parser.set_defaults(handler=_cmd_finetune)
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from nncift.steps.preflight import check_device, check_model
+
+    values = load_yaml(args.config) if args.config else {}
+    origins = {key: str(args.config) for key in values}
+    names = set(FinetuneSettings.__dataclass_fields__)
+    flags = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    values.update(flags)
+    origins.update({key: "--" + key.replace("_", "-") for key in flags})
+    settings = build_settings(FinetuneSettings, values, origins=origins)  # flags override the file (values.update)
+    check_device(settings.device)
+    check_model(settings.model, "--model")
+    records, _ = read_many(args.data)
+    result = finetune(records, settings, args.out)
+    first, last = result.losses[0], float(np.mean(result.losses[-max(1, len(result.losses) // 10):]))
+    print(f"fine-tuned on {result.n_records} records ({result.n_truncated} truncated) in {result.seconds:.1f} s; "
+          f"loss {first:.4f} -> {last:.4f}")
+    print(f"adapter in {result.adapter_dir}")
+    return 0

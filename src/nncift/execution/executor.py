@@ -1,0 +1,159 @@
+"""Where influence blocks run. Blocks are independent tasks; an executor computes the pending ones.
+
+The local executor runs them in this process. A distributed executor implements the same two
+methods (rebuilding the influence function from its :class:`InfluenceSpec` on each worker), so the
+influence functions never know where they run. Results are written by the driver into the run's
+:class:`~nncift.run.store.BlockMatrix`, so resumption works the same for every executor.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from nncift.data.records import Record
+from nncift.influence import InfluenceSpec, build_influence
+from nncift.run.store import Block, BlockMatrix
+from nncift.settings.stages import ExecutorSettings
+
+
+class Executor(ABC):
+    """Computes the pending blocks of a pairwise matrix, or pending pointwise scores."""
+
+    name: str = "abstract"
+
+    @abstractmethod
+    def run_pairwise(
+        self, spec: InfluenceSpec, targets: Sequence[Record], candidates: Sequence[Record],
+        matrix: BlockMatrix, blocks: list[Block], workdir: Path, *, progress: bool = True,
+    ) -> Counter:
+        """Fill ``blocks`` of ``matrix`` (rows = targets, cols = candidates); return the cost counters."""
+
+    @abstractmethod
+    def run_pointwise(
+        self, spec: InfluenceSpec, records: Sequence[Record], scores: BlockMatrix,
+        blocks: list[Block], workdir: Path, *, progress: bool = True,
+    ) -> tuple[Counter, dict[int, str]]:
+        """Fill ``blocks`` of the 1 × n ``scores`` matrix; return counters and failures (index → reason)."""
+
+    def embed_records(self, records: Sequence[Record], *, model: str, device: str = "auto", progress: bool = True) -> np.ndarray:
+        """L2-normalised sentence embeddings, float32 (len(records), d), through the embedding cache.
+
+        Default: in this process (:func:`nncift.models.embeddings.embed_records`); distributed executors embed shards.
+        """
+        from nncift.models.embeddings import embed_records
+
+        return embed_records(records, model=model, device=device, progress=progress)
+
+    def predict_rows(
+        self, network: Any, row_embeddings: np.ndarray, col_embeddings: np.ndarray,
+        row_blocks: list[tuple[int, int]], write: Callable[[int, int, np.ndarray], None], *, progress: bool = True,
+        self_cols: np.ndarray | None = None,
+    ) -> None:
+        """Predict row blocks ``(start, stop)`` of the (rows × cols) matrix and hand each to ``write(start, stop,
+        values)`` with values float32 (stop − start, n_cols), in any order. ``self_cols``: per row, the
+        column of the same record (−1: none), for the network's self-pair term. Default: in this process."""
+        from nncift.network.streaming import predict_rows_in_process
+
+        predict_rows_in_process(network, row_embeddings, col_embeddings, row_blocks, write, progress=progress, self_cols=self_cols)
+
+    def close(self) -> None:  # noqa: B027 - an optional hook, empty by default
+        """Release workers (and a cluster the executor started); the local executor holds nothing."""
+
+    def __enter__(self) -> "Executor":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class LocalExecutor(Executor):
+    """Runs every block in this process, one after another, with one copy of the model."""
+
+    name = "local"
+
+    def run_pairwise(self, spec: InfluenceSpec, targets: Sequence[Record], candidates: Sequence[Record], matrix: BlockMatrix,
+                     blocks: list[Block], workdir: Path, *, progress: bool = True) -> Counter:
+        pending = matrix.pending(blocks)
+        if not pending:
+            return Counter()
+        function = build_influence(spec, progress=progress)
+        function.prepare(targets, candidates, workdir)
+        with tqdm(total=len(pending), desc=f"{spec.name} blocks", unit="block", disable=not progress) as bar:
+            for block in pending:
+                rows, cols = matrix.block_indices(block)
+                matrix.write(block, function.compute_block(rows, cols))
+                bar.update(1)
+        counters = Counter(function.counters)
+        function.close()
+        return counters
+
+    def run_pointwise(self, spec: InfluenceSpec, records: Sequence[Record], scores: BlockMatrix, blocks: list[Block], workdir: Path, *,
+                      progress: bool = True) -> tuple[Counter, dict[int, str]]:
+        pending = scores.pending(blocks)
+        failures: dict[int, str] = {}
+        if not pending:
+            return Counter(), failures
+        function = build_influence(spec, progress=progress)
+        function.prepare(records, workdir)
+        with tqdm(total=len(pending), desc=f"{spec.name} blocks", unit="block", disable=not progress) as bar:
+            for block in pending:
+                _, indices = scores.block_indices(block)
+                before = set(function.failures)
+                values = np.asarray(function.score(indices), dtype=np.float32).reshape(1, -1)
+                new = {int(i): function.failures[i] for i in set(function.failures) - before}
+                failures.update(new)
+                scores.write(block, values, failures={str(k): v for k, v in new.items()})
+                bar.update(1)
+        counters = Counter(function.counters)
+        function.close()
+        return counters, failures
+
+
+def stored_failures(scores: BlockMatrix) -> dict[int, str]:
+    """Failures recorded with finished pointwise blocks (also those of earlier, interrupted runs)."""
+    import json
+
+    failures: dict[int, str] = {}
+    if scores.done_path.exists():
+        for line in scores.done_path.read_text(encoding="utf-8").splitlines():
+            try:
+                failures.update({int(k): v for k, v in json.loads(line).get("failures", {}).items()})
+            except (json.JSONDecodeError, AttributeError, ValueError):
+                continue
+    return failures
+
+
+def executor_for(settings: ExecutorSettings) -> Executor:
+    """The executor a run's executor stage names: ``settings.name``, with its ``workers``, ``address``, ``worker_cpus`` and ``worker_gpus``."""
+    return make_executor(settings.name, workers=settings.workers, address=settings.address,
+                         worker_cpus=settings.worker_cpus, worker_gpus=settings.worker_gpus)
+
+
+EXECUTORS: dict[str, str] = {
+    "local": "nncift.execution.executor:LocalExecutor",
+    "ray": "nncift.execution.ray_cluster:RayExecutor",
+}
+"""Executors by name (``module:class``, imported on first use). Adding one = one module + one line here."""
+
+
+def make_executor(name: str = "local", **options: object) -> Executor:
+    """Executor by name (:data:`EXECUTORS`): ``local`` (in process; takes no options) or ``ray`` (needs
+    ``pip install nncift[ray]``; ``workers``, ``address``, ``worker_cpus``, ``worker_gpus``)."""
+    if name not in EXECUTORS:
+        raise ValueError(f"unknown executor '{name}': choose from {', '.join(EXECUTORS)}")
+    module_name, _, attribute = EXECUTORS[name].partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        if error.name is None or error.name.split(".")[0] in ("nncift",):
+            raise
+        raise RuntimeError(f"the {name} executor needs `pip install nncift[{name}]` ({error})") from None
+    executor_class = getattr(module, attribute)
+    return executor_class() if name == "local" else executor_class(**options)

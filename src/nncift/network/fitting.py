@@ -1,0 +1,413 @@
+"""Training the InfluenceNetwork on the labelled block, validated the way it will be used.
+
+The network predicts pairs it has never seen, so validation holds out what prediction will not have:
+
+1. **Folds by design.** In a u × u block (``held_out="records"``) the unlabelled pairs have neither
+   side labelled: the labelled records (a pool record that is both a row and a column is one record)
+   are split into ``folds`` seeded groups, and each fold is validated on the pairs whose row and column
+   are both inside it, after training on the pairs whose row and column are both outside. When every
+   row is labelled (all targets × sampled candidates, ``held_out="columns"``), folds hold out
+   candidates only and validate on every row × the fold's candidates.
+2. Training runs by optimisation steps (full batch), AdamW, for each learning rate × weight decay of a
+   small grid, on plain or row-centred MSE (``loss``); the validation error is recorded every
+   ``eval_every`` steps, and the grid point and step count with the lowest mean error win.
+3. **The network must beat its no-learning fallback.** The candidates — the calibrated prior (the
+   embeddings' cosine, least-squares fitted to the labels), the trained network, their half-way blend,
+   and each of those with **label anchors** (:mod:`nncift.network.anchors`: the labelled residuals carried to
+   nearby records) — are scored on the held-out pairs by a selection-aware criterion
+   (:mod:`nncift.network.validation`: per-row Spearman and f_gain of the run's own selection). A candidate
+   replaces the prior only if it is better on every fold, and on average by more than one standard
+   error of the per-fold differences. With fewer than 3 folds of 5 records (or candidates), the prior is
+   shipped and the report says why.
+4. The chosen predictor is retrained on every labelled pair with the chosen settings, and the report
+   says in words why it was shipped.
+
+Every choice and its validation numbers go into the :class:`FitReport` (the run's manifest). Same
+inputs and seed → the same network (one torch thread, seeded initialisation and folds).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from nncift.network.anchors import NEIGHBOURS, SHRINKS, TEMPERATURES, Anchors, anchor_correction
+from nncift.network.tower_training import PairBlock, train_stacked
+from nncift.network.towers import TwoTowerNetwork
+from nncift.network.validation import MIN_FOLDS, choose_candidate, explain_choice, mean_criteria, selection_criterion
+from nncift.settings.stages import NetworkSettings
+
+__all__ = ["FitSettings", "FitReport", "fit_pairwise", "record_folds", "calibrate_prior", "one_torch_thread"]
+MIN_RECORDS_PER_FOLD = 5
+"""Fewest held-out records per fold: with fewer, fewer folds are used (and below :data:`MIN_FOLDS`, the prior is shipped)."""
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """How the default network is trained and validated."""
+
+    hidden: int = 128
+    """Width of each tower's hidden layer."""
+    rank: int = 64
+    """Rank k of the learned target × candidate interaction."""
+    max_steps: int = 300
+    """Most optimisation steps (full batch); the best step count is chosen on held-out records."""
+    eval_every: int = 10
+    """Validation every this many steps."""
+    learning_rates: tuple[float, ...] = (1e-3, 3e-3)
+    """AdamW learning rates tried."""
+    weight_decays: tuple[float, ...] = (1e-4, 1e-2)
+    """AdamW weight decays tried."""
+    folds: int = 4
+    """Record folds for validation (each record is held out once)."""
+    fallback: bool = True
+    """Ship the calibrated prior or a blend instead of the network when they validate better."""
+    force: str = "network"
+    """Without ``fallback``: the candidate shipped whatever validation says (benchmarks compare every candidate this way)."""
+    validation_budget: float = 0.3
+    """Subset share used by the selection-aware validation criterion."""
+    loss: str = "mse"
+    """Training loss: ``mse`` or ``row-centred`` (:data:`nncift.settings.choices.NETWORK_LOSSES`)."""
+    seed: int = 0
+    """Seed of the folds, the initialisation and nothing else."""
+
+    @classmethod
+    def from_network(cls, settings: NetworkSettings) -> FitSettings:
+        """The fitting settings a run's network stage asks for (the rest keep their defaults)."""
+        return cls(hidden=settings.tower_hidden, rank=settings.tower_rank, max_steps=settings.max_steps, folds=settings.folds,
+                   fallback=settings.fallback, loss=settings.loss, seed=settings.seed)
+
+
+@dataclass
+class FitReport:
+    """What fitting chose and why (JSON-ready via :meth:`as_dict`)."""
+
+    architecture: str
+    chosen: str
+    """``network``, ``blend`` or ``prior``."""
+    n_labelled: int
+    seconds: float
+    folds: int = 0
+    learning_rate: float | None = None
+    weight_decay: float | None = None
+    steps: int | None = None
+    validation_curve: list[float] = field(default_factory=list)
+    """Mean validation MSE (standardised labels) over the folds, every ``eval_every`` steps, of the chosen grid point."""
+    candidates: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per candidate: cold-validation Spearman, f_gain, MSE and the combined criterion."""
+    prior: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+    """Why the shipped predictor was shipped, in words."""
+    loss: str = "mse"
+    held_out: str = "records"
+    """What validation held out: ``records`` (both sides) or ``columns`` (candidates; every row labelled)."""
+    anchors: dict[str, float] = field(default_factory=dict)
+    """The label anchors' kernel (τ, κ, neighbours) when the shipped predictor has them."""
+
+    def as_dict(self) -> dict[str, Any]:
+        def clean(value: Any) -> Any:
+            if isinstance(value, float):
+                return None if math.isnan(value) else round(value, 6)
+            if isinstance(value, dict):
+                return {k: clean(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [clean(v) for v in value]
+            return value
+
+        return clean({k: getattr(self, k) for k in self.__dataclass_fields__})
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Run the block with one torch thread (results independent of the machine's core count), then restore."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _record_ids(n_rows: int, n_cols: int, self_cols: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(record id of each row, all record ids): column j is record j; a row is its own column's record, else a new one."""
+    own = np.full(n_rows, -1, dtype=np.int64) if self_cols is None else np.asarray(self_cols, dtype=np.int64)
+    row_ids = np.where(own >= 0, own, n_cols + np.arange(n_rows))
+    return row_ids, np.unique(np.concatenate([np.arange(n_cols), row_ids]))
+
+
+def record_folds(n_rows: int, n_cols: int, self_cols: np.ndarray | None, folds: int, seed: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Fold of each row and each column: a row that is the same record as a column shares its fold.
+
+    Returns ``(row_fold, col_fold, k)`` with ``k`` the number of folds used (at most one per record).
+    """
+    row_ids, ids = _record_ids(n_rows, n_cols, self_cols)
+    k = int(max(1, min(folds, len(ids))))
+    order = np.random.default_rng(seed).permutation(len(ids))
+    fold_of = np.empty(len(ids), dtype=np.int64)
+    fold_of[order] = np.arange(len(ids)) % k
+    lookup = dict(zip(ids.tolist(), fold_of.tolist()))
+    return np.array([lookup[i] for i in row_ids.tolist()], dtype=np.int64), fold_of[:n_cols].copy(), k
+
+
+def calibrate_prior(cos: np.ndarray, labels: np.ndarray, mask: np.ndarray, self_mask: np.ndarray) -> tuple[float, float, float]:
+    """Least-squares ``labels ≈ α·cos + β`` on the masked non-self pairs, and the mean self-pair residual δ."""
+    pairs = mask & ~self_mask
+    if pairs.sum() < 2:
+        pairs = mask
+    x, y = cos[pairs].astype(np.float64), labels[pairs].astype(np.float64)
+    if x.size == 0:
+        return 0.0, 0.0, 0.0
+    if x.size < 2 or np.ptp(x) < 1e-12:
+        alpha, beta = 0.0, float(y.mean())
+    else:
+        alpha, beta = (float(v) for v in np.polyfit(x, y, 1))
+    selfs = mask & self_mask
+    delta = float((labels[selfs] - (alpha * cos[selfs] + beta)).mean()) if selfs.any() else 0.0
+    return alpha, beta, delta
+
+
+# ----------------------------------------------------------------------------------------------
+# pairwise
+
+
+def _build_two_tower(data: PairBlock, settings: FitSettings, mask: np.ndarray, seed: int) -> TwoTowerNetwork:
+    alpha, beta, delta = calibrate_prior(data.cos, data.labels, mask, data.self_mask)
+    network = TwoTowerNetwork(data.rows.shape[1], settings.hidden, settings.rank)
+    network.initialise(torch.Generator().manual_seed(seed), alpha, beta, delta)
+    return network
+
+
+def _pair_data(row_embeddings: np.ndarray, col_embeddings: np.ndarray, labels: np.ndarray,
+               self_cols: np.ndarray | None) -> tuple[PairBlock, float, float]:
+    """The labelled block on standardised labels, with its cosines and self-pair mask; (data, label mean, label std)."""
+    rows = torch.from_numpy(np.ascontiguousarray(row_embeddings, dtype=np.float32))
+    cols = torch.from_numpy(np.ascontiguousarray(col_embeddings, dtype=np.float32))
+    raw = np.asarray(labels, dtype=np.float64)
+    if raw.shape != (rows.shape[0], cols.shape[0]):
+        raise ValueError(f"labels must have shape {(rows.shape[0], cols.shape[0])}, got {raw.shape}")
+    mask = np.isfinite(raw)
+    mean = float(raw[mask].mean()) if mask.any() else 0.0
+    std = float(raw[mask].std()) if mask.any() else 1.0
+    std = std if std > 1e-12 else 1.0
+    self_mask = np.zeros(raw.shape, dtype=bool)
+    if self_cols is not None:
+        self_cols = np.asarray(self_cols, dtype=np.int64)
+        has = np.flatnonzero(self_cols >= 0)
+        self_mask[has, self_cols[has]] = True
+    data = PairBlock(rows, cols, (rows @ cols.T).numpy().astype(np.float64), np.where(mask, (raw - mean) / std, 0.0), mask, self_cols, self_mask)
+    return data, mean, std
+
+
+def _fold_masks(data: PairBlock, settings: FitSettings, held_out: str) -> tuple[list[tuple[int, np.ndarray, np.ndarray]], int]:
+    """Per fold (fold, training mask, validation mask), and the number of held-out units (records or columns).
+
+    ``held_out="records"``: a fold's records are held out on both sides (the unlabelled pairs of a u × u
+    block: neither side seen). ``"columns"``: every row is labelled when predicting (all targets ×
+    sampled candidates), so folds hold out columns only and validate on all rows × the fold's columns.
+    """
+    n_rows, n_cols = data.mask.shape
+    if held_out == "columns":
+        n_units = n_cols
+        k = max(1, min(settings.folds, n_cols // MIN_RECORDS_PER_FOLD))
+        col_fold = np.empty(n_cols, dtype=np.int64)
+        col_fold[np.random.default_rng(settings.seed).permutation(n_cols)] = np.arange(n_cols) % k
+        row_fold = np.full(n_rows, -1, dtype=np.int64)
+    else:
+        n_units = len(_record_ids(n_rows, n_cols, data.self_cols)[1])
+        k = max(1, min(settings.folds, n_units // MIN_RECORDS_PER_FOLD))
+        row_fold, col_fold, k = record_folds(n_rows, n_cols, data.self_cols, k, settings.seed)
+    masks = []
+    for fold in range(k):
+        rows_out = np.ones(n_rows, dtype=bool) if held_out == "columns" else row_fold == fold
+        train = data.mask & ~(row_fold == fold)[:, None] & (col_fold != fold)[None, :]
+        val = data.mask & rows_out[:, None] & (col_fold == fold)[None, :]
+        if train.sum() >= 2 and val.sum() >= 2:
+            masks.append((fold, train, val))
+    return masks, n_units
+
+
+def _validation_error(prediction: np.ndarray, target: np.ndarray, mask: np.ndarray, centre_rows: bool) -> float:
+    """Mean squared error on the masked pairs (row-centred: each row's mean error removed first)."""
+    error = np.where(mask, prediction - target, 0.0)
+    if centre_rows:
+        count = np.maximum(mask.sum(axis=1, keepdims=True), 1)
+        error = np.where(mask, error - error.sum(axis=1, keepdims=True) / count, 0.0)
+    return float((error ** 2).sum() / max(int(mask.sum()), 1))
+
+
+def _anchored(data: PairBlock, base: np.ndarray, train: np.ndarray, kernel: tuple[float, float, int]) -> np.ndarray:
+    """``base`` plus the anchor correction read from the ``train`` pairs' residuals of ``base``, on the whole block."""
+    anchors = Anchors.from_block(data.rows.numpy(), data.cols.numpy(), data.labels - base, train & ~data.self_mask, *kernel)
+    return base + anchor_correction(data.rows, data.cols, anchors).numpy()
+
+
+def _validate(data: PairBlock, settings: FitSettings, folds: list[tuple[int, np.ndarray, np.ndarray]], bases: dict[str, list[np.ndarray]],
+              objective: str, candidate_scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | None
+              ) -> tuple[dict[str, list[dict[str, float]]], dict[str, tuple[float, float, int]]]:
+    """Per candidate, the selection criterion on each fold; and each anchored candidate's kernel (:data:`KERNELS`).
+
+    ``bases[name][i]``: fold i's (R, C) standardised predictions of a base predictor trained without that
+    fold. Each base is scored as it is and with label anchors (the (τ, κ) with the best mean criterion).
+    """
+    full: dict[str, list[np.ndarray]] = {}
+    for name, predictions in bases.items():
+        for (_, train, _), base in zip(folds, predictions):
+            full.setdefault(name, []).append(base)
+            for kernel in KERNELS:
+                full.setdefault(f"{name}@{kernel}", []).append(_anchored(data, base, train, kernel))
+    scored = {key: _fold_criteria(data, settings, folds, values, objective, candidate_scores) for key, values in full.items()}
+    chosen = {name: scored[name] for name in bases}
+    kernels: dict[str, tuple[float, float, int]] = {}
+    for name in bases:
+        best = max(KERNELS, key=lambda kernel: mean_criteria(scored[f"{name}@{kernel}"])["criterion"])
+        chosen[f"{name} + anchors"], kernels[f"{name} + anchors"] = scored[f"{name}@{best}"], best
+    return chosen, kernels
+
+
+KERNELS = tuple((tau, kappa, NEIGHBOURS) for tau in TEMPERATURES for kappa in SHRINKS) + tuple((tau, 1.0, 0) for tau in TEMPERATURES)
+"""Anchor kernels tried: (τ, κ, neighbours); neighbours 0 = every labelled candidate alike, i.e. each labelled row's mean
+residual (per-row offset calibration), borrowed by unlabelled rows from their nearest labelled rows."""
+
+
+def _fold_criteria(data: PairBlock, settings: FitSettings, folds: list[tuple[int, np.ndarray, np.ndarray]], values: list[np.ndarray],
+                   objective: str, candidate_scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | None) -> list[dict[str, float]]:
+    """The criterion of each fold on its held-out pairs (all predicted, as nearly every pair of a run is)."""
+    out = []
+    for (_, _, val), predicted in zip(folds, values):
+        rows, cols = np.flatnonzero(val.any(axis=1)), np.flatnonzero(val.any(axis=0))
+        block = np.ix_(rows, cols)
+        true = np.where(val[block], data.labels[block], np.nan)
+        filled = np.where(np.isfinite(true), true, np.nanmean(true))
+        aggregate = None if candidate_scores is None else (lambda matrix, rows=rows: candidate_scores(matrix, rows))
+        out.append(selection_criterion(filled, np.where(np.isfinite(true), predicted[block], np.nanmean(predicted[block])),
+                                       settings.validation_budget, objective, settings.seed, aggregate))
+    return out
+
+
+def fit_pairwise(row_embeddings: np.ndarray, col_embeddings: np.ndarray, labels: np.ndarray, settings: FitSettings, *,
+                 self_cols: np.ndarray | None = None, objective: str = "fl",
+                 candidate_scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None, held_out: str = "records",
+                 prior_is_exact: bool = False, progress: bool = False) -> tuple[TwoTowerNetwork, FitReport]:
+    """Train the default pairwise network on a labelled block (NaN = not labelled) and choose what to ship.
+
+    Args:
+        row_embeddings: (R, d) L2-normalised embeddings of the block's rows (targets).
+        col_embeddings: (C, d) of its columns (candidates).
+        labels: (R, C) influence values; NaN entries are not labelled.
+        settings: grid, steps, folds, loss, seed.
+        self_cols: per row, the column of the same record (−1: none) — pool records that are both.
+        objective: ``fl`` or ``topk``: the selection used by the validation criterion.
+        candidate_scores: top-k's aggregation ``(matrix, block row indices) -> score per column`` (default: the row mean).
+        held_out: ``records`` (u × u designs: unlabelled pairs have neither side labelled) or ``columns`` (every
+            row of the matrix is labelled: validation holds out candidates only).
+        prior_is_exact: the labels are an affine map of the inputs' cosine (DELIFT-SE): ship the calibrated prior, train nothing.
+        progress: a progress bar over the trainings (folds × grid, then the final one).
+
+    Returns:
+        The network to predict with (label units) and the report of what was chosen.
+    """
+    start = time.perf_counter()
+    data, mean, std = _pair_data(row_embeddings, col_embeddings, labels, self_cols)
+    if prior_is_exact:
+        report = FitReport("two-tower", "prior", int(data.mask.sum()), 0.0, loss=settings.loss, held_out=held_out,
+                           note="the influence function is the embeddings' cosine: the calibrated prior is exact, nothing was trained")
+        alpha, beta, delta = calibrate_prior(data.cos, data.labels, data.mask, data.self_mask)
+        report.prior = {"alpha": alpha * std, "beta": beta * std + mean, "self_delta": delta * std}
+        network = _build_two_tower(data, settings, data.mask, settings.seed)
+        network.set_label_scale(mean, std)
+        report.seconds = time.perf_counter() - start
+        return network.eval(), report
+    fold_masks, n_units = _fold_masks(data, settings, held_out)
+    centre = settings.loss == "row-centred"
+    grid = [(lr, wd) for lr in settings.learning_rates for wd in settings.weight_decays]
+    evals = settings.max_steps // settings.eval_every + 1
+    curves = np.full((len(grid), len(fold_masks), evals), np.nan)
+    jobs = [(g, i) for i in range(len(fold_masks)) for g in range(len(grid))]  # (grid point, fold position)
+    report = FitReport("two-tower", "prior", int(data.mask.sum()), 0.0, folds=len(fold_masks), loss=settings.loss, held_out=held_out)
+    bar = tqdm(total=evals + 1, desc="influence network", unit="eval", disable=not progress, leave=False)
+    with one_torch_thread(), bar:
+        networks = [_build_two_tower(data, settings, fold_masks[i][1], settings.seed + fold_masks[i][0]) for _, i in jobs]
+        priors = [network.standardised_block(data.rows, data.cols, None if self_cols is None else torch.from_numpy(np.asarray(self_cols)),
+                                             cos=torch.from_numpy(data.cos.astype(np.float32))).detach().numpy().astype(np.float64)
+                  for network, (g, _) in zip(networks, jobs) if g == 0]
+
+        def record(step: int, predictions: np.ndarray) -> None:
+            for (g, i), prediction in zip(jobs, predictions):
+                curves[g, i, step // settings.eval_every] = _validation_error(prediction, data.labels, fold_masks[i][2], centre)
+            bar.set_postfix(val_error=f"{np.nanmin(curves):.3f}")
+
+        if jobs:
+            train_stacked(networks, data, [fold_masks[i][1] for _, i in jobs], [grid[g][0] for g, _ in jobs], [grid[g][1] for g, _ in jobs],
+                        settings.max_steps, record, settings.eval_every, tick=lambda: bar.update(1), centre_rows=centre)
+        alpha, beta, delta = calibrate_prior(data.cos, data.labels, data.mask, data.self_mask)
+        report.prior = {"alpha": alpha * std, "beta": beta * std + mean, "self_delta": delta * std}
+        network = _build_two_tower(data, settings, data.mask, settings.seed)
+        if len(fold_masks) < MIN_FOLDS:
+            unit = "candidates" if held_out == "columns" else "records"
+            report.note = (f"too few labelled {unit} ({n_units}) to validate on held-out {unit} "
+                           f"(at least {MIN_FOLDS * MIN_RECORDS_PER_FOLD}): the calibrated prior is used")
+        else:
+            mean_curves = curves.mean(axis=1)  # (grid, evals)
+            g, e = (int(i) for i in np.unravel_index(int(np.nanargmin(mean_curves)), mean_curves.shape))
+            report.learning_rate, report.weight_decay = grid[g]
+            report.steps, report.validation_curve = e * settings.eval_every, [float(v) for v in mean_curves[g]]
+            trained = _fold_predictions(data, settings, fold_masks, grid[g], report.steps)
+            bases = {"prior": priors, "network": trained, "blend": [0.5 * (a + b) for a, b in zip(priors, trained)]}
+            per_fold, kernels = _validate(data, settings, fold_masks, bases, objective, candidate_scores)
+            report.candidates = {name: mean_criteria(values) for name, values in per_fold.items()}
+            report.chosen = choose_candidate(per_fold, ["prior", "blend", "network", "prior + anchors", "blend + anchors", "network + anchors"],
+                                             settings.fallback, settings.force)
+            network = _final_network(data, settings, report, kernels.get(report.chosen))
+        report.note = report.note or explain_choice(report.candidates, report.chosen, report.held_out)
+        bar.update(1)
+    network.set_label_scale(mean, std)
+    report.seconds = time.perf_counter() - start
+    return network.eval(), report
+
+
+def _fold_predictions(data: PairBlock, settings: FitSettings, folds: list[tuple[int, np.ndarray, np.ndarray]], point: tuple[float, float],
+                      steps: int) -> list[np.ndarray]:
+    """Each fold's (R, C) standardised predictions of the network at the chosen grid point and step count (retrained: the
+    grid's trainings keep only validation errors, not k × grid × steps full predictions)."""
+    networks = [_build_two_tower(data, settings, train, settings.seed + fold) for fold, train, _ in folds]
+    train_stacked(networks, data, [train for _, train, _ in folds], [point[0]] * len(folds), [point[1]] * len(folds), steps, None,
+                settings.eval_every, centre_rows=settings.loss == "row-centred")
+    self_t = None if data.self_cols is None else torch.from_numpy(data.self_cols)
+    cos = torch.from_numpy(data.cos.astype(np.float32))
+    with torch.no_grad():
+        return [n.standardised_block(data.rows, data.cols, self_t, cos=cos).numpy().astype(np.float64) for n in networks]
+
+
+def _final_network(data: PairBlock, settings: FitSettings, report: FitReport, kernel: tuple[float, float, int] | None) -> TwoTowerNetwork:
+    """The chosen predictor trained on every labelled pair: the prior, the network or their blend, with its anchors."""
+    network = _build_two_tower(data, settings, data.mask, settings.seed)
+    base = report.chosen.replace(" + anchors", "")
+    if base != "prior":
+        assert report.learning_rate is not None and report.weight_decay is not None and report.steps is not None  # chosen on validation
+        train_stacked([network], data, [data.mask], [report.learning_rate], [report.weight_decay], report.steps, None, settings.eval_every,
+                    centre_rows=settings.loss == "row-centred")
+        if base == "blend":
+            _blend_into(network, _build_two_tower(data, settings, data.mask, settings.seed), 0.5)
+    if kernel is not None:
+        self_t = None if data.self_cols is None else torch.from_numpy(data.self_cols)
+        with torch.no_grad():
+            fitted = network.standardised_block(data.rows, data.cols, self_t, cos=torch.from_numpy(data.cos.astype(np.float32))).numpy()
+        network.attach_anchors(Anchors.from_block(data.rows.numpy(), data.cols.numpy(), data.labels - fitted, data.mask & ~data.self_mask, *kernel))
+        report.anchors = {"temperature": kernel[0], "shrink": kernel[1], "neighbours": kernel[2]}
+    return network
+
+
+def _blend_into(network: TwoTowerNetwork, prior: TwoTowerNetwork, weight: float) -> None:
+    """Make ``network`` predict ``weight·network + (1 − weight)·prior`` (prior: learned terms at zero)."""
+    network.scale_learned_part(weight)
+    with torch.no_grad():
+        for name in ("alpha", "beta", "self_bias"):
+            mine, theirs = getattr(network, name), getattr(prior, name)
+            mine.mul_(weight).add_((1.0 - weight) * theirs)

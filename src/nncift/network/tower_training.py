@@ -1,0 +1,114 @@
+"""Training many two-tower networks at once: their parameters stacked, full batch, AdamW written out.
+
+The record-fold validation of :mod:`nncift.network.fitting` trains one network per fold and grid point on
+the same labelled block; stacking them makes that one batched computation per step. No parameter is
+shared between the stacked networks, so each gets exactly its own gradient and update.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from nncift.network.towers import TwoTowerNetwork
+
+__all__ = ["PairBlock", "batched_block", "train_stacked"]
+
+
+@dataclass
+class PairBlock:
+    """A labelled block prepared for training: embeddings, cosines, standardised labels (NaN → 0), masks."""
+
+    rows: torch.Tensor
+    cols: torch.Tensor
+    cos: np.ndarray
+    labels: np.ndarray  # standardised, NaN → 0
+    mask: np.ndarray  # labelled
+    self_cols: np.ndarray | None
+    self_mask: np.ndarray
+
+
+def batched_block(params: dict[str, torch.Tensor], rows: torch.Tensor, cols: torch.Tensor, cos: torch.Tensor,
+                   self_index: tuple[torch.Tensor, torch.Tensor] | None, rank: int) -> torch.Tensor:
+    """(B, R, C) standardised predictions of B stacked two-tower networks (as :meth:`TwoTowerNetwork.standardised_block`)."""
+    def tower(prefix: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = torch.relu(torch.einsum("nd,bhd->bnh", x, params[prefix + "hidden.weight"]) + params[prefix + "hidden.bias"][:, None, :])
+        out = torch.einsum("bnh,bkh->bnk", hidden, params[prefix + "out.weight"]) + params[prefix + "out.bias"][:, None, :]
+        offset = torch.einsum("bnh,bh->bn", hidden, params[prefix + "offset.weight"][:, 0, :]) + params[prefix + "offset.bias"]
+        return out, offset
+
+    f, r = tower("row_tower.", rows)
+    g, c = tower("col_tower.", cols)
+    out = (params["alpha"][:, None, None] * cos + torch.bmm(f, g.transpose(1, 2)) / math.sqrt(rank)
+           + r[:, :, None] + c[:, None, :] + params["beta"][:, None, None])
+    if self_index is not None:
+        own_rows, own_cols = self_index
+        term = params["self_bias"][:, None] + torch.einsum("nd,bd->bn", rows[own_rows], params["self_weight"])
+        batch = torch.arange(out.shape[0])[:, None]
+        out = out.index_put((batch, own_rows[None, :], own_cols[None, :]), term, accumulate=True)
+    return out
+
+
+def train_stacked(networks: list[TwoTowerNetwork], data: PairBlock, masks: list[np.ndarray], learning_rates: list[float],
+                weight_decays: list[float], steps: int, on_eval: Callable[[int, np.ndarray], None] | None, eval_every: int,
+                tick: Callable[[], None] | None = None, centre_rows: bool = False) -> None:
+    """Train B networks at once, each on its own mask with its own AdamW learning rate and weight decay.
+
+    The B networks' parameters are stacked and trained jointly (their losses add up; no parameter is
+    shared, so each gets exactly its own gradient), full batch. ``on_eval(step, (B, R, C) standardised
+    predictions)`` every ``eval_every`` steps. AdamW as in torch (β = 0.9, 0.999, ε = 1e-8, decoupled
+    weight decay, bias correction). ``centre_rows``: each row's mean error is removed before squaring (the
+    loss ignores row offsets). The trained parameters are written back into ``networks``.
+    """
+    names = [name for name, _ in networks[0].named_parameters()]
+    params = {name: torch.stack([dict(n.named_parameters())[name].detach() for n in networks]).clone().requires_grad_(True) for name in names}
+    count = len(networks)
+    target = torch.from_numpy(data.labels.astype(np.float32))
+    weight = torch.from_numpy(np.stack(masks).astype(np.float32))
+    per_model = weight.sum(dim=(1, 2)).clamp(min=1.0)
+    cos = torch.from_numpy(data.cos.astype(np.float32))
+    self_index = None
+    if data.self_cols is not None and (data.self_cols >= 0).any():
+        own = np.flatnonzero(data.self_cols >= 0)
+        self_index = (torch.from_numpy(own), torch.from_numpy(data.self_cols[own]))
+    lr = torch.tensor(learning_rates, dtype=torch.float32)
+    decay = 1.0 - lr * torch.tensor(weight_decays, dtype=torch.float32)
+    first = {name: torch.zeros_like(p) for name, p in params.items()}
+    second = {name: torch.zeros_like(p) for name, p in params.items()}
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    for step in range(steps + 1):
+        prediction = batched_block(params, data.rows, data.cols, cos, self_index, networks[0].rank)
+        if on_eval is not None and step % eval_every == 0:
+            on_eval(step, prediction.detach().numpy())
+            if tick is not None:
+                tick()
+        if step == steps:
+            break
+        error = (prediction - target) * weight
+        if centre_rows:
+            error = (error - error.sum(dim=2, keepdim=True) / weight.sum(dim=2, keepdim=True).clamp(min=1.0)) * weight
+        loss = ((error ** 2).sum(dim=(1, 2)) / per_model).sum()
+        for p in params.values():
+            p.grad = None
+        loss.backward()
+        with torch.no_grad():
+            t = step + 1
+            correction1, correction2 = 1.0 - beta1 ** t, 1.0 - beta2 ** t
+            for name, p in params.items():
+                if p.grad is None:  # not in the graph (the self-pair term without self-pairs): untouched, as torch's AdamW does
+                    continue
+                shape = (count,) + (1,) * (p.dim() - 1)
+                p.mul_(decay.view(shape))
+                first[name].lerp_(p.grad, 1.0 - beta1)
+                second[name].mul_(beta2).addcmul_(p.grad, p.grad, value=1.0 - beta2)
+                denominator = (second[name] / correction2).sqrt_().add_(eps)
+                p.sub_((lr / correction1).view(shape) * first[name] / denominator)
+    with torch.no_grad():
+        for b, network in enumerate(networks):
+            for name, p in network.named_parameters():
+                p.copy_(params[name][b])
+            network.eval()

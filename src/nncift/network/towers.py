@@ -1,0 +1,276 @@
+"""The default InfluenceNetworks: a calibrated similarity prior plus a learned correction.
+
+Pairwise (:class:`TwoTowerNetwork`), for a target embedding ``a`` and a candidate embedding ``b``
+(both L2-normalised, so ``aᵀb`` is their cosine)::
+
+    s(a, b) = μ + σ · ( α·aᵀb + f(a)ᵀg(b)/√k + r(a) + c(b) + β  [+ δ + wᵀa  if a and b are the same record] )
+
+- ``α·aᵀb + β`` is the *prior*: the embeddings' cosine, calibrated by least squares to the labels.
+  It costs nothing to compute and is what the network must never do worse than.
+- ``f`` and ``g`` are two towers (``d → hidden → ReLU → k``); ``f(a)ᵀg(b)`` is a learned low-rank
+  interaction, ``r`` and ``c`` learned per-target and per-candidate offsets (read from the towers'
+  hidden layers). Their last layers start at zero, so an untrained network *is* the calibrated prior.
+- The **self-pair term** ``δ + wᵀa`` applies only where the row and the column are the same record
+  (the pool representing itself). Influence functions value a record as its own example very
+  differently from any other pair (DELIFT: ≈ 0.4 against ≈ 0.01 off the diagonal); a term of its
+  own learns that from the labelled self-pairs instead of distorting every other prediction.
+- ``μ, σ`` are the training labels' mean and standard deviation (training runs on standardised labels).
+- Optional **label anchors** (:mod:`nncift.network.anchors`): the labelled block's residuals, carried to
+  unlabelled pairs by embedding neighbours, added on top (two more matrix products per block).
+
+Prediction of a whole (R × C) block is one matrix product: ``[α·a, f(a)/√k, r(a)+β, 1] ·
+[b, g(b), 1, c(b)]ᵀ`` (width d + k + 2), then the self-pair term on the diagonal entries.
+
+Pointwise (:class:`PointwiseNetwork`, for SelectIT): ``s(a) = μ + σ·(wᵀa + b + vᵀrelu(W a))``, the
+linear part started at the ridge fit of the labels and ``v`` at zero.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from nncift.network.anchors import NEIGHBOURS, Anchors, anchor_correction, sparse_kernel_weights
+
+__all__ = ["TwoTowerNetwork", "PointwiseNetwork", "predict_two_tower"]
+
+_PREDICT_PAIRS = 1 << 22
+"""Pairs per row block of :func:`predict_two_tower` (16 MiB of float32 output per block)."""
+
+
+class _Tower(torch.nn.Module):
+    """``d → hidden → ReLU → (k outputs, 1 offset)``; the output layers start at zero."""
+
+    def __init__(self, d: int, hidden: int, rank: int) -> None:
+        super().__init__()
+        self.hidden = torch.nn.Linear(d, hidden)
+        self.out = torch.nn.Linear(hidden, rank)
+        self.offset = torch.nn.Linear(hidden, 1)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = torch.relu(self.hidden(x))
+        return self.out(h), self.offset(h).squeeze(-1)
+
+
+class TwoTowerNetwork(torch.nn.Module):
+    """Pairwise InfluenceNetwork with a calibrated cosine prior, low-rank towers and a self-pair term."""
+
+    kind = "two-tower"
+    pairwise = True
+    label_mean: Tensor
+    """Buffer: the labels' mean (output = mean + std · standardised output)."""
+    label_std: Tensor
+    """Buffer: the labels' standard deviation."""
+
+    def __init__(self, embedding_dim: int, hidden: int = 128, rank: int = 64) -> None:
+        """``embedding_dim`` d, tower ``hidden`` width, interaction ``rank`` k. Starts as the prior α = 1, β = 0."""
+        super().__init__()
+        if min(embedding_dim, hidden, rank) < 1:
+            raise ValueError(f"embedding_dim, hidden and rank must be positive, got {embedding_dim}, {hidden}, {rank}")
+        self.embedding_dim, self.hidden_size, self.rank = int(embedding_dim), int(hidden), int(rank)
+        self.row_tower = _Tower(self.embedding_dim, self.hidden_size, self.rank)
+        self.col_tower = _Tower(self.embedding_dim, self.hidden_size, self.rank)
+        self.alpha = torch.nn.Parameter(torch.ones(()))
+        self.beta = torch.nn.Parameter(torch.zeros(()))
+        self.self_bias = torch.nn.Parameter(torch.zeros(()))
+        self.self_weight = torch.nn.Parameter(torch.zeros(self.embedding_dim))
+        self.register_buffer("label_mean", torch.zeros(()))
+        self.register_buffer("label_std", torch.ones(()))
+        self.anchors: Anchors | None = None
+
+    def attach_anchors(self, anchors: Anchors | None) -> None:
+        """Add (or, with None, remove) the label-anchor correction; its tensors are saved with the weights."""
+        self.anchors = anchors
+        for name in ("anchor_rows", "anchor_cols", "anchor_residuals", "anchor_mask", "anchor_kernel"):
+            self._buffers.pop(name, None)
+        if anchors is not None:
+            self.register_buffer("anchor_rows", anchors.rows)
+            self.register_buffer("anchor_cols", anchors.cols)
+            self.register_buffer("anchor_residuals", anchors.residuals)
+            self.register_buffer("anchor_mask", anchors.mask)
+            self.register_buffer("anchor_kernel", torch.tensor([anchors.temperature, anchors.shrink, float(anchors.neighbours)]))
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        """Loading weights saved with anchors re-creates the anchors (their sizes come from the file)."""
+        if prefix + "anchor_rows" in state_dict:
+            kernel = state_dict[prefix + "anchor_kernel"]
+            rows, cols, residuals, mask = (state_dict[prefix + name].clone() for name in ("anchor_rows", "anchor_cols", "anchor_residuals", "anchor_mask"))
+            self.attach_anchors(Anchors(rows, cols, residuals, mask, float(kernel[0]), float(kernel[1]), int(kernel[2])))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def initialise(self, generator: torch.Generator, alpha: float, beta: float, self_bias: float) -> None:
+        """Seeded start: hidden layers U(±1/√fan_in), output layers 0, prior (α, β) and self bias as given."""
+        with torch.no_grad():
+            for tower in (self.row_tower, self.col_tower):
+                bound = 1.0 / math.sqrt(self.embedding_dim)
+                tower.hidden.weight.uniform_(-bound, bound, generator=generator)
+                tower.hidden.bias.uniform_(-bound, bound, generator=generator)
+                for layer in (tower.out, tower.offset):
+                    layer.weight.zero_()
+                    layer.bias.zero_()
+            self.alpha.fill_(alpha)
+            self.beta.fill_(beta)
+            self.self_bias.fill_(self_bias)
+            self.self_weight.zero_()
+
+    def set_label_scale(self, mean: float, std: float) -> None:
+        """Predict in label units: output = mean + std · (standardised output)."""
+        with torch.no_grad():
+            self.label_mean.fill_(mean)
+            self.label_std.fill_(std)
+
+    def scale_learned_part(self, weight: float) -> None:
+        """Multiply the learned terms (interaction, offsets, self-pair weights) by ``weight``.
+
+        The result predicts ``weight·network + (1 − weight)·prior`` when the prior is this network's
+        own (α, β, δ) with its learned terms at zero: a blend of the two is again a two-tower network.
+        """
+        with torch.no_grad():
+            for tower in (self.row_tower, self.col_tower):
+                for layer in (tower.out, tower.offset):
+                    layer.weight.mul_(weight)
+                    layer.bias.mul_(weight)
+            self.self_weight.mul_(weight)
+
+    def standardised_block(self, rows: Tensor, cols: Tensor, self_cols: Tensor | None = None, *, cos: Tensor | None = None) -> Tensor:
+        """(R, C) standardised predictions for every row × column (self-pair term where ``self_cols[i] = j``).
+
+        ``cos``: the (R, C) cosines ``rows @ cols.T`` when already computed (training reuses them).
+        """
+        f, r = self.row_tower(rows)
+        g, c = self.col_tower(cols)
+        out = self.alpha * (rows @ cols.T if cos is None else cos) + (f @ g.T) / math.sqrt(self.rank) + r[:, None] + c[None, :] + self.beta
+        if self_cols is not None:
+            has = self_cols >= 0
+            if bool(has.any()):
+                index = torch.nonzero(has).squeeze(-1)
+                extra = torch.zeros_like(out)
+                extra[index, self_cols[index]] = self.self_bias + rows[index] @ self.self_weight
+                out = out + extra
+        if self.anchors is not None:
+            out = out + anchor_correction(rows, cols, self.anchors)
+        return out
+
+    def forward(self, rows: Tensor, cols: Tensor, self_cols: Tensor | None = None) -> Tensor:
+        """(R, C) predictions in label units."""
+        return self.label_mean + self.label_std * self.standardised_block(rows, cols, self_cols)
+
+    def parameter_count(self) -> int:
+        """Trainable parameters."""
+        return int(sum(p.numel() for p in self.parameters()))
+
+    def architecture(self) -> dict[str, Any]:
+        """JSON-ready description from which :func:`nncift.network.files.build_network` rebuilds the module."""
+        described = {"kind": self.kind, "embedding_dim": self.embedding_dim, "hidden": self.hidden_size, "rank": self.rank, "pairwise": True}
+        if self.anchors is not None:
+            described["anchors"] = {"rows": int(self.anchors.rows.shape[0]), "cols": int(self.anchors.cols.shape[0]),
+                                    "temperature": self.anchors.temperature, "shrink": self.anchors.shrink, "neighbours": self.anchors.neighbours}
+        return described
+
+
+def predict_two_tower(network: TwoTowerNetwork, rows: np.ndarray, cols: np.ndarray, *, out: np.ndarray | None = None,
+                      self_cols: np.ndarray | None = None, block_rows: int | None = None) -> np.ndarray:
+    """float32 (R, C) predictions, one matrix product per row block (O(d + k) per pair).
+
+    ``self_cols``: per row, the column of the same record (−1: none); those entries get the self-pair term.
+    """
+    rows_t = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
+    cols_t = torch.from_numpy(np.ascontiguousarray(cols, dtype=np.float32))
+    n_rows, n_cols = rows_t.shape[0], cols_t.shape[0]
+    if out is None:
+        out = np.empty((n_rows, n_cols), dtype=np.float32)
+    if n_rows == 0 or n_cols == 0:
+        return out
+    block_rows = block_rows or max(1, _PREDICT_PAIRS // n_cols)
+    with torch.no_grad():
+        scale, shift = float(network.label_std), float(network.label_mean)
+        g, c = network.col_tower(cols_t)
+        right = torch.cat([cols_t, g, torch.ones(n_cols, 1), c[:, None]], dim=1) * scale
+        anchors = network.anchors
+        if anchors is not None and anchors.rows.shape[0] and anchors.cols.shape[0]:
+            # the columns' side of the correction, once: (C, Lr) numerator and denominator (sparse kernels: 16 neighbours a record)
+            wc = sparse_kernel_weights(cols_t, anchors.cols, anchors.temperature, anchors.neighbours)
+            residual_cols, mask_cols = torch.sparse.mm(wc, anchors.residuals.T.contiguous()).T, torch.sparse.mm(wc, anchors.mask.T.contiguous()).T
+        else:
+            anchors = None
+        for start in range(0, n_rows, block_rows):
+            stop = min(n_rows, start + block_rows)
+            part = rows_t[start:stop]
+            f, r = network.row_tower(part)
+            left = torch.cat([network.alpha * part, f / math.sqrt(network.rank), (r + network.beta)[:, None],
+                              torch.ones(stop - start, 1)], dim=1)
+            block = torch.addmm(torch.full((1, 1), shift), left, right.T)
+            if self_cols is not None:
+                own = np.asarray(self_cols[start:stop])
+                local = np.flatnonzero(own >= 0)
+                if local.size:
+                    term = network.self_bias + part[local] @ network.self_weight
+                    block[local, own[local]] += scale * term
+            if anchors is not None:
+                wr = sparse_kernel_weights(part, anchors.rows, anchors.temperature, NEIGHBOURS)
+                block += scale * torch.sparse.mm(wr, residual_cols) / (torch.sparse.mm(wr, mask_cols) + anchors.shrink)
+            out[start:stop] = block.numpy()
+    return out
+
+
+class PointwiseNetwork(torch.nn.Module):
+    """Pointwise InfluenceNetwork: a linear model (started at the ridge fit) plus a zero-started MLP residual."""
+
+    kind = "linear-residual"
+    pairwise = False
+    label_mean: Tensor
+    """Buffer: the labels' mean."""
+    label_std: Tensor
+    """Buffer: the labels' standard deviation."""
+
+    def __init__(self, embedding_dim: int, hidden: int = 128) -> None:
+        super().__init__()
+        self.embedding_dim, self.hidden_size = int(embedding_dim), int(hidden)
+        self.linear = torch.nn.Linear(self.embedding_dim, 1)
+        self.hidden = torch.nn.Linear(self.embedding_dim, self.hidden_size)
+        self.residual = torch.nn.Linear(self.hidden_size, 1)
+        self.register_buffer("label_mean", torch.zeros(()))
+        self.register_buffer("label_std", torch.ones(()))
+
+    def initialise(self, generator: torch.Generator, weight: np.ndarray, bias: float) -> None:
+        """Seeded start: the linear part at (weight, bias), the hidden layer U(±1/√d), the residual at 0."""
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.from_numpy(np.asarray(weight, dtype=np.float32)).reshape(1, -1))
+            self.linear.bias.fill_(bias)
+            bound = 1.0 / math.sqrt(self.embedding_dim)
+            self.hidden.weight.uniform_(-bound, bound, generator=generator)
+            self.hidden.bias.uniform_(-bound, bound, generator=generator)
+            self.residual.weight.zero_()
+            self.residual.bias.zero_()
+
+    def set_label_scale(self, mean: float, std: float) -> None:
+        """Predict in label units: output = mean + std · (standardised output)."""
+        with torch.no_grad():
+            self.label_mean.fill_(mean)
+            self.label_std.fill_(std)
+
+    def scale_learned_part(self, weight: float) -> None:
+        """Multiply the MLP residual by ``weight`` (a blend of the network with its linear start)."""
+        with torch.no_grad():
+            self.residual.weight.mul_(weight)
+            self.residual.bias.mul_(weight)
+
+    def standardised(self, x: Tensor) -> Tensor:
+        """(N,) standardised predictions."""
+        return (self.linear(x) + self.residual(torch.relu(self.hidden(x)))).squeeze(-1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(N,) predictions in label units."""
+        return self.label_mean + self.label_std * self.standardised(x)
+
+    def parameter_count(self) -> int:
+        """Trainable parameters."""
+        return int(sum(p.numel() for p in self.parameters()))
+
+    def architecture(self) -> dict[str, Any]:
+        """JSON-ready description from which :func:`nncift.network.files.build_network` rebuilds the module."""
+        return {"kind": self.kind, "embedding_dim": self.embedding_dim, "hidden": self.hidden_size, "pairwise": False}

@@ -1,0 +1,27 @@
+"""Allowed values of choice-valued settings, in one light module (no torch) that settings and the code
+implementing them both import, and the names of the bundled models that are the defaults."""
+
+BUNDLED_LM = "smollm2-135m-instruct"
+"""The bundled causal LM (SmolLM2-135M-Instruct, converted once by ``nncift prepare-models``): the default model."""
+
+BUNDLED_EMBEDDER = "all-MiniLM-L6-v2"
+"""The bundled sentence embedder (384-d): the default input of the InfluenceNetwork."""
+
+COMPRESSORS = ("identity", "projection", "dropout", "dropout-structured")
+"""Gradient compressors (``nncift.gradients.compressors``)."""
+
+ADAM_FORMS = ("exact", "reference")
+"""Forms of LESS's Adam direction (``nncift.gradients.adam``)."""
+
+SELECTIT_FORMS = ("paper", "reference")
+"""SelectIT token-level forms (``nncift.influence.selectit``)."""
+
+DTYPES = ("float32", "bfloat16", "float16")
+"""Model weight dtypes."""
+
+NETWORK_LOSSES = ("mse", "row-centred")
+"""Training losses of the two-tower network (``nncift.network.fitting``): plain MSE, or MSE after removing each row's mean error."""
+
+SAMPLING_DESIGNS = ("auto", "block", "all-targets")
+"""Which pairs get the exact influence function (``nncift.run.layout``): the function's own choice, a u × u block (or g
+blocks), or every target × the sampled candidates."""

@@ -1,0 +1,238 @@
+"""``nncift select --run RUN --add NEW --out RUN2``: grow a finished selection with new records.
+
+Nothing already known is recomputed: the run's predicted matrix (with its exact sampled values) is
+kept, the influence of the new records (as candidates, and as rows where the pool represents
+itself) is predicted by the run's stored network from their embeddings, and the greedy continues
+from the existing subset on the union: facility location's conditional gain ``f(A | S)`` with the
+old picks ``S`` kept first (top-k: the best-scored of the rest). The budget counts over the union (a
+fraction of old + new records, or a count). No influence function is built and no language model is
+loaded.
+
+The new folder is a complete run of the union (its ``data`` lists the run's files and then the new
+ones), so ``score``, ``inspect`` and another ``--add`` work on it. Its manifest says which picks were
+kept and which were added, and which of the added ones are new records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from nncift.data.records import LoadReport, Record, read_many, skip_counts
+from nncift.files.atomic import atomic_write, save_npy_atomic
+from nncift.run.check import recorded_inputs
+from nncift.run.commit import write_commit
+from nncift.run.files import RunView, check_digest, open_run, records_digest, save_rows, write_selection_files
+from nncift.run.ledger import CostLedger
+from nncift.run.store import RunStore
+from nncift.selection import Selection, budget_to_count, extend_greedy, fits_in_memory
+from nncift.selection.subset_quality import ObjectiveSpec, objective_on
+from nncift.settings.fields import build_settings, environment_info, settings_dict
+from nncift.settings.stages import SelectSettings
+
+
+def run_settings(view: RunView, **changes: Any) -> SelectSettings:
+    """The :class:`SelectSettings` a run was made with (from its manifest), with ``changes`` applied."""
+    names = {f.name for f in dataclasses.fields(SelectSettings)}
+    values = {k: v for k, v in view.settings.items() if k in names}
+    settings = build_settings(SelectSettings, values, origins={k: str(view.folder / "manifest.json") for k in values})
+    return settings.updated(**changes) if changes else settings
+
+
+def run_inputs(view: RunView) -> tuple[list[Record], list[Record]]:
+    """Read a run's pool and targets again from its input files and check they are the records it was computed from."""
+    settings = view.settings
+    if not settings.get("data"):
+        raise ValueError(f"{view.folder}: the run's pool was passed in code, not as files: pass pool= (and targets=) to add_to_run")
+    pool, reports = read_many(recorded_inputs(view, "data"))  # relative paths: from the run's working directory, not the current one
+    targets, target_reports = read_many(recorded_inputs(view, "targets")) if settings.get("targets") else ([], [])
+    check_digest(view, pool, targets, reports + target_reports)  # and files changed since the run finished
+    return pool, targets
+
+
+def add_to_run(run: str | Path, new: Sequence[Record], out: str | Path, *, budget: float | None = None,
+               pool: Sequence[Record] | None = None, targets: Sequence[Record] | None = None,
+               reports: Sequence[LoadReport] = (), new_paths: Sequence[str] = (), progress: bool = True) -> Any:
+    """Grow the selection of the finished run ``run`` with the records ``new``; write the union's run into ``out``.
+
+    Args:
+        run: a finished NN-CIFT ``select`` run folder (it holds the network and the predicted matrix).
+        new: the new candidate records.
+        out: the new run folder (a folder made with other settings or records is refused).
+        budget: subset size over the union (fraction in (0, 1] or count); default: the run's budget.
+        pool, targets: the run's records when they were passed in code (default: read from its files, checked).
+        reports: load reports of ``new``; new_paths: the files ``new`` was read from (recorded as the union's data).
+        progress: progress bars.
+
+    Returns:
+        A :class:`~nncift.steps.select.SelectionResult` over the union (pool indices: the run's pool, then ``new``).
+    """
+    from nncift.models import loading as models
+    from nncift.models.embeddings import embed_records
+    from nncift.network.files import load_network
+    from nncift.steps.select import SelectionResult
+
+    view = open_run(run)
+    if not new:
+        raise ValueError("no new records to add")
+    if not view.pairwise and not (view.folder / "predicted_scores.npy").exists():
+        raise ValueError(f"{view.folder}: no predicted scores (a run of the full-matrix baseline has no network to predict with)")
+    settings = run_settings(view, **({"budget": budget} if budget is not None else {}))
+    if pool is None:
+        pool, targets = run_inputs(view)
+    pool, targets, new = list(pool), list(targets or []), list(new)
+    union = pool + new
+    k = budget_to_count(settings.selection.budget, len(union))
+    kept, kept_gains = view.picks()
+    if k < len(kept):
+        raise ValueError(f"the budget over the union is {k} records, fewer than the run's {len(kept)} picks: give a larger --budget")
+    store_settings = {**settings_dict(dataclasses.replace(settings, data=tuple(view.settings.get("data") or ()) + tuple(new_paths))),
+                      "command": "select --add", "added_to": str(view.folder.resolve())}
+    with RunStore(out, store_settings) as store:
+        store.check_records(records_digest(union, targets))
+        ledger, loads_before = CostLedger(), models.LOADS["causal_lm"]
+        with ledger.stage("embeddings"):
+            new_embeddings = embed_records(new, model=settings.embedder, device=settings.device, progress=progress)
+        network = load_network(view.network_path())
+        objective = view.manifest["objective"]
+        matrix: np.ndarray | None = None
+        n_pool_rows = 0
+        if view.pairwise:
+            with ledger.stage("prediction"):
+                matrix, n_pool_rows, rows = _union_matrix(view, network, new_embeddings, pool, targets, new)
+            with ledger.stage("selection"):
+                chosen, values = _continue(objective, matrix, n_pool_rows, rows, kept, k, settings, view)
+            store.save_array("predicted.npy", matrix)
+            save_rows(store.folder, rows, n_pool_rows, np.concatenate(_row_embeddings(view, new_embeddings, n_pool_rows)),
+                      np.concatenate([np.asarray(view.embeddings("col")), new_embeddings]))
+            _copy_q1(view, store.folder, len(new), n_pool_rows)
+        else:
+            with ledger.stage("prediction"):
+                from nncift.network.paper import predict_pointwise
+
+                new_scores = predict_pointwise(network, new_embeddings)  # type: ignore[arg-type]  # a pointwise run's network
+                scores = np.concatenate([np.load(view.folder / "predicted_scores.npy"), new_scores]).astype(np.float64)
+            with ledger.stage("selection"):
+                chosen, values = _continue_top_k(scores, kept, k), scores
+            store.save_array("predicted_scores.npy", scores.astype(np.float32))
+            store.save_array("col_embeddings.npy", np.concatenate([np.asarray(view.embeddings("col")), new_embeddings]))
+        for name in ("network.safetensors", "network.json"):
+            copy_atomic(view.folder / name, store.path(name))
+        indices = np.concatenate([kept, chosen.indices])
+        gains = np.concatenate([kept_gains, chosen.gains])
+        origin = [row["influence"] for row in view.scores_table()] + ["predicted"] * len(new)
+        write_selection_files(store.folder, union, indices, gains, values=values, influence=origin)
+        ledger.counters["language_model_loads"] = models.LOADS["causal_lm"] - loads_before
+        total = _objective_total(objective, settings, union_matrix=matrix, scores=values, indices=indices, n_pool_rows=n_pool_rows)
+        manifest = {
+            **{str(key): view.manifest[key] for key in ("influence_options", "label_scaling", "network_training", "models") if key in view.manifest},
+            "command": "select --add",
+            "settings": store_settings,
+            "objective": objective,
+            "added_to": {"folder": str(view.folder.resolve()), "pool": len(pool), "selected": len(kept),
+                         "objective_value": view.manifest.get("objective_value")},
+            "picks": {"kept": [int(i) for i in kept], "added": [int(i) for i in chosen.indices],
+                      "added_new_records": [int(i) for i in chosen.indices if i >= len(pool)]},
+            "positive_gain_picks_added": chosen.n_positive,
+            "environment": environment_info(),
+            "inputs": [report.as_dict() for report in reports],
+            "counts": {"pool": len(union), "old_pool": len(pool), "new_records": len(new), "targets": len(targets), "selected": len(indices),
+                       "kept": len(kept), "added": len(chosen.indices), "added_from_new_records": int((chosen.indices >= len(pool)).sum()),
+                       "skipped": skip_counts(reports)},
+            "objective_value": total,
+            "cost": {**ledger.as_dict(), "influence_evaluations_made": 0},
+        }
+        store.write_json("manifest.json", manifest)
+        write_commit(store.folder, store.settings, manifest["inputs"])
+    return SelectionResult(indices, gains, [union[i] for i in indices], total, manifest, store.folder)
+
+
+def _row_embeddings(view: RunView, new_embeddings: np.ndarray, n_pool_rows: int) -> list[np.ndarray]:
+    """The union's row embeddings: old pool rows, new records (when the pool is represented), then targets."""
+    old = np.asarray(view.embeddings("row"))
+    old_pool_rows = int(view.rows()["n_pool_rows"])
+    if old_pool_rows == 0:
+        return [old]
+    return [old[:old_pool_rows], new_embeddings, old[old_pool_rows:]]
+
+
+def _union_matrix(view: RunView, network: Any, new_embeddings: np.ndarray, pool: list[Record], targets: list[Record],
+                  new: list[Record]) -> tuple[np.ndarray, int, list[Record]]:
+    """The predicted matrix of the union, its number of pool rows and its row records; the run's block is copied as it is."""
+    from nncift.network.paper import predict_pairwise
+
+    old = view.matrix()
+    old_pool_rows = int(view.rows()["n_pool_rows"])
+    n_old, m = len(pool), len(new)
+    n_rows = old.shape[0] + (m if old_pool_rows else 0)
+    if not fits_in_memory((n_rows, n_old + m)):
+        raise ValueError(f"the union's matrix ({n_rows} × {n_old + m}) does not fit in memory: select on the union afresh")
+    row_embeddings = np.asarray(view.embeddings("row"))
+    col_embeddings = np.asarray(view.embeddings("col"))
+    matrix = np.empty((n_rows, n_old + m), dtype=np.float32)
+    if old_pool_rows == 0:  # rows = targets
+        matrix[:, :n_old] = old
+        matrix[:, n_old:] = predict_pairwise(network, row_embeddings, new_embeddings)
+        return matrix, 0, list(targets)
+    matrix[:old_pool_rows, :n_old] = old[:old_pool_rows]
+    matrix[:old_pool_rows, n_old:] = predict_pairwise(network, row_embeddings[:old_pool_rows], new_embeddings)
+    matrix[old_pool_rows : old_pool_rows + m, :n_old] = predict_pairwise(network, new_embeddings, col_embeddings)
+    matrix[old_pool_rows : old_pool_rows + m, n_old:] = predict_pairwise(network, new_embeddings, new_embeddings, self_cols=np.arange(m))
+    if old.shape[0] > old_pool_rows:  # the targets follow the pool rows
+        matrix[old_pool_rows + m :, :n_old] = old[old_pool_rows:]
+        matrix[old_pool_rows + m :, n_old:] = predict_pairwise(network, row_embeddings[old_pool_rows:], new_embeddings)
+    return matrix, n_old + m, pool + new + list(targets)
+
+
+def _continue(objective: str, matrix: np.ndarray, n_pool_rows: int, rows: list[Record], kept: np.ndarray, k: int,
+              settings: SelectSettings, view: RunView) -> tuple[Selection, np.ndarray]:
+    """The added picks (greedy from the kept ones) and every candidate's value on its own."""
+    from nncift.steps.score import ObjectiveState, run_aggregation
+
+    if objective == "topk":
+        scores = run_aggregation(view)(matrix, rows)
+        return _continue_top_k(scores, kept, k), scores
+    state = ObjectiveState.of(objective, matrix, n_pool_rows, np.zeros(0, np.int64), eta=settings.selection.eta, nu=settings.selection.nu)
+    values, _ = state.values_and_gains(matrix)
+    added = extend_greedy(matrix[: state.n_data_rows], k - len(kept), kept, cap=state.cap,
+                          initial=None if objective != "flcg" else state.start, name=objective)
+    return added, values
+
+
+def _continue_top_k(scores: np.ndarray, kept: np.ndarray, k: int) -> Selection:
+    """The ``k − len(kept)`` best-scored candidates that are not kept (highest first, ties by lower index)."""
+    rest = np.setdiff1d(np.arange(len(scores)), kept)
+    order = rest[np.argsort(-scores[rest], kind="stable")][: k - len(kept)]
+    return Selection(order.astype(np.int64), scores[order], float(scores[order].sum()), "topk", values=scores)
+
+
+def _objective_total(objective: str, settings: SelectSettings, *, union_matrix: np.ndarray | None, scores: np.ndarray,
+                     indices: np.ndarray, n_pool_rows: int) -> float:
+    """The objective of the whole union subset (kept + added) on the union's matrix."""
+    if union_matrix is None or objective == "topk":
+        return float(np.asarray(scores)[indices].sum())
+    spec = ObjectiveSpec(objective, len(indices), n_pool_rows=n_pool_rows, eta=settings.selection.eta, nu=settings.selection.nu)
+    return objective_on(union_matrix, indices, spec)
+
+
+def _copy_q1(view: RunView, folder: Path, m: int, n_pool_rows_union: int) -> None:
+    """The run's exact sampled block, its row positions moved to the union's rows (targets move down by m)."""
+    source = view.folder / "q1.npy"
+    if not source.exists():
+        return
+    old_pool_rows = int(view.rows()["n_pool_rows"])
+    rows = np.load(view.folder / "q1.rows.npy")
+    if old_pool_rows and n_pool_rows_union:
+        rows = np.where(rows >= old_pool_rows, rows + m, rows)
+    copy_atomic(source, folder / "q1.npy")
+    save_npy_atomic(folder / "q1.rows.npy", rows)
+    copy_atomic(view.folder / "q1.cols.npy", folder / "q1.cols.npy")
+
+
+def copy_atomic(source: Path, target: Path) -> None:
+    """Copy a file all or nothing."""
+    atomic_write(target, lambda tmp: shutil.copyfile(source, tmp))

@@ -1,0 +1,276 @@
+"""``nncift score``: value new records with a finished run's InfluenceNetwork, without the language model.
+
+The paper's third result: a trained InfluenceNetwork values data it has never seen. The new records
+are embedded (cached) with the run's embedder and put through the run's stored network against the
+run's own rows (its targets, or the pool when the pool represented itself), whose embeddings the run
+keeps. Nothing else is needed: no influence function is built, no language model is loaded (the
+manifest counts both).
+
+Per new record:
+
+- ``value``: what it is worth on its own under the run's objective: facility location (``fl``): the
+  singleton value ``Σ_i max(s_ij, 0)`` over the rows it represents; ``flmi``: the same with every
+  pool row capped at η × its best target similarity; ``flcg``: the coverage beyond ν × the existing
+  set's; ``topk``: the influence function's aggregated score; pointwise functions: the predicted score;
+- ``gain``: facility-location forms only: what it would add to the run's chosen subset now,
+  ``f(S ∪ {j}) − f(S)`` (0: the subset already covers everything it would);
+- ``top_targets``: pairwise functions: the rows it influences most (targets when the run has them),
+  with the predicted value.
+
+Values are on the scale the selection used (the run's label scaling, ~[0, 1]).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from nncift.data.records import LoadReport, Record, read_many, skip_counts
+from nncift.files.atomic import atomic_write, write_json_atomic
+from nncift.run.commit import remove_temporaries
+from nncift.run.files import RunView, open_run, split_source, write_jsonl_atomic
+from nncift.run.ledger import CostLedger
+from nncift.run.store import acquire_lock, make_run_folder, release_lock
+from nncift.settings.fields import environment_info
+
+SCORE_BLOCK = 16384
+"""New records per prediction block (bounds memory: rows × block float32 values at a time)."""
+
+
+@dataclass
+class ObjectiveState:
+    """A run's facility-location objective, ready to value new columns: which rows count, their caps
+    (FLMI) or starting coverage (FLCG), and the coverage of the run's chosen subset."""
+
+    name: str
+    n_data_rows: int
+    cap: np.ndarray | None
+    start: np.ndarray
+    coverage: np.ndarray
+
+    @classmethod
+    def of(cls, name: str, matrix: np.ndarray, n_pool_rows: int, picks: np.ndarray, *, eta: float = 1.0, nu: float = 1.0) -> "ObjectiveState":
+        """The state of objective ``name`` on a run's selection ``matrix`` (rows × pool) with ``picks`` chosen."""
+        from nncift.selection import ObjectiveSpec, objective_terms
+
+        data, cap, initial = objective_terms(matrix, ObjectiveSpec(name, 1, n_pool_rows=n_pool_rows, eta=eta, nu=nu))
+        n_data = data.shape[0]
+        start = initial if initial is not None else np.zeros(n_data)
+        coverage = start.copy()
+        if len(picks):
+            chosen = np.asarray(data[:, np.asarray(picks)], dtype=np.float64)
+            if cap is not None:
+                chosen = np.minimum(chosen, cap[:, None])
+            coverage = np.maximum(coverage, chosen.max(axis=1))
+        return cls(name, n_data, cap, start, coverage)
+
+    def values_and_gains(self, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(singleton value, gain over the chosen subset) of each column of ``columns`` (data rows first)."""
+        c = np.maximum(np.asarray(columns[: self.n_data_rows], dtype=np.float64), 0.0)
+        if self.cap is not None:
+            c = np.minimum(c, self.cap[:, None])
+        values = np.maximum(c - self.start[:, None], 0.0).sum(axis=0)
+        gains = np.maximum(c - self.coverage[:, None], 0.0).sum(axis=0)
+        return values, gains
+
+
+@dataclass
+class ScoreResult:
+    """What ``nncift score`` returns: one row per new record (also in ``scores.jsonl`` / ``scores.csv``) and the manifest."""
+
+    rows: list[dict[str, Any]]
+    manifest: dict[str, Any]
+    out: Path
+
+
+def run_aggregation(view: RunView) -> Callable[[np.ndarray, Sequence[Record]], np.ndarray]:
+    """The run's influence function's top-k aggregation: (rows × candidates block, row records) → one score per candidate."""
+    from nncift.influence import PairwiseInfluence, influence_class
+
+    function = influence_class(view.settings["influence"]).from_options(view.manifest.get("influence_options") or {}, progress=False)
+    if not isinstance(function, PairwiseInfluence):
+        raise ValueError(f"{view.folder}: {view.settings['influence']} is not a pairwise influence function")
+    return lambda block, rows: np.asarray(function.candidate_scores(block, rows), dtype=np.float64)
+
+
+def row_records(view: RunView) -> list[Record]:
+    """Stand-ins for a run's matrix rows (source and task; enough for a function's top-k aggregation)."""
+    return [Record("", "", "", source=row["source"], task=row["task"]) for row in view.rows()["rows"]]
+
+
+def score_records(run: str | Path, records: Sequence[Record], out: str | Path, *, reports: Sequence[LoadReport] = (),
+                  top_targets: int = 5, device: str = "auto", progress: bool = True) -> ScoreResult:
+    """Value ``records`` with the finished run ``run``'s network; write ``scores.jsonl``, ``scores.csv``, ``manifest.json`` into ``out``.
+
+    Args:
+        run: a finished ``nncift select`` run folder (NN-CIFT, not the full-matrix baseline: that has no network).
+        records: the new records.
+        out: output folder (created; one writer at a time).
+        reports: load reports of ``records`` (their skips go into the manifest).
+        top_targets: pairwise runs: how many most-influenced rows to list per record.
+        device: where the embedder runs.
+        progress: progress bars.
+    """
+    from nncift.models import loading as models
+    from nncift.models.embeddings import embed_records
+    from nncift.network.files import load_network
+    from nncift.network.paper import predict_pairwise, predict_pointwise
+
+    view = open_run(run)
+    if not records:
+        raise ValueError("no records to score")
+    if top_targets < 0:
+        raise ValueError(f"--top must be >= 0, got {top_targets}")
+    network_path = view.network_path()
+    folder = make_run_folder(out)
+    lock = acquire_lock(folder)
+    try:
+        ledger, loads_before = CostLedger(), models.LOADS["causal_lm"]
+        with ledger.stage("embeddings"):
+            embeddings = embed_records(records, model=view.settings["embedder"], device=device, progress=progress)
+        network = load_network(network_path)
+        if view.pairwise:
+            rows = _score_pairwise(view, network, embeddings, records, top_targets, ledger, predict_pairwise)
+        else:
+            with ledger.stage("prediction"):
+                scores = predict_pointwise(network, embeddings).astype(np.float64)  # type: ignore[arg-type]  # a pointwise run's network
+            rows = [{"index": i, "source": r.source, "task": r.task, "value": float(v)} for i, (r, v) in enumerate(zip(records, scores))]
+        write_jsonl_atomic(folder / "scores.jsonl", rows)
+        _write_csv(folder / "scores.csv", rows)
+        manifest = _manifest(view, network_path, records, reports, ledger, models.LOADS["causal_lm"] - loads_before, top_targets)
+        write_json_atomic(folder / "manifest.json", manifest)
+        remove_temporaries(folder)  # of an earlier score into this folder that was killed
+    finally:
+        release_lock(lock)
+    return ScoreResult(rows, manifest, folder)
+
+
+def _score_pairwise(view: RunView, network: Any, embeddings: np.ndarray, records: Sequence[Record], top_targets: int,
+                    ledger: CostLedger, predict: Any) -> list[dict[str, Any]]:
+    objective = view.manifest["objective"]
+    described = view.rows()
+    n_pool_rows, row_info = int(described["n_pool_rows"]), described["rows"]
+    row_embeddings = np.asarray(view.embeddings("row"))
+    shown = np.arange(n_pool_rows, len(row_info)) if len(row_info) > n_pool_rows else np.arange(len(row_info))
+    state: ObjectiveState | None = None
+    aggregate: Callable[[np.ndarray], np.ndarray] | None = None
+    with ledger.stage("aggregation"):
+        if objective == "topk":
+            scores_of, stand_ins = run_aggregation(view), row_records(view)
+            aggregate = lambda block: scores_of(block, stand_ins)  # noqa: E731
+        else:
+            picks, _ = view.picks()
+            state = ObjectiveState.of(objective, view.matrix(), n_pool_rows, picks,
+                                      eta=float(view.settings["selection"]["eta"]), nu=float(view.settings["selection"]["nu"]))
+    rows: list[dict[str, Any]] = []
+    for start in range(0, len(records), SCORE_BLOCK):
+        stop = min(start + SCORE_BLOCK, len(records))
+        with ledger.stage("prediction"):
+            block = predict(network, row_embeddings, embeddings[start:stop])
+        with ledger.stage("aggregation"):
+            if state is not None:
+                values, gains = state.values_and_gains(block)
+            else:
+                assert aggregate is not None  # top-k
+                values, gains = aggregate(block), None
+            best = _top_rows(block[shown], top_targets)
+        for offset in range(stop - start):
+            j = start + offset
+            top = [{**row_info[shown[r]], "row": int(shown[r]), "value": float(block[shown[r], offset])} for r in best[:, offset]]
+            rows.append({"index": j, "source": records[j].source, "task": records[j].task, "value": float(values[offset]),
+                         "gain": None if gains is None else float(gains[offset]), "top_targets": top})
+    return rows
+
+
+def _top_rows(block: np.ndarray, k: int) -> np.ndarray:
+    """(k, n_cols) row positions of the k largest values of each column, largest first (ties: lower row)."""
+    k = min(k, block.shape[0])
+    if k == 0:
+        return np.zeros((0, block.shape[1]), dtype=np.int64)
+    kth = -np.partition(-block, k - 1, axis=0)[k - 1]  # the k-th largest value of each column: O(rows) per column, no full sort
+    rows, cols = np.nonzero((block >= kth).T)[::-1]  # the candidates (ties at the k-th value included), column by column
+    order = np.lexsort((rows, -block[rows, cols], cols))  # by column, then value (largest first), then row (lower first)
+    rows, cols = rows[order], cols[order]
+    first = np.searchsorted(cols, np.arange(block.shape[1]))
+    return rows[first[None, :] + np.arange(k)[:, None]]
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    def write(tmp: Path) -> None:
+        with tmp.open("w", encoding="utf-8", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["index", "source_file", "line", "task", "value", "gain", "top_targets"])
+            for row in rows:
+                file, line = split_source(row["source"])
+                top = ";".join(f"{t['kind']}:{t['index']}={t['value']:.4g}" for t in row.get("top_targets", []))
+                gain = row.get("gain")
+                writer.writerow([row["index"], file, line, row["task"] or "", f"{row['value']:.6g}", "" if gain is None else f"{gain:.6g}", top])
+
+    atomic_write(path, write)  # a killed run never leaves a torn file
+
+
+def _manifest(view: RunView, network_path: Path, records: Sequence[Record], reports: Sequence[LoadReport], ledger: CostLedger,
+              lm_loads: int, top_targets: int) -> dict[str, Any]:
+    skipped = skip_counts(reports)
+    cost = ledger.as_dict()
+    cost.update({"influence_evaluations_made": 0, "language_model_loads": lm_loads})
+    return {
+        "command": "score",
+        "run": {"folder": str(view.folder.resolve()), "influence": view.settings["influence"], "objective": view.manifest["objective"],
+                "settings": view.settings},
+        "network_sha256": hashlib.sha256(network_path.read_bytes()).hexdigest(),
+        "embedder": view.settings["embedder"],
+        "top_targets": top_targets,
+        "inputs": [report.as_dict() for report in reports],
+        "counts": {"records": len(records), "skipped": skipped},
+        "cost": cost,
+        "environment": environment_info(),
+    }
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """nncift score: value new records with a finished run's network (no language model)."""
+    from nncift.run.check import check_run_files
+    from nncift.steps.preflight import check_device, check_out_folder
+
+    check_out_folder(args.out, data=args.data, run=args.run, force=args.force)  # before anything is written
+    check_device(args.device)
+    check_run_files(args.run)
+    records, reports = read_many(args.data)
+    if not records:
+        raise ValueError(f"no records to score in {', '.join(args.data)} (see the skip counts)")
+    result = score_records(args.run, records, args.out, reports=reports, top_targets=args.top, device=args.device, progress=not args.quiet)
+    cost = result.manifest["cost"]
+    skipped = skip_counts(reports)
+    counted = (f"{len(result.rows)} of {sum(r.read for r in reports)} records ({sum(skipped.values())} skipped: "
+               + ", ".join(f"{reason}: {n}" for reason, n in skipped.items()) + ")") if skipped else f"{len(result.rows)} records"
+    print(f"scored {counted} against {result.manifest['run']['folder']} "
+          f"({result.manifest['run']['objective']}): {cost['seconds_total']:.2f} s, "
+          f"{cost['language_model_loads']} language-model loads, 0 influence evaluations")
+    best = sorted(result.rows, key=lambda row: -row["value"])[:5]
+    for row in best:
+        print(f"  {row['value']:.4f}  {row['source']}")
+    print(f"-> {result.out / 'scores.jsonl'}, {result.out / 'scores.csv'}, {result.out / 'manifest.json'}")
+    return 0
+
+
+def register_cli(commands: Any) -> None:
+    """Add ``nncift score``."""
+    from nncift.settings.given_once import StoreOnce
+
+    parser = commands.add_parser("score", help="value new records with a finished run's network (no language model)")
+    parser.add_argument("--run", required=True, action=StoreOnce, help="a finished select run folder")
+    parser.add_argument("--data", action="append", required=True, help="new records (file, folder or hf:NAME; repeatable; not split at commas)")
+    parser.add_argument("--out", required=True, action=StoreOnce, help="output folder (scores.jsonl, scores.csv, manifest.json)")
+    parser.add_argument("--top", type=int, default=5, action=StoreOnce, help="pairwise runs: most-influenced targets listed per record (default: 5)")
+    parser.add_argument("--device", default="auto", action=StoreOnce, choices=("auto", "cpu", "cuda"), help="where the embedder runs (default: auto)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--force", action="store_true", help="write into --out even when it is a non-empty folder that is not an nncift output")
+    parser.set_defaults(handler=cmd_score)
+

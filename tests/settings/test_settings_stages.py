@@ -1,0 +1,120 @@
+"""The run settings are nested by stage, and YAML, the command line and the manifest mirror the nesting."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nncift.cli.commands import build_parser, main, split_settings
+from nncift.data.records import write_jsonl
+from nncift.settings.fields import SettingsError, settings_dict
+from nncift.settings.stages import ALIASES, ExecutorSettings, NetworkSettings, SamplingSettings, SelectionSettings, SelectSettings
+
+
+def test_each_stage_is_its_own_checked_object() -> None:
+    settings = SelectSettings(seed=4, selection=SelectionSettings(budget=50.0), sampling={"fraction": 0.1})  # type: ignore[arg-type]
+    assert isinstance(settings.sampling, SamplingSettings) and settings.sampling.fraction == 0.1
+    assert settings.selection.budget == 50 and type(settings.selection.budget) is int  # the budget rule, applied once, when built
+    assert settings.network == NetworkSettings(seed=4)  # the network trains with the run's seed
+    assert settings.executor == ExecutorSettings()
+    with pytest.raises(SettingsError, match="^budget: expected a fraction"):
+        SelectionSettings(budget=1.5)
+    with pytest.raises(SettingsError, match="^selection: expected SelectionSettings or a mapping"):
+        SelectSettings(selection=0.3)  # type: ignore[arg-type]
+
+
+def test_build_takes_stage_mappings_dotted_names_and_the_flat_aliases_alike() -> None:
+    nested = SelectSettings.build(selection={"budget": 5}, sampling={"blocks": 2}, executor={"name": "ray", "address": "auto"})
+    dotted = SelectSettings.build(**{"selection.budget": 5, "sampling.blocks": 2, "executor.name": "ray", "executor.address": "auto"})
+    flat = SelectSettings.build(budget=5, sampling_blocks=2, executor="ray", ray_address="auto")
+    assert nested == dotted == flat
+    assert flat.updated(budget=0.5, seed=2).selection.budget == 0.5 and flat.updated(seed=2).network.seed == 2
+    assert flat.updated(budget=0.5).executor == flat.executor  # other stages untouched
+    assert set(ALIASES.values()) <= {f"{stage}.{name}" for stage, value in settings_dict(flat).items() if isinstance(value, dict) for name in value}
+    with pytest.raises(ValueError, match="selection.budget is given twice"):
+        SelectSettings.build(budget=5, selection={"budget": 6})
+    with pytest.raises(ValueError, match="unknown settings for SelectSettings: selection.size"):
+        SelectSettings.build(selection={"size": 6})
+
+
+def test_the_manifest_yaml_and_flags_share_one_nesting(tmp_path: Path, demo_pool) -> None:
+    pool = tmp_path / "pool.jsonl"
+    write_jsonl(pool, [r.raw for r in demo_pool[:32]])
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({
+        "data": [str(pool)], "influence": "delift-se", "seed": 2, "quiet": True,
+        "sampling": {"fraction": 0.25, "min_sampled": 8}, "network": {"max_steps": 40, "folds": 3},
+        "selection": {"budget": 5, "objective": "fl"}, "executor": {"block_size": 16},
+    }))
+    out = tmp_path / "run"
+    assert main(["select", "--config", str(config), "--selection.budget", "6", "--network.tower-rank", "8", "--out", str(out)]) == 0
+    stored = json.loads((out / "manifest.json").read_text())["settings"]
+    assert stored["selection"] == {"budget": 6, "objective": "fl", "eta": 1.0, "nu": 1.0}  # the flag overrides the file
+    assert stored["sampling"] == {"fraction": 0.25, "min_sampled": 8, "blocks": 0, "design": "auto", "labels": 0}
+    assert stored["network"]["tower_rank"] == 8 and stored["network"]["max_steps"] == 40 and stored["network"]["seed"] == 2
+    assert stored["executor"]["block_size"] == 16 and stored["seed"] == 2
+    # the manifest's settings rebuild the same object, and YAML written in the manifest's shape reads back the same
+    again = SelectSettings.build(**{k: v for k, v in stored.items() if k in {f.name for f in dataclasses.fields(SelectSettings)}})
+    assert settings_dict(again) == stored
+    # another executor stage resumes the finished folder; another sampling stage is refused, naming the field
+    assert main(["select", "--config", str(config), "--selection.budget", "6", "--network.tower-rank", "8", "--executor.block-size", "8",
+                 "--out", str(out)]) == 0
+
+
+def test_a_changed_sampling_stage_is_refused_by_its_field(tmp_path: Path, demo_pool, capsys) -> None:
+    pool = tmp_path / "pool.jsonl"
+    write_jsonl(pool, [r.raw for r in demo_pool[:24]])
+    base = ["select", "--data", str(pool), "--quiet", "--sampling.fraction", "0.5", "--network.max-steps", "20", "--budget", "4"]
+    assert main([*base, "--out", str(tmp_path / "run")]) == 0
+    assert main([*base[:-2], "--budget", "4", "--sampling.min-sampled", "5", "--out", str(tmp_path / "run")]) == 2
+    assert "sampling.min_sampled: stored 10, now 5" in capsys.readouterr().err
+
+
+def test_flags_are_grouped_by_stage_with_short_forms() -> None:
+    parser = build_parser()
+    help_text = parser._subparsers._group_actions[0].choices["select"].format_help()  # noqa: SLF001
+    for stage in ("sampling", "network", "selection", "executor"):
+        assert f"{stage} settings (" in help_text and f"In YAML under '{stage}:'" in help_text
+    assert "--selection.budget BUDGET" in help_text and "short for --selection.budget" in help_text
+    assert "--network.seed" not in help_text  # the run's --seed
+    assert "--sampling-blocks" not in help_text  # an old name: read, not listed
+    args = parser.parse_args(["select", "--out", "x", "--sampling-blocks", "3", "--ray-address", "auto", "--executor.workers", "3"])
+    settings, _ = split_settings(args, SelectSettings)
+    assert settings.sampling.blocks == 3 and settings.executor.address == "auto" and settings.executor.workers == 3
+
+
+def _flat(settings: dict) -> dict:
+    """Settings as versions before the stages recorded them (``budget``, ``sampling_blocks``, ``executor: "local"`` at the top)."""
+    back = {dotted: flat for flat, dotted in ALIASES.items()}
+    flat = {key: value for key, value in settings.items() if not isinstance(value, dict) or key == "influence_options"}
+    for stage in ("sampling", "network", "selection", "executor"):
+        flat.update({back[f"{stage}.{name}"]: value for name, value in settings[stage].items() if f"{stage}.{name}" in back})
+    return flat
+
+
+def test_run_folders_of_the_flat_settings_version_resume_reselect_and_open(tmp_path: Path, demo_pool) -> None:
+    from nncift.run.files import open_run
+    from nncift.steps.select import run_select
+
+    settings = SelectSettings.build(influence="delift-se", fraction=0.25, min_sampled=8, budget=6, max_steps=40, folds=3, quiet=True, seed=1)
+    out = tmp_path / "run"
+    first = run_select(settings, out, pool=demo_pool[:32])
+    for name in ("settings.json", "manifest.json"):  # the folder as the previous version wrote it
+        stored = json.loads((out / name).read_text())
+        if name == "manifest.json":
+            stored["settings"] = _flat(stored["settings"])
+        else:
+            stored = _flat(stored)
+        assert "budget" in stored or "budget" in stored["settings"]
+        (out / name).write_text(json.dumps(stored))
+    done = (out / "q1.done.jsonl").stat().st_mtime_ns
+    again = run_select(settings, out, pool=demo_pool[:32])  # the same settings: the finished result, nothing recomputed
+    assert list(again.indices) == list(first.indices) and (out / "q1.done.jsonl").stat().st_mtime_ns == done
+    assert open_run(out).settings["selection"]["budget"] == 6
+    wider = run_select(settings.updated(budget=9), out, pool=demo_pool[:32])  # re-selection from the stored block
+    assert len(wider.indices) == 9 and wider.manifest["reselected"]["changed"] == {"selection.budget": {"stored": 6, "now": 9}}
+    assert (out / "q1.done.jsonl").stat().st_mtime_ns == done
