@@ -27,11 +27,19 @@ lint: setup
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy
 
-test: lint
-	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q
+# Test tiers (markers, tests/conftest.py): unit (unmarked), e2e (the real bundled models, fine-tuning, whole commands in
+# fresh processes), ray (a local Ray cluster), browser (headless Chromium). TEST_WORKERS parallel pytest processes
+# (pytest-xdist, one torch thread each); the Ray tier runs alone, after the others, as its cluster takes both cores.
+TEST_WORKERS ?= 2
 
+# every tier
+test: lint
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q -n $(TEST_WORKERS) -m "not ray"
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q -m ray
+
+# the unit tier: no bundled model, no Ray, no browser
 test-fast: setup
-	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q -m "not slow"
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q -n $(TEST_WORKERS) -m "not e2e and not ray and not browser"
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info

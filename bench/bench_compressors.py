@@ -38,6 +38,7 @@ from nncift.gradients import AdamPreconditioner, AdamState, LayerShape, PerExamp
 from nncift.gradients.batches import per_example_losses
 from nncift.gradients.features import compress_layer
 from nncift.influence.less import LessSettings, aggregate_scores
+from nncift.settings.stages import RunContext
 
 HERE = Path(__file__).resolve().parent
 
@@ -70,11 +71,12 @@ def prepare_model(args, pool):
     from nncift.models.loading import load_causal_lm
 
     settings = LessSettings(lora_r=args.lora_r, lora_alpha=4 * args.lora_r, warmup_epochs=1, warmup_batch_size=8,
-                            gradient_batch_size=args.batch_size, max_length=args.max_length, seed=args.seed, device="cpu")
-    model, tokenizer = load_causal_lm(settings.model, device="cpu")
-    model = add_lora(model, settings)
+                            gradient_batch_size=args.batch_size, max_length=args.max_length)
+    run = RunContext(seed=args.seed, device="cpu")
+    model, tokenizer = load_causal_lm(run.model, device="cpu")
+    model = add_lora(model, settings, seed=run.seed)
     warm = [pool[i] for i in np.random.default_rng(args.seed).choice(len(pool), args.warmup_records, replace=False)]
-    checkpoints = run_warmup(model, tokenizer, warm, settings, Path(args.out) / "warmup", progress=True)
+    checkpoints = run_warmup(model, tokenizer, warm, settings, Path(args.out) / "warmup", run=run, progress=True)
     layers = trainable_layers(model)
     state = load_checkpoint(model, layers, checkpoints[-1])
     return model, tokenizer, layers, [layer_shape(n, m) for n, m in layers], state

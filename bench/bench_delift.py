@@ -42,6 +42,7 @@ from benchlib import command_line, cpu_name, publish  # bench/ is on sys.path wh
 
 from nncift.data.records import read_records
 from nncift.influence.delift import Delift, DeliftSettings
+from nncift.settings.stages import RunContext
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_en_demo.json"
 WAYS = ("plain, full logits", "plain, output layer at response positions", "prefix reuse")
@@ -49,9 +50,8 @@ WAYS = ("plain, full logits", "plain, output layer at response positions", "pref
 
 def build(way: str, records, args) -> Delift:
     """A DELIFT instance for one way of computing, model loaded (not timed)."""
-    settings = DeliftSettings(model=args.model, device="cpu", prefix_reuse=way == "prefix reuse",
-                              token_budget=args.token_budget, max_length=args.max_length)
-    function = Delift(settings, progress=False)
+    settings = DeliftSettings(prefix_reuse=way == "prefix reuse", token_budget=args.token_budget, max_length=args.max_length)
+    function = Delift(settings, run=RunContext(model=args.model, device="cpu"), progress=False)
     function.prepare(records, records, Path("."))
     if way == "plain, full logits":
         function.scorer.head = "full"

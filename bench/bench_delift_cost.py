@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     pool = records[: args.n]
     n = len(pool)
     shutil.rmtree(args.out, ignore_errors=True)
-    settings = SelectSettings.build(influence="delift", model=args.model, fraction=args.fraction, device="cpu", quiet=True)
+    settings = SelectSettings.build(influence="delift", model=args.model, **{"sampling.fraction": args.fraction}, device="cpu", quiet=True)
     start = time.perf_counter()
     result = run_select(settings, args.out, pool=pool)
     nncift_seconds = time.perf_counter() - start

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     from nncift.influence import influence_class
     from nncift.influence.less import aggregate_scores
     from nncift.models.embeddings import embed_records
-    from nncift.network.fitting import fit_pairwise
+    from nncift.network.fitting import FitSettings, fit_pairwise
     from nncift.network.paper import predict_pairwise
     from nncift.run.layout import block_self_columns, plan_layout, resolve_sampling
     from nncift.selection.subset_quality import choose_subset, f_gain
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                 if forced and forced.startswith("prior") and loss != args.losses[0]:
                     continue  # the prior does not train: one loss is enough
                 net_settings = NetworkSettings(loss=loss, fallback=forced is None, seed=seed)
-                fit = net_settings.fit_settings()
+                fit = FitSettings(net_settings)
                 if forced:
                     fit = dataclasses.replace(fit, force=forced)
                 tick = time.perf_counter()

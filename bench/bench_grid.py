@@ -7,7 +7,7 @@ queries from the pool's template of the target families, at lines no pool or tar
 - ``delift-se-p3mix``: DELIFT-SE, FLMI; 40 records of each of 12 families (480); 40 targets, half
   amazon_polarity, half gigaword (other templates than the pool's); held-out queries half
   amazon_polarity sentiment (Positive/Negative, mixed: exact match) and half gigaword titles (ROUGE-L). The sweep computes the influence blocks itself (``nncift sweep``'s
-  path); the exact function's subset is ``nncift select``'s full-matrix baseline (``run_full_select``).
+  path); the exact function's subset is ``nncift select``'s full-matrix baseline (``run_select(..., full_matrix=True)``).
 - ``less-p3``: LESS, top-k; the stored 60 × 300 matrix of bench/matrices.py (its influence block per
   seed is read from it, not recomputed: 11 minutes of LESS otherwise); held-out queries from
   ag_news_classify lines 30… and rotten_tomatoes_Reviewer_Enjoyment lines 30…. The P3 files are
@@ -101,13 +101,13 @@ def exact_subset(settings, v: float, pool, targets, rows, matrix, options, folde
         influence_spec,
         label_scaling,
         objective_spec,
-        run_full_select,
+        run_select,
     )
 
     select = SelectSettings(**{f.name: getattr(settings, f.name) for f in fields(SelectSettings)})  # the sweep's own fields dropped
-    select = select.updated(budget=v, seed=0)  # the budget takes its normal form (SelectionSettings)
+    select = select.updated(**{"selection.budget": v}, seed=0)  # the budget takes its normal form (SelectionSettings)
     if matrix is None:
-        return [int(i) for i in run_full_select(select, folder, pool=pool, targets=targets, influence_options=options).indices]
+        return [int(i) for i in run_select(select, folder, pool=pool, targets=targets, influence_options=options, full_matrix=True).indices]
     function_class = influence_class(settings.influence)
     low, high = label_scaling(function_class, matrix)
     layout = Layout(rows, np.arange(len(rows)), np.arange(len(pool)), len(pool) if len(rows) > len(targets) else 0)
@@ -143,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     matrix = load_matrix(args.matrices, args.setup, (len(rows), len(pool))) if setup["stored"] else None
     heldout = heldout_queries(args.setup, args.heldout)
     objective = setup["objective"]
-    settings = SweepSettings.build(influence=setup["influence"], objective=objective, u=tuple(args.u), v=tuple(args.v), seeds=tuple(args.seeds),
-                                   min_sampled=4, k=args.k, max_new_tokens=args.max_new_tokens, icl_max_length=args.icl_max_length, device="cpu", architecture=args.architecture,
+    settings = SweepSettings.build(influence=setup["influence"], **{"selection.objective": objective}, u=tuple(args.u), v=tuple(args.v), seeds=tuple(args.seeds),
+                                   **{"sampling.min_sampled": 4}, k=args.k, max_new_tokens=args.max_new_tokens, icl_max_length=args.icl_max_length, device="cpu", **{"network.architecture": args.architecture},
                                    quiet=True)
     sweep = Sweep(settings, args.out / args.setup, pool=pool, targets=targets, heldout=heldout, influence_options=options,
                   precomputed=matrix)

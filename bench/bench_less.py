@@ -30,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from nncift.influence.less import Less, LessSettings, aggregate_scores
+from nncift.settings.stages import RunContext
 
 HERE = Path(__file__).resolve().parent
 
@@ -55,13 +56,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 def less_settings(args) -> LessSettings:
     """LESS settings of the benchmark: the paper's, except r, epochs and length (CPU time)."""
     return LessSettings(compressor=args.compressor, dim=args.dim, lora_r=args.lora_r, lora_alpha=4 * args.lora_r,
-                        warmup_epochs=args.warmup_epochs, max_length=args.max_length, seed=args.seed, device="cpu")
+                        warmup_epochs=args.warmup_epochs, max_length=args.max_length)
 
 
 def run_less(args, pool, targets, folder: Path) -> tuple[np.ndarray, tuple[float, float], int]:
     """Full LESS: (matrix targets × pool, (wall seconds, CPU seconds), gradient passes)."""
     start, cpu = time.perf_counter(), time.process_time()
-    less = Less(less_settings(args), progress=True)
+    less = Less(less_settings(args), run=RunContext(seed=args.seed, device="cpu"), progress=True)
     less.prepare(targets, pool, folder)
     matrix = less.compute_block(np.arange(len(targets)), np.arange(len(pool)))
     seconds = (time.perf_counter() - start, time.process_time() - cpu)
@@ -76,7 +77,7 @@ def run_nncift(args, pool, targets, fraction: float, folder: Path) -> tuple[np.n
     from nncift.steps.select import run_select
 
     options = {k: v for k, v in dataclasses.asdict(less_settings(args)).items() if k not in ("model", "device", "seed")}
-    settings = SelectSettings.build(influence="less", fraction=fraction, budget=0.05, seed=args.seed, device="cpu", quiet=True)
+    settings = SelectSettings.build(influence="less", **{"sampling.fraction": fraction, "selection.budget": 0.05}, seed=args.seed, device="cpu", quiet=True)
     start, cpu = time.perf_counter(), time.process_time()
     result = run_select(settings, folder, pool=pool, targets=targets, influence_options=options)
     seconds = (time.perf_counter() - start, time.process_time() - cpu)

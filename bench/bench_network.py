@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     for fraction in args.fractions:
         for blocks in args.sampling_blocks:
             for seed in args.seeds:
-                settings = SelectSettings.build(fraction=fraction, min_sampled=args.min_sampled, seed=seed, budget=budget, sampling_blocks=blocks)
+                settings = SelectSettings.build(**{"sampling.fraction": fraction, "sampling.min_sampled": args.min_sampled}, seed=seed, **{"selection.budget": budget, "sampling.blocks": blocks})
                 layout = plan_layout(spec.pool, spec.targets, objective_name, settings.sampling, np.random.default_rng(seed))
                 nets = [replace(settings.network, architecture=name) for name in args.architectures]
                 _, selection_rows, predictions = compare_pairwise(true, row_embeddings, col_embeddings, layout.seen_rows, layout.seen_cols,

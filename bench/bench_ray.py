@@ -61,13 +61,14 @@ def scaling(args: argparse.Namespace) -> str:
     from nncift.execution.ray_cluster import RayExecutor
     from nncift.influence import InfluenceSpec
     from nncift.run.store import RunStore, plan_blocks
+    from nncift.settings.stages import RunContext
 
     records, _ = read_records(args.data)
     rng = np.random.default_rng(0)
     picked = rng.choice(len(records), args.targets + args.candidates, replace=False)
     targets = [records[i] for i in picked[: args.targets]]
     candidates = [records[i] for i in picked[args.targets :]]
-    spec = InfluenceSpec("delift", {"device": "cpu", "max_length": args.max_length})
+    spec = InfluenceSpec("delift", {"max_length": args.max_length}, RunContext(device="cpu"))
     blocks = plan_blocks(args.targets, args.candidates, args.block_size, args.block_size)
     work = Path(tempfile.mkdtemp(prefix="bench-ray-"))
 

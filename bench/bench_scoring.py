@@ -53,10 +53,10 @@ def _phase(args: argparse.Namespace) -> None:
         result = add_to_run(args.run, records, args.out, new_paths=[args.data], progress=False)
         info = {"cost": result.manifest["cost"], "objective": result.objective, "indices": result.indices.tolist()}
     else:  # select
-        from nncift import SelectSettings, run_select
+        from nncift import SelectSettings
+        from nncift.steps.select import run_select
 
-        settings = SelectSettings.build(data=tuple(args.data.split("+")), targets=(args.targets,) if args.targets else (), fraction=0.05,
-                                        budget=0.1, quiet=True, seed=0)
+        settings = SelectSettings.build(data=tuple(args.data.split("+")), targets=(args.targets,) if args.targets else (), **{"sampling.fraction": 0.05, "selection.budget": 0.1}, quiet=True, seed=0)
         result = run_select(settings, args.out)
         info = {"cost": result.manifest["cost"], "objective": result.objective, "indices": result.indices.tolist()}
     info.update(wall=time.perf_counter() - start, peak_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
@@ -79,8 +79,9 @@ def _delift_seconds_per_pair(targets: list, candidates: list) -> tuple[float, in
     """Exact DELIFT (bundled SmolLM2) on targets × candidates: seconds per pair, pairs. A first 2 × 2 block
     (model load, tokeniser checks, kernels) is not timed; the timed block includes the targets' zero-shot passes."""
     from nncift.influence import InfluenceSpec, build_influence
+    from nncift.settings.stages import RunContext
 
-    function = build_influence(InfluenceSpec("delift", {"device": "cpu"}), progress=False)
+    function = build_influence(InfluenceSpec("delift", run=RunContext(device="cpu")), progress=False)
     work = ROOT / "bench" / "out" / "scoring" / "delift-sample"
     work.mkdir(parents=True, exist_ok=True)
     function.prepare(targets, candidates, work)
@@ -175,7 +176,7 @@ def main() -> None:
         f"| aggregation (FL value, gain over the run's subset, top-5 targets) | {many['records']:,} | {stage(many, 'aggregation'):.1f} | "
         f"{many['records'] / max(stage(many, 'aggregation'), 1e-9):,.0f} | |",
         f"| whole `score` process, cached | {many['records']:,} | {many['wall']:.1f} | {many['records'] / many['wall']:,.0f} | {many['peak_mib']:,.0f} |",
-        "", f"Language-model loads during scoring: {many['cost']['language_model_loads']} (cold run: {cold['cost']['language_model_loads']}); "
+        "", f"Language-model loads during scoring: {many['cost']['counters']['language_model_loads']} (cold run: {cold['cost']['counters']['language_model_loads']}); "
         f"influence evaluations: {many['cost']['influence_evaluations_made']}.", "",
         f"**Baseline, exact DELIFT with SmolLM2** (one forward pass per pair): {per_pair:.3f} s per pair measured on {n_pairs} pairs "
         f"(8 targets × 16 of the new records, after an untimed 2 × 2 block; the timed block includes its targets' zero-shot passes) in this run; 1,000 × {args.new:,} pairs would take {per_pair * 1000 * args.new / 3600 / 24:,.0f} days "

@@ -41,7 +41,7 @@ from nncift.models.embeddings import embed_records
 from nncift.network.paper import NetworkSettings, predict_pointwise
 from nncift.network.paper_training import train_pointwise
 from nncift.settings.choices import BUNDLED_EMBEDDER, BUNDLED_LM
-from nncift.settings.stages import SelectSettings
+from nncift.settings.stages import RunContext, SelectSettings
 from nncift.steps.select import run_select, sample_indices
 from nncift_research.fidelity import top_overlap
 
@@ -49,7 +49,7 @@ NETWORK_RUNS = ((0.05, 20), (0.1, 20), (0.2, 20), (0.5, 20), (0.05, 200), (0.5, 
 """(u, epochs) of the extra network runs: the paper's 20 epochs, and 200 to rule out under-training."""
 
 
-def full_selectit(records, settings: SelectITSettings, out: Path, chunk: int) -> tuple[np.ndarray, np.ndarray, float, dict]:
+def full_selectit(records, settings: SelectITSettings, run: RunContext, out: Path, chunk: int) -> tuple[np.ndarray, np.ndarray, float, dict]:
     """Probabilities (n, K, R), scores (n,), seconds and failures of SelectIT on every record (cached in out)."""
     cache = out / "full.npz"
     if cache.exists():
@@ -57,7 +57,7 @@ def full_selectit(records, settings: SelectITSettings, out: Path, chunk: int) ->
         meta = json.loads((out / "full.json").read_text())
         return stored["probabilities"], stored["scores"], meta["seconds"], meta["failures"]
     start = time.perf_counter()
-    function = SelectIT(settings, progress=False)
+    function = SelectIT(settings, run=run, progress=False)
     function.prepare(records, out)
     parts = []
     for first in range(0, len(records), chunk):
@@ -141,13 +141,13 @@ def main() -> None:
     pool, report = read_records(args.data)
     pick = np.sort(np.random.default_rng(args.seed).choice(len(pool), size=min(args.n, len(pool)), replace=False))
     records = [pool[i] for i in pick]
-    selectit = SelectITSettings(model=args.model, token_budget=args.token_budget, seed=args.seed)
+    selectit = SelectITSettings(token_budget=args.token_budget)
     print(f"SelectIT on all {len(records)} records of {args.data} with {args.model} ...", file=sys.stderr)
-    probabilities, full_scores, full_seconds, full_failures = full_selectit(records, selectit, out, chunk=25)
+    probabilities, full_scores, full_seconds, full_failures = full_selectit(records, selectit, RunContext(model=args.model, seed=args.seed), out, chunk=25)
 
     print(f"NN-CIFT + SelectIT at u = {args.fraction} ...", file=sys.stderr)
     shutil.rmtree(out / "nncift", ignore_errors=True)
-    settings = SelectSettings.build(influence="selectit", model=args.model, fraction=args.fraction, budget=args.budget,
+    settings = SelectSettings.build(influence="selectit", model=args.model, **{"sampling.fraction": args.fraction, "selection.budget": args.budget},
                                     seed=args.seed, quiet=True, embedder=BUNDLED_EMBEDDER)
     result = run_select(settings, out / "nncift", pool=records, reports=[report],
                         influence_options={"token_budget": args.token_budget})

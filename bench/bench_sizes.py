@@ -70,7 +70,7 @@ def measure(matrix: Matrix, shapes: list[str], fraction: float, seeds: list[int]
     true_subset = choose_subset(true, objective).indices
     records = []
     for seed in seeds:
-        settings = SelectSettings.build(fraction=fraction, min_sampled=10, seed=seed, budget=budget, sampling_blocks=1)
+        settings = SelectSettings.build(**{"sampling.fraction": fraction, "sampling.min_sampled": 10}, seed=seed, **{"selection.budget": budget, "sampling.blocks": 1})
         layout = plan_layout(spec.pool, spec.targets, objective_name, settings.sampling, np.random.default_rng(seed))
         base = replace(settings.network, fallback=False)
         for position, shape in enumerate(shapes):

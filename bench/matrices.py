@@ -237,6 +237,7 @@ def compute(name: str, *, progress: bool = True) -> Matrix:
     from nncift.influence import InfluenceSpec
     from nncift.run.store import RunStore, plan_blocks
     from nncift.settings.choices import BUNDLED_EMBEDDER, BUNDLED_LM
+    from nncift.settings.stages import RunContext
     from nncift.steps.select import records_digest
 
     spec = spec_named(name)
@@ -250,7 +251,8 @@ def compute(name: str, *, progress: bool = True) -> Matrix:
     spent = json.loads(store.path("seconds.json").read_text())["seconds"] if store.path("seconds.json").exists() else 0.0
     if matrix.pending(plan_blocks(*matrix.shape, spec.block_size, spec.block_size)):
         with LocalExecutor() as executor:
-            counters = executor.run_pairwise(InfluenceSpec(spec.influence, options), rows, spec.pool, matrix,
+            run = RunContext(**{k: v for k, v in options.items() if k in ("model", "embedder", "device", "seed")})
+            counters = executor.run_pairwise(InfluenceSpec(spec.influence, dict(spec.options), run), rows, spec.pool, matrix,
                                              plan_blocks(*matrix.shape, spec.block_size, spec.block_size), folder, progress=progress)
         spent += time.perf_counter() - start
         store.write_json("seconds.json", {"seconds": spent, "counters": dict(counters)})

@@ -117,3 +117,52 @@ def test_the_library_never_names_the_research_code() -> None:
     """Not even as an import string: research commands reach the CLI through the ``nncift.commands`` entry points."""
     named = sorted(path.relative_to(PACKAGE).as_posix() for path in PACKAGE.rglob("*.py") if "nncift_research" in path.read_text(encoding="utf-8"))
     assert named == []
+
+
+
+LONG_FUNCTIONS_ALLOWED: dict[str, int] = {}
+"""``module:function`` → its length, for functions allowed over :data:`MAX_FUNCTION_LINES` lines (none)."""
+MAX_FUNCTION_LINES = 60
+
+
+def is_numba_kernel(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """Decorated with numba's ``njit`` or ``jit`` (bare, called, or as ``numba.njit``)."""
+    for decorator in node.decorator_list:
+        target = decorator.func if isinstance(decorator, ast.Call) else decorator
+        if (target.attr if isinstance(target, ast.Attribute) else getattr(target, "id", "")) in ("njit", "jit"):
+            return True
+    return False
+
+
+def function_lengths(source: str, module: str) -> dict[str, int]:
+    """``module:function`` (``Class.method``, ``outer.inner``) → lines from ``def`` to its last line, numba kernels left out."""
+    lengths: dict[str, int] = {}
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                if not is_numba_kernel(child):
+                    lengths[f"{module}:{prefix}{child.name}"] = (child.end_lineno or child.lineno) - child.lineno + 1
+                visit(child, f"{prefix}{child.name}.")
+            elif isinstance(child, ast.ClassDef):
+                visit(child, f"{prefix}{child.name}.")
+            else:
+                visit(child, prefix)
+
+    visit(ast.parse(source), "")
+    return lengths
+
+
+def test_no_function_is_over_60_lines_outside_numba_kernels() -> None:
+    lengths: dict[str, int] = {}
+    for path in [*PACKAGE.rglob("*.py"), *(SOURCE / "nncift_research").rglob("*.py")]:
+        lengths.update(function_lengths(path.read_text(encoding="utf-8"), ".".join(path.relative_to(SOURCE).with_suffix("").parts)))
+    assert "nncift.steps.select:run_select" in lengths and "nncift.selection.kernels:lazy_greedy" not in lengths  # a numba kernel
+    assert {name: n for name, n in lengths.items() if n > MAX_FUNCTION_LINES and name not in LONG_FUNCTIONS_ALLOWED} == {}
+
+
+def test_the_function_length_check_counts_methods_and_leaves_out_kernels() -> None:
+    body = "".join(f"    x = {i}\n" for i in range(60))
+    method = body.replace("    x", "        x")
+    source = f"import numba\n\n\nclass A:\n    def long(self):\n{method}\n\n@numba.njit(cache=True)\ndef kernel():\n{body}\n\ndef short():\n    pass\n"
+    assert function_lengths(source, "m") == {"m:A.long": 61, "m:short": 2}

@@ -5,10 +5,12 @@ InfluenceNetwork on sentence embeddings to predict the rest, and select the fine
 
 Typical use::
 
-    from nncift import SelectSettings, read_records, run_select
+    from nncift import open_run, read_records, select
     pool, report = read_records("pool.json")
-    result = run_select(SelectSettings(influence="delift-se"), "runs/x", pool=pool, reports=[report])
-    result.indices, result.scores, result.manifest
+    result = select({"influence": "delift-se", "budget": 0.3}, "runs/x", pool=pool, reports=[report])
+    run = open_run("runs/x")        # later: run.subset, run.scores, run.settings, run.score(new, "runs/x-new"), run.add(...), run.inspect()
+
+Influence functions of your own: :func:`nncift.influence.register`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ _EXPORTS = {
     "DataError": "data.records", "LoadReport": "data.records", "Record": "data.records", "read_many": "data.records", "read_records": "data.records",
     "demo_records": "data.demo",
     "InfluenceSpec": "influence", "PairwiseInfluence": "influence", "PointwiseInfluence": "influence", "build_influence": "influence",
-    "SelectionResult": "steps.select", "run_select": "steps.select",
+    "SelectionResult": "steps.select", "ScoreResult": "steps.score", "Run": "steps.run", "open_run": "steps.run", "select": "steps.run",
+    "RunNotReady": "run.files", "UserError": "files.errors",
 }
 """Public names and the module each lives in: imported on first use, so ``import nncift`` (and the
 command line's ``--help``) does not load torch."""

@@ -6,7 +6,7 @@ For every seed, the same base model is fine-tuned with LoRA on, and evaluated af
 - ``random``: a random subset of the pool (same size as the selections);
 - ``full``: the whole pool;
 - ``<function>:original``: the subset of the influence function computed on every pair
-  (:func:`nncift.steps.select.run_full_select`), once with the first seed unless ``original_per_seed``;
+  (:func:`nncift.steps.select.run_select` with ``full_matrix``), once with the first seed unless ``original_per_seed``;
 - ``<function>:nncift``: the subset of NN-CIFT at fraction u (:func:`nncift.steps.select.run_select`).
 
 Every arm lives in its own folder under ``out/arms`` and is skipped when its ``arm.json``
@@ -38,10 +38,12 @@ from nncift.downstream.evaluate import EvaluateSettings
 from nncift.downstream.evaluation import run_evaluate
 from nncift.downstream.finetune import FinetuneSettings, finetune
 from nncift.files.atomic import write_json_atomic
+from nncift.files.errors import InputError, UserError
 from nncift.influence import REGISTRY, influence_class
 from nncift.run.store import RunStore
-from nncift.settings.fields import build_settings, environment_info, load_yaml, settings_dict
-from nncift.settings.stages import SelectSettings, nest_flat_settings
+from nncift.settings.fields import build_settings, environment_info, settings_dict
+from nncift.settings.sources import load_yaml
+from nncift.settings.stages import SelectSettings
 from nncift_research.experiment_data import ExperimentSettings, Splits, build_splits, composition
 
 SECTIONS = {"select": SelectSettings, "finetune": FinetuneSettings, "evaluate": EvaluateSettings}
@@ -79,15 +81,9 @@ def config_from_dict(values: dict[str, Any]) -> ExperimentConfig:
         own = {f.name for f in dataclasses.fields(klass)}
         try:
             built[name] = build_settings(klass, {**{k: v for k, v in shared.items() if k in own}, "quiet": experiment.quiet, **section})
-        except ValueError as error:
-            raise ValueError(f"section '{name}': {error}") from None
+        except UserError as error:  # a bug in the settings classes is no user error: it keeps its traceback
+            raise InputError(f"section '{name}': {error}") from None
     return ExperimentConfig(experiment, influence_options=sections["influence_options"], **built)
-
-
-def _nest_select(stored: dict[str, Any]) -> dict[str, Any]:
-    """An experiment folder's stored settings with a ``select`` section of the flat-settings version in today's nesting."""
-    select = stored.get("select")
-    return {**stored, "select": nest_flat_settings(select)} if isinstance(select, dict) else stored
 
 
 def load_experiment_config(path: str | Path) -> ExperimentConfig:
@@ -100,7 +96,7 @@ def available_influences(names: tuple[str, ...]) -> tuple[list[str], dict[str, s
     ready, missing = [], {}
     for name in names:
         if name not in REGISTRY:
-            raise ValueError(f"unknown influence function '{name}'; choose from: {', '.join(sorted(REGISTRY))}")
+            raise InputError(f"unknown influence function '{name}'; choose from: {', '.join(sorted(REGISTRY))}")
         try:
             influence_class(name)
             ready.append(name)
@@ -128,7 +124,7 @@ class Experiment:
         # several processes may work on one experiment (each selection and arm has its own lock), so the
         # experiment folder itself is not held exclusively; each selection's run folder is
         stages["select"]["network"] = {n: v for n, v in stages["select"]["network"].items() if n != "seed"}  # the run's seed, per arm
-        self.store = RunStore(self.folder, {"data": defining, **stages}, exclusive=False, upgrade=_nest_select)
+        self.store = RunStore(self.folder, {"data": defining, **stages}, exclusive=False)
         self.splits: Splits = build_splits(self.settings)
         self.splits.write(self.folder / "data")
         from nncift.selection import budget_to_count  # numba: not needed to build the command line
@@ -142,20 +138,19 @@ class Experiment:
     def select_settings(self, influence: str, seed: int) -> SelectSettings:
         """The selection settings of one function and seed."""
         objective = self.settings.objectives.get(influence, self.config.select.selection.objective)
-        return self.config.select.updated(influence=influence, seed=seed, objective=objective)
+        return self.config.select.updated(influence=influence, seed=seed, **{"selection.objective": objective})
 
     def selection(self, influence: str, method: str, seed: int) -> Any:
         """The subset of ``influence`` by ``method`` (original or nncift) for ``seed`` (computed once)."""
-        from nncift.steps.select import run_full_select, run_select
+        from nncift.steps.select import run_select
 
-        run = run_full_select if method == "original" else run_select
         folder = self.selection_folder(influence, method, seed)
         options = self.config.influence_options.get(influence, {})
         if not (folder / "manifest.json").is_file():
             self.warm_up(influence)
         with _exclusive(folder.parent / ".locks" / folder.name):  # another process on the same folder: wait, then reuse
-            return run(self.select_settings(influence, seed), folder, pool=self.splits.pool, targets=self.splits.targets,
-                       influence_options=options)
+            return run_select(self.select_settings(influence, seed), folder, pool=self.splits.pool, targets=self.splits.targets,
+                              influence_options=options, full_matrix=method == "original")
 
     def warm_up(self, influence: str) -> None:
         """Fill the embedding cache of the pool and targets and compile the selection kernels, untimed, once per

@@ -27,11 +27,14 @@ from typing import Any
 import numpy as np
 
 from nncift.data.records import EmptyFileError, Record, read_records, write_jsonl
+from nncift.files.errors import InputError
 from nncift.settings.choices import BUNDLED_EMBEDDER, BUNDLED_LM
+from nncift.settings.fields import Checked, setting
+from nncift.settings.stages import DEVICE
 
 
 @dataclass(frozen=True)
-class ExperimentSettings:
+class ExperimentSettings(Checked):
     """Settings of ``nncift experiment`` that are not those of a stage (select, finetune, evaluate)."""
 
     name: str = "experiment"
@@ -42,17 +45,17 @@ class ExperimentSettings:
     """Files or glob patterns of the records (relative to the current folder)."""
     families: tuple[str, ...] = ()
     """Task families: a record's family is the longest of these that starts its file name (files of no family are left out)."""
-    per_family: int = 0
+    per_family: int = setting(0, at_least=0)
     """Pool records drawn per family (0: all)."""
-    pool_size: int = 0
+    pool_size: int = setting(0, at_least=0)
     """Pool records in all, drawn after ``per_family`` (0: all)."""
     target_family: str = ""
     """Family of the targets and held-out records (targeted set-up); empty: general set-up."""
-    n_targets: int = 0
+    n_targets: int = setting(0, at_least=0)
     """Target (validation) records of the target family given to the selection."""
-    n_heldout: int = 50
+    n_heldout: int = setting(50, at_least=0)
     """Held-out records for evaluation."""
-    split_by: str = "record"
+    split_by: str = setting("record", choices=("record", "line"))
     """record, or line: records on the same line of one family's files are one example (P3 templates)."""
     data_seed: int = 0
     """Seed of the data split (the same for every seed of the arms)."""
@@ -64,32 +67,25 @@ class ExperimentSettings:
     """Influence functions whose full-matrix (original) arm is not run, with the reason shown in the report."""
     original_per_seed: bool = False
     """Recompute the original function's subset for every seed (default: once, with the first seed)."""
-    seeds: tuple[int, ...] = (0, 1, 2)
+    seeds: tuple[int, ...] = setting((0, 1, 2), at_least=0)
     """Seeds: random subset, NN-CIFT sampling and network, fine-tuning."""
-    fidelity_fractions: tuple[float, ...] = (0.05, 0.1, 0.2, 0.5)
+    fidelity_fractions: tuple[float, ...] = setting((0.05, 0.1, 0.2, 0.5), above=0, at_most=1)
     """Fractions u at which the network is checked against the full matrix (when the original arm ran)."""
     headline_metric: str = "exact_match"
     """Metric of the headline and of the NN-CIFT-versus-original verdict."""
-    mode: str = "finetune"
+    mode: str = setting("finetune", choices=("finetune", "icl", "both"))
     """How each subset is scored: finetune (LoRA fine-tuning, then evaluation), icl (in-context learning with the K most similar subset records; K = the
     evaluate section's k), or both."""
     model: str = BUNDLED_LM
     """Causal LM fine-tuned and evaluated (also the LM of LM-based influence functions)."""
     embedder: str = BUNDLED_EMBEDDER
     """Sentence embedder (InfluenceNetwork inputs, DELIFT-SE, embedding cosine)."""
-    device: str = "auto"
+    device: str = setting("auto", **DEVICE)
     """auto, cpu, cuda."""
-    threads: int = 0
+    threads: int = setting(0, at_least=0)
     """torch CPU threads (0: torch's default; 1 is far faster on a machine shared by many processes)."""
     quiet: bool = False
     """No progress bars."""
-
-    def __post_init__(self) -> None:
-        """Check the choices that would otherwise fail late (after selections or fine-tuning)."""
-        from nncift.settings.fields import SettingsError
-
-        if self.mode not in ("finetune", "icl", "both"):
-            raise SettingsError("mode", f"expected one of 'finetune', 'icl', 'both', got {self.mode!r}")
 
 
 @dataclass
@@ -153,7 +149,7 @@ def load_by_family(settings: ExperimentSettings) -> tuple[dict[str, list[Record]
         used.append(str(path))
     missing = [f for f in settings.families if f not in by_family]
     if missing:
-        raise ValueError(f"no records for families: {', '.join(missing)}")
+        raise InputError(f"no records for families: {', '.join(missing)}")
     return by_family, used
 
 
@@ -162,7 +158,7 @@ def _example_key(record: Record, split_by: str, position: int) -> str:
         return record.source.rsplit(":", 1)[-1]
     if split_by == "record":
         return str(position)
-    raise ValueError(f"split_by must be record or line, got '{split_by}'")
+    raise InputError(f"split_by must be record or line, got '{split_by}'")
 
 
 def _split_targeted(records: list[Record], settings: ExperimentSettings, rng: np.random.Generator) -> tuple[list[Record], list[Record], list[Record]]:
@@ -173,7 +169,7 @@ def _split_targeted(records: list[Record], settings: ExperimentSettings, rng: np
     keys = list(groups)
     order = [keys[i] for i in rng.permutation(len(keys))]
     if settings.n_heldout + settings.n_targets >= len(order):
-        raise ValueError(f"family '{settings.target_family}' has {len(order)} examples: too few for "
+        raise InputError(f"family '{settings.target_family}' has {len(order)} examples: too few for "
                          f"{settings.n_heldout} held-out + {settings.n_targets} targets + a pool share")
     pick = lambda key: groups[key][int(rng.integers(len(groups[key])))]  # noqa: E731
     heldout = [pick(k) for k in order[: settings.n_heldout]]
@@ -195,7 +191,7 @@ def build_splits(settings: ExperimentSettings) -> Splits:
     targets: list[Record] = []
     if settings.target_family:
         if settings.target_family not in by_family:
-            raise ValueError(f"target family '{settings.target_family}' is not among the pool's families: {', '.join(by_family)}")
+            raise InputError(f"target family '{settings.target_family}' is not among the pool's families: {', '.join(by_family)}")
         heldout, targets, by_family[settings.target_family] = _split_targeted(by_family[settings.target_family], settings, rng)
     else:
         everything = [r for family in sorted(by_family) for r in by_family[family]]
@@ -209,7 +205,7 @@ def build_splits(settings: ExperimentSettings) -> Splits:
     pool = [r for family in sorted(by_family) for r in _draw(by_family[family], settings.per_family, rng)]
     pool = _draw(pool, settings.pool_size, rng)
     if not pool:
-        raise ValueError("the pool is empty: check pool, families and per_family")
+        raise InputError("the pool is empty: check pool, families and per_family")
     return Splits(pool, targets, heldout, files)
 
 

@@ -43,7 +43,7 @@ from nncift.run.ledger import CostLedger
 from nncift.run.store import RunStore, plan_blocks
 from nncift.selection.subset_quality import ObjectiveSpec, choose_subset, cold_mask, f_gain, spearman
 from nncift.settings.fields import environment_info, settings_dict
-from nncift.settings.stages import NetworkSettings, nest_flat_settings
+from nncift.settings.stages import NetworkSettings
 from nncift.steps.select import influence_spec, label_scaling, load_inputs, sample_indices
 from nncift_research.fidelity_settings import FidelitySettings
 
@@ -232,7 +232,7 @@ def _network_list(settings: FidelitySettings) -> list[NetworkSettings]:
 
 def _run_fidelity(settings: FidelitySettings, out: str | Path, pool: list[Record], options: dict[str, Any], executor: Executor) -> FidelityResult:
     pool = pool[: settings.limit or None]
-    store = RunStore(out, {**settings_dict(settings), "influence_options": options, "command": "fidelity"}, upgrade=nest_flat_settings)
+    store = RunStore(out, {**settings_dict(settings), "influence_options": options, "command": "fidelity"})
     function_class = influence_class(settings.influence)
     spec = influence_spec(settings, options)
     ledger = CostLedger()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
+from nncift.files.errors import InputError
 from nncift.network.paper import NetworkSettings
 
 __all__ = ["PAPER_FIGURE_SHAPES", "shape_settings", "parameter_count", "shape_name"]
@@ -30,14 +31,14 @@ def shape_settings(shape: str, base: NetworkSettings | None = None) -> NetworkSe
     if paper:
         widths = tuple(int(w) for w in paper.group(1).split("x"))
         if min(widths) < 1:
-            raise ValueError(f"network shape {shape!r}: widths must be at least 1")
+            raise InputError(f"network shape {shape!r}: widths must be at least 1")
         return replace(base, architecture="paper", hidden_sizes=widths)
     if tower:
         rank, hidden = int(tower.group(1)), int(tower.group(2) or base.tower_hidden)
         if rank < 1 or hidden < 1:
-            raise ValueError(f"network shape {shape!r}: rank and width must be at least 1")
+            raise InputError(f"network shape {shape!r}: rank and width must be at least 1")
         return replace(base, architecture="two-tower", tower_rank=rank, tower_hidden=hidden)
-    raise ValueError(f"network shape {shape!r}: expected paper:W1xW2… (e.g. paper:500x500) or two-tower:rR[hH] (e.g. two-tower:r16)")
+    raise InputError(f"network shape {shape!r}: expected paper:W1xW2… (e.g. paper:500x500) or two-tower:rR[hH] (e.g. two-tower:r16)")
 
 
 def shape_name(settings: NetworkSettings) -> str:

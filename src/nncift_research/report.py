@@ -18,7 +18,6 @@ import numpy as np
 
 from nncift.downstream.evaluate import METRICS
 from nncift.files.atomic import write_text_atomic
-from nncift.settings.stages import nest_flat_settings
 
 LOWER_IS_BETTER = {"loss"}
 METRIC_NAMES = {"loss": "loss ↓", "rouge_l": "ROUGE-L", "embedding_cosine": "embedding cosine", "exact_match": "exact match"}
@@ -212,7 +211,7 @@ def markdown_report(results: dict[str, Any]) -> str:
 def sizes_sentence(results: dict[str, Any]) -> str:
     """The experiment's sizes in one sentence."""
     data, config = results["data"], results["config"]
-    finetune, select = config["finetune"], nest_flat_settings(config["select"])  # results.json of either settings layout
+    finetune, select = config["finetune"], config["select"]
     targets = f", {data['targets']} target records" if data["targets"] else ""
     arm_seconds = sum(arm.get("finetune_seconds", 0.0) + arm["metrics"].get("seconds", 0.0) for arm in results["arms"])
     return (f"Pool {data['pool']} records ({', '.join(f'{k} {v}' for k, v in data['pool_by_family'].items())}){targets}, "

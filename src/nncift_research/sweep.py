@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from nncift.files.errors import InputError
 from nncift_research.sweep_plan import SweepSettings
 
 
@@ -34,11 +35,13 @@ def register_cli(subparsers: Any) -> None:
 
 def _cmd_sweep(args: Any) -> int:
     from nncift.cli.commands import split_settings
+    from nncift.settings.given_once import GIVEN_AS
     from nncift_research.sweep_report import grid_table
 
-    for dest in ("fraction", "sampling.fraction", "budget", "selection.budget", "seed"):
+    for dest in ("sampling.fraction", "selection.budget", "seed"):
         if vars(args).get(dest) is not None:
-            raise ValueError(f"--{dest.replace('_', '-')}: the sweep takes --u, --v and --seeds instead")
+            flag = getattr(args, GIVEN_AS, {}).get(dest, "--" + dest.replace("_", "-"))
+            raise InputError(f"{flag}: the sweep takes --u, --v and --seeds instead")
     settings, options = split_settings(args, SweepSettings)
     results = run_sweep(settings, args.out, influence_options=options)
     print(grid_table(results["rows"], "exact_match"))

@@ -26,7 +26,7 @@ import numpy as np
 
 from nncift.data.records import Record
 from nncift.run.layout import Layout
-from nncift.settings.fields import SettingsError, normalise_budget
+from nncift.settings.fields import SettingsError, normalise_budget, setting
 from nncift.settings.stages import SelectSettings
 
 
@@ -34,23 +34,23 @@ from nncift.settings.stages import SelectSettings
 class SweepSettings(SelectSettings):
     """Settings of ``nncift sweep`` (the selection settings, less ``fraction``, ``budget`` and ``seed``, which the grid sets)."""
 
-    u: tuple[float, ...] = (0.01, 0.05, 0.1, 0.2)
+    u: tuple[float, ...] = setting((0.01, 0.05, 0.1, 0.2), above=0, at_most=1)
     """Fractions u of targets and candidates labelled by the influence function (nested: one computation, on the largest)."""
-    v: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5)
+    v: tuple[float, ...] = setting((0.1, 0.2, 0.3, 0.5), normal=normalise_budget)
     """Subset sizes v: fractions of the pool in (0, 1], or record counts above 1."""
-    seeds: tuple[int, ...] = (0,)
+    seeds: tuple[int, ...] = setting((0,), at_least=0)
     """Seeds of the sampling, the networks and the random references."""
     heldout: tuple[str, ...] = ()
     """Held-out records (queries) every subset is evaluated on."""
-    heldout_limit: int = 0
+    heldout_limit: int = setting(0, at_least=0)
     """Use only the first N held-out records (0: all)."""
-    k: int = 3
+    k: int = setting(3, at_least=1)
     """ICL: examples per query (its K most similar subset records)."""
-    max_new_tokens: int = 16
+    max_new_tokens: int = setting(16, at_least=1)
     """ICL and fine-tuning evaluation: most tokens generated per answer."""
-    icl_max_length: int = 1024
+    icl_max_length: int = setting(1024, at_least=1)
     """ICL: most prompt tokens (the least similar examples are dropped to fit)."""
-    eval_batch_size: int = 8
+    eval_batch_size: int = setting(8, at_least=1)
     """Queries per generation call."""
     references: bool = True
     """Also evaluate a random subset per v and seed and the full pool."""
@@ -58,22 +58,10 @@ class SweepSettings(SelectSettings):
     """Also LoRA fine-tune on every subset and evaluate without examples (slow on a CPU)."""
 
     def __post_init__(self) -> None:
-        """Check the grid's values as well as the selection settings."""
+        """Check every field (each v takes the budget's normal form, as --selection.budget does); the grid needs a u and a v."""
         super().__post_init__()
         if not self.u or not self.v:
             raise SettingsError("u" if not self.u else "v", "give at least one value")
-        for value in self.u:
-            if not 0 < value <= 1:
-                raise SettingsError("u", f"each u must be in (0, 1], got {value}")
-        try:  # each v takes the budget's normal form (a float fraction or an int count), as --selection.budget does
-            object.__setattr__(self, "v", tuple(normalise_budget(value) for value in self.v))
-        except ValueError as error:
-            raise SettingsError("v", str(error).split(": ", 1)[-1]) from None
-        for name in ("k", "max_new_tokens", "icl_max_length", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise SettingsError(name, f"expected at least 1, got {getattr(self, name)}")
-        if self.heldout_limit < 0:
-            raise SettingsError("heldout_limit", f"expected at least 0, got {self.heldout_limit}")
 
 
 def sample_size(n: int, fraction: float, minimum: int) -> int:

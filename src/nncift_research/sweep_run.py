@@ -19,6 +19,7 @@ from nncift.downstream.evaluate import (
     generate_from_prompts,
     score_answers,
 )
+from nncift.files.errors import InputError
 from nncift.influence import influence_class
 from nncift.run.store import RunStore, plan_blocks
 from nncift.selection import budget_to_count
@@ -52,9 +53,9 @@ class Sweep:
         self.heldout = self.heldout[: settings.heldout_limit or None]
         self.function_class = influence_class(settings.influence)
         if not self.function_class.pairwise:
-            raise ValueError(f"the sweep needs a pairwise influence function (delift, delift-se, less), not {settings.influence}")
+            raise InputError(f"the sweep needs a pairwise influence function (delift, delift-se, less), not {settings.influence}")
         if int(settings.sampling.blocks) > 1:
-            raise ValueError("--sampling.blocks: the sweep samples one u×u block per u (nested); leave it at 0 or 1")
+            raise InputError("--sampling.blocks: the sweep samples one u×u block per u (nested); leave it at 0 or 1")
         self.objective = resolve_objective(settings, self.function_class, bool(self.targets))
         for v in settings.v:
             budget_to_count(v, len(self.pool))
@@ -275,7 +276,7 @@ def _block_shape(pool: Sequence[Record], targets: Sequence[Record], objective: s
 
 def _read(paths: Sequence[str], flag: str) -> list[Record]:
     if not paths:
-        raise ValueError(f"{flag}: no file given")
+        raise InputError(f"{flag}: no file given")
     records, _ = read_many(paths)
     return records
 

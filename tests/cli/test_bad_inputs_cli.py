@@ -47,12 +47,13 @@ CASES = [  # (id, file name, contents, exit code, fragment of stdout + stderr)
 
 
 @pytest.mark.parametrize("name,contents,code,fragment", [case[1:] for case in CASES], ids=[case[0] for case in CASES])
+@pytest.mark.e2e
 def test_pool_file_through_the_cli(tmp_path: Path, name: str, contents: str, code: int, fragment: str) -> None:
     pool = tmp_path / name
     pool.write_text(contents, encoding="utf-8")
     out = tmp_path / "run"
     run = subprocess.run([sys.executable, "-c", _RUN, "select", "--data", str(pool), "--out", str(out), "--budget", "0.5",
-                          "--max-steps", "20", "--folds", "3"], capture_output=True, text=True, timeout=600,
+                          "--network.max-steps", "20", "--network.folds", "3"], capture_output=True, text=True, timeout=600,
                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
     said = run.stdout + run.stderr
     assert run.returncode == code, said[-2000:]
@@ -64,7 +65,7 @@ def test_pool_file_through_the_cli(tmp_path: Path, name: str, contents: str, cod
 
 # In-process cases of issue 23: every refusal exits 2 with one line naming its origin, and writes nothing.
 
-FAST = ["--influence", "delift-se", "--max-steps", "20", "--folds", "3", "--quiet"]
+FAST = ["--influence", "delift-se", "--network.max-steps", "20", "--network.folds", "3", "--quiet"]
 
 
 def _refused(capsys: pytest.CaptureFixture[str], argv: list[str], fragment: str) -> str:
@@ -97,6 +98,7 @@ def _not_json(constant: str) -> None:
     raise AssertionError(f"{constant} is not JSON")
 
 
+@pytest.mark.e2e
 def test_infinity_in_an_extra_field_is_written_back_as_null(finished: Path) -> None:
     for name in ("subset.jsonl", "selected.jsonl"):
         for line in (finished / "run" / name).read_text(encoding="utf-8").splitlines():
@@ -104,6 +106,7 @@ def test_infinity_in_an_extra_field_is_written_back_as_null(finished: Path) -> N
             assert (row.get("record") or row)["meta"] is None
 
 
+@pytest.mark.e2e
 def test_a_non_empty_folder_that_is_not_a_run_is_refused_unless_forced(tmp_path: Path, pool: Path, capsys) -> None:
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -121,6 +124,7 @@ def test_empty_out_and_out_inside_the_data_folder_are_refused(tmp_path: Path, po
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pool.jsonl"]
 
 
+@pytest.mark.e2e
 def test_out_equal_to_run_is_refused_by_score_and_add(finished: Path, capsys) -> None:
     run, before = finished / "run", {p.name: p.stat().st_mtime_ns for p in (finished / "run").iterdir()}
     _refused(capsys, ["score", "--run", str(run), "--data", str(finished / "pool.jsonl"), "--out", str(run), "--quiet"], "is the --run folder")
@@ -139,7 +143,7 @@ def test_a_flag_or_a_yaml_key_given_twice_is_refused(tmp_path: Path, pool: Path,
 
 
 @pytest.mark.parametrize("flags,fragment", [
-    (["--delift.max-length", "3"], "--delift.max-length: expected at least 64 tokens"),
+    (["--delift.max-length", "3"], "--delift.max-length: expected a value ≥ 64, got 3 (DELIFT's prefix, query and response)"),
     (["--embedder", "/no/such/embedder"], "--embedder /no/such/embedder: no such folder"),
     (["--network.folds", "2"], "the validation that chooses the predictor needs at least 3 folds"),
     (["--device", "cuda"], "--device cuda: this torch"),
@@ -150,11 +154,12 @@ def test_settings_refused_before_anything_is_written(tmp_path: Path, pool: Path,
         if torch.cuda.is_available():
             pytest.skip("CUDA is available here")
     influence = "delift" if "--delift.max-length" in flags else "delift-se"
-    argv = ["select", "--data", str(pool), "--out", str(tmp_path / "r"), "--influence", influence, "--max-steps", "20", "--quiet", *flags]
+    argv = ["select", "--data", str(pool), "--out", str(tmp_path / "r"), "--influence", influence, "--network.max-steps", "20", "--quiet", *flags]
     _refused(capsys, argv, fragment)
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.e2e
 def test_score_refuses_cuda_without_cuda_and_reports_skipped_lines(finished: Path, tmp_path: Path, capsys) -> None:
     torch = pytest.importorskip("torch")
     data = tmp_path / "new.jsonl"
@@ -168,6 +173,7 @@ def test_score_refuses_cuda_without_cuda_and_reports_skipped_lines(finished: Pat
 
 
 @pytest.mark.parametrize("name", ["network.safetensors", "scores.csv", "q1.npy", "rows.json", "manifest.json", "selected.jsonl"])
+@pytest.mark.e2e
 def test_a_damaged_run_file_is_named(finished: Path, tmp_path: Path, capsys, name: str) -> None:
     import shutil
 
@@ -182,6 +188,7 @@ def test_a_damaged_run_file_is_named(finished: Path, tmp_path: Path, capsys, nam
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.e2e
 def test_add_from_another_directory_reads_the_runs_inputs_from_its_directory(finished: Path, tmp_path: Path, monkeypatch) -> None:
     run = tmp_path / "relative"
     monkeypatch.chdir(finished)
@@ -193,7 +200,7 @@ def test_add_from_another_directory_reads_the_runs_inputs_from_its_directory(fin
     assert main(["select", "--run", str(run), "--add", "new.jsonl", "--out", str(tmp_path / "grown"), "--quiet"]) == 0
 
 
-@pytest.mark.parametrize("flags,fragment", [(["--epochs", "0"], "--epochs: expected at least 1"),
+@pytest.mark.parametrize("flags,fragment", [(["--epochs", "0"], "--epochs: expected a value ≥ 1, got 0 (at least 1 pass"),
                                             (["--learning-rate", "-1"], "--learning-rate: expected a value > 0")])
 def test_finetune_refuses_bad_settings_before_loading_the_model(tmp_path: Path, pool: Path, capsys, flags, fragment) -> None:
     _refused(capsys, ["finetune", "--data", str(pool), "--out", str(tmp_path / "adapter"), "--quiet", *flags], fragment)

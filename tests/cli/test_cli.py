@@ -14,7 +14,7 @@ import yaml
 from nncift.cli.commands import build_parser, main
 from nncift.data.records import write_jsonl
 
-FAST = ["--influence", "delift-se", "--fraction", "0.25", "--epochs", "3", "--quiet"]
+FAST = ["--influence", "delift-se", "--fraction", "0.25", "--network.epochs", "3", "--quiet"]
 
 
 @pytest.fixture()
@@ -32,6 +32,7 @@ def test_flags_come_from_the_settings_with_their_docstrings() -> None:
     assert "Fraction u of targets and candidates" in help_text
 
 
+@pytest.mark.e2e
 def test_select_from_the_command_line(tmp_path: Path, pool_file: Path, capsys) -> None:
     code = main(["select", "--data", str(pool_file), *FAST, "--budget", "10", "--out", str(tmp_path / "run")])
     assert code == 0
@@ -41,9 +42,11 @@ def test_select_from_the_command_line(tmp_path: Path, pool_file: Path, capsys) -
     assert "selected 10 records with fl" in out and "selected.jsonl" in out
 
 
+@pytest.mark.e2e
 def test_yaml_config_and_flags_override_it(tmp_path: Path, pool_file: Path) -> None:
     config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump({"data": [str(pool_file)], "budget": 5, "seed": 7, "hidden-sizes": [32, 16]}))
+    config.write_text(yaml.safe_dump({"data": [str(pool_file)], "selection": {"budget": 5}, "seed": 7,
+                                     "network": {"hidden-sizes": [32, 16]}}))
     assert main(["select", "--config", str(config), *FAST, "--budget", "6", "--out", str(tmp_path / "run")]) == 0
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["settings"]["selection"]["budget"] == 6 and manifest["settings"]["seed"] == 7
@@ -57,6 +60,7 @@ def test_yaml_config_and_flags_override_it(tmp_path: Path, pool_file: Path) -> N
         ('{"instruction": "a", "output": "b"}\n{oops\n', "pool.jsonl:2: malformed JSON"),
     ],
 )
+@pytest.mark.e2e
 def test_bad_data_exits_2_with_file_line_field(tmp_path: Path, content: str, expected: str) -> None:
     path = tmp_path / "pool.jsonl"
     path.write_text(content)
@@ -66,6 +70,7 @@ def test_bad_data_exits_2_with_file_line_field(tmp_path: Path, content: str, exp
     assert expected in run.stderr and "Traceback" not in run.stderr
 
 
+@pytest.mark.e2e
 def test_changed_settings_in_same_folder_exit_2(tmp_path: Path, pool_file: Path, capsys) -> None:
     assert main(["select", "--data", str(pool_file), *FAST, "--out", str(tmp_path / "run")]) == 0
     assert main(["select", "--data", str(pool_file), *FAST, "--seed", "9", "--out", str(tmp_path / "run")]) == 2
@@ -77,9 +82,10 @@ def test_unknown_influence_is_a_clear_error(tmp_path: Path, pool_file: Path, cap
     assert "unknown influence function 'nope'" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_fidelity_writes_table_and_plot(tmp_path: Path, pool_file: Path) -> None:
     assert main(["fidelity", "--data", str(pool_file), "--influence", "delift-se", "--fractions", "0.2,0.5",
-                 "--architectures", "two-tower", "--architectures", "paper", "--epochs", "5", "--max-steps", "40",
+                 "--architectures", "two-tower", "--architectures", "paper", "--network.epochs", "5", "--network.max-steps", "40",
                  "--quiet", "--out", str(tmp_path / "fid")]) == 0
     payload = json.loads((tmp_path / "fid" / "fidelity.json").read_text())
     assert [(r["fraction"], r["split"]) for r in payload["rows"]][:4] == [(0.2, "Q1"), (0.2, "Q2"), (0.2, "Q3"), (0.2, "Q4")]
@@ -92,6 +98,7 @@ def test_fidelity_writes_table_and_plot(tmp_path: Path, pool_file: Path) -> None
     assert "| u | seed | split |" in table and "| u | seed | predictor |" in table and "f_gain" in table
 
 
+@pytest.mark.e2e
 def test_demo_runs_on_builtin_data(tmp_path: Path) -> None:
     run = subprocess.run([str(Path(sys.executable).parent / "nncift"), "demo", "--quiet", "--out", str(tmp_path / "demo")],
                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
@@ -170,7 +177,7 @@ def test_influence_options_are_namespaced_on_the_command_line_and_in_yaml(tmp_pa
     settings, options = split_settings(args, SelectSettings)
     assert options == {"token_budget": 999} and settings.dtype == "bfloat16"
     config = tmp_path / "c.yaml"
-    config.write_text("influence: delift\nbudget: 0.5\ndelift:\n  token_budget: 1024\n  prefix_reuse: false\n")
+    config.write_text("influence: delift\nselection: {budget: 0.5}\ndelift:\n  token_budget: 1024\n  prefix_reuse: false\n")
     settings, options = split_settings(parser.parse_args(["select", "--out", "x", "--config", str(config)]), SelectSettings)
     assert settings.selection.budget == 0.5 and options == {"token_budget": 1024, "prefix_reuse": False}
     pool = tmp_path / "pool.jsonl"
@@ -182,10 +189,11 @@ def test_influence_options_are_namespaced_on_the_command_line_and_in_yaml(tmp_pa
     assert "unknown settings: token_budget (an influence function's options go under its name" in capsys.readouterr().err
     config.write_text("influence: delift\ndelift:\n  budget_of_tokens: 5\n")
     assert main(["select", "--data", str(pool), "--out", str(tmp_path / "r"), "--config", str(config)]) == 2
-    assert "delift: unknown options: budget_of_tokens" in capsys.readouterr().err
+    assert "(delift:): budget_of_tokens: not an option of DeliftSettings" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.e2e
 def test_quiet_runs_print_no_progress_bars_or_library_warnings(tmp_path, tiny_lm_dir, demo_pool) -> None:
     """--quiet: nothing from the model libraries either (their loading bars, info logs, FutureWarnings)."""
     pool = tmp_path / "pool.jsonl"

@@ -55,6 +55,7 @@ def test_rouge_l_known_values() -> None:
     assert scores[2] == 0.0 and scores[3] == 0.0
 
 
+@pytest.mark.e2e
 def test_embedding_cosine_is_one_for_equal_texts_and_lower_otherwise() -> None:
     cosines = embedding_cosines(["The cat sleeps on the mat.", "The cat sleeps on the mat."],
                                 ["The cat sleeps on the mat.", "Quarterly revenue rose sharply."])
@@ -75,7 +76,7 @@ def test_generation_is_deterministic_on_a_tiny_model(tiny_model, tiny_lm_dir: Pa
     assert len(first) == len(RECORDS) and all(isinstance(a, str) for a in first)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_generation_with_the_real_model_answers_and_is_independent_of_batching(smollm_dir: Path) -> None:
     model, tokenizer = load_model_for_evaluation(EvaluateSettings(model=str(smollm_dir), device="cpu"))
     records = [Record("What is the capital of France? Answer with one word.", "", "Paris"),
@@ -98,6 +99,7 @@ def test_reference_loss_matches_per_record_and_is_batch_invariant(tiny_model, ti
     assert counts_1.tolist() == answer_tokens
 
 
+@pytest.mark.e2e
 def test_fine_tuned_adapter_lowers_the_loss_on_its_training_records(tiny_lm_dir: Path, tmp_path: Path) -> None:
     adapter = finetune(RECORDS * 2, FinetuneSettings(model=str(tiny_lm_dir), learning_rate=3e-2, epochs=6, batch_size=4, quiet=True),
                        tmp_path / "adapter").adapter_dir
@@ -118,6 +120,7 @@ def test_missing_adapter_is_a_clear_error(tiny_lm_dir: Path, tmp_path: Path) -> 
         load_model_for_evaluation(EvaluateSettings(model=str(tiny_lm_dir), adapter=str(tmp_path)))
 
 
+@pytest.mark.e2e
 def test_metrics_summarise_the_examples(tiny_model, tiny_lm_dir: Path) -> None:
     model, tokenizer = tiny_model
     result = evaluate_records(model, tokenizer, RECORDS, EvaluateSettings(model=str(tiny_lm_dir), max_new_tokens=3, quiet=True))
@@ -126,6 +129,7 @@ def test_metrics_summarise_the_examples(tiny_model, tiny_lm_dir: Path) -> None:
     assert result.metrics["n"] == len(RECORDS)
 
 
+@pytest.mark.e2e
 def test_cli_prints_metrics(tiny_lm_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from nncift.cli.commands import main
     from nncift.data.records import write_jsonl

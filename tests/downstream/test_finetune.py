@@ -154,6 +154,7 @@ def _drops(tiny_lm_dir: Path, tokenizer, examples) -> tuple[float, float]:
     return prompt_before - prompt_after, response_before - response_after
 
 
+@pytest.mark.e2e
 def test_training_lowers_the_response_loss_and_never_trains_on_the_prompt(tiny_lm_dir: Path, tokenizer) -> None:
     examples = [encode_example(tokenizer, record, 256, chat=True) for record in RECORDS * 2]
     prompt_drop, response_drop = _drops(tiny_lm_dir, tokenizer, examples)
@@ -161,6 +162,7 @@ def test_training_lowers_the_response_loss_and_never_trains_on_the_prompt(tiny_l
     assert prompt_drop < 0.4 * response_drop  # the prompt was not learnt
 
 
+@pytest.mark.e2e
 def test_control_training_on_the_prompt_is_detected(tiny_lm_dir: Path, tokenizer) -> None:
     """The same training with the prompt labelled (the reference bug) fails the check above."""
     examples = [encode_example(tokenizer, record, 256, chat=True) for record in RECORDS * 2]
@@ -170,6 +172,7 @@ def test_control_training_on_the_prompt_is_detected(tiny_lm_dir: Path, tokenizer
     assert prompt_drop > 0.4 * response_drop and prompt_drop > 0.15
 
 
+@pytest.mark.e2e
 def test_finetune_loss_falls_and_the_adapter_learns(tiny_lm_dir: Path, tokenizer, tmp_path: Path) -> None:
     from peft import PeftModel
 
@@ -182,6 +185,7 @@ def test_finetune_loss_falls_and_the_adapter_learns(tiny_lm_dir: Path, tokenizer
     assert response_after < response_before - 0.15  # the saved adapter holds what was learnt
 
 
+@pytest.mark.e2e
 def test_adapter_saved_with_safetensors_and_settings(tiny_gpt2_dir: Path, tmp_path: Path) -> None:
     settings = FinetuneSettings(model=str(tiny_gpt2_dir), epochs=1, batch_size=2, quiet=True)
     result = finetune(RECORDS, settings, tmp_path / "gpt2-adapter")
@@ -197,6 +201,7 @@ def test_adapter_saved_with_safetensors_and_settings(tiny_gpt2_dir: Path, tmp_pa
     assert {name.rsplit(".", 1)[-1] for name in config["target_modules"]} == {"c_attn", "c_proj", "c_fc"}  # every Conv1D layer
 
 
+@pytest.mark.e2e
 def test_same_seed_same_adapter_and_refuses_other_settings(tiny_lm_dir: Path, tmp_path: Path) -> None:
     from safetensors.numpy import load_file
 
@@ -219,6 +224,7 @@ def test_length_grouped_batches_cover_every_index_once() -> None:
     assert all(np.array_equal(a, b) for a, b in zip(batches, again))
 
 
+@pytest.mark.e2e
 def test_cli_finetunes_on_a_selection_file(tiny_lm_dir: Path, tmp_path: Path) -> None:
     from nncift.cli.commands import main
     from nncift.data.records import write_jsonl

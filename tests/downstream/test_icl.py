@@ -37,6 +37,7 @@ def test_nearest_examples_ranks_by_cosine_with_ties_to_the_lowest_index() -> Non
         nearest_examples(queries, pool[:0], 2)
 
 
+@pytest.mark.e2e
 def test_knn_with_the_real_embedder_picks_the_records_on_the_same_topic() -> None:
     queries = [Record(instruction="Name the capital city of Spain.", output="Madrid"),
                Record(instruction="Is this movie review positive or negative?", input="Dull and far too long.", output="negative")]
@@ -70,6 +71,7 @@ def test_prompt_puts_the_most_similar_example_last_and_drops_the_least_similar_t
     assert tokenizer.decode(plain).count("### Response:") == 3
 
 
+@pytest.mark.e2e
 def test_evaluate_icl_records_the_examples_used_and_scores_like_the_finetuning_path(tiny_model, tiny_lm_dir: Path) -> None:
     model, tokenizer = tiny_model
     queries = [Record(instruction="Name the capital city of Spain.", output="Madrid"),
@@ -86,6 +88,7 @@ def test_evaluate_icl_records_the_examples_used_and_scores_like_the_finetuning_p
     assert without.metrics["loss"] is None and [e["prediction"] for e in without.examples] == [e["prediction"] for e in result.examples]
 
 
+@pytest.mark.e2e
 def test_cli_icl_mode_and_bad_values(tiny_lm_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from nncift.cli.commands import main
 
@@ -102,12 +105,12 @@ def test_cli_icl_mode_and_bad_values(tiny_lm_dir: Path, tmp_path: Path, capsys: 
     saved = json.loads((tmp_path / "out.json").read_text())
     assert set(saved["examples"][0]["icl_examples"]) == {0, 4}
     assert main(["evaluate", "--model", str(tiny_lm_dir), "--data", str(heldout), "--icl-pool", str(pool), "--k", "0"]) == 2
-    assert "--k: expected at least 1, got 0" in capsys.readouterr().err
+    assert "--k: expected a value ≥ 1, got 0" in capsys.readouterr().err
     assert main(["evaluate", "--model", str(tiny_lm_dir), "--data", str(heldout), "--icl-pool", str(tmp_path / "missing.jsonl")]) == 2
     assert "missing.jsonl: in-context pool not found" in capsys.readouterr().err
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_real_model_copies_the_answer_of_an_identical_in_context_example(smollm_dir: Path) -> None:
     """Arbitrary answers the model cannot know: right with the matching example in the prompt, wrong without."""
     pool = [Record(instruction=f"Reply with the code word of the {team} team.", output=word)

@@ -18,12 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nncift import SelectSettings, run_select
+from nncift import SelectSettings
 from nncift.execution.executor import LocalExecutor, make_executor
 from nncift.influence import InfluenceSpec
 from nncift.run.store import BlockMatrix, RunStore, plan_blocks
+from nncift.settings.stages import RunContext
+from nncift.steps.select import run_select
 
-SPEC = InfluenceSpec("delift-se", {"device": "cpu"})
+SPEC = InfluenceSpec("delift-se", run=RunContext(device="cpu"))
 
 
 @pytest.fixture(scope="module")
@@ -47,13 +49,15 @@ def test_missing_ray_gives_the_install_hint(monkeypatch: pytest.MonkeyPatch) -> 
         make_executor("ray", workers=2)
 
 
+@pytest.mark.ray
 @pytest.mark.parametrize("objective", ["fl", "flmi"])
 def test_select_on_ray_gives_the_same_matrices_and_subset(ray_cluster, tmp_path: Path, demo_pool, objective) -> None:
     pool, targets = demo_pool[:40], (demo_pool[40:52] if objective == "flmi" else [])
-    base = dict(influence="delift-se", objective=objective, fraction=0.3, min_sampled=8, budget=0.25, epochs=3,
-                block_size=4, quiet=True, seed=5, device="cpu")
+    base = dict(influence="delift-se", **{"selection.objective": objective, "sampling.fraction": 0.3, "sampling.min_sampled": 8,
+            "selection.budget": 0.25, "network.epochs": 3, "executor.block_size": 4}, quiet=True, seed=5, device="cpu")
     local = run_select(SelectSettings.build(**base), tmp_path / "local", pool=pool, targets=targets)
-    on_ray = run_select(SelectSettings.build(**base, executor="ray", workers=2, worker_cpus=1.0), tmp_path / "ray", pool=pool, targets=targets)
+    on_ray = run_select(SelectSettings.build(**base, **{"executor.name": "ray", "executor.workers": 2, "executor.worker_cpus": 1.0}),
+            tmp_path / "ray", pool=pool, targets=targets)
     for name in ("q1.npy", "predicted.npy"):
         assert np.array_equal(np.load(tmp_path / "local" / name), np.load(tmp_path / "ray" / name), equal_nan=False), name
     assert not np.isnan(np.load(tmp_path / "ray" / "q1.npy")).any()
@@ -63,6 +67,7 @@ def test_select_on_ray_gives_the_same_matrices_and_subset(ray_cluster, tmp_path:
     assert on_ray.manifest["settings"]["executor"]["name"] == "ray"
 
 
+@pytest.mark.ray
 def test_killed_worker_is_replaced_and_the_job_gives_the_same_results(ray_cluster, tmp_path: Path, demo_pool, monkeypatch) -> None:
     from nncift.execution.ray_cluster import RayExecutor
     from nncift.models import embeddings as embed
@@ -125,6 +130,7 @@ _DRIVER = textwrap.dedent("""
     import numpy as np, ray
     from nncift.data.demo import demo_records
     from nncift.influence import InfluenceSpec
+    from nncift.settings.stages import RunContext
     from nncift.execution.ray_cluster import RayExecutor
     from nncift.run.store import RunStore, plan_blocks
 
@@ -136,10 +142,11 @@ _DRIVER = textwrap.dedent("""
         if done == 20:
             os.kill(os.getpid(), signal.SIGKILL)  # the driver dies in the middle of the job
     executor = RayExecutor(workers=2, on_task_done=die)
-    executor.run_pairwise(InfluenceSpec("delift-se", {"device": "cpu"}), pool, pool, matrix, plan_blocks(48, 48, 4, 4), folder, progress=False)
+    executor.run_pairwise(InfluenceSpec("delift-se", run=RunContext(device="cpu")), pool, pool, matrix, plan_blocks(48, 48, 4, 4), folder, progress=False)
 """)
 
 
+@pytest.mark.ray
 def test_rerun_after_the_driver_died_continues_from_finished_blocks(ray_cluster, tmp_path: Path, demo_pool) -> None:
     from nncift.execution.ray_cluster import RayExecutor
 

@@ -21,6 +21,7 @@ from nncift.data.templates import delift_example, delift_example_header, delift_
 from nncift.influence import influence_class
 from nncift.influence.delift import _PROBE_RECORDS, Delift, DeliftSettings, LengthShares, part_cuts
 from nncift.influence.lm_scoring import CausalScorer, rms_distance
+from nncift.settings.stages import RunContext
 
 LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
@@ -34,11 +35,11 @@ def _save_sharp(model, tokenizer, folder: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def sharp_llama_dir(tmp_path_factory, smollm_dir) -> Path:
+def sharp_llama_dir(tmp_path_factory, smollm_tokenizer_dir) -> Path:
     """Tiny Llama (2 layers, width 32, rotary positions) with peaked predictions, real SmolLM2 tokenizer."""
     from transformers import AutoTokenizer
 
-    return _sharp_llama(AutoTokenizer.from_pretrained(smollm_dir), tmp_path_factory.mktemp("sharp-llama"))
+    return _sharp_llama(AutoTokenizer.from_pretrained(smollm_tokenizer_dir), tmp_path_factory.mktemp("sharp-llama"))
 
 
 def _sharp_llama(tokenizer, folder: Path) -> Path:
@@ -54,11 +55,11 @@ def _sharp_llama(tokenizer, folder: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def sharp_gpt2_dir(tmp_path_factory, smollm_dir) -> Path:
+def sharp_gpt2_dir(tmp_path_factory, smollm_tokenizer_dir) -> Path:
     """Tiny GPT-2 (Conv1D, learned absolute positions: wrong position ids would show) with peaked predictions."""
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-    tokenizer = AutoTokenizer.from_pretrained(smollm_dir)
+    tokenizer = AutoTokenizer.from_pretrained(smollm_tokenizer_dir)
     config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=1024,
                         initializer_range=0.5, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     torch.manual_seed(0)
@@ -66,7 +67,7 @@ def sharp_gpt2_dir(tmp_path_factory, smollm_dir) -> Path:
 
 
 @pytest.fixture(scope="module")
-def llama3_style_dir(tmp_path_factory, smollm_dir) -> Path:
+def llama3_style_dir(tmp_path_factory, smollm_tokenizer_dir) -> Path:
     """Tiny sharp Llama whose tokenizer has SmolLM2's byte-level BPE vocabulary but Llama-3's pre-tokenizer.
 
     No other causal-LM tokenizer (GPT-2's files included) is available offline; this one tokenizes
@@ -76,7 +77,7 @@ def llama3_style_dir(tmp_path_factory, smollm_dir) -> Path:
     from tokenizers import Regex, pre_tokenizers
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(smollm_dir)
+    tokenizer = AutoTokenizer.from_pretrained(smollm_tokenizer_dir)
     tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
@@ -84,7 +85,7 @@ def llama3_style_dir(tmp_path_factory, smollm_dir) -> Path:
 
 
 def _delift(model_dir: Path, targets, candidates=None, **options) -> Delift:
-    function = Delift(DeliftSettings(model=str(model_dir), device="cpu", **options), progress=False)
+    function = Delift(DeliftSettings(**options), run=RunContext(model=str(model_dir), device="cpu"), progress=False)
     function.prepare(targets, candidates if candidates is not None else targets, Path("."))
     return function
 
@@ -272,12 +273,14 @@ def test_registered_and_exposed_on_the_command_line():
         assert flag in help_text
 
 
+@pytest.mark.e2e
 def test_select_with_delift_end_to_end(sharp_llama_dir, demo_pool, tmp_path):
     from nncift.settings.stages import SelectSettings
     from nncift.steps.select import run_select
 
-    settings = SelectSettings.build(influence="delift", model=str(sharp_llama_dir), fraction=0.25, budget=8, block_size=8,
-                              device="cpu", quiet=True, epochs=2, sampling_blocks=1, max_steps=40)
+    settings = SelectSettings.build(influence="delift", model=str(sharp_llama_dir), **{"sampling.fraction": 0.25, "selection.budget": 8,
+            "executor.block_size": 8},
+                              device="cpu", quiet=True, **{"network.epochs": 2, "sampling.blocks": 1, "network.max_steps": 40})
     result = run_select(settings, tmp_path / "run", pool=demo_pool[:32])
     assert len(result.indices) == 8 and len(set(result.indices.tolist())) == 8
     counters = result.manifest["cost"]["counters"]
@@ -287,13 +290,13 @@ def test_select_with_delift_end_to_end(sharp_llama_dir, demo_pool, tmp_path):
     assert q1.shape == (10, 10) and np.isfinite(q1).all()
     assert result.manifest["label_scaling"]["source"] == "min-max of Q1"
     # DELIFT's own default design: the same pairs in 4 blocks over twice the records (2 × min_sampled)
-    spread = run_select(settings.updated(sampling_blocks=0), tmp_path / "spread", pool=demo_pool[:32])
+    spread = run_select(settings.updated(**{"sampling.blocks": 0}), tmp_path / "spread", pool=demo_pool[:32])
     q1 = np.load(tmp_path / "spread" / "q1.npy")
     assert spread.manifest["sampling_blocks"] == 4 and q1.shape == (20, 20) and int(np.isfinite(q1).sum()) == 4 * 5 * 5
     assert spread.manifest["cost"]["counters"]["forward_passes"] == 20 + 4 * 5 * 5
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_smollm2_prefix_reuse_and_logit_shift_on_real_records(smollm_dir):
     records, _ = read_records(shared_data("alpaca_en_demo.json"))
     records = [r for r in records if len(r.output) < 120][:5]
@@ -381,6 +384,7 @@ def test_sequences_equal_the_joint_tokenization_on_demo_and_probe_records(model_
 
 
 @pytest.mark.parametrize("model_fixture", ["sharp_llama_dir", "llama3_style_dir"])
+@pytest.mark.e2e
 def test_sequences_equal_the_joint_tokenization_on_real_records(model_fixture, request):
     records, _ = read_records(shared_data("alpaca_en_demo.json"))
     records = records[:12]

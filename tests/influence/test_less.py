@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -18,6 +19,8 @@ from nncift.influence import InfluenceSpec, build_influence
 from nncift.influence.less import Less, LessSettings, aggregate_scores
 from nncift.influence.less_warmup import add_lora, checkpoint_weights, learning_rate, load_checkpoint, run_warmup
 from nncift.selection import top_k
+from nncift.settings.fields import SettingsError
+from nncift.settings.stages import RunContext
 
 
 def test_aggregation_is_max_over_subtasks_of_the_mean_over_targets():
@@ -46,9 +49,9 @@ def test_selection_keeps_the_highest_scores():
 
 
 def test_settings_are_checked():
-    with pytest.raises(ValueError, match="compressor"):
+    with pytest.raises(SettingsError, match="^compressor: expected one of 'identity', 'projection'"):
         LessSettings(compressor="sketch")
-    with pytest.raises(ValueError, match="adam_form"):
+    with pytest.raises(SettingsError, match="^adam_form: expected one of 'exact', 'reference', got 'approx'"):
         LessSettings(adam_form="approx")
     assert learning_rate(0, 10, 2, 1.0) == 0.5 and learning_rate(2, 10, 2, 1.0) == 1.0 and learning_rate(9, 10, 2, 1.0) == 0.125
 
@@ -57,19 +60,24 @@ def records(n, task_of=lambda i: "odd" if i % 2 else "even"):
     return [Record(f"Add {i} and {i + 1}.", "" if i % 3 else "Show the sum only.", f"{2 * i + 1}", task=task_of(i)) for i in range(n)]
 
 
-def tiny_settings(model_dir, **changes):
-    base = dict(model=str(model_dir), device="cpu", lora_r=4, lora_alpha=8, warmup_epochs=2, warmup_fraction=0.5,
+def tiny_run(model_dir):
+    """The run's context: the tiny model on the CPU (the model, device and seed are never LESS's own settings)."""
+    return RunContext(model=str(model_dir), device="cpu")
+
+
+def tiny_settings(**changes):
+    base = dict(lora_r=4, lora_alpha=8, warmup_epochs=2, warmup_fraction=0.5,
                 warmup_batch_size=2, gradient_batch_size=3, max_length=96, compressor="identity",
                 warmup_learning_rate=5e-3, lora_targets="q_proj,v_proj")
     return LessSettings(**{**base, **changes})
 
 
-def exact_less_matrix(settings, targets, candidates, checkpoints):
+def exact_less_matrix(settings, run, targets, candidates, checkpoints):
     """The LESS matrix from first principles: per-example autograd gradients, Adam by hand, cosines."""
     from nncift.models.loading import load_causal_lm
 
-    model, tokenizer = load_causal_lm(settings.model, device="cpu")
-    model = add_lora(model, settings).eval()
+    model, tokenizer = load_causal_lm(run.model, device="cpu")
+    model = add_lora(model, settings, seed=run.seed).eval()
     layers = trainable_layers(model)
     shapes = [layer_shape(n, m) for n, m in layers]
 
@@ -96,21 +104,21 @@ def exact_less_matrix(settings, targets, candidates, checkpoints):
 
 
 def test_less_matrix_is_exact_cached_and_blockwise_invariant(tiny_lm_dir, tmp_path):
-    settings = tiny_settings(tiny_lm_dir)
+    settings, run = tiny_settings(), tiny_run(tiny_lm_dir)
     candidates, targets = records(8), records(11)[8:]
-    less = Less(settings, progress=False)
+    less = Less(settings, run=run, progress=False)
     less.prepare(targets, candidates, tmp_path)
     checkpoints = less._checkpoints
     assert [c.epoch for c in checkpoints] == [1, 2] and checkpoints[-1].step == 4  # 4 warm-up records, 2 per step
     assert less.counters["warmup_forward_backward_passes"] == 8
     matrix = less.compute_block(np.arange(3), np.arange(8))
     assert matrix.shape == (3, 8) and np.all(np.abs(matrix) <= 1 + 1e-6)
-    np.testing.assert_allclose(matrix, exact_less_matrix(settings, targets, candidates, checkpoints), rtol=2e-4, atol=2e-5)
+    np.testing.assert_allclose(matrix, exact_less_matrix(settings, run, targets, candidates, checkpoints), rtol=2e-4, atol=2e-5)
     assert less.counters["backward_passes"] == 2 * (3 + 8)
     weights = checkpoint_weights(checkpoints)
     assert weights.sum() == pytest.approx(1.0) and weights[0] > weights[1]  # linear decay: epoch 1 had larger rates
 
-    again = Less(settings, progress=False)  # same folder: warm-up and features are reused
+    again = Less(settings, run=run, progress=False)  # same folder: warm-up and features are reused
     again.prepare(targets, candidates, tmp_path)
     block = again.compute_block(np.array([2, 0]), np.array([7, 1, 4]))
     assert again.counters["warmup_forward_backward_passes"] == 0 and again.counters["backward_passes"] == 0
@@ -120,12 +128,12 @@ def test_less_matrix_is_exact_cached_and_blockwise_invariant(tiny_lm_dir, tmp_pa
 def test_warmup_resumes_after_the_last_saved_epoch(tiny_lm_dir, tmp_path):
     from nncift.models.loading import load_causal_lm
 
-    settings = tiny_settings(tiny_lm_dir, warmup_learning_rate=1e-2)
+    settings, run = tiny_settings(warmup_learning_rate=1e-2), tiny_run(tiny_lm_dir)
     data = records(6)
 
     def warm(folder):
-        model, tokenizer = load_causal_lm(settings.model, device="cpu")
-        return run_warmup(add_lora(model, settings), tokenizer, data, settings, folder)
+        model, tokenizer = load_causal_lm(run.model, device="cpu")
+        return run_warmup(add_lora(model, settings, seed=run.seed), tokenizer, data, settings, folder, run=run)
 
     full = warm(tmp_path / "a")
     shutil.copytree(tmp_path / "a", tmp_path / "b")
@@ -143,7 +151,7 @@ def test_compressed_less_is_deterministic_and_tracks_the_exact_matrix_on_conv1d(
     candidates, targets = records(5), records(8)[5:]
 
     def matrix(folder, **changes):
-        less = Less(tiny_settings(tiny_gpt2_dir, lora_targets="c_attn", warmup_epochs=1, **changes), progress=False)
+        less = Less(tiny_settings(lora_targets="c_attn", warmup_epochs=1, **changes), run=tiny_run(tiny_gpt2_dir), progress=False)
         less.prepare(targets, candidates, tmp_path / folder)
         return less.compute_block(np.arange(3), np.arange(5))
 
@@ -155,15 +163,15 @@ def test_compressed_less_is_deterministic_and_tracks_the_exact_matrix_on_conv1d(
         assert np.corrcoef(first.ravel(), reference.ravel())[0, 1] > 0.5, compressor
 
 
+@pytest.mark.e2e
 def test_select_with_less_through_the_pipeline(tiny_lm_dir, tmp_path):
     from nncift.settings.stages import SelectSettings
     from nncift.steps.select import run_select
 
     pool, targets = records(24), records(30, task_of=lambda i: "sum")[24:]
-    settings = SelectSettings.build(influence="less", model=str(tiny_lm_dir), device="cpu", fraction=0.25, min_sampled=4,
-                              budget=0.25, epochs=2, quiet=True)
-    options = {k: v for k, v in tiny_settings(tiny_lm_dir, compressor="dropout-structured", dim=256).__dict__.items()
-               if k not in ("model", "device", "seed")}
+    settings = SelectSettings.build(influence="less", model=str(tiny_lm_dir), device="cpu", **{"sampling.fraction": 0.25,
+            "sampling.min_sampled": 4, "selection.budget": 0.25, "network.epochs": 2}, quiet=True)
+    options = dataclasses.asdict(tiny_settings(compressor="dropout-structured", dim=256))
     result = run_select(settings, tmp_path / "run", pool=pool, targets=targets, influence_options=options)
     assert result.manifest["objective"] == "topk" and len(result.indices) == 6
     assert result.manifest["sampling_design"] == "block"  # auto: a u × u block (BENCHMARKS.md: it beat all-targets on LESS)
@@ -175,7 +183,7 @@ def test_select_with_less_through_the_pipeline(tiny_lm_dir, tmp_path):
     assert len(stored) == 6
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_cli_select_less_on_real_data_with_smollm(tmp_path, smollm_dir):
     from nncift.cli.commands import main
 
@@ -189,7 +197,7 @@ def test_cli_select_less_on_real_data_with_smollm(tmp_path, smollm_dir):
     code = main(["select", "--influence", "less", "--data", str(small_pool), "--targets", str(small_targets),
                  "--out", str(tmp_path / "run"), "--less.compressor", "dropout-structured", "--less.dim", "1024",
                  "--less.lora-r", "4", "--less.warmup-epochs", "1", "--less.warmup-fraction", "0.1", "--less.max-length", "128",
-                 "--fraction", "0.25", "--min-sampled", "4", "--budget", "5", "--device", "cpu", "--quiet"])
+                 "--fraction", "0.25", "--sampling.min-sampled", "4", "--budget", "5", "--device", "cpu", "--quiet"])
     assert code == 0
     selected = (tmp_path / "run" / "selected.jsonl").read_text().splitlines()
     assert len(selected) == 5

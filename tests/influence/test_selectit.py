@@ -22,6 +22,9 @@ from nncift.influence.selectit import (
     token_level_scores,
 )
 from nncift.influence.token_batches import plan_token_batches, right_padded, shorten_middle
+from nncift.models.loading import ModelError
+from nncift.settings.fields import SettingsError
+from nncift.settings.stages import RunContext
 
 
 def _records(n: int) -> list[Record]:
@@ -36,7 +39,7 @@ def _long_record(words: int = 1200) -> Record:
 
 
 def _selectit(model_dir: Path, records: list[Record], **options) -> SelectIT:
-    function = SelectIT(SelectITSettings(model=str(model_dir), device="cpu", **options), progress=False)
+    function = SelectIT(SelectITSettings(**options), run=RunContext(model=str(model_dir), device="cpu"), progress=False)
     function.prepare(records, Path("."))
     return function
 
@@ -77,10 +80,10 @@ def test_sentence_and_model_level() -> None:
 
 
 def test_settings_validation_and_model_list() -> None:
-    assert SelectITSettings(model="m").model_list() == ("m",)
-    assert SelectITSettings(models=("a,b", "c")).model_list() == ("a", "b", "c")
+    assert SelectITSettings().model_list("m") == ("m",)  # the run's model alone
+    assert SelectITSettings(models=("a,b", "c")).model_list("m") == ("a", "b", "c")
     for bad in ({"form": "other"}, {"n_instructions": 6}, {"n_instructions": 0}, {"alpha": -1.0}, {"token_budget": 0}):
-        with pytest.raises(ValueError):
+        with pytest.raises(SettingsError, match=f"^{next(iter(bad))}: expected"):
             SelectITSettings(**bad)
 
 
@@ -128,7 +131,7 @@ def test_rating_tokens_looked_up_in_the_tokenizer(tiny_lm_dir: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tiny_lm_dir)
     ids = rating_token_ids(tokenizer)
     assert [tokenizer.decode([i]) for i in ids] == ["1", "2", "3", "4", "5"]
-    with pytest.raises(ValueError, match=r"no single token for the rating '1'.*unknown token"):
+    with pytest.raises(ModelError, match=r"no single token for the rating '1'.*unknown token"):
         rating_token_ids(_digitless_tokenizer(), name="wordlevel")
 
 
@@ -143,7 +146,7 @@ def test_model_with_digitless_tokenizer_is_refused(tmp_path: Path) -> None:
     LlamaForCausalLM(config).save_pretrained(tmp_path, safe_serialization=True)
     tokenizer.save_pretrained(tmp_path)
     function = _selectit(tmp_path, _records(2))
-    with pytest.raises(ValueError, match="single-digit tokens"):
+    with pytest.raises(ModelError, match="single-digit tokens"):
         function.score(np.arange(2))
 
 
@@ -235,13 +238,15 @@ def test_model_level_weights_follow_parameter_counts(tiny_lm_dir: Path, tiny_gpt
 # NN-CIFT pointwise path: select and fidelity
 
 
+@pytest.mark.e2e
 def test_run_select_records_failures_and_predicts_the_rest(tiny_gpt2_dir: Path, demo_pool, tmp_path: Path) -> None:
     from nncift.settings.stages import SelectSettings
     from nncift.steps.select import run_select
 
     pool = list(demo_pool[:23]) + [_long_record()]
     options = {"max_length": 0, "n_instructions": 2}
-    settings = SelectSettings.build(influence="selectit", model=str(tiny_gpt2_dir), fraction=1.0, budget=5.0, quiet=True, device="cpu")
+    settings = SelectSettings.build(influence="selectit", model=str(tiny_gpt2_dir), **{"sampling.fraction": 1.0, "selection.budget": 5.0},
+            quiet=True, device="cpu")
     result = run_select(settings, tmp_path / "all", pool=pool, influence_options=options)
     manifest = json.loads((tmp_path / "all" / "manifest.json").read_text())
     assert list(manifest["failures"]) == ["23"] and "IndexError" in manifest["failures"]["23"]
@@ -252,8 +257,8 @@ def test_run_select_records_failures_and_predicts_the_rest(tiny_gpt2_dir: Path, 
     order = np.argsort(-np.nan_to_num(raw, nan=-np.inf), kind="stable")
     assert set(result.indices.tolist()) == set(order[:5].tolist())  # every record scored: exact top-k
 
-    sampled = SelectSettings.build(influence="selectit", model=str(tiny_gpt2_dir), fraction=0.25, min_sampled=4,
-                             budget=0.25, quiet=True, device="cpu", epochs=3)
+    sampled = SelectSettings.build(influence="selectit", model=str(tiny_gpt2_dir), **{"sampling.fraction": 0.25, "sampling.min_sampled": 4,
+            "selection.budget": 0.25}, quiet=True, device="cpu", **{"network.epochs": 3})
     result = run_select(sampled, tmp_path / "sampled", pool=pool, influence_options=options)
     folder = tmp_path / "sampled"
     seen = np.load(folder / "scores.cols.npy")
@@ -267,12 +272,14 @@ def test_run_select_records_failures_and_predicts_the_rest(tiny_gpt2_dir: Path, 
     assert len(result.indices) == 6 and result.manifest["cost"]["influence_evaluations_made"] == 6
 
 
+@pytest.mark.e2e
 def test_fidelity_pointwise_rows(tiny_lm_dir: Path, demo_pool, tmp_path: Path) -> None:
     from nncift_research.fidelity import run_fidelity
     from nncift_research.fidelity_settings import FidelitySettings
 
-    settings = FidelitySettings.build(influence="selectit", model=str(tiny_lm_dir), fractions=(0.25, 0.5), min_sampled=4,
-                                quiet=True, device="cpu", epochs=3, architectures=("paper", "two-tower"), max_steps=40, folds=3)
+    settings = FidelitySettings.build(influence="selectit", model=str(tiny_lm_dir), fractions=(0.25, 0.5), **{"sampling.min_sampled": 4},
+                                quiet=True, device="cpu", **{"network.epochs": 3}, architectures=("paper", "two-tower"),
+                                        **{"network.max_steps": 40, "network.folds": 3})
     result = run_fidelity(settings, tmp_path / "fid", pool=list(demo_pool[:16]), influence_options={"n_instructions": 2})
     assert [(row["fraction"], row["split"]) for row in result.rows] == [(0.25, "seen"), (0.25, "unseen"), (0.5, "seen"), (0.5, "unseen")]
     for row in result.rows:
@@ -291,7 +298,7 @@ def test_cli_repeated_model_flag_gives_the_model_list(tiny_lm_dir: Path, tiny_gp
                                       "--model", str(tiny_lm_dir), "--model", str(tiny_gpt2_dir), "--fraction", "0.05"])
     settings, options = split_settings(args, SelectSettings)
     assert settings.model == str(tiny_lm_dir) and options["models"] == [str(tiny_lm_dir), str(tiny_gpt2_dir)]
-    assert SelectITSettings(**{k: v for k, v in options.items()}).model_list() == (str(tiny_lm_dir), str(tiny_gpt2_dir))
+    assert SelectITSettings(**options).model_list(settings.model) == (str(tiny_lm_dir), str(tiny_gpt2_dir))
     one = build_parser().parse_args(["select", "--out", "x", "--data", "d.json", "--model", "m"])
     settings, options = split_settings(one, SelectSettings)
     assert settings.model == "m" and "models" not in options
@@ -305,7 +312,7 @@ def test_cli_repeated_model_flag_gives_the_model_list(tiny_lm_dir: Path, tiny_gp
 # the real model
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_real_smollm_ratings(smollm_dir: Path) -> None:
     records = [Record("What is 2 + 2?", "", "4"), Record("Name a primary colour.", "", "Red."),
                Record("Translate 'merci' to English.", "", "Thank you.")]

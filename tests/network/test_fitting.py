@@ -3,6 +3,8 @@ and that it learns what the embeddings' cosine cannot give (on real embeddings o
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -17,7 +19,7 @@ from nncift.run.layout import self_columns
 from nncift.selection.subset_quality import ObjectiveSpec, cold_mask, f_gain, objective_on, spearman
 from nncift_research.fidelity import calibrated_cosine, compare_pairwise, compare_pointwise
 
-QUICK = FitSettings(max_steps=120, eval_every=10, learning_rates=(3e-3,), weight_decays=(1e-4,), folds=3, seed=0)
+QUICK = FitSettings(NetworkSettings(max_steps=120, folds=3, seed=0), eval_every=10, learning_rates=(3e-3,), weight_decays=(1e-4,))
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +79,7 @@ def test_cold_mask_counts_a_sampled_record_as_seen_on_both_sides():
     assert mask[0, 0] and mask[2, 3]
 
 
+@pytest.mark.e2e
 def test_untrained_two_tower_is_the_calibrated_cosine_and_predicts_fast_and_exactly(demo_embeddings):
     e = demo_embeddings
     cos = e @ e.T
@@ -96,6 +99,7 @@ def test_untrained_two_tower_is_the_calibrated_cosine_and_predicts_fast_and_exac
     np.testing.assert_allclose(predict_two_tower(net, e[:50], e[:40], self_cols=self_columns(50, 40), block_rows=3), reference, atol=1e-5)
 
 
+@pytest.mark.e2e
 def test_the_network_learns_what_the_cosine_cannot_and_is_shipped(demo_embeddings):
     e = demo_embeddings
     true = learnable_labels(e, e)
@@ -110,12 +114,13 @@ def test_the_network_learns_what_the_cosine_cannot_and_is_shipped(demo_embedding
     assert report.steps > 0 and report.learning_rate == 3e-3 and len(report.validation_curve) == 13
 
 
+@pytest.mark.e2e
 def test_fit_is_deterministic_per_seed_and_round_trips(demo_embeddings, tmp_path):
     e = demo_embeddings[:60]
     labels = learnable_labels(e, e)[:30, :30]
     first, report = fit_pairwise(e[:30], e[:30], labels, QUICK, self_cols=np.arange(30))
     second, _ = fit_pairwise(e[:30], e[:30], labels, QUICK, self_cols=np.arange(30))
-    other, _ = fit_pairwise(e[:30], e[:30], labels, FitSettings(**{**QUICK.__dict__, "seed": 1}), self_cols=np.arange(30))
+    other, _ = fit_pairwise(e[:30], e[:30], labels, dataclasses.replace(QUICK, network=dataclasses.replace(QUICK.network, seed=1)), self_cols=np.arange(30))
     for a, b in zip(first.state_dict().values(), second.state_dict().values()):
         assert torch.equal(a, b)
     assert report.chosen != "prior" and any(not torch.equal(a, b) for a, b in zip(first.state_dict().values(), other.state_dict().values()))
@@ -125,6 +130,7 @@ def test_fit_is_deterministic_per_seed_and_round_trips(demo_embeddings, tmp_path
     np.testing.assert_array_equal(predict_pairwise(loaded, e, e, self_cols=np.arange(60)), predict_pairwise(first, e, e, self_cols=np.arange(60)))
 
 
+@pytest.mark.e2e
 def test_the_prior_is_shipped_when_there_is_nothing_to_learn(demo_embeddings):
     e = demo_embeddings[:40]
     labels = (e @ e.T + 1) / 2  # DELIFT-SE: exactly the calibrated cosine
@@ -139,6 +145,7 @@ def test_the_prior_is_shipped_when_there_is_nothing_to_learn(demo_embeddings):
     assert noise_report.chosen == "prior", noise_report.candidates  # nothing to learn: no fold-noise win ships the network
 
 
+@pytest.mark.e2e
 def test_default_beats_the_mean_and_the_paper_network_on_a_real_delift_se_matrix(demo_embeddings):
     e = demo_embeddings
     true = (e @ e.T + 1) / 2  # DELIFT-SE of the built-in records with the bundled embedder
@@ -151,6 +158,7 @@ def test_default_beats_the_mean_and_the_paper_network_on_a_real_delift_se_matrix
     assert by["two-tower"]["q4_mse_vs_mean"] < 0.05 < by["paper"]["q4_mse_vs_mean"]
 
 
+@pytest.mark.e2e
 def test_pointwise_network_learns_and_falls_back_to_the_mean(demo_embeddings):
     e = demo_embeddings
     rng = np.random.default_rng(0)
@@ -170,6 +178,7 @@ def test_pointwise_network_learns_and_falls_back_to_the_mean(demo_embeddings):
     assert by["two-tower"]["f_gain"] > by["mean"]["f_gain"]
 
 
+@pytest.mark.e2e
 def test_batched_training_forward_equals_each_network(demo_embeddings):
     from nncift.network.tower_training import batched_block
 

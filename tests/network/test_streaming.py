@@ -108,10 +108,13 @@ def test_streaming_rejects_bad_input(tmp_path: Path) -> None:
         npy_files.npy_layout(tmp_path / "ints.npy")
 
 
+@pytest.mark.e2e
 def test_pipeline_streams_when_the_matrix_does_not_fit(tmp_path: Path, demo_pool, monkeypatch: pytest.MonkeyPatch) -> None:
-    from nncift import SelectSettings, run_select
+    from nncift import SelectSettings
+    from nncift.steps.select import run_select
 
-    settings = SelectSettings.build(influence="delift-se", fraction=0.25, min_sampled=8, budget=0.25, epochs=3, quiet=True, seed=3)
+    settings = SelectSettings.build(influence="delift-se", **{"sampling.fraction": 0.25, "sampling.min_sampled": 8, "selection.budget": 0.25,
+            "network.epochs": 3}, quiet=True, seed=3)
     pool = demo_pool[:48]
     in_memory = run_select(settings, tmp_path / "memory", pool=pool)
     monkeypatch.setattr(selection, "fits_in_memory", lambda shape, share=0.5: False)

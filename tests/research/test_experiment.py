@@ -42,7 +42,7 @@ def _config(folder: Path, out: Path, model: Path, **overrides) -> dict:
         "per_family": 8, "target_family": families[0], "n_targets": 3, "n_heldout": 4, "split_by": "line",
         "influences": ["delift-se"], "objectives": {"delift-se": "flmi"}, "seeds": [0, 1], "fidelity_fractions": [0.3, 0.6],
         "model": str(model), "quiet": True,
-        "select": {"fraction": 0.3, "min_sampled": 3, "budget": 0.25, "epochs": 2},
+        "select": {"sampling": {"fraction": 0.3, "min_sampled": 3}, "selection": {"budget": 0.25}, "network": {"epochs": 2}},
         "finetune": {"epochs": 1, "batch_size": 4, "max_length": 96},
         "evaluate": {"max_new_tokens": 3, "batch_size": 4, "max_length": 96},
     }
@@ -91,7 +91,7 @@ def test_missing_pool_file_is_a_clear_error(tmp_path: Path) -> None:
         build_splits(ExperimentSettings(pool=(str(tmp_path / "nothing*.jsonl"),)))
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_experiment_runs_every_arm_resumes_and_extends(family_files: Path, tiny_lm_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "experiment"
     results = run_experiment(config_from_dict(_config(family_files, out, tiny_lm_dir, seeds=[0])))
@@ -157,6 +157,7 @@ def test_shipped_configs_load(name: str) -> None:
     assert config.finetune.lora_r == 8 and config.finetune.lora_alpha == 16
 
 
+@pytest.mark.e2e
 def test_cli_select_only_computes_subsets_without_fine_tuning(family_files: Path, tiny_lm_dir: Path, tmp_path: Path,
                                                               capsys: pytest.CaptureFixture) -> None:
     import yaml
@@ -175,6 +176,7 @@ def test_cli_select_only_computes_subsets_without_fine_tuning(family_files: Path
     assert len(pool) == 32 and all(record.task for record in pool)  # the written splits keep the family labels
 
 
+@pytest.mark.e2e
 def test_report_only_reports_finished_arms_and_lists_the_rest(family_files: Path, tiny_lm_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "partial"
     experiment = Experiment(config_from_dict(_config(family_files, out, tiny_lm_dir)))

@@ -10,7 +10,7 @@ from test_experiment import _config, family_files  # noqa: F401 - the fixture is
 
 from nncift_research.experiment import Experiment, config_from_dict
 
-FAST_SELECT = {"fraction": 0.3, "min_sampled": 3, "budget": 0.25, "max_steps": 20, "folds": 3}
+FAST_SELECT = {"sampling": {"fraction": 0.3, "min_sampled": 3}, "selection": {"budget": 0.25}, "network": {"max_steps": 20, "folds": 3}}
 """The tests' selection settings with a short network training (the arms, not the network, are tested here)."""
 
 
@@ -30,6 +30,7 @@ def test_cli_bad_mode_exits_2_naming_the_field(tmp_path: Path, capsys: pytest.Ca
     assert "mode: expected one of 'finetune', 'icl', 'both', got 'sometimes'" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_icl_mode_scores_every_subset_without_training_and_resumes(family_files: Path, tiny_lm_dir: Path, tmp_path: Path) -> None:  # noqa: F811
     out = tmp_path / "icl"
     config = config_from_dict(_config(family_files, out, tiny_lm_dir, seeds=[0], mode="icl", select=FAST_SELECT, evaluate={"max_new_tokens": 2, "batch_size": 4,
@@ -54,7 +55,7 @@ def test_icl_mode_scores_every_subset_without_training_and_resumes(family_files:
     assert not any(message.startswith("in-context evaluation") for message in again.log)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_both_modes_put_the_icl_table_next_to_the_finetuning_one(family_files: Path, tiny_lm_dir: Path, tmp_path: Path) -> None:  # noqa: F811
     out = tmp_path / "both"
     results = Experiment(config_from_dict(_config(family_files, out, tiny_lm_dir, seeds=[0], mode="both", select=FAST_SELECT))).run()

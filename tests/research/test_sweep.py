@@ -52,11 +52,13 @@ def sweep_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def _settings(files: dict[str, Path], tiny_lm_dir: Path, **changes) -> SweepSettings:
     values = dict(data=(str(files["pool"]),), heldout=(str(files["heldout"]),), influence="delift-se", u=(0.25, 0.5), v=(0.2, 0.5),
-                  seeds=(0,), min_sampled=4, model=str(tiny_lm_dir), device="cpu", k=2, max_new_tokens=2, max_steps=20, folds=3,
+                  seeds=(0,), **{"sampling.min_sampled": 4}, model=str(tiny_lm_dir), device="cpu", k=2, max_new_tokens=2,
+                          **{"network.max_steps": 20, "network.folds": 3},
                   quiet=True)
     return SweepSettings.build(**{**values, **changes})
 
 
+@pytest.mark.e2e
 def test_sweep_computes_the_largest_block_once_and_resumes_without_recomputing(sweep_files, tiny_lm_dir: Path, tmp_path: Path) -> None:
     settings = _settings(sweep_files, tiny_lm_dir)
     results = run_sweep(settings, tmp_path / "sweep")
@@ -85,6 +87,7 @@ def test_sweep_computes_the_largest_block_once_and_resumes_without_recomputing(s
     assert scores(again["rows"]) == scores(results["rows"])
 
 
+@pytest.mark.e2e
 def test_sweep_resumes_after_an_interruption_and_matches_an_uninterrupted_run(sweep_files, tiny_lm_dir: Path, tmp_path: Path) -> None:
     settings = _settings(sweep_files, tiny_lm_dir, references=False, u=(0.5,), v=(0.3,))
     whole = run_sweep(settings, tmp_path / "whole")
@@ -99,25 +102,27 @@ def test_sweep_resumes_after_an_interruption_and_matches_an_uninterrupted_run(sw
         json.loads((tmp_path / "whole/subsets/nncift-u0.5-v0.3-seed0.json").read_text())
 
 
+@pytest.mark.e2e
 def test_sweep_cli_runs_and_rejects_bad_values(sweep_files, tiny_lm_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from nncift.cli.commands import main
 
     base = ["sweep", "--data", str(sweep_files["pool"]), "--heldout", str(sweep_files["heldout"]), "--model", str(tiny_lm_dir),
-            "--device", "cpu", "--min-sampled", "4", "--k", "1", "--max-new-tokens", "2", "--max-steps", "10", "--folds", "3", "--quiet"]
+            "--device", "cpu", "--sampling.min-sampled", "4", "--k", "1", "--max-new-tokens", "2", "--network.max-steps", "10",
+            "--network.folds", "3", "--quiet"]
     assert main([*base, "--out", str(tmp_path / "ok"), "--u", "0.5", "--v", "0.25", "--no-references"]) == 0
     assert "| NN-CIFT, u = 0.5 |" in capsys.readouterr().out
-    for extra, message in ((["--u", "1.5"], "--u: each u must be in (0, 1], got 1.5"),
+    for extra, message in ((["--u", "1.5"], "--u: expected a fraction in (0, 1], got 1.5"),
                            (["--v", "0"], "--v: "),
                            (["--fraction", "0.1"], "--fraction: the sweep takes --u, --v and --seeds instead"),
                            (["--selection.budget", "3"], "--selection.budget: the sweep takes --u, --v and --seeds instead"),
-                           (["--k", "0"], "--k: expected at least 1, got 0"),
+                           (["--k", "0"], "--k: expected a value ≥ 1, got 0"),
                            (["--influence", "selectit"], "needs a pairwise influence function")):
         given = [a for i, a in enumerate(base) if extra[0] not in (a, base[i - 1])]  # a flag given twice is refused: drop base's
         assert main([*given, "--out", str(tmp_path / "bad"), *extra]) == 2
         assert message in capsys.readouterr().err
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_sweep_fine_tunes_on_every_subset_when_asked(sweep_files, tiny_lm_dir: Path, tmp_path: Path) -> None:
     settings = _settings(sweep_files, tiny_lm_dir, references=False, u=(0.5,), v=(0.25,), finetune=True)
     results = run_sweep(settings, tmp_path / "ft")

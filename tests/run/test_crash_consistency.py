@@ -50,17 +50,18 @@ def _write_inputs(folder: Path) -> None:
 
 def _run_step(step: str, inputs: Path, work: Path) -> None:
     """One command of the sequence, through the library (the same code the CLI runs)."""
-    from nncift import SelectSettings, run_select
+    from nncift import SelectSettings
     from nncift.data.records import read_many
     from nncift.steps.add import add_to_run
     from nncift.steps.score import score_records
+    from nncift.steps.select import run_select
 
-    settings = SelectSettings.build(influence="delift-se", fraction=0.25, min_sampled=6, budget=8, seed=0, quiet=True, max_steps=20,
-                                    folds=3, data=(str(inputs / "pool.jsonl"),))
+    settings = SelectSettings.build(influence="delift-se", **{"sampling.fraction": 0.25, "sampling.min_sampled": 6, "selection.budget": 8}, seed=0,
+            quiet=True, **{"network.max_steps": 20, "network.folds": 3}, data=(str(inputs / "pool.jsonl"),))
     if step == "select":
         run_select(settings, work / "run")
     elif step == "reselect":
-        run_select(settings.updated(budget=12, architecture="paper", epochs=3), work / "run")
+        run_select(settings.updated(**{"selection.budget": 12, "network.architecture": "paper", "network.epochs": 3}), work / "run")
     elif step == "add":
         new, reports = read_many([str(inputs / "new.jsonl")])
         add_to_run(work / "run", new, work / "add", reports=reports, new_paths=[str(inputs / "new.jsonl")], progress=False)
@@ -72,7 +73,6 @@ def _run_step(step: str, inputs: Path, work: Path) -> None:
 def _install_kill_points(kill_at: int | None) -> list[int]:
     """Count (and with ``kill_at``, die at) every rename, done-record append and lock release of this process."""
     from nncift.run import store
-    from nncift.steps import score as scoring
 
     count = [0]
 
@@ -89,7 +89,7 @@ def _install_kill_points(kill_at: int | None) -> list[int]:
 
     os.replace, os.rename = wrap(os.replace), wrap(os.rename)  # type: ignore[assignment]
     store._fsync_append = wrap(store._fsync_append)  # type: ignore[assignment]
-    store.release_lock = scoring.release_lock = wrap(store.release_lock)  # type: ignore[assignment]
+    store.release_lock = wrap(store.release_lock)  # type: ignore[assignment]  # every writer's, score's too (RunStore)
     return count
 
 
@@ -215,6 +215,7 @@ def harness(base: str) -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="the fault injection forks a child per attempt (POSIX)")
+@pytest.mark.e2e
 def test_killed_at_every_write_then_rerun_equals_an_uninterrupted_run(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_crash_consistency as t; t.harness({str(tmp_path)!r})"
@@ -243,6 +244,7 @@ REPAIRED_BY_SELECT = {"selected.jsonl", "subset.jsonl", "scores.csv", "manifest.
 refused, naming the file)."""
 
 
+@pytest.mark.e2e
 def test_each_truncated_file_is_repaired_or_refused_by_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from nncift.cli.commands import main
     from nncift.run.commit import COMMITTED, commit_problem
@@ -297,6 +299,7 @@ def test_each_truncated_file_is_repaired_or_refused_by_name(tmp_path: Path, caps
 # --- stale results, the network's pair of files ------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_a_finished_run_whose_input_file_changed_is_refused_naming_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from nncift.cli.commands import main
     from nncift.run.commit import commit_problem

@@ -20,10 +20,10 @@ from nncift.network.towers import TwoTowerNetwork, predict_two_tower
 from nncift.network.validation import row_spearman
 from nncift.run.layout import plan_layout, resolve_sampling
 from nncift.selection.subset_quality import ObjectiveSpec, f_gain
-from nncift.settings.stages import SamplingSettings, SelectSettings
+from nncift.settings.stages import NetworkSettings, SamplingSettings, SelectSettings
 from nncift.steps.select import run_select
 
-QUICK = FitSettings(max_steps=60, eval_every=10, learning_rates=(3e-3,), weight_decays=(1e-4,), folds=4, seed=0)
+QUICK = FitSettings(NetworkSettings(max_steps=60, folds=4, seed=0), eval_every=10, learning_rates=(3e-3,), weight_decays=(1e-4,))
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +68,7 @@ def test_a_label_budget_sets_the_fraction_in_the_functions_own_units() -> None:
     assert resolve_sampling(SamplingSettings(labels=10**9), influence_class("delift"), 100, 0, 100).fraction == 1.0
 
 
+@pytest.mark.e2e
 def test_column_folds_keep_every_row_and_hold_out_candidates(embeddings) -> None:
     labels = np.random.default_rng(0).random((12, 40))
     data, _, _ = _pair_data(embeddings[:12], embeddings[12:52], labels, None)
@@ -89,6 +90,7 @@ def _cluster_labels(embeddings: np.ndarray, rows: np.ndarray, cols: np.ndarray) 
     return value[rows % 2][:, col_cluster]
 
 
+@pytest.mark.e2e
 def test_anchors_carry_labelled_columns_to_their_neighbours_and_are_shipped(embeddings) -> None:
     rows, cols = np.arange(8, 28), np.arange(28, 160)
     true = _cluster_labels(embeddings, rows, cols)
@@ -103,6 +105,7 @@ def test_anchors_carry_labelled_columns_to_their_neighbours_and_are_shipped(embe
     assert f_gain(true, predicted, spec)["f_gain"] > 0.8
 
 
+@pytest.mark.e2e
 def test_anchored_network_predicts_the_same_by_blocks_and_after_a_round_trip(embeddings, tmp_path: Path) -> None:
     network = TwoTowerNetwork(embeddings.shape[1], 16, 4)
     network.initialise(torch.Generator().manual_seed(0), 0.7, 0.1, 0.0)
@@ -122,6 +125,7 @@ def test_anchored_network_predicts_the_same_by_blocks_and_after_a_round_trip(emb
     np.testing.assert_allclose(predict_two_tower(loaded, embeddings[30:70], embeddings[70:120]), direct, atol=1e-5)
 
 
+@pytest.mark.e2e
 def test_row_centred_loss_ignores_each_rows_offset(embeddings) -> None:
     labels = np.random.default_rng(0).standard_normal((10, 14))
     shifted = labels + np.random.default_rng(1).standard_normal((10, 1)) * 3
@@ -140,14 +144,15 @@ def test_row_centred_loss_ignores_each_rows_offset(embeddings) -> None:
     np.testing.assert_allclose(centred[0], centred[1], atol=2e-3)
 
 
+@pytest.mark.e2e
 def test_select_with_targets_labels_every_target_row_and_says_why_it_shipped(tmp_path: Path, records) -> None:
-    settings = SelectSettings.build(influence="delift-se", fraction=0.2, min_sampled=6, budget=10, seed=0, quiet=True, max_steps=40, folds=3,
-                                    design="all-targets")
+    settings = SelectSettings.build(influence="delift-se", **{"sampling.fraction": 0.2, "sampling.min_sampled": 6, "selection.budget": 10}, seed=0,
+            quiet=True, **{"network.max_steps": 40, "network.folds": 3, "sampling.design": "all-targets"})
     result = run_select(settings, tmp_path / "run", pool=records[:60], targets=records[60:72])
     manifest = result.manifest
     assert manifest["sampling_design"] == "all-targets" and manifest["sampled_rows"] == 12 and manifest["sampled_cols"] == 12
     assert manifest["network_training"]["held_out"] == "columns" and manifest["network_training"]["note"]  # every row labelled
     assert result.manifest["settings"]["sampling"]["design"] == "all-targets"
-    mutual = run_select(settings.updated(objective="flmi"), tmp_path / "flmi", pool=records[:60], targets=records[60:72]).manifest
+    mutual = run_select(settings.updated(**{"selection.objective": "flmi"}), tmp_path / "flmi", pool=records[:60], targets=records[60:72]).manifest
     assert mutual["sampled_rows"] == 12 + 12 and mutual["labelled_pairs"] == mutual["sampled_rows"] * mutual["sampled_cols"]  # sampled pool rows + every target
     assert mutual["network_training"]["held_out"] == "records"

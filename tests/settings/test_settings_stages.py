@@ -11,8 +11,8 @@ import yaml
 
 from nncift.cli.commands import build_parser, main, split_settings
 from nncift.data.records import write_jsonl
-from nncift.settings.fields import SettingsError, settings_dict
-from nncift.settings.stages import ALIASES, ExecutorSettings, NetworkSettings, SamplingSettings, SelectionSettings, SelectSettings
+from nncift.settings.fields import RemovedSetting, SettingsError, settings_dict
+from nncift.settings.stages import ExecutorSettings, NetworkSettings, SamplingSettings, SelectionSettings, SelectSettings
 
 
 def test_each_stage_is_its_own_checked_object() -> None:
@@ -27,20 +27,22 @@ def test_each_stage_is_its_own_checked_object() -> None:
         SelectSettings(selection=0.3)  # type: ignore[arg-type]
 
 
-def test_build_takes_stage_mappings_dotted_names_and_the_flat_aliases_alike() -> None:
+def test_build_takes_stage_mappings_and_dotted_names_alike_and_refuses_flat_ones() -> None:
     nested = SelectSettings.build(selection={"budget": 5}, sampling={"blocks": 2}, executor={"name": "ray", "address": "auto"})
     dotted = SelectSettings.build(**{"selection.budget": 5, "sampling.blocks": 2, "executor.name": "ray", "executor.address": "auto"})
-    flat = SelectSettings.build(budget=5, sampling_blocks=2, executor="ray", ray_address="auto")
-    assert nested == dotted == flat
-    assert flat.updated(budget=0.5, seed=2).selection.budget == 0.5 and flat.updated(seed=2).network.seed == 2
-    assert flat.updated(budget=0.5).executor == flat.executor  # other stages untouched
-    assert set(ALIASES.values()) <= {f"{stage}.{name}" for stage, value in settings_dict(flat).items() if isinstance(value, dict) for name in value}
+    assert nested == dotted
+    assert dotted.updated(**{"selection.budget": 0.5}, seed=2).selection.budget == 0.5 and dotted.updated(seed=2).network.seed == 2
+    assert dotted.updated(**{"selection.budget": 0.5}).executor == dotted.executor  # other stages untouched
+    for flat, now in (("budget", "selection.budget"), ("sampling_blocks", "sampling.blocks"), ("ray_address", "executor.address")):
+        with pytest.raises(RemovedSetting, match=f"^{flat} was removed; use {now}$"):
+            SelectSettings.build(**{flat: 5})
     with pytest.raises(ValueError, match="selection.budget is given twice"):
-        SelectSettings.build(budget=5, selection={"budget": 6})
+        SelectSettings.build(**{"selection.budget": 5}, selection={"budget": 6})
     with pytest.raises(ValueError, match="unknown settings for SelectSettings: selection.size"):
         SelectSettings.build(selection={"size": 6})
 
 
+@pytest.mark.e2e
 def test_the_manifest_yaml_and_flags_share_one_nesting(tmp_path: Path, demo_pool) -> None:
     pool = tmp_path / "pool.jsonl"
     write_jsonl(pool, [r.raw for r in demo_pool[:32]])
@@ -65,6 +67,7 @@ def test_the_manifest_yaml_and_flags_share_one_nesting(tmp_path: Path, demo_pool
                  "--out", str(out)]) == 0
 
 
+@pytest.mark.e2e
 def test_a_changed_sampling_stage_is_refused_by_its_field(tmp_path: Path, demo_pool, capsys) -> None:
     pool = tmp_path / "pool.jsonl"
     write_jsonl(pool, [r.raw for r in demo_pool[:24]])
@@ -79,42 +82,9 @@ def test_flags_are_grouped_by_stage_with_short_forms() -> None:
     help_text = parser._subparsers._group_actions[0].choices["select"].format_help()  # noqa: SLF001
     for stage in ("sampling", "network", "selection", "executor"):
         assert f"{stage} settings (" in help_text and f"In YAML under '{stage}:'" in help_text
-    assert "--selection.budget BUDGET" in help_text and "short for --selection.budget" in help_text
+    assert "--selection.budget BUDGET, --budget BUDGET" in help_text  # the short flag is the same flag
     assert "--network.seed" not in help_text  # the run's --seed
-    assert "--sampling-blocks" not in help_text  # an old name: read, not listed
-    args = parser.parse_args(["select", "--out", "x", "--sampling-blocks", "3", "--ray-address", "auto", "--executor.workers", "3"])
+    assert "--sampling-blocks" not in help_text  # an old name: refused, not listed
+    args = parser.parse_args(["select", "--out", "x", "--budget", "3", "--executor.workers", "3"])
     settings, _ = split_settings(args, SelectSettings)
-    assert settings.sampling.blocks == 3 and settings.executor.address == "auto" and settings.executor.workers == 3
-
-
-def _flat(settings: dict) -> dict:
-    """Settings as versions before the stages recorded them (``budget``, ``sampling_blocks``, ``executor: "local"`` at the top)."""
-    back = {dotted: flat for flat, dotted in ALIASES.items()}
-    flat = {key: value for key, value in settings.items() if not isinstance(value, dict) or key == "influence_options"}
-    for stage in ("sampling", "network", "selection", "executor"):
-        flat.update({back[f"{stage}.{name}"]: value for name, value in settings[stage].items() if f"{stage}.{name}" in back})
-    return flat
-
-
-def test_run_folders_of_the_flat_settings_version_resume_reselect_and_open(tmp_path: Path, demo_pool) -> None:
-    from nncift.run.files import open_run
-    from nncift.steps.select import run_select
-
-    settings = SelectSettings.build(influence="delift-se", fraction=0.25, min_sampled=8, budget=6, max_steps=40, folds=3, quiet=True, seed=1)
-    out = tmp_path / "run"
-    first = run_select(settings, out, pool=demo_pool[:32])
-    for name in ("settings.json", "manifest.json"):  # the folder as the previous version wrote it
-        stored = json.loads((out / name).read_text())
-        if name == "manifest.json":
-            stored["settings"] = _flat(stored["settings"])
-        else:
-            stored = _flat(stored)
-        assert "budget" in stored or "budget" in stored["settings"]
-        (out / name).write_text(json.dumps(stored))
-    done = (out / "q1.done.jsonl").stat().st_mtime_ns
-    again = run_select(settings, out, pool=demo_pool[:32])  # the same settings: the finished result, nothing recomputed
-    assert list(again.indices) == list(first.indices) and (out / "q1.done.jsonl").stat().st_mtime_ns == done
-    assert open_run(out).settings["selection"]["budget"] == 6
-    wider = run_select(settings.updated(budget=9), out, pool=demo_pool[:32])  # re-selection from the stored block
-    assert len(wider.indices) == 9 and wider.manifest["reselected"]["changed"] == {"selection.budget": {"stored": 6, "now": 9}}
-    assert (out / "q1.done.jsonl").stat().st_mtime_ns == done
+    assert settings.selection.budget == 3 and settings.executor.workers == 3

@@ -14,7 +14,8 @@ import yaml
 from nncift.cli.commands import build_parser, main
 from nncift.data.records import write_jsonl
 from nncift.selection import budget_to_count
-from nncift.settings.fields import SettingsError, load_yaml, normalise_budget
+from nncift.settings.fields import SettingsError, normalise_budget
+from nncift.settings.sources import load_yaml
 from nncift.settings.stages import SelectSettings
 
 FAST = ["--influence", "delift-se", "--quiet"]
@@ -35,7 +36,7 @@ def pool_file(tmp_path: Path, demo_pool) -> Path:
 ])
 def test_one_budget_rule(budget, normal) -> None:
     assert normalise_budget(budget) == normal and type(normalise_budget(budget)) is type(normal)
-    settings = SelectSettings.build(budget=budget)
+    settings = SelectSettings.build(selection={"budget": budget})
     assert settings.selection.budget == normal and type(settings.selection.budget) is type(normal)
     assert budget_to_count(settings.selection.budget, 100) == budget_to_count(budget if budget != 1 else 1.0, 100)
 
@@ -43,7 +44,7 @@ def test_one_budget_rule(budget, normal) -> None:
 @pytest.mark.parametrize("budget", [0, 0.0, -1, -0.5, 1.5, 50.5, float("nan"), float("inf"), True, "5", None])
 def test_bad_budgets_are_refused_when_settings_are_built(budget) -> None:
     with pytest.raises(SettingsError, match="^selection.budget: expected"):
-        SelectSettings.build(budget=budget)
+        SelectSettings.build(selection={"budget": budget})
 
 
 def test_budget_to_count_keeps_fractions_and_counts() -> None:
@@ -71,45 +72,44 @@ FLAG_CASES = [
     (["--budget", "500"], "budget count 500 exceeds the number of candidates (24)"),
     (["--fraction", "0"], "--fraction: expected a fraction in (0, 1], got 0.0"),
     (["--fraction", "1.5"], "--fraction: expected a fraction in (0, 1]"),
-    (["--min-sampled", "0"], "--min-sampled: expected a value ≥ 1, got 0"),
-    (["--sampling-blocks", "-1"], "--sampling-blocks: expected a value ≥ 0"),
-    (["--epochs", "-1"], "--epochs: expected a value ≥ 0"),
-    (["--batch-size", "0"], "--batch-size: expected a value ≥ 1"),
-    (["--max-steps", "-1"], "--max-steps: expected a value ≥ 0"),
-    (["--folds", "0"], "--folds: expected a value ≥ 3, got 0 (the validation that chooses the predictor needs at least 3 folds)"),
+    (["--sampling.min-sampled", "0"], "--sampling.min-sampled: expected a value ≥ 1, got 0"),
+    (["--network.epochs", "-1"], "--network.epochs: expected a value ≥ 0"),
+    (["--network.batch-size", "0"], "--network.batch-size: expected a value ≥ 1"),
+    (["--network.max-steps", "-1"], "--network.max-steps: expected a value ≥ 0"),
+    (["--network.folds", "0"], "--network.folds: expected a value ≥ 3, got 0 (the validation that chooses the predictor needs at least 3 folds)"),
     (["--block-size", "0"], "--block-size: expected a value ≥ 1"),
     (["--workers", "0"], "--workers: expected a value ≥ 1"),
     (["--seed", "-1"], "--seed: expected a value ≥ 0"),
-    (["--hidden-sizes", "32,0"], "--hidden-sizes: expected a value ≥ 1, got 0"),
+    (["--network.hidden-sizes", "32,0"], "--network.hidden-sizes: expected a value ≥ 1, got 0"),
     (["--device", "gpu"], "--device: expected one of 'auto', 'cpu', 'cuda'"),
     (["--executor", "spark"], "--executor: expected one of 'local', 'ray', got 'spark'"),
     (["--architecture", "mlp"], "--architecture: expected one of 'two-tower', 'paper'"),
     (["--objective", "best"], "--objective: expected one of '', 'fl', 'flmi', 'flcg', 'topk'"),
     (["--influence", "nope"], "unknown influence function 'nope'; choose from: delift, delift-se"),
     (["--objective", "flmi"], "objective flmi needs --targets"),
-    (["--influence", "selectit", "--selectit.token-budget", "0"], "token_budget must be ≥ 1, got 0"),
+    (["--influence", "selectit", "--selectit.token-budget", "0"], "--selectit.token-budget: expected a value ≥ 1, got 0"),
     (["--selection.budget", "0"], "--selection.budget: expected a fraction in (0, 1]"),
     (["--sampling.blocks", "-1"], "--sampling.blocks: expected a value ≥ 0"),
     (["--network.tower-rank", "0"], "--network.tower-rank: expected a value ≥ 1, got 0"),
     (["--executor.name", "spark"], "--executor.name: expected one of 'local', 'ray', got 'spark'"),
-    (["--budget", "3", "--selection.budget", "4"], "selection.budget is given twice"),
+    (["--budget", "3", "--selection.budget", "4"], "--budget and --selection.budget (one setting) are given twice (3.0 and 4.0)"),
 ]
 
 YAML_CASES = [
-    ({"budget": "lots"}, "c.yaml: selection.budget: expected a number, got 'lots'"),
-    ({"budget": 0}, "c.yaml: selection.budget: expected a fraction in (0, 1]"),
+    ({"selection": {"budget": "lots"}}, "c.yaml: selection.budget: expected a number, got 'lots'"),
+    ({"budget": 0}, "c.yaml: budget was removed; use selection.budget"),
     ({"seed": "abc"}, "c.yaml: seed: expected an integer, got 'abc'"),
-    ({"fraction": [0.1, 0.2]}, "c.yaml: sampling.fraction: expected a number, got [0.1, 0.2]"),
-    ({"epochs": "5"}, "c.yaml: network.epochs: expected an integer, got '5'"),
-    ({"epochs": 2.5}, "c.yaml: network.epochs: expected an integer, got 2.5"),
-    ({"fallback": "loud"}, "c.yaml: network.fallback: expected true or false, got 'loud'"),
-    ({"hidden-sizes": [32, "x"]}, "c.yaml: network.hidden_sizes: expected a list of integers, got (32, 'x')"),
+    ({"sampling": {"fraction": [0.1, 0.2]}}, "c.yaml: sampling.fraction: expected a number, got [0.1, 0.2]"),
+    ({"network": {"epochs": "5"}}, "c.yaml: network.epochs: expected an integer, got '5'"),
+    ({"network": {"epochs": 2.5}}, "c.yaml: network.epochs: expected an integer, got 2.5"),
+    ({"network": {"fallback": "loud"}}, "c.yaml: network.fallback: expected true or false, got 'loud'"),
+    ({"network": {"hidden-sizes": [32, "x"]}}, "c.yaml: network.hidden_sizes: expected a list of integers, got (32, 'x')"),
     ({"device": "tpu"}, "c.yaml: device: expected one of 'auto', 'cpu', 'cuda' (or 'cuda:N'), got 'tpu'"),
     ({"no-such-setting": 1}, "c.yaml: unknown settings: no_such_setting"),
     ({"selection": {"budget": 0}}, "c.yaml: selection.budget: expected a fraction in (0, 1]"),
     ({"network": {"tower-rank": 0}}, "c.yaml: network.tower_rank: expected a value ≥ 1, got 0"),
     ({"selection": {"budgt": 3}}, "c.yaml: unknown settings for SelectSettings: selection.budgt"),
-    ({"budget": 3, "selection": {"budget": 4}}, "selection.budget is given twice"),
+    ({"hidden_sizes": [3]}, "c.yaml: hidden_sizes was removed; use network.hidden_sizes"),
     ({"network": {"seed": 3}}, "network.seed is the run's seed: set seed instead"),
     ({"executor": {"name": "spark"}}, "c.yaml: executor.name: expected one of 'local', 'ray', got 'spark'"),
     ({"influence": "selectit", "selectit": {"token-budget": "lots"}}, "c.yaml (selectit:): token_budget: expected an integer, got 'lots'"),
@@ -140,7 +140,7 @@ def test_bad_yaml_values_name_the_file_and_key(tmp_path: Path, pool_file: Path, 
 
 def test_flags_override_yaml_and_name_the_flag(tmp_path: Path, pool_file: Path, capsys) -> None:
     config, out = tmp_path / "c.yaml", tmp_path / "run"
-    config.write_text(yaml.safe_dump({"data": [str(pool_file)], "budget": 0.5}))
+    config.write_text(yaml.safe_dump({"data": [str(pool_file)], "selection": {"budget": 0.5}}))
     _refused(capsys, ["select", "--config", str(config), *FAST, "--budget", "0", "--out", str(out)], "--budget: expected", out)
 
 
@@ -191,17 +191,19 @@ def test_out_without_write_permission(tmp_path: Path, pool_file: Path, capsys) -
         locked.chmod(0o700)
 
 
+@pytest.mark.e2e
 def test_a_refused_run_does_not_block_the_corrected_command(tmp_path: Path, pool_file: Path, capsys) -> None:
     out = tmp_path / "run"
     assert main(["select", "--data", str(pool_file), *FAST, "--objective", "flmi", "--out", str(out)]) == 2
     assert not out.exists()
-    assert main(["select", "--data", str(pool_file), *FAST, "--fraction", "0.5", "--epochs", "2", "--budget", "5",
+    assert main(["select", "--data", str(pool_file), *FAST, "--fraction", "0.5", "--network.epochs", "2", "--budget", "5",
                  "--out", str(out)]) == 0
     assert len((out / "selected.jsonl").read_text().splitlines()) == 5
     assert not (out / ".lock").exists()  # released at the end of the run
     capsys.readouterr()
 
 
+@pytest.mark.e2e
 def test_bad_budget_in_a_real_process(tmp_path: Path, pool_file: Path) -> None:
     out = tmp_path / "run"
     run = subprocess.run([sys.executable, "-m", "nncift.cli", "select", "--data", str(pool_file), *FAST, "--budget", "0",

@@ -12,15 +12,18 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from nncift.data.records import write_jsonl
+
+pytestmark = pytest.mark.e2e  # whole commands in subprocesses, one killed
 
 _RUN = "import sys; from nncift.cli.commands import main; sys.exit(main(sys.argv[1:]))"
 
 
 def _command(pool: Path, model: Path, out: Path) -> list[str]:
     return [sys.executable, "-c", _RUN, "select", "--data", str(pool), "--out", str(out), "--influence", "delift",
-            "--model", str(model), "--fraction", "0.19", "--sampling-blocks", "1", "--block-size", "3", "--budget", "8", "--epochs", "2",
+            "--model", str(model), "--fraction", "0.19", "--sampling.blocks", "1", "--block-size", "3", "--budget", "8", "--network.epochs", "2",
             "--device", "cpu", "--delift.token-budget", "512", "--quiet"]
 
 

@@ -12,7 +12,7 @@ import datasets
 import numpy as np
 import pytest
 
-from nncift import SelectSettings, run_select
+from nncift import SelectSettings
 from nncift.cli.commands import main
 from nncift.data.records import read_records, write_jsonl
 from nncift.files.errors import SettingsMismatch
@@ -24,10 +24,12 @@ from nncift.selection.subset_quality import ObjectiveSpec, objective_on
 from nncift.steps.add import add_to_run
 from nncift.steps.inspect import inspect_run, to_markdown
 from nncift.steps.score import score_records
+from nncift.steps.select import run_select
 
 
 def _settings(**overrides) -> SelectSettings:
-    base = dict(influence="delift-se", fraction=0.25, min_sampled=8, budget=0.25, max_steps=60, folds=3, quiet=True, seed=3)
+    base = dict(influence="delift-se", **{"sampling.fraction": 0.25, "sampling.min_sampled": 8, "selection.budget": 0.25, "network.max_steps": 60,
+            "network.folds": 3}, quiet=True, seed=3)
     return SelectSettings.build(**{**base, **overrides})
 
 
@@ -43,6 +45,7 @@ def files(tmp_path: Path, demo_pool) -> dict[str, Path]:
     return paths
 
 
+@pytest.mark.e2e
 def test_subset_and_scores_files_hold_the_chosen_records_as_read(tmp_path: Path, files) -> None:
     result = run_select(_settings(data=(str(files["pool"]),)), tmp_path / "run")
     originals = [json.loads(line) for line in files["pool"].read_text().splitlines()]
@@ -74,16 +77,18 @@ def _copy_model(source: Path, tmp_path: Path) -> Path:
     return target
 
 
+@pytest.mark.e2e
 def test_score_values_new_records_without_the_language_model(tmp_path: Path, files, tiny_lm_dir) -> None:
     model = _copy_model(tiny_lm_dir, tmp_path)
     settings = SelectSettings.build(influence="delift", model=str(model), data=(str(files["pool"]),), targets=(str(files["targets"]),),
-                              fraction=0.25, min_sampled=6, budget=8, sampling_blocks=1, device="cpu", quiet=True, max_steps=40, folds=3)
+                              **{"sampling.fraction": 0.25, "sampling.min_sampled": 6, "selection.budget": 8, "sampling.blocks": 1}, device="cpu",
+                                      quiet=True, **{"network.max_steps": 40, "network.folds": 3})
     run_select(settings, tmp_path / "run")
     shutil.rmtree(model)  # the LM is gone: scoring must not need it
     new, report = read_records(files["new"])
     result = score_records(tmp_path / "run", new, tmp_path / "scores", reports=[report], top_targets=3, progress=False)
     manifest = result.manifest
-    assert manifest["cost"]["language_model_loads"] == 0 and manifest["cost"]["influence_evaluations_made"] == 0
+    assert manifest["cost"]["counters"]["language_model_loads"] == 0 and manifest["cost"]["influence_evaluations_made"] == 0
     assert manifest["run"]["objective"] == "fl" and manifest["counts"]["records"] == 16 and len(manifest["network_sha256"]) == 64
     # the values are the run's network on the stored target embeddings and the new records' embeddings
     network = load_network(tmp_path / "run" / "network.safetensors")
@@ -98,10 +103,11 @@ def test_score_values_new_records_without_the_language_model(tmp_path: Path, fil
         assert len(list(csv.DictReader(handle))) == 16
 
 
+@pytest.mark.e2e
 def test_score_and_add_for_a_pointwise_run(tmp_path: Path, files, tiny_gpt2_dir) -> None:
     model = _copy_model(tiny_gpt2_dir, tmp_path)
-    settings = SelectSettings.build(influence="selectit", model=str(model), data=(str(files["pool"]),), fraction=0.25, min_sampled=6,
-                              budget=6.0, device="cpu", quiet=True, max_steps=40, folds=3)
+    settings = SelectSettings.build(influence="selectit", model=str(model), data=(str(files["pool"]),), **{"sampling.fraction": 0.25,
+            "sampling.min_sampled": 6, "selection.budget": 6.0}, device="cpu", quiet=True, **{"network.max_steps": 40, "network.folds": 3})
     run = run_select(settings, tmp_path / "run", influence_options={"max_length": 0, "n_instructions": 2})
     shutil.rmtree(model)
     new, _ = read_records(files["new"])
@@ -109,7 +115,7 @@ def test_score_and_add_for_a_pointwise_run(tmp_path: Path, files, tiny_gpt2_dir)
     network = load_network(tmp_path / "run" / "network.safetensors")
     expected = predict_pointwise(network, embed_records(new, progress=False))
     np.testing.assert_allclose([row["value"] for row in result.rows], expected, rtol=1e-5)
-    assert result.manifest["cost"]["language_model_loads"] == 0 and "top_targets" not in result.rows[0]
+    assert result.manifest["cost"]["counters"]["language_model_loads"] == 0 and "top_targets" not in result.rows[0]
     grown = add_to_run(tmp_path / "run", new, tmp_path / "grown", budget=10.0, progress=False)
     assert grown.indices[:6].tolist() == run.indices.tolist() and len(grown.indices) == 10
     union_scores = np.concatenate([np.load(tmp_path / "run" / "predicted_scores.npy"), expected])
@@ -118,8 +124,9 @@ def test_score_and_add_for_a_pointwise_run(tmp_path: Path, files, tiny_gpt2_dir)
     assert grown.indices[6:].tolist() == best.tolist()
 
 
+@pytest.mark.e2e
 def test_add_keeps_the_old_picks_and_continues_the_greedy_on_the_union(tmp_path: Path, files) -> None:
-    run = run_select(_settings(data=(str(files["pool"]),), budget=0.25), tmp_path / "run")
+    run = run_select(_settings(data=(str(files["pool"]),), **{"selection.budget": 0.25}), tmp_path / "run")
     new, report = read_records(files["new"])
     grown = add_to_run(tmp_path / "run", new, tmp_path / "grown", reports=[report], new_paths=[str(files["new"])], progress=False)
     k = int(np.floor(0.25 * 64 + 0.5))
@@ -149,8 +156,10 @@ def test_add_keeps_the_old_picks_and_continues_the_greedy_on_the_union(tmp_path:
         add_to_run(tmp_path / "grown", new[:2], tmp_path / "again", budget=10.0, progress=False)
 
 
+@pytest.mark.e2e
 def test_add_with_targets_and_flmi_keeps_picks_and_moves_the_targets_below_the_new_rows(tmp_path: Path, files) -> None:
-    run = run_select(_settings(data=(str(files["pool"]),), targets=(str(files["targets"]),), objective="flmi", budget=8.0), tmp_path / "run")
+    run = run_select(_settings(data=(str(files["pool"]),), targets=(str(files["targets"]),), **{"selection.objective": "flmi",
+            "selection.budget": 8.0}), tmp_path / "run")
     new, _ = read_records(files["new"])
     grown = add_to_run(tmp_path / "run", new, tmp_path / "grown", budget=12.0, progress=False)
     assert grown.indices[:8].tolist() == run.indices.tolist() and len(set(grown.indices.tolist())) == 12
@@ -162,8 +171,9 @@ def test_add_with_targets_and_flmi_keeps_picks_and_moves_the_targets_below_the_n
     assert rows["n_pool_rows"] == 64 and [r["kind"] for r in rows["rows"]].count("target") == 12
 
 
+@pytest.mark.e2e
 def test_inspect_marks_exact_and_predicted_values(tmp_path: Path, files, capsys) -> None:
-    run_select(_settings(data=(str(files["pool"]),), targets=(str(files["targets"]),), budget=8.0), tmp_path / "run")
+    run_select(_settings(data=(str(files["pool"]),), targets=(str(files["targets"]),), **{"selection.budget": 8.0}), tmp_path / "run")
     folder = tmp_path / "run"
     q1, q_rows, q_cols = np.load(folder / "q1.npy"), np.load(folder / "q1.rows.npy"), np.load(folder / "q1.cols.npy")
     target = int(q_rows[0])
@@ -190,32 +200,34 @@ def report_scale(folder: Path) -> tuple[float, float]:
     return scaling["low"], scaling["high"]
 
 
+@pytest.mark.e2e
 def test_reselect_reuses_the_influence_block_and_matches_a_fresh_run(tmp_path: Path, files) -> None:
     settings = _settings(data=(str(files["pool"]),))
     run_select(settings, tmp_path / "run")
     done = (tmp_path / "run" / "q1.done.jsonl").read_text()
     q1_mtime = (tmp_path / "run" / "q1.npy").stat().st_mtime_ns
-    wider = settings.updated(budget=0.5)
+    wider = settings.updated(**{"selection.budget": 0.5})
     again = run_select(wider, tmp_path / "run")
     fresh = run_select(wider, tmp_path / "fresh")
     assert again.indices.tolist() == fresh.indices.tolist() and len(again.indices) == 24
     assert (tmp_path / "run" / "q1.done.jsonl").read_text() == done and (tmp_path / "run" / "q1.npy").stat().st_mtime_ns == q1_mtime
     assert again.manifest["reselected"]["changed"] == {"selection.budget": {"stored": 0.25, "now": 0.5}}
     assert "reused" in again.manifest["network_training"]  # same network settings: not retrained
-    other_network = run_select(wider.updated(architecture="paper", epochs=2), tmp_path / "run")
+    other_network = run_select(wider.updated(**{"network.architecture": "paper", "network.epochs": 2}), tmp_path / "run")
     assert "reused" not in other_network.manifest["network_training"] and other_network.manifest["network_training"]["architecture"] == "paper"
     assert (tmp_path / "run" / "q1.done.jsonl").read_text() == done
     assert run_select(wider, tmp_path / "fresh").manifest == fresh.manifest  # finished with the same settings: returned as it is
-    for changed in ({"fraction": 0.5}, {"seed": 4}, {"influence": "delift"}):
-        with pytest.raises(SettingsMismatch, match=next(iter(changed))):
+    for changed in ({"sampling.fraction": 0.5}, {"seed": 4}, {"influence": "delift"}):
+        with pytest.raises(SettingsMismatch, match=next(iter(changed)).rpartition(".")[2]):
             run_select(wider.updated(**changed), tmp_path / "run")
     targeted = settings.updated(targets=(str(files["targets"]),))
     run_select(targeted, tmp_path / "targeted")
     with pytest.raises(SettingsMismatch, match="matrix_rows: stored 'targets', now 'pool\\+targets'"):
-        run_select(targeted.updated(objective="flmi"), tmp_path / "targeted")
-    assert run_select(targeted.updated(objective="topk"), tmp_path / "targeted").manifest["objective"] == "topk"
+        run_select(targeted.updated(**{"selection.objective": "flmi"}), tmp_path / "targeted")
+    assert run_select(targeted.updated(**{"selection.objective": "topk"}), tmp_path / "targeted").manifest["objective"] == "topk"
 
 
+@pytest.mark.e2e
 def test_score_and_add_refuse_bad_input_with_one_line(tmp_path: Path, files, capsys) -> None:
     run_select(_settings(data=(str(files["pool"]),)), tmp_path / "run")
     bad = tmp_path / "bad.jsonl"
@@ -230,12 +242,12 @@ def test_score_and_add_refuse_bad_input_with_one_line(tmp_path: Path, files, cap
     assert "--run and --add go together" in capsys.readouterr().err
     assert main(["select", "--run", str(tmp_path / "run"), "--add", str(files["new"]), "--budget", "5", "--selection.budget", "6",
                  "--out", str(tmp_path / "g")]) == 2
-    assert "selection.budget is given twice (--budget and --selection.budget)" in capsys.readouterr().err
+    assert "--budget and --selection.budget (one setting) are given twice (5.0 and 6.0)" in capsys.readouterr().err
     assert main(["select", "--run", str(tmp_path / "run"), "--add", str(files["new"]), "--out", str(tmp_path / "g"), "--quiet"]) == 0
     assert "kept the run's 12 picks and added 4" in capsys.readouterr().out
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_score_add_and_inspect_from_the_command_line_on_real_data(tmp_path: Path, capsys) -> None:
     from conftest import shared_data
 
@@ -263,6 +275,7 @@ def test_score_add_and_inspect_from_the_command_line_on_real_data(tmp_path: Path
     assert report["run"]["pool"] == n_old + 40 and report["candidate"]["top_targets"][0]["origin"] == "predicted"
 
 
+@pytest.mark.e2e
 def test_run_select_takes_dicts_and_a_datasets_dataset(tmp_path: Path, files) -> None:
     rows = [json.loads(line) for line in files["pool"].read_text().splitlines()]
     from_records = run_select(_settings(), tmp_path / "records", pool=read_records(files["pool"])[0])

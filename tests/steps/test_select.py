@@ -9,16 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nncift import SelectSettings, read_records, run_select
+from nncift import SelectSettings, read_records
 from nncift.data.records import write_jsonl
 from nncift.files.errors import SettingsMismatch
 from nncift.models.embeddings import embed_records
 from nncift.selection import facility_location
-from nncift.steps.select import plan_layout, sample_indices
+from nncift.steps.select import plan_layout, run_select, sample_indices
 
 
 def _settings(**overrides) -> SelectSettings:
-    base = dict(influence="delift-se", fraction=0.25, min_sampled=8, budget=0.25, epochs=5, max_steps=60, folds=3, quiet=True, seed=3)
+    base = dict(influence="delift-se", **{"sampling.fraction": 0.25, "sampling.min_sampled": 8, "selection.budget": 0.25, "network.epochs": 5,
+            "network.max_steps": 60, "network.folds": 3}, quiet=True, seed=3)
     return SelectSettings.build(**{**base, **overrides})
 
 
@@ -47,7 +48,7 @@ def test_sampling_blocks_spend_the_same_pairs_on_more_records(demo_pool) -> None
     pool, targets = demo_pool[:48], demo_pool[48:64]
     square = plan_layout(pool, [], "fl", _settings().sampling, np.random.default_rng(0))
     assert square.row_groups is None and square.labelled().all() and len(square.blocks(5)) == 9  # 12 × 12 in 5-blocks
-    blocks = plan_layout(pool, [], "fl", _settings(sampling_blocks=4).sampling, np.random.default_rng(0))
+    blocks = plan_layout(pool, [], "fl", _settings(**{"sampling.blocks": 4}).sampling, np.random.default_rng(0))
     assert len(blocks.seen_cols) == 24 == 2 * len(square.seen_cols) and np.array_equal(blocks.seen_rows, blocks.seen_cols)
     labelled = blocks.labelled()
     assert labelled.sum() == 4 * 6 * 6 and abs(int(labelled.sum()) - square.labelled().size) <= 12 * 12 // 2
@@ -56,15 +57,16 @@ def test_sampling_blocks_spend_the_same_pairs_on_more_records(demo_pool) -> None
     for block in blocks.blocks(4):
         covered[block.row_start:block.row_stop, block.col_start:block.col_stop] = True
     assert np.array_equal(covered, labelled)  # exactly the within-group pairs are computed
-    mutual = plan_layout(pool, targets, "flmi", _settings(sampling_blocks=4).sampling, np.random.default_rng(0))
+    mutual = plan_layout(pool, targets, "flmi", _settings(**{"sampling.blocks": 4}).sampling, np.random.default_rng(0))
     group_of_col = dict(zip(mutual.seen_cols.tolist(), mutual.col_groups.tolist()))
     for row, group in zip(mutual.seen_rows.tolist(), mutual.row_groups.tolist()):
         if row < mutual.n_pool_rows:
             assert group_of_col[row] == group  # a pool record is in the same group as a row and as a column
 
 
+@pytest.mark.e2e
 def test_select_with_sampling_blocks_computes_only_the_blocks(tmp_path: Path, demo_pool) -> None:
-    result = run_select(_settings(sampling_blocks=4, fraction=0.2), tmp_path / "run", pool=demo_pool)
+    result = run_select(_settings(**{"sampling.blocks": 4, "sampling.fraction": 0.2}), tmp_path / "run", pool=demo_pool)
     q1 = np.load(tmp_path / "run" / "q1.npy")
     manifest = result.manifest
     assert manifest["cost"]["influence_evaluations_made"] == manifest["labelled_pairs"] == int(np.isfinite(q1).sum()) < q1.size
@@ -76,20 +78,22 @@ def test_select_with_sampling_blocks_computes_only_the_blocks(tmp_path: Path, de
     assert np.isfinite(predicted).all()
 
 
+@pytest.mark.e2e
 def test_manifest_reports_the_network_choice_and_positive_gain_picks(tmp_path: Path, demo_pool) -> None:
-    result = run_select(_settings(budget=0.9), tmp_path / "run", pool=demo_pool)
+    result = run_select(_settings(**{"selection.budget": 0.9}), tmp_path / "run", pool=demo_pool)
     training = result.manifest["network_training"]
-    assert result.manifest["sampling_blocks"] == 1  # --sampling-blocks 0: DELIFT-SE costs per record, one block
+    assert result.manifest["sampling_blocks"] == 1  # --sampling.blocks 0: DELIFT-SE costs per record, one block
     # DELIFT-SE is the cosine of the network's own inputs: the calibrated prior is exact, nothing is trained, and the report says so
     assert training["architecture"] == "two-tower" and training["chosen"] == "prior" and training["candidates"] == {}
     assert "prior is exact" in training["note"] and training["prior"]["alpha"] == pytest.approx(0.5, abs=1e-4)
     positive = result.manifest["positive_gain_picks"]
     assert positive == int((result.scores > 0).sum()) and 0 < positive <= len(result.indices) == 58
     assert result.manifest["fill_rule"] is None or "singleton value" in result.manifest["fill_rule"]
-    paper = run_select(_settings(architecture="paper"), tmp_path / "paper", pool=demo_pool)
+    paper = run_select(_settings(**{"network.architecture": "paper"}), tmp_path / "paper", pool=demo_pool)
     assert paper.manifest["network_training"]["architecture"] == "paper" and len(paper.manifest["network_training"]["losses"]) == 5
 
 
+@pytest.mark.e2e
 def test_select_with_delift_se_writes_subset_manifest_and_artefacts(tmp_path: Path, demo_pool) -> None:
     pool_file = tmp_path / "pool.jsonl"
     write_jsonl(pool_file, [r.raw for r in demo_pool] + [{"instruction": "x", "output": ""}])
@@ -109,6 +113,7 @@ def test_select_with_delift_se_writes_subset_manifest_and_artefacts(tmp_path: Pa
     assert not list((tmp_path / "run").glob("*.pkl"))
 
 
+@pytest.mark.e2e
 def test_exact_q1_values_are_kept_and_selection_uses_the_matrix(tmp_path: Path, demo_pool) -> None:
     result = run_select(_settings(), tmp_path / "run", pool=demo_pool)
     predicted = np.load(tmp_path / "run" / "predicted.npy")
@@ -119,6 +124,7 @@ def test_exact_q1_values_are_kept_and_selection_uses_the_matrix(tmp_path: Path, 
     assert result.indices.tolist() == facility_location(np.maximum(predicted, 0), 16).indices.tolist()
 
 
+@pytest.mark.e2e
 def test_same_seed_same_subset_other_seed_differs(tmp_path: Path, demo_pool) -> None:
     first = run_select(_settings(), tmp_path / "a", pool=demo_pool)
     second = run_select(_settings(), tmp_path / "b", pool=demo_pool)
@@ -128,26 +134,30 @@ def test_same_seed_same_subset_other_seed_differs(tmp_path: Path, demo_pool) -> 
     np.testing.assert_array_equal(np.load(tmp_path / "a" / "predicted.npy"), np.load(tmp_path / "b" / "predicted.npy"))
 
 
+@pytest.mark.e2e
 def test_targets_with_each_objective(tmp_path: Path, demo_pool) -> None:
     pool, targets = demo_pool[:48], [r for r in demo_pool[48:] if r.task == "sentiment"]
     for objective in ("fl", "flmi", "flcg", "topk"):
-        result = run_select(_settings(objective=objective, budget=8), tmp_path / objective, pool=pool, targets=targets)
+        result = run_select(_settings(**{"selection.objective": objective, "selection.budget": 8}), tmp_path / objective, pool=pool, targets=targets)
         assert len(result.indices) == 8 and result.manifest["objective"] == objective
         rows = len(targets) if objective in ("fl", "topk") else len(pool) + len(targets)
         assert result.manifest["matrix_shape"] == [rows, len(pool)]
     exact = {objective: sum(r.task == "sentiment" for r in run_select(
-        _settings(objective=objective, budget=8, fraction=1.0), tmp_path / f"exact-{objective}", pool=pool, targets=targets).records)
+        _settings(**{"selection.objective": objective, "selection.budget": 8, "sampling.fraction": 1.0}), tmp_path / f"exact-{objective}",
+                pool=pool, targets=targets).records)
         for objective in ("topk", "flcg")}
     assert exact == {"topk": 6, "flcg": 0}  # top-k of mean similarity takes all 6; conditional gain avoids P
 
 
+@pytest.mark.e2e
 def test_rerun_with_other_settings_is_refused(tmp_path: Path, demo_pool) -> None:
     run_select(_settings(), tmp_path / "run", pool=demo_pool)
     run_select(_settings(quiet=False), tmp_path / "run", pool=demo_pool)  # progress bars only: same run
     with pytest.raises(SettingsMismatch, match="fraction"):
-        run_select(_settings(fraction=0.5), tmp_path / "run", pool=demo_pool)
+        run_select(_settings(**{"sampling.fraction": 0.5}), tmp_path / "run", pool=demo_pool)
 
 
+@pytest.mark.e2e
 def test_finished_run_is_reused_with_its_cost_and_changed_records_are_refused(tmp_path: Path, demo_pool) -> None:
     first = run_select(_settings(), tmp_path / "run", pool=demo_pool)
     manifest = (tmp_path / "run" / "manifest.json").read_text()
@@ -172,13 +182,14 @@ def test_finished_run_is_reused_with_its_cost_and_changed_records_are_refused(tm
 
 def test_flmi_without_targets_is_a_clear_error(tmp_path: Path, demo_pool) -> None:
     with pytest.raises(ValueError, match="needs --targets"):
-        run_select(_settings(objective="flmi"), tmp_path / "run", pool=demo_pool)
+        run_select(_settings(**{"selection.objective": "flmi"}), tmp_path / "run", pool=demo_pool)
 
 
+@pytest.mark.e2e
 def test_real_alpaca_file(tmp_path: Path) -> None:
     from conftest import shared_data
 
     pool, report = read_records(shared_data("alpaca_en_demo.json"))
-    result = run_select(_settings(fraction=0.05, budget=0.3), tmp_path / "run", pool=pool[:300], reports=[report])
+    result = run_select(_settings(**{"sampling.fraction": 0.05, "selection.budget": 0.3}), tmp_path / "run", pool=pool[:300], reports=[report])
     assert len(result.indices) == 90
     assert result.manifest["cost"]["influence_evaluations_made"] == 15 * 15

@@ -1,29 +1,37 @@
 """The ``nncift`` command line. Flags are generated from the settings dataclasses.
 
-Every command exits with code 2 and a one-line message (no traceback) on bad input.
+Every command exits with code 2 and a one-line message (no traceback) on bad input (a user error:
+:data:`USER_ERRORS`); any other exception is a bug, shown with its traceback and exit code 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import os
 import signal
 import sys
+import traceback
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
-from nncift.data.records import DataError
-from nncift.files.errors import SettingsMismatch
-from nncift.models.loading import ModelError
+from nncift.files.errors import InputError, UserError
 from nncift.run.store import make_run_folder
-from nncift.settings.fields import add_arguments, build_settings, check_options, field_docs, load_yaml, resolve_names, stage_fields
-from nncift.settings.given_once import StoreOnce, refuse_repeated
+from nncift.settings.fields import build_settings, check_options, field_docs
+from nncift.settings.flags import add_arguments, add_removed_flags
+from nncift.settings.given_once import GIVEN_AS, StoreOnce, refuse_repeated
+from nncift.settings.sources import read_sources
 from nncift.settings.stages import SelectSettings
 
-USER_ERRORS = (DataError, ModelError, SettingsMismatch, ValueError, FileNotFoundError, RuntimeError)
-"""Errors reported as one line (exit code 2); RunFolderError, RunFolderInUse and RunNotReady are among them."""
+USER_ERRORS = (UserError, FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
+"""Errors a user causes, reported as one line with exit code 2: nncift's own (:class:`~nncift.files.errors.UserError`:
+bad flags, settings, data, models, run folders, a missing extra) and the OS errors of a path the user gave. A full or
+read-only disk and memory run out are reported so too; any other exception is a bug (:func:`main`)."""
+
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+"""OS errors of the machine, not of nncift: no space left, quota exceeded, read-only file system."""
 
 
 def _influence_settings_classes() -> dict[str, type]:
@@ -34,72 +42,49 @@ def _influence_settings_classes() -> dict[str, type]:
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, settings_class: type[SelectSettings]) -> None:
+    """The flags of a run: ``--out``, ``--config``, one per field of ``settings_class`` and of each influence function's
+    settings (``--delift.max-length``), and the removed flags of earlier versions (refused, naming their spelling now)."""
     parser.add_argument("--out", required=True, action=StoreOnce, help="run folder")
     parser.add_argument("--config", action=StoreOnce, help="YAML file with settings (flags override it)")
     parser.add_argument("--model", dest="model", action="append", default=None,
                         help=f"{field_docs(settings_class)['model']} Repeat the flag to rate with several models "  # type: ignore[arg-type]
                              f"(selectit's model-level reflection). (default: {settings_class.model!r})")
     add_arguments(parser, settings_class)
-    own = {f.name for f in dataclasses.fields(settings_class)}
-    for name, klass in _influence_settings_classes().items():
+    functions = _influence_settings_classes()
+    for name, klass in functions.items():
         group = parser.add_argument_group(f"{name} options (apply with --influence {name}; in YAML under '{name}:')")
-        add_arguments(group, klass, skip=own, prefix=name)  # type: ignore[arg-type]
+        add_arguments(group, klass, prefix=name)  # type: ignore[arg-type]
+    add_removed_flags(parser, settings_class, functions)
+
+
+_OPTIONS_HINT = " (an influence function's options go under its name, e.g. 'delift:' with 'token_budget: 1024' below it)"
 
 
 def split_settings(args: argparse.Namespace, settings_class: type) -> tuple[Any, dict[str, Any]]:
-    """(run settings, influence options): dataclass defaults, then the YAML file, then flags.
+    """(run settings, influence options): dataclass defaults, then the YAML file, then flags (:func:`nncift.settings.sources.read_sources`).
 
     Everything is checked here, before any file is written: a bad value is reported with the YAML file
-    it came from (``c.yaml: budget: expected a number, got 'lots'``) or its flag.
+    it came from (``c.yaml: selection.budget: expected a number, got 'lots'``) or its flag.
     """
     from nncift.influence import influence_class
 
-    values: dict[str, Any] = load_yaml(args.config) if args.config else {}
-    functions = _influence_settings_classes()
-    own = {f.name for f in dataclasses.fields(settings_class)}
-    aliases = getattr(settings_class, "ALIASES", {})
-    stages = stage_fields(settings_class)
-    nested = {name: values.pop(name) for name in list(values) if name in functions}  # YAML: `delift: {token_budget: 1024}`
-    unknown = sorted(key for key in values if key not in own and key not in aliases and key.partition(".")[0] not in stages)
-    if unknown:
-        raise ValueError(f"{args.config}: unknown settings: {', '.join(unknown)} (an influence function's options go "
-                         f"under its name, e.g. 'delift:' with 'token_budget: 1024' below it)")
-    from_file, origins = resolve_names(settings_class, values, {key: str(args.config) for key in values})
-    flags = {k: v for k, v in vars(args).items()
-             if v is not None and (k in own or k in aliases or k.partition(".")[0] in stages)}
-    from_flags, flag_origins = resolve_names(settings_class, flags, {key: "--" + key.replace("_", "-") for key in flags})
-    origins.update(flag_origins)
-    options_by_function: dict[str, dict[str, Any]] = {}
-    for name, given in nested.items():
-        if not isinstance(given, dict):
-            raise ValueError(f"{args.config}: {name}: expected a mapping of {name}'s options, got {given!r}")
-        options_by_function[name] = {str(key).replace("-", "_"): value for key, value in given.items()}
-        origins.update({key: f"{args.config} ({name}:)" for key in options_by_function[name]})
-    for dest, value in vars(args).items():
-        name, dot, key = dest.partition(".")
-        if dot and name in functions and value is not None:
-            options_by_function.setdefault(name, {})[key] = value
-            origins[key] = f"--{name}.{key.replace('_', '-')}"
-    values = {**from_file, **from_flags}  # flags override the file
+    sources = read_sources(settings_class, args, sections=_influence_settings_classes(), hint=_OPTIONS_HINT)
+    values, origins = sources.values, sources.origins
     models = values.get("model")
     if isinstance(models, (list, tuple)):  # --model given once or more (or a YAML list)
         values["model"] = str(models[0])
     settings = build_settings(settings_class, values, origins=origins)
-    for name, given in options_by_function.items():
+    for name, given in sources.sections.items():
         if name != settings.influence:
             where = ", ".join(origins.get(key, key) for key in given)
-            raise ValueError(f"{where}: {name}'s options apply with --influence {name}, not with --influence {settings.influence}")
-        names = {f.name for f in dataclasses.fields(functions[name])} - own
-        unknown_options = sorted(set(given) - names)
-        if unknown_options:
-            raise ValueError(f"{args.config}: {name}: unknown options: {', '.join(unknown_options)}")
-    options = dict(options_by_function.get(settings.influence, {}))
+            raise InputError(f"{where}: {name}'s options apply with --influence {name}, not with --influence {settings.influence}")
+    options = dict(sources.sections.get(settings.influence, {}))
     if isinstance(models, (list, tuple)) and len(models) > 1:
         _add_model_list(settings, options, [str(m) for m in models])
     try:
         function_settings = influence_class(settings.influence).Settings
     except ModuleNotFoundError as error:
-        raise ValueError(f"influence function {settings.influence} is not available in this build ({error.name} is missing)") from None
+        raise InputError(f"influence function {settings.influence} is not available in this build ({error.name} is missing)") from None
     check_options(function_settings, options, origins)
     return settings, options
 
@@ -109,10 +94,10 @@ def _add_model_list(settings: Any, options: dict[str, Any], models: list[str]) -
     from nncift.influence import settings_class
 
     if "models" not in {f.name for f in dataclasses.fields(settings_class(settings.influence))}:
-        raise ValueError(f"--model given {len(models)} times, but {settings.influence} rates with one model "
+        raise InputError(f"--model given {len(models)} times, but {settings.influence} rates with one model "
                          "(several models: selectit)")
     if options.get("models"):
-        raise ValueError("give the rating models either as a repeated --model or as --selectit.models, not both")
+        raise InputError("give the rating models either as a repeated --model or as --selectit.models, not both")
     options["models"] = models
 
 
@@ -138,18 +123,19 @@ def _cmd_add(args: argparse.Namespace) -> int:
     from nncift.steps.preflight import check_out_folder
 
     if not (args.run and args.add):
-        raise ValueError("--run and --add go together: --run RUN_DIR --add NEW.jsonl grows RUN_DIR's selection with new records")
-    given = sorted("--" + k.replace("_", "-") for k, v in vars(args).items()
-                   if v is not None and k not in ("run", "add", "out", "budget", "selection.budget", "quiet", "command", "handler", "force") and v is not False)
+        raise InputError("--run and --add go together: --run RUN_DIR --add NEW.jsonl grows RUN_DIR's selection with new records")
+    typed = getattr(args, GIVEN_AS, {})
+    given = sorted(typed.get(k, "--" + k.replace("_", "-")) for k, v in vars(args).items()
+                   if v is not None and k not in ("run", "add", "out", "selection.budget", "quiet", "command", "handler", "force", GIVEN_AS)
+                   and v is not False)
     if given:
-        raise ValueError(f"with --run, the run's own settings are used: only --selection.budget (--budget) and --quiet apply (got {', '.join(given)})")
-    budgets = {dest: vars(args)[dest] for dest in ("budget", "selection.budget") if vars(args)[dest] is not None}
-    budget = resolve_names(SelectSettings, budgets, {dest: "--" + dest for dest in budgets})[0].get("selection.budget")  # given twice: refused
+        raise InputError(f"with --run, the run's own settings are used: only --selection.budget (--budget) and --quiet apply (got {', '.join(given)})")
+    budget = vars(args)["selection.budget"]
     check_out_folder(args.out, data=args.add, run=args.run, force=args.force)
     check_run_files(args.run)
     new, reports = read_many(args.add)
     if not new:
-        raise ValueError(f"no records to add in {', '.join(args.add)} (see the skip counts)")
+        raise InputError(f"no records to add in {', '.join(args.add)} (see the skip counts)")
     result = add_to_run(args.run, new, args.out, budget=budget, reports=reports, new_paths=args.add, progress=not args.quiet)
     counts = result.manifest["counts"]
     print(f"kept the run's {counts['kept']} picks and added {counts['added']} ({counts['added_from_new_records']} of them new records) "
@@ -287,17 +273,37 @@ def main(argv: list[str] | None = None) -> int:
         _on_sigint(signal.default_int_handler)  # from here: KeyboardInterrupt, so that locks are released
         refuse_repeated(args)
         return int(args.handler(args) or 0)
-    except USER_ERRORS as error:
-        if os.environ.get("NNCIFT_DEBUG"):
-            raise
-        print(f"nncift: error: {error}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("nncift: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except Exception as error:  # the one place that tells the user's errors (exit 2) from bugs (exit 1)
+        if not is_user_error(error):
+            traceback.print_exc()
+            print(f"nncift: this is a bug in nncift {package_version()}; please report it with the command and the traceback above",
+                  file=sys.stderr)
+            return 1
+        if os.environ.get("NNCIFT_DEBUG"):
+            raise
+        print(f"nncift: error: {one_line(error)}", file=sys.stderr)
+        return 2
     finally:
         if previous is not None:
             _on_sigint(previous)
+
+
+def is_user_error(error: BaseException) -> bool:
+    """Whether ``error`` is the user's to fix (:data:`USER_ERRORS`, a full or read-only disk, memory run out), not a bug."""
+    if isinstance(error, USER_ERRORS) or isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+        return True  # OutOfMemoryError: torch's (CUDA or CPU), named so that torch is not imported here
+    return isinstance(error, OSError) and error.errno in _DISK_ERRNOS
+
+
+def one_line(error: BaseException) -> str:
+    """The message of a user error on one line (a library's message may span several), or its type where it has none."""
+    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+        return f"out of memory ({type(error).__name__}{': ' + text if text else ''}): use a smaller pool, budget or block size, or a larger machine"
+    return text or type(error).__name__
 
 
 def _on_sigint(handler: Any) -> Any:

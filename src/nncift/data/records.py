@@ -45,6 +45,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from nncift.data.json_text import array_elements_with_lines, finite
 from nncift.files.atomic import atomic_write
+from nncift.files.errors import UserError
 
 END_OF_TEXT = "<|endoftext|>"
 SUFFIXES = (".json", ".jsonl")
@@ -52,7 +53,7 @@ ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assi
          "model": "assistant", "system": "system"}
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad input, with the place it was found: ``file:line: field: problem``."""
 
     def __init__(self, path: str | Path, line: int | None, field_name: str | None, problem: str):

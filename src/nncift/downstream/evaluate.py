@@ -31,36 +31,38 @@ import numpy as np
 
 from nncift.data.records import Record
 from nncift.downstream.finetune import collate, encode_example, prompt_ids, response_loss, uses_chat_template
-from nncift.settings.choices import BUNDLED_EMBEDDER, BUNDLED_LM
-from nncift.settings.fields import SettingsError
+from nncift.files.errors import InputError
+from nncift.settings.choices import BUNDLED_EMBEDDER, BUNDLED_LM, DTYPES
+from nncift.settings.fields import Checked, setting
+from nncift.settings.stages import DEVICE
 
 METRICS = ("loss", "rouge_l", "embedding_cosine", "exact_match")
 """Names of the metrics, in the order they are reported."""
 
 
 @dataclass(frozen=True)
-class EvaluateSettings:
+class EvaluateSettings(Checked):
     """Settings of ``nncift evaluate``."""
 
     model: str = BUNDLED_LM
     """Base causal LM id or path."""
     adapter: str = ""
     """LoRA adapter folder from ``nncift finetune`` (empty: the base model as it is)."""
-    max_new_tokens: int = 64
+    max_new_tokens: int = setting(64, at_least=1)
     """Most tokens generated per answer (keep it small for short-answer tasks)."""
-    batch_size: int = 8
+    batch_size: int = setting(8, at_least=1)
     """Records per forward pass or generation call."""
-    max_length: int = 256
+    max_length: int = setting(256, at_least=1)
     """Most tokens per record for the loss (as in fine-tuning); prompts are cut at their start to fit."""
     chat_template: bool = True
     """Use the tokenizer's chat template when it has one (as in fine-tuning)."""
     embedder: str = BUNDLED_EMBEDDER
     """Sentence embedder for the embedding cosine."""
-    limit: int = 0
+    limit: int = setting(0, at_least=0)
     """Evaluate only the first N records (0: all)."""
-    device: str = "auto"
+    device: str = setting("auto", **DEVICE)
     """auto, cpu, cuda."""
-    dtype: str = "float32"
+    dtype: str = setting("float32", choices=DTYPES)
     """Weights' dtype: float32, bfloat16, float16."""
     trust_remote_code: bool = False
     """Run code shipped with the model (explicit opt-in only)."""
@@ -71,18 +73,10 @@ class EvaluateSettings:
     icl_pool: str = ""
     """In-context-learning mode: file of the records (a selected subset) from which each query gets its K most similar records as examples; empty: answer
     each query alone."""
-    k: int = 3
+    k: int = setting(3, at_least=1)
     """In-context-learning mode: examples per query (the K pool records most similar to it by embedding cosine)."""
-    icl_max_length: int = 1024
+    icl_max_length: int = setting(1024, at_least=1)
     """In-context-learning mode: most tokens of a prompt with its examples (the least similar examples are dropped to fit)."""
-
-    def __post_init__(self) -> None:
-        """Check the ranges of the counts (a clear error naming the field)."""
-        for name in ("max_new_tokens", "batch_size", "max_length", "k", "icl_max_length"):
-            if getattr(self, name) < 1:
-                raise SettingsError(name, f"expected at least 1, got {getattr(self, name)}")
-        if self.limit < 0:
-            raise SettingsError("limit", f"expected at least 0, got {self.limit}")
 
 
 @dataclass
@@ -192,7 +186,7 @@ def generate_from_prompts(model: Any, tokenizer: Any, prompts: Sequence[list[int
 def evaluate_records(model: Any, tokenizer: Any, records: Sequence[Record], settings: EvaluateSettings) -> EvaluationResult:
     """All four metrics of ``model`` on ``records`` (means in ``metrics``, per record in ``examples``)."""
     if not records:
-        raise ValueError("no records to evaluate on")
+        raise InputError("no records to evaluate on")
     start = time.perf_counter()
     model.eval()
     sums, counts = reference_losses(model, tokenizer, records, settings) if settings.with_loss else (None, None)

@@ -13,7 +13,9 @@ from nncift.data.records import Record, read_many
 from nncift.downstream.evaluate import EvaluateSettings, EvaluationResult, evaluate_records, load_model_for_evaluation
 from nncift.downstream.icl import evaluate_icl, read_icl_pool
 from nncift.files.atomic import write_text_atomic
-from nncift.settings.fields import add_arguments, build_settings, environment_info, load_yaml, settings_dict
+from nncift.settings.fields import environment_info, settings_dict
+from nncift.settings.flags import add_arguments
+from nncift.settings.sources import settings_from_args
 
 
 def run_evaluate(settings: EvaluateSettings, records: Sequence[Record], out: str | Path | None = None) -> EvaluationResult:
@@ -44,13 +46,7 @@ def register_cli(subparsers: Any) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    values = load_yaml(args.config) if args.config else {}
-    origins = {key: str(args.config) for key in values}
-    names = set(EvaluateSettings.__dataclass_fields__)
-    flags = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    values.update(flags)
-    origins.update({key: "--" + key.replace("_", "-") for key in flags})
-    settings = build_settings(EvaluateSettings, values, origins=origins)
+    settings = settings_from_args(EvaluateSettings, args)  # the defaults, the YAML file, then the flags
     records, _ = read_many(args.data)
     result = run_evaluate(settings, records, args.out)
     print(json.dumps({k: v for k, v in result.metrics.items() if k not in ("settings", "environment")}, indent=2))

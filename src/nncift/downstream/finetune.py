@@ -31,58 +31,57 @@ import numpy as np
 
 from nncift.data import templates
 from nncift.data.records import Record, read_many
+from nncift.files.errors import InputError
+from nncift.models.loading import ModelError
 from nncift.run.store import RunStore
-from nncift.settings.choices import BUNDLED_LM
-from nncift.settings.fields import SettingsError, add_arguments, build_settings, check_settings, environment_info, load_yaml, settings_dict
+from nncift.settings.choices import BUNDLED_LM, DTYPES
+from nncift.settings.fields import Checked, environment_info, setting, settings_dict
+from nncift.settings.flags import add_arguments
+from nncift.settings.sources import settings_from_args
+from nncift.settings.stages import DEVICE
 
 IGNORE_INDEX = -100
 """Label of positions that do not count in the loss (prompt, padding)."""
 
 
 @dataclass(frozen=True)
-class FinetuneSettings:
+class FinetuneSettings(Checked):
     """Settings of ``nncift finetune`` (defaults: docs/methods.md §6)."""
 
     model: str = BUNDLED_LM
     """Base causal LM id or path."""
-    lora_r: int = 8
+    lora_r: int = setting(8, at_least=1)
     """LoRA rank r."""
-    lora_alpha: int = 16
+    lora_alpha: int = setting(16, at_least=1)
     """LoRA scaling α."""
-    lora_dropout: float = 0.05
+    lora_dropout: float = setting(0.05, at_least=0, at_most=1)
     """Dropout on the LoRA branch."""
     target_modules: tuple[str, ...] = ("all-linear",)
     """Modules that get LoRA adapters: all-linear (every linear layer but the output head) or module names."""
-    learning_rate: float = 2e-4
+    learning_rate: float = setting(2e-4, above=0)
     """AdamW peak learning rate (linear decay to 0 after the warm-up)."""
-    warmup_ratio: float = 0.0
+    warmup_ratio: float = setting(0.0, at_least=0, at_most=1)
     """Share of the steps with a linear learning-rate warm-up."""
-    weight_decay: float = 0.0
+    weight_decay: float = setting(0.0, at_least=0)
     """AdamW weight decay."""
-    epochs: int = 3
+    epochs: int = setting(3, at_least=1, why=" (at least 1 pass over the data)")
     """Passes over the data."""
-    batch_size: int = 8
+    batch_size: int = setting(8, at_least=1)
     """Records per optimiser step."""
-    max_length: int = 256
+    max_length: int = setting(256, at_least=1)
     """Maximum tokens per record (prompt + response + EOS); longer records are cut."""
     chat_template: bool = True
     """Use the tokenizer's chat template when it has one (else the plain prompt template)."""
-    seed: int = 0
+    seed: int = setting(0, at_least=0)
     """Seed for LoRA initialisation, dropout and the data order."""
-    device: str = "auto"
+    device: str = setting("auto", **DEVICE)
     """auto, cpu, cuda."""
-    dtype: str = "float32"
+    dtype: str = setting("float32", choices=DTYPES)
     """Weights' dtype: float32, bfloat16, float16."""
     trust_remote_code: bool = False
     """Run code shipped with the model (explicit opt-in only)."""
     quiet: bool = False
     """No progress bar."""
-
-    def __post_init__(self) -> None:
-        """Check every field (types and ranges) before a model is loaded; at least one epoch."""
-        check_settings(self)
-        if self.epochs < 1:
-            raise SettingsError("epochs", f"expected at least 1 pass over the data, got {self.epochs}")
 
 
 @dataclass
@@ -124,7 +123,7 @@ def prompt_ids(tokenizer: Any, record: Record, *, chat: bool) -> list[int]:
 def encode_example(tokenizer: Any, record: Record, max_length: int, *, chat: bool) -> EncodedExample:
     """Tokenise one record for teacher-forced training: labels -100 on the prompt, ids on response + EOS."""
     if tokenizer.eos_token_id is None:
-        raise ValueError("the tokenizer has no EOS token: cannot mark the end of a response")
+        raise ModelError("the tokenizer has no EOS token: cannot mark the end of a response")
     prompt = prompt_ids(tokenizer, record, chat=chat)
     response = list(tokenizer(record.output, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
     truncated = len(prompt) + len(response) > max_length
@@ -289,7 +288,7 @@ def finetune(records: Sequence[Record], settings: FinetuneSettings, out: str | P
     from nncift.models.loading import load_causal_lm
 
     if not records:
-        raise ValueError("no records to fine-tune on")
+        raise InputError("no records to fine-tune on")
     digest = records_digest(records)
     store = RunStore(out, {**settings_dict(settings), "data_sha256": digest, "command": "finetune"})
     torch.manual_seed(settings.seed)
@@ -327,13 +326,7 @@ def register_cli(subparsers: Any) -> None:
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from nncift.steps.preflight import check_device, check_model
 
-    values = load_yaml(args.config) if args.config else {}
-    origins = {key: str(args.config) for key in values}
-    names = set(FinetuneSettings.__dataclass_fields__)
-    flags = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    values.update(flags)
-    origins.update({key: "--" + key.replace("_", "-") for key in flags})
-    settings = build_settings(FinetuneSettings, values, origins=origins)  # flags override the file (values.update)
+    settings = settings_from_args(FinetuneSettings, args)  # the defaults, the YAML file, then the flags
     check_device(settings.device)
     check_model(settings.model, "--model")
     records, _ = read_many(args.data)

@@ -28,6 +28,7 @@ from nncift.data import templates
 from nncift.data.records import Record, read_many
 from nncift.downstream.evaluate import EvaluateSettings, EvaluationResult, example_losses, generate_from_prompts, score_answers
 from nncift.downstream.finetune import IGNORE_INDEX, EncodedExample, uses_chat_template
+from nncift.files.errors import InputError
 
 __all__ = ["nearest_examples", "icl_prompt_ids", "icl_prompts", "evaluate_icl", "read_icl_pool", "query_vectors"]
 
@@ -39,7 +40,7 @@ def nearest_examples(queries: np.ndarray, pool: np.ndarray, k: int) -> np.ndarra
     (len(queries), min(k, len(pool))), most similar first; equal similarities go to the lowest index.
     """
     if len(pool) == 0:
-        raise ValueError("the in-context pool is empty")
+        raise InputError("the in-context pool is empty")
     k = min(int(k), len(pool))
     similarity = np.asarray(queries, dtype=np.float64) @ np.asarray(pool, dtype=np.float64).T
     order = np.argsort(-similarity, axis=1, kind="stable")  # stable: ties keep the lower index first
@@ -111,7 +112,7 @@ def evaluate_icl(model: Any, tokenizer: Any, records: Sequence[Record], pool: Se
     Each example row also names the pool indices used (``icl_examples``, most similar first).
     """
     if not records:
-        raise ValueError("no records to evaluate on")
+        raise InputError("no records to evaluate on")
     start = time.perf_counter()
     model.eval()
     pool = list(pool)

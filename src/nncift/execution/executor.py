@@ -18,9 +18,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from nncift.data.records import Record
+from nncift.files.errors import UserError
 from nncift.influence import InfluenceSpec, build_influence
 from nncift.run.store import Block, BlockMatrix
 from nncift.settings.stages import ExecutorSettings
+
+
+class ExecutorError(UserError, RuntimeError):
+    """The executor cannot run here: its extra is not installed, the cluster is too small for the workers asked for,
+    or its workers keep dying; the message says which and what to change."""
 
 
 class Executor(ABC):
@@ -28,19 +34,33 @@ class Executor(ABC):
 
     name: str = "abstract"
 
-    @abstractmethod
     def run_pairwise(
         self, spec: InfluenceSpec, targets: Sequence[Record], candidates: Sequence[Record],
         matrix: BlockMatrix, blocks: list[Block], workdir: Path, *, progress: bool = True,
     ) -> Counter:
-        """Fill ``blocks`` of ``matrix`` (rows = targets, cols = candidates); return the cost counters."""
+        """Fill ``blocks`` of ``matrix`` (rows = targets, cols = candidates); return the cost counters. Blocks finished
+        earlier are kept; the pending ones are computed by :meth:`compute_blocks`."""
+        pending = matrix.pending(blocks)
+        return self.compute_blocks(spec, targets, candidates, matrix, pending, workdir, progress=progress) if pending else Counter()
 
-    @abstractmethod
     def run_pointwise(
         self, spec: InfluenceSpec, records: Sequence[Record], scores: BlockMatrix,
         blocks: list[Block], workdir: Path, *, progress: bool = True,
     ) -> tuple[Counter, dict[int, str]]:
-        """Fill ``blocks`` of the 1 × n ``scores`` matrix; return counters and failures (index → reason)."""
+        """Fill ``blocks`` of the 1 × n ``scores`` matrix; return counters and the failures (index → reason) of the blocks
+        computed now. Blocks finished earlier are kept; the pending ones are scored by :meth:`score_blocks`."""
+        pending = scores.pending(blocks)
+        return self.score_blocks(spec, records, scores, pending, workdir, progress=progress) if pending else (Counter(), {})
+
+    @abstractmethod
+    def compute_blocks(self, spec: InfluenceSpec, targets: Sequence[Record], candidates: Sequence[Record], matrix: BlockMatrix,
+                       pending: list[Block], workdir: Path, *, progress: bool) -> Counter:
+        """Compute and write the ``pending`` blocks of ``matrix`` (at least one); return the cost counters."""
+
+    @abstractmethod
+    def score_blocks(self, spec: InfluenceSpec, records: Sequence[Record], scores: BlockMatrix, pending: list[Block], workdir: Path, *,
+                     progress: bool) -> tuple[Counter, dict[int, str]]:
+        """Score and write the ``pending`` blocks of ``scores`` (at least one); return counters and failures (index → reason)."""
 
     def embed_records(self, records: Sequence[Record], *, model: str, device: str = "auto", progress: bool = True) -> np.ndarray:
         """L2-normalised sentence embeddings, float32 (len(records), d), through the embedding cache.
@@ -78,11 +98,9 @@ class LocalExecutor(Executor):
 
     name = "local"
 
-    def run_pairwise(self, spec: InfluenceSpec, targets: Sequence[Record], candidates: Sequence[Record], matrix: BlockMatrix,
-                     blocks: list[Block], workdir: Path, *, progress: bool = True) -> Counter:
-        pending = matrix.pending(blocks)
-        if not pending:
-            return Counter()
+    def compute_blocks(self, spec: InfluenceSpec, targets: Sequence[Record], candidates: Sequence[Record], matrix: BlockMatrix,
+                       pending: list[Block], workdir: Path, *, progress: bool) -> Counter:
+        """One copy of the influence function, prepared once, computes the blocks one after another."""
         function = build_influence(spec, progress=progress)
         function.prepare(targets, candidates, workdir)
         with tqdm(total=len(pending), desc=f"{spec.name} blocks", unit="block", disable=not progress) as bar:
@@ -94,12 +112,10 @@ class LocalExecutor(Executor):
         function.close()
         return counters
 
-    def run_pointwise(self, spec: InfluenceSpec, records: Sequence[Record], scores: BlockMatrix, blocks: list[Block], workdir: Path, *,
-                      progress: bool = True) -> tuple[Counter, dict[int, str]]:
-        pending = scores.pending(blocks)
+    def score_blocks(self, spec: InfluenceSpec, records: Sequence[Record], scores: BlockMatrix, pending: list[Block], workdir: Path, *,
+                     progress: bool) -> tuple[Counter, dict[int, str]]:
+        """One copy of the influence function, prepared once, scores the blocks one after another."""
         failures: dict[int, str] = {}
-        if not pending:
-            return Counter(), failures
         function = build_influence(spec, progress=progress)
         function.prepare(records, workdir)
         with tqdm(total=len(pending), desc=f"{spec.name} blocks", unit="block", disable=not progress) as bar:
@@ -154,6 +170,6 @@ def make_executor(name: str = "local", **options: object) -> Executor:
     except ImportError as error:
         if error.name is None or error.name.split(".")[0] in ("nncift",):
             raise
-        raise RuntimeError(f"the {name} executor needs `pip install nncift[{name}]` ({error})") from None
+        raise ExecutorError(f"the {name} executor needs `pip install nncift[{name}]` ({error})") from None
     executor_class = getattr(module, attribute)
     return executor_class() if name == "local" else executor_class(**options)

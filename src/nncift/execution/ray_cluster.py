@@ -36,8 +36,8 @@ import ray
 from tqdm.auto import tqdm
 
 from nncift.data.records import Record
-from nncift.execution.executor import Executor
-from nncift.influence import InfluenceSpec
+from nncift.execution.executor import Executor, ExecutorError
+from nncift.influence import InfluenceSpec, function_path
 from nncift.run.store import Block, BlockMatrix
 
 log = logging.getLogger(__name__)
@@ -71,12 +71,17 @@ class _Worker:
         """The worker's process id (to watch it, or to kill it in tests)."""
         return os.getpid()
 
-    def prepare(self, name: str, options: dict, first: list[dict], second: list[dict] | None, workdir: str) -> dict:
-        """Build and prepare the influence function; return the counters of preparing it."""
-        from nncift.influence import build_influence
+    def prepare(self, spec: dict, path: str, first: list[dict], second: list[dict] | None, workdir: str) -> dict:
+        """Build and prepare the influence function of ``spec`` (:meth:`InfluenceSpec.as_dict`: its name as registered in the
+        driver, its options and the run's context; ``path``: its import path, registered here too when this worker does not
+        know it: a user's function); return the counters of preparing it."""
+        from nncift.influence import REGISTRY, build_influence, register
 
         self.release()
-        function = build_influence(InfluenceSpec(name, options), progress=False)
+        name = spec["name"]
+        if REGISTRY.get(name) != path:
+            register(name, path, replace=True)
+        function = build_influence(InfluenceSpec.from_dict(spec), progress=False)
         folder = Path(workdir) if Path(workdir).is_dir() else Path(tempfile.mkdtemp(prefix="nncift-worker-"))
         if function.pairwise:
             function.prepare(_records(first), _records(second if second is not None else first), folder)
@@ -193,7 +198,7 @@ class RayExecutor(Executor):
         need = {"CPU": self.workers * self.worker_cpus, "GPU": self.workers * self.worker_gpus}
         short = [f"{need[k]:g} {k}s (the cluster has {total.get(k, 0):g})" for k in need if need[k] > total.get(k, 0)]
         if short and not address:
-            raise RuntimeError(f"{self.workers} Ray workers need " + " and ".join(short)
+            raise ExecutorError(f"{self.workers} Ray workers need " + " and ".join(short)
                                + ": lower --workers, --worker-cpus or --worker-gpus")
         if short:
             log.warning("the Ray cluster has too few resources right now for %s workers (%s); waiting for it to grow",
@@ -226,7 +231,7 @@ class RayExecutor(Executor):
                 return ray.get(ref)
             except _WORKER_LOST as error:
                 if attempt == self.max_retries:
-                    raise RuntimeError(f"Ray worker {slot} died {attempt + 1} times while starting: {error}") from None
+                    raise ExecutorError(f"Ray worker {slot} died {attempt + 1} times while starting: {error}") from None
                 ref = self._replace(slot, setup)
         return None  # pragma: no cover - the loop returns or raises
 
@@ -297,7 +302,7 @@ class RayExecutor(Executor):
                 except _WORKER_LOST as error:
                     attempts[index] += 1
                     if attempts[index] > self.max_retries:
-                        raise RuntimeError(f"{job}: task {task} lost its worker {attempts[index]} times; "
+                        raise ExecutorError(f"{job}: task {task} lost its worker {attempts[index]} times; "
                                            f"giving up ({error})") from None
                     self.stats["retried_tasks"] += 1
                     queue.appendleft((index, task))
@@ -320,11 +325,9 @@ class RayExecutor(Executor):
     # ------------------------------------------------------------------------------------------
     # the Executor interface
 
-    def run_pairwise(self, spec: InfluenceSpec, targets: Sequence[Record], candidates: Sequence[Record], matrix: BlockMatrix,
-                     blocks: list[Block], workdir: Path, *, progress: bool = True) -> Counter:
-        pending = matrix.pending(blocks)
-        if not pending:
-            return Counter()
+    def compute_blocks(self, spec: InfluenceSpec, targets: Sequence[Record], candidates: Sequence[Record], matrix: BlockMatrix,
+                       pending: list[Block], workdir: Path, *, progress: bool) -> Counter:
+        """The blocks as tasks of the workers, each of which prepares the influence function once."""
         first = ray.put(_plain(targets))
         second = None if _same_records(targets, candidates) else ray.put(_plain(candidates))
         counters: Counter = Counter()
@@ -337,16 +340,14 @@ class RayExecutor(Executor):
         counters.update(self._run(
             f"{spec.name} blocks", pending,
             lambda actor, block: actor.compute_block.remote(*matrix.block_indices(block)), store,
-            setup=lambda actor: actor.prepare.remote(spec.name, dict(spec.options), first, second, str(workdir)),
+            setup=lambda actor: actor.prepare.remote(spec.as_dict(), function_path(spec.name), first, second, str(workdir)),
             progress=progress))
         return counters
 
-    def run_pointwise(self, spec: InfluenceSpec, records: Sequence[Record], scores: BlockMatrix, blocks: list[Block], workdir: Path, *,
-                      progress: bool = True) -> tuple[Counter, dict[int, str]]:
-        pending = scores.pending(blocks)
+    def score_blocks(self, spec: InfluenceSpec, records: Sequence[Record], scores: BlockMatrix, pending: list[Block], workdir: Path, *,
+                     progress: bool) -> tuple[Counter, dict[int, str]]:
+        """The blocks as tasks of the workers, each of which prepares the influence function once."""
         failures: dict[int, str] = {}
-        if not pending:
-            return Counter(), failures
         shipped = ray.put(_plain(records))
         counters: Counter = Counter()
 
@@ -359,7 +360,7 @@ class RayExecutor(Executor):
         counters.update(self._run(
             f"{spec.name} blocks", pending,
             lambda actor, block: actor.score.remote(scores.block_indices(block)[1]), store,
-            setup=lambda actor: actor.prepare.remote(spec.name, dict(spec.options), shipped, None, str(workdir)),
+            setup=lambda actor: actor.prepare.remote(spec.as_dict(), function_path(spec.name), shipped, None, str(workdir)),
             progress=progress))
         return counters, failures
 

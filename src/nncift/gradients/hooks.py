@@ -33,6 +33,9 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from nncift.files.errors import InputError
+from nncift.models.loading import ModelError
+
 try:  # GPT-2 style layers (weight stored as (in, out))
     from transformers.pytorch_utils import Conv1D
 except ImportError:  # pragma: no cover - transformers is a dependency
@@ -104,12 +107,12 @@ def trainable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
             covered.update(id(p) for p in module.parameters(recurse=False) if p.requires_grad)
     missing = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in covered]
     if missing:
-        raise ValueError(
+        raise InputError(
             f"trainable parameters outside Linear/Conv1D weights: {', '.join(missing[:5])}"
             + (" ..." if len(missing) > 5 else "") + "; freeze them or train Linear layers only"
         )
     if not layers:
-        raise ValueError("the model has no trainable Linear/Conv1D layer")
+        raise InputError("the model has no trainable Linear/Conv1D layer")
     return layers
 
 
@@ -176,7 +179,8 @@ class PerExampleGradients:
             if not output.requires_grad:
                 return
             if index in self._inputs:
-                raise RuntimeError(f"{self.shapes[index].name} was called twice in one forward pass")
+                raise ModelError(f"{self.shapes[index].name} was called twice in one forward pass (a layer the model reuses): "
+                                 "per-example gradients need each trained layer once per pass; choose other --less.lora-targets")
             inputs = args[0].detach()
             self._inputs[index] = inputs.unsqueeze(1) if inputs.dim() == 2 else inputs
             output.register_hook(lambda grad: self._backward(index, grad))

@@ -7,9 +7,10 @@ represented or helped) and **columns = candidates** (the pool examples to select
 - :class:`PairwiseInfluence` computes a block of that matrix for given target and candidate indices.
 - :class:`PointwiseInfluence` scores given examples.
 
-An influence function is built from an :class:`InfluenceSpec` (its registry name and plain
-options), so that any executor (in process, Ray actors) can rebuild it where the work runs, load
-its model once, and compute the blocks handed to it.
+An influence function is built from an :class:`InfluenceSpec` (its registry name, its own options and the
+run's :class:`~nncift.settings.stages.RunContext`: model, device, dtype, seed, ...), plain data, so that any
+executor (in process, Ray actors) can rebuild it where the work runs, load its model once, and compute the
+blocks handed to it.
 """
 
 from __future__ import annotations
@@ -24,14 +25,31 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 
 from nncift.data.records import Record
+from nncift.settings.fields import check_options
+from nncift.settings.stages import RunContext
 
 
 @dataclass(frozen=True)
 class InfluenceSpec:
-    """What to build: the registry name and the options of its settings dataclass."""
+    """What to build: the registry name, the options of its settings dataclass, and the run's context.
+
+    Plain data (:meth:`as_dict` is JSON): executors ship it to their workers, which rebuild the function from it.
+    """
 
     name: str
     options: dict[str, Any] = field(default_factory=dict)
+    """The function's own settings (fields of its ``Settings``), by name."""
+    run: RunContext = field(default_factory=RunContext)
+    """The run's model, embedder, device, dtype, seed and trust_remote_code."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form (what executors ship); :meth:`from_dict` reads it back."""
+        return {"name": self.name, "options": dict(self.options), "run": dataclasses.asdict(self.run)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> InfluenceSpec:
+        """The spec :meth:`as_dict` wrote."""
+        return cls(values["name"], dict(values.get("options") or {}), RunContext(**values.get("run", {})))
 
 
 class InfluenceFunction(ABC):
@@ -57,16 +75,18 @@ class InfluenceFunction(ABC):
     """Sampling design when ``--sampling.blocks`` is 0: 1 block for functions that cost per record; a
     function that costs per pair (DELIFT) labels the same pairs in several blocks over more records."""
 
-    def __init__(self, settings: Any, *, progress: bool = True):
+    def __init__(self, settings: Any, *, run: RunContext | None = None, progress: bool = True):
         self.settings = settings
+        self.run = run or RunContext()
+        """The run's model, embedder, device, dtype, seed and trust_remote_code."""
         self.progress = progress
         self.counters: Counter[str] = Counter()
 
     @classmethod
-    def from_options(cls, options: dict[str, Any], *, progress: bool = True) -> "InfluenceFunction":
-        """Build from a plain dict; keys that are not fields of :attr:`Settings` are ignored."""
-        names = {f.name for f in dataclasses.fields(cls.Settings)}
-        return cls(cls.Settings(**{k: v for k, v in options.items() if k in names}), progress=progress)
+    def from_options(cls, options: dict[str, Any], *, run: RunContext | None = None, progress: bool = True) -> "InfluenceFunction":
+        """Build from a plain dict of the function's own options (each checked; one that is not a field of
+        :attr:`Settings` is refused) and the run's context."""
+        return cls(check_options(cls.Settings, options), run=run, progress=progress)
 
     def settings_dict(self) -> dict[str, Any]:
         """The settings as a JSON-ready dict (recorded in the manifest)."""
@@ -108,8 +128,8 @@ class PointwiseInfluence(InfluenceFunction):
     pairwise: ClassVar[bool] = False
     default_objective: ClassVar[str] = "topk"
 
-    def __init__(self, settings: Any, *, progress: bool = True):
-        super().__init__(settings, progress=progress)
+    def __init__(self, settings: Any, *, run: RunContext | None = None, progress: bool = True):
+        super().__init__(settings, run=run, progress=progress)
         self.failures: dict[int, str] = {}
         """Examples whose score could not be computed: index → reason (their score is NaN)."""
 

@@ -65,22 +65,23 @@ uninterrupted one bit for bit when both use the same blocks.
 
 from __future__ import annotations
 
-import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Sequence
+from typing import Any, ClassVar, ContextManager, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from nncift.data.records import Record
 from nncift.data.templates import delift_example, delift_example_header, delift_prompt_without_example, delift_query_suffix
+from nncift.files.errors import InputError
+from nncift.files.timing import timed
 from nncift.influence.base import PairwiseInfluence
 from nncift.influence.lm_scoring import CausalScorer, plan_batches, rms_distance
 from nncift.influence.settings import MIN_MAX_LENGTH, DeliftSettings
-from nncift.models.loading import load_causal_lm
+from nncift.models.loading import ModelError, load_causal_lm
+from nncift.settings.stages import RunContext
 
 _MIN_MAX_LENGTH = MIN_MAX_LENGTH
 
@@ -177,8 +178,8 @@ class Delift(PairwiseInfluence):
     """DELIFT costs one LM pass per pair: the same pairs in 4 blocks over twice the records cost about the
     same and gave the higher f_gain at u = 0.05 on the benchmarks (BENCHMARKS.md)."""
 
-    def __init__(self, settings: DeliftSettings, *, progress: bool = True):
-        super().__init__(settings, progress=progress)
+    def __init__(self, settings: DeliftSettings, *, run: RunContext | None = None, progress: bool = True):
+        super().__init__(settings, run=run, progress=progress)
         self._targets: list[Record] = []
         self._candidates: list[Record] = []
         self._model: Any = None
@@ -216,11 +217,11 @@ class Delift(PairwiseInfluence):
     def _load(self) -> None:
         import torch
 
-        torch.manual_seed(self.settings.seed)
-        s = self.settings
-        self._model, self._tokenizer = load_causal_lm(s.model, device=s.device, dtype=s.dtype, trust_remote_code=s.trust_remote_code)
+        torch.manual_seed(self.run.seed)
+        s, run = self.settings, self.run
+        self._model, self._tokenizer = load_causal_lm(run.model, device=run.device, dtype=run.dtype, trust_remote_code=run.trust_remote_code)
         if self._tokenizer.eos_token_id is None:
-            raise ValueError(f"the tokenizer of {s.model} has no EOS token, which DELIFT sequences need")
+            raise ModelError(f"the tokenizer of {run.model} has no EOS token, which DELIFT sequences need")
         config = self._model.config
         context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
         self.max_length = min(s.max_length, int(context)) if context else s.max_length
@@ -228,7 +229,7 @@ class Delift(PairwiseInfluence):
         self._lead = self._leading_tokens()
         cuts = part_cuts(self._encode)
         if cuts is None:
-            warnings.warn(f"the tokenizer of {s.model} tokenizes the DELIFT one-shot prompt's parts differently from "
+            warnings.warn(f"the tokenizer of {run.model} tokenizes the DELIFT one-shot prompt's parts differently from "
                           "the joint prompt at every cut tried; the parts are cut at the template's boundaries", stacklevel=2)
             cuts = (0, 0)
         self.part_cuts: tuple[int, int] = cuts
@@ -239,7 +240,7 @@ class Delift(PairwiseInfluence):
         example = delift_example(Record("x", "", "y"))
         self._example_tail = example[len(example) - cuts[1] :]
         if len(self._lead) + len(self._header) + 8 > self._shares.prefix:
-            raise ValueError(f"max_length {self.max_length} leaves no room for the example; use a larger --max-length")
+            raise InputError(f"max_length {self.max_length} leaves no room for the example; use a larger --max-length")
         self._scorer = CausalScorer(self._model, self._tokenizer.pad_token_id, self.counters)
 
     def _encode(self, text: str) -> list[int]:
@@ -375,14 +376,9 @@ class Delift(PairwiseInfluence):
         self.counters["evaluations"] += with_example.size
         return (without[:, None] - with_example).astype(np.float32)
 
-    @contextmanager
-    def _timed(self, counter: str) -> Iterator[None]:
+    def _timed(self, counter: str) -> ContextManager[None]:
         """Add the wall time of the block, in milliseconds, to ``self.counters[counter]``."""
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.counters[counter] += int(round(1000 * (time.perf_counter() - start)))
+        return timed(lambda seconds: self.counters.update({counter: int(round(1000 * seconds))}))
 
     @staticmethod
     def _checked(indices: np.ndarray, size: int, what: str) -> np.ndarray:

@@ -28,8 +28,9 @@ class DeliftSE(PairwiseInfluence):
 
     def prepare(self, targets: Sequence[Record], candidates: Sequence[Record], workdir: Path) -> None:
         """Embed targets and candidates once (through the embedding cache)."""
-        self._targets = embed_records(targets, model=self.settings.embedder, device=self.settings.device, progress=self.progress)
-        self._candidates = embed_records(candidates, model=self.settings.embedder, device=self.settings.device, progress=self.progress)
+        embedder = self.settings.similarity_embedder or self.run.embedder
+        self._targets = embed_records(targets, model=embedder, device=self.run.device, progress=self.progress)
+        self._candidates = embed_records(candidates, model=embedder, device=self.run.device, progress=self.progress)
         self.counters["encoder_passes"] += len(targets) + len(candidates)
 
     def compute_block(self, target_indices: np.ndarray, candidate_indices: np.ndarray) -> np.ndarray:

@@ -99,17 +99,16 @@ class Less(PairwiseInfluence):
         self._folder = Path(workdir) / "less"
         if self.progress and len(targets) == len(candidates) and all(a is b for a, b in zip(targets, candidates)):
             print("less: no target set given; the pool is used as the targets", file=sys.stderr)
-        settings = self.settings
-        self._model, self._tokenizer = load_causal_lm(settings.model, device=settings.device, dtype=settings.dtype,
-                                                      trust_remote_code=settings.trust_remote_code)
-        self._model = add_lora(self._model, settings)
+        settings, run = self.settings, self.run
+        self._model, self._tokenizer = load_causal_lm(run.model, device=run.device, dtype=run.dtype, trust_remote_code=run.trust_remote_code)
+        self._model = add_lora(self._model, settings, seed=run.seed)
         self._layers = trainable_layers(self._model)
-        self._compressor = make_compressor(settings.compressor, [layer_shape(n, m) for n, m in self._layers], settings.dim, settings.seed)
-        warmup = [self._records["candidates"][i] for i in warmup_sample(len(candidates), settings.warmup_fraction, settings.seed)]
-        self._checkpoints = saved_checkpoints(self._folder / "warmup", settings, warmup)
+        self._compressor = make_compressor(settings.compressor, [layer_shape(n, m) for n, m in self._layers], settings.dim, run.seed)
+        warmup = [self._records["candidates"][i] for i in warmup_sample(len(candidates), settings.warmup_fraction, run.seed)]
+        self._checkpoints = saved_checkpoints(self._folder / "warmup", settings, warmup, run)
         if len(self._checkpoints) < settings.warmup_epochs:
             self._checkpoints = run_warmup(self._model, self._tokenizer, warmup, settings, self._folder / "warmup",
-                                           progress=self.progress, counters=self.counters)
+                                           run=run, progress=self.progress, counters=self.counters)
         self._model.eval()
         self._weights = checkpoint_weights(self._checkpoints)
         self._stores: dict[tuple[str, int], FeatureStore] = {}
@@ -167,7 +166,7 @@ class Less(PairwiseInfluence):
             checkpoint: Checkpoint = self._checkpoints[position]
             description = {
                 "side": side, "checkpoint_epoch": checkpoint.epoch, "checkpoint_step": checkpoint.step,
-                "model": self.settings.model, "dtype": self.settings.dtype, "max_length": self.settings.max_length,
+                "model": self.run.model, "dtype": self.run.dtype, "max_length": self.settings.max_length,
                 "adam_form": self.settings.adam_form if side == "candidates" else None,
                 "records_sha256": _records_digest(self._records[side]), **self._compressor.describe(),
             }

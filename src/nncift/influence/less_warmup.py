@@ -31,10 +31,11 @@ from tqdm.auto import tqdm
 
 from nncift.data.records import Record
 from nncift.files.atomic import atomic_write
-from nncift.files.errors import SettingsMismatch
+from nncift.files.errors import InputError, SettingsMismatch
 from nncift.gradients.adam import AdamState
 from nncift.gradients.batches import collate, encode_example, token_losses
 from nncift.gradients.hooks import layer_shape, parameter_matrix
+from nncift.settings.stages import RunContext
 
 BETAS = (0.9, 0.999)
 EPS = 1e-8
@@ -55,24 +56,24 @@ class Checkpoint:
     """Mean learning rate over the epoch's steps (LESS weights checkpoints by it)."""
 
 
-def add_lora(model: Any, settings: Any) -> Any:
-    """Wrap a causal LM with LoRA adapters (``peft``) on ``settings.lora_targets``; only they are trainable."""
+def add_lora(model: Any, settings: Any, *, seed: int) -> Any:
+    """Wrap a causal LM with LoRA adapters (``peft``) on ``settings.lora_targets``; only they are trainable (``seed``: the run's)."""
     from peft import LoraConfig, get_peft_model
 
     targets = [name.strip() for name in settings.lora_targets.split(",") if name.strip()]
     config = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
                         target_modules=targets, bias="none")
-    torch.manual_seed(settings.seed)
+    torch.manual_seed(seed)
     try:
         return get_peft_model(model, config)
     except ValueError as error:
-        raise ValueError(f"LoRA targets {targets} do not fit this model ({error}); set --lora-targets") from None
+        raise InputError(f"LoRA targets {targets} do not fit this model ({error}); set --less.lora-targets") from None
 
 
 def warmup_sample(n_pool: int, fraction: float, seed: int) -> np.ndarray:
     """Sorted pool indices of the warm-up set: ``max(1, round(fraction·n))`` drawn with the seed."""
     if not 0 < fraction <= 1:
-        raise ValueError(f"warmup_fraction must be in (0, 1], got {fraction}")
+        raise InputError(f"warmup_fraction must be in (0, 1], got {fraction}")
     size = min(n_pool, max(1, int(round(fraction * n_pool))))
     return np.sort(np.random.default_rng([seed, 7]).choice(n_pool, size=size, replace=False)).astype(np.int64)
 
@@ -84,10 +85,11 @@ def learning_rate(step: int, total_steps: int, warmup_steps: int, base: float) -
     return base * max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
 
-def _fingerprint(settings: Any, records: Sequence[Record]) -> str:
-    keys = ("model", "dtype", "seed", "max_length", "lora_r", "lora_alpha", "lora_dropout", "lora_targets",
+def _fingerprint(settings: Any, run: RunContext, records: Sequence[Record]) -> str:
+    keys = ("max_length", "lora_r", "lora_alpha", "lora_dropout", "lora_targets",
             "warmup_learning_rate", "warmup_epochs", "warmup_ratio", "warmup_batch_size")
-    digest = hashlib.sha256(json.dumps({k: getattr(settings, k) for k in keys}, sort_keys=True).encode())
+    values = {"model": run.model, "dtype": run.dtype, "seed": run.seed, **{k: getattr(settings, k) for k in keys}}
+    digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode())
     for record in records:
         digest.update(json.dumps([record.instruction, record.input, record.output]).encode())
     return digest.hexdigest()[:24]
@@ -107,13 +109,13 @@ def _paths(folder: Path, settings: Any) -> list[Path]:
     return [folder / f"checkpoint-{epoch}.safetensors" for epoch in range(1, settings.warmup_epochs + 1)]
 
 
-def saved_checkpoints(folder: Path, settings: Any, records: Sequence[Record]) -> list[Checkpoint]:
-    """The consecutive checkpoints already saved in ``folder`` for these settings and records (epoch 1 first).
+def saved_checkpoints(folder: Path, settings: Any, records: Sequence[Record], run: RunContext) -> list[Checkpoint]:
+    """The consecutive checkpoints already saved in ``folder`` for these settings, records and run (epoch 1 first).
 
     Raises:
         SettingsMismatch: a checkpoint there was made with other settings or records.
     """
-    fingerprint = _fingerprint(settings, records)
+    fingerprint = _fingerprint(settings, run, records)
     saved = []
     for path in _paths(folder, settings):
         checkpoint = _read_checkpoint(path, fingerprint)
@@ -148,16 +150,16 @@ def _restore(model: Any, optimizer: torch.optim.Optimizer, checkpoint: Checkpoin
 
 
 def run_warmup(model: Any, tokenizer: Any, records: Sequence[Record], settings: Any, folder: Path,
-               *, progress: bool = False, counters: Any = None) -> list[Checkpoint]:
+               *, run: RunContext, progress: bool = False, counters: Any = None) -> list[Checkpoint]:
     """Train the LoRA model on ``records`` for ``settings.warmup_epochs`` epochs; return every epoch's checkpoint.
 
     Checkpoints already in ``folder`` (same settings and records) are reused; training resumes
     after the last one. The model is left in eval mode with the last checkpoint's weights.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    fingerprint = _fingerprint(settings, records)
+    fingerprint = _fingerprint(settings, run, records)
     paths = _paths(folder, settings)
-    saved = saved_checkpoints(folder, settings, records)
+    saved = saved_checkpoints(folder, settings, records, run)
     if len(saved) == len(paths):
         model.eval()
         return saved
@@ -173,8 +175,8 @@ def run_warmup(model: Any, tokenizer: Any, records: Sequence[Record], settings: 
     bar = tqdm(total=total_steps, initial=step, desc="LESS warm-up", unit="step", disable=not progress)
     for epoch in range(len(saved), settings.warmup_epochs):
         model.train()
-        torch.manual_seed(settings.seed * 1000 + epoch)
-        order = np.random.default_rng([settings.seed, 11, epoch]).permutation(len(encoded))
+        torch.manual_seed(run.seed * 1000 + epoch)
+        order = np.random.default_rng([run.seed, 11, epoch]).permutation(len(encoded))
         rates = []
         for start in range(0, len(order), settings.warmup_batch_size):
             rate = learning_rate(step, total_steps, warmup_steps, settings.warmup_learning_rate)
@@ -235,5 +237,5 @@ def checkpoint_weights(checkpoints: Sequence[Checkpoint]) -> np.ndarray:
     """LESS checkpoint weights: each checkpoint's mean learning rate, normalised to sum 1."""
     rates = np.asarray([c.mean_learning_rate for c in checkpoints], dtype=np.float64)
     if rates.sum() <= 0:
-        raise ValueError("every warm-up checkpoint has learning rate 0")
+        raise InputError("every warm-up checkpoint has learning rate 0")
     return rates / rates.sum()

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from nncift.influence.token_batches import plan_token_batches, right_padded
+from nncift.models.loading import ModelError
 
 HEAD_MODES = ("masked", "full")
 """``masked``: the output layer runs only at the positions that predict scored tokens (through the
@@ -107,7 +108,7 @@ class CausalScorer:
         output = self.model(input_ids=ids, use_cache=True, **extra)
         cache = getattr(output, "cache", None) or getattr(output, "past_key_values", None)
         if cache is None:
-            raise RuntimeError(f"{type(self.model).__name__} returned no key/value cache; use prefix_reuse=False")
+            raise ModelError(f"{type(self.model).__name__} returned no key/value cache; use prefix_reuse=False")
         self.counters["model_calls"] += 1
         self.counters["prefix_passes"] += 1
         self.counters["tokens"] += len(prefix)

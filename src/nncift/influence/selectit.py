@@ -48,8 +48,9 @@ from nncift.data.templates import SELECTIT_RATING_INSTRUCTIONS, selectit_prompt
 from nncift.influence.base import PointwiseInfluence
 from nncift.influence.settings import SelectITSettings
 from nncift.influence.token_batches import plan_token_batches, right_padded, shorten_middle
-from nncift.models.loading import load_causal_lm
+from nncift.models.loading import ModelError, load_causal_lm
 from nncift.settings.choices import SELECTIT_FORMS as FORMS
+from nncift.settings.stages import RunContext
 
 RATINGS: tuple[str, ...] = ("1", "2", "3", "4", "5")
 """The rating tokens, lowest first: rating value k is ``RATINGS[k - 1]``."""
@@ -139,14 +140,14 @@ def rating_token_ids(tokenizer: Any, ratings: Sequence[str] = RATINGS, *, name: 
             if len(encoded) == 1 and encoded[0] != unknown:
                 token_id = encoded[0]
             else:
-                raise ValueError(
+                raise ModelError(
                     f"the tokenizer{f' of {name!r}' if name else ''} has no single token for the rating "
                     f"'{rating}' (it encodes to {encoded}{', the unknown token' if unknown in encoded else ''}); "
                     f"SelectIT reads the next-token probabilities of the single-token ratings "
                     f"{', '.join(ratings)}: use a model whose tokenizer has single-digit tokens")
         ids.append(int(token_id))
     if len(set(ids)) != len(ids):
-        raise ValueError(f"the tokenizer{f' of {name!r}' if name else ''} maps different ratings to one token: {ids}")
+        raise ModelError(f"the tokenizer{f' of {name!r}' if name else ''} maps different ratings to one token: {ids}")
     return ids
 
 
@@ -168,13 +169,12 @@ class Rater:
     """Longest prompt fed to the model (0: no limit)."""
 
     @classmethod
-    def load(cls, name: str, settings: SelectITSettings) -> "Rater":
-        """Load ``name`` on the settings' device and dtype, and look up its rating tokens (clear error if it has none)."""
+    def load(cls, name: str, settings: SelectITSettings, run: RunContext) -> "Rater":
+        """Load ``name`` on the run's device and dtype, and look up its rating tokens (clear error if it has none)."""
         import torch
 
-        torch.manual_seed(settings.seed)
-        model, tokenizer = load_causal_lm(name, device=settings.device, dtype=settings.dtype,
-                                          trust_remote_code=settings.trust_remote_code)
+        torch.manual_seed(run.seed)
+        model, tokenizer = load_causal_lm(name, device=run.device, dtype=run.dtype, trust_remote_code=run.trust_remote_code)
         rating_ids = rating_token_ids(tokenizer, name=name)
         positions = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
         limit = settings.max_length
@@ -256,7 +256,7 @@ class SelectIT(PointwiseInfluence):
     def raters(self) -> list[Rater]:
         """The loaded rating models (loaded on first use)."""
         if not self._raters:
-            self._raters = [Rater.load(name, self.settings) for name in self.settings.model_list()]
+            self._raters = [Rater.load(name, self.settings, self.run) for name in self.settings.model_list(self.run.model)]
         return self._raters
 
     def model_weights(self) -> dict[str, float]:

@@ -23,13 +23,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from nncift.files.errors import UserError
 from nncift.settings.choices import BUNDLED_EMBEDDER, BUNDLED_LM
 
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-class ModelError(RuntimeError):
-    """A model could not be found or loaded; the message says what to do."""
+class ModelError(UserError, RuntimeError):
+    """A model could not be found, loaded, or used as nncift needs it (e.g. a tokenizer without an EOS token); the
+    message says what to do."""
 
 
 def cache_dir() -> Path:
@@ -161,7 +163,7 @@ def load_causal_lm(
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
         )
-    except OSError as error:
+    except (OSError, ValueError) as error:  # ValueError: a folder transformers cannot read (unknown model type, no config)
         raise ModelError(
             f"cannot load causal LM '{name_or_path}': {error}. Pass a local folder or, offline, "
             f"the bundled '{BUNDLED_LM}'."
@@ -184,7 +186,7 @@ def load_embedder(name_or_path: str = BUNDLED_EMBEDDER, *, device: str = "auto",
     path = resolve_embedder(name_or_path)
     try:
         return SentenceTransformer(path, device=pick_device(device), trust_remote_code=trust_remote_code)
-    except OSError as error:
+    except (OSError, ValueError) as error:  # ValueError: a folder transformers cannot read (unknown model type, no config)
         raise ModelError(
             f"cannot load embedder '{name_or_path}': {error}. Pass a local folder or, offline, "
             f"the bundled '{BUNDLED_EMBEDDER}'."

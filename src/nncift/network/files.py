@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from nncift.files.atomic import atomic_write, write_text_atomic
+from nncift.files.errors import UserError
 from nncift.network.paper import InfluenceNetwork
 from nncift.network.towers import PointwiseNetwork, TwoTowerNetwork
 
@@ -22,7 +23,7 @@ FORMAT_VERSION = 1
 """Version of the saved-network layout (written into the JSON sidecar)."""
 
 
-class NetworkFileError(ValueError):
+class NetworkFileError(UserError, ValueError):
     """A saved network is damaged, or its weights and its sidecar were not written together."""
 
 
@@ -94,7 +95,7 @@ def build_network(architecture: dict[str, Any]) -> "InfluenceNetwork | TwoTowerN
         return PointwiseNetwork(d, int(architecture["hidden"]))
     if kind == "paper":
         return InfluenceNetwork(d, tuple(architecture["hidden_sizes"]), pairwise=bool(architecture["pairwise"]))
-    raise ValueError(f"unknown network kind {kind!r} (written by a newer nncift?)")
+    raise NetworkFileError(f"unknown network kind {kind!r} (written by a newer nncift?)")
 
 
 def load_network(path: str | Path) -> "InfluenceNetwork | TwoTowerNetwork | PointwiseNetwork":

@@ -51,38 +51,22 @@ MIN_RECORDS_PER_FOLD = 5
 
 @dataclass(frozen=True)
 class FitSettings:
-    """How the default network is trained and validated."""
+    """How the default network is trained and validated: the run's network stage, and the validation grid a run does not set."""
 
-    hidden: int = 128
-    """Width of each tower's hidden layer."""
-    rank: int = 64
-    """Rank k of the learned target × candidate interaction."""
-    max_steps: int = 300
-    """Most optimisation steps (full batch); the best step count is chosen on held-out records."""
+    network: NetworkSettings = field(default_factory=NetworkSettings)
+    """The network stage: the towers' width (``tower_hidden``) and rank (``tower_rank``), ``max_steps``, record ``folds``,
+    ``fallback`` (ship the calibrated prior or a blend when they validate better), training ``loss`` and ``seed`` (of the
+    folds and the initialisation)."""
     eval_every: int = 10
     """Validation every this many steps."""
     learning_rates: tuple[float, ...] = (1e-3, 3e-3)
     """AdamW learning rates tried."""
     weight_decays: tuple[float, ...] = (1e-4, 1e-2)
     """AdamW weight decays tried."""
-    folds: int = 4
-    """Record folds for validation (each record is held out once)."""
-    fallback: bool = True
-    """Ship the calibrated prior or a blend instead of the network when they validate better."""
     force: str = "network"
-    """Without ``fallback``: the candidate shipped whatever validation says (benchmarks compare every candidate this way)."""
+    """Without ``network.fallback``: the candidate shipped whatever validation says (benchmarks compare every candidate this way)."""
     validation_budget: float = 0.3
     """Subset share used by the selection-aware validation criterion."""
-    loss: str = "mse"
-    """Training loss: ``mse`` or ``row-centred`` (:data:`nncift.settings.choices.NETWORK_LOSSES`)."""
-    seed: int = 0
-    """Seed of the folds, the initialisation and nothing else."""
-
-    @classmethod
-    def from_network(cls, settings: NetworkSettings) -> FitSettings:
-        """The fitting settings a run's network stage asks for (the rest keep their defaults)."""
-        return cls(hidden=settings.tower_hidden, rank=settings.tower_rank, max_steps=settings.max_steps, folds=settings.folds,
-                   fallback=settings.fallback, loss=settings.loss, seed=settings.seed)
 
 
 @dataclass
@@ -179,7 +163,7 @@ def calibrate_prior(cos: np.ndarray, labels: np.ndarray, mask: np.ndarray, self_
 
 def _build_two_tower(data: PairBlock, settings: FitSettings, mask: np.ndarray, seed: int) -> TwoTowerNetwork:
     alpha, beta, delta = calibrate_prior(data.cos, data.labels, mask, data.self_mask)
-    network = TwoTowerNetwork(data.rows.shape[1], settings.hidden, settings.rank)
+    network = TwoTowerNetwork(data.rows.shape[1], settings.network.tower_hidden, settings.network.tower_rank)
     network.initialise(torch.Generator().manual_seed(seed), alpha, beta, delta)
     return network
 
@@ -215,14 +199,14 @@ def _fold_masks(data: PairBlock, settings: FitSettings, held_out: str) -> tuple[
     n_rows, n_cols = data.mask.shape
     if held_out == "columns":
         n_units = n_cols
-        k = max(1, min(settings.folds, n_cols // MIN_RECORDS_PER_FOLD))
+        k = max(1, min(settings.network.folds, n_cols // MIN_RECORDS_PER_FOLD))
         col_fold = np.empty(n_cols, dtype=np.int64)
-        col_fold[np.random.default_rng(settings.seed).permutation(n_cols)] = np.arange(n_cols) % k
+        col_fold[np.random.default_rng(settings.network.seed).permutation(n_cols)] = np.arange(n_cols) % k
         row_fold = np.full(n_rows, -1, dtype=np.int64)
     else:
         n_units = len(_record_ids(n_rows, n_cols, data.self_cols)[1])
-        k = max(1, min(settings.folds, n_units // MIN_RECORDS_PER_FOLD))
-        row_fold, col_fold, k = record_folds(n_rows, n_cols, data.self_cols, k, settings.seed)
+        k = max(1, min(settings.network.folds, n_units // MIN_RECORDS_PER_FOLD))
+        row_fold, col_fold, k = record_folds(n_rows, n_cols, data.self_cols, k, settings.network.seed)
     masks = []
     for fold in range(k):
         rows_out = np.ones(n_rows, dtype=bool) if held_out == "columns" else row_fold == fold
@@ -287,7 +271,7 @@ def _fold_criteria(data: PairBlock, settings: FitSettings, folds: list[tuple[int
         filled = np.where(np.isfinite(true), true, np.nanmean(true))
         aggregate = None if candidate_scores is None else (lambda matrix, rows=rows: candidate_scores(matrix, rows))
         out.append(selection_criterion(filled, np.where(np.isfinite(true), predicted[block], np.nanmean(predicted[block])),
-                                       settings.validation_budget, objective, settings.seed, aggregate))
+                                       settings.validation_budget, objective, settings.network.seed, aggregate))
     return out
 
 
@@ -316,69 +300,90 @@ def fit_pairwise(row_embeddings: np.ndarray, col_embeddings: np.ndarray, labels:
     start = time.perf_counter()
     data, mean, std = _pair_data(row_embeddings, col_embeddings, labels, self_cols)
     if prior_is_exact:
-        report = FitReport("two-tower", "prior", int(data.mask.sum()), 0.0, loss=settings.loss, held_out=held_out,
+        report = FitReport("two-tower", "prior", int(data.mask.sum()), 0.0, loss=settings.network.loss, held_out=held_out,
                            note="the influence function is the embeddings' cosine: the calibrated prior is exact, nothing was trained")
-        alpha, beta, delta = calibrate_prior(data.cos, data.labels, data.mask, data.self_mask)
-        report.prior = {"alpha": alpha * std, "beta": beta * std + mean, "self_delta": delta * std}
-        network = _build_two_tower(data, settings, data.mask, settings.seed)
-        network.set_label_scale(mean, std)
-        report.seconds = time.perf_counter() - start
-        return network.eval(), report
+        network = _build_two_tower(data, settings, data.mask, settings.network.seed)
+    else:
+        network, report = _validated_network(data, settings, objective, candidate_scores, held_out, progress)
+    alpha, beta, delta = calibrate_prior(data.cos, data.labels, data.mask, data.self_mask)
+    report.prior = {"alpha": alpha * std, "beta": beta * std + mean, "self_delta": delta * std}  # in label units
+    network.set_label_scale(mean, std)
+    report.seconds = time.perf_counter() - start
+    return network.eval(), report
+
+
+def _validated_network(data: PairBlock, settings: FitSettings, objective: str, candidate_scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | None,
+                       held_out: str, progress: bool) -> tuple[TwoTowerNetwork, FitReport]:
+    """The grid's trainings on the folds, then the candidate that validates best (the prior with too few folds), trained
+    on every labelled pair; (network, report without the prior and the time)."""
     fold_masks, n_units = _fold_masks(data, settings, held_out)
-    centre = settings.loss == "row-centred"
-    grid = [(lr, wd) for lr in settings.learning_rates for wd in settings.weight_decays]
-    evals = settings.max_steps // settings.eval_every + 1
-    curves = np.full((len(grid), len(fold_masks), evals), np.nan)
-    jobs = [(g, i) for i in range(len(fold_masks)) for g in range(len(grid))]  # (grid point, fold position)
-    report = FitReport("two-tower", "prior", int(data.mask.sum()), 0.0, folds=len(fold_masks), loss=settings.loss, held_out=held_out)
+    evals = settings.network.max_steps // settings.eval_every + 1
+    report = FitReport("two-tower", "prior", int(data.mask.sum()), 0.0, folds=len(fold_masks), loss=settings.network.loss, held_out=held_out)
     bar = tqdm(total=evals + 1, desc="influence network", unit="eval", disable=not progress, leave=False)
     with one_torch_thread(), bar:
-        networks = [_build_two_tower(data, settings, fold_masks[i][1], settings.seed + fold_masks[i][0]) for _, i in jobs]
-        priors = [network.standardised_block(data.rows, data.cols, None if self_cols is None else torch.from_numpy(np.asarray(self_cols)),
-                                             cos=torch.from_numpy(data.cos.astype(np.float32))).detach().numpy().astype(np.float64)
-                  for network, (g, _) in zip(networks, jobs) if g == 0]
-
-        def record(step: int, predictions: np.ndarray) -> None:
-            for (g, i), prediction in zip(jobs, predictions):
-                curves[g, i, step // settings.eval_every] = _validation_error(prediction, data.labels, fold_masks[i][2], centre)
-            bar.set_postfix(val_error=f"{np.nanmin(curves):.3f}")
-
-        if jobs:
-            train_stacked(networks, data, [fold_masks[i][1] for _, i in jobs], [grid[g][0] for g, _ in jobs], [grid[g][1] for g, _ in jobs],
-                        settings.max_steps, record, settings.eval_every, tick=lambda: bar.update(1), centre_rows=centre)
-        alpha, beta, delta = calibrate_prior(data.cos, data.labels, data.mask, data.self_mask)
-        report.prior = {"alpha": alpha * std, "beta": beta * std + mean, "self_delta": delta * std}
-        network = _build_two_tower(data, settings, data.mask, settings.seed)
+        grid = [(lr, wd) for lr in settings.learning_rates for wd in settings.weight_decays]
+        curves, priors = _grid_curves(data, settings, fold_masks, grid, bar)
+        network = _build_two_tower(data, settings, data.mask, settings.network.seed)
         if len(fold_masks) < MIN_FOLDS:
             unit = "candidates" if held_out == "columns" else "records"
             report.note = (f"too few labelled {unit} ({n_units}) to validate on held-out {unit} "
                            f"(at least {MIN_FOLDS * MIN_RECORDS_PER_FOLD}): the calibrated prior is used")
         else:
-            mean_curves = curves.mean(axis=1)  # (grid, evals)
-            g, e = (int(i) for i in np.unravel_index(int(np.nanargmin(mean_curves)), mean_curves.shape))
-            report.learning_rate, report.weight_decay = grid[g]
-            report.steps, report.validation_curve = e * settings.eval_every, [float(v) for v in mean_curves[g]]
-            trained = _fold_predictions(data, settings, fold_masks, grid[g], report.steps)
-            bases = {"prior": priors, "network": trained, "blend": [0.5 * (a + b) for a, b in zip(priors, trained)]}
-            per_fold, kernels = _validate(data, settings, fold_masks, bases, objective, candidate_scores)
-            report.candidates = {name: mean_criteria(values) for name, values in per_fold.items()}
-            report.chosen = choose_candidate(per_fold, ["prior", "blend", "network", "prior + anchors", "blend + anchors", "network + anchors"],
-                                             settings.fallback, settings.force)
-            network = _final_network(data, settings, report, kernels.get(report.chosen))
+            network = _chosen_network(data, settings, report, fold_masks, grid, curves, priors, objective, candidate_scores)
         report.note = report.note or explain_choice(report.candidates, report.chosen, report.held_out)
         bar.update(1)
-    network.set_label_scale(mean, std)
-    report.seconds = time.perf_counter() - start
-    return network.eval(), report
+    return network, report
+
+
+def _grid_curves(data: PairBlock, settings: FitSettings, folds: list[tuple[int, np.ndarray, np.ndarray]], grid: list[tuple[float, float]],
+                 bar: Any) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Train a network for every grid point × fold (stacked); (validation error every ``eval_every`` steps, shape (grid, fold,
+    evals); each fold's (R, C) standardised predictions of the calibrated prior, i.e. of its networks before training)."""
+    centre = settings.network.loss == "row-centred"
+    curves = np.full((len(grid), len(folds), settings.network.max_steps // settings.eval_every + 1), np.nan)
+    jobs = [(g, i) for i in range(len(folds)) for g in range(len(grid))]  # (grid point, fold position)
+    networks = [_build_two_tower(data, settings, folds[i][1], settings.network.seed + folds[i][0]) for _, i in jobs]
+    self_t = None if data.self_cols is None else torch.from_numpy(data.self_cols)
+    priors = [network.standardised_block(data.rows, data.cols, self_t, cos=torch.from_numpy(data.cos.astype(np.float32))).detach().numpy()
+              .astype(np.float64) for network, (g, _) in zip(networks, jobs) if g == 0]
+
+    def record(step: int, predictions: np.ndarray) -> None:
+        for (g, i), prediction in zip(jobs, predictions):
+            curves[g, i, step // settings.eval_every] = _validation_error(prediction, data.labels, folds[i][2], centre)
+        bar.set_postfix(val_error=f"{np.nanmin(curves):.3f}")
+
+    if jobs:
+        train_stacked(networks, data, [folds[i][1] for _, i in jobs], [grid[g][0] for g, _ in jobs], [grid[g][1] for g, _ in jobs],
+                      settings.network.max_steps, record, settings.eval_every, tick=lambda: bar.update(1), centre_rows=centre)
+    return curves, priors
+
+
+def _chosen_network(data: PairBlock, settings: FitSettings, report: FitReport, folds: list[tuple[int, np.ndarray, np.ndarray]],
+                    grid: list[tuple[float, float]], curves: np.ndarray, priors: list[np.ndarray], objective: str,
+                    candidate_scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | None) -> TwoTowerNetwork:
+    """The grid point and step count with the lowest mean validation error; every candidate (prior, network, blend, each
+    with and without anchors) scored on the folds; the one :func:`choose_candidate` ships, trained on every labelled pair.
+    Fills in the report's training settings, candidates and choice."""
+    mean_curves = curves.mean(axis=1)  # (grid, evals)
+    g, e = (int(i) for i in np.unravel_index(int(np.nanargmin(mean_curves)), mean_curves.shape))
+    report.learning_rate, report.weight_decay = grid[g]
+    report.steps, report.validation_curve = e * settings.eval_every, [float(v) for v in mean_curves[g]]
+    trained = _fold_predictions(data, settings, folds, grid[g], report.steps)
+    bases = {"prior": priors, "network": trained, "blend": [0.5 * (a + b) for a, b in zip(priors, trained)]}
+    per_fold, kernels = _validate(data, settings, folds, bases, objective, candidate_scores)
+    report.candidates = {name: mean_criteria(values) for name, values in per_fold.items()}
+    report.chosen = choose_candidate(per_fold, ["prior", "blend", "network", "prior + anchors", "blend + anchors", "network + anchors"],
+                                     settings.network.fallback, settings.force)
+    return _final_network(data, settings, report, kernels.get(report.chosen))
 
 
 def _fold_predictions(data: PairBlock, settings: FitSettings, folds: list[tuple[int, np.ndarray, np.ndarray]], point: tuple[float, float],
                       steps: int) -> list[np.ndarray]:
     """Each fold's (R, C) standardised predictions of the network at the chosen grid point and step count (retrained: the
     grid's trainings keep only validation errors, not k × grid × steps full predictions)."""
-    networks = [_build_two_tower(data, settings, train, settings.seed + fold) for fold, train, _ in folds]
+    networks = [_build_two_tower(data, settings, train, settings.network.seed + fold) for fold, train, _ in folds]
     train_stacked(networks, data, [train for _, train, _ in folds], [point[0]] * len(folds), [point[1]] * len(folds), steps, None,
-                settings.eval_every, centre_rows=settings.loss == "row-centred")
+                settings.eval_every, centre_rows=settings.network.loss == "row-centred")
     self_t = None if data.self_cols is None else torch.from_numpy(data.self_cols)
     cos = torch.from_numpy(data.cos.astype(np.float32))
     with torch.no_grad():
@@ -387,14 +392,14 @@ def _fold_predictions(data: PairBlock, settings: FitSettings, folds: list[tuple[
 
 def _final_network(data: PairBlock, settings: FitSettings, report: FitReport, kernel: tuple[float, float, int] | None) -> TwoTowerNetwork:
     """The chosen predictor trained on every labelled pair: the prior, the network or their blend, with its anchors."""
-    network = _build_two_tower(data, settings, data.mask, settings.seed)
+    network = _build_two_tower(data, settings, data.mask, settings.network.seed)
     base = report.chosen.replace(" + anchors", "")
     if base != "prior":
         assert report.learning_rate is not None and report.weight_decay is not None and report.steps is not None  # chosen on validation
         train_stacked([network], data, [data.mask], [report.learning_rate], [report.weight_decay], report.steps, None, settings.eval_every,
-                    centre_rows=settings.loss == "row-centred")
+                    centre_rows=settings.network.loss == "row-centred")
         if base == "blend":
-            _blend_into(network, _build_two_tower(data, settings, data.mask, settings.seed), 0.5)
+            _blend_into(network, _build_two_tower(data, settings, data.mask, settings.network.seed), 0.5)
     if kernel is not None:
         self_t = None if data.self_cols is None else torch.from_numpy(data.self_cols)
         with torch.no_grad():

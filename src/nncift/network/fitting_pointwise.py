@@ -52,68 +52,93 @@ def fit_pointwise(embeddings: np.ndarray, labels: np.ndarray, settings: FitSetti
     std = std if std > 1e-12 else 1.0
     y = (y_raw - mean) / std
     n = len(y)
-    k = int(max(1, min(settings.folds, n)))
-    fold = np.empty(n, dtype=np.int64)
-    fold[np.random.default_rng(settings.seed).permutation(n)] = np.arange(n) % k
-    penalties = (0.1, 1.0, 10.0)
-    grid = [(lr, wd) for lr in settings.learning_rates for wd in settings.weight_decays]
-    evals = settings.max_steps // settings.eval_every + 1
-    curves = np.full((len(penalties), len(grid), k, evals), np.nan)
-    snapshots: dict[tuple[int, int, int], list[np.ndarray]] = {}
-    x_t, y_t = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.float32))
+    k = int(max(1, min(settings.network.folds, n)))
     report = FitReport("linear-residual", "prior", n, 0.0, folds=k if n >= 2 * k and k >= 2 else 0)
-    with one_torch_thread():
-        if report.folds:
-            for f in range(k):
-                train, val = fold != f, fold == f
-                for p, penalty in enumerate(penalties):
-                    weights, bias = _ridge(x[train], y[train], penalty)
-                    for g, (lr, wd) in enumerate(grid):
-                        network = PointwiseNetwork(x.shape[1], settings.hidden)
-                        network.initialise(torch.Generator().manual_seed(settings.seed + f), weights, bias)
-                        shots: list[np.ndarray] = []
-
-                        def record(step: int, prediction: np.ndarray, p: int = p, g: int = g, f: int = f, val: np.ndarray = val,
-                                   shots: list[np.ndarray] = shots) -> None:
-                            curves[p, g, f, step // settings.eval_every] = float(np.mean((prediction[val] - y[val]) ** 2))
-                            shots.append(prediction[val].copy())
-
-                        _train_pointwise(network, x_t, y_t, torch.from_numpy(train), lr, wd, settings.max_steps, record, settings.eval_every)
-                        snapshots[(p, g, f)] = shots
-            mean_curves = np.nanmean(curves, axis=2)
-            p, g, e = (int(i) for i in np.unravel_index(int(np.nanargmin(mean_curves)), mean_curves.shape))
-            report.learning_rate, report.weight_decay = grid[g]
-            report.steps = int(e) * settings.eval_every
-            report.prior = {"ridge_penalty": penalties[p]}
-            report.validation_curve = [float(v) for v in mean_curves[p, g]]
-            # out-of-fold predictions of every record, pooled: one ranking of all n records per candidate
-            oof = {"ridge": np.empty(n), "network": np.empty(n)}
-            for f in range(k):
-                shots = snapshots[(p, g, f)]
-                oof["ridge"][fold == f], oof["network"][fold == f] = shots[0], shots[e]
-            oof["blend"] = 0.5 * (oof["ridge"] + oof["network"])
-            # the mean ranks nothing: its subset is a random one (f_gain 0) and its ρ is 0
-            report.candidates = {"prior": {"spearman": 0.0, "f_gain": 0.0, "mse": float(np.mean(y ** 2)), "criterion": 0.0}}
-            report.candidates.update({name: selection_criterion(y, values, settings.validation_budget, "topk", settings.seed) for name, values in oof.items()})
-            report.chosen = _choose_over_mean(report.candidates, n, settings.fallback)
-        else:
-            report.note = "too few labelled records to validate on held-out records: the labels' mean is used"
-    network = PointwiseNetwork(x_all.shape[1], settings.hidden)
-    if report.chosen == "prior":
-        network.initialise(torch.Generator().manual_seed(settings.seed), np.zeros(x_all.shape[1]), 0.0)
+    if report.folds:
+        with one_torch_thread():
+            _validate_pointwise(x, y, k, settings, report)
     else:
-        weights, bias = _ridge(x, y, report.prior["ridge_penalty"])
-        network.initialise(torch.Generator().manual_seed(settings.seed), weights, bias)
-        if report.chosen in ("network", "blend"):
-            with one_torch_thread():
-                assert report.learning_rate is not None and report.weight_decay is not None and report.steps is not None  # chosen above
-                _train_pointwise(network, x_t, y_t, torch.ones(n, dtype=torch.bool), report.learning_rate, report.weight_decay,
-                                 report.steps, None, settings.eval_every)
-            if report.chosen == "blend":
-                network.scale_learned_part(0.5)
+        report.note = "too few labelled records to validate on held-out records: the labels' mean is used"
+    network = _final_pointwise(x, y, x_all.shape[1], settings, report)
     network.set_label_scale(mean, std)
     report.seconds = time.perf_counter() - start
     return network.eval(), report
+
+
+def _validate_pointwise(x: np.ndarray, y: np.ndarray, k: int, settings: FitSettings, report: FitReport) -> None:
+    """Choose the ridge penalty, grid point and step count on ``k`` seeded record folds, then the candidate to ship from the
+    pooled out-of-fold predictions; written into ``report``."""
+    n = len(y)
+    fold = np.empty(n, dtype=np.int64)
+    fold[np.random.default_rng(settings.network.seed).permutation(n)] = np.arange(n) % k
+    grid = [(lr, wd) for lr in settings.learning_rates for wd in settings.weight_decays]
+    curves, snapshots = _pointwise_curves(x, y, fold, k, grid, settings)
+    mean_curves = np.nanmean(curves, axis=2)
+    p, g, e = (int(i) for i in np.unravel_index(int(np.nanargmin(mean_curves)), mean_curves.shape))
+    report.learning_rate, report.weight_decay = grid[g]
+    report.steps = int(e) * settings.eval_every
+    report.prior = {"ridge_penalty": RIDGE_PENALTIES[p]}
+    report.validation_curve = [float(v) for v in mean_curves[p, g]]
+    # out-of-fold predictions of every record, pooled: one ranking of all n records per candidate
+    oof = {"ridge": np.empty(n), "network": np.empty(n)}
+    for f in range(k):
+        shots = snapshots[(p, g, f)]
+        oof["ridge"][fold == f], oof["network"][fold == f] = shots[0], shots[e]
+    oof["blend"] = 0.5 * (oof["ridge"] + oof["network"])
+    # the mean ranks nothing: its subset is a random one (f_gain 0) and its ρ is 0
+    report.candidates = {"prior": {"spearman": 0.0, "f_gain": 0.0, "mse": float(np.mean(y ** 2)), "criterion": 0.0}}
+    report.candidates.update({name: selection_criterion(y, values, settings.validation_budget, "topk", settings.network.seed)
+                              for name, values in oof.items()})
+    report.chosen = _choose_over_mean(report.candidates, n, settings.network.fallback)
+
+
+RIDGE_PENALTIES = (0.1, 1.0, 10.0)
+"""Ridge penalties tried for the linear start."""
+
+
+def _pointwise_curves(x: np.ndarray, y: np.ndarray, fold: np.ndarray, k: int, grid: list[tuple[float, float]],
+                      settings: FitSettings) -> tuple[np.ndarray, dict[tuple[int, int, int], list[np.ndarray]]]:
+    """Train from each fold's ridge start for every penalty × grid point; (validation MSE every ``eval_every`` steps, shape
+    (penalty, grid, fold, evals); per (penalty, grid point, fold) the held-out records' predictions at each evaluation)."""
+    curves = np.full((len(RIDGE_PENALTIES), len(grid), k, settings.network.max_steps // settings.eval_every + 1), np.nan)
+    snapshots: dict[tuple[int, int, int], list[np.ndarray]] = {}
+    x_t, y_t = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.float32))
+    for f in range(k):
+        train, val = fold != f, fold == f
+        for p, penalty in enumerate(RIDGE_PENALTIES):
+            weights, bias = _ridge(x[train], y[train], penalty)
+            for g, (lr, wd) in enumerate(grid):
+                network = PointwiseNetwork(x.shape[1], settings.network.tower_hidden)
+                network.initialise(torch.Generator().manual_seed(settings.network.seed + f), weights, bias)
+                shots: list[np.ndarray] = []
+
+                def record(step: int, prediction: np.ndarray, p: int = p, g: int = g, f: int = f, val: np.ndarray = val,
+                           shots: list[np.ndarray] = shots) -> None:
+                    curves[p, g, f, step // settings.eval_every] = float(np.mean((prediction[val] - y[val]) ** 2))
+                    shots.append(prediction[val].copy())
+
+                _train_pointwise(network, x_t, y_t, torch.from_numpy(train), lr, wd, settings.network.max_steps, record, settings.eval_every)
+                snapshots[(p, g, f)] = shots
+    return curves, snapshots
+
+
+def _final_pointwise(x: np.ndarray, y: np.ndarray, dim: int, settings: FitSettings, report: FitReport) -> PointwiseNetwork:
+    """The chosen predictor (standardised labels) fitted on every labelled record: the mean, the ridge start, the network or the blend."""
+    network = PointwiseNetwork(dim, settings.network.tower_hidden)
+    if report.chosen == "prior":
+        network.initialise(torch.Generator().manual_seed(settings.network.seed), np.zeros(dim), 0.0)
+        return network
+    weights, bias = _ridge(x, y, report.prior["ridge_penalty"])
+    network.initialise(torch.Generator().manual_seed(settings.network.seed), weights, bias)
+    if report.chosen in ("network", "blend"):
+        with one_torch_thread():
+            assert report.learning_rate is not None and report.weight_decay is not None and report.steps is not None  # chosen on validation
+            x_t, y_t = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.float32))
+            _train_pointwise(network, x_t, y_t, torch.ones(len(y), dtype=torch.bool), report.learning_rate, report.weight_decay,
+                             report.steps, None, settings.eval_every)
+        if report.chosen == "blend":
+            network.scale_learned_part(0.5)
+    return network
 
 
 def _choose_over_mean(candidates: dict[str, dict[str, float]], n: int, fallback: bool) -> str:

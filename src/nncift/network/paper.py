@@ -38,6 +38,7 @@ from torch import Tensor
 
 from nncift.network.pair_kernel import TILE_COLS, TILE_ROWS, pair_kernel
 from nncift.network.towers import PointwiseNetwork, TwoTowerNetwork, predict_two_tower
+from nncift.settings.choices import ARCHITECTURES
 from nncift.settings.stages import NetworkSettings
 
 __all__ = [
@@ -63,9 +64,6 @@ _NAIVE_BLOCK_PAIRS = 1 << 15
 # settings, module, report
 
 
-ARCHITECTURES = ("two-tower", "paper")
-"""``two-tower``: the default (:mod:`nncift.network.towers`, trained and validated by :mod:`nncift.network.fitting`);
-``paper``: the NN-CIFT paper's MLP on ``[e_i, 0, e_j]`` with its training, for reproduction."""
 
 
 class InfluenceNetwork(torch.nn.Module):
@@ -254,6 +252,17 @@ def predict_pairwise(
         out = np.empty((n_rows, n_cols), dtype=np.float32)
     elif out.shape != (n_rows, n_cols) or out.dtype != np.float32:
         raise ValueError(f"out must be float32 of shape {(n_rows, n_cols)}, got {out.dtype} {out.shape}")
+    chosen = _paper_backend(network, backend)
+    if n_rows == 0 or n_cols == 0:
+        return out
+    if block_rows is None:
+        block_rows = max(TILE_ROWS, _BLOCK_PAIRS // n_cols)
+    _predict_paper_blocks(network, rows_np, cols_np, out, max(1, int(block_rows)), chosen, progress)
+    return out
+
+
+def _paper_backend(network: InfluenceNetwork, backend: str) -> str:
+    """The backend that predicts the paper's MLP: ``backend`` checked, ``auto`` resolved (numba for one hidden layer, else torch)."""
     single = len(network.hidden_sizes) == 1
     if backend == "auto":
         backend = "numba" if single and pair_kernel is not None else "torch"
@@ -261,12 +270,13 @@ def predict_pairwise(
         raise ValueError("the numba backend needs numba and a network with exactly one hidden layer")
     if backend not in ("numba", "torch"):
         raise ValueError(f"unknown backend {backend!r}")
-    if n_rows == 0 or n_cols == 0:
-        return out
-    if block_rows is None:
-        block_rows = max(TILE_ROWS, _BLOCK_PAIRS // n_cols)
-    block_rows = max(1, int(block_rows))
+    return backend
 
+
+def _predict_paper_blocks(network: InfluenceNetwork, rows_np: np.ndarray, cols_np: np.ndarray, out: np.ndarray, block_rows: int,
+                          backend: str, progress: bool) -> None:
+    """Fill ``out`` (R, C) with the paper MLP's predictions, ``block_rows`` rows at a time (see :func:`predict_pairwise`)."""
+    n_rows, n_cols = out.shape
     with torch.no_grad():
         w_a, w_b, bias = _first_layer_parts(network)
         b_matrix = (torch.from_numpy(cols_np) @ w_b.t()).contiguous()  # (C, h), once
@@ -293,7 +303,6 @@ def predict_pairwise(
                 _torch_tiles(network, a, b_matrix, torch.from_numpy(block))
             if not direct:
                 target[...] = block
-    return out
 
 
 def predict_pairwise_naive(

@@ -20,6 +20,8 @@ Pairwise (:class:`TwoTowerNetwork`), for a target embedding ``a`` and a candidat
 
 Prediction of a whole (R × C) block is one matrix product: ``[α·a, f(a)/√k, r(a)+β, 1] ·
 [b, g(b), 1, c(b)]ᵀ`` (width d + k + 2), then the self-pair term on the diagonal entries.
+:func:`inner_product_form` returns the two factors (μ and σ folded in) and the self-pair terms, so that selection can
+keep each row's nearest candidates (:mod:`nncift.selection.sparse`) without forming the matrix.
 
 Pointwise (:class:`PointwiseNetwork`, for SelectIT): ``s(a) = μ + σ·(wᵀa + b + vᵀrelu(W a))``, the
 linear part started at the ridge fit of the labels and ``v`` at zero.
@@ -28,7 +30,7 @@ linear part started at the ridge fit of the labels and ``v`` at zero.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -36,7 +38,7 @@ from torch import Tensor
 
 from nncift.network.anchors import NEIGHBOURS, Anchors, anchor_correction, sparse_kernel_weights
 
-__all__ = ["TwoTowerNetwork", "PointwiseNetwork", "predict_two_tower"]
+__all__ = ["TwoTowerNetwork", "PointwiseNetwork", "predict_two_tower", "InnerProductForm", "inner_product_form"]
 
 _PREDICT_PAIRS = 1 << 22
 """Pairs per row block of :func:`predict_two_tower` (16 MiB of float32 output per block)."""
@@ -215,6 +217,58 @@ def predict_two_tower(network: TwoTowerNetwork, rows: np.ndarray, cols: np.ndarr
                 block += scale * torch.sparse.mm(wr, residual_cols) / (torch.sparse.mm(wr, mask_cols) + anchors.shrink)
             out[start:stop] = block.numpy()
     return out
+
+
+class InnerProductForm(NamedTuple):
+    """A two-tower network's predictions as inner products: ``row_features @ col_features.T`` is the (R, C) prediction in
+    label units without the self-pair term; ``self_terms[i]`` is added at ``(i, self_cols[i])`` (0 where there is none)."""
+
+    row_features: np.ndarray
+    """float32 (R, d + k + 3): ``[α·a, f(a)/√k, r(a) + β, 1, μ]``."""
+    col_features: np.ndarray
+    """float32 (C, d + k + 3): ``[σ·b, σ·g(b), σ, σ·c(b), 1]``."""
+    self_terms: np.ndarray
+    """float32 (R,): ``σ·(δ + wᵀa)`` for rows with a self column, else 0."""
+
+
+def inner_product_form(network: TwoTowerNetwork, rows: np.ndarray, cols: np.ndarray, *, self_cols: np.ndarray | None = None,
+                       block_rows: int = 65536) -> InnerProductForm:
+    """:func:`predict_two_tower` as features whose inner products are the predictions (no (R, C) matrix is formed).
+
+    ``self_cols``: per row, the column of the same record (−1: none), as in :func:`predict_two_tower`. Label anchors are
+    a ratio of two kernel sums, not an inner product: an anchored network raises ``ValueError`` (predict its row blocks
+    with :func:`predict_two_tower` instead, e.g. as the callback of :func:`nncift.selection.sparse.graph_from_blocks`).
+    """
+    if network.anchors is not None:
+        raise ValueError("the network has label anchors: its predictions are not inner products; predict row blocks instead")
+    for name, array in (("rows", rows), ("cols", cols)):
+        if np.ndim(array) != 2 or np.shape(array)[1] != network.embedding_dim:
+            raise ValueError(f"{name} must have {network.embedding_dim} columns, got shape {np.shape(array)}")
+    scale, shift, root = float(network.label_std), float(network.label_mean), math.sqrt(network.rank)
+    width = network.embedding_dim + network.rank + 3
+    row_features = np.empty((len(rows), width), np.float32)
+    col_features = np.empty((len(cols), width), np.float32)
+    self_terms = np.zeros(len(rows), np.float32)
+    own = None if self_cols is None else np.asarray(self_cols, dtype=np.int64).reshape(-1)
+    if own is not None and own.shape[0] != len(rows):
+        raise ValueError(f"self_cols must have one entry per row ({len(rows)}), got {own.shape[0]}")
+    with torch.no_grad():
+        for start in range(0, len(rows), block_rows):
+            part = torch.from_numpy(np.ascontiguousarray(rows[start:start + block_rows], dtype=np.float32))
+            f, r = network.row_tower(part)
+            ones = torch.ones(part.shape[0], 1)
+            row_features[start:start + len(part)] = torch.cat([network.alpha * part, f / root, (r + network.beta)[:, None], ones,
+                                                              ones * shift], dim=1).numpy()
+            if own is not None:
+                has = own[start:start + len(part)] >= 0
+                terms = (scale * (network.self_bias + part @ network.self_weight)).numpy()
+                self_terms[start:start + len(part)] = np.where(has, terms, 0.0)
+        for start in range(0, len(cols), block_rows):
+            part = torch.from_numpy(np.ascontiguousarray(cols[start:start + block_rows], dtype=np.float32))
+            g, c = network.col_tower(part)
+            ones = torch.ones(part.shape[0], 1)
+            col_features[start:start + len(part)] = torch.cat([scale * part, scale * g, ones * scale, scale * c[:, None], ones], dim=1).numpy()
+    return InnerProductForm(row_features, col_features, self_terms)
 
 
 class PointwiseNetwork(torch.nn.Module):

@@ -32,7 +32,7 @@ def train_network(row_embeddings: np.ndarray, col_embeddings: np.ndarray, labels
         paper, report = train_pairwise(row_embeddings, col_embeddings, labels, settings, progress=progress)
         return paper, {"architecture": "paper", "chosen": "network", "losses": [round(x, 6) for x in report.losses],
                          "n_labelled": report.n_examples, "seconds": round(report.seconds, 3)}
-    network, fit = fit_pairwise(row_embeddings, col_embeddings, labels, FitSettings.from_network(settings), self_cols=self_cols,
+    network, fit = fit_pairwise(row_embeddings, col_embeddings, labels, FitSettings(settings), self_cols=self_cols,
                                 objective=objective, candidate_scores=candidate_scores, held_out=held_out,
                                 prior_is_exact=prior_is_exact, progress=progress)
     return network, fit.as_dict()
@@ -45,5 +45,5 @@ def train_network_pointwise(embeddings: np.ndarray, labels: np.ndarray, settings
         paper, report = train_pointwise(np.asarray(embeddings)[ok], np.asarray(labels, dtype=np.float32)[ok], settings, progress=progress)
         return paper, {"architecture": "paper", "chosen": "network", "losses": [round(x, 6) for x in report.losses],
                          "n_labelled": report.n_examples, "seconds": round(report.seconds, 3)}
-    network, fit = fit_pointwise(embeddings, labels, FitSettings.from_network(settings))
+    network, fit = fit_pointwise(embeddings, labels, FitSettings(settings))
     return network, fit.as_dict()

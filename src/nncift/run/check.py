@@ -18,7 +18,8 @@ from typing import Iterable
 
 import numpy as np
 
-from nncift.run.files import RunNotReady, RunView
+from nncift.run.files import RunNotReady
+from nncift.run.view import RunView
 
 
 def _npy(path: Path) -> None:
@@ -92,9 +93,9 @@ def recorded_inputs(view: RunView, key: str) -> list[str]:
     """A run's input paths (settings ``data`` or ``targets``) as they can be read from here, whatever the current directory:
     a relative path is taken from the working directory recorded in the run's manifest, else from the current one, else
     from a folder above the run folder (runs made before the working directory was recorded)."""
-    cwd = (view.manifest.get("environment") or {}).get("cwd")
+    cwd = view.working_directory
     resolved = []
-    for given in map(str, view.settings.get(key) or ()):
+    for given in map(str, getattr(view.settings, key)):
         path = Path(given)
         if given.startswith("hf:") or path.is_absolute():
             resolved.append(given)

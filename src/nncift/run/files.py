@@ -1,4 +1,4 @@
-"""The files of a finished run that people, scripts and trainers read, and the stored view of a run.
+"""The files of a finished run that people, scripts and trainers read (read back by :mod:`nncift.run.view`).
 
 Written by every selection (``select``, ``select --add``, the full-matrix baseline):
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -31,15 +30,13 @@ import numpy as np
 
 from nncift.data.records import Record, jsonl_lines
 from nncift.files.atomic import atomic_write, save_npy_atomic, write_json_atomic, write_text_atomic
-from nncift.files.errors import SettingsMismatch
-from nncift.run.commit import changed_inputs, commit_problem
-from nncift.run.store import read_json_file
+from nncift.files.errors import UserError
 
 SCORE_COLUMNS = ("index", "source_file", "line", "task", "value", "gain", "rank", "picked", "influence")
 """Columns of ``scores.csv``."""
 
 
-class RunNotReady(ValueError):
+class RunNotReady(UserError, ValueError):
     """The folder is not a finished nncift run (or lacks what a command needs)."""
 
 
@@ -118,67 +115,6 @@ def records_digest(pool: Sequence[Record], targets: Sequence[Record]) -> str:
     return digest.hexdigest()
 
 
-@dataclass
-class RunView:
-    """A finished run folder, read back: its manifest and the artefacts later commands use."""
-
-    folder: Path
-    manifest: dict[str, Any]
-
-    @property
-    def settings(self) -> dict[str, Any]:
-        """The run's settings as recorded in its manifest (stage by stage: ``settings["selection"]["budget"]``)."""
-        from nncift.settings.stages import nest_flat_settings
-
-        return nest_flat_settings(self.manifest["settings"])
-
-    @property
-    def pairwise(self) -> bool:
-        """Whether the influence function is pairwise (a matrix) or pointwise (one score per record)."""
-        return (self.folder / "predicted.npy").exists() or (self.folder / "full.npy").exists()
-
-    def need(self, name: str, why: str) -> Path:
-        """Path of artefact ``name``, or :class:`RunNotReady` saying what is missing and why it is needed."""
-        path = self.folder / name
-        if not path.exists():
-            raise RunNotReady(f"{self.folder}: no {name} ({why}); it was made by an older nncift or not finished: "
-                              "run the same select again into a new folder")
-        return path
-
-    def rows(self) -> dict[str, Any]:
-        """``rows.json``: ``n_pool_rows`` and, per matrix row, its kind (pool/target), index, source and task."""
-        return json.loads(self.need("rows.json", "what the matrix rows stand for").read_text(encoding="utf-8"))
-
-    def embeddings(self, side: str) -> np.ndarray:
-        """The stored ``row`` or ``col`` embeddings (float32, one per row / pool record)."""
-        return np.load(self.need(f"{side}_embeddings.npy", "the network's inputs"))
-
-    def matrix(self) -> np.ndarray:
-        """The selection matrix (predicted, scaled, exact Q1 values kept; or the full exact matrix), memory-mapped."""
-        name = "predicted.npy" if (self.folder / "predicted.npy").exists() else "full.npy"
-        return np.load(self.need(name, "the influence matrix"), mmap_mode="r")
-
-    def picks(self) -> tuple[np.ndarray, np.ndarray]:
-        """(pool indices, gains or scores) of the run's selection, in pick order."""
-        return read_picks(self.folder / "selected.jsonl")
-
-    def scaling(self) -> tuple[float, float]:
-        """(low, high) that map raw influence values to the [0, 1] the selection uses."""
-        scaling = self.manifest.get("label_scaling") or {}
-        return float(scaling.get("low", 0.0)), float(scaling.get("high", 1.0))
-
-    def scores_table(self) -> list[dict[str, str]]:
-        """The rows of the run's ``scores.csv`` (one per pool record, as strings)."""
-        with self.need("scores.csv", "the per-record values").open(encoding="utf-8", newline="") as handle:
-            return list(csv.DictReader(handle))
-
-    def network_path(self) -> Path:
-        """The run's trained InfluenceNetwork."""
-        if (self.folder / "full.npy").exists() or (self.folder / "scores.npy").exists() and not (self.folder / "predicted_scores.npy").exists():
-            raise RunNotReady(f"{self.folder}: a run of the full-matrix baseline has no InfluenceNetwork: use an NN-CIFT select run")
-        return self.need("network.safetensors", "the trained InfluenceNetwork")
-
-
 def read_picks(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(pool indices, gains or scores) of a ``selected.jsonl``, in pick order; :class:`RunNotReady` naming it when damaged."""
     try:
@@ -186,36 +122,3 @@ def read_picks(path: Path) -> tuple[np.ndarray, np.ndarray]:
         return (np.array([r["index"] for r in rows], dtype=np.int64), np.array([r["score"] for r in rows], dtype=np.float64))
     except (UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
         raise RunNotReady(f"{path}: damaged ({type(error).__name__}: {error}): run the same select again to repair it") from None
-
-
-def open_run(folder: str | Path) -> RunView:
-    """Read a finished run folder: its commit record must match its files (:mod:`nncift.run.commit`); :class:`RunNotReady`
-    naming the folder or the first file that does not match otherwise."""
-    path = Path(folder)
-    if not path.is_dir():
-        raise RunNotReady(f"{path}: no such run folder")
-    manifest_path = path / "manifest.json"
-    if not (manifest_path.is_file() and (path / "selected.jsonl").is_file()):
-        raise RunNotReady(f"{path}: not a finished nncift run (no manifest.json / selected.jsonl): run select to the end first")
-    problem = commit_problem(path)
-    if problem is not None:
-        raise RunNotReady(f"{problem}: run the same select again to finish or repair it")
-    try:
-        manifest = read_json_file(manifest_path)
-    except ValueError as error:
-        raise RunNotReady(str(error)) from None
-    if "settings" not in manifest:
-        raise RunNotReady(f"{manifest_path}: not an nncift run manifest (no 'settings')")
-    return RunView(path, manifest)
-
-
-def check_digest(view: RunView, pool: Sequence[Record], targets: Sequence[Record], reports: Sequence[Any] = ()) -> None:
-    """Refuse records that are not the ones the run was computed from, and input files changed since it finished
-    (``reports``: the :class:`~nncift.data.records.LoadReport` of each file read again)."""
-    stored = read_json_file(view.folder / "records.json").get("records_sha256")
-    if stored != records_digest(pool, targets):
-        raise SettingsMismatch(f"{view.folder}: its input files ({', '.join(view.settings.get('data') or ())}) no longer hold the "
-                               "records the run was computed from; restore them or select again")
-    changed = changed_inputs(view.folder, [report.as_dict() for report in reports])
-    if changed is not None:
-        raise SettingsMismatch(changed)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, ContextManager
+
+from nncift.files.timing import timed
 
 
 @dataclass
@@ -18,14 +18,9 @@ class CostLedger:
     evaluations_made: int = 0
     evaluations_full: int = 0
 
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
+    def stage(self, name: str) -> ContextManager[None]:
         """Time a stage (times add up if a stage runs more than once)."""
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.stages[name] = self.stages.get(name, 0.0) + time.perf_counter() - start
+        return timed(lambda seconds: self.stages.update({name: self.stages.get(name, 0.0) + seconds}))
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form for the manifest."""

@@ -1,15 +1,15 @@
-"""What a run reports about itself: the manifest, the line about the network training, the fill rule."""
+"""What a run reports about itself: the manifest (one schema for every command), the line about the network training, the fill rule."""
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
-from nncift.data.records import LoadReport, Record, skip_counts
+from nncift.data.records import LoadReport, skip_counts
 from nncift.influence import InfluenceFunction
 from nncift.models.loading import model_fingerprint
 from nncift.run.ledger import CostLedger
 from nncift.selection import Selection
-from nncift.settings.fields import environment_info, settings_dict
+from nncift.settings.fields import environment_info
 from nncift.settings.stages import SelectSettings
 
 FILL_RULE = "after the last positive gain: the unchosen candidates by decreasing singleton value f({j}), ties by lowest index"
@@ -41,21 +41,40 @@ def describe_training(report: dict[str, Any]) -> str:
     return line
 
 
-def build_manifest(settings: SelectSettings, function_class: type[InfluenceFunction], options: dict[str, Any], objective: str,
-                   pool: Sequence[Record], targets: Sequence[Record], reports: Sequence[LoadReport], ledger: CostLedger,
-                   extra: dict[str, Any], n_selected: int, objective_value: float) -> dict[str, Any]:
-    """The run's ``manifest.json``: settings, versions, models, inputs, counts, the cost ledger, and ``extra``."""
-    skipped = skip_counts(reports)
+MANIFEST_KEYS = ("command", "settings", "environment", "models", "inputs", "counts", "cost")
+"""The keys every ``manifest.json`` begins with, whichever command wrote it (``select``, ``full-select``, ``select --add``,
+``score``); the command's own entries follow them (:func:`build_manifest`)."""
+
+
+def build_manifest(command: str, settings: dict[str, Any], *, models: dict[str, Any], reports: Sequence[LoadReport],
+                   counts: dict[str, int], ledger: CostLedger, section: dict[str, Any]) -> dict[str, Any]:
+    """The one schema of ``manifest.json``: :data:`MANIFEST_KEYS`, then ``section`` (the command's own entries).
+
+    Args:
+        command: the command that wrote the folder.
+        settings: its settings, JSON-ready (a selection's: :func:`~nncift.settings.fields.settings_dict` of its ``SelectSettings``).
+        models: fingerprints of the models it used, by role (``embedder``, ``lm``).
+        reports: the load reports of the input files (``inputs``; their skips go into ``counts["skipped"]``).
+        counts: record counts (``pool``, ``targets``, ``selected``, ...).
+        ledger: the cost ledger (``cost``: seconds per stage, influence evaluations made, counters).
+        section: the command's own entries; a key of the common schema is refused.
+    """
+    clash = sorted(set(section) & set(MANIFEST_KEYS))
+    if clash:
+        raise ValueError(f"manifest section of {command} repeats common keys: {', '.join(clash)}")
     return {
-        "settings": settings_dict(settings),
-        "influence_options": options,
-        "objective": objective,
+        "command": command,
+        "settings": settings,
         "environment": environment_info(),
-        "models": {"embedder": model_fingerprint(settings.embedder, kind="embedder"),
-                   **({"lm": model_fingerprint(settings.model)} if function_class.uses_language_model else {})},
+        "models": models,
         "inputs": [report.as_dict() for report in reports],
-        "counts": {"pool": len(pool), "targets": len(targets), "selected": n_selected, "skipped": skipped},
-        "objective_value": objective_value,
+        "counts": {**counts, "skipped": skip_counts(reports)},
         "cost": ledger.as_dict(),
-        **extra,
+        **section,
     }
+
+
+def run_models(settings: SelectSettings, function_class: type[InfluenceFunction]) -> dict[str, Any]:
+    """Fingerprints of a selection's models: the embedder, and the language model when the influence function runs one."""
+    return {"embedder": model_fingerprint(settings.embedder, kind="embedder"),
+            **({"lm": model_fingerprint(settings.model)} if function_class.uses_language_model else {})}

@@ -39,14 +39,14 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from nncift.files.atomic import atomic_write, save_npy_atomic, write_json_atomic
-from nncift.files.errors import SettingsMismatch
+from nncift.files.errors import SettingsMismatch, UserError
 
 
-class RunFolderError(ValueError):
+class RunFolderError(UserError, ValueError):
     """The run folder cannot be created or written: a file in the way, no permission, a read-only file system."""
 
 
-class RunFolderInUse(RuntimeError):
+class RunFolderInUse(UserError, RuntimeError):
     """Another live process holds the run folder's lock."""
 
 
@@ -322,15 +322,12 @@ class RunStore:
     """
 
     def __init__(self, folder: str | Path, settings: dict[str, Any], *, exclusive: bool = True,
-                 rerun_keys: frozenset[str] = frozenset(), upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-                 check: Callable[["RunStore"], None] | None = None):
+                 rerun_keys: frozenset[str] = frozenset(), check: Callable[["RunStore"], None] | None = None):
         """``check``: further refusals (records, input files), made after the settings are compared and before they are written."""
         self.folder = make_run_folder(folder)
         self.settings = settings
         self.rerun_keys = rerun_keys
         """Settings that may differ from the stored ones: the results they affect are recomputed (re-selection)."""
-        self.upgrade = upgrade
-        """Reads settings stored by an older version in today's form (None: as stored)."""
         self.changed: dict[str, Any] = {}
         """The ``rerun_keys`` that differ from the folder's stored settings: ``{key: {"stored", "now"}}``."""
         self._lock = acquire_lock(self.folder) if exclusive else None
@@ -361,7 +358,6 @@ class RunStore:
         path = self.folder / "settings.json"
         if path.exists():
             stored = read_json_file(path)
-            stored = self.upgrade(stored) if self.upgrade else stored
             differing = [key for key in sorted(set(stored) | set(self.settings))
                          if key not in RUNTIME_KEYS and stored.get(key) != self.settings.get(key)]
             refused = [f"{path}: stored {old!r}, now {new!r}" for key in differing if key not in self.rerun_keys
@@ -378,7 +374,6 @@ class RunStore:
 
     def changes_since(self, stored: dict[str, Any]) -> dict[str, Any]:
         """The ``rerun_keys`` settings that differ between ``stored`` and this run's: ``{dotted name: {"stored", "now"}}``."""
-        stored = self.upgrade(stored) if self.upgrade else stored
         return {path: {"stored": old, "now": new} for key in sorted(self.rerun_keys) if stored.get(key) != self.settings.get(key)
                 for path, old, new in _leaves(key, stored.get(key), self.settings.get(key))}
 

@@ -12,7 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from nncift.files.errors import InputError
 from nncift.selection.kernels import all_gains, lazy_greedy, plain_greedy, prepare_candidate_major, row_max, threads_for
+from nncift.settings.choices import OBJECTIVES
 
 __all__ = [
     "Selection",
@@ -27,7 +29,6 @@ __all__ = [
     "OBJECTIVES",
 ]
 
-OBJECTIVES = ("fl", "flmi", "flcg", "topk")
 
 
 @dataclass(frozen=True)
@@ -81,9 +82,9 @@ def budget_to_count(budget: float | int, n_candidates: int) -> int:
             return min(max(1, int(math.floor(rule * n + 0.5))), n)
         count = rule
     if count < 0:
-        raise ValueError(f"budget count must be >= 0, got {count}")
+        raise InputError(f"budget count must be >= 0, got {count}")
     if count > n:
-        raise ValueError(f"budget count {count} exceeds the number of candidates ({n})")
+        raise InputError(f"budget count {count} exceeds the number of candidates ({n})")
     return count
 
 

@@ -25,3 +25,15 @@ NETWORK_LOSSES = ("mse", "row-centred")
 SAMPLING_DESIGNS = ("auto", "block", "all-targets")
 """Which pairs get the exact influence function (``nncift.run.layout``): the function's own choice, a u × u block (or g
 blocks), or every target × the sampled candidates."""
+
+OBJECTIVES = ("fl", "flmi", "flcg", "topk")
+"""Selection objectives (``nncift.selection``): facility location, its mutual-information and conditional-gain forms, top-k."""
+
+ARCHITECTURES = ("two-tower", "paper")
+"""InfluenceNetwork architectures (``nncift.network``)."""
+
+DEVICES = ("auto", "cpu", "cuda")
+"""Devices a model runs on (``cuda:N`` names one GPU)."""
+
+EXECUTORS = ("local", "ray")
+"""Where influence blocks run (``nncift.execution``)."""

@@ -1,14 +1,15 @@
 """Settings are data: dataclasses (one per stage, nested in a run's: :mod:`nncift.settings.stages`), read from YAML,
 written into every run's manifest, and turned into command-line flags (the help text is each field's docstring).
 
-This module is the machinery: type and range checks (:func:`check_settings`), the budget rule
-(:func:`normalise_budget`), YAML reading, building settings from names (:func:`build_settings`) and flags
-(:func:`add_arguments`).
+This module is the one field machinery. A field declares its own range and choices with :func:`setting`
+(``fraction: float = setting(0.05, above=0, at_most=1)``); :func:`check_settings` checks every field of a settings
+object against its type hint, then its :class:`Rule`; :class:`Checked` does so when an object is built;
+:func:`build_settings` makes one from the names YAML and flags use. Reading YAML and flags: :mod:`.sources`,
+:mod:`.flags`.
 """
 
 from __future__ import annotations
 
-import argparse
 import ast
 import dataclasses
 import functools
@@ -24,13 +25,87 @@ import sys
 import textwrap
 import types
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
+from nncift.files.errors import InputError, UserError
 
-from nncift.settings.choices import DTYPES, NETWORK_LOSSES, SAMPLING_DESIGNS
-from nncift.settings.given_once import StoreOnce, UniqueKeyLoader
+RULE = "nncift.rule"
+"""Key of a field's :class:`Rule` in its dataclass field metadata."""
+
+
+class SettingsError(UserError, ValueError):
+    """A setting of the wrong type or out of range: ``key`` names it, ``origin`` where it came from (a YAML file, a flag)."""
+
+    def __init__(self, key: str, problem: str = "", origin: str = ""):
+        self.key, self.problem, self.origin = key, problem, origin
+        where = f"{origin}: " if origin.startswith("--") else f"{origin}: {key}: " if origin else f"{key}: "
+        super().__init__(where + problem)
+
+
+class RemovedSetting(SettingsError):
+    """A setting name of an earlier version, given again: the message names its spelling now
+    (``--max-length was removed; use --delift.max-length / --less.max-length / --selectit.max-length``)."""
+
+    def __init__(self, given: str, now: str, origin: str = ""):
+        ValueError.__init__(self, f"{origin + ': ' if origin else ''}{given} was removed; use {now}")
+        self.key, self.problem, self.origin = given, f"was removed; use {now}", origin
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What values a field takes beyond its type (each item of a list field): a range, choices, a normal form."""
+
+    at_least: float | None = None
+    above: float | None = None
+    at_most: float | None = None
+    choices: tuple[str, ...] = ()
+    pattern: str = ""
+    """Values outside ``choices`` that are accepted too (a regular expression, e.g. ``cuda:\\d+``), shown as ``hint``."""
+    hint: str = ""
+    why: str = ""
+    """Added to the message of a value out of range."""
+    normal: Callable[[Any], Any] | None = None
+    """The value's normal form (raises :class:`SettingsError` for a value it refuses), e.g. the budget rule."""
+    flag: str = ""
+    """A short flag listed in ``--help`` besides the field's own (``--budget`` for ``--selection.budget``)."""
+
+    def problem(self, value: Any) -> str | None:
+        """What is wrong with ``value`` (already of the field's type), or None."""
+        if self.choices and value not in self.choices and not (self.pattern and re.fullmatch(self.pattern, str(value))):
+            listed = ", ".join(repr(choice) for choice in self.choices) + (f" (or {self.hint})" if self.hint else "")
+            return f"expected one of {listed}, got {value!r}"
+        if self.above is not None and self.at_most is not None and not self.above < value <= self.at_most:
+            return f"expected a fraction in ({self.above:g}, {self.at_most:g}], got {value!r}{self.why}"
+        if self.at_least is not None and not value >= self.at_least:
+            return f"expected a value ≥ {self.at_least:g}, got {value!r}{self.why}"
+        if self.above is not None and not value > self.above:
+            return f"expected a value > {self.above:g}, got {value!r}{self.why}"
+        if self.at_most is not None and not value <= self.at_most:
+            return f"expected a value ≤ {self.at_most:g}, got {value!r}{self.why}"
+        return None
+
+
+def setting(default: Any = dataclasses.MISSING, *, factory: Callable[[], Any] | None = None, **rule: Any) -> Any:
+    """A settings field with its :class:`Rule`: ``budget: float = setting(0.3, normal=normalise_budget, flag="--budget")``."""
+    metadata = {RULE: Rule(**rule)}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def rule_of(item: dataclasses.Field) -> Rule | None:
+    """The :class:`Rule` a field declared (None: its type alone)."""
+    return item.metadata.get(RULE)
+
+
+class Checked:
+    """Base of a settings dataclass whose every field is checked when the object is built (:func:`check_settings`)."""
+
+    def __post_init__(self) -> None:
+        """Check every field."""
+        check_settings(self)
 
 
 @functools.cache
@@ -55,7 +130,7 @@ def field_docs(cls: Any) -> dict[str, str]:
     return docs
 
 
-def _base_type(hint: Any) -> tuple[Any, bool]:
+def base_type(hint: Any) -> tuple[Any, bool]:
     """(element type, is_sequence) of a field's type hint."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
@@ -66,84 +141,25 @@ def _base_type(hint: Any) -> tuple[Any, bool]:
     return hint, False
 
 
+@functools.cache
+def hints(cls: Any) -> dict[str, Any]:
+    """The resolved type hints of a settings dataclass."""
+    return typing.get_type_hints(cls)
+
+
 def stage_fields(cls: Any) -> dict[str, Any]:
     """The fields of a settings dataclass that are stages (dataclasses themselves), by name → their class."""
-    hints = _hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if dataclasses.is_dataclass(hints[f.name])}
+    hinted = hints(cls)
+    return {f.name: hinted[f.name] for f in dataclasses.fields(cls) if dataclasses.is_dataclass(hinted[f.name])}
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: frozenset[str] | set[str] = frozenset(),
-                  prefix: str = "", aliases: dict[str, str] | None = None, listed: frozenset[str] | None = None) -> None:
-    """Add a ``--flag`` for each field of dataclass ``cls`` (help = the field's docstring).
-
-    Every flag defaults to None (not given), so that a YAML file's values and the dataclass
-    defaults apply unless the flag is set on the command line. With ``prefix`` (a stage's or an influence
-    function's name) the flags are namespaced: ``--selection.budget``, stored as ``selection.budget``.
-    A stage field gets its own help group and namespaced flags. ``aliases`` (flat name → dotted name)
-    adds the flat flag too (``--budget``, stored as ``budget``): listed in the help when in ``listed``.
-    """
-    aliases = aliases if aliases is not None else getattr(cls, "ALIASES", {})
-    listed = listed if listed is not None else getattr(cls, "SHORT_FLAGS", frozenset())
-    short = {dotted: flat for flat, dotted in aliases.items()}
-    hints = typing.get_type_hints(cls)
-    docs = field_docs(cls)
-    existing = {a.dest for a in parser._actions}  # noqa: SLF001 - argparse has no public accessor
-    stages = stage_fields(cls)
-    for item in dataclasses.fields(cls):
-        dest = f"{prefix}.{item.name}" if prefix else item.name
-        if item.name in skip or dest in skip or dest in existing:
-            continue
-        if item.name in stages:
-            group = parser.add_argument_group(f"{item.name} settings ({docs.get(item.name, '')} In YAML under '{item.name}:')")
-            add_arguments(group, stages[item.name], prefix=item.name, aliases=aliases, listed=listed,  # type: ignore[arg-type]
-                          skip={name.partition(".")[2] for name in getattr(cls, "HIDDEN", ()) if name.startswith(item.name + ".")})
-            continue
-        element, is_sequence = _base_type(hints[item.name])
-        choices = getattr(_RULES.get(item.name), "choices", None)
-        help_text = f"{docs.get(item.name, '')}" + (f" (one of: {', '.join(c or repr(c) for c in choices)})" if choices else "") + \
-            f" (default: {_default(item)!r})"
-        flags = ["--" + dest.replace("_", "-")]
-        if element is bool:
-            kwargs: dict[str, Any] = {"action": argparse.BooleanOptionalAction}
-        elif is_sequence:
-            kwargs = {"type": _split_list(element), "action": "extend"}
-            help_text += ("; repeat the flag for several (values are not split at commas: paths may hold them)"
-                          if element is str else "; repeat the flag or separate values with commas")
-        else:
-            kwargs = {"type": element, "action": StoreOnce}  # given twice: refused (nncift.settings.given_once)
-        if prefix and element is not bool:
-            kwargs["metavar"] = item.name.upper()
-        alias = short.get(dest, "")
-        parser.add_argument(*flags, dest=dest, default=None, help=help_text + (f" (short: --{alias.replace('_', '-')})" if alias in listed else ""),
-                            **kwargs)
-        if alias and alias not in existing:
-            parser.add_argument("--" + alias.replace("_", "-"), dest=alias, default=None,
-                                help=f"short for {flags[0]}" if alias in listed else argparse.SUPPRESS, **kwargs)
-
-
-def _split_list(element: type) -> Any:
-    """Parser of one flag value into a list: numbers may be comma-separated; strings (paths) are not split."""
-    def parse(text: str) -> list[Any]:
-        return [text] if element is str else [element(part) for part in text.split(",") if part.strip()]
-    parse.__name__ = element.__name__
-    return parse
-
-
-def _default(item: dataclasses.Field) -> Any:
+def default_of(item: dataclasses.Field) -> Any:
+    """A field's default value (None when it has none)."""
     if item.default is not dataclasses.MISSING:
         return item.default
     if item.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
         return item.default_factory()  # type: ignore[misc]
     return None
-
-
-class SettingsError(ValueError):
-    """A setting of the wrong type or out of range: ``key`` names it, ``origin`` where it came from (a YAML file, a flag)."""
-
-    def __init__(self, key: str, problem: str = "", origin: str = ""):
-        self.key, self.problem, self.origin = key, problem, origin
-        where = f"{origin}: " if origin.startswith("--") else f"{origin}: {key}: " if origin else f"{key}: "
-        super().__init__(where + problem)
 
 
 def normalise_budget(budget: Any) -> float | int:
@@ -164,52 +180,7 @@ def normalise_budget(budget: Any) -> float | int:
     raise SettingsError("budget", f"expected a fraction in (0, 1] or a whole number of records above 1 (e.g. 50), got {budget!r}")
 
 
-_Rule = Callable[[Any], "str | None"]
-
-
-def _at_least(low: float, *, strict: bool = False, why: str = "") -> _Rule:
-    """Rule: a number ≥ ``low`` (> ``low`` when strict); ``why`` is added to the message."""
-    return lambda v: None if (v > low if strict else v >= low) else f"expected a value {'>' if strict else '≥'} {low}, got {v!r}{why}"
-
-
-def _one_of(*choices: str) -> _Rule:
-    """Rule: one of ``choices`` (kept on the rule as ``choices``, for the help text)."""
-    def rule(value: Any) -> str | None:
-        return None if value in choices else f"expected one of {', '.join(repr(c) for c in choices)}, got {value!r}"
-    rule.choices = choices  # type: ignore[attr-defined]
-    return rule
-
-
-def _fraction(value: float) -> str | None:
-    return None if 0 < value <= 1 else f"expected a fraction in (0, 1], got {value!r}"
-
-
-def _device(value: str) -> str | None:
-    return None if value in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", value) else \
-        f"expected one of 'auto', 'cpu', 'cuda' (or 'cuda:N'), got {value!r}"
-
-
-_ARCHITECTURES = _one_of("two-tower", "paper")
-_RULES: dict[str, _Rule] = {
-    "fraction": _fraction, "min_sampled": _at_least(1), "blocks": _at_least(0),
-    "objective": _one_of("", "fl", "flmi", "flcg", "topk"), "eta": _at_least(0), "nu": _at_least(0), "seed": _at_least(0),
-    "architecture": _ARCHITECTURES, "tower_hidden": _at_least(1), "tower_rank": _at_least(1), "max_steps": _at_least(0),
-    "folds": _at_least(3, why=" (the validation that chooses the predictor needs at least 3 folds)"),
-    "hidden_sizes": _at_least(1), "learning_rate": _at_least(0, strict=True), "epochs": _at_least(0),
-    "batch_size": _at_least(1), "block_size": _at_least(1), "device": _device, "name": _one_of("local", "ray"),
-    "workers": _at_least(1), "worker_cpus": _at_least(0), "worker_gpus": _at_least(0),
-    "fractions": _fraction, "seeds": _at_least(0), "architectures": _ARCHITECTURES, "limit": _at_least(0),
-    "dtype": _one_of(*DTYPES), "loss": _one_of(*NETWORK_LOSSES), "design": _one_of(*SAMPLING_DESIGNS), "labels": _at_least(0),
-}
-"""Ranges and choices of settings fields by name, at any level of the run settings (per item of a list),
-and of the influence functions' options of the same name (``device``, ``dtype``)."""
-
 _KINDS = {bool: ("true or false", "booleans"), int: ("an integer", "integers"), float: ("a number", "numbers"), str: ("a string", "strings")}
-
-
-@functools.cache
-def _hints(cls: Any) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
 
 
 def _scalar(value: Any, kind: Any) -> tuple[bool, Any]:
@@ -223,30 +194,46 @@ def _scalar(value: Any, kind: Any) -> tuple[bool, Any]:
     return (math.isfinite(value), float(value)) if kind is float else (True, int(value))  # type: ignore[call-overload]  # an Integral
 
 
-def check_field(key: str, value: Any, hint: Any) -> Any:
-    """``value`` checked against the type hint (lists become tuples), or :class:`SettingsError` naming ``key``."""
+def check_field(key: str, value: Any, hint: Any, rule: Rule | None = None) -> Any:
+    """``value`` checked against the type hint (lists become tuples), then the field's :class:`Rule`
+    (per item of a list; its normal form applied), or :class:`SettingsError` naming ``key``."""
     if value is None and type(None) in typing.get_args(hint):
         return value
-    kind, is_sequence = _base_type(hint)
+    kind, is_sequence = base_type(hint)
     singular, plural = _KINDS.get(kind, ("", ""))
     if not is_sequence:
         ok, value = _scalar(value, kind)
         if not ok:
             raise SettingsError(key, f"expected {singular}, got {value!r}")
-        return value
+        return _apply(key, value, rule)
     items = [_scalar(item, kind) for item in value] if isinstance(value, (list, tuple)) else [(False, value)]
     if not all(ok for ok, _ in items):
         raise SettingsError(key, f"expected a list of {plural}, got {value!r}")
-    return tuple(item for _, item in items)
+    return tuple(_apply(key, item, rule) for _, item in items)
+
+
+def _apply(key: str, value: Any, rule: Rule | None) -> Any:
+    """One value (of the field's type) checked against ``rule`` and put in its normal form."""
+    if rule is None:
+        return value
+    problem = rule.problem(value)
+    if problem:
+        raise SettingsError(key, problem)
+    if rule.normal is None:
+        return value
+    try:
+        return rule.normal(value)
+    except SettingsError as error:
+        raise SettingsError(key, error.problem) from None
 
 
 def check_settings(settings: Any) -> None:
-    """Check every field of a settings dataclass: its type (the type hint), then its range (:data:`_RULES`).
+    """Check every field of a settings dataclass: its type (the type hint), then its :class:`Rule`.
 
-    Lists become tuples, integers in float fields floats, a stage given as a mapping its dataclass, and the
-    budget takes its normal form (:func:`normalise_budget`). The first bad field raises :class:`SettingsError`.
+    Lists become tuples, integers in float fields floats, a stage given as a mapping its dataclass, and a value
+    with a normal form takes it (the budget: :func:`normalise_budget`). The first bad field raises :class:`SettingsError`.
     """
-    hints = _hints(type(settings))  # type: ignore[arg-type]  # classes are hashable
+    hinted = hints(type(settings))  # type: ignore[arg-type]  # classes are hashable
     stages = stage_fields(type(settings))
     for item in dataclasses.fields(settings):
         key, value = item.name, getattr(settings, item.name)
@@ -255,79 +242,32 @@ def check_settings(settings: Any) -> None:
                 value = build_settings(stages[key], value)
             elif not isinstance(value, stages[key]):
                 raise SettingsError(key, f"expected {stages[key].__name__} or a mapping of its settings, got {value!r}")
-            object.__setattr__(settings, key, value)
-            continue
-        value = check_field(key, value, hints[key])
-        rule = _RULES.get(key)
-        for element in (value if isinstance(value, tuple) else (value,)) if rule else ():
-            problem = rule(element)  # type: ignore[misc]  # not None when there are items
-            if problem:
-                raise SettingsError(key, problem)
-        if key == "budget":
-            value = normalise_budget(value)
+        else:
+            value = check_field(key, value, hinted[key], rule_of(item))
         object.__setattr__(settings, key, value)
 
 
-def check_options(settings_class: type, options: dict[str, Any], origins: dict[str, str] | None = None) -> None:
-    """Check an influence function's options (keys that are not fields of ``settings_class`` are ignored):
-    their types, then the class's own checks; a bad option is reported with its origin (``origins``)."""
-    hints = _hints(settings_class)
-    own = {key: value for key, value in options.items() if key in hints}
-    try:
-        for key, value in own.items():
-            check_field(key, value, hints[key])
-            problem = _RULES[key](value) if key in _RULES and not isinstance(value, (tuple, list)) else None
-            if problem:
-                raise SettingsError(key, problem)
-    except SettingsError as error:
-        raise SettingsError(error.key, error.problem, (origins or {}).get(error.key, "")) from None
-    try:
-        settings_class(**own)
-    except ValueError as error:  # the class's own checks: "max_length: ..." names the option
-        key, _, problem = str(error).partition(": ")
-        raise SettingsError(key, problem, (origins or {}).get(key, "")) if key in own and problem else error from None
-
-
-class _YamlLoader(UniqueKeyLoader):
-    """Safe YAML that reads 1e-4 as a number (YAML 1.2), not as the string PyYAML makes of it."""
-
-
-_YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-                                  list("-+0123456789"))
-
-
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML settings file into a flat dict (keys with - or _ both accepted).
-
-    A file that cannot be read or is not valid YAML raises ``ValueError`` naming the file (and the line).
-    """
-    try:
-        with open(path, encoding="utf-8") as handle:
-            payload = yaml.load(handle, Loader=_YamlLoader) or {}  # noqa: S506 - a SafeLoader
-    except OSError as error:
-        raise ValueError(f"{path}: cannot read the settings file ({error.strerror or error})") from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        line = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ValueError(f"{path}: malformed YAML{line}: {getattr(error, 'problem', None) or error}") from None
-    if not isinstance(payload, dict):
-        raise ValueError(f"{path}: expected a mapping of settings, got {type(payload).__name__}")
-    flat = {str(k).replace("-", "_"): v for k, v in payload.items()}
-    if len(flat) < len(payload):
-        raise ValueError(f"{path}: a key is given twice, once with - and once with _: give it once")
-    return flat
+def check_options(settings_class: type, options: dict[str, Any], origins: dict[str, str] | None = None) -> Any:
+    """An influence function's settings built from its ``options`` (every option checked; one that is not a field
+    of ``settings_class`` refused); a bad option is reported with its origin (``origins``)."""
+    names = {f.name for f in dataclasses.fields(settings_class)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        where = (origins or {}).get(unknown[0], "")
+        raise SettingsError(unknown[0], f"not an option of {settings_class.__name__} (its options: {', '.join(sorted(names)) or 'none'}; "
+                            "model, device, dtype, seed, embedder and trust_remote_code are the run's settings)", where)
+    return build_settings(settings_class, options, origins=origins)
 
 
 def resolve_names(cls: type, values: dict[str, Any], origins: dict[str, str] | None = None, *,
                   replace: bool = False) -> tuple[dict[str, Any], dict[str, str]]:
     """({dotted name: value}, {dotted name: origin}) of settings given by the names YAML and flags use.
 
-    A stage (a field that is a dataclass, e.g. ``selection``) is given as a mapping, by dotted names
-    (``selection.budget``) or by the class's flat ``ALIASES`` (``budget``). Unknown names, and the same
-    setting given twice (unless ``replace``: later values win), raise ``ValueError`` naming the origin.
+    A stage (a field that is a dataclass, e.g. ``selection``) is given as a mapping or by dotted names
+    (``selection.budget``). Unknown names, and the same setting given twice (unless ``replace``: later values win),
+    raise ``ValueError`` naming the origin; a name of an earlier version raises :class:`RemovedSetting` naming its spelling now.
     """
     origins = origins or {}
-    aliases: dict[str, str] = getattr(cls, "ALIASES", {})
     stages = stage_fields(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     resolved: dict[str, Any] = {}
@@ -338,10 +278,13 @@ def resolve_names(cls: type, values: dict[str, Any], origins: dict[str, str] | N
         stage, dot, key = path.partition(".")
         origin = origins.get(origin_of or given_as, "")
         if (stage not in stages or key not in {f.name for f in dataclasses.fields(stages[stage])}) if dot else path not in names:
-            raise ValueError(f"{origin + ': ' if origin else ''}unknown settings for {cls.__name__}: {given_as}"
+            now = removed_name(cls, path)
+            if now:
+                raise RemovedSetting(given_as, now, origin)
+            raise InputError(f"{origin + ': ' if origin else ''}unknown settings for {cls.__name__}: {given_as}"
                              + (f" (its stages: {', '.join(stages)})" if stages else ""))
         if path in resolved and not replace:
-            raise ValueError(f"{path} is given twice ({where[path] or named[path]} and {origin or given_as}): give one")
+            raise InputError(f"{path} is given twice ({where[path] or named[path]} and {origin or given_as}): give one")
         resolved[path], where[path], named[path] = value, origin, given_as
 
     for given, value in values.items():
@@ -349,11 +292,20 @@ def resolve_names(cls: type, values: dict[str, Any], origins: dict[str, str] | N
         if key in stages and isinstance(value, dict):
             for sub, item in value.items():
                 put(f"{key}.{str(sub).replace('-', '_')}", item, f"{given}.{sub}", given)
-        elif key in names and not (key in stages and key in aliases and not dataclasses.is_dataclass(value)):
-            put(key, value, given)  # ``executor: ray`` is the alias of executor.name; ``executor: {...}`` the stage
         else:
-            put(aliases.get(key, key), value, given)
+            put(key, value, given)
     return resolved, where
+
+
+def removed_name(cls: type, name: str) -> str:
+    """The dotted name now of ``name``, a flat name of an earlier version (``budget`` → ``selection.budget``); "" if none."""
+    renamed: dict[str, str] = getattr(cls, "RENAMED", {})
+    if name in renamed:
+        return renamed[name]
+    if "." in name:
+        return ""
+    return " / ".join(f"{stage}.{name}" for stage, klass in stage_fields(cls).items()
+                      if name in {f.name for f in dataclasses.fields(klass)} and f"{stage}.{name}" not in getattr(cls, "HIDDEN", ()))
 
 
 def build_settings(cls: type, values: dict[str, Any], *, origins: dict[str, str] | None = None, replace: bool = False) -> Any:
@@ -373,8 +325,8 @@ def build_settings(cls: type, values: dict[str, Any], *, origins: dict[str, str]
             nested.setdefault(stage, {})[key] = value
     for path in getattr(cls, "HIDDEN", ()):
         stage, _, key = path.partition(".")
-        if key in nested.get(stage, {}) and nested[stage].pop(key) != top.get(key, _default_of(cls, key)) and not replace:
-            raise ValueError(f"{where[path] + ': ' if where[path] else ''}{path} is the run's {key}: set {key} instead")
+        if key in nested.get(stage, {}) and nested[stage].pop(key) != top.get(key, _default_named(cls, key)) and not replace:
+            raise InputError(f"{where[path] + ': ' if where[path] else ''}{path} is the run's {key}: set {key} instead")
     try:
         for stage, given_values in nested.items():
             try:
@@ -390,16 +342,16 @@ def build_settings(cls: type, values: dict[str, Any], *, origins: dict[str, str]
         raise SettingsError(error.key, error.problem, origin) from None
 
 
-def _default_of(cls: type, name: str) -> Any:
-    return next(_default(f) for f in dataclasses.fields(cls) if f.name == name)
+def _default_named(cls: type, name: str) -> Any:
+    return next(default_of(f) for f in dataclasses.fields(cls) if f.name == name)
 
 
 def _as_declared(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     """Lists (or a single value) in sequence fields become tuples; items keep their type unless widened."""
-    hints = typing.get_type_hints(cls)
+    hinted = hints(cls)
     converted = {}
     for key, value in values.items():
-        element, is_sequence = _base_type(hints[key])
+        element, is_sequence = base_type(hinted[key])
         if is_sequence and value is not None:
             value = tuple(_scalar(v, element)[1] for v in (value if isinstance(value, (list, tuple)) else [value]))
         converted[key] = value

@@ -12,8 +12,14 @@ from typing import Any
 
 import yaml
 
+from nncift.files.errors import InputError
+
 GIVEN_TWICE = "_given_twice"
 """Namespace attribute where :class:`StoreOnce` lists the flags given more than once."""
+
+GIVEN_AS = "_given_as"
+"""Namespace attribute where :class:`StoreOnce` notes the option string each destination was given under
+(``--budget`` for ``selection.budget``), so that an error names the flag as typed."""
 
 
 class StoreOnce(argparse.Action):
@@ -24,18 +30,25 @@ class StoreOnce(argparse.Action):
         if getattr(namespace, f"_seen.{self.dest}", False):
             if not hasattr(namespace, GIVEN_TWICE):
                 setattr(namespace, GIVEN_TWICE, [])
-            getattr(namespace, GIVEN_TWICE).append(f"{option_string or self.dest} is given twice ({previous} and {values}): give it once")
+            first = getattr(namespace, GIVEN_AS, {}).get(self.dest, option_string)
+            flags = f"{first} and {option_string} (one setting) are" if first != option_string else f"{option_string or self.dest} is"
+            getattr(namespace, GIVEN_TWICE).append(f"{flags} given twice ({previous} and {values}): give it once")
         setattr(namespace, f"_seen.{self.dest}", True)
+        if option_string:
+            if not hasattr(namespace, GIVEN_AS):
+                setattr(namespace, GIVEN_AS, {})
+            getattr(namespace, GIVEN_AS)[self.dest] = option_string
         setattr(namespace, self.dest, values)
 
 
 def refuse_repeated(args: argparse.Namespace) -> None:
-    """Raise ``ValueError`` for the first flag :class:`StoreOnce` saw twice; drop its bookkeeping from ``args``."""
+    """Raise :class:`~nncift.files.errors.InputError` for the first flag :class:`StoreOnce` saw twice; drop its bookkeeping from ``args``
+    (the option strings as typed, :data:`GIVEN_AS`, stay)."""
     repeated = vars(args).pop(GIVEN_TWICE, None)
     for key in [key for key in vars(args) if key.startswith("_seen.")]:
         delattr(args, key)
     if repeated:
-        raise ValueError(repeated[0])
+        raise InputError(repeated[0])
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
@@ -46,7 +59,7 @@ class UniqueKeyLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
             if isinstance(key, (str, int, float, bool)) and key in seen:
-                raise ValueError(f"{self.name}: line {key_node.start_mark.line + 1}: key '{key}' is given twice "  # type: ignore[attr-defined]
+                raise InputError(f"{self.name}: line {key_node.start_mark.line + 1}: key '{key}' is given twice "  # type: ignore[attr-defined]
                                  f"(lines {seen[key] + 1} and {key_node.start_mark.line + 1}): give it once")
             if isinstance(key, (str, int, float, bool)):
                 seen[key] = key_node.start_mark.line

@@ -17,50 +17,62 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from nncift.data.records import LoadReport, Record, read_many, skip_counts
+from nncift.data.records import LoadReport, Record, read_many
 from nncift.files.atomic import atomic_write, save_npy_atomic
+from nncift.files.errors import InputError
 from nncift.run.check import recorded_inputs
 from nncift.run.commit import write_commit
-from nncift.run.files import RunView, check_digest, open_run, records_digest, save_rows, write_selection_files
+from nncift.run.files import records_digest, save_rows, write_selection_files
 from nncift.run.ledger import CostLedger
+from nncift.run.report import build_manifest
 from nncift.run.store import RunStore
+from nncift.run.view import RunView, as_view, check_digest
 from nncift.selection import Selection, budget_to_count, extend_greedy, fits_in_memory
 from nncift.selection.subset_quality import ObjectiveSpec, objective_on
-from nncift.settings.fields import build_settings, environment_info, settings_dict
+from nncift.settings.fields import settings_dict
 from nncift.settings.stages import SelectSettings
 
+if TYPE_CHECKING:
+    from nncift.steps.select import SelectionResult
 
-def run_settings(view: RunView, **changes: Any) -> SelectSettings:
-    """The :class:`SelectSettings` a run was made with (from its manifest), with ``changes`` applied."""
-    names = {f.name for f in dataclasses.fields(SelectSettings)}
-    values = {k: v for k, v in view.settings.items() if k in names}
-    settings = build_settings(SelectSettings, values, origins={k: str(view.folder / "manifest.json") for k in values})
-    return settings.updated(**changes) if changes else settings
+CARRIED = ("label_scaling", "network_training")
+"""Manifest entries of the run that hold for the union too (its network and the scale of its values)."""
 
 
 def run_inputs(view: RunView) -> tuple[list[Record], list[Record]]:
     """Read a run's pool and targets again from its input files and check they are the records it was computed from."""
-    settings = view.settings
-    if not settings.get("data"):
-        raise ValueError(f"{view.folder}: the run's pool was passed in code, not as files: pass pool= (and targets=) to add_to_run")
+    if not view.settings.data:
+        raise InputError(f"{view.folder}: the run's pool was passed in code, not as files: pass pool= (and targets=) to add_to_run")
     pool, reports = read_many(recorded_inputs(view, "data"))  # relative paths: from the run's working directory, not the current one
-    targets, target_reports = read_many(recorded_inputs(view, "targets")) if settings.get("targets") else ([], [])
+    targets, target_reports = read_many(recorded_inputs(view, "targets")) if view.settings.targets else ([], [])
     check_digest(view, pool, targets, reports + target_reports)  # and files changed since the run finished
     return pool, targets
 
 
-def add_to_run(run: str | Path, new: Sequence[Record], out: str | Path, *, budget: float | None = None,
+@dataclass
+class _Grown:
+    """The union's selection, before its files are written: the added picks, every candidate's value, the union's matrix."""
+
+    chosen: Selection
+    values: np.ndarray
+    matrix: np.ndarray | None
+    n_pool_rows: int
+    ledger: CostLedger
+
+
+def add_to_run(run: str | Path | RunView, new: Sequence[Record], out: str | Path, *, budget: float | None = None,
                pool: Sequence[Record] | None = None, targets: Sequence[Record] | None = None,
-               reports: Sequence[LoadReport] = (), new_paths: Sequence[str] = (), progress: bool = True) -> Any:
+               reports: Sequence[LoadReport] = (), new_paths: Sequence[str] = (), progress: bool = True) -> SelectionResult:
     """Grow the selection of the finished run ``run`` with the records ``new``; write the union's run into ``out``.
 
     Args:
-        run: a finished NN-CIFT ``select`` run folder (it holds the network and the predicted matrix).
+        run: a finished NN-CIFT ``select`` run (its folder, or the run read back): it holds the network and the predicted matrix.
         new: the new candidate records.
         out: the new run folder (a folder made with other settings or records is refused).
         budget: subset size over the union (fraction in (0, 1] or count); default: the run's budget.
@@ -71,84 +83,95 @@ def add_to_run(run: str | Path, new: Sequence[Record], out: str | Path, *, budge
     Returns:
         A :class:`~nncift.steps.select.SelectionResult` over the union (pool indices: the run's pool, then ``new``).
     """
-    from nncift.models import loading as models
-    from nncift.models.embeddings import embed_records
-    from nncift.network.files import load_network
     from nncift.steps.select import SelectionResult
 
-    view = open_run(run)
+    view = as_view(run)
     if not new:
-        raise ValueError("no new records to add")
+        raise InputError("no new records to add")
     if not view.pairwise and not (view.folder / "predicted_scores.npy").exists():
-        raise ValueError(f"{view.folder}: no predicted scores (a run of the full-matrix baseline has no network to predict with)")
-    settings = run_settings(view, **({"budget": budget} if budget is not None else {}))
+        raise InputError(f"{view.folder}: no predicted scores (a run of the full-matrix baseline has no network to predict with)")
+    settings = view.settings.updated(**{"selection.budget": budget}) if budget is not None else view.settings
     if pool is None:
         pool, targets = run_inputs(view)
     pool, targets, new = list(pool), list(targets or []), list(new)
     union = pool + new
     k = budget_to_count(settings.selection.budget, len(union))
-    kept, kept_gains = view.picks()
+    kept, kept_gains = view.scores
     if k < len(kept):
-        raise ValueError(f"the budget over the union is {k} records, fewer than the run's {len(kept)} picks: give a larger --budget")
-    store_settings = {**settings_dict(dataclasses.replace(settings, data=tuple(view.settings.get("data") or ()) + tuple(new_paths))),
-                      "command": "select --add", "added_to": str(view.folder.resolve())}
+        raise InputError(f"the budget over the union is {k} records, fewer than the run's {len(kept)} picks: give a larger --budget")
+    union_settings = dataclasses.replace(settings, data=view.settings.data + tuple(new_paths))
+    store_settings = {**settings_dict(union_settings), "command": "select --add", "added_to": str(view.folder.resolve())}
     with RunStore(out, store_settings) as store:
         store.check_records(records_digest(union, targets))
-        ledger, loads_before = CostLedger(), models.LOADS["causal_lm"]
-        with ledger.stage("embeddings"):
-            new_embeddings = embed_records(new, model=settings.embedder, device=settings.device, progress=progress)
-        network = load_network(view.network_path())
-        objective = view.manifest["objective"]
-        matrix: np.ndarray | None = None
-        n_pool_rows = 0
-        if view.pairwise:
-            with ledger.stage("prediction"):
-                matrix, n_pool_rows, rows = _union_matrix(view, network, new_embeddings, pool, targets, new)
-            with ledger.stage("selection"):
-                chosen, values = _continue(objective, matrix, n_pool_rows, rows, kept, k, settings, view)
-            store.save_array("predicted.npy", matrix)
-            save_rows(store.folder, rows, n_pool_rows, np.concatenate(_row_embeddings(view, new_embeddings, n_pool_rows)),
-                      np.concatenate([np.asarray(view.embeddings("col")), new_embeddings]))
-            _copy_q1(view, store.folder, len(new), n_pool_rows)
-        else:
-            with ledger.stage("prediction"):
-                from nncift.network.paper import predict_pointwise
-
-                new_scores = predict_pointwise(network, new_embeddings)  # type: ignore[arg-type]  # a pointwise run's network
-                scores = np.concatenate([np.load(view.folder / "predicted_scores.npy"), new_scores]).astype(np.float64)
-            with ledger.stage("selection"):
-                chosen, values = _continue_top_k(scores, kept, k), scores
-            store.save_array("predicted_scores.npy", scores.astype(np.float32))
-            store.save_array("col_embeddings.npy", np.concatenate([np.asarray(view.embeddings("col")), new_embeddings]))
-        for name in ("network.safetensors", "network.json"):
-            copy_atomic(view.folder / name, store.path(name))
-        indices = np.concatenate([kept, chosen.indices])
-        gains = np.concatenate([kept_gains, chosen.gains])
+        grown = _grow(view, store, settings, pool, targets, new, kept, k, progress)
+        indices = np.concatenate([kept, grown.chosen.indices])
+        gains = np.concatenate([kept_gains, grown.chosen.gains])
         origin = [row["influence"] for row in view.scores_table()] + ["predicted"] * len(new)
-        write_selection_files(store.folder, union, indices, gains, values=values, influence=origin)
-        ledger.counters["language_model_loads"] = models.LOADS["causal_lm"] - loads_before
-        total = _objective_total(objective, settings, union_matrix=matrix, scores=values, indices=indices, n_pool_rows=n_pool_rows)
-        manifest = {
-            **{str(key): view.manifest[key] for key in ("influence_options", "label_scaling", "network_training", "models") if key in view.manifest},
-            "command": "select --add",
-            "settings": store_settings,
-            "objective": objective,
-            "added_to": {"folder": str(view.folder.resolve()), "pool": len(pool), "selected": len(kept),
-                         "objective_value": view.manifest.get("objective_value")},
-            "picks": {"kept": [int(i) for i in kept], "added": [int(i) for i in chosen.indices],
-                      "added_new_records": [int(i) for i in chosen.indices if i >= len(pool)]},
-            "positive_gain_picks_added": chosen.n_positive,
-            "environment": environment_info(),
-            "inputs": [report.as_dict() for report in reports],
-            "counts": {"pool": len(union), "old_pool": len(pool), "new_records": len(new), "targets": len(targets), "selected": len(indices),
-                       "kept": len(kept), "added": len(chosen.indices), "added_from_new_records": int((chosen.indices >= len(pool)).sum()),
-                       "skipped": skip_counts(reports)},
-            "objective_value": total,
-            "cost": {**ledger.as_dict(), "influence_evaluations_made": 0},
-        }
+        write_selection_files(store.folder, union, indices, gains, values=grown.values, influence=origin)
+        total = _objective_total(view.objective, settings, union_matrix=grown.matrix, scores=grown.values, indices=indices,
+                                 n_pool_rows=grown.n_pool_rows)
+        manifest = _manifest(view, union_settings, grown, reports, pool=pool, new=new, targets=targets, kept=kept, total=total)
         store.write_json("manifest.json", manifest)
         write_commit(store.folder, store.settings, manifest["inputs"])
     return SelectionResult(indices, gains, [union[i] for i in indices], total, manifest, store.folder)
+
+
+def _grow(view: RunView, store: RunStore, settings: SelectSettings, pool: list[Record], targets: list[Record], new: list[Record],
+          kept: np.ndarray, k: int, progress: bool) -> _Grown:
+    """Embed the new records, predict their influence with the run's network, continue the selection; store the union's
+    matrix (or scores), embeddings and network in ``store``."""
+    from nncift.models import loading as models
+    from nncift.models.embeddings import embed_records
+    from nncift.network.files import load_network
+
+    ledger, loads_before = CostLedger(), models.LOADS["causal_lm"]
+    with ledger.stage("embeddings"):
+        new_embeddings = embed_records(new, model=settings.embedder, device=settings.device, progress=progress)
+    network = load_network(view.network_path())
+    col_embeddings = np.concatenate([np.asarray(view.embeddings("col")), new_embeddings])
+    if view.pairwise:
+        with ledger.stage("prediction"):
+            matrix, n_pool_rows, rows = _union_matrix(view, network, new_embeddings, pool, targets, new)
+        with ledger.stage("selection"):
+            chosen, values = _continue(view.objective, matrix, n_pool_rows, rows, kept, k, settings, view)
+        store.save_array("predicted.npy", matrix)
+        save_rows(store.folder, rows, n_pool_rows, np.concatenate(_row_embeddings(view, new_embeddings, n_pool_rows)), col_embeddings)
+        _copy_q1(view, store.folder, len(new), n_pool_rows)
+    else:
+        from nncift.network.paper import predict_pointwise
+
+        matrix, n_pool_rows = None, 0
+        with ledger.stage("prediction"):
+            new_scores = predict_pointwise(network, new_embeddings)  # type: ignore[arg-type]  # a pointwise run's network
+            values = np.concatenate([np.load(view.folder / "predicted_scores.npy"), new_scores]).astype(np.float64)
+        with ledger.stage("selection"):
+            chosen = _continue_top_k(values, kept, k)
+        store.save_array("predicted_scores.npy", values.astype(np.float32))
+        store.save_array("col_embeddings.npy", col_embeddings)
+    for name in ("network.safetensors", "network.json"):
+        copy_atomic(view.folder / name, store.path(name))
+    ledger.counters["language_model_loads"] = models.LOADS["causal_lm"] - loads_before
+    return _Grown(chosen, values, matrix, n_pool_rows, ledger)
+
+
+def _manifest(view: RunView, settings: SelectSettings, grown: _Grown, reports: Sequence[LoadReport], *, pool: list[Record],
+              new: list[Record], targets: list[Record], kept: np.ndarray, total: float) -> dict[str, Any]:
+    """The union run's manifest: which picks were kept and which were added (and which of those are new records)."""
+    added = grown.chosen.indices
+    section = {
+        "influence_options": view.influence_options,
+        **{key: view.manifest[key] for key in CARRIED if key in view.manifest},
+        "objective": view.objective,
+        "objective_value": total,
+        "added_to": {"folder": str(view.folder.resolve()), "pool": len(pool), "selected": len(kept), "objective_value": view.objective_value},
+        "picks": {"kept": [int(i) for i in kept], "added": [int(i) for i in added],
+                  "added_new_records": [int(i) for i in added if i >= len(pool)]},
+        "positive_gain_picks_added": grown.chosen.n_positive,
+    }
+    counts = {"pool": len(pool) + len(new), "old_pool": len(pool), "new_records": len(new), "targets": len(targets),
+              "selected": len(kept) + len(added), "kept": len(kept), "added": len(added), "added_from_new_records": int((added >= len(pool)).sum())}
+    return build_manifest("select --add", settings_dict(settings), models=view.models, reports=reports, counts=counts,
+                          ledger=grown.ledger, section=section)
 
 
 def _row_embeddings(view: RunView, new_embeddings: np.ndarray, n_pool_rows: int) -> list[np.ndarray]:
@@ -170,7 +193,7 @@ def _union_matrix(view: RunView, network: Any, new_embeddings: np.ndarray, pool:
     n_old, m = len(pool), len(new)
     n_rows = old.shape[0] + (m if old_pool_rows else 0)
     if not fits_in_memory((n_rows, n_old + m)):
-        raise ValueError(f"the union's matrix ({n_rows} × {n_old + m}) does not fit in memory: select on the union afresh")
+        raise InputError(f"the union's matrix ({n_rows} × {n_old + m}) does not fit in memory: select on the union afresh")
     row_embeddings = np.asarray(view.embeddings("row"))
     col_embeddings = np.asarray(view.embeddings("col"))
     matrix = np.empty((n_rows, n_old + m), dtype=np.float32)

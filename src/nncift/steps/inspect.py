@@ -23,31 +23,30 @@ from typing import Any
 
 import numpy as np
 
-from nncift.run.files import RunView, open_run
+from nncift.files.errors import InputError
+from nncift.run.view import RunView, as_view
 
 
-def inspect_run(run: str | Path, *, target: int | None = None, candidate: int | None = None, top: int = 10) -> dict[str, Any]:
-    """Everything ``nncift inspect`` shows, as a JSON-ready dict (see the module docstring)."""
-    view = open_run(run)
+def inspect_run(run: str | Path | RunView, *, target: int | None = None, candidate: int | None = None, top: int = 10) -> dict[str, Any]:
+    """Everything ``nncift inspect`` shows, as a JSON-ready dict (see the module docstring); ``run``: its folder, or the run read back."""
+    view = as_view(run)
     if top < 1:
-        raise ValueError(f"--top must be >= 1, got {top}")
+        raise InputError(f"--top must be >= 1, got {top}")
     table = view.scores_table()
     picked = [row for row in table if row["picked"] == "1"]
     key = "task" if any(row["task"] for row in picked) else "source_file"
-    manifest = view.manifest
+    counts = view.counts
     report: dict[str, Any] = {
-        "run": {"folder": str(view.folder), "influence": view.settings.get("influence"), "objective": manifest.get("objective"),
-                "pool": manifest["counts"]["pool"], "targets": manifest["counts"].get("targets", 0),
-                "selected": manifest["counts"]["selected"],
-                "shipped": (manifest.get("network_training") or {}).get("chosen"),
-                "positive_gain_picks": manifest.get("positive_gain_picks")},
+        "run": {"folder": str(view.folder), "influence": view.influence, "objective": view.objective,
+                "pool": counts.pool, "targets": counts.targets, "selected": counts.selected,
+                "shipped": view.shipped_predictor, "positive_gain_picks": view.positive_gain_picks},
         "subset_by": {"key": key, "counts": dict(Counter(row[key] or "(none)" for row in picked).most_common())},
         "zero_gain_picks": [_brief(row) for row in picked if row["gain"] != "" and float(row["gain"]) <= 0.0],
         "most_valuable": [_brief(row) for row in sorted((r for r in table if r["value"] != ""), key=lambda r: -float(r["value"]))[:top]],
     }
     if target is not None or candidate is not None:
         if not view.pairwise:
-            raise ValueError(f"{view.folder}: a pointwise run ({view.settings.get('influence')}) scores records one by one: "
+            raise InputError(f"{view.folder}: a pointwise run ({view.influence}) scores records one by one: "
                              "there are no targets to look up (see most_valuable)")
         lookup = _Lookup(view)
         if target is not None:
@@ -66,7 +65,7 @@ class _Lookup:
         described = view.rows()
         self.n_pool_rows, self.rows = int(described["n_pool_rows"]), described["rows"]
         self.has_targets = len(self.rows) > self.n_pool_rows
-        self.low, self.high = view.scaling()
+        self.low, self.high = view.label_scaling
         self.full = (view.folder / "full.npy").exists()
         self.q1: np.ndarray | None = None
         if not self.full and (view.folder / "q1.npy").exists():
@@ -91,7 +90,7 @@ class _Lookup:
         """The pool records with the highest values for target ``index`` (pool record ``index`` without targets)."""
         n = len(self.rows) - self.n_pool_rows if self.has_targets else len(self.rows)
         if not 0 <= index < n:
-            raise ValueError(f"--target {index}: the run has {n} {'targets' if self.has_targets else 'pool records as rows'} (0..{n - 1})")
+            raise InputError(f"--target {index}: the run has {n} {'targets' if self.has_targets else 'pool records as rows'} (0..{n - 1})")
         r = self.n_pool_rows + index if self.has_targets else index
         values = np.asarray(self.matrix[r], dtype=np.float64)
         order = np.argsort(-values, kind="stable")[:top]
@@ -101,7 +100,7 @@ class _Lookup:
         """The targets (rows) that pool record ``index`` serves most."""
         n_cols = self.matrix.shape[1]
         if not 0 <= index < n_cols:
-            raise ValueError(f"--candidate {index}: the pool has {n_cols} records (0..{n_cols - 1})")
+            raise InputError(f"--candidate {index}: the pool has {n_cols} records (0..{n_cols - 1})")
         shown = np.arange(self.n_pool_rows, len(self.rows)) if self.has_targets else np.arange(len(self.rows))
         values = np.asarray(self.matrix[shown, index], dtype=np.float64)
         order = shown[np.argsort(-values, kind="stable")[:top]]

@@ -11,6 +11,9 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
+from nncift.files.errors import InputError
+from nncift.models.loading import ModelError
+
 RUN_MARKERS = ("settings.json", "manifest.json", "scores.jsonl")
 """Files that make a folder an nncift output folder (a ``select`` run; a ``score`` output, also one killed before its manifest)."""
 
@@ -24,20 +27,20 @@ def check_out_folder(out: str, *, data: Iterable[str] = (), run: str | None = No
     """Refuse an empty ``--out``, ``--out`` equal to ``--run``, ``--out`` inside a ``--data`` folder, and a non-empty
     folder that is not an nncift output folder (unless ``force``)."""
     if not str(out).strip():
-        raise ValueError("--out is empty: name the folder to write into (e.g. --out runs/first)")
+        raise InputError("--out is empty: name the folder to write into (e.g. --out runs/first)")
     path = Path(out).expanduser().resolve()
     if run is not None and str(run).strip() and path == Path(run).expanduser().resolve():
-        raise ValueError(f"--out {out} is the --run folder: this command would overwrite the run it reads; give another --out folder")
+        raise InputError(f"--out {out} is the --run folder: this command would overwrite the run it reads; give another --out folder")
     for given in data:
         source = Path(given).expanduser().resolve()
         if not str(given).startswith("hf:") and source.is_dir() and (path == source or source in path.parents):
-            raise ValueError(f"--out {out} is inside the --data folder {given}: its files would be read as data the next time; "
+            raise InputError(f"--out {out} is inside the --data folder {given}: its files would be read as data the next time; "
                              "put --out elsewhere")
     if path.is_dir() and not force:
         entries = sorted(entry.name for entry in path.iterdir() if not _left_by_a_run(entry.name))
         if entries and not any((path / marker).is_file() for marker in RUN_MARKERS):
             shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
-            raise ValueError(f"--out {out} is a non-empty folder that is not an nncift run (it holds {shown}): give a new or "
+            raise InputError(f"--out {out} is a non-empty folder that is not an nncift run (it holds {shown}): give a new or "
                              "empty folder, or --force to write into it anyway (files of the same names are replaced)")
 
 
@@ -48,10 +51,10 @@ def check_device(device: str, flag: str = "--device") -> None:
     import torch
 
     if not torch.cuda.is_available():
-        raise ValueError(f"{flag} {device}: this torch ({torch.__version__}) sees no CUDA device; use --device cpu or auto")
+        raise InputError(f"{flag} {device}: this torch ({torch.__version__}) sees no CUDA device; use --device cpu or auto")
     index = str(device).partition(":")[2]
     if index and int(index) >= torch.cuda.device_count():
-        raise ValueError(f"{flag} {device}: there are only {torch.cuda.device_count()} CUDA devices (cuda:0 to "
+        raise InputError(f"{flag} {device}: there are only {torch.cuda.device_count()} CUDA devices (cuda:0 to "
                          f"cuda:{torch.cuda.device_count() - 1})")
 
 
@@ -71,33 +74,28 @@ def check_model(name: str, flag: str) -> None:
     path = Path(name).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise ValueError(f"{flag} {name}: not a folder (a model is a folder with config.json and its weights)")
+            raise ModelError(f"{flag} {name}: not a folder (a model is a folder with config.json and its weights)")
         return
     if name.startswith((".", "/", "~")) or name.count("/") > 1 or not name.strip() or os.sep in name.replace("/", ""):
-        raise ValueError(f"{flag} {name}: no such folder")
+        raise ModelError(f"{flag} {name}: no such folder")
     if _offline():
         from huggingface_hub import try_to_load_from_cache
 
         if not isinstance(try_to_load_from_cache(name, "config.json"), str):
-            raise ValueError(f"{flag} {name}: no such folder, and not in the local Hugging Face cache while the hub is offline "
+            raise ModelError(f"{flag} {name}: no such folder, and not in the local Hugging Face cache while the hub is offline "
                              "(HF_HUB_OFFLINE=1): pass a local folder")
 
 
 def check_select(settings: Any, options: dict[str, Any], *, out: str, force: bool) -> None:
     """Everything ``select`` checks before writing, beyond the settings themselves: the output folder, devices and models."""
-    import dataclasses
 
-    from nncift.influence import settings_class
 
     check_out_folder(out, data=[*settings.data, *settings.targets], force=force)
-    fields = {f.name for f in dataclasses.fields(settings_class(settings.influence))}
     check_device(settings.device)
     if "device" in options:
         check_device(options["device"], f"--{settings.influence}.device")
     check_model(settings.embedder, "--embedder")
-    if "embedder" in fields:
-        check_model(options.get("embedder", settings.embedder), f"--{settings.influence}.embedder" if "embedder" in options else "--embedder")
-    if "model" in fields:
-        check_model(options.get("model", settings.model), f"--{settings.influence}.model" if "model" in options else "--model")
+    if options.get("similarity_embedder"):
+        check_model(options["similarity_embedder"], f"--{settings.influence}.similarity-embedder")
     for model in options.get("models") or ():
         check_model(str(model), "--model")

@@ -32,12 +32,15 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from nncift.data.records import LoadReport, Record, read_many, skip_counts
-from nncift.files.atomic import atomic_write, write_json_atomic
+from nncift.files.atomic import atomic_write
+from nncift.files.errors import InputError
 from nncift.run.commit import remove_temporaries
-from nncift.run.files import RunView, open_run, split_source, write_jsonl_atomic
+from nncift.run.files import split_source, write_jsonl_atomic
 from nncift.run.ledger import CostLedger
-from nncift.run.store import acquire_lock, make_run_folder, release_lock
-from nncift.settings.fields import environment_info
+from nncift.run.report import build_manifest
+from nncift.run.store import RunStore
+from nncift.run.view import RunView, as_view
+from nncift.settings.fields import settings_dict
 
 SCORE_BLOCK = 16384
 """New records per prediction block (bounds memory: rows × block float32 values at a time)."""
@@ -92,10 +95,11 @@ class ScoreResult:
 def run_aggregation(view: RunView) -> Callable[[np.ndarray, Sequence[Record]], np.ndarray]:
     """The run's influence function's top-k aggregation: (rows × candidates block, row records) → one score per candidate."""
     from nncift.influence import PairwiseInfluence, influence_class
+    from nncift.settings.stages import RunContext
 
-    function = influence_class(view.settings["influence"]).from_options(view.manifest.get("influence_options") or {}, progress=False)
+    function = influence_class(view.influence).from_options(view.influence_options, run=RunContext.of(view.settings), progress=False)
     if not isinstance(function, PairwiseInfluence):
-        raise ValueError(f"{view.folder}: {view.settings['influence']} is not a pairwise influence function")
+        raise InputError(f"{view.folder}: {view.influence} is not a pairwise influence function")
     return lambda block, rows: np.asarray(function.candidate_scores(block, rows), dtype=np.float64)
 
 
@@ -104,14 +108,15 @@ def row_records(view: RunView) -> list[Record]:
     return [Record("", "", "", source=row["source"], task=row["task"]) for row in view.rows()["rows"]]
 
 
-def score_records(run: str | Path, records: Sequence[Record], out: str | Path, *, reports: Sequence[LoadReport] = (),
+def score_records(run: str | Path | RunView, records: Sequence[Record], out: str | Path, *, reports: Sequence[LoadReport] = (),
                   top_targets: int = 5, device: str = "auto", progress: bool = True) -> ScoreResult:
     """Value ``records`` with the finished run ``run``'s network; write ``scores.jsonl``, ``scores.csv``, ``manifest.json`` into ``out``.
 
     Args:
-        run: a finished ``nncift select`` run folder (NN-CIFT, not the full-matrix baseline: that has no network).
+        run: a finished ``nncift select`` run (its folder, or the run read back; NN-CIFT, not the full-matrix baseline: that has no network).
         records: the new records.
-        out: output folder (created; one writer at a time).
+        out: output folder (created; one writer at a time; a folder that scored against another run, or with another
+            ``top_targets``, is refused).
         reports: load reports of ``records`` (their skips go into the manifest).
         top_targets: pairwise runs: how many most-influenced rows to list per record.
         device: where the embedder runs.
@@ -122,18 +127,18 @@ def score_records(run: str | Path, records: Sequence[Record], out: str | Path, *
     from nncift.network.files import load_network
     from nncift.network.paper import predict_pairwise, predict_pointwise
 
-    view = open_run(run)
+    view = as_view(run)
     if not records:
-        raise ValueError("no records to score")
+        raise InputError("no records to score")
     if top_targets < 0:
-        raise ValueError(f"--top must be >= 0, got {top_targets}")
+        raise InputError(f"--top must be >= 0, got {top_targets}")
     network_path = view.network_path()
-    folder = make_run_folder(out)
-    lock = acquire_lock(folder)
-    try:
+    settings = {"run": str(view.folder.resolve()), "top_targets": top_targets, "device": device}
+    with RunStore(out, settings) as store:
+        folder = store.folder
         ledger, loads_before = CostLedger(), models.LOADS["causal_lm"]
         with ledger.stage("embeddings"):
-            embeddings = embed_records(records, model=view.settings["embedder"], device=device, progress=progress)
+            embeddings = embed_records(records, model=view.settings.embedder, device=device, progress=progress)
         network = load_network(network_path)
         if view.pairwise:
             rows = _score_pairwise(view, network, embeddings, records, top_targets, ledger, predict_pairwise)
@@ -143,17 +148,20 @@ def score_records(run: str | Path, records: Sequence[Record], out: str | Path, *
             rows = [{"index": i, "source": r.source, "task": r.task, "value": float(v)} for i, (r, v) in enumerate(zip(records, scores))]
         write_jsonl_atomic(folder / "scores.jsonl", rows)
         _write_csv(folder / "scores.csv", rows)
-        manifest = _manifest(view, network_path, records, reports, ledger, models.LOADS["causal_lm"] - loads_before, top_targets)
-        write_json_atomic(folder / "manifest.json", manifest)
+        ledger.counters["language_model_loads"] = models.LOADS["causal_lm"] - loads_before
+        section = {"run": {"folder": settings["run"], "influence": view.influence, "objective": view.objective,
+                           "settings": settings_dict(view.settings)},
+                   "network_sha256": hashlib.sha256(network_path.read_bytes()).hexdigest()}
+        manifest = build_manifest("score", settings, models={"embedder": view.models.get("embedder", {"name": view.settings.embedder})},
+                                  reports=reports, counts={"records": len(records)}, ledger=ledger, section=section)
+        store.write_json("manifest.json", manifest)
         remove_temporaries(folder)  # of an earlier score into this folder that was killed
-    finally:
-        release_lock(lock)
     return ScoreResult(rows, manifest, folder)
 
 
 def _score_pairwise(view: RunView, network: Any, embeddings: np.ndarray, records: Sequence[Record], top_targets: int,
                     ledger: CostLedger, predict: Any) -> list[dict[str, Any]]:
-    objective = view.manifest["objective"]
+    objective = view.objective
     described = view.rows()
     n_pool_rows, row_info = int(described["n_pool_rows"]), described["rows"]
     row_embeddings = np.asarray(view.embeddings("row"))
@@ -165,9 +173,8 @@ def _score_pairwise(view: RunView, network: Any, embeddings: np.ndarray, records
             scores_of, stand_ins = run_aggregation(view), row_records(view)
             aggregate = lambda block: scores_of(block, stand_ins)  # noqa: E731
         else:
-            picks, _ = view.picks()
-            state = ObjectiveState.of(objective, view.matrix(), n_pool_rows, picks,
-                                      eta=float(view.settings["selection"]["eta"]), nu=float(view.settings["selection"]["nu"]))
+            picks, _ = view.scores
+            state = ObjectiveState.of(objective, view.matrix(), n_pool_rows, picks, eta=view.settings.selection.eta, nu=view.settings.selection.nu)
     rows: list[dict[str, Any]] = []
     for start in range(0, len(records), SCORE_BLOCK):
         stop = min(start + SCORE_BLOCK, len(records))
@@ -215,25 +222,6 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write(path, write)  # a killed run never leaves a torn file
 
 
-def _manifest(view: RunView, network_path: Path, records: Sequence[Record], reports: Sequence[LoadReport], ledger: CostLedger,
-              lm_loads: int, top_targets: int) -> dict[str, Any]:
-    skipped = skip_counts(reports)
-    cost = ledger.as_dict()
-    cost.update({"influence_evaluations_made": 0, "language_model_loads": lm_loads})
-    return {
-        "command": "score",
-        "run": {"folder": str(view.folder.resolve()), "influence": view.settings["influence"], "objective": view.manifest["objective"],
-                "settings": view.settings},
-        "network_sha256": hashlib.sha256(network_path.read_bytes()).hexdigest(),
-        "embedder": view.settings["embedder"],
-        "top_targets": top_targets,
-        "inputs": [report.as_dict() for report in reports],
-        "counts": {"records": len(records), "skipped": skipped},
-        "cost": cost,
-        "environment": environment_info(),
-    }
-
-
 def cmd_score(args: argparse.Namespace) -> int:
     """nncift score: value new records with a finished run's network (no language model)."""
     from nncift.run.check import check_run_files
@@ -244,15 +232,16 @@ def cmd_score(args: argparse.Namespace) -> int:
     check_run_files(args.run)
     records, reports = read_many(args.data)
     if not records:
-        raise ValueError(f"no records to score in {', '.join(args.data)} (see the skip counts)")
+        raise InputError(f"no records to score in {', '.join(args.data)} (see the skip counts)")
     result = score_records(args.run, records, args.out, reports=reports, top_targets=args.top, device=args.device, progress=not args.quiet)
     cost = result.manifest["cost"]
+    lm_loads = cost["counters"]["language_model_loads"]
     skipped = skip_counts(reports)
     counted = (f"{len(result.rows)} of {sum(r.read for r in reports)} records ({sum(skipped.values())} skipped: "
                + ", ".join(f"{reason}: {n}" for reason, n in skipped.items()) + ")") if skipped else f"{len(result.rows)} records"
     print(f"scored {counted} against {result.manifest['run']['folder']} "
           f"({result.manifest['run']['objective']}): {cost['seconds_total']:.2f} s, "
-          f"{cost['language_model_loads']} language-model loads, 0 influence evaluations")
+          f"{lm_loads} language-model loads, 0 influence evaluations")
     best = sorted(result.rows, key=lambda row: -row["value"])[:5]
     for row in best:
         print(f"  {row['value']:.4f}  {row['source']}")

@@ -6,7 +6,7 @@
 3. run the selection that belongs to the influence function on the predicted matrix (exact Q1
    values kept) and return a subset of the pool.
 
-:func:`run_full_select` is the baseline: the same layout and selection on the matrix the influence
+``run_select(..., full_matrix=True)`` is the baseline: the same layout and selection on the matrix the influence
 function computes for every pair (no sampling, no network).
 
 Matrix layout (rows = targets, columns = candidates = the pool):
@@ -34,6 +34,7 @@ import numpy as np
 from nncift import selection as selection_module
 from nncift.data.records import LoadReport, Record, read_many, records_from
 from nncift.execution.executor import Executor, executor_for, stored_failures
+from nncift.files.errors import InputError
 from nncift.influence import (
     InfluenceFunction,
     InfluenceSpec,
@@ -56,11 +57,12 @@ from nncift.run.layout import (
     self_cols_of,
 )
 from nncift.run.ledger import CostLedger
-from nncift.run.report import build_manifest, describe_training, selection_info
+from nncift.run.report import build_manifest, describe_training, run_models, selection_info
 from nncift.run.store import RunStore, plan_blocks
 from nncift.selection import ObjectiveSpec, Selection, choose_subset
+from nncift.settings.choices import OBJECTIVES
 from nncift.settings.fields import settings_dict
-from nncift.settings.stages import NetworkSettings, SamplingSettings, SelectionSettings, SelectSettings, nest_flat_settings
+from nncift.settings.stages import NetworkSettings, RunContext, SamplingSettings, SelectionSettings, SelectSettings
 
 
 @dataclass
@@ -87,20 +89,18 @@ class SelectionResult:
 def resolve_objective(settings: SelectSettings, function_class: type[InfluenceFunction], has_targets: bool) -> str:
     """The objective of the run: explicit, else the influence function's own (docs/methods.md §4)."""
     objective = settings.selection.objective or function_class.default_objective
-    if objective not in ("fl", "flmi", "flcg", "topk"):
-        raise ValueError(f"unknown objective '{objective}': choose fl, flmi, flcg or topk")
+    if objective not in OBJECTIVES:
+        raise InputError(f"unknown objective '{objective}': choose {', '.join(OBJECTIVES)}")
     if objective in ("flmi", "flcg") and not has_targets:
-        raise ValueError(f"objective {objective} needs --targets (the query set, or the existing set for flcg)")
+        raise InputError(f"objective {objective} needs --targets (the query set, or the existing set for flcg)")
     if not function_class.pairwise and objective != "topk":
-        raise ValueError(f"{function_class.name} scores examples one by one: only topk applies")
+        raise InputError(f"{function_class.name} scores examples one by one: only topk applies")
     return objective
 
 
 def influence_spec(settings: SelectSettings, options: dict[str, Any]) -> InfluenceSpec:
-    """The influence function's spec: the run's shared settings plus its own options."""
-    shared = {"model": settings.model, "embedder": settings.embedder, "device": settings.device, "seed": settings.seed,
-              "dtype": settings.dtype, "trust_remote_code": settings.trust_remote_code}
-    return InfluenceSpec(settings.influence, {**shared, **options})
+    """The influence function's spec: its own options and the run's context (model, device, dtype, seed, ...)."""
+    return InfluenceSpec(settings.influence, dict(options), RunContext.of(settings))
 
 
 def label_scaling(function_class: type[InfluenceFunction], known: np.ndarray) -> tuple[float, float]:
@@ -109,7 +109,7 @@ def label_scaling(function_class: type[InfluenceFunction], known: np.ndarray) ->
         return function_class.label_range
     finite = known[np.isfinite(known)]
     if finite.size == 0:
-        raise RuntimeError("no influence value could be computed on the sampled block")
+        raise InputError("no influence value could be computed on the sampled block")
     low, high = float(finite.min()), float(finite.max())
     return low, (high if high > low else low + 1.0)
 
@@ -117,11 +117,11 @@ def label_scaling(function_class: type[InfluenceFunction], known: np.ndarray) ->
 def load_inputs(settings: SelectSettings) -> tuple[list[Record], list[Record], list[LoadReport]]:
     """Read the pool and the targets named in the settings."""
     if not settings.data:
-        raise ValueError("no pool given: pass --data FILE")
+        raise InputError("no pool given: pass --data FILE")
     pool, reports = read_many(settings.data)
     targets, target_reports = read_many(settings.targets) if settings.targets else ([], [])
     if not pool:
-        raise ValueError("the pool is empty after loading (see the skip counts)")
+        raise InputError("the pool is empty after loading (see the skip counts)")
     return pool, targets, reports + target_reports
 
 
@@ -159,6 +159,7 @@ def run_select(
     targets: Iterable[Any] | None = None,
     influence_options: dict[str, Any] | None = None,
     reports: Sequence[LoadReport] = (),
+    full_matrix: bool = False,
 ) -> SelectionResult:
     """Select a fine-tuning subset of the pool with NN-CIFT.
 
@@ -170,74 +171,61 @@ def run_select(
         targets: target records, the same kinds; default: read from ``settings.targets`` (none: the pool itself).
         influence_options: options of the influence function's own settings dataclass.
         reports: load reports of records passed in directly (recorded in the manifest).
+        full_matrix: select with the original influence function instead, computed on every pair (or example), no
+            network: the baseline NN-CIFT is measured against (docs/methods.md §6), with the same matrix layout, label
+            scaling (the function's fixed range, else min–max of the whole matrix) and selection; ``settings.sampling``
+            is ignored. The matrix is kept in the run folder as ``full.npy`` (rows = ``full.rows.npy``, resumable),
+            pointwise scores as ``scores.npy``.
 
     Returns:
         The selection, with the manifest that is also written to ``out/manifest.json``.
     """
-    run = _start_run(settings, out, pool, targets, influence_options, reports, {})
+    baseline = {"sampling": "every pair", "command": "full-select"} if full_matrix else {}
+    run = _start_run(settings, out, pool, targets, influence_options, reports, baseline)
     with run.store:  # releases the run folder's lock at the end, also on errors
         if run.finished is not None:
             return run.finished
-        rng = np.random.default_rng(settings.seed)
         with executor_for(settings.executor) as executor:
-            if run.function_class.pairwise:
-                chosen, extra, origin = _select_pairwise(run, settings, executor, rng)
+            if full_matrix:
+                chosen, extra, origin = _select_full_matrix(run, settings, executor)
+            elif run.function_class.pairwise:
+                chosen, extra, origin = _select_pairwise(run, settings, executor, np.random.default_rng(settings.seed))
             else:
-                chosen, extra, origin = _select_pointwise(run, settings, executor, rng)
-        return _finish(run, settings, {**extra, **run.reselected}, chosen, origin)
+                chosen, extra, origin = _select_pointwise(run, settings, executor, np.random.default_rng(settings.seed))
+        return _finish(run, settings, extra if full_matrix else {**extra, **run.reselected}, chosen, origin)
 
 
-def run_full_select(
-    settings: SelectSettings,
-    out: str | Path,
-    *,
-    pool: Iterable[Any] | None = None,
-    targets: Iterable[Any] | None = None,
-    influence_options: dict[str, Any] | None = None,
-    reports: Sequence[LoadReport] = (),
-) -> SelectionResult:
-    """Select with the original influence function: computed on every pair (or example), no network.
-
-    The baseline NN-CIFT is measured against (docs/methods.md §6): the same matrix layout, label scaling
-    (the function's fixed range, else min–max of the whole matrix) and selection as
-    :func:`run_select`, with ``settings.sampling.fraction`` ignored. The full matrix is kept in the run
-    folder as ``full.npy`` (rows = ``full.rows.npy``, resumable); pointwise scores as ``scores.npy``.
-    Arguments and result as :func:`run_select`.
-    """
-    run = _start_run(settings, out, pool, targets, influence_options, reports, {"sampling": "every pair", "command": "full-select"})
-    with run.store:  # releases the run folder's lock at the end, also on errors
-        if run.finished is not None:
-            return run.finished
-        ledger, store, spec, function_class, objective = run.ledger, run.store, run.spec, run.function_class, run.objective
-        pool, targets, progress = run.pool, run.targets, not settings.quiet
-        with executor_for(settings.executor) as executor:
-            if function_class.pairwise:
-                every_pair = SamplingSettings(fraction=1.0, blocks=1)
-                layout = plan_layout(pool, targets, objective, every_pair, np.random.default_rng(settings.seed))
-                full = store.matrix("full", np.arange(len(layout.rows)), np.arange(len(pool)))
-                with ledger.stage("influence on full matrix"):
-                    blocks = plan_blocks(*full.shape, settings.executor.block_size, settings.executor.block_size)
-                    ledger.counters.update(executor.run_pairwise(spec, layout.rows, pool, full, blocks, store.folder, progress=progress))
-            else:
-                full = store.matrix("scores", np.zeros(1, dtype=np.int64), np.arange(len(pool)))
-                with ledger.stage("influence on all examples"):
-                    block_size = settings.executor.block_size
-                    counters, _ = executor.run_pointwise(spec, pool, full, plan_blocks(1, len(pool), 1, block_size), store.folder, progress=progress)
-                    ledger.counters.update(counters)
-        ledger.evaluations_made = ledger.evaluations_full = int(full.array.size)
-        values = np.asarray(full.array, dtype=np.float32)
-        low, high = label_scaling(function_class, values)
-        scaled = (values - low) / (high - low)
-        with ledger.stage("selection"):
-            if function_class.pairwise:
-                chosen = choose_subset(np.where(np.isfinite(scaled), scaled, 0.0), objective_spec(objective, layout, settings.selection, function_class, spec))
-            else:
-                chosen = selection_module.top_k(np.where(np.isfinite(scaled[0]), scaled[0], -1.0), settings.selection.budget)  # failures last
-        extra = {"label_scaling": {"low": low, "high": high, "source": "fixed range" if function_class.label_range else "min-max of the full matrix"},
-                 "matrix_shape": list(full.shape), "not_computed": int(np.isnan(values).sum()), **selection_info(chosen)}
+def _select_full_matrix(run: _Run, settings: SelectSettings, executor: Executor) -> tuple[Selection, dict[str, Any], list[str]]:
+    """The baseline: the influence function on every pair (or example), then the selection; (picks, manifest entries, value origins)."""
+    ledger, store, spec, function_class, objective = run.ledger, run.store, run.spec, run.function_class, run.objective
+    pool, targets, progress = run.pool, run.targets, not settings.quiet
+    if function_class.pairwise:
+        every_pair = SamplingSettings(fraction=1.0, blocks=1)
+        layout = plan_layout(pool, targets, objective, every_pair, np.random.default_rng(settings.seed))
+        full = store.matrix("full", np.arange(len(layout.rows)), np.arange(len(pool)))
+        with ledger.stage("influence on full matrix"):
+            blocks = plan_blocks(*full.shape, settings.executor.block_size, settings.executor.block_size)
+            ledger.counters.update(executor.run_pairwise(spec, layout.rows, pool, full, blocks, store.folder, progress=progress))
+    else:
+        full = store.matrix("scores", np.zeros(1, dtype=np.int64), np.arange(len(pool)))
+        with ledger.stage("influence on all examples"):
+            block_size = settings.executor.block_size
+            counters, _ = executor.run_pointwise(spec, pool, full, plan_blocks(1, len(pool), 1, block_size), store.folder, progress=progress)
+            ledger.counters.update(counters)
+    ledger.evaluations_made = ledger.evaluations_full = int(full.array.size)
+    values = np.asarray(full.array, dtype=np.float32)
+    low, high = label_scaling(function_class, values)
+    scaled = (values - low) / (high - low)
+    with ledger.stage("selection"):
         if function_class.pairwise:
-            save_rows(store.folder, layout.rows, layout.n_pool_rows)
-        return _finish(run, settings, extra, chosen, column_origin(len(pool), exact=np.arange(len(pool))))
+            chosen = choose_subset(np.where(np.isfinite(scaled), scaled, 0.0), objective_spec(objective, layout, settings.selection, function_class, spec))
+        else:
+            chosen = selection_module.top_k(np.where(np.isfinite(scaled[0]), scaled[0], -1.0), settings.selection.budget)  # failures last
+    extra = {"label_scaling": {"low": low, "high": high, "source": "fixed range" if function_class.label_range else "min-max of the full matrix"},
+             "matrix_shape": list(full.shape), "not_computed": int(np.isnan(values).sum()), **selection_info(chosen)}
+    if function_class.pairwise:
+        save_rows(store.folder, layout.rows, layout.n_pool_rows)
+    return chosen, extra, column_origin(len(pool), exact=np.arange(len(pool)))
 
 
 @dataclass
@@ -272,7 +260,7 @@ def _start_run(settings: SelectSettings, out: str | Path, pool: Iterable[Any] | 
             pool, targets, loaded = load_inputs(settings)
             reports += loaded
             if settings.targets and not targets:
-                raise ValueError(f"no target records in {', '.join(settings.targets)}: the targets are empty "
+                raise InputError(f"no target records in {', '.join(settings.targets)}: the targets are empty "
                                  "(leave out --targets to let the pool represent itself)")
         pool, targets = list(pool), None if targets is None else list(targets)
         if not all(isinstance(record, Record) for record in pool):
@@ -286,11 +274,11 @@ def _start_run(settings: SelectSettings, out: str | Path, pool: Iterable[Any] | 
     function_class = influence_class(settings.influence)
     objective = resolve_objective(settings, function_class, bool(targets))
     spec = influence_spec(settings, options)
-    check_options(function_class.Settings, spec.options)
+    check_options(function_class.Settings, spec.options)  # before the folder is made
     selection_module.budget_to_count(settings.selection.budget, len(pool))  # a count above the pool size
     store = RunStore(out, {**settings_dict(settings), **store_extra, "influence_options": options,
                            "matrix_rows": matrix_rows(objective, bool(targets))}, rerun_keys=RESELECT_KEYS,
-                     upgrade=nest_flat_settings, check=lambda store: check_inputs(store, records_digest(pool, targets), [r.as_dict() for r in reports]))
+                     check=lambda store: check_inputs(store, records_digest(pool, targets), [r.as_dict() for r in reports]))
     try:
         finished = finished_selection(store, pool, settings, progress=not settings.quiet)
         committed = committed_settings(store.folder)  # changed since the last finished selection, even if one was interrupted since
@@ -308,8 +296,11 @@ def _finish(run: _Run, settings: SelectSettings, extra: dict[str, Any], chosen: 
     """Write ``selected.jsonl``, ``subset.jsonl``, ``scores.csv``, ``manifest.json`` and (last) the commit record that makes them
     the folder's result; return the :class:`SelectionResult`."""
     write_selection_files(run.store.folder, run.pool, chosen.indices, chosen.gains, values=chosen.values, influence=origin)
-    manifest = build_manifest(settings, run.function_class, run.options, run.objective, run.pool, run.targets, run.reports, run.ledger, extra,
-                              len(chosen.indices), chosen.objective)
+    section = {"influence_options": run.options, "objective": run.objective, "objective_value": chosen.objective, **extra}
+    manifest = build_manifest(str(run.store.settings.get("command", "select")), settings_dict(settings),
+                              models=run_models(settings, run.function_class), reports=run.reports,
+                              counts={"pool": len(run.pool), "targets": len(run.targets), "selected": len(chosen.indices)},
+                              ledger=run.ledger, section=section)
     run.store.write_json("manifest.json", manifest)
     write_commit(run.store.folder, run.store.settings, manifest["inputs"])
     return SelectionResult(np.asarray(chosen.indices), np.asarray(chosen.gains), [run.pool[i] for i in chosen.indices], chosen.objective,
@@ -339,11 +330,12 @@ def _select_pairwise(run: _Run, settings: SelectSettings, executor: Executor, rn
     aggregate = candidate_scores(function_class, spec)
     block_scores = None if aggregate is None else (lambda m, idx: aggregate(m, [layout.rows[int(layout.seen_rows[i])] for i in idx]))
     held_out = "columns" if len(layout.seen_rows) == len(layout.rows) else "records"
+    influence_embedder = spec.options.get("similarity_embedder") or spec.run.embedder
     with ledger.stage("network training"):
         network, report = _trained_network(store, settings.network, progress, criterion, lambda s: train_network(
             row_embeddings[layout.seen_rows], col_embeddings[layout.seen_cols], labels, s, self_cols=block_self_cols(layout),
             objective=criterion, candidate_scores=block_scores, held_out=held_out,
-            prior_is_exact=function_class.is_embedding_cosine and spec.options.get("embedder") == settings.embedder, progress=progress))
+            prior_is_exact=function_class.is_embedding_cosine and influence_embedder == settings.embedder, progress=progress))
     with ledger.stage("prediction"):  # row blocks written to disk; Q1 keeps its exact values
         predicted = streaming.predict_to_npy(network, row_embeddings, col_embeddings, store.path("predicted.npy"), executor=executor,
                                              known=(layout.seen_rows, layout.seen_cols, labels), progress=progress,
@@ -404,7 +396,7 @@ def candidate_scores(function_class: type[InfluenceFunction], spec: InfluenceSpe
     function has its own (LESS: max over subtasks of the mean over that subtask's targets); None: the mean over rows."""
     if not issubclass(function_class, PairwiseInfluence) or function_class.candidate_scores is PairwiseInfluence.candidate_scores:
         return None
-    function = function_class.from_options(spec.options, progress=False)
+    function = function_class.from_options(spec.options, run=spec.run, progress=False)
     assert isinstance(function, PairwiseInfluence)
     return function.candidate_scores
 

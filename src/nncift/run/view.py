@@ -1,0 +1,197 @@
+"""A finished run folder, read back: typed accessors for what ``score``, ``select --add`` and ``inspect`` use.
+
+:func:`read_run` checks the folder (its commit record must match its files) and returns a :class:`RunView`.
+The public :func:`nncift.open_run` wraps it in a :class:`nncift.steps.run.Run`, which adds the commands.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from nncift.data.records import Record, jsonl_lines
+from nncift.files.errors import SettingsMismatch
+from nncift.run.commit import changed_inputs, commit_problem
+from nncift.run.files import RunNotReady, read_picks, records_digest
+from nncift.run.store import read_json_file
+from nncift.settings.fields import build_settings
+from nncift.settings.stages import SelectSettings
+
+
+@dataclass(frozen=True)
+class RunCounts:
+    """How many records a run selected from, for and picked."""
+
+    pool: int
+    """Pool records (candidates), after skips."""
+    targets: int
+    """Target records (0: the pool represented itself)."""
+    selected: int
+    """Records in the subset."""
+
+
+@dataclass
+class RunView:
+    """A finished run folder, read back: its manifest (``manifest``, the raw record) and typed accessors for the rest."""
+
+    folder: Path
+    manifest: dict[str, Any]
+
+    @cached_property
+    def settings(self) -> SelectSettings:
+        """The :class:`SelectSettings` the run was made with, rebuilt from its manifest (every value checked again)."""
+        stored = self.manifest["settings"]
+        names = {f.name for f in dataclasses.fields(SelectSettings)}
+        values = {key: value for key, value in stored.items() if key in names}
+        return build_settings(SelectSettings, values, origins={key: str(self.folder / "manifest.json") for key in values})
+
+    @property
+    def command(self) -> str:
+        """The command that made the run: ``select``, ``full-select`` (the baseline) or ``select --add``."""
+        return str(self.manifest.get("command", "select"))
+
+    @property
+    def objective(self) -> str:
+        """The selection objective the run used: ``fl``, ``flmi``, ``flcg`` or ``topk``."""
+        return str(self.manifest["objective"])
+
+    @property
+    def influence(self) -> str:
+        """The registered name of the run's influence function."""
+        return self.settings.influence
+
+    @property
+    def influence_options(self) -> dict[str, Any]:
+        """The options of the influence function's own settings the run was given."""
+        return dict(self.manifest.get("influence_options") or {})
+
+    @property
+    def label_scaling(self) -> tuple[float, float]:
+        """(low, high) that map raw influence values to the [0, 1] the selection uses."""
+        scaling = self.manifest.get("label_scaling") or {}
+        return float(scaling.get("low", 0.0)), float(scaling.get("high", 1.0))
+
+    @property
+    def counts(self) -> RunCounts:
+        """Pool, target and subset sizes."""
+        counts = self.manifest["counts"]
+        return RunCounts(int(counts["pool"]), int(counts.get("targets", 0)), int(counts["selected"]))
+
+    @property
+    def models(self) -> dict[str, Any]:
+        """Fingerprints of the run's models by role (``embedder``; ``lm`` when its influence function runs one)."""
+        return dict(self.manifest.get("models") or {})
+
+    @property
+    def objective_value(self) -> float | None:
+        """The objective's value on the subset."""
+        value = self.manifest.get("objective_value")
+        return None if value is None else float(value)
+
+    @property
+    def shipped_predictor(self) -> str | None:
+        """What the network training shipped (``None``: the full-matrix baseline, which trains none)."""
+        return (self.manifest.get("network_training") or {}).get("chosen")
+
+    @property
+    def positive_gain_picks(self) -> int | None:
+        """Facility location: how many picks had a positive gain (the rest were filled by singleton value)."""
+        return self.manifest.get("positive_gain_picks")
+
+    @property
+    def working_directory(self) -> str | None:
+        """The directory the run was started from (relative input paths are read from there)."""
+        return (self.manifest.get("environment") or {}).get("cwd")
+
+    @property
+    def pairwise(self) -> bool:
+        """Whether the influence function is pairwise (a matrix) or pointwise (one score per record)."""
+        return (self.folder / "predicted.npy").exists() or (self.folder / "full.npy").exists()
+
+    @property
+    def scores(self) -> tuple[np.ndarray, np.ndarray]:
+        """(pool indices int64, marginal gains or top-k scores float64) of the run's picks, in pick order."""
+        return read_picks(self.folder / "selected.jsonl")
+
+    @property
+    def subset(self) -> list[dict[str, Any]]:
+        """The picked records exactly as they were read (their own fields), in pick order (``subset.jsonl``)."""
+        path = self.need("subset.jsonl", "the chosen records")
+        return [json.loads(line) for line in jsonl_lines(path.read_text(encoding="utf-8")) if line.strip()]
+
+    def need(self, name: str, why: str) -> Path:
+        """Path of artefact ``name``, or :class:`RunNotReady` saying what is missing and why it is needed."""
+        path = self.folder / name
+        if not path.exists():
+            raise RunNotReady(f"{self.folder}: no {name} ({why}); it was made by an older nncift or not finished: "
+                              "run the same select again into a new folder")
+        return path
+
+    def rows(self) -> dict[str, Any]:
+        """``rows.json``: ``n_pool_rows`` and, per matrix row, its kind (pool/target), index, source and task."""
+        return json.loads(self.need("rows.json", "what the matrix rows stand for").read_text(encoding="utf-8"))
+
+    def embeddings(self, side: str) -> np.ndarray:
+        """The stored ``row`` or ``col`` embeddings (float32, one per row / pool record)."""
+        return np.load(self.need(f"{side}_embeddings.npy", "the network's inputs"))
+
+    def matrix(self) -> np.ndarray:
+        """The selection matrix (predicted, scaled, exact Q1 values kept; or the full exact matrix), memory-mapped."""
+        name = "predicted.npy" if (self.folder / "predicted.npy").exists() else "full.npy"
+        return np.load(self.need(name, "the influence matrix"), mmap_mode="r")
+
+    def scores_table(self) -> list[dict[str, str]]:
+        """The rows of the run's ``scores.csv`` (one per pool record, as strings)."""
+        with self.need("scores.csv", "the per-record values").open(encoding="utf-8", newline="") as handle:
+            return list(csv.DictReader(handle))
+
+    def network_path(self) -> Path:
+        """The run's trained InfluenceNetwork."""
+        if (self.folder / "full.npy").exists() or (self.folder / "scores.npy").exists() and not (self.folder / "predicted_scores.npy").exists():
+            raise RunNotReady(f"{self.folder}: a run of the full-matrix baseline has no InfluenceNetwork: use an NN-CIFT select run")
+        return self.need("network.safetensors", "the trained InfluenceNetwork")
+
+
+def read_run(folder: str | Path) -> RunView:
+    """Read a finished run folder: its commit record must match its files (:mod:`nncift.run.commit`); :class:`RunNotReady`
+    naming the folder or the first file that does not match otherwise."""
+    path = Path(folder)
+    if not path.is_dir():
+        raise RunNotReady(f"{path}: no such run folder")
+    manifest_path = path / "manifest.json"
+    if not (manifest_path.is_file() and (path / "selected.jsonl").is_file()):
+        raise RunNotReady(f"{path}: not a finished nncift run (no manifest.json / selected.jsonl): run select to the end first")
+    problem = commit_problem(path)
+    if problem is not None:
+        raise RunNotReady(f"{problem}: run the same select again to finish or repair it")
+    try:
+        manifest = read_json_file(manifest_path)
+    except ValueError as error:
+        raise RunNotReady(str(error)) from None
+    if "settings" not in manifest:
+        raise RunNotReady(f"{manifest_path}: not an nncift run manifest (no 'settings')")
+    return RunView(path, manifest)
+
+
+def as_view(run: str | Path | RunView) -> RunView:
+    """``run`` itself when it is read already, else :func:`read_run` of the folder."""
+    return run if isinstance(run, RunView) else read_run(run)
+
+
+def check_digest(view: RunView, pool: Sequence[Record], targets: Sequence[Record], reports: Sequence[Any] = ()) -> None:
+    """Refuse records that are not the ones the run was computed from, and input files changed since it finished
+    (``reports``: the :class:`~nncift.data.records.LoadReport` of each file read again)."""
+    stored = read_json_file(view.folder / "records.json").get("records_sha256")
+    if stored != records_digest(pool, targets):
+        raise SettingsMismatch(f"{view.folder}: its input files ({', '.join(view.settings.data)}) no longer hold the "
+                               "records the run was computed from; restore them or select again")
+    changed = changed_inputs(view.folder, [report.as_dict() for report in reports])
+    if changed is not None:
+        raise SettingsMismatch(changed)

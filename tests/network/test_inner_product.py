@@ -1,0 +1,92 @@
+"""The two-tower network's inner-product form reproduces its prediction (with and without self-pair terms)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nncift.network.anchors import Anchors
+from nncift.network.paper import predict_pairwise
+from nncift.network.towers import TwoTowerNetwork, inner_product_form
+
+
+def embeddings(n: int, d: int, seed: int) -> np.ndarray:
+    e = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return e / np.linalg.norm(e, axis=1, keepdims=True)
+
+
+def random_network(d: int, seed: int = 0) -> TwoTowerNetwork:
+    """A two-tower network with every term non-zero (as after training): towers, offsets, prior, self-pair weights, scale."""
+    net = TwoTowerNetwork(d, hidden=16, rank=8)
+    generator = torch.Generator().manual_seed(seed)
+    net.initialise(generator, alpha=0.7, beta=-0.05, self_bias=0.3)
+    with torch.no_grad():
+        for tower in (net.row_tower, net.col_tower):
+            for layer in (tower.out, tower.offset):
+                layer.weight.normal_(0.0, 0.3, generator=generator)
+                layer.bias.normal_(0.0, 0.1, generator=generator)
+        net.self_weight.normal_(0.0, 0.2, generator=generator)
+    net.set_label_scale(0.31, 0.17)
+    return net.eval()
+
+
+@pytest.mark.parametrize("with_self", [False, True])
+def test_inner_products_equal_the_prediction(with_self: bool) -> None:
+    d = 12
+    rows, cols = embeddings(37, d, 1), embeddings(53, d, 2)
+    net = random_network(d)
+    self_cols = None
+    if with_self:
+        self_cols = np.full(37, -1, dtype=np.int64)
+        self_cols[:30] = np.random.default_rng(3).permutation(53)[:30]
+    expected = predict_pairwise(net, rows, cols, self_cols=self_cols)
+    form = inner_product_form(net, rows, cols, self_cols=self_cols, block_rows=10)
+    assert form.row_features.dtype == np.float32 and form.row_features.shape == (37, d + 8 + 3)
+    assert form.col_features.shape == (53, d + 8 + 3)
+    got = form.row_features @ form.col_features.T
+    if with_self:
+        assert self_cols is not None
+        assert np.all(form.self_terms[30:] == 0) and np.all(form.self_terms[:30] != 0)
+        got[np.arange(30), self_cols[:30]] += form.self_terms[:30]
+        assert not np.allclose(got, form.row_features @ form.col_features.T, atol=1e-3)  # the self terms matter
+    else:
+        assert np.all(form.self_terms == 0)
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+
+
+def test_an_anchored_network_is_refused() -> None:
+    d = 6
+    net = random_network(d)
+    rows, cols = embeddings(4, d, 5), embeddings(3, d, 6)
+    net.attach_anchors(Anchors.from_block(rows, cols, np.ones((4, 3)), np.ones((4, 3), bool), 0.05, 0.5))
+    with pytest.raises(ValueError, match="label anchors"):
+        inner_product_form(net, rows, cols)
+    net.attach_anchors(None)
+    with pytest.raises(ValueError, match="must have 6 columns"):
+        inner_product_form(net, rows[:, :5], cols)
+
+
+def row_blocks(net, rows: np.ndarray, cols: np.ndarray, own: np.ndarray | None):
+    """``predict(start, stop)``: the network's predicted rows ``start:stop`` (the graph builder's callback)."""
+    return lambda start, stop: predict_pairwise(net, rows[start:stop], cols, self_cols=None if own is None else own[start:stop])
+
+
+def test_a_network_without_inner_products_builds_its_graph_from_row_blocks() -> None:
+    """The paper MLP and an anchored two-tower network: the graph of their predicted row blocks is each row's top K."""
+    from nncift.network.paper import InfluenceNetwork
+    from nncift.selection.sparse import graph_from_blocks
+
+    d = 8
+    rows, cols = embeddings(30, d, 7), embeddings(25, d, 8)
+    mlp = InfluenceNetwork(d, (16,))
+    mlp.reset_parameters(torch.Generator().manual_seed(0))
+    anchored = random_network(d)
+    anchored.attach_anchors(Anchors.from_block(rows[:6], cols[:5], np.full((6, 5), 0.5), np.ones((6, 5), bool), 0.05, 0.5))
+    self_cols = np.where(np.arange(30) < 25, np.arange(30), -1)
+    for net, own in ((mlp.eval(), None), (anchored, self_cols)):
+        dense = predict_pairwise(net, rows, cols, self_cols=own)
+        graph = graph_from_blocks(row_blocks(net, rows, cols, own), 30, 25, 4, block_rows=7)
+        expected = np.sort(np.argsort(-dense, axis=1, kind="stable")[:, :4], axis=1)
+        np.testing.assert_array_equal(graph.columns.reshape(30, 4), expected)
+        np.testing.assert_allclose(graph.values.reshape(30, 4), np.take_along_axis(dense, expected, 1), atol=1e-6)
