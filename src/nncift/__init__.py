@@ -7,7 +7,7 @@ Typical use::
 
     from nncift import open_run, read_records, select
     pool, report = read_records("pool.json")
-    result = select({"influence": "delift-se", "budget": 0.3}, "runs/x", pool=pool, reports=[report])
+    result = select({"influence": "delift-se", "selection": {"budget": 0.3}}, "runs/x", pool=pool, reports=[report])
     run = open_run("runs/x")        # later: run.subset, run.scores, run.settings, run.score(new, "runs/x-new"), run.add(...), run.inspect()
 
 Influence functions of your own: :func:`nncift.influence.register`.

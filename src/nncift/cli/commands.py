@@ -187,6 +187,10 @@ def _print_summary(result: Any) -> None:
 
         print(describe_training(training))
     print(f"selected {counts['selected']} records with {manifest['objective']} (objective {result.objective:.4f})")
+    if manifest.get("selection_mode") == "sparse":
+        from nncift.steps.select_sparse import describe_mode
+
+        print(f"  {describe_mode(manifest)}")
     positive = manifest.get("positive_gain_picks")
     if positive is not None:
         rest = counts["selected"] - positive

@@ -113,7 +113,12 @@ class RunView:
     @property
     def pairwise(self) -> bool:
         """Whether the influence function is pairwise (a matrix) or pointwise (one score per record)."""
-        return (self.folder / "predicted.npy").exists() or (self.folder / "full.npy").exists()
+        return (self.folder / "predicted.npy").exists() or (self.folder / "full.npy").exists() or self.sparse
+
+    @property
+    def sparse(self) -> bool:
+        """Whether the run selected on a neighbour graph (``--selection.neighbours``): it holds no predicted matrix."""
+        return self.manifest.get("selection_mode") == "sparse"
 
     @property
     def scores(self) -> tuple[np.ndarray, np.ndarray]:
@@ -144,6 +149,9 @@ class RunView:
 
     def matrix(self) -> np.ndarray:
         """The selection matrix (predicted, scaled, exact Q1 values kept; or the full exact matrix), memory-mapped."""
+        if self.sparse:
+            raise RunNotReady(f"{self.folder}: the run selected on a neighbour graph (--selection.neighbours) and kept no predicted "
+                              "matrix; this is not supported yet for sparse runs (select again with --selection.neighbours 0)")
         name = "predicted.npy" if (self.folder / "predicted.npy").exists() else "full.npy"
         return np.load(self.need(name, "the influence matrix"), mmap_mode="r")
 

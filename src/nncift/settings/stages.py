@@ -110,6 +110,9 @@ class SelectionSettings(Checked):
     """FLMI magnification η."""
     nu: float = setting(1.0, at_least=0)
     """FLCG penalty ν."""
+    neighbours: int | None = setting(None, at_least=0)
+    """fl, flmi, flcg: candidates kept per matrix row (a K-nearest-neighbour graph instead of the whole predicted matrix; no
+    predicted.npy). Unset: the graph (K = 64) only when the predicted matrix would not fit in memory; 0: always the whole matrix."""
 
 
 @dataclass(frozen=True)

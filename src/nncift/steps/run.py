@@ -26,18 +26,9 @@ def select(settings: SelectSettings | Mapping[str, Any], out: str | Path, *, poo
            reports: Sequence[LoadReport] = ()) -> SelectionResult:
     """Select a fine-tuning subset of the pool with NN-CIFT into the run folder ``out``; open it again with :func:`open_run`.
 
-    Args:
-        settings: a :class:`SelectSettings`, or its values by name as YAML spells them (``{"influence": "delift-se",
-            "budget": 0.3}``: run fields, stage mappings, dotted names or the flat aliases).
-        out: the run folder (created; a folder made with other settings is refused).
-        pool: records to select from: :class:`Record` objects, plain dicts in any layout the file readers
-            accept, or a ``datasets.Dataset``; default: read from ``settings.data``.
-        targets: target records, the same kinds; default: read from ``settings.targets`` (none: the pool itself).
-        influence_options: options of the influence function's own settings dataclass.
-        reports: load reports of records passed in directly (recorded in the manifest).
-
-    Returns:
-        The selection (indices, scores, records, objective), with the manifest also written to ``out/manifest.json``.
+    ``settings``: a :class:`SelectSettings`, or its values by name as YAML spells them (``{"influence": "delift-se",
+    "selection": {"budget": 0.3}}`` or dotted names, ``{"selection.budget": 0.3}``). The other arguments and the result
+    are :func:`nncift.steps.select.run_select`'s.
     """
     checked: SelectSettings = settings if isinstance(settings, SelectSettings) else SelectSettings.build(**dict(settings))
     return run_select(checked, out, pool=pool, targets=targets, influence_options=influence_options, reports=reports)

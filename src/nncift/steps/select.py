@@ -63,6 +63,7 @@ from nncift.selection import ObjectiveSpec, Selection, choose_subset
 from nncift.settings.choices import OBJECTIVES
 from nncift.settings.fields import settings_dict
 from nncift.settings.stages import NetworkSettings, RunContext, SamplingSettings, SelectionSettings, SelectSettings
+from nncift.steps.select_sparse import select_on_graph, selection_plan
 
 
 @dataclass
@@ -336,20 +337,33 @@ def _select_pairwise(run: _Run, settings: SelectSettings, executor: Executor, rn
             row_embeddings[layout.seen_rows], col_embeddings[layout.seen_cols], labels, s, self_cols=block_self_cols(layout),
             objective=criterion, candidate_scores=block_scores, held_out=held_out,
             prior_is_exact=function_class.is_embedding_cosine and influence_embedder == settings.embedder, progress=progress))
-    with ledger.stage("prediction"):  # row blocks written to disk; Q1 keeps its exact values
-        predicted = streaming.predict_to_npy(network, row_embeddings, col_embeddings, store.path("predicted.npy"), executor=executor,
-                                             known=(layout.seen_rows, layout.seen_cols, labels), progress=progress,
-                                             self_cols=self_cols_of(layout))
-    with ledger.stage("selection"):  # on a cluster, or when it would not fit: from disk, same result
-        in_memory = executor.name == "local" and selection_module.fits_in_memory((len(layout.rows), len(pool)))
-        chosen = choose_subset(np.load(predicted, mmap_mode="r") if in_memory else predicted,
-                               objective_spec(objective, layout, settings.selection, function_class, spec), workdir=store.folder)
-    extra = {"label_scaling": {"low": low, "high": high, "source": "fixed range" if function_class.label_range else "min-max of Q1"},
+    plan = selection_plan(network, layout, len(pool), objective, settings.selection)
+    if plan.sparse:  # no (rows × pool) matrix: a stale one of an earlier selection in this folder goes
+        store.path("predicted.npy").unlink(missing_ok=True)
+        with ledger.stage("prediction and selection on a neighbour graph"):
+            chosen, mode = select_on_graph(plan, network, layout, row_embeddings, col_embeddings, labels, objective, settings.selection)
+    else:
+        chosen, mode = _select_dense(run, settings, executor, layout, network, (row_embeddings, col_embeddings), labels), {"selection_mode": "dense"}
+    extra = {**mode, "label_scaling": {"low": low, "high": high, "source": "fixed range" if function_class.label_range else "min-max of Q1"},
              "sampled_rows": len(layout.seen_rows), "sampled_cols": len(layout.seen_cols), "sampling_blocks": sampling.blocks,
              "sampling_design": sampling.design, "sampled_fraction": sampling.fraction, "labelled_pairs": int(layout.labelled().sum()),
              "matrix_shape": [len(layout.rows), len(pool)], "network_training": report, **selection_info(chosen)}
     partly = layout.seen_cols[np.asarray(layout.labelled()).any(axis=0)]
     return chosen, extra, column_origin(len(pool), partly=partly)
+
+
+def _select_dense(run: _Run, settings: SelectSettings, executor: Executor, layout: Layout, network: Any,
+                  embeddings: tuple[np.ndarray, np.ndarray], labels: np.ndarray) -> Selection:
+    """Predict the whole matrix into ``predicted.npy`` (Q1 keeps its exact values), then select on it."""
+    store, ledger, pool = run.store, run.ledger, run.pool
+    with ledger.stage("prediction"):  # row blocks written to disk
+        predicted = streaming.predict_to_npy(network, *embeddings, store.path("predicted.npy"), executor=executor,
+                                             known=(layout.seen_rows, layout.seen_cols, labels), progress=not settings.quiet,
+                                             self_cols=self_cols_of(layout))
+    with ledger.stage("selection"):  # on a cluster, or when it would not fit: from disk, same result
+        in_memory = executor.name == "local" and selection_module.fits_in_memory((len(layout.rows), len(pool)))
+        return choose_subset(np.load(predicted, mmap_mode="r") if in_memory else predicted,
+                             objective_spec(run.objective, layout, settings.selection, run.function_class, run.spec), workdir=store.folder)
 
 
 def _embeddings(executor: Executor, settings: SelectSettings, layout: Layout, pool: Sequence[Record], progress: bool) -> tuple[np.ndarray, np.ndarray]:
