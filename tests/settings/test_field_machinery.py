@@ -19,7 +19,7 @@ from nncift.network.fitting import FitSettings
 from nncift.settings import choices, fields
 from nncift.settings.fields import SettingsError, check_options, rule_of
 from nncift.settings.sources import settings_from_args
-from nncift.settings.stages import NetworkSettings, RunContext, SamplingSettings, SelectionSettings, SelectSettings
+from nncift.settings.stages import ModelContext, NetworkSettings, RunContext, SamplingSettings, SelectionSettings, SelectSettings
 from nncift.steps.select import influence_spec
 
 
@@ -38,9 +38,10 @@ def test_the_finetune_example_of_the_issue_is_refused_naming_each_field() -> Non
         FinetuneSettings(learning_rate="abc")  # type: ignore[arg-type]
     with pytest.raises(SettingsError, match=r"^device: expected one of 'auto', 'cpu', 'cuda' \(or 'cuda:N'\), got 'tpu'"):
         FinetuneSettings(device="tpu")
-    with pytest.raises(SettingsError, match=r"^learning_rate: "):  # the first bad field, in declaration order
+    with pytest.raises(SettingsError, match=r"^device: "):  # the first bad field, in declaration order (ModelContext's first)
         FinetuneSettings(epochs=-3, learning_rate="abc", device="tpu")  # type: ignore[arg-type]
     assert FinetuneSettings(device="cuda:1", epochs=1).device == "cuda:1"
+    assert issubclass(FinetuneSettings, ModelContext) and issubclass(EvaluateSettings, ModelContext)  # declared once
 
 
 def test_evaluate_settings_are_checked_by_the_same_rules() -> None:

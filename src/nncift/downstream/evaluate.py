@@ -32,20 +32,18 @@ import numpy as np
 from nncift.data.records import Record
 from nncift.downstream.finetune import collate, encode_example, prompt_ids, response_loss, uses_chat_template
 from nncift.files.errors import InputError
-from nncift.settings.choices import BUNDLED_EMBEDDER, BUNDLED_LM, DTYPES
-from nncift.settings.fields import Checked, setting
-from nncift.settings.stages import DEVICE
+from nncift.settings.choices import BUNDLED_EMBEDDER
+from nncift.settings.fields import setting
+from nncift.settings.stages import ModelContext
 
 METRICS = ("loss", "rouge_l", "embedding_cosine", "exact_match")
 """Names of the metrics, in the order they are reported."""
 
 
 @dataclass(frozen=True)
-class EvaluateSettings(Checked):
+class EvaluateSettings(ModelContext):
     """Settings of ``nncift evaluate``."""
 
-    model: str = BUNDLED_LM
-    """Base causal LM id or path."""
     adapter: str = ""
     """LoRA adapter folder from ``nncift finetune`` (empty: the base model as it is)."""
     max_new_tokens: int = setting(64, at_least=1)
@@ -60,12 +58,6 @@ class EvaluateSettings(Checked):
     """Sentence embedder for the embedding cosine."""
     limit: int = setting(0, at_least=0)
     """Evaluate only the first N records (0: all)."""
-    device: str = setting("auto", **DEVICE)
-    """auto, cpu, cuda."""
-    dtype: str = setting("float32", choices=DTYPES)
-    """Weights' dtype: float32, bfloat16, float16."""
-    trust_remote_code: bool = False
-    """Run code shipped with the model (explicit opt-in only)."""
     quiet: bool = False
     """No progress bars."""
     with_loss: bool = True

@@ -34,22 +34,19 @@ from nncift.data.records import Record, read_many
 from nncift.files.errors import InputError
 from nncift.models.loading import ModelError
 from nncift.run.store import RunStore
-from nncift.settings.choices import BUNDLED_LM, DTYPES
-from nncift.settings.fields import Checked, environment_info, setting, settings_dict
+from nncift.settings.fields import environment_info, setting, settings_dict
 from nncift.settings.flags import add_arguments
 from nncift.settings.sources import settings_from_args
-from nncift.settings.stages import DEVICE
+from nncift.settings.stages import ModelContext
 
 IGNORE_INDEX = -100
 """Label of positions that do not count in the loss (prompt, padding)."""
 
 
 @dataclass(frozen=True)
-class FinetuneSettings(Checked):
+class FinetuneSettings(ModelContext):
     """Settings of ``nncift finetune`` (defaults: docs/methods.md §6)."""
 
-    model: str = BUNDLED_LM
-    """Base causal LM id or path."""
     lora_r: int = setting(8, at_least=1)
     """LoRA rank r."""
     lora_alpha: int = setting(16, at_least=1)
@@ -74,12 +71,6 @@ class FinetuneSettings(Checked):
     """Use the tokenizer's chat template when it has one (else the plain prompt template)."""
     seed: int = setting(0, at_least=0)
     """Seed for LoRA initialisation, dropout and the data order."""
-    device: str = setting("auto", **DEVICE)
-    """auto, cpu, cuda."""
-    dtype: str = setting("float32", choices=DTYPES)
-    """Weights' dtype: float32, bfloat16, float16."""
-    trust_remote_code: bool = False
-    """Run code shipped with the model (explicit opt-in only)."""
     quiet: bool = False
     """No progress bar."""
 

@@ -134,7 +134,22 @@ class ExecutorSettings(Checked):
 
 
 @dataclass(frozen=True)
-class RunContext(Checked):
+class ModelContext(Checked):
+    """The causal LM a command runs and how it loads it: declared once, for ``select`` (through :class:`RunContext`),
+    ``finetune`` and ``evaluate``."""
+
+    model: str = BUNDLED_LM
+    """Causal LM id or path (select: of the LM-based influence functions; finetune and evaluate: the base model)."""
+    device: str = setting("auto", **DEVICE)
+    """auto, cpu, cuda."""
+    dtype: str = setting("float32", choices=DTYPES)
+    """Causal LM weights: float32, bfloat16 (GPU), float16."""
+    trust_remote_code: bool = False
+    """Run code shipped with the causal LM (explicit opt-in only)."""
+
+
+@dataclass(frozen=True)
+class RunContext(ModelContext):
     """What every influence function of a run runs with: the models, the device, the dtype, the seed.
 
     Declared once, here: :class:`SelectSettings` is a RunContext (its fields are the run's ``--model``, ``--device``, ...),
@@ -142,18 +157,10 @@ class RunContext(Checked):
     executors ship to their workers), never as copies among its own settings.
     """
 
-    model: str = BUNDLED_LM
-    """Causal LM id or path for LM-based influence functions."""
     embedder: str = BUNDLED_EMBEDDER
     """Sentence embedder id or path for the InfluenceNetwork's inputs (and DELIFT-SE)."""
-    device: str = setting("auto", **DEVICE)
-    """auto, cpu, cuda."""
-    dtype: str = setting("float32", choices=DTYPES)
-    """Causal LM weights of LM-based influence functions: float32, bfloat16 (GPU), float16."""
     seed: int = setting(0, at_least=0)
     """Seed for sampling, network training and everything random."""
-    trust_remote_code: bool = False
-    """Run code shipped with the causal LM (explicit opt-in only)."""
 
     @classmethod
     def of(cls, settings: Any) -> RunContext:
