@@ -198,6 +198,28 @@ def _fill_zero_gain(chosen: np.ndarray, picks: np.ndarray, gains: np.ndarray, t:
 
 
 @njit(cache=True, nogil=True)
+def pop_top(heap: np.ndarray, size: int, ub: np.ndarray) -> int:
+    """Remove the top of the max-heap ``heap[:size]`` (ordered by ``ub``, ties by the lowest index); return the new size."""
+    size -= 1
+    heap[0] = heap[size]
+    _sift_down(heap, size, 0, ub)
+    return size
+
+
+@njit(cache=True, nogil=True)
+def record_pick(chosen: np.ndarray, picks: np.ndarray, gains: np.ndarray, t: int, k: int, pick: int, gain: float) -> bool:
+    """Record pick number ``t`` (candidate ``pick`` with its gain). A gain of 0 means the objective has run out of
+    signal: the remaining slots are filled (:func:`_fill_zero_gain`) and True (stop) is returned."""
+    picks[t] = pick
+    gains[t] = gain
+    chosen[pick] = True
+    if gain == 0.0:
+        _fill_zero_gain(chosen, picks, gains, t + 1, k)
+        return True
+    return False
+
+
+@njit(cache=True, nogil=True)
 def lazy_greedy(st: np.ndarray, sti: np.ndarray, cur: np.ndarray, k: int, ub: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Lazy greedy on ``st`` (candidates x rows, float32, modified in place by compaction).
 
@@ -234,17 +256,10 @@ def lazy_greedy(st: np.ndarray, sti: np.ndarray, cur: np.ndarray, k: int, ub: np
             _sift_down(heap, size, 0, ub)
             continue
         # the top's bound is fresh: it is the true maximum gain (ties: lowest index)
-        size -= 1
-        heap[0] = heap[size]
-        _sift_down(heap, size, 0, ub)
-        g = ub[top]
-        picks[t] = top
-        gains[t] = g
-        chosen[top] = True
-        t += 1
-        if g == 0.0:
-            _fill_zero_gain(chosen, picks, gains, t, k)
+        size = pop_top(heap, size, ub)
+        if record_pick(chosen, picks, gains, t, k, top, ub[top]):
             break
+        t += 1
         m = clen[top]
         if m < 0:
             for i in range(n):
@@ -283,13 +298,9 @@ def plain_greedy(st: np.ndarray, cur: np.ndarray, k: int) -> tuple[np.ndarray, n
         for j in range(nc):
             if not chosen[j] and (best < 0 or g[j] > g[best]):
                 best = j
-        picks[t] = best
-        gains[t] = g[best]
-        chosen[best] = True
-        t += 1
-        if g[best] == 0.0:
-            _fill_zero_gain(chosen, picks, gains, t, k)
+        if record_pick(chosen, picks, gains, t, k, best, g[best]):
             break
+        t += 1
         for i in range(n):
             v = st[best, i]
             if v > cur[i]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from nncift.selection.kernels import LANES, _fill_zero_gain, _lane_total, _sift_down
+from nncift.selection.kernels import LANES, _lane_total, _sift_down, pop_top, record_pick
 
 __all__ = ["top_k_rows", "candidate_major", "graph_gains", "graph_lazy_greedy", "graph_stochastic_greedy"]
 
@@ -170,16 +170,10 @@ def graph_lazy_greedy(cptr: np.ndarray, crows: np.ndarray, cvals: np.ndarray, cl
             stamp[top] = t
             _sift_down(heap, size, 0, ub)
             continue
-        size -= 1
-        heap[0] = heap[size]
-        _sift_down(heap, size, 0, ub)
-        picks[t] = top
-        gains[t] = ub[top]
-        chosen[top] = True
-        t += 1
-        if ub[top] == 0.0:
-            _fill_zero_gain(chosen, picks, gains, t, k)
+        size = pop_top(heap, size, ub)
+        if record_pick(chosen, picks, gains, t, k, top, ub[top]):
             break
+        t += 1
         _cover(cptr, crows, cvals, clen, top, cur)
     return picks, gains
 
@@ -236,14 +230,9 @@ def graph_stochastic_greedy(cptr: np.ndarray, crows: np.ndarray, cvals: np.ndarr
         best, best_gain = _best_of(cptr, crows, cvals, clen, cur, ub, remaining, draw, acc)
         if best_gain <= 0.0 and draw < n_left:
             best, best_gain = _best_of(cptr, crows, cvals, clen, cur, ub, remaining, n_left, acc)
-        picks[t] = best
-        gains[t] = best_gain
-        chosen[best] = True
-        t += 1
-        if best_gain <= 0.0:
-            gains[t - 1] = 0.0
-            _fill_zero_gain(chosen, picks, gains, t, k)
+        if record_pick(chosen, picks, gains, t, k, best, max(best_gain, 0.0)):
             break
+        t += 1
         _cover(cptr, crows, cvals, clen, best, cur)
         n_left -= 1
         last = remaining[n_left]
