@@ -12,7 +12,6 @@ import pytest
 from nncift import SelectSettings
 from nncift.cli.commands import main
 from nncift.data.records import write_jsonl
-from nncift.files.errors import InputError
 from nncift.run.commit import commit_problem
 from nncift.run.files import RunNotReady
 from nncift.selection.subset_quality import ObjectiveSpec, objective_on
@@ -68,18 +67,18 @@ def test_a_sparse_run_is_committed_and_later_commands_refuse_what_needs_the_matr
     assert "sparse selection: 6 neighbours per row (exact graph); no predicted.npy" in capsys.readouterr().out
     assert commit_problem(run) is None and not (run / "predicted.npy").exists()
     assert inspect_run(run)["run"]["selected"] == 8  # the subset's composition needs no matrix
-    with pytest.raises(RunNotReady, match="not supported yet for sparse runs"):
+    with pytest.raises(RunNotReady, match="not supported yet"):
         inspect_run(run, target=0)
-    with pytest.raises(InputError, match="not supported yet for sparse runs"):
+    with pytest.raises(RunNotReady, match="select --add needs the predicted matrix"):
         add_to_run(run, demo_pool[40:44], tmp_path / "grown", progress=False)
-    with pytest.raises(InputError, match="not supported yet for sparse runs"):
+    with pytest.raises(RunNotReady, match="scoring new records needs the predicted matrix"):
         score_records(run, demo_pool[40:44], tmp_path / "scored", progress=False)
     assert not (tmp_path / "grown").exists() and not (tmp_path / "scored").exists()
     assert main(["inspect", str(run), "--candidate", "0"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "not supported yet for sparse runs" in err and len(err.splitlines()) == 1
+    assert "not supported yet" in err and len(err.splitlines()) == 1
     assert main(["select", "--run", str(run), "--add", str(new_file), "--out", str(tmp_path / "g"), "--quiet"]) == 2
-    assert "not supported yet for sparse runs" in capsys.readouterr().err
+    assert "not supported yet" in capsys.readouterr().err
 
 
 def test_neighbours_below_zero_is_refused() -> None:

@@ -297,15 +297,20 @@ def main(argv: list[str] | None = None) -> int:
 
 def is_user_error(error: BaseException) -> bool:
     """Whether ``error`` is the user's to fix (:data:`USER_ERRORS`, a full or read-only disk, memory run out), not a bug."""
-    if isinstance(error, USER_ERRORS) or isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
-        return True  # OutOfMemoryError: torch's (CUDA or CPU), named so that torch is not imported here
+    if isinstance(error, USER_ERRORS) or _out_of_memory(error):
+        return True
     return isinstance(error, OSError) and error.errno in _DISK_ERRNOS
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """Python's MemoryError or torch's OutOfMemoryError (CUDA or CPU; named, so that torch is not imported here)."""
+    return isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError"
 
 
 def one_line(error: BaseException) -> str:
     """The message of a user error on one line (a library's message may span several), or its type where it has none."""
     text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
-    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+    if _out_of_memory(error):
         return f"out of memory ({type(error).__name__}{': ' + text if text else ''}): use a smaller pool, budget or block size, or a larger machine"
     return text or type(error).__name__
 

@@ -147,11 +147,15 @@ class RunView:
         """The stored ``row`` or ``col`` embeddings (float32, one per row / pool record)."""
         return np.load(self.need(f"{side}_embeddings.npy", "the network's inputs"))
 
+    def require_matrix(self, what: str) -> None:
+        """Refuse ``what`` (a command's words) on a run that selected on a neighbour graph and kept no matrix (:class:`RunNotReady`)."""
+        if self.sparse:
+            raise RunNotReady(f"{self.folder}: {what} needs the predicted matrix, which a run on a neighbour graph "
+                              "(--selection.neighbours) does not keep; not supported yet: select again with --selection.neighbours 0")
+
     def matrix(self) -> np.ndarray:
         """The selection matrix (predicted, scaled, exact Q1 values kept; or the full exact matrix), memory-mapped."""
-        if self.sparse:
-            raise RunNotReady(f"{self.folder}: the run selected on a neighbour graph (--selection.neighbours) and kept no predicted "
-                              "matrix; this is not supported yet for sparse runs (select again with --selection.neighbours 0)")
+        self.require_matrix("reading the influence matrix")
         name = "predicted.npy" if (self.folder / "predicted.npy").exists() else "full.npy"
         return np.load(self.need(name, "the influence matrix"), mmap_mode="r")
 

@@ -88,9 +88,7 @@ def add_to_run(run: str | Path | RunView, new: Sequence[Record], out: str | Path
     view = as_view(run)
     if not new:
         raise InputError("no new records to add")
-    if view.sparse:
-        raise InputError(f"{view.folder}: select --add is not supported yet for sparse runs (--selection.neighbours): "
-                         "select the union again, or select the run with --selection.neighbours 0")
+    view.require_matrix("select --add")
     if not view.pairwise and not (view.folder / "predicted_scores.npy").exists():
         raise InputError(f"{view.folder}: no predicted scores (a run of the full-matrix baseline has no network to predict with)")
     settings = view.settings.updated(**{"selection.budget": budget}) if budget is not None else view.settings

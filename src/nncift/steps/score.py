@@ -133,9 +133,7 @@ def score_records(run: str | Path | RunView, records: Sequence[Record], out: str
     if top_targets < 0:
         raise InputError(f"--top must be >= 0, got {top_targets}")
     network_path = view.network_path()
-    if view.sparse:
-        raise InputError(f"{view.folder}: scoring new records is not supported yet for sparse runs (--selection.neighbours); "
-                         "select again with --selection.neighbours 0")
+    view.require_matrix("scoring new records")
     settings = {"run": str(view.folder.resolve()), "top_targets": top_targets, "device": device}
     with RunStore(out, settings) as store:
         folder = store.folder
