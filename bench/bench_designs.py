@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_network import setup  # bench/ is on sys.path when a script runs
+from bench_network import setup, summary  # bench/ is on sys.path when a script runs
 from benchlib import command_line, cpu_name, publish
 from matrices import NAMES
 
@@ -46,9 +46,51 @@ def _cost(seen_rows: np.ndarray, seen_cols: np.ndarray, n_pool_rows: int) -> int
     return len(set(seen_rows[seen_rows < n_pool_rows].tolist()) | set(seen_cols.tolist())) + int((seen_rows >= n_pool_rows).sum())
 
 
-def _mean_sd(values: list[float]) -> str:
-    finite = [v for v in values if v is not None and np.isfinite(v)]
-    return "–" if not finite else f"{np.mean(finite):.3f} ± {np.std(finite):.3f}" if len(finite) > 1 else f"{finite[0]:.3f}"
+VALIDATION_RULES = {
+    "every fold, mean > SE (shipped)": lambda diff: bool(np.all(diff > 1e-9) and diff.mean() > diff.std(ddof=1) / np.sqrt(diff.size)),
+    "mean > SE": lambda diff: bool(diff.mean() > diff.std(ddof=1) / np.sqrt(diff.size)),
+    "mean > corrected SE (Nadeau–Bengio, 4 folds)": lambda diff: bool(diff.mean() > diff.std(ddof=1) * np.sqrt(1 / diff.size + 1 / 3)),
+    "mean > 0": lambda diff: bool(diff.mean() > 1e-9),
+    "≥ 3 of 4 folds, mean > 0": lambda diff: bool((diff > 1e-9).mean() >= 0.75 and diff.mean() > 1e-9),
+}
+"""Validation rules compared offline on the shipped fit's per-fold criteria: a candidate may replace the prior when the rule
+holds for its per-fold differences to the prior; of those, the best mean criterion is shipped (as :func:`choose_candidate`)."""
+
+
+def apply_rule(rule, fold_criteria: dict[str, list[float]]) -> str:
+    """The candidate a validation rule would ship, from a fit's per-fold criteria (``prior`` when none passes)."""
+    if "prior" not in fold_criteria:
+        return "prior"
+    base = np.asarray(fold_criteria["prior"], dtype=np.float64)
+    best, best_value = "prior", -np.inf
+    for name, values in fold_criteria.items():
+        values = np.asarray(values, dtype=np.float64)
+        diff = values - base
+        if name == "prior" or diff.size < 3 or not np.all(np.isfinite(diff)) or not rule(diff):
+            continue
+        if values.mean() > best_value:
+            best, best_value = name, float(values.mean())
+    return best
+
+
+def rules_table(fits: list[dict], repeats: int) -> list[str]:
+    """Per validation rule, on the first repeat's folds and (with ``repeats`` > 1) on every repeat's: what it ships per (u, design,
+    seed), and the true f_gain that follows (the forced candidate's), beside the cosine's and the best candidate's."""
+    header = "| rule | folds | u | design | shipped (per seed) | learned shipped | f_gain | f_gain cosine | f_gain best candidate (oracle) |"
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    views = [("first repeat", 1)] + ([(f"{repeats} repeats", repeats)] if repeats > 1 else [])
+    for (rule_name, rule), (view, used) in ((r, v) for r in VALIDATION_RULES.items() for v in views):
+        for key in dict.fromkeys((f["fraction"], f["design"]) for f in fits):
+            group = [f for f in fits if (f["fraction"], f["design"]) == key]
+            chosen = []
+            for f in group:
+                per_repeat = len(f["fold_criteria"].get("prior", [])) // repeats
+                chosen.append(apply_rule(rule, {name: values[: per_repeat * used] for name, values in f["fold_criteria"].items()}))
+            gains = [f["gains"].get(c, float("nan")) for f, c in zip(group, chosen)]
+            learned = sum(not c.startswith("prior") for c in chosen)
+            lines.append(f"| {rule_name} | {view} | {key[0]} | {key[1]} | {' / '.join(chosen)} | {learned} of {len(chosen)} | {summary(gains)} | "
+                         f"{summary([f['gains']['prior'] for f in group])} | {summary([max(f['gains'].values()) for f in group])} |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,15 +106,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=None, help="subset share (default: LESS 0.05, with targets 0.1, else 0.3)")
     parser.add_argument("--forced", nargs="*", default=[], choices=CANDIDATES,
                         help="also ship these candidates whatever validation says (what each would lose)")
+    parser.add_argument("--rules", action="store_true",
+                        help="force every candidate too, and compare validation rules offline on the shipped fit's per-fold criteria")
+    parser.add_argument("--held-out", choices=("auto", "records", "columns"), default="auto",
+                        help="what validation holds out: auto = as `nncift select` (columns only when every row is labelled)")
+    parser.add_argument("--repeats", type=int, default=1, help="repeated cross-validation: record folds drawn this many times")
     parser.add_argument("--inputs", nargs="+", default=["all-MiniLM-L6-v2"],
                         help="network inputs: embedders (the bundled all-MiniLM-L6-v2, lm:smollm2-135m-instruct for the LM's own mean-pooled states, any id)")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
+    if args.rules:
+        args.forced = list(CANDIDATES)
 
     from nncift.influence import influence_class
     from nncift.influence.less import aggregate_scores
     from nncift.models.embeddings import embed_records
     from nncift.network.fitting import FitSettings, fit_pairwise
+    from nncift.network.folds import validation_hold_out
     from nncift.network.paper import predict_pairwise
     from nncift.run.layout import block_self_columns, plan_layout, resolve_sampling
     from nncift.selection.subset_quality import choose_subset, f_gain
@@ -93,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     def aggregate(block: np.ndarray, idx: np.ndarray) -> np.ndarray:
         return aggregate_scores(block, [tasks[int(seen_rows[i])] for i in idx])
 
-    results = []
+    results, fits = [], []
     budgets = [("labels", n) for n in args.labels] or [("fraction", f) for f in args.fractions]
     for (input_name, (row_embeddings, col_embeddings)), (kind, amount), design_name, seed in (
             (i, b, d, s) for i in inputs.items() for b in budgets for d in args.designs for s in args.seeds):
@@ -105,16 +155,17 @@ def main(argv: list[str] | None = None) -> int:
         seen_rows, seen_cols = layout.seen_rows, layout.seen_cols
         labels = np.where(layout.labelled(), true[np.ix_(seen_rows, seen_cols)], np.nan)
         cost = int(layout.labelled().sum()) if function_class.cost_per == "pair" else _cost(seen_rows, seen_cols, n_pool_rows)
-        held_out = "columns" if len(seen_rows) == len(rows) else "records"
+        held_out = args.held_out if args.held_out != "auto" else validation_hold_out(len(seen_rows), len(rows), objective_name)
         block_self = block_self_columns(self_cols, seen_rows, seen_cols)
         predictions: dict[str, tuple[np.ndarray, str, float]] = {}
+        fold_criteria: dict[str, dict[str, list[float]]] = {}
         for loss in args.losses:
             variants = [("shipped", None)] + [(c, c) for c in args.forced]
             for label, forced in variants:
                 if forced and forced.startswith("prior") and loss != args.losses[0]:
                     continue  # the prior does not train: one loss is enough
                 net_settings = NetworkSettings(loss=loss, fallback=forced is None, seed=seed)
-                fit = FitSettings(net_settings)
+                fit = FitSettings(net_settings, validation_repeats=args.repeats)
                 if forced:
                     fit = dataclasses.replace(fit, force=forced)
                 tick = time.perf_counter()
@@ -125,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
                 predicted = predict_pairwise(network, row_embeddings, col_embeddings, self_cols=self_cols).astype(np.float64)
                 name = f"{label} ({loss})" if not (forced or "").startswith("prior") else label
                 predictions[name] = (predicted, report.chosen, seconds)
+                if forced is None:
+                    fold_criteria[loss] = report.fold_criteria
         predictions["cosine"] = (calibrated_cosine(row_embeddings, col_embeddings, seen_rows, seen_cols, labels, self_cols), "-", 0.0)
         predictions["mean"] = (np.full(true.shape, float(np.nanmean(labels))), "-", 0.0)
         for name, (predicted, chosen, seconds) in predictions.items():
@@ -136,6 +189,11 @@ def main(argv: list[str] | None = None) -> int:
                             "cost": cost, "labelled": int(np.isfinite(labels).sum()), "f_gain": quality["f_gain"], "on_task": on_task(picks),
                             "row_rho": _row_spearman_unlabelled(true, predicted, seen_rows, seen_cols, target_rows) if name != "mean" else float("nan"),
                             "seconds": seconds})
+        gain_of = {r["predictor"]: r["f_gain"] for r in results[-len(predictions):]}
+        for loss, criteria in fold_criteria.items():
+            gains = {"prior": gain_of["cosine"], **{c: gain_of.get(c if c.startswith("prior") else f"{c} ({loss})", float("nan")) for c in CANDIDATES}}
+            fits.append({"fraction": fraction, "design": f"{design_name} ({loss})" if len(args.losses) > 1 else design_name, "seed": seed,
+                         "fold_criteria": criteria, "gains": gains})
         print(f"{input_name} u={fraction} {design} seed={seed}: " + ", ".join(f"{r['predictor']} {r['f_gain']:.3f}" for r in results[-len(predictions):]),
               flush=True)
 
@@ -147,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
                 group = [r for r in results if r["input"] == input_name and r["fraction"] == fraction and r["design"] == design and r["predictor"] == name]
                 if group:
                     lines.append(f"| {input_name} | {fraction} | {design} | {np.mean([r['cost'] for r in group]):,.0f} | {name} | {' / '.join(r['chosen'] for r in group)} | "
-                                 f"{_mean_sd([r['row_rho'] for r in group])} | {_mean_sd([r['f_gain'] for r in group])} | "
-                                 f"{_mean_sd([r['on_task'] for r in group])} | {_mean_sd([r['seconds'] for r in group])} |")
+                                 f"{summary([r['row_rho'] for r in group])} | {summary([r['f_gain'] for r in group])} | "
+                                 f"{summary([r['on_task'] for r in group])} | {summary([r['seconds'] for r in group])} |")
     random_share = float(np.isin(family, on_task_families).mean()) if on_task_families else float("nan")
     unit = "records with exact features" if function_class.cost_per == "record" else "labelled pairs"
     report = [f"# Label design × loss × predictor: `{args.matrix}`", "",
@@ -162,6 +220,11 @@ def main(argv: list[str] | None = None) -> int:
               f"On-task share: exact function {on_task(true_subset):.3f}, random {random_share:.3f}. Run time {time.perf_counter() - started:,.0f} s.", "",
               "`shipped (loss)`: what `nncift select` ships (validation by design, per-row Spearman + f_gain criterion, the prior as the floor); "
               "a candidate's name alone (`--forced`): that candidate shipped whatever validation says.", "", *lines]
+    if args.rules:
+        report += ["", "## Validation rules compared offline", "",
+                   "Each rule applied to the shipped fit's per-fold criteria (the prior's against each candidate's); the f_gain is that of "
+                   "the candidate it picks, forced to ship (so the same trained networks). Oracle: the best candidate by true f_gain.", "",
+                   *rules_table(fits, args.repeats)]
     publish("\n".join(report) + "\n", args.output)
     return 0
 

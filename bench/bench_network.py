@@ -135,7 +135,7 @@ def exact_cost(influence: str, layout) -> int:
     return rows - len(own & {int(c) for c in layout.seen_cols}) + cols
 
 
-def _summary(values: list[float]) -> str:
+def summary(values: list[float]) -> str:
     finite = [v for v in values if v is not None and np.isfinite(v)]
     if not finite:
         return "–"
@@ -200,10 +200,10 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(
                 f"| {fraction} | {design} | {group[0]['n_labelled']} | {np.mean([r['cost'] for r in group]):,.0f} | {predictor} | "
                 f"{' '.join(r['chosen'] for r in group)} | "
-                f"{_summary([r['cold_spearman'] for r in group])} | {_summary([r['q4_mse_vs_mean'] for r in group])} | "
-                f"{_summary([r['f_gain'] for r in group])} | {_summary([r['overlap'] for r in group])} | "
-                + (f"{_summary([r['on_task'] for r in group])} | " if has_task else "")
-                + f"{_summary([r['train_seconds'] for r in group])} | "
+                f"{summary([r['cold_spearman'] for r in group])} | {summary([r['q4_mse_vs_mean'] for r in group])} | "
+                f"{summary([r['f_gain'] for r in group])} | {summary([r['overlap'] for r in group])} | "
+                + (f"{summary([r['on_task'] for r in group])} | " if has_task else "")
+                + f"{summary([r['train_seconds'] for r in group])} | "
                 + (f"{np.mean([r['pairs_per_second'] for r in group]):.3g} |" if np.isfinite(group[0]["pairs_per_second"]) else "– |"))
     verdicts = []
     at = [r for r in records if r["fraction"] == 0.05 and r["design"] == args.sampling_blocks[0]]

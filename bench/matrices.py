@@ -257,7 +257,9 @@ def compute(name: str, *, progress: bool = True) -> Matrix:
         spent += time.perf_counter() - start
         store.write_json("seconds.json", {"seconds": spent, "counters": dict(counters)})
     store.write_json("families.json", {"pool": spec.pool_families, "targets": spec.target_families})
-    return Matrix(spec, np.asarray(matrix.array, dtype=np.float64), spent, folder)
+    values = np.array(matrix.array, dtype=np.float64)
+    store.close()  # the folder's lock: other benchmarks may read the finished matrix at the same time
+    return Matrix(spec, values, spent, folder)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -115,41 +115,39 @@ def smollm_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+def _tiny_model(folder: Path, tokenizer_dir: Path, build: Callable[[object], object]) -> Path:
+    """Save into ``folder`` a randomly initialised model (``build(tokenizer)``, seed 0) with the tokenizer of ``tokenizer_dir``."""
+    import torch
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(0)
+    build(tokenizer).save_pretrained(folder, safe_serialization=True)  # type: ignore[attr-defined]
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_lm_dir(tmp_path_factory: pytest.TempPathFactory, smollm_tokenizer_dir: Path) -> Path:
     """A tiny randomly initialised Llama (2 layers, width 32) with the real SmolLM2 tokenizer."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(smollm_tokenizer_dir)
-    config = LlamaConfig(
+    return _tiny_model(tmp_path_factory.mktemp("tiny-llama"), smollm_tokenizer_dir, lambda tokenizer: LlamaForCausalLM(LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
-    return folder
+    )))
 
 
 @pytest.fixture(scope="session")
 def tiny_gpt2_dir(tmp_path_factory: pytest.TempPathFactory, smollm_tokenizer_dir: Path) -> Path:
     """A tiny randomly initialised GPT-2 (Conv1D layers) with the SmolLM2 tokenizer."""
-    import torch
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2Config, GPT2LMHeadModel
 
-    tokenizer = AutoTokenizer.from_pretrained(smollm_tokenizer_dir)
-    config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=1024,
-                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(config)
-    folder = tmp_path_factory.mktemp("tiny-gpt2")
-    model.save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return _tiny_model(tmp_path_factory.mktemp("tiny-gpt2"), smollm_tokenizer_dir, lambda tokenizer: GPT2LMHeadModel(GPT2Config(
+        vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=1024,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )))
 
 
 @pytest.fixture()

@@ -29,12 +29,12 @@ import numpy as np
 from nncift.data.records import EmptyFileError, Record, read_records, write_jsonl
 from nncift.files.errors import InputError
 from nncift.settings.choices import BUNDLED_EMBEDDER, BUNDLED_LM
-from nncift.settings.fields import Checked, setting
-from nncift.settings.stages import DEVICE
+from nncift.settings.fields import setting
+from nncift.settings.stages import DEVICE, Progress
 
 
 @dataclass(frozen=True)
-class ExperimentSettings(Checked):
+class ExperimentSettings(Progress):
     """Settings of ``nncift experiment`` that are not those of a stage (select, finetune, evaluate)."""
 
     name: str = "experiment"
@@ -84,8 +84,6 @@ class ExperimentSettings(Checked):
     """auto, cpu, cuda."""
     threads: int = setting(0, at_least=0)
     """torch CPU threads (0: torch's default; 1 is far faster on a machine shared by many processes)."""
-    quiet: bool = False
-    """No progress bars."""
 
 
 @dataclass

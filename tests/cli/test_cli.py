@@ -14,7 +14,7 @@ import yaml
 from nncift.cli.commands import build_parser, main
 from nncift.data.records import write_jsonl
 
-FAST = ["--influence", "delift-se", "--fraction", "0.25", "--network.epochs", "3", "--quiet"]
+FAST = ["--influence", "delift-se", "--fraction", "0.25", "--network.epochs", "3", "--network.max-steps", "20", "--network.folds", "3", "--quiet"]
 
 
 @pytest.fixture()

@@ -170,7 +170,8 @@ def test_select_with_less_through_the_pipeline(tiny_lm_dir, tmp_path):
 
     pool, targets = records(24), records(30, task_of=lambda i: "sum")[24:]
     settings = SelectSettings.build(influence="less", model=str(tiny_lm_dir), device="cpu", **{"sampling.fraction": 0.25,
-            "sampling.min_sampled": 4, "selection.budget": 0.25, "network.epochs": 2}, quiet=True)
+            "sampling.min_sampled": 4, "selection.budget": 0.25, "network.epochs": 2, "network.max_steps": 20,
+            "network.folds": 3}, quiet=True)
     options = dataclasses.asdict(tiny_settings(compressor="dropout-structured", dim=256))
     result = run_select(settings, tmp_path / "run", pool=pool, targets=targets, influence_options=options)
     assert result.manifest["objective"] == "topk" and len(result.indices) == 6
@@ -197,7 +198,8 @@ def test_cli_select_less_on_real_data_with_smollm(tmp_path, smollm_dir):
     code = main(["select", "--influence", "less", "--data", str(small_pool), "--targets", str(small_targets),
                  "--out", str(tmp_path / "run"), "--less.compressor", "dropout-structured", "--less.dim", "1024",
                  "--less.lora-r", "4", "--less.warmup-epochs", "1", "--less.warmup-fraction", "0.1", "--less.max-length", "128",
-                 "--fraction", "0.25", "--sampling.min-sampled", "4", "--budget", "5", "--device", "cpu", "--quiet"])
+                 "--fraction", "0.25", "--sampling.min-sampled", "4", "--budget", "5", "--network.max-steps", "20", "--network.folds", "3",
+                 "--device", "cpu", "--quiet"])
     assert code == 0
     selected = (tmp_path / "run" / "selected.jsonl").read_text().splitlines()
     assert len(selected) == 5

@@ -258,7 +258,7 @@ def test_run_select_records_failures_and_predicts_the_rest(tiny_gpt2_dir: Path, 
     assert set(result.indices.tolist()) == set(order[:5].tolist())  # every record scored: exact top-k
 
     sampled = SelectSettings.build(influence="selectit", model=str(tiny_gpt2_dir), **{"sampling.fraction": 0.25, "sampling.min_sampled": 4,
-            "selection.budget": 0.25}, quiet=True, device="cpu", **{"network.epochs": 3})
+            "selection.budget": 0.25}, quiet=True, device="cpu", **{"network.epochs": 3, "network.max_steps": 20, "network.folds": 3})
     result = run_select(sampled, tmp_path / "sampled", pool=pool, influence_options=options)
     folder = tmp_path / "sampled"
     seen = np.load(folder / "scores.cols.npy")

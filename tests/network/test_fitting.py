@@ -11,8 +11,9 @@ import torch
 
 from nncift.models.embeddings import embed_records
 from nncift.network.files import load_network, save_network
-from nncift.network.fitting import FitSettings, calibrate_prior, fit_pairwise, record_folds
+from nncift.network.fitting import FitSettings, calibrate_prior, fit_pairwise
 from nncift.network.fitting_pointwise import fit_pointwise
+from nncift.network.folds import record_folds, training_sample
 from nncift.network.paper import NetworkSettings, predict_pairwise, predict_pointwise
 from nncift.network.towers import TwoTowerNetwork, predict_two_tower
 from nncift.run.layout import self_columns
@@ -50,8 +51,37 @@ def test_record_folds_hold_out_whole_rows_and_columns():
         held_rows, held_cols = np.flatnonzero(row_fold == fold), np.flatnonzero(col_fold == fold)
         assert not train[held_rows].any() and not train[:, held_cols].any()  # nothing of a held-out record is trained on
         assert val.sum() == len(held_rows) * len(held_cols) > 0
+    assert np.bincount(row_fold[20:], minlength=4).max() - np.bincount(row_fold[20:], minlength=4).min() <= 1  # targets spread evenly
+    targets_only = record_folds(6, 101, None, 4, seed=0)[0]  # a LESS block: 6 target rows, no pool row
+    assert sorted(np.bincount(targets_only, minlength=4).tolist()) == [1, 1, 2, 2]  # every fold validates on some target rows
     again = record_folds(n_rows, n_cols, own, 4, seed=1)
     assert np.array_equal(again[0], row_fold) and not np.array_equal(record_folds(n_rows, n_cols, own, 4, seed=2)[0], row_fold)
+
+
+def test_training_sample_keeps_whole_records_under_the_cap():
+    labels = np.random.default_rng(0).standard_normal((50, 40))  # rows 0..39 are the 40 columns' records, 40..49 other targets
+    labels[np.random.default_rng(1).random(labels.shape) < 0.2] = np.nan
+    own = self_columns(50, 40)
+    rows, cols = training_sample(labels, own, 600, seed=3)
+    kept = np.isfinite(labels[np.ix_(rows, cols)]).sum()
+    assert 450 < kept <= 600  # under the cap, not far below it
+    assert set(rows[rows < 40].tolist()) == set(cols.tolist())  # a pool record is kept as a row and as a column together
+    again = training_sample(labels, own, 600, seed=3)
+    assert np.array_equal(again[0], rows) and np.array_equal(again[1], cols)
+    assert not np.array_equal(training_sample(labels, own, 600, seed=4)[1], cols)
+    everything = training_sample(labels, own, 0, seed=3)
+    assert len(everything[0]) == 50 and len(everything[1]) == 40
+    assert len(training_sample(labels, own, 10**6, seed=3)[0]) == 50
+
+
+def test_fit_on_a_training_sample_reports_it():
+    e = np.random.default_rng(0).standard_normal((40, 16))
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    quick = dataclasses.replace(QUICK, network=dataclasses.replace(QUICK.network, max_steps=10, max_training_pairs=700))
+    net, report = fit_pairwise(e, e, learnable_labels(e, e), quick, self_cols=np.arange(40))
+    assert report.n_labelled == 1600 and 500 < report.n_training <= 700
+    assert "sample of" in report.note and report.as_dict()["n_training"] == report.n_training
+    assert predict_pairwise(net, e, e, self_cols=np.arange(40)).shape == (40, 40)
 
 
 def test_f_gain_on_a_hand_made_matrix():
@@ -112,6 +142,9 @@ def test_the_network_learns_what_the_cosine_cannot_and_is_shipped(demo_embedding
     cold = cold_mask(len(e), len(e), seen, seen, np.arange(len(e)))
     assert spearman(true[cold], predicted[cold]) > spearman(true[cold], cosine[cold]) + 0.2
     assert report.steps > 0 and report.learning_rate == 3e-3 and len(report.validation_curve) == 13
+    folds = report.fold_criteria
+    assert len(folds["prior"]) == len(folds[report.chosen]) == report.folds == 3  # what the choice compared, per fold
+    assert all(a > b for a, b in zip(folds[report.chosen], folds["prior"]))  # shipped: better on every fold
 
 
 @pytest.mark.e2e
@@ -128,6 +161,19 @@ def test_fit_is_deterministic_per_seed_and_round_trips(demo_embeddings, tmp_path
     loaded = load_network(tmp_path / "net.safetensors")
     assert isinstance(loaded, TwoTowerNetwork)
     np.testing.assert_array_equal(predict_pairwise(loaded, e, e, self_cols=np.arange(60)), predict_pairwise(first, e, e, self_cols=np.arange(60)))
+
+
+def test_repeated_validation_scores_every_fold_of_every_repeat():
+    e = np.random.default_rng(0).standard_normal((30, 16))
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    labels = learnable_labels(e, e)
+    quick = dataclasses.replace(QUICK, network=dataclasses.replace(QUICK.network, max_steps=10), validation_repeats=2)
+    _, report = fit_pairwise(e, e, labels, quick, self_cols=np.arange(30))
+    _, once = fit_pairwise(e, e, labels, dataclasses.replace(quick, validation_repeats=1), self_cols=np.arange(30))
+    assert report.folds == 6 and all(len(values) == 6 for values in report.fold_criteria.values())
+    first, second = report.fold_criteria["prior"][:3], report.fold_criteria["prior"][3:]
+    assert first == once.fold_criteria["prior"]  # the first repeat is the plain validation's folds
+    assert first != second  # the second repeat holds out other records
 
 
 @pytest.mark.e2e
@@ -200,3 +246,11 @@ def test_batched_training_forward_equals_each_network(demo_embeddings):
     for b, net in enumerate(networks):
         expected = net.standardised_block(rows, cols, torch.from_numpy(self_full))
         torch.testing.assert_close(batched[b], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_validation_holds_out_candidates_for_top_k_and_records_for_facility_location():
+    from nncift.network.folds import validation_hold_out
+
+    assert validation_hold_out(6, 120, "topk") == "columns"  # top-k ranks aggregates over rows: validate the aggregate
+    assert validation_hold_out(6, 120, "fl") == "records"  # FL reads each row: hold out whole records
+    assert validation_hold_out(120, 120, "fl") == "columns"  # every row labelled: only candidates are ever new

@@ -42,7 +42,7 @@ def _config(folder: Path, out: Path, model: Path, **overrides) -> dict:
         "per_family": 8, "target_family": families[0], "n_targets": 3, "n_heldout": 4, "split_by": "line",
         "influences": ["delift-se"], "objectives": {"delift-se": "flmi"}, "seeds": [0, 1], "fidelity_fractions": [0.3, 0.6],
         "model": str(model), "quiet": True,
-        "select": {"sampling": {"fraction": 0.3, "min_sampled": 3}, "selection": {"budget": 0.25}, "network": {"epochs": 2}},
+        "select": {"sampling": {"fraction": 0.3, "min_sampled": 3}, "selection": {"budget": 0.25}, "network": {"epochs": 2, "max_steps": 20, "folds": 3}},
         "finetune": {"epochs": 1, "batch_size": 4, "max_length": 96},
         "evaluate": {"max_new_tokens": 3, "batch_size": 4, "max_length": 96},
     }

@@ -14,7 +14,8 @@ from nncift.influence import influence_class
 from nncift.models.embeddings import embed_records
 from nncift.network.anchors import Anchors, anchor_correction
 from nncift.network.files import load_network, save_network
-from nncift.network.fitting import FitSettings, _build_two_tower, _fold_masks, _pair_data, fit_pairwise
+from nncift.network.fitting import FitSettings, _build_two_tower, _pair_data, fit_pairwise
+from nncift.network.folds import fold_masks
 from nncift.network.tower_training import train_stacked
 from nncift.network.towers import TwoTowerNetwork, predict_two_tower
 from nncift.network.validation import row_spearman
@@ -68,11 +69,9 @@ def test_a_label_budget_sets_the_fraction_in_the_functions_own_units() -> None:
     assert resolve_sampling(SamplingSettings(labels=10**9), influence_class("delift"), 100, 0, 100).fraction == 1.0
 
 
-@pytest.mark.e2e
-def test_column_folds_keep_every_row_and_hold_out_candidates(embeddings) -> None:
-    labels = np.random.default_rng(0).random((12, 40))
-    data, _, _ = _pair_data(embeddings[:12], embeddings[12:52], labels, None)
-    folds, units = _fold_masks(data, QUICK, "columns")
+def test_column_folds_keep_every_row_and_hold_out_candidates() -> None:
+    mask = np.ones((12, 40), dtype=bool)
+    folds, units = fold_masks(mask, None, QUICK.network.folds, QUICK.network.seed, 1, "columns")
     assert units == 40 and len(folds) == 4
     held = np.zeros(40, dtype=int)
     for _, train, val in folds:
@@ -156,3 +155,6 @@ def test_select_with_targets_labels_every_target_row_and_says_why_it_shipped(tmp
     mutual = run_select(settings.updated(**{"selection.objective": "flmi"}), tmp_path / "flmi", pool=records[:60], targets=records[60:72]).manifest
     assert mutual["sampled_rows"] == 12 + 12 and mutual["labelled_pairs"] == mutual["sampled_rows"] * mutual["sampled_cols"]  # sampled pool rows + every target
     assert mutual["network_training"]["held_out"] == "records"
+    ranked = run_select(settings.updated(**{"selection.objective": "topk", "sampling.design": "block"}), tmp_path / "topk", pool=records[:60],
+                        targets=records[60:72]).manifest
+    assert ranked["sampled_rows"] < 12 and ranked["network_training"]["held_out"] == "columns"  # top-k validates each candidate's aggregate

@@ -183,21 +183,14 @@ def test_flmi_and_flcg_lazy_equal_plain_and_reference(shape):
     q = dyadic(rng, (shape[0], 3))
     p = dyadic(rng, (shape[0], 4)) * np.float32(0.75)
     k = max(1, (2 * shape[1]) // 3)
-    mi_lazy = fl_mutual_information(s, q, k)
-    mi_plain = fl_mutual_information(s, q, k, lazy=False)
-    np.testing.assert_array_equal(mi_lazy.indices, mi_plain.indices)
-    np.testing.assert_array_equal(mi_lazy.gains, mi_plain.gains)
-    assert mi_lazy.name == "flmi"
-    assert mi_lazy.indices.tolist() == reference_greedy(s, k, cap=q.max(axis=1))
-    assert mi_lazy.objective == objective_value(s, mi_lazy.indices, cap=q.max(axis=1))
-
-    cg_lazy = fl_conditional_gain(s, p, k)
-    cg_plain = fl_conditional_gain(s, p, k, lazy=False)
-    np.testing.assert_array_equal(cg_lazy.indices, cg_plain.indices)
-    np.testing.assert_array_equal(cg_lazy.gains, cg_plain.gains)
-    assert cg_lazy.name == "flcg"
-    assert cg_lazy.indices.tolist() == reference_greedy(s, k, initial=p.max(axis=1))
-    assert cg_lazy.objective == objective_value(s, cg_lazy.indices, initial=p.max(axis=1))
+    for name, choose, terms in (("flmi", lambda lazy: fl_mutual_information(s, q, k, lazy=lazy), {"cap": q.max(axis=1)}),
+                                ("flcg", lambda lazy: fl_conditional_gain(s, p, k, lazy=lazy), {"initial": p.max(axis=1)})):
+        lazy, plain = choose(True), choose(False)
+        np.testing.assert_array_equal(lazy.indices, plain.indices)
+        np.testing.assert_array_equal(lazy.gains, plain.gains)
+        assert lazy.name == name
+        assert lazy.indices.tolist() == reference_greedy(s, k, **terms)
+        assert lazy.objective == objective_value(s, lazy.indices, **terms)
 
 
 def test_eta_and_nu_scale_the_cap_and_the_initial_coverage():
@@ -279,33 +272,24 @@ def test_fl_matches_submodlib_non_square(n_rows):
     assert ours.objective == pytest.approx(f.evaluate(set(ours.indices.tolist())), rel=1e-5)
 
 
-def test_flmi_matches_submodlib():
+@pytest.mark.parametrize("objective,scale", [("flmi", 1.0), ("flmi", 0.8), ("flcg", 1.0), ("flcg", 0.5)])
+def test_flmi_and_flcg_match_submodlib(objective, scale):
+    """FLMI at η = ``scale`` (sharper query similarities: the caps bind for many rows); FLCG at ν = ``scale``."""
     submodlib = pytest.importorskip("submodlib")
-    rng = np.random.default_rng(11)
+    rng = np.random.default_rng(11 if objective == "flmi" else 12)
     s = _cosine(rng, 40, 40)
-    q = _cosine(rng, 40, 5) ** 4  # sharper query similarities: the caps bind for many rows
-    for eta in (1.0, 0.8):
-        f = submodlib.FacilityLocationMutualInformationFunction(n=40, num_queries=5, data_sijs=s, query_sijs=q,
-                                                                magnificationEta=eta)
-        _, their_value = _maximize(f, 10)
-        ours = fl_mutual_information(s, q, 10, eta=eta)
-        assert ours.objective == pytest.approx(their_value, rel=1e-5)
-        assert ours.objective == pytest.approx(f.evaluate(set(ours.indices.tolist())), rel=1e-5)
-
-
-def test_flcg_matches_submodlib():
-    submodlib = pytest.importorskip("submodlib")
-    rng = np.random.default_rng(12)
-    s = _cosine(rng, 40, 40)
-    p = _cosine(rng, 40, 3) * np.float32(0.9)
-    for nu in (1.0, 0.5):
-        f = submodlib.FacilityLocationConditionalGainFunction(n=40, num_privates=3, data_sijs=s, private_sijs=p,
-                                                              privacyHardness=nu)
-        _, their_value = _maximize(f, 10)
-        ours = fl_conditional_gain(s, p, 10, nu=nu)
-        assert ours.objective > 0
-        assert ours.objective == pytest.approx(their_value, rel=1e-5)
-        assert ours.objective == pytest.approx(f.evaluate(set(ours.indices.tolist())), rel=1e-5)
+    if objective == "flmi":
+        q = _cosine(rng, 40, 5) ** 4
+        f = submodlib.FacilityLocationMutualInformationFunction(n=40, num_queries=5, data_sijs=s, query_sijs=q, magnificationEta=scale)
+        ours = fl_mutual_information(s, q, 10, eta=scale)
+    else:
+        p = _cosine(rng, 40, 3) * np.float32(0.9)
+        f = submodlib.FacilityLocationConditionalGainFunction(n=40, num_privates=3, data_sijs=s, private_sijs=p, privacyHardness=scale)
+        ours = fl_conditional_gain(s, p, 10, nu=scale)
+    _, their_value = _maximize(f, 10)
+    assert ours.objective > 0
+    assert ours.objective == pytest.approx(their_value, rel=1e-5)
+    assert ours.objective == pytest.approx(f.evaluate(set(ours.indices.tolist())), rel=1e-5)
 
 
 # ------------------------------------------------------------------------------ greedy guarantee

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 from nncift.files.errors import InputError
-from nncift.selection import facility_location, fl_conditional_gain, fl_mutual_information, objective_value
+from nncift.selection import ObjectiveSpec, choose_subset, facility_location, fl_conditional_gain, fl_mutual_information, objective_value
 from nncift.selection.sparse import (
     ExactValues,
     NeighbourGraph,
+    choose_on_graph,
     column_maxima,
     exact_graph,
     graph_from_blocks,
@@ -152,6 +153,8 @@ def test_bad_input_is_refused():
         graph_of(np.full((4, 3), np.nan, np.float32), 2)
     with pytest.raises(ValueError, match="exceeds"):
         sparse_facility_location(graph, 4)
+    with pytest.raises(ValueError, match="objective 'topk' does not run on a neighbour graph"):
+        choose_on_graph(graph, ObjectiveSpec("topk", 1), lambda start, stop: np.ones((stop - start, 3), np.float32), 4)
 
 
 def test_the_plan_follows_size_and_the_override():
@@ -200,12 +203,11 @@ def test_the_faiss_graph_offers_labelled_columns_with_their_exact_values():
     assert np.all(np.diff(graph.indptr) == 8)
 
 
-@pytest.mark.parametrize("objective", ["flmi", "flcg"])
+@pytest.mark.parametrize("objective", ["fl", "flmi", "flcg"])
 def test_a_pool_plus_targets_layout_matches_choose_subset(objective):
-    """The select step's layout (pool rows, then target rows; columns = the pool): the graph holds the pool rows, the
-    target rows give each pool row's query/private maximum (:func:`column_maxima`), as :func:`choose_subset` splits it."""
-    from nncift.selection import ObjectiveSpec, choose_subset
-
+    """The select step's layout (pool rows, then target rows; columns = the pool): for FLMI and FLCG the graph holds the
+    pool rows, the target rows give each pool row's query/private maximum (:func:`column_maxima`), as :func:`choose_subset`
+    splits it; FL's graph holds every row. :func:`choose_on_graph` on the full graph picks what the dense greedy picks."""
     n_pool, n_targets = 45, 12
     matrix = dyadic(np.random.default_rng(8), (n_pool + n_targets, n_pool))
     spec = ObjectiveSpec(objective, 15, n_pool_rows=n_pool, eta=0.8, nu=0.6)
@@ -214,9 +216,7 @@ def test_a_pool_plus_targets_layout_matches_choose_subset(objective):
     def predict(start: int, stop: int) -> np.ndarray:
         return matrix[start:stop]
 
-    graph = graph_from_blocks(predict, n_pool, n_pool, n_pool)
-    maxima = column_maxima(predict, n_pool, n_pool + n_targets, n_pool)
-    sparse = (sparse_fl_mutual_information(graph, maxima, 15, eta=0.8) if objective == "flmi"
-              else sparse_fl_conditional_gain(graph, maxima, 15, nu=0.6))
+    graph_rows = n_pool + n_targets if objective == "fl" else n_pool
+    sparse = choose_on_graph(graph_from_blocks(predict, graph_rows, n_pool, n_pool), spec, predict, n_pool + n_targets)
     np.testing.assert_array_equal(sparse.indices, dense.indices)
     assert sparse.objective == dense.objective

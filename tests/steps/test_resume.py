@@ -24,7 +24,7 @@ _RUN = "import sys; from nncift.cli.commands import main; sys.exit(main(sys.argv
 def _command(pool: Path, model: Path, out: Path) -> list[str]:
     return [sys.executable, "-c", _RUN, "select", "--data", str(pool), "--out", str(out), "--influence", "delift",
             "--model", str(model), "--fraction", "0.19", "--sampling.blocks", "1", "--block-size", "3", "--budget", "8", "--network.epochs", "2",
-            "--device", "cpu", "--delift.token-budget", "512", "--quiet"]
+            "--network.max-steps", "20", "--network.folds", "3", "--device", "cpu", "--delift.token-budget", "512", "--quiet"]
 
 
 def _done_lines(out: Path) -> list[str]:

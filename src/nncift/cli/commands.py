@@ -21,7 +21,7 @@ from nncift.files.errors import InputError, UserError
 from nncift.run.store import make_run_folder
 from nncift.settings.fields import build_settings, check_options, field_docs
 from nncift.settings.flags import add_arguments, add_removed_flags
-from nncift.settings.given_once import GIVEN_AS, StoreOnce, refuse_repeated
+from nncift.settings.given_once import StoreOnce, refuse_repeated
 from nncift.settings.sources import read_sources
 from nncift.settings.stages import SelectSettings
 
@@ -107,42 +107,13 @@ def cmd_select(args: argparse.Namespace) -> int:
     from nncift.steps.select import run_select
 
     if args.run or args.add:
-        return _cmd_add(args)
+        from nncift.cli.run_commands import cmd_add
+
+        return cmd_add(args)
     settings, options = split_settings(args, SelectSettings)
     check_select(settings, options, out=args.out, force=args.force)  # before anything is written
     result = run_select(settings, args.out, influence_options=options)
     _print_summary(result)
-    return 0
-
-
-def _cmd_add(args: argparse.Namespace) -> int:
-    """select --run RUN --add NEW: the run's own settings, the budget over the union (--budget to change it)."""
-    from nncift.data.records import read_many
-    from nncift.run.check import check_run_files
-    from nncift.steps.add import add_to_run
-    from nncift.steps.preflight import check_out_folder
-
-    if not (args.run and args.add):
-        raise InputError("--run and --add go together: --run RUN_DIR --add NEW.jsonl grows RUN_DIR's selection with new records")
-    typed = getattr(args, GIVEN_AS, {})
-    given = sorted(typed.get(k, "--" + k.replace("_", "-")) for k, v in vars(args).items()
-                   if v is not None and k not in ("run", "add", "out", "selection.budget", "quiet", "command", "handler", "force", GIVEN_AS)
-                   and v is not False)
-    if given:
-        raise InputError(f"with --run, the run's own settings are used: only --selection.budget (--budget) and --quiet apply (got {', '.join(given)})")
-    budget = vars(args)["selection.budget"]
-    check_out_folder(args.out, data=args.add, run=args.run, force=args.force)
-    check_run_files(args.run)
-    new, reports = read_many(args.add)
-    if not new:
-        raise InputError(f"no records to add in {', '.join(args.add)} (see the skip counts)")
-    result = add_to_run(args.run, new, args.out, budget=budget, reports=reports, new_paths=args.add, progress=not args.quiet)
-    counts = result.manifest["counts"]
-    print(f"kept the run's {counts['kept']} picks and added {counts['added']} ({counts['added_from_new_records']} of them new records) "
-          f"from a union of {counts['pool']} records; objective {result.objective:.4f}")
-    print(f"0 influence evaluations, {result.manifest['cost']['counters'].get('language_model_loads', 0)} language-model loads, "
-          f"{result.manifest['cost']['seconds_total']:.2f} s")
-    print(f"-> {result.run_dir / 'subset.jsonl'}, {result.run_dir / 'scores.csv'} and {result.run_dir / 'manifest.json'}")
     return 0
 
 
@@ -238,11 +209,10 @@ def _extra_commands() -> list[Callable[[Any], None]]:
     by installed packages under :data:`COMMANDS_GROUP`."""
     from importlib.metadata import entry_points
 
+    from nncift.cli.run_commands import register_inspect, register_score
     from nncift.downstream import evaluation, finetune
-    from nncift.steps import inspect, score
 
-    registrations: list[Callable[[Any], None]] = [score.register_cli, inspect.register_cli, finetune.register_cli,
-                                                  evaluation.register_cli]
+    registrations: list[Callable[[Any], None]] = [register_score, register_inspect, finetune.register_cli, evaluation.register_cli]
     for entry in sorted(entry_points(group=COMMANDS_GROUP), key=lambda entry: entry.name):
         registrations.append(entry.load())
     return registrations

@@ -34,14 +34,14 @@ from nncift.downstream.finetune import collate, encode_example, prompt_ids, resp
 from nncift.files.errors import InputError
 from nncift.settings.choices import BUNDLED_EMBEDDER
 from nncift.settings.fields import setting
-from nncift.settings.stages import ModelContext
+from nncift.settings.stages import ModelContext, Progress
 
 METRICS = ("loss", "rouge_l", "embedding_cosine", "exact_match")
 """Names of the metrics, in the order they are reported."""
 
 
 @dataclass(frozen=True)
-class EvaluateSettings(ModelContext):
+class EvaluateSettings(Progress, ModelContext):
     """Settings of ``nncift evaluate``."""
 
     adapter: str = ""
@@ -58,8 +58,6 @@ class EvaluateSettings(ModelContext):
     """Sentence embedder for the embedding cosine."""
     limit: int = setting(0, at_least=0)
     """Evaluate only the first N records (0: all)."""
-    quiet: bool = False
-    """No progress bars."""
     with_loss: bool = True
     """Also compute the teacher-forced loss of the reference answers (one more forward pass per record)."""
     icl_pool: str = ""

@@ -37,14 +37,14 @@ from nncift.run.store import RunStore
 from nncift.settings.fields import environment_info, setting, settings_dict
 from nncift.settings.flags import add_arguments
 from nncift.settings.sources import settings_from_args
-from nncift.settings.stages import ModelContext
+from nncift.settings.stages import ModelContext, Progress
 
 IGNORE_INDEX = -100
 """Label of positions that do not count in the loss (prompt, padding)."""
 
 
 @dataclass(frozen=True)
-class FinetuneSettings(ModelContext):
+class FinetuneSettings(Progress, ModelContext):
     """Settings of ``nncift finetune`` (defaults: docs/methods.md §6)."""
 
     lora_r: int = setting(8, at_least=1)
@@ -71,8 +71,6 @@ class FinetuneSettings(ModelContext):
     """Use the tokenizer's chat template when it has one (else the plain prompt template)."""
     seed: int = setting(0, at_least=0)
     """Seed for LoRA initialisation, dropout and the data order."""
-    quiet: bool = False
-    """No progress bar."""
 
 
 @dataclass

@@ -36,15 +36,26 @@ def _text_key(text: str) -> str:
 @functools.lru_cache(maxsize=4)
 def _embedder(name_or_path: str, device: str) -> Any:
     from nncift.models.loading import load_embedder
+    from nncift.models.onnx_embedder import load_onnx_embedder, onnx_of
 
+    if onnx_of(name_or_path) is not None:  # onnx:MODEL, onnx-int8:MODEL: ONNX Runtime on the CPU
+        return load_onnx_embedder(name_or_path)
     return load_embedder(name_or_path, device=device)
+
+
+def embedder_fingerprint(model: str) -> dict[str, Any]:
+    """What identifies an embedder's vectors: :func:`nncift.models.loading.model_fingerprint`, and for ``onnx:`` and
+    ``onnx-int8:`` names the base model's, with the backend and the export version."""
+    from nncift.models.onnx_embedder import onnx_fingerprint, onnx_of
+
+    return onnx_fingerprint(model) if onnx_of(model) is not None else model_fingerprint(model, kind="embedder")
 
 
 class EmbeddingCache:
     """On-disk store of text → vector for one embedding model."""
 
     def __init__(self, model: str, root: Path | None = None):
-        fingerprint = model_fingerprint(model, kind="embedder")
+        fingerprint = embedder_fingerprint(model)
         key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
         self.folder = (root or cache_dir() / "embeddings") / key
         self.folder.mkdir(parents=True, exist_ok=True)

@@ -4,10 +4,12 @@ The network predicts pairs it has never seen, so validation holds out what predi
 
 1. **Folds by design.** In a u × u block (``held_out="records"``) the unlabelled pairs have neither
    side labelled: the labelled records (a pool record that is both a row and a column is one record)
-   are split into ``folds`` seeded groups, and each fold is validated on the pairs whose row and column
+   are split into ``folds`` seeded groups (pool records and separate target rows dealt separately, so every
+   fold has its share of target rows), and each fold is validated on the pairs whose row and column
    are both inside it, after training on the pairs whose row and column are both outside. When every
    row is labelled (all targets × sampled candidates, ``held_out="columns"``), folds hold out
-   candidates only and validate on every row × the fold's candidates.
+   candidates only and validate on every row × the fold's candidates. ``validation_repeats`` draws the
+   folds that many times (:mod:`nncift.network.folds`).
 2. Training runs by optimisation steps (full batch), AdamW, for each learning rate × weight decay of a
    small grid, on plain or row-centred MSE (``loss``); the validation error is recorded every
    ``eval_every`` steps, and the grid point and step count with the lowest mean error win.
@@ -22,8 +24,10 @@ The network predicts pairs it has never seen, so validation holds out what predi
 4. The chosen predictor is retrained on every labelled pair with the chosen settings, and the report
    says in words why it was shipped.
 
-Every choice and its validation numbers go into the :class:`FitReport` (the run's manifest). Same
-inputs and seed → the same network (one torch thread, seeded initialisation and folds).
+Beyond ``network.max_training_pairs`` labelled pairs, all of this runs on a seeded sample of the labelled
+records whose pairs fit (:func:`~nncift.network.folds.training_sample`), so its time stops growing with the labels.
+Every choice and its validation numbers (means and per fold) go into the :class:`FitReport` (the run's manifest).
+Same inputs and seed → the same network (one torch thread, seeded initialisation and folds).
 """
 
 from __future__ import annotations
@@ -39,16 +43,13 @@ import torch
 from tqdm import tqdm
 
 from nncift.network.anchors import NEIGHBOURS, SHRINKS, TEMPERATURES, Anchors, anchor_correction
+from nncift.network.folds import MIN_RECORDS_PER_FOLD, fold_masks, sampled_self_cols, training_sample
 from nncift.network.tower_training import PairBlock, train_stacked
 from nncift.network.towers import TwoTowerNetwork
 from nncift.network.validation import MIN_FOLDS, choose_candidate, explain_choice, mean_criteria, selection_criterion
 from nncift.settings.stages import NetworkSettings
 
-__all__ = ["FitSettings", "FitReport", "fit_pairwise", "record_folds", "calibrate_prior", "one_torch_thread"]
-MIN_RECORDS_PER_FOLD = 5
-"""Fewest held-out records per fold: with fewer, fewer folds are used (and below :data:`MIN_FOLDS`, the prior is shipped)."""
-
-
+__all__ = ["FitSettings", "FitReport", "fit_pairwise", "calibrate_prior", "one_torch_thread"]
 @dataclass(frozen=True)
 class FitSettings:
     """How the default network is trained and validated: the run's network stage, and the validation grid a run does not set."""
@@ -67,6 +68,9 @@ class FitSettings:
     """Without ``network.fallback``: the candidate shipped whatever validation says (benchmarks compare every candidate this way)."""
     validation_budget: float = 0.3
     """Subset share used by the selection-aware validation criterion."""
+    validation_repeats: int = 1
+    """Repeated cross-validation: the record folds are drawn this many times (seeds ``seed``, ``seed + 1``, …) and every
+    fold of every repeat is trained and scored, so the choice rests on ``folds × repeats`` held-out blocks."""
 
 
 @dataclass
@@ -85,7 +89,9 @@ class FitReport:
     validation_curve: list[float] = field(default_factory=list)
     """Mean validation MSE (standardised labels) over the folds, every ``eval_every`` steps, of the chosen grid point."""
     candidates: dict[str, dict[str, float]] = field(default_factory=dict)
-    """Per candidate: cold-validation Spearman, f_gain, MSE and the combined criterion."""
+    """Per candidate: cold-validation Spearman, f_gain, MSE and the combined criterion (means over the folds)."""
+    fold_criteria: dict[str, list[float]] = field(default_factory=dict)
+    """Per candidate: the combined criterion on each fold, in fold order (what the choice compared)."""
     prior: dict[str, float] = field(default_factory=dict)
     note: str = ""
     """Why the shipped predictor was shipped, in words."""
@@ -94,6 +100,8 @@ class FitReport:
     """What validation held out: ``records`` (both sides) or ``columns`` (candidates; every row labelled)."""
     anchors: dict[str, float] = field(default_factory=dict)
     """The label anchors' kernel (τ, κ, neighbours) when the shipped predictor has them."""
+    n_training: int = 0
+    """Labelled pairs the network was validated and trained on (``n_labelled`` or, beyond ``network.max_training_pairs``, a sample's)."""
 
     def as_dict(self) -> dict[str, Any]:
         def clean(value: Any) -> Any:
@@ -117,27 +125,6 @@ def one_torch_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-def _record_ids(n_rows: int, n_cols: int, self_cols: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """(record id of each row, all record ids): column j is record j; a row is its own column's record, else a new one."""
-    own = np.full(n_rows, -1, dtype=np.int64) if self_cols is None else np.asarray(self_cols, dtype=np.int64)
-    row_ids = np.where(own >= 0, own, n_cols + np.arange(n_rows))
-    return row_ids, np.unique(np.concatenate([np.arange(n_cols), row_ids]))
-
-
-def record_folds(n_rows: int, n_cols: int, self_cols: np.ndarray | None, folds: int, seed: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Fold of each row and each column: a row that is the same record as a column shares its fold.
-
-    Returns ``(row_fold, col_fold, k)`` with ``k`` the number of folds used (at most one per record).
-    """
-    row_ids, ids = _record_ids(n_rows, n_cols, self_cols)
-    k = int(max(1, min(folds, len(ids))))
-    order = np.random.default_rng(seed).permutation(len(ids))
-    fold_of = np.empty(len(ids), dtype=np.int64)
-    fold_of[order] = np.arange(len(ids)) % k
-    lookup = dict(zip(ids.tolist(), fold_of.tolist()))
-    return np.array([lookup[i] for i in row_ids.tolist()], dtype=np.int64), fold_of[:n_cols].copy(), k
 
 
 def calibrate_prior(cos: np.ndarray, labels: np.ndarray, mask: np.ndarray, self_mask: np.ndarray) -> tuple[float, float, float]:
@@ -187,34 +174,6 @@ def _pair_data(row_embeddings: np.ndarray, col_embeddings: np.ndarray, labels: n
         self_mask[has, self_cols[has]] = True
     data = PairBlock(rows, cols, (rows @ cols.T).numpy().astype(np.float64), np.where(mask, (raw - mean) / std, 0.0), mask, self_cols, self_mask)
     return data, mean, std
-
-
-def _fold_masks(data: PairBlock, settings: FitSettings, held_out: str) -> tuple[list[tuple[int, np.ndarray, np.ndarray]], int]:
-    """Per fold (fold, training mask, validation mask), and the number of held-out units (records or columns).
-
-    ``held_out="records"``: a fold's records are held out on both sides (the unlabelled pairs of a u × u
-    block: neither side seen). ``"columns"``: every row is labelled when predicting (all targets ×
-    sampled candidates), so folds hold out columns only and validate on all rows × the fold's columns.
-    """
-    n_rows, n_cols = data.mask.shape
-    if held_out == "columns":
-        n_units = n_cols
-        k = max(1, min(settings.network.folds, n_cols // MIN_RECORDS_PER_FOLD))
-        col_fold = np.empty(n_cols, dtype=np.int64)
-        col_fold[np.random.default_rng(settings.network.seed).permutation(n_cols)] = np.arange(n_cols) % k
-        row_fold = np.full(n_rows, -1, dtype=np.int64)
-    else:
-        n_units = len(_record_ids(n_rows, n_cols, data.self_cols)[1])
-        k = max(1, min(settings.network.folds, n_units // MIN_RECORDS_PER_FOLD))
-        row_fold, col_fold, k = record_folds(n_rows, n_cols, data.self_cols, k, settings.network.seed)
-    masks = []
-    for fold in range(k):
-        rows_out = np.ones(n_rows, dtype=bool) if held_out == "columns" else row_fold == fold
-        train = data.mask & ~(row_fold == fold)[:, None] & (col_fold != fold)[None, :]
-        val = data.mask & rows_out[:, None] & (col_fold == fold)[None, :]
-        if train.sum() >= 2 and val.sum() >= 2:
-            masks.append((fold, train, val))
-    return masks, n_units
 
 
 def _validation_error(prediction: np.ndarray, target: np.ndarray, mask: np.ndarray, centre_rows: bool) -> float:
@@ -298,6 +257,12 @@ def fit_pairwise(row_embeddings: np.ndarray, col_embeddings: np.ndarray, labels:
         The network to predict with (label units) and the report of what was chosen.
     """
     start = time.perf_counter()
+    n_labelled = int(np.isfinite(labels).sum())
+    keep_rows, keep_cols = training_sample(labels, self_cols, settings.network.max_training_pairs, settings.network.seed)
+    if len(keep_rows) < labels.shape[0] or len(keep_cols) < labels.shape[1]:
+        labels = np.asarray(labels)[np.ix_(keep_rows, keep_cols)]
+        row_embeddings, col_embeddings = np.asarray(row_embeddings)[keep_rows], np.asarray(col_embeddings)[keep_cols]
+        self_cols = None if self_cols is None else sampled_self_cols(np.asarray(self_cols)[keep_rows], keep_cols)
     data, mean, std = _pair_data(row_embeddings, col_embeddings, labels, self_cols)
     if prior_is_exact:
         report = FitReport("two-tower", "prior", int(data.mask.sum()), 0.0, loss=settings.network.loss, held_out=held_out,
@@ -308,6 +273,10 @@ def fit_pairwise(row_embeddings: np.ndarray, col_embeddings: np.ndarray, labels:
     alpha, beta, delta = calibrate_prior(data.cos, data.labels, data.mask, data.self_mask)
     report.prior = {"alpha": alpha * std, "beta": beta * std + mean, "self_delta": delta * std}  # in label units
     network.set_label_scale(mean, std)
+    report.n_training, report.n_labelled = int(data.mask.sum()), n_labelled
+    if report.n_training < n_labelled:
+        report.note += (f"; validated and trained on a seeded sample of {report.n_training:,} of the {n_labelled:,} labelled pairs "
+                        f"(network.max_training_pairs), every label kept exact where it was measured")
     report.seconds = time.perf_counter() - start
     return network.eval(), report
 
@@ -316,20 +285,20 @@ def _validated_network(data: PairBlock, settings: FitSettings, objective: str, c
                        held_out: str, progress: bool) -> tuple[TwoTowerNetwork, FitReport]:
     """The grid's trainings on the folds, then the candidate that validates best (the prior with too few folds), trained
     on every labelled pair; (network, report without the prior and the time)."""
-    fold_masks, n_units = _fold_masks(data, settings, held_out)
+    folds, n_units = fold_masks(data.mask, data.self_cols, settings.network.folds, settings.network.seed, settings.validation_repeats, held_out)
     evals = settings.network.max_steps // settings.eval_every + 1
-    report = FitReport("two-tower", "prior", int(data.mask.sum()), 0.0, folds=len(fold_masks), loss=settings.network.loss, held_out=held_out)
+    report = FitReport("two-tower", "prior", int(data.mask.sum()), 0.0, folds=len(folds), loss=settings.network.loss, held_out=held_out)
     bar = tqdm(total=evals + 1, desc="influence network", unit="eval", disable=not progress, leave=False)
     with one_torch_thread(), bar:
         grid = [(lr, wd) for lr in settings.learning_rates for wd in settings.weight_decays]
-        curves, priors = _grid_curves(data, settings, fold_masks, grid, bar)
+        curves, priors = _grid_curves(data, settings, folds, grid, bar)
         network = _build_two_tower(data, settings, data.mask, settings.network.seed)
-        if len(fold_masks) < MIN_FOLDS:
+        if len(folds) < MIN_FOLDS * max(1, settings.validation_repeats):
             unit = "candidates" if held_out == "columns" else "records"
             report.note = (f"too few labelled {unit} ({n_units}) to validate on held-out {unit} "
                            f"(at least {MIN_FOLDS * MIN_RECORDS_PER_FOLD}): the calibrated prior is used")
         else:
-            network = _chosen_network(data, settings, report, fold_masks, grid, curves, priors, objective, candidate_scores)
+            network = _chosen_network(data, settings, report, folds, grid, curves, priors, objective, candidate_scores)
         report.note = report.note or explain_choice(report.candidates, report.chosen, report.held_out)
         bar.update(1)
     return network, report
@@ -372,6 +341,7 @@ def _chosen_network(data: PairBlock, settings: FitSettings, report: FitReport, f
     bases = {"prior": priors, "network": trained, "blend": [0.5 * (a + b) for a, b in zip(priors, trained)]}
     per_fold, kernels = _validate(data, settings, folds, bases, objective, candidate_scores)
     report.candidates = {name: mean_criteria(values) for name, values in per_fold.items()}
+    report.fold_criteria = {name: [p["criterion"] for p in values] for name, values in per_fold.items()}
     report.chosen = choose_candidate(per_fold, ["prior", "blend", "network", "prior + anchors", "blend + anchors", "network + anchors"],
                                      settings.network.fallback, settings.force)
     return _final_network(data, settings, report, kernels.get(report.chosen))

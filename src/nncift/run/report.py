@@ -6,6 +6,7 @@ from typing import Any, Sequence
 
 from nncift.data.records import LoadReport, skip_counts
 from nncift.influence import InfluenceFunction
+from nncift.models.embeddings import embedder_fingerprint
 from nncift.models.loading import model_fingerprint
 from nncift.run.ledger import CostLedger
 from nncift.selection import Selection
@@ -76,5 +77,5 @@ def build_manifest(command: str, settings: dict[str, Any], *, models: dict[str, 
 
 def run_models(settings: SelectSettings, function_class: type[InfluenceFunction]) -> dict[str, Any]:
     """Fingerprints of a selection's models: the embedder, and the language model when the influence function runs one."""
-    return {"embedder": model_fingerprint(settings.embedder, kind="embedder"),
+    return {"embedder": embedder_fingerprint(settings.embedder),
             **({"lm": model_fingerprint(settings.model)} if function_class.uses_language_model else {})}

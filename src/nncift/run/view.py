@@ -21,7 +21,7 @@ from nncift.files.errors import SettingsMismatch
 from nncift.run.commit import changed_inputs, commit_problem
 from nncift.run.files import RunNotReady, read_picks, records_digest
 from nncift.run.store import read_json_file
-from nncift.settings.fields import build_settings
+from nncift.settings.fields import Checked, build_settings
 from nncift.settings.stages import SelectSettings
 
 
@@ -180,6 +180,9 @@ def read_run(folder: str | Path) -> RunView:
     manifest_path = path / "manifest.json"
     if not (manifest_path.is_file() and (path / "selected.jsonl").is_file()):
         raise RunNotReady(f"{path}: not a finished nncift run (no manifest.json / selected.jsonl): run select to the end first")
+    flat = flat_settings_problem(path)  # first: a folder of that version has no commit record either
+    if flat is not None:
+        raise RunNotReady(flat)
     problem = commit_problem(path)
     if problem is not None:
         raise RunNotReady(f"{problem}: run the same select again to finish or repair it")
@@ -190,6 +193,32 @@ def read_run(folder: str | Path) -> RunView:
     if "settings" not in manifest:
         raise RunNotReady(f"{manifest_path}: not an nncift run manifest (no 'settings')")
     return RunView(path, manifest)
+
+
+STAGE_SECTIONS = tuple(name for name, value in vars(SelectSettings()).items() if isinstance(value, Checked))
+"""The sections of the run settings, one per stage (``sampling``, ``network``, ``selection``, ``executor``)."""
+
+
+def flat_settings_problem(folder: Path) -> str | None:
+    """One line naming the file, when the run folder's ``manifest.json`` or ``settings.json`` holds the flat settings of an
+    nncift before the stage sections (``budget``, ``fraction``, ``executor: "local"`` at the top level); else None.
+
+    Such a folder is not read: its settings would be taken for others (a flat ``budget`` is not ``selection.budget``).
+    A file that is missing or does not parse is left to the other checks (the commit record names it)."""
+    for name in ("manifest.json", "settings.json"):
+        try:
+            payload = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            continue
+        stored = payload.get("settings") if name == "manifest.json" and isinstance(payload, dict) else payload
+        if not isinstance(stored, dict) or all(isinstance(stored.get(section), dict) for section in STAGE_SECTIONS):
+            continue
+        flat = [key for key in stored if key not in {f.name for f in dataclasses.fields(SelectSettings)}]
+        shown = ", ".join([repr(key) for key in flat[:4]] + ["…"] * (len(flat) > 4)) or "no " + " / ".join(STAGE_SECTIONS)
+        return (f"{folder / name}: this run folder was written by an earlier nncift with flat settings ({shown} at the top "
+                f"level instead of the sections {', '.join(STAGE_SECTIONS)}), which this version does not read: run it again "
+                "with `nncift select` (the same data and settings, a new --out folder)")
+    return None
 
 
 def as_view(run: str | Path | RunView) -> RunView:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numba
 import numpy as np
@@ -219,39 +219,32 @@ def record_pick(chosen: np.ndarray, picks: np.ndarray, gains: np.ndarray, t: int
     return False
 
 
-@njit(cache=True, nogil=True)
-def lazy_greedy(st: np.ndarray, sti: np.ndarray, cur: np.ndarray, k: int, ub: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Lazy greedy on ``st`` (candidates x rows, float32, modified in place by compaction).
+@njit(cache=True, nogil=True, inline="always")
+def lazy_loop(k: int, ub: np.ndarray, data: tuple, evaluate: Callable[[tuple, int], float],
+              cover: Callable[[tuple, int], None]) -> tuple[np.ndarray, np.ndarray]:
+    """Lazy greedy over candidates ``0 .. len(ub) - 1`` (ties: the lowest index), whatever holds their entries: the
+    dense kernel's rows (:func:`lazy_greedy`) or a neighbour graph's columns (:mod:`nncift.selection.sparse_kernels`).
 
-    ``cur`` (float32, per row) is the starting coverage and is updated in place; ``ub`` holds the exact
-    gains under the starting coverage. Returns ``(picks, gains)``."""
-    nc, n = st.shape
-    half = n // 2
-    quarter = n // 4
+    ``ub``: the exact gains under the starting coverage (then upper bounds, updated in place); ``evaluate(data, j)``:
+    candidate ``j``'s gain under the current coverage (it may compact ``j``'s entries); ``cover(data, j)``: add
+    candidate ``j`` to the coverage. Both are numba functions marked ``inline="always"``, as this loop is: numba
+    inlines all three into the caller's IR, so the compiled code is the hand-written loop's (same speed, measured)
+    and the caller stays cacheable (a numba function passed as a value would be a dynamic global).
+    Returns ``(picks, gains)``; after the first zero gain the rest are filled (:func:`record_pick`)."""
+    nc = ub.shape[0]
     picks = np.empty(k, np.int64)
     gains = np.empty(k, np.float64)
     chosen = np.zeros(nc, np.bool_)
-    clen = np.full(nc, -1, np.int64)
     stamp = np.zeros(nc, np.int64)
     heap = np.arange(nc)
     size = nc
     for pos in range(size // 2 - 1, -1, -1):
         _sift_down(heap, size, pos, ub)
-    scratch = np.empty(max(n, 1), np.int32)
-    acc = np.zeros(LANES, np.float64)
     t = 0
     while t < k:
         top = heap[0]
         if stamp[top] != t:
-            m = clen[top]
-            if m < 0:
-                g, alive = dense_gain(st[top], cur)
-                if alive <= quarter:
-                    clen[top] = _compact_dense(st, sti, top, cur, half, scratch)
-            else:
-                g, m2 = _compact_gain(st, sti, top, m, cur, half, acc)
-                clen[top] = m2
-            ub[top] = g
+            ub[top] = evaluate(data, top)
             stamp[top] = t
             _sift_down(heap, size, 0, ub)
             continue
@@ -260,19 +253,52 @@ def lazy_greedy(st: np.ndarray, sti: np.ndarray, cur: np.ndarray, k: int, ub: np
         if record_pick(chosen, picks, gains, t, k, top, ub[top]):
             break
         t += 1
-        m = clen[top]
-        if m < 0:
-            for i in range(n):
-                v = st[top, i]
-                if v > cur[i]:
-                    cur[i] = v
-        else:
-            for q in range(m):
-                r = sti[top, half + q]
-                v = st[top, q]
-                if v > cur[r]:
-                    cur[r] = v
+        cover(data, top)
     return picks, gains
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _dense_evaluate(data: tuple, j: int) -> float:
+    """:func:`lazy_loop`'s ``evaluate`` on the rows of ``st``: a dense row is compacted once few entries are alive."""
+    st, sti, cur, clen, half, scratch, acc = data
+    m = clen[j]
+    if m < 0:
+        g, alive = dense_gain(st[j], cur)
+        if alive <= half // 2:
+            clen[j] = _compact_dense(st, sti, j, cur, half, scratch)
+        return g
+    g, kept = _compact_gain(st, sti, j, m, cur, half, acc)
+    clen[j] = kept
+    return g
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _dense_cover(data: tuple, j: int) -> None:
+    """:func:`lazy_loop`'s ``cover`` on the rows of ``st`` (dense or compacted)."""
+    st, sti, cur, clen, half, scratch, acc = data
+    m = clen[j]
+    if m < 0:
+        for i in range(st.shape[1]):
+            v = st[j, i]
+            if v > cur[i]:
+                cur[i] = v
+    else:
+        for q in range(m):
+            r = sti[j, half + q]
+            v = st[j, q]
+            if v > cur[r]:
+                cur[r] = v
+
+
+@njit(cache=True, nogil=True)
+def lazy_greedy(st: np.ndarray, sti: np.ndarray, cur: np.ndarray, k: int, ub: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lazy greedy on ``st`` (candidates x rows, float32, modified in place by compaction).
+
+    ``cur`` (float32, per row) is the starting coverage and is updated in place; ``ub`` holds the exact
+    gains under the starting coverage. Returns ``(picks, gains)``."""
+    nc, n = st.shape
+    data = (st, sti, cur, np.full(nc, -1, np.int64), n // 2, np.empty(max(n, 1), np.int32), np.zeros(LANES, np.float64))
+    return lazy_loop(k, ub, data, _dense_evaluate, _dense_cover)
 
 
 @njit(cache=True, parallel=True)

@@ -25,13 +25,15 @@ from typing import Callable
 
 import numpy as np
 
+from nncift.selection import ObjectiveSpec
 from nncift.selection.greedy import Selection, budget_to_count, fill_exhausted
 from nncift.selection.kernels import threads_for
 from nncift.selection.sparse_kernels import candidate_major, graph_gains, graph_lazy_greedy, graph_stochastic_greedy, top_k_rows
 
 __all__ = [
     "NeighbourGraph", "ExactValues", "BlockPredictor", "graph_from_blocks", "exact_graph", "column_maxima",
-    "sparse_facility_location", "sparse_fl_mutual_information", "sparse_fl_conditional_gain", "default_block_rows", "feature_arrays",
+    "sparse_facility_location", "sparse_fl_mutual_information", "sparse_fl_conditional_gain", "choose_on_graph", "default_block_rows",
+    "feature_arrays",
 ]
 
 BlockPredictor = Callable[[int, int], np.ndarray]
@@ -274,3 +276,18 @@ def sparse_fl_conditional_gain(graph: NeighbourGraph, private_maxima: np.ndarray
     ``max_p s_ip`` per graph row (:func:`column_maxima` of the private rows); coverage starts at ``ν·max(·, 0)``."""
     initial = _scaled_maxima(private_maxima, nu, "nu", "private_maxima", graph.n_rows)
     return _graph_greedy(graph, budget, cap=None, initial=initial, name="flcg", stochastic=stochastic, epsilon=epsilon, seed=seed)
+
+
+def choose_on_graph(graph: NeighbourGraph, spec: ObjectiveSpec, predict: BlockPredictor, n_rows: int, *,
+                    exact: ExactValues | None = None) -> Selection:
+    """The subset :func:`~nncift.selection.choose_subset` picks with ``spec`` (``fl``, ``flmi`` or ``flcg``), on the graph of
+    the matrix's data rows: FL's every row, FLMI's and FLCG's pool rows (``spec.n_pool_rows``). Their query / private
+    maxima come from the target rows ``spec.n_pool_rows:n_rows``, predicted block by block (:func:`column_maxima`)."""
+    if spec.name == "fl":
+        return sparse_facility_location(graph, spec.budget)
+    if spec.name not in ("flmi", "flcg"):
+        raise ValueError(f"objective '{spec.name}' does not run on a neighbour graph: choose fl, flmi or flcg")
+    maxima = column_maxima(predict, spec.n_pool_rows, n_rows, graph.n_columns, exact=exact)
+    if spec.name == "flmi":
+        return sparse_fl_mutual_information(graph, maxima, spec.budget, eta=spec.eta)
+    return sparse_fl_conditional_gain(graph, maxima, spec.budget, nu=spec.nu)

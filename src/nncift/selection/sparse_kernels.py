@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from nncift.selection.kernels import LANES, _lane_total, _sift_down, pop_top, record_pick
+from nncift.selection.kernels import LANES, _lane_total, lazy_loop, record_pick
 
 __all__ = ["top_k_rows", "candidate_major", "graph_gains", "graph_lazy_greedy", "graph_stochastic_greedy"]
 
@@ -147,35 +147,27 @@ def _cover(cptr: np.ndarray, crows: np.ndarray, cvals: np.ndarray, clen: np.ndar
             cur[r] = cvals[q]
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _graph_evaluate(data: tuple, j: int) -> float:
+    """:func:`~nncift.selection.kernels.lazy_loop`'s ``evaluate`` on the graph's candidate-major form."""
+    cptr, crows, cvals, clen, cur, acc = data
+    return _gain(cptr, crows, cvals, clen, j, cur, acc)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _graph_cover(data: tuple, j: int) -> None:
+    """:func:`~nncift.selection.kernels.lazy_loop`'s ``cover`` on the graph's candidate-major form."""
+    cptr, crows, cvals, clen, cur, acc = data
+    _cover(cptr, crows, cvals, clen, j, cur)
+
+
 @njit(cache=True, nogil=True)
 def graph_lazy_greedy(cptr: np.ndarray, crows: np.ndarray, cvals: np.ndarray, clen: np.ndarray, cur: np.ndarray, k: int,
                       ub: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Lazy greedy (ties: the lowest index) from the exact gains ``ub`` under the starting coverage ``cur`` (updated
     in place). Returns ``(picks, gains)``; after the first zero gain the rest are filled in index order."""
-    nc = cptr.shape[0] - 1
-    picks = np.empty(k, np.int64)
-    gains = np.empty(k, np.float64)
-    chosen = np.zeros(nc, np.bool_)
-    stamp = np.zeros(nc, np.int64)
-    heap = np.arange(nc)
-    size = nc
-    for pos in range(size // 2 - 1, -1, -1):
-        _sift_down(heap, size, pos, ub)
-    acc = np.zeros(LANES, np.float64)
-    t = 0
-    while t < k:
-        top = heap[0]
-        if stamp[top] != t:
-            ub[top] = _gain(cptr, crows, cvals, clen, top, cur, acc)
-            stamp[top] = t
-            _sift_down(heap, size, 0, ub)
-            continue
-        size = pop_top(heap, size, ub)
-        if record_pick(chosen, picks, gains, t, k, top, ub[top]):
-            break
-        t += 1
-        _cover(cptr, crows, cvals, clen, top, cur)
-    return picks, gains
+    data = (cptr, crows, cvals, clen, cur, np.zeros(LANES, np.float64))
+    return lazy_loop(k, ub, data, _graph_evaluate, _graph_cover)
 
 
 @njit(cache=True, nogil=True)

@@ -10,13 +10,11 @@
   full-matrix baseline) or ``predicted`` (by the InfluenceNetwork), with the raw value in the
   function's own units beside the scaled one the selection used.
 
-Markdown on the terminal; ``--json`` for scripts.
+Markdown on the terminal (:func:`to_markdown`); ``--json`` for scripts (the command: :mod:`nncift.cli.run_commands`).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -141,24 +139,3 @@ def to_markdown(report: dict[str, Any]) -> str:
                   "|---:|---|---:|---|---:|---:|---|"]
         lines += [f"| {t['row']} | {t['kind']} | {t['index']} | {t['source']} | {t['value']:.4f} | {t['raw']:.4g} | {t['origin']} |" for t in c["top_targets"]]
     return "\n".join(lines) + "\n"
-
-
-def cmd_inspect(args: argparse.Namespace) -> int:
-    """nncift inspect: what a finished run chose and why."""
-    from nncift.run.check import check_run_files
-
-    check_run_files(args.run)
-    report = inspect_run(args.run, target=args.target, candidate=args.candidate, top=args.top)
-    print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else to_markdown(report), end="" if not args.json else "\n")
-    return 0
-
-
-def register_cli(commands: Any) -> None:
-    """Add ``nncift inspect``."""
-    parser = commands.add_parser("inspect", help="look inside a finished run: top records per target, subset composition, zero-gain picks")
-    parser.add_argument("run", help="a finished select run folder")
-    parser.add_argument("--target", type=int, help="show the most influential pool records for target I (pool record I when the pool represents itself)")
-    parser.add_argument("--candidate", type=int, help="show the targets pool record J serves most")
-    parser.add_argument("--top", type=int, default=10, help="how many records per list (default: 10)")
-    parser.add_argument("--json", action="store_true", help="JSON instead of Markdown")
-    parser.set_defaults(handler=cmd_inspect)

@@ -66,9 +66,11 @@ def check_model(name: str, flag: str) -> None:
     """Refuse a model or embedder that cannot be found: a path (``/``, ``./``, ``~`` or several ``/``) that does not exist,
     or, offline (``HF_HUB_OFFLINE=1``), a hub id that is not in the local cache. The bundled names always pass."""
     from nncift.models.lm_embeddings import lm_of
+    from nncift.models.onnx_embedder import onnx_of
     from nncift.settings.choices import BUNDLED_EMBEDDER, BUNDLED_LM
 
-    name = lm_of(name) or name
+    backend = onnx_of(name)
+    name = backend[1] if backend else (lm_of(name) or name)
     if name in (BUNDLED_LM, BUNDLED_EMBEDDER, f"sentence-transformers/{BUNDLED_EMBEDDER}"):
         return
     path = Path(name).expanduser()

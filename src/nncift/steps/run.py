@@ -1,10 +1,12 @@
 """The public verbs: :func:`select` makes a run, :func:`open_run` opens a finished one.
 
-``run = open_run("runs/x")`` reads the folder once (its commit record must match its files) and gives typed
+``run = open_run("runs/x")`` reads the folder once (its files whole, its commit record matching them) and gives typed
 access to what the run recorded (``run.settings``: the :class:`~nncift.settings.stages.SelectSettings` it was
 made with; ``run.objective``, ``run.influence``, ``run.label_scaling``, ``run.counts``), its result
 (``run.subset``: the picked records as read; ``run.scores``: pool indices and gains), and the commands
-that start from a run: ``run.score(records, out)``, ``run.add(records, out)``, ``run.inspect()``.
+that start from a run: ``run.score(records, out)``, ``run.add(records, out)``, ``run.inspect()``. The command line
+goes the same way (:mod:`nncift.cli.run_commands`): ``nncift score``, ``inspect`` and ``select --add`` open the run
+with :func:`open_run` and call these.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from nncift.data.records import LoadReport, Record
+from nncift.run.check import check_run_files
 from nncift.run.view import RunView, read_run
 from nncift.settings.stages import SelectSettings
 from nncift.steps.add import add_to_run
@@ -57,7 +60,11 @@ class Run(RunView):
 
 
 def open_run(folder: str | Path) -> Run:
-    """Open the finished run in ``folder``; :class:`~nncift.run.files.RunNotReady` naming the folder or the first damaged
-    file when it is not one."""
+    """Open the finished run in ``folder`` (what ``nncift score``, ``inspect`` and ``select --add`` do first).
+
+    :class:`~nncift.run.files.RunNotReady` when it is not one, naming the folder, the first damaged file
+    (:func:`~nncift.run.check.check_run_files`: cut short, not parsable), a file that does not match the commit record,
+    or the file of a folder written by an earlier nncift with flat settings (:func:`~nncift.run.view.read_run`)."""
+    check_run_files(folder)
     view = read_run(folder)
     return Run(view.folder, view.manifest)

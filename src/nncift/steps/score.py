@@ -22,7 +22,6 @@ Values are on the scale the selection used (the run's label scaling, ~[0, 1]).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from nncift.data.records import LoadReport, Record, read_many, skip_counts
+from nncift.data.records import LoadReport, Record
 from nncift.files.atomic import atomic_write
 from nncift.files.errors import InputError
 from nncift.run.commit import remove_temporaries
@@ -221,46 +220,3 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
                 writer.writerow([row["index"], file, line, row["task"] or "", f"{row['value']:.6g}", "" if gain is None else f"{gain:.6g}", top])
 
     atomic_write(path, write)  # a killed run never leaves a torn file
-
-
-def cmd_score(args: argparse.Namespace) -> int:
-    """nncift score: value new records with a finished run's network (no language model)."""
-    from nncift.run.check import check_run_files
-    from nncift.steps.preflight import check_device, check_out_folder
-
-    check_out_folder(args.out, data=args.data, run=args.run, force=args.force)  # before anything is written
-    check_device(args.device)
-    check_run_files(args.run)
-    records, reports = read_many(args.data)
-    if not records:
-        raise InputError(f"no records to score in {', '.join(args.data)} (see the skip counts)")
-    result = score_records(args.run, records, args.out, reports=reports, top_targets=args.top, device=args.device, progress=not args.quiet)
-    cost = result.manifest["cost"]
-    lm_loads = cost["counters"]["language_model_loads"]
-    skipped = skip_counts(reports)
-    counted = (f"{len(result.rows)} of {sum(r.read for r in reports)} records ({sum(skipped.values())} skipped: "
-               + ", ".join(f"{reason}: {n}" for reason, n in skipped.items()) + ")") if skipped else f"{len(result.rows)} records"
-    print(f"scored {counted} against {result.manifest['run']['folder']} "
-          f"({result.manifest['run']['objective']}): {cost['seconds_total']:.2f} s, "
-          f"{lm_loads} language-model loads, 0 influence evaluations")
-    best = sorted(result.rows, key=lambda row: -row["value"])[:5]
-    for row in best:
-        print(f"  {row['value']:.4f}  {row['source']}")
-    print(f"-> {result.out / 'scores.jsonl'}, {result.out / 'scores.csv'}, {result.out / 'manifest.json'}")
-    return 0
-
-
-def register_cli(commands: Any) -> None:
-    """Add ``nncift score``."""
-    from nncift.settings.given_once import StoreOnce
-
-    parser = commands.add_parser("score", help="value new records with a finished run's network (no language model)")
-    parser.add_argument("--run", required=True, action=StoreOnce, help="a finished select run folder")
-    parser.add_argument("--data", action="append", required=True, help="new records (file, folder or hf:NAME; repeatable; not split at commas)")
-    parser.add_argument("--out", required=True, action=StoreOnce, help="output folder (scores.jsonl, scores.csv, manifest.json)")
-    parser.add_argument("--top", type=int, default=5, action=StoreOnce, help="pairwise runs: most-influenced targets listed per record (default: 5)")
-    parser.add_argument("--device", default="auto", action=StoreOnce, choices=("auto", "cpu", "cuda"), help="where the embedder runs (default: auto)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--force", action="store_true", help="write into --out even when it is a non-empty folder that is not an nncift output")
-    parser.set_defaults(handler=cmd_score)
-

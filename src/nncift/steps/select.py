@@ -43,6 +43,7 @@ from nncift.influence import (
 )
 from nncift.network import streaming
 from nncift.network.files import NetworkFileError, load_network, load_network_metadata, save_network
+from nncift.network.folds import validation_hold_out
 from nncift.network.paper import predict_pointwise
 from nncift.network.training import train_network, train_network_pointwise
 from nncift.run.commit import COMMIT_NAME, check_inputs, commit_problem, committed_settings, remove_temporaries, write_commit
@@ -330,7 +331,7 @@ def _select_pairwise(run: _Run, settings: SelectSettings, executor: Executor, rn
     criterion = "topk" if objective == "topk" else "fl"
     aggregate = candidate_scores(function_class, spec)
     block_scores = None if aggregate is None else (lambda m, idx: aggregate(m, [layout.rows[int(layout.seen_rows[i])] for i in idx]))
-    held_out = "columns" if len(layout.seen_rows) == len(layout.rows) else "records"
+    held_out = validation_hold_out(len(layout.seen_rows), len(layout.rows), criterion)
     influence_embedder = spec.options.get("similarity_embedder") or spec.run.embedder
     with ledger.stage("network training"):
         network, report = _trained_network(store, settings.network, progress, criterion, lambda s: train_network(

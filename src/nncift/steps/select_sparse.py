@@ -15,18 +15,8 @@ import numpy as np
 from nncift.network.paper import predict_pairwise
 from nncift.network.towers import TwoTowerNetwork, inner_product_form
 from nncift.run.layout import Layout, self_cols_of
-from nncift.selection import Selection, fits_in_memory
-from nncift.selection.sparse import (
-    BlockPredictor,
-    ExactValues,
-    NeighbourGraph,
-    column_maxima,
-    exact_graph,
-    graph_from_blocks,
-    sparse_facility_location,
-    sparse_fl_conditional_gain,
-    sparse_fl_mutual_information,
-)
+from nncift.selection import ObjectiveSpec, Selection, fits_in_memory
+from nncift.selection.sparse import BlockPredictor, ExactValues, NeighbourGraph, choose_on_graph, exact_graph, graph_from_blocks
 from nncift.selection.sparse_index import GraphPlan, faiss_graph, plan_graph
 from nncift.settings.stages import SelectionSettings
 
@@ -71,12 +61,8 @@ def select_on_graph(plan: GraphPlan, network: Any, layout: Layout, row_embedding
         predict = lambda start, stop: predict_pairwise(network, row_embeddings[start:stop], col_embeddings,  # noqa: E731
                                                        self_cols=own[start:stop])
         graph = graph_from_blocks(predict, n_rows, n_pool, plan.neighbours, exact=exact)
-    if objective == "fl":
-        chosen = sparse_facility_location(graph, selection.budget)
-    else:
-        maxima = column_maxima(predict, layout.n_pool_rows, len(layout.rows), n_pool, exact=exact)
-        chosen = (sparse_fl_mutual_information(graph, maxima, selection.budget, eta=selection.eta) if objective == "flmi"
-                  else sparse_fl_conditional_gain(graph, maxima, selection.budget, nu=selection.nu))
+    spec = ObjectiveSpec(objective, selection.budget, n_pool_rows=layout.n_pool_rows, eta=selection.eta, nu=selection.nu)
+    chosen = choose_on_graph(graph, spec, predict, len(layout.rows), exact=exact)
     info = {"selection_mode": "sparse", "neighbours": int(graph.neighbours), "graph_builder": graph.method, "graph_recall": graph.recall}
     return chosen, info
 

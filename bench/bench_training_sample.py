@@ -1,0 +1,105 @@
+"""Network training on a bounded sample of the labels vs on all of them (the million-records issue, item 5).
+
+Training time of the two-tower network grows with the labelled pairs (full-batch steps over the labelled block, for
+every fold × grid point). ``network.max_training_pairs`` validates and trains on a seeded sample of the labelled
+records whose pairs fit the cap. This benchmark measures, at ``--labelled``² labelled pairs (default 1,000² = 1,000,000),
+the fit's time and what it ships for each cap, against training on all labels in the same run, and judges every
+predictor on pairs that no fit has seen: the ``--cold`` unlabelled records × themselves (held-out criterion of
+:func:`nncift.network.validation.selection_criterion`: per-row Spearman and f_gain of facility location at 30%).
+
+Data: real MiniLM embeddings (the bundled all-MiniLM-L6-v2) of P3 records from ``../shared/data/p3`` (one file per
+template, read in name order, ``--labelled + --cold`` records). Labels: a synthetic influence function with structure
+the cosine does not contain, so that there is something to learn (0.3·cosine + 0.5·tanh(3·row·u) + 0.8·tanh(3·col·v) +
+0.4·a rank-8 interaction of tanh features + 0.05 noise, seeded); DELIFT-SE, whose labels are the cosine itself, trains
+nothing. Pool-as-targets layout: the labelled block is records × the same records (self-pairs on the diagonal).
+
+Run: ``OMP_NUM_THREADS=1 .venv/bin/python bench/bench_training_sample.py --caps 0 250000 100000 50000 --output bench/results/training_sample.md``
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from benchlib import command_line, cpu_name, publish
+from less_data import SHARED_DATA
+
+
+def synthetic_influence(embeddings: np.ndarray, seed: int) -> np.ndarray:
+    """A learnable influence matrix over the records (rows = columns): cosine, row and column effects, a rank-8 interaction, noise."""
+    rng = np.random.default_rng(seed)
+    d = embeddings.shape[1]
+    u, v = rng.standard_normal(d), rng.standard_normal(d)
+    a, b = rng.standard_normal((d, 8)), rng.standard_normal((d, 8))
+    interaction = np.tanh(2 * embeddings @ a) @ np.tanh(2 * embeddings @ b).T / 8
+    return (0.3 * embeddings @ embeddings.T + 0.5 * np.tanh(3 * embeddings @ u)[:, None] + 0.8 * np.tanh(3 * embeddings @ v)[None, :]
+            + 0.4 * interaction + 0.05 * rng.standard_normal((len(embeddings), len(embeddings))))
+
+
+def p3_texts(count: int) -> list:
+    """The first ``count`` records of the P3 template files, read in name order."""
+    from nncift.data.records import read_records
+
+    records = []
+    for path in sorted((SHARED_DATA / "p3").glob("*.jsonl")):
+        records.extend(read_records(path)[0])
+        if len(records) >= count:
+            break
+    return records[:count]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--labelled", type=int, default=1000, help="labelled records (rows = columns): labelled pairs = this squared")
+    parser.add_argument("--cold", type=int, default=500, help="unlabelled records on which every predictor is judged")
+    parser.add_argument("--caps", type=int, nargs="+", default=[0, 250_000, 100_000, 50_000], help="network.max_training_pairs (0 = all)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", type=Path)
+    args = parser.parse_args(argv)
+
+    from nncift.models.embeddings import embed_records
+    from nncift.network.fitting import FitSettings, fit_pairwise
+    from nncift.network.paper import predict_pairwise
+    from nncift.network.validation import selection_criterion
+    from nncift.settings.stages import NetworkSettings
+
+    started = time.perf_counter()
+    records = p3_texts(args.labelled + args.cold)
+    tick = time.perf_counter()
+    embeddings = embed_records(records, progress=True)
+    embed_seconds = time.perf_counter() - tick
+    order = np.random.default_rng(args.seed).permutation(len(records))
+    seen, cold = order[: args.labelled], order[args.labelled:]
+    true = synthetic_influence(embeddings, args.seed)
+    rows = []
+    for cap in args.caps:
+        settings = FitSettings(NetworkSettings(seed=args.seed, max_training_pairs=cap))
+        tick = time.perf_counter()
+        network, report = fit_pairwise(embeddings[seen], embeddings[seen], true[np.ix_(seen, seen)], settings, self_cols=np.arange(len(seen)))
+        seconds = time.perf_counter() - tick
+        predicted = predict_pairwise(network, embeddings[cold], embeddings[cold], self_cols=np.arange(len(cold))).astype(np.float64)
+        held_out = selection_criterion(true[np.ix_(cold, cold)], predicted, 0.3, "fl", args.seed)
+        rows.append((cap, report, seconds, held_out))
+        print(f"cap {cap}: {seconds:.1f} s, {report.chosen}, criterion {held_out['criterion']:.4f}", flush=True)
+    base = next((r[3]["criterion"] for r in rows if r[0] == 0), rows[0][3]["criterion"])  # training on all labels, if measured
+    header = "| max_training_pairs | pairs trained on | fit s | shipped | held-out criterion | Δ vs all labels | per-row ρ | f_gain (FL 30%) |"
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for cap, report, seconds, held_out in rows:
+        lines.append(f"| {cap or 'all'} | {report.n_training:,} of {report.n_labelled:,} | {seconds:.1f} | {report.chosen} | "
+                     f"{held_out['criterion']:.4f} | {held_out['criterion'] - base:+.4f} | {held_out['ranking_spearman']:.3f} | {held_out['f_gain']:.3f} |")
+    text = ["# Network training on a bounded sample of the labels", "", f"Command: `{command_line('bench/bench_training_sample.py')}`", "",
+            f"Date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}  ",
+            f"Machine: {cpu_name()}, {os.cpu_count()} cores (load average at the end {os.getloadavg()[0]:.1f}); torch on one thread (as every fit)", "",
+            f"{args.labelled:,} labelled P3 records (pool-as-targets: {args.labelled ** 2:,} labelled pairs), judged on {args.cold:,} other "
+            f"records × themselves; embeddings of all {len(records):,} records in {embed_seconds:.0f} s; synthetic learnable labels "
+            f"(see the script). Total run time {time.perf_counter() - started:,.0f} s.", "", *lines]
+    publish("\n".join(text) + "\n", args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
