@@ -43,14 +43,15 @@ from nncift.influence import REGISTRY, influence_class
 from nncift.run.store import RunStore
 from nncift.settings.fields import build_settings, environment_info, settings_dict
 from nncift.settings.sources import load_yaml
-from nncift.settings.stages import SelectSettings
+from nncift.settings.stages import ModelContext, SelectSettings
 from nncift_research.experiment_data import ExperimentSettings, Splits, build_splits, composition
 
 SECTIONS = {"select": SelectSettings, "finetune": FinetuneSettings, "evaluate": EvaluateSettings}
 _ADDED_EVALUATE_FIELDS = {"with_loss": True, "icl_pool": "", "k": 3, "icl_max_length": 1024}
 """Evaluation settings newer than some experiment folders: left out of the folder's settings at these defaults, so
 that a folder made before they existed still resumes (a changed value is recorded, and a mismatch refused, as usual)."""
-_SHARED = ("model", "embedder", "device")
+_SHARED = tuple(f.name for f in dataclasses.fields(ModelContext)) + ("embedder",)
+"""The experiment's model, device, dtype, trust_remote_code and embedder: every stage's, unless its section sets them."""
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ class Experiment:
         self.folder = Path(out or self.settings.out)
         defining = {k: v for k, v in config.as_dict()["experiment"].items()
                     if k not in ("name", "out", "influences", "objectives", "original_omitted", "original_per_seed", "seeds",
-                                 "fidelity_fractions", "headline_metric", "device", "threads", "quiet", "mode")}
+                                 "fidelity_fractions", "headline_metric", "device", "threads", "quiet", "mode", "dtype", "trust_remote_code")}
         stages = {k: {n: v for n, v in config.as_dict()[k].items() if n not in ("seed", "device", "quiet")
                       and not (k == "evaluate" and _ADDED_EVALUATE_FIELDS.get(n, object()) == v)} for k in SECTIONS}
         # several processes may work on one experiment (each selection and arm has its own lock), so the

@@ -28,14 +28,15 @@ import numpy as np
 
 from nncift.data.records import EmptyFileError, Record, read_records, write_jsonl
 from nncift.files.errors import InputError
-from nncift.settings.choices import BUNDLED_EMBEDDER, BUNDLED_LM
 from nncift.settings.fields import setting
-from nncift.settings.stages import DEVICE, Progress
+from nncift.settings.stages import EmbedderChoice, ModelContext, Progress
 
 
 @dataclass(frozen=True)
-class ExperimentSettings(Progress):
-    """Settings of ``nncift experiment`` that are not those of a stage (select, finetune, evaluate)."""
+class ExperimentSettings(Progress, EmbedderChoice, ModelContext):
+    """Settings of ``nncift experiment`` that are not those of a stage (select, finetune, evaluate); its model, device, dtype,
+    trust_remote_code and embedder (declared once, on :class:`ModelContext` and :class:`EmbedderChoice`) are every stage's
+    unless a stage's own section sets them."""
 
     name: str = "experiment"
     """Title of the report."""
@@ -76,12 +77,6 @@ class ExperimentSettings(Progress):
     mode: str = setting("finetune", choices=("finetune", "icl", "both"))
     """How each subset is scored: finetune (LoRA fine-tuning, then evaluation), icl (in-context learning with the K most similar subset records; K = the
     evaluate section's k), or both."""
-    model: str = BUNDLED_LM
-    """Causal LM fine-tuned and evaluated (also the LM of LM-based influence functions)."""
-    embedder: str = BUNDLED_EMBEDDER
-    """Sentence embedder (InfluenceNetwork inputs, DELIFT-SE, embedding cosine)."""
-    device: str = setting("auto", **DEVICE)
-    """auto, cpu, cuda."""
     threads: int = setting(0, at_least=0)
     """torch CPU threads (0: torch's default; 1 is far faster on a machine shared by many processes)."""
 

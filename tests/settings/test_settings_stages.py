@@ -88,3 +88,35 @@ def test_flags_are_grouped_by_stage_with_short_forms() -> None:
     args = parser.parse_args(["select", "--out", "x", "--budget", "3", "--executor.workers", "3"])
     settings, _ = split_settings(args, SelectSettings)
     assert settings.selection.budget == 3 and settings.executor.workers == 3
+
+
+def _all_subclasses(klass: type) -> set[type]:
+    found = set(klass.__subclasses__())
+    for sub in list(found):
+        found |= _all_subclasses(sub)
+    return found
+
+
+def test_run_level_fields_are_declared_once_for_every_command() -> None:
+    import nncift.downstream.evaluate  # noqa: F401  (every settings class of the library and the research commands)
+    import nncift.downstream.finetune  # noqa: F401
+    import nncift_research.experiment_data  # noqa: F401
+    from nncift.settings.fields import Checked
+
+    shared = ("model", "device", "dtype", "trust_remote_code", "embedder", "quiet")
+    declared: dict[str, set[str]] = {name: set() for name in shared}
+    for klass in _all_subclasses(Checked):
+        for name in shared:
+            if name in klass.__dict__.get("__annotations__", {}):
+                declared[name].add(klass.__qualname__)
+    assert declared == {"model": {"ModelContext"}, "device": {"ModelContext"}, "dtype": {"ModelContext"},
+                        "trust_remote_code": {"ModelContext"}, "embedder": {"EmbedderChoice"}, "quiet": {"Progress"}}, declared
+
+
+def test_the_experiments_model_settings_reach_every_stage_unless_a_section_sets_them() -> None:
+    from nncift_research.experiment import config_from_dict
+
+    config = config_from_dict({"pool": ["x.jsonl"], "dtype": "bfloat16", "embedder": "onnx:all-MiniLM-L6-v2",
+                               "finetune": {"dtype": "float16"}})
+    assert config.select.dtype == config.evaluate.dtype == "bfloat16" and config.finetune.dtype == "float16"
+    assert config.select.embedder == config.evaluate.embedder == "onnx:all-MiniLM-L6-v2"

@@ -34,14 +34,14 @@ from nncift.downstream.finetune import collate, encode_example, prompt_ids, resp
 from nncift.files.errors import InputError
 from nncift.settings.choices import BUNDLED_EMBEDDER
 from nncift.settings.fields import setting
-from nncift.settings.stages import ModelContext, Progress
+from nncift.settings.stages import EmbedderChoice, ModelContext, Progress
 
 METRICS = ("loss", "rouge_l", "embedding_cosine", "exact_match")
 """Names of the metrics, in the order they are reported."""
 
 
 @dataclass(frozen=True)
-class EvaluateSettings(Progress, ModelContext):
+class EvaluateSettings(Progress, EmbedderChoice, ModelContext):
     """Settings of ``nncift evaluate``."""
 
     adapter: str = ""
@@ -54,8 +54,6 @@ class EvaluateSettings(Progress, ModelContext):
     """Most tokens per record for the loss (as in fine-tuning); prompts are cut at their start to fit."""
     chat_template: bool = True
     """Use the tokenizer's chat template when it has one (as in fine-tuning)."""
-    embedder: str = BUNDLED_EMBEDDER
-    """Sentence embedder for the embedding cosine."""
     limit: int = setting(0, at_least=0)
     """Evaluate only the first N records (0: all)."""
     with_loss: bool = True

@@ -140,7 +140,7 @@ class ExecutorSettings(Checked):
 @dataclass(frozen=True)
 class ModelContext(Checked):
     """The causal LM a command runs and how it loads it: declared once, for ``select`` (through :class:`RunContext`),
-    ``finetune`` and ``evaluate``."""
+    ``finetune``, ``evaluate`` and the research commands."""
 
     model: str = BUNDLED_LM
     """Causal LM id or path (select: of the LM-based influence functions; finetune and evaluate: the base model)."""
@@ -154,7 +154,7 @@ class ModelContext(Checked):
 
 @dataclass(frozen=True)
 class Progress(Checked):
-    """A command that shows progress bars: ``quiet`` declared once, for ``finetune``, ``evaluate`` and the research
+    """A command that shows progress bars: ``quiet`` declared once, for ``select``, ``finetune``, ``evaluate`` and the research
     commands (``class FinetuneSettings(Progress, ModelContext)``: listed after the model's fields)."""
 
     quiet: bool = False
@@ -162,7 +162,19 @@ class Progress(Checked):
 
 
 @dataclass(frozen=True)
-class RunContext(ModelContext):
+class EmbedderChoice(Checked):
+    """The sentence embedder of a command: declared once, for ``select`` (through :class:`RunContext`), ``evaluate`` and the
+    research commands."""
+
+    embedder: str = BUNDLED_EMBEDDER
+    """Sentence embedder id or path: the InfluenceNetwork's inputs and DELIFT-SE (select), the embedding cosine (evaluate).
+    Prefixes: ``onnx:MODEL`` runs the same embedder's transformer in ONNX Runtime (exported once, same vectors to float32
+    rounding, about 1.8× faster on a CPU), ``onnx-int8:MODEL`` int8-quantised (about 4×, but another model numerically),
+    ``lm:MODEL`` a causal LM's mean-pooled states."""
+
+
+@dataclass(frozen=True)
+class RunContext(EmbedderChoice, ModelContext):
     """What every influence function of a run runs with: the models, the device, the dtype, the seed.
 
     Declared once, here: :class:`SelectSettings` is a RunContext (its fields are the run's ``--model``, ``--device``, ...),
@@ -170,10 +182,6 @@ class RunContext(ModelContext):
     executors ship to their workers), never as copies among its own settings.
     """
 
-    embedder: str = BUNDLED_EMBEDDER
-    """Sentence embedder id or path for the InfluenceNetwork's inputs (and DELIFT-SE). Prefixes: ``onnx:MODEL`` runs the same
-    embedder's transformer in ONNX Runtime (exported once, same vectors to float32 rounding, about 1.8× faster on a CPU),
-    ``onnx-int8:MODEL`` int8-quantised (about 4×, but another model numerically), ``lm:MODEL`` a causal LM's mean-pooled states."""
     seed: int = setting(0, at_least=0)
     """Seed for sampling, network training and everything random."""
 
@@ -185,7 +193,7 @@ class RunContext(ModelContext):
 
 
 @dataclass(frozen=True)
-class SelectSettings(RunContext):
+class SelectSettings(Progress, RunContext):
     """Settings of one NN-CIFT selection run (``nncift select``): the run's own fields (with those of its
     :class:`RunContext`) and one object per stage.
 
@@ -200,8 +208,6 @@ class SelectSettings(RunContext):
     influence: str = "delift-se"
     """Influence function: delift-se (default), delift, less, selectit. DELIFT-SE is the default because with the bundled 135M model, DELIFT through the
     network selected no better than its cosine fallback on real data, which DELIFT-SE computes exactly without the LM (BENCHMARKS.md)."""
-    quiet: bool = False
-    """No progress bars."""
     sampling: SamplingSettings = setting(factory=SamplingSettings)
     """Sampling of the labelled block Q1."""
     network: NetworkSettings = setting(factory=NetworkSettings)
