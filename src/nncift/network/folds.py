@@ -14,7 +14,6 @@ MIN_RECORDS_PER_FOLD = 5
 """Fewest held-out records per fold: with fewer, fewer folds are used (and below :data:`MIN_FOLDS`, the prior is shipped)."""
 
 
-
 def _record_ids(n_rows: int, n_cols: int, self_cols: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """(record id of each row, all record ids): column j is record j; a row is its own column's record, else a new one."""
     own = np.full(n_rows, -1, dtype=np.int64) if self_cols is None else np.asarray(self_cols, dtype=np.int64)
@@ -47,8 +46,8 @@ def fold_masks(mask: np.ndarray, self_cols: np.ndarray | None, folds: int, seed:
     """Per fold of every repeat (fold id, training mask, validation mask), and the number of held-out units (records or columns).
 
     ``held_out="records"``: a fold's records are held out on both sides (the unlabelled pairs of a u × u
-    block: neither side seen). ``"columns"``: every row is labelled when predicting (all targets ×
-    sampled candidates), so folds hold out columns only and validate on all rows × the fold's columns.
+    block: neither side seen). ``"columns"`` (:func:`validation_hold_out`: every row labelled, or top-k): folds hold out
+    columns only and validate on all rows × the fold's columns.
     Repeat ``r`` draws its folds with seed ``seed + r``; fold ids run on across repeats.
     """
     n_rows, n_cols = mask.shape
