@@ -124,10 +124,9 @@ class Sweep:
                  col_embeddings: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
         """Train (or reload) the network of (seed, u) and predict the whole matrix, exact labels kept on u's block."""
         from nncift.network.files import load_network, load_network_metadata, save_network
-        from nncift.network.folds import validation_hold_out
         from nncift.network.paper import predict_pairwise
         from nncift.network.training import train_network
-        from nncift.steps.select import candidate_scores
+        from nncift.steps.aggregation import network_validation
 
         path = self.store.path(f"networks/seed{seed}-u{u:g}.safetensors")
         net_settings = self.settings.updated(seed=seed).network
@@ -135,12 +134,9 @@ class Sweep:
             network, report = load_network(path), load_network_metadata(path).get("report", {})
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
-            criterion = "topk" if self.objective == "topk" else "fl"
-            aggregate = candidate_scores(self.function_class, self.spec)  # as `nncift select`: the function's own aggregation
-            block_scores = None if aggregate is None else (lambda m, idx: aggregate(m, [layout.rows[int(layout.seen_rows[i])] for i in idx]))
             network, report = train_network(row_embeddings[layout.seen_rows], col_embeddings[layout.seen_cols], labels, net_settings,
-                                            self_cols=block_self_cols(layout), objective=criterion, candidate_scores=block_scores,
-                                            held_out=validation_hold_out(len(layout.seen_rows), len(layout.rows), criterion))
+                                            self_cols=block_self_cols(layout),  # validated as `nncift select` validates it
+                                            **network_validation(self.function_class, self.spec, layout, self.objective))
             save_network(network, path, {"settings": dataclasses.asdict(net_settings), "report": report})
         predicted = predict_pairwise(network, row_embeddings, col_embeddings,  # type: ignore[arg-type]  # a pairwise network here
                                      self_cols=self_cols_of(layout)).astype(np.float32)

@@ -38,12 +38,10 @@ from nncift.files.errors import InputError
 from nncift.influence import (
     InfluenceFunction,
     InfluenceSpec,
-    PairwiseInfluence,
     influence_class,
 )
 from nncift.network import streaming
 from nncift.network.files import NetworkFileError, load_network, load_network_metadata, save_network
-from nncift.network.folds import validation_hold_out
 from nncift.network.paper import predict_pointwise
 from nncift.network.training import train_network, train_network_pointwise
 from nncift.run.commit import COMMIT_NAME, check_inputs, commit_problem, committed_settings, remove_temporaries, write_commit
@@ -64,6 +62,7 @@ from nncift.selection import ObjectiveSpec, Selection, choose_subset
 from nncift.settings.choices import OBJECTIVES
 from nncift.settings.fields import settings_dict
 from nncift.settings.stages import NetworkSettings, RunContext, SamplingSettings, SelectionSettings, SelectSettings
+from nncift.steps.aggregation import candidate_scores, network_validation
 from nncift.steps.select_sparse import select_on_graph, selection_plan
 
 
@@ -328,15 +327,11 @@ def _select_pairwise(run: _Run, settings: SelectSettings, executor: Executor, rn
     known = np.where(layout.labelled(), np.asarray(seen.array, dtype=np.float32), np.nan)
     low, high = label_scaling(function_class, known)
     labels = (known - low) / (high - low)
-    criterion = "topk" if objective == "topk" else "fl"
-    aggregate = candidate_scores(function_class, spec)
-    block_scores = None if aggregate is None else (lambda m, idx: aggregate(m, [layout.rows[int(layout.seen_rows[i])] for i in idx]))
-    held_out = validation_hold_out(len(layout.seen_rows), len(layout.rows), criterion)
+    validation = network_validation(function_class, spec, layout, objective)
     influence_embedder = spec.options.get("similarity_embedder") or spec.run.embedder
     with ledger.stage("network training"):
-        network, report = _trained_network(store, settings.network, progress, criterion, lambda s: train_network(
-            row_embeddings[layout.seen_rows], col_embeddings[layout.seen_cols], labels, s, self_cols=block_self_cols(layout),
-            objective=criterion, candidate_scores=block_scores, held_out=held_out,
+        network, report = _trained_network(store, settings.network, progress, validation["objective"], lambda s: train_network(
+            row_embeddings[layout.seen_rows], col_embeddings[layout.seen_cols], labels, s, self_cols=block_self_cols(layout), **validation,
             prior_is_exact=function_class.is_embedding_cosine and influence_embedder == settings.embedder, progress=progress))
     plan = selection_plan(network, layout, len(pool), objective, settings.selection)
     if plan.sparse:  # no (rows × pool) matrix: a stale one of an earlier selection in this folder goes
@@ -404,16 +399,6 @@ def objective_spec(objective: str, layout: Layout, selection: SelectionSettings,
                          candidate_scores=scores)
 
 
-
-
-def candidate_scores(function_class: type[InfluenceFunction], spec: InfluenceSpec) -> Callable[[np.ndarray, Sequence[Record]], np.ndarray] | None:
-    """Top-k's aggregation of an influence matrix's rows (records ``rows``) into one score per candidate, when the
-    function has its own (LESS: max over subtasks of the mean over that subtask's targets); None: the mean over rows."""
-    if not issubclass(function_class, PairwiseInfluence) or function_class.candidate_scores is PairwiseInfluence.candidate_scores:
-        return None
-    function = function_class.from_options(spec.options, run=spec.run, progress=False)
-    assert isinstance(function, PairwiseInfluence)
-    return function.candidate_scores
 
 
 def _select_pointwise(run: _Run, settings: SelectSettings, executor: Executor, rng: np.random.Generator) -> tuple[Selection, dict[str, Any], list[str]]:

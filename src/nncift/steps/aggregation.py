@@ -1,0 +1,37 @@
+"""How a run's selection reads the influence matrix, for the network's validation and for top-k: the function's own
+aggregation of rows into one score per candidate, and what the validation holds out (``nncift select`` and the
+research sweep use the same, so that a benchmark judges what a run ships)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from nncift.data.records import Record
+from nncift.influence import InfluenceFunction, InfluenceSpec, PairwiseInfluence
+from nncift.network.folds import validation_hold_out
+from nncift.run.layout import Layout
+
+__all__ = ["candidate_scores", "network_validation"]
+
+
+def candidate_scores(function_class: type[InfluenceFunction], spec: InfluenceSpec) -> Callable[[np.ndarray, Sequence[Record]], np.ndarray] | None:
+    """Top-k's aggregation of an influence matrix's rows (records ``rows``) into one score per candidate, when the
+    function has its own (LESS: max over subtasks of the mean over that subtask's targets); None: the mean over rows."""
+    if not issubclass(function_class, PairwiseInfluence) or function_class.candidate_scores is PairwiseInfluence.candidate_scores:
+        return None
+    function = function_class.from_options(spec.options, run=spec.run, progress=False)
+    assert isinstance(function, PairwiseInfluence)
+    return function.candidate_scores
+
+
+def network_validation(function_class: type[InfluenceFunction], spec: InfluenceSpec, layout: Layout, objective: str) -> dict[str, Any]:
+    """The network's validation for a run's layout and selection ``objective``: the keyword arguments ``objective`` (``topk``
+    or ``fl``), ``candidate_scores`` (the function's aggregation of the labelled block's rows) and ``held_out``
+    (:func:`~nncift.network.folds.validation_hold_out`) of :func:`nncift.network.training.train_network`."""
+    criterion = "topk" if objective == "topk" else "fl"
+    aggregate = candidate_scores(function_class, spec)
+    block_scores = None if aggregate is None else (lambda m, idx: aggregate(m, [layout.rows[int(layout.seen_rows[i])] for i in idx]))
+    return {"objective": criterion, "candidate_scores": block_scores,
+            "held_out": validation_hold_out(len(layout.seen_rows), len(layout.rows), criterion)}
