@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU path, checked end to end on a CUDA machine: `nncift select` with DELIFT, LESS and SelectIT on
-# `--device cuda --dtype bfloat16`, LoRA fine-tuning and evaluation (fine-tuning and ICL) on the GPU, and the
-# model tests with the GPU visible (their `device: auto` resolves to cuda), and the DELIFT benchmark matrix of 200 targets ×
+# `--device cuda --dtype bfloat16`, LoRA fine-tuning on TRL's SFTTrainer (bf16, gradient accumulation 4, gradient
+# checkpointing; its tokens/s in the table) and evaluation (fine-tuning and ICL) on the GPU, and the model tests with the
+# GPU visible (their `device: auto` resolves to cuda), and the DELIFT benchmark matrix of 200 targets ×
 # 2,016 pool records (bench/matrices.py delift-p3-large; copy $OUT/matrices back to benchmark it). Prints one table: influence
 # evaluations per second on the GPU against the CPU numbers recorded in BENCHMARKS.md.
 #
@@ -30,7 +31,9 @@ add() { NAMES+=("$1"); shift; COMMANDS+=("$(printf '%q ' "$@")"); }
 add delift   select "${pool_flags[@]}" --targets "$TARGETS" --influence delift --selection.objective flmi --sampling.fraction 0.1 --selection.budget 0.1 "${GPU[@]}" --out "$OUT/select-delift" --quiet
 add less     select "${pool_flags[@]}" --targets "$TARGETS" --influence less --sampling.fraction 0.1 --selection.budget 0.05 "${GPU[@]}" --out "$OUT/select-less" --quiet
 add selectit select "${pool_flags[@]}" --influence selectit --sampling.fraction 0.1 --selection.budget 0.2 "${GPU[@]}" --out "$OUT/select-selectit" --quiet
-add finetune finetune --data "$OUT/select-delift/selected.jsonl" --epochs 1 "${GPU[@]}" --out "$OUT/adapter" --quiet
+# fine-tuning on TRL's SFTTrainer: bf16 mixed precision, 8 records per step in 4 micro-batches of 2, gradient checkpointing
+add finetune finetune --data "$OUT/select-delift/selected.jsonl" --epochs 1 --batch-size 8 --gradient-accumulation 4 \
+    --gradient-checkpointing --precision bf16 "${GPU[@]}" --out "$OUT/adapter" --quiet
 add evaluate evaluate --data "$TARGETS" --limit 64 --adapter "$OUT/adapter" --max-new-tokens 8 "${GPU[@]}" --out "$OUT/evaluate.json" --quiet
 add icl      evaluate --data "$TARGETS" --limit 64 --icl-pool "$OUT/select-delift/selected.jsonl" --k 3 --max-new-tokens 8 "${GPU[@]}" --out "$OUT/icl.json" --quiet
 
@@ -63,7 +66,7 @@ for i in "${!NAMES[@]}"; do
   eval "args=(${COMMANDS[$i]})"
   echo "== ${NAMES[$i]}: nncift ${COMMANDS[$i]}"
   start=$(date +%s.%N)
-  "$PYTHON" -m nncift.cli.commands "${args[@]}" > "$OUT/${NAMES[$i]}.log" 2>&1 || { echo "gpu_check: ${NAMES[$i]} failed; see $OUT/${NAMES[$i]}.log" >&2; tail -5 "$OUT/${NAMES[$i]}.log" >&2; exit 1; }
+  "$PYTHON" -m nncift.cli "${args[@]}" > "$OUT/${NAMES[$i]}.log" 2>&1 || { echo "gpu_check: ${NAMES[$i]} failed; see $OUT/${NAMES[$i]}.log" >&2; tail -5 "$OUT/${NAMES[$i]}.log" >&2; exit 1; }
   SECONDS_OF[${NAMES[$i]}]=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN{print b - a}')
 done
 
@@ -92,7 +95,9 @@ for name in ("delift", "less", "selectit"):
           f"{rate:.2f} | {reference:.3f} ({source}) | {rate / reference:.1f}× |")
 finetune = json.loads((out / "adapter" / "finetune.json").read_text())
 tokens = finetune.get("tokens_seen") or 0
-print(f"| finetune (1 epoch, bf16) | {finetune_s:.1f} (wall, incl. load) | – | {tokens / max(finetune['seconds'], 1e-9):.0f} tokens/s | "
+label = (f"finetune, TRL SFTTrainer ({len(finetune['losses'])} steps, {finetune.get('precision', '?')}, accumulation "
+         f"{finetune['settings'].get('gradient_accumulation', 1)}, checkpointing {finetune['settings'].get('gradient_checkpointing', False)})")
+print(f"| {label} | {finetune_s:.1f} (wall, incl. load) | – | {tokens / max(finetune['seconds'], 1e-9):.0f} tokens/s | "
       f"≈ 180 tokens/s (5–6 ms per token per step) | {tokens / max(finetune['seconds'], 1e-9) / 180:.1f}× |")
 for label, name, seconds in (("evaluate (adapter)", "evaluate", evaluate_s), ("evaluate --icl-pool (K = 3)", "icl", icl_s)):
     metrics = json.loads((out / f"{name}.json").read_text())["metrics"]

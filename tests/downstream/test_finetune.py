@@ -18,8 +18,6 @@ from nncift.downstream.finetune import (
     encode_example,
     fast_head_matches,
     finetune,
-    length_grouped_batches,
-    lora_model,
     response_loss,
 )
 
@@ -135,40 +133,37 @@ def _prompt_and_response_loss(model, tokenizer, records) -> tuple[float, float]:
     return torch.cat(prompt).mean().item(), torch.cat(response).mean().item()
 
 
-def _drops(tiny_lm_dir: Path, tokenizer, examples) -> tuple[float, float]:
-    """(fall of the prompt loss, fall of the response loss) after LoRA training on ``examples``.
+def _drops(tiny_lm_dir: Path, tokenizer, examples, folder: Path) -> tuple[float, float]:
+    """(fall of the prompt loss, fall of the response loss) after LoRA training on ``examples`` (TRL's trainer).
 
     The tiny model's tied embeddings are small, so no loss can fall far below ln(vocabulary) ≈ 10.8:
     what tells the two apart is which part falls.
     """
-    from nncift.downstream.finetune import train_lora
+    from nncift.downstream import sft
 
     settings = FinetuneSettings(model=str(tiny_lm_dir), learning_rate=3e-2, epochs=6, batch_size=4, seed=1, quiet=True)
-    model = _model(tiny_lm_dir)
-    prompt_before, response_before = _prompt_and_response_loss(model, tokenizer, RECORDS)
-    torch.manual_seed(1)
-    model = lora_model(model, settings)
-    losses = train_lora(model, examples, settings, tokenizer.pad_token_id, progress=False)
+    prompt_before, response_before = _prompt_and_response_loss(_model(tiny_lm_dir), tokenizer, RECORDS)
+    model, losses, _ = sft.train(_model(tiny_lm_dir), tokenizer, examples, settings, folder, device="cpu", precision="fp32", response_head=True)
     assert np.mean(losses[-2:]) < losses[0] - 0.15  # the training loss falls
     prompt_after, response_after = _prompt_and_response_loss(model, tokenizer, RECORDS)
     return prompt_before - prompt_after, response_before - response_after
 
 
 @pytest.mark.e2e
-def test_training_lowers_the_response_loss_and_never_trains_on_the_prompt(tiny_lm_dir: Path, tokenizer) -> None:
+def test_training_lowers_the_response_loss_and_never_trains_on_the_prompt(tiny_lm_dir: Path, tokenizer, tmp_path: Path) -> None:
     examples = [encode_example(tokenizer, record, 256, chat=True) for record in RECORDS * 2]
-    prompt_drop, response_drop = _drops(tiny_lm_dir, tokenizer, examples)
+    prompt_drop, response_drop = _drops(tiny_lm_dir, tokenizer, examples, tmp_path)
     assert response_drop > 0.15
     assert prompt_drop < 0.4 * response_drop  # the prompt was not learnt
 
 
 @pytest.mark.e2e
-def test_control_training_on_the_prompt_is_detected(tiny_lm_dir: Path, tokenizer) -> None:
+def test_control_training_on_the_prompt_is_detected(tiny_lm_dir: Path, tokenizer, tmp_path: Path) -> None:
     """The same training with the prompt labelled (the reference bug) fails the check above."""
     examples = [encode_example(tokenizer, record, 256, chat=True) for record in RECORDS * 2]
     for example in examples:
         example.labels = [IGNORE_INDEX] + example.input_ids[1:]
-    prompt_drop, response_drop = _drops(tiny_lm_dir, tokenizer, examples)
+    prompt_drop, response_drop = _drops(tiny_lm_dir, tokenizer, examples, tmp_path)
     assert prompt_drop > 0.4 * response_drop and prompt_drop > 0.15
 
 
@@ -215,13 +210,18 @@ def test_same_seed_same_adapter_and_refuses_other_settings(tiny_lm_dir: Path, tm
         finetune(RECORDS, FinetuneSettings(model=str(tiny_lm_dir), epochs=2, quiet=True), tmp_path / "a")
 
 
-def test_length_grouped_batches_cover_every_index_once() -> None:
+def test_grouped_order_covers_every_index_once_in_full_batches_of_similar_length() -> None:
+    from nncift.downstream.sft import grouped_order
+
     lengths = np.random.default_rng(0).integers(5, 300, size=101)
-    batches = length_grouped_batches(lengths, 8, np.random.default_rng(1))
-    assert sorted(np.concatenate(batches).tolist()) == list(range(101))
-    assert all(len(b) <= 8 for b in batches)
-    again = length_grouped_batches(lengths, 8, np.random.default_rng(1))
-    assert all(np.array_equal(a, b) for a, b in zip(batches, again))
+    order = grouped_order(lengths, 8, np.random.default_rng(1))
+    assert sorted(order) == list(range(101))
+    batches = [order[i : i + 8] for i in range(0, 101, 8)]
+    assert [len(b) for b in batches] == [8] * 12 + [5]  # the short batch last: the Trainer cuts the same batches
+    shuffled = np.random.default_rng(2).permutation(101)
+    random_spread = np.mean([np.ptp(lengths[shuffled[i : i + 8]]) for i in range(0, 96, 8)])
+    assert np.mean([np.ptp(lengths[b]) for b in batches]) < 0.5 * random_spread  # similar lengths: less padding
+    assert order == grouped_order(lengths, 8, np.random.default_rng(1))
 
 
 @pytest.mark.e2e

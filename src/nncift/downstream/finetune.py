@@ -1,4 +1,4 @@
-"""LoRA fine-tuning on a subset (docs/methods.md §6).
+"""LoRA fine-tuning on a subset (docs/methods.md §6), on TRL's ``SFTTrainer`` (:mod:`nncift.downstream.sft`).
 
 Each record becomes ``prompt tokens + response tokens + EOS``. The prompt is the tokenizer's chat
 template applied to :func:`nncift.data.templates.chat_messages` with the generation cue (when the
@@ -6,14 +6,17 @@ tokenizer has a template), else :func:`nncift.data.templates.plain_prompt`. Labe
 prompt and on padding, and equal the token ids on the response and its EOS (teacher forcing): the
 loss is the mean cross-entropy over response tokens only (one reference copy never trained on the
 response; this is tested). Labels are set by position, never by token id, because the padding token
-is often the EOS token.
+is often the EOS token. The records reach the trainer tokenised, so the template is applied once.
 
 Long records are cut to ``max_length`` tokens: the response keeps at least half of the room (cut at
 its end), the prompt is cut at its start so that its end, the generation cue, is kept. The number of
 truncated records is reported.
 
-The adapter is saved with ``save_pretrained(safe_serialization=True)`` (``adapter_model.safetensors``
-+ ``adapter_config.json``) beside ``finetune.json`` (settings, versions, data hash, losses, time).
+The output folder holds the adapter (``adapter_model.safetensors`` + ``adapter_config.json``, peft's
+``save_pretrained``), ``finetune.json`` (settings, versions, data hash, losses, time; written last: a
+folder with it is finished and returned as it is), the loss curve (``loss.jsonl``, ``loss.png``) and,
+while training, ``checkpoints/checkpoint-STEP`` (safetensors and JSON only): the same command run again
+after a kill resumes from the last one. The encoding helpers here also serve evaluation and ICL.
 """
 
 from __future__ import annotations
@@ -21,8 +24,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -34,7 +35,8 @@ from nncift.data.records import Record, read_many
 from nncift.files.errors import InputError
 from nncift.models.loading import ModelError
 from nncift.run.store import RunStore
-from nncift.settings.fields import environment_info, setting, settings_dict
+from nncift.settings.choices import PRECISIONS
+from nncift.settings.fields import SettingsError, environment_info, setting, settings_dict
 from nncift.settings.flags import add_arguments
 from nncift.settings.sources import settings_from_args
 from nncift.settings.stages import ModelContext, Progress
@@ -65,12 +67,33 @@ class FinetuneSettings(Progress, ModelContext):
     """Passes over the data."""
     batch_size: int = setting(8, at_least=1)
     """Records per optimiser step."""
+    gradient_accumulation: int = setting(1, at_least=1)
+    """Micro-batches per optimiser step: each step's batch_size records are split in this many (less memory, the same
+    update); batch_size must be a multiple of it."""
     max_length: int = setting(256, at_least=1)
-    """Maximum tokens per record (prompt + response + EOS); longer records are cut."""
+    """Maximum tokens per record (prompt + response + EOS); longer records are cut. With packing: tokens per packed row."""
     chat_template: bool = True
     """Use the tokenizer's chat template when it has one (else the plain prompt template)."""
+    precision: str = setting("auto", choices=PRECISIONS)
+    """Training precision: auto (bf16 on a CUDA device that supports it, else fp32), fp32, bf16 or fp16 (mixed
+    precision, CUDA only: refused on the CPU)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass instead of keeping them (less memory, about a third more time)."""
+    packing: bool = False
+    """Pack several records into each row of max_length tokens (TRL's best-fit packing; no padding, no attention across
+    records)."""
+    checkpoint_steps: int = setting(50, at_least=0)
+    """Optimiser steps between checkpoints (out/checkpoints; the same command resumes from the last one after a kill);
+    0 = none. Does not change the result."""
     seed: int = setting(0, at_least=0)
     """Seed for LoRA initialisation, dropout and the data order."""
+
+    def __post_init__(self) -> None:
+        """Check every field, then that the batch splits evenly into micro-batches."""
+        super().__post_init__()
+        if self.batch_size % self.gradient_accumulation:
+            raise SettingsError("gradient_accumulation", f"batch_size {self.batch_size} is not a multiple of {self.gradient_accumulation} "
+                                "(each optimiser step's records are split evenly in micro-batches)")
 
 
 @dataclass
@@ -188,70 +211,6 @@ def fast_head_matches(model: Any, batch: dict[str, Any]) -> bool:
     return bool(torch.allclose(fast, full, rtol=1e-4, atol=1e-5))
 
 
-def length_grouped_batches(lengths: Sequence[int], batch_size: int, rng: np.random.Generator, *, group: int = 16) -> list[np.ndarray]:
-    """Shuffled batches of indices, grouping similar lengths to save padding.
-
-    The order is shuffled, cut into groups of ``group·batch_size`` records, each sorted by length and
-    cut into batches; the batches are shuffled again. Every index appears exactly once.
-    """
-    order = rng.permutation(len(lengths))
-    lengths_array = np.asarray(lengths)
-    batches: list[np.ndarray] = []
-    for start in range(0, len(order), group * batch_size):
-        chunk = order[start : start + group * batch_size]
-        chunk = chunk[np.argsort(lengths_array[chunk], kind="stable")]
-        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
-    return [batches[i] for i in rng.permutation(len(batches))]
-
-
-def lora_model(model: Any, settings: FinetuneSettings) -> Any:
-    """Wrap ``model`` with fresh LoRA adapters (initialised from torch's current seed)."""
-    from peft import LoraConfig, get_peft_model
-
-    modules: Any = "all-linear" if tuple(settings.target_modules) == ("all-linear",) else list(settings.target_modules)
-    config = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
-                        target_modules=modules, bias="none", task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
-
-
-def _schedule(step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    return max(0.0, (total - step) / max(1, total - warmup))
-
-
-def train_lora(model: Any, examples: Sequence[EncodedExample], settings: FinetuneSettings, pad_id: int,
-               *, progress: bool = True) -> list[float]:
-    """Train the trainable (LoRA) parameters of ``model`` in place; return the loss of every step."""
-    import torch
-    from tqdm.auto import tqdm
-
-    rng = np.random.default_rng(settings.seed)
-    steps_per_epoch = math.ceil(len(examples) / settings.batch_size)
-    total = steps_per_epoch * settings.epochs
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    optimiser = torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay)
-    warmup = int(round(settings.warmup_ratio * total))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: _schedule(step, total, warmup))
-    lengths = [len(example.input_ids) for example in examples]
-    fast_head = fast_head_matches(model, collate(examples[:2], pad_id))
-    losses: list[float] = []
-    model.train()
-    with tqdm(total=total, desc="fine-tuning", unit="step", disable=not progress) as bar:
-        for epoch in range(settings.epochs):
-            for batch_indices in length_grouped_batches(lengths, settings.batch_size, rng):
-                loss = response_loss(model, collate([examples[i] for i in batch_indices], pad_id), fast_head=fast_head)
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
-                scheduler.step()
-                losses.append(float(loss.detach()))
-                bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.4f}")
-                bar.update(1)
-    model.eval()
-    return losses
-
-
 def records_digest(records: Sequence[Record]) -> str:
     """SHA-256 of the records' text (what the adapter was trained on)."""
     digest = hashlib.sha256()
@@ -260,45 +219,104 @@ def records_digest(records: Sequence[Record]) -> str:
     return digest.hexdigest()
 
 
-def finetune(records: Sequence[Record], settings: FinetuneSettings, out: str | Path) -> FinetuneResult:
-    """Fine-tune ``settings.model`` with LoRA on ``records`` and save the adapter in ``out``.
+RUNTIME_SETTINGS = frozenset({"checkpoint_steps"})
+"""Settings that do not change the adapter: a run may resume with other values."""
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """The training precision ``fp32``, ``bf16`` or ``fp16`` of setting ``precision`` on ``device`` (a resolved device name).
+
+    ``auto`` is bf16 on a CUDA device that supports it, else fp32. bf16 and fp16 are refused on the CPU (mixed
+    precision is for GPUs: on a CPU it is slower than fp32, or unsupported) and bf16 on a GPU without it, with
+    :class:`~nncift.settings.fields.SettingsError`, before anything is loaded.
+    """
+    import torch
+
+    on_cuda = device.startswith("cuda")
+    bf16 = on_cuda and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if precision == "auto":
+        return "bf16" if bf16 else "fp32"
+    if precision in ("bf16", "fp16") and not on_cuda:
+        raise SettingsError("precision", f"{precision} mixed precision needs a CUDA device, and this run is on the {device}: use auto or fp32")
+    if precision == "bf16" and not bf16:
+        raise SettingsError("precision", "bf16 is not supported by this CUDA device: use fp16 or fp32")
+    return precision
+
+
+def finetune(records: Sequence[Record], settings: FinetuneSettings, out: str | Path, *, callbacks: Sequence[Any] = ()) -> FinetuneResult:
+    """Fine-tune ``settings.model`` with LoRA on ``records`` (TRL's ``SFTTrainer``) and save the adapter in ``out``.
+
+    Every setting is checked before the model is loaded. A folder with ``finetune.json`` is finished and returned as it
+    is; a folder with a checkpoint (a run that was killed) is resumed from it.
 
     Args:
         records: the training records (a selected subset).
         settings: the fine-tuning settings.
-        out: folder for ``adapter_model.safetensors``, ``adapter_config.json`` and ``finetune.json``
+        out: folder for ``adapter_model.safetensors``, ``adapter_config.json``, ``finetune.json`` and the loss curve
             (a folder made with other settings or other records is refused).
+        callbacks: extra ``transformers.TrainerCallback`` objects.
 
     Returns:
         The adapter folder, per-step losses, time and token counts.
     """
-    import torch
-
-    from nncift.models.loading import load_causal_lm
+    from nncift.models.loading import pick_device
 
     if not records:
         raise InputError("no records to fine-tune on")
+    device = pick_device(settings.device)
+    precision = resolve_precision(settings.precision, device)
     digest = records_digest(records)
-    store = RunStore(out, {**settings_dict(settings), "data_sha256": digest, "command": "finetune"})
+    kept = {key: value for key, value in settings_dict(settings).items() if key not in RUNTIME_SETTINGS}
+    with RunStore(out, {**kept, "data_sha256": digest, "command": "finetune"}) as store:
+        finished = _finished(store.folder)
+        if finished is not None:
+            return finished
+        return _train_and_save(records, settings, store, device=device, precision=precision, callbacks=callbacks)
+
+
+def _finished(folder: Path) -> FinetuneResult | None:
+    """The result stored in a finished folder (``finetune.json`` beside the adapter), else None."""
+    if not ((folder / "finetune.json").is_file() and (folder / "adapter_model.safetensors").is_file()):
+        return None
+    summary = json.loads((folder / "finetune.json").read_text(encoding="utf-8"))
+    return FinetuneResult(folder, summary["losses"], summary["seconds"], summary["records"], summary["truncated"], summary["tokens_seen"], summary)
+
+
+def _train_and_save(records: Sequence[Record], settings: FinetuneSettings, store: RunStore, *, device: str, precision: str,
+                    callbacks: Sequence[Any]) -> FinetuneResult:
+    """Load the model, encode the records, train (or resume), then write the adapter, the curve and ``finetune.json``."""
+    import shutil
+
+    import torch
+
+    from nncift.downstream import sft
+    from nncift.models.loading import load_causal_lm
+
     torch.manual_seed(settings.seed)
-    model, tokenizer = load_causal_lm(settings.model, device=settings.device, dtype=settings.dtype,
-                                      trust_remote_code=settings.trust_remote_code)
+    model, tokenizer = load_causal_lm(settings.model, device=device, dtype=settings.dtype, trust_remote_code=settings.trust_remote_code)
     chat = uses_chat_template(tokenizer, settings.chat_template)
     examples = [encode_example(tokenizer, record, settings.max_length, chat=chat) for record in records]
-    model = lora_model(model, settings)
-    start = time.perf_counter()
-    losses = train_lora(model, examples, settings, tokenizer.pad_token_id, progress=not settings.quiet)
-    seconds = time.perf_counter() - start
+    response_head = device == "cpu" and fast_head_matches(model, collate(examples[:2], tokenizer.pad_token_id))
+    resumed = sft.last_checkpoint(store.folder / "checkpoints")
+    model, losses, seconds = sft.train(model, tokenizer, examples, settings, store.folder, device=device, precision=precision,
+                                       response_head=response_head, callbacks=callbacks)
     model.save_pretrained(store.folder, safe_serialization=True)
+    sft.plot_loss_curve(store.folder / "loss.jsonl", store.folder / "loss.png")
     n_tokens = sum(len(e.input_ids) for e in examples) * settings.epochs
+    environment = environment_info()
+    environment["packages"].update(sft.trainer_versions())
     summary = {
-        "settings": settings_dict(settings), "environment": environment_info(), "data_sha256": digest,
+        "settings": settings_dict(settings), "environment": environment, "data_sha256": records_digest(records),
         "records": len(records), "truncated": sum(e.truncated for e in examples), "prompt_format": "chat template" if chat else "plain",
+        "trainer": "trl.SFTTrainer", "device": device, "precision": precision,
+        "loss_head": "labelled positions only" if response_head else "TRL's fused head",
+        "resumed_from": resumed.name if resumed else None,
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "tokens_seen": n_tokens, "response_tokens_per_epoch": sum(len(e.input_ids) - e.prompt_length for e in examples),
         "seconds": round(seconds, 3), "losses": [round(x, 6) for x in losses],
     }
     store.write_json("finetune.json", summary)
+    shutil.rmtree(store.folder / "checkpoints", ignore_errors=True)  # finished: the adapter is the result
     return FinetuneResult(store.folder, losses, seconds, len(records), summary["truncated"], n_tokens, summary)
 
 
@@ -313,10 +331,12 @@ def register_cli(subparsers: Any) -> None:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
+    from nncift.models.loading import pick_device
     from nncift.steps.preflight import check_device, check_model
 
     settings = settings_from_args(FinetuneSettings, args)  # the defaults, the YAML file, then the flags
     check_device(settings.device)
+    resolve_precision(settings.precision, pick_device(settings.device))  # refused before the data and the model are read
     check_model(settings.model, "--model")
     records, _ = read_many(args.data)
     result = finetune(records, settings, args.out)
