@@ -37,6 +37,7 @@ import numpy as np
 from nncift.downstream.evaluate import EvaluateSettings
 from nncift.downstream.evaluation import run_evaluate
 from nncift.downstream.finetune import FinetuneSettings, finetune
+from nncift.downstream.judge import JudgeSettings
 from nncift.files.atomic import write_json_atomic
 from nncift.files.errors import InputError, UserError
 from nncift.influence import REGISTRY, influence_class
@@ -47,7 +48,8 @@ from nncift.settings.stages import ModelContext, SelectSettings
 from nncift_research.experiment_data import ExperimentSettings, Splits, build_splits, composition
 
 SECTIONS = {"select": SelectSettings, "finetune": FinetuneSettings, "evaluate": EvaluateSettings}
-_ADDED_EVALUATE_FIELDS = {"with_loss": True, "icl_pool": "", "k": 3, "icl_max_length": 1024}
+_ADDED_EVALUATE_FIELDS: dict[str, Any] = {"with_loss": True, "icl_pool": "", "k": 3, "icl_max_length": 1024,
+                                         "judge": settings_dict(JudgeSettings())}
 """Evaluation settings newer than some experiment folders: left out of the folder's settings at these defaults, so
 that a folder made before they existed still resumes (a changed value is recorded, and a mismatch refused, as usual)."""
 _SHARED = tuple(f.name for f in dataclasses.fields(ModelContext)) + ("embedder",)

@@ -1,9 +1,9 @@
 """The experiment's report: one self-contained HTML page (inline CSS, images as base64 PNG) and Markdown.
 
 Input is the ``results`` dict written by :mod:`nncift_research.experiment` (``results.json``). The page shows a
-headline verdict, the downstream table (mean ± sample standard deviation over seeds), the headline
-metric per arm, the InfluenceNetwork's fidelity (MSE per quadrant versus u), predicted versus true
-influence, the cost of each method per stage, and what the subsets contain.
+headline verdict, the downstream table (mean ± sample standard deviation over seeds; with the LLM judge on, its mean
+1–5 score and its share of unparseable judgements next to ROUGE-L), the headline metric per arm, the InfluenceNetwork's
+fidelity (MSE per quadrant versus u), predicted versus true influence, the cost of each method per stage, and what the subsets contain.
 """
 
 from __future__ import annotations
@@ -19,8 +19,24 @@ import numpy as np
 from nncift.downstream.evaluate import METRICS
 from nncift.files.atomic import write_text_atomic
 
-LOWER_IS_BETTER = {"loss"}
-METRIC_NAMES = {"loss": "loss ↓", "rouge_l": "ROUGE-L", "embedding_cosine": "embedding cosine", "exact_match": "exact match"}
+LOWER_IS_BETTER = {"loss", "judge_unparseable_share"}
+METRIC_NAMES = {"loss": "loss ↓", "rouge_l": "ROUGE-L", "embedding_cosine": "embedding cosine", "exact_match": "exact match",
+                "judge_score": "judge (1–5)", "judge_unparseable_share": "judge unparseable ↓"}
+JUDGE_METRICS = ("judge_score", "judge_unparseable_share")
+"""The LLM judge's columns (:mod:`nncift.downstream.judge`): shown when any arm was judged."""
+
+
+def shown_metrics(results: dict[str, Any]) -> tuple[str, ...]:
+    """The metrics of the tables: :data:`nncift.downstream.evaluate.METRICS`, then the judge's when any arm was judged
+    (the judge's score after ROUGE-L's columns, its unparseable share after it)."""
+    arms = list(results["arms"]) + list(results.get("icl_arms") or [])
+    judged = any("judge_unparseable_share" in arm.get("metrics", {}) for arm in arms)
+    return METRICS + JUDGE_METRICS if judged else METRICS
+
+
+def _compared_metrics(results: dict[str, Any]) -> tuple[str, ...]:
+    """The metrics of the verdicts: the tables' less the judge's unparseable share (a property of the judge, not of the arm)."""
+    return tuple(m for m in shown_metrics(results) if m != "judge_unparseable_share")
 
 
 # ------------------------------------------------------------------------------------ statistics
@@ -55,7 +71,7 @@ def arm_table(results: dict[str, Any]) -> list[dict[str, Any]]:
         shares = [r["target_share"] for r in runs if r.get("target_share") is not None]
         row["target_share"] = (float(np.mean(shares)), _spread(shares)) if shares else None
         row["finetune_seconds"] = float(np.mean([r["finetune_seconds"] for r in runs]))
-        for metric in METRICS:
+        for metric in shown_metrics(results):
             values = [r["metrics"][metric] for r in runs if r["metrics"].get(metric) is not None]  # loss: None when not computed
             row[metric] = (float(np.mean(values)), _spread(values)) if values else (float("nan"), 0.0)
         rows.append(row)
@@ -71,8 +87,12 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
         if not seeds:
             continue
         verdict: dict[str, Any] = {"influence": influence, "seeds": len(seeds)}
-        for metric in METRICS:
-            differences = [by_key[(f"{influence}:nncift", s)]["metrics"][metric] - by_key[(f"{influence}:original", s)]["metrics"][metric] for s in seeds]
+        for metric in _compared_metrics(results):
+            pairs = [(by_key[(f"{influence}:nncift", s)]["metrics"].get(metric), by_key[(f"{influence}:original", s)]["metrics"].get(metric))
+                     for s in seeds]
+            differences = [new - old for new, old in pairs if new is not None and old is not None]
+            if not differences:  # not measured on both arms (a judge that parsed nothing, a loss not computed)
+                continue
             sign = 1.0 if metric in LOWER_IS_BETTER else -1.0
             verdict[metric] = {"difference": float(np.mean(differences)), "spread": _spread(differences),
                                "worse_on": int(sum(sign * d > 1e-12 for d in differences)),
@@ -105,8 +125,8 @@ def _compared(cost: dict[str, Any]) -> float:
 def uninformative_metrics(results: dict[str, Any]) -> list[str]:
     """Metrics with the same value for every arm and seed (e.g. exact match 0 on free-form answers): they rank nothing."""
     out = []
-    for metric in METRICS:
-        values = [arm["metrics"][metric] for arm in results["arms"] if metric in arm.get("metrics", {})]
+    for metric in _compared_metrics(results):
+        values = [arm["metrics"][metric] for arm in results["arms"] if arm.get("metrics", {}).get(metric) is not None]
         if values and float(np.ptp(values)) == 0.0:
             out.append(metric)
     return out
@@ -119,7 +139,10 @@ def verdict_sentences(results: dict[str, Any]) -> list[str]:
     sentences = [f"{METRIC_NAMES[m]} is {results['arms'][0]['metrics'][m]:.3f} for every arm and seed: it carries no "
                  "information here, and no verdict is drawn from it." for m in flat]
     for verdict in verdicts(results):
-        influence, seeds, head = verdict["influence"], verdict["seeds"], verdict[metric]
+        influence, seeds, head = verdict["influence"], verdict["seeds"], verdict.get(metric)
+        if head is None:
+            sentences.append(f"NN-CIFT + {influence}: no verdict on {METRIC_NAMES.get(metric, metric)} (not measured on both arms).")
+            continue
         direction = "lower" if metric in LOWER_IS_BETTER else "higher"
         state = "worse" if head["worse_on"] > seeds / 2 or (head["worse_on"] and head["better_on"] == 0) else "not worse"
         cost = results["cost"].get(influence, {})
@@ -137,7 +160,7 @@ def verdict_sentences(results: dict[str, Any]) -> list[str]:
                 f"difference {head['difference']:+.3f} ± {head['spread']:.3f} (NN-CIFT − original), worse on {head['worse_on']} "
                 f"of {seeds} seed(s), better on {head['better_on']}." + speed)
         others = [f"{METRIC_NAMES[m]} {verdict[m]['difference']:+.3f} (worse on {verdict[m]['worse_on']}/{seeds})"
-                  for m in METRICS if m != metric and m not in flat]
+                  for m in _compared_metrics(results) if m != metric and m not in flat and m in verdict]
         sentences.append(f"Other metrics for {influence}, NN-CIFT − original: " + "; ".join(others) + ".")
     for influence, reason in results.get("original_omitted", {}).items():
         sentences.append(f"{influence}: the original (full-matrix) arm was not run: {reason}.")
@@ -168,13 +191,14 @@ def icl_heading(results: dict[str, Any], table: str) -> list[str]:
 
 # ------------------------------------------------------------------------------------ markdown
 def markdown_table(results: dict[str, Any]) -> str:
-    """The downstream table in Markdown (mean ± s.d. over seeds)."""
-    lines = ["| arm | seeds | train records | target share | " + " | ".join(METRIC_NAMES[m] for m in METRICS) + " | fine-tune s |",
-             "|---|---|---|---|" + "---|" * len(METRICS) + "---|"]
+    """The downstream table in Markdown (mean ± s.d. over seeds; the judge's columns when any arm was judged)."""
+    metrics = shown_metrics(results)
+    lines = ["| arm | seeds | train records | target share | " + " | ".join(METRIC_NAMES[m] for m in metrics) + " | fine-tune s |",
+             "|---|---|---|---|" + "---|" * len(metrics) + "---|"]
     for row in arm_table(results):
         share = _fmt(row["target_share"], 2) if row["target_share"] else "–"
         lines.append(f"| {row['label']} | {row['seeds']} | {row['n_train']} | {share} | "
-                     + " | ".join(_fmt(row[m]) for m in METRICS) + f" | {row['finetune_seconds']:.0f} |")
+                     + " | ".join(_fmt(row[m]) for m in metrics) + f" | {row['finetune_seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -246,15 +270,16 @@ def _image(png: bytes, alt: str, caption: str) -> str:
 
 def _table_html(results: dict[str, Any]) -> str:
     rows = arm_table(results)
+    metrics = shown_metrics(results)
     best = {}
-    for metric in METRICS:
-        values = [row[metric][0] for row in rows]
-        best[metric] = min(values) if metric in LOWER_IS_BETTER else max(values)
-    head = "".join(f"<th>{html.escape(METRIC_NAMES[m])}</th>" for m in METRICS)
+    for metric in metrics:
+        values = [row[metric][0] for row in rows if np.isfinite(row[metric][0])]
+        best[metric] = (min(values) if metric in LOWER_IS_BETTER else max(values)) if values else float("nan")
+    head = "".join(f"<th>{html.escape(METRIC_NAMES[m])}</th>" for m in metrics)
     out = [f"<table><tr><th>arm</th><th>seeds</th><th>train records</th><th>target share</th>{head}<th>fine-tune s</th></tr>"]
     for row in rows:
         kind = row["arm"].split(":")[-1] if ":" in row["arm"] else ""
-        cells = "".join(f"<td class=\"{'best' if abs(row[m][0] - best[m]) < 1e-12 else ''}\">{_fmt(row[m])}</td>" for m in METRICS)
+        cells = "".join(f"<td class=\"{'best' if abs(row[m][0] - best[m]) < 1e-12 else ''}\">{_fmt(row[m])}</td>" for m in metrics)
         share = _fmt(row["target_share"], 2) if row["target_share"] else "–"
         out.append(f"<tr class=\"{kind}\"><td>{html.escape(row['label'])}</td><td>{row['seeds']}</td><td>{row['n_train']}</td>"
                    f"<td>{share}</td>{cells}<td>{row['finetune_seconds']:.0f}</td></tr>")
@@ -293,7 +318,9 @@ def render_html(results: dict[str, Any]) -> str:
              *([f"<h2>In-context learning</h2><p class=\"sub\">{html.escape(icl_heading(results, 'icl')[0])}</p>",
                 _table_html(icl_results(results))] if results.get("icl_arms") else []),
              "<p class=\"sub\">Mean ± sample standard deviation over seeds; bold = best. Target share = part of the subset from "
-             "the target family. Loss = cross-entropy per token of the reference answers.</p>",
+             "the target family. Loss = cross-entropy per token of the reference answers."
+             + (" Judge = mean 1–5 score of the LLM judge over its parsed judgements; judge unparseable = share of judgements "
+                "that did not parse (docs/methods.md §6.1)." if "judge_score" in shown_metrics(results) else "") + "</p>",
              _image(plots.metric_bars(results["arms"], order, labels, metric, METRIC_NAMES[metric]), f"{metric} per arm",
                     f"{METRIC_NAMES[metric]} on the held-out records per arm: bars = mean, whiskers = s.d., dots = seeds.")]
     if results["cost"]:

@@ -1,7 +1,9 @@
 """Tables and the heat map of a u × v sweep (:mod:`nncift_research.sweep`): ``results.md`` and ``grid.png``.
 
 Cells are mean ± standard deviation over the seeds (sample s.d., ddof = 1). The random-subset
-references sit in their own row (one per v), the full pool in its own line.
+references sit in their own row (one per v), the full pool in its own line. When the subsets were judged by the LLM judge
+(``judge.mode``), its mean 1–5 score and its share of unparseable judgements get their own tables after ROUGE-L's, and its
+score a panel of the heat map.
 """
 
 from __future__ import annotations
@@ -13,11 +15,22 @@ import numpy as np
 
 REFERENCES = {"exact": "exact function's subset (every pair, no network)", "random": "random subset"}
 """Reference rows of the grid tables by subset kind (besides the full pool), in display order."""
-METRIC_TITLES = {"exact_match": "exact match", "rouge_l": "ROUGE-L", "embedding_cosine": "embedding cosine", "loss": "loss"}
+METRIC_TITLES = {"exact_match": "exact match", "rouge_l": "ROUGE-L", "embedding_cosine": "embedding cosine", "loss": "loss",
+                 "judge_score": "LLM judge, mean 1–5", "judge_unparseable_share": "LLM judge, unparseable share"}
+JUDGE_METRICS = ("judge_score", "judge_unparseable_share")
+"""The LLM judge's tables (:mod:`nncift.downstream.judge`), shown when any subset was judged."""
+
+
+def table_metrics(rows: Sequence[dict[str, Any]]) -> tuple[str, ...]:
+    """The metrics of the grid tables: exact match and ROUGE-L, then the judge's when any subset was judged."""
+    judged = any("judge_unparseable_share" in r["metrics"] for r in rows)
+    return ("exact_match", "rouge_l") + (JUDGE_METRICS if judged else ())
 
 
 def _values(rows: Sequence[dict[str, Any]], metric: str, mode: str, **match: Any) -> list[float]:
-    return [float(r["metrics"][metric]) for r in rows if r["mode"] == mode and all(r.get(k) == v for k, v in match.items())]
+    """The values of ``metric`` in the matching rows (rows without it, or where it is None, left out)."""
+    return [float(r["metrics"][metric]) for r in rows if r["mode"] == mode and all(r.get(k) == v for k, v in match.items())
+            and r["metrics"].get(metric) is not None]
 
 
 def _cell(values: list[float]) -> str:
@@ -107,14 +120,15 @@ def markdown(results: dict[str, Any], image: str = "grid.png") -> str:
              f"![grid]({image})", ""]
     modes = sorted({r["mode"] for r in rows}, key=lambda m: m != "icl")
     for mode in modes:
-        for metric in ("exact_match", "rouge_l"):
+        for metric in table_metrics(rows):
             lines += [grid_table(rows, metric, mode), ""]
     return "\n".join(lines)
 
 
 def write_sweep_report(results: dict[str, Any], folder: Path) -> None:
     """Write ``results.md`` and ``grid.png`` (and ``grid-finetune.png`` when fine-tuning ran) into ``folder``."""
-    heat_map(results["rows"], folder / "grid.png", title=f"{results['settings']['influence']}: u × v, ICL")
+    panels = table_metrics(results["rows"])[:3]  # exact match, ROUGE-L and the judge's score when judged
+    heat_map(results["rows"], folder / "grid.png", metrics=panels, title=f"{results['settings']['influence']}: u × v, ICL")
     if any(r["mode"] == "finetune" for r in results["rows"]):
-        heat_map(results["rows"], folder / "grid-finetune.png", mode="finetune", title="u × v, fine-tuned")
+        heat_map(results["rows"], folder / "grid-finetune.png", metrics=panels, mode="finetune", title="u × v, fine-tuned")
     (folder / "results.md").write_text(markdown(results), encoding="utf-8")

@@ -141,3 +141,12 @@ def test_cli_prints_metrics(tiny_lm_dir: Path, tmp_path: Path, capsys: pytest.Ca
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["n"] == len(RECORDS) and (tmp_path / "out.json").is_file()
+
+
+def test_the_judge_is_off_by_default_and_adds_nothing(tiny_model, tiny_lm_dir: Path) -> None:
+    assert EvaluateSettings().judge.mode == "off"
+    model, tokenizer = tiny_model
+    settings = EvaluateSettings(model=str(tiny_lm_dir), embedder=f"lm:{tiny_lm_dir}", max_new_tokens=2, with_loss=False, quiet=True)
+    result = evaluate_records(model, tokenizer, RECORDS, settings)
+    assert not any(key.startswith("judge") for key in result.metrics)
+    assert not any(key.startswith("judge") for example in result.examples for key in example)

@@ -147,3 +147,45 @@ def test_the_sizes_sentence_reads_the_stage_settings() -> None:
 
     sentence = sizes_sentence(_results())
     assert "(budget 0.3)" in sentence and "u = 0.05" in sentence
+
+
+def _judged(results: dict) -> dict:
+    """The results with an LLM judge's metrics on every arm (the NN-CIFT arm's judge parsed nothing on seed 1)."""
+    for index, arm in enumerate(results["arms"]):
+        score = 1.0 + 4 * arm["metrics"]["exact_match"]
+        unparseable = index % 3
+        arm["metrics"].update(judge_score=score, judge_unparseable=unparseable, judge_unparseable_share=unparseable / 50)
+        if arm["arm"] == "delift-se:nncift" and arm["seed"] == 1:
+            arm["metrics"].update(judge_score=None, judge_unparseable=50, judge_unparseable_share=1.0)
+    return results
+
+
+def test_judged_arms_show_the_judge_next_to_rouge_l() -> None:
+    results = _judged(_results())
+    rows = {row["arm"]: row for row in arm_table(results)}
+    assert rows["delift-se:original"]["judge_score"][0] == pytest.approx(1.0 + 4 * 0.71)
+    assert rows["delift-se:nncift"]["judge_score"] == (pytest.approx(1.0 + 4 * 0.66), 0.0)  # the seed without a parsed judgement left out
+    assert rows["delift-se:nncift"]["judge_unparseable_share"][0] == pytest.approx(np.mean([arm["metrics"]["judge_unparseable_share"]
+                                                                                             for arm in results["arms"] if arm["arm"] == "delift-se:nncift"]))
+    table = markdown_table(results)
+    header = table.splitlines()[0]
+    assert header.index("ROUGE-L") < header.index("judge (1–5)") < header.index("judge unparseable")
+    assert table.count("\n") == 2 + 5 and table.splitlines()[2].count("|") == header.count("|")
+    page = render_html(results)
+    assert "judge (1–5)" in page and "did not parse" in page
+    verdict = verdicts(results)[0]
+    assert verdict["judge_score"]["difference"] == pytest.approx(4 * (0.66 - 0.70)) and "judge_unparseable_share" not in verdict
+    assert any("judge (1–5) -0.160" in sentence for sentence in verdict_sentences(results))
+
+
+def test_unjudged_results_have_no_judge_columns() -> None:
+    assert "judge" not in markdown_table(_results()) and "judge" not in render_html(_results())
+
+
+def test_the_judge_as_headline_metric() -> None:
+    results = _judged(_results())
+    results["config"]["experiment"]["headline_metric"] = "judge_score"
+    assert verdict_sentences(results)[0].startswith("NN-CIFT + delift-se is worse than delift-se on judge (1–5)")
+    for arm in results["arms"]:
+        arm["metrics"].update(judge_score=None, judge_unparseable_share=1.0)
+    assert verdict_sentences(results)[0] == "NN-CIFT + delift-se: no verdict on judge (1–5) (not measured on both arms)."

@@ -1,6 +1,6 @@
 """Evaluation of a (fine-tuned) model on held-out records (docs/methods.md §6).
 
-Four numbers, each also kept per example:
+Four numbers (five with the LLM judge), each also kept per example:
 
 - ``loss``: mean cross-entropy per token of the reference answers (+ EOS), teacher-forced with the
   same prompt as fine-tuning (:mod:`nncift.downstream.finetune`); lower is better;
@@ -10,7 +10,10 @@ Four numbers, each also kept per example:
   reference answers;
 - ``exact_match``: 1 when the generated and the reference answer are equal after normalisation
   (lower case, punctuation, the articles a/an/the and extra white space removed); meaningful for
-  short-answer tasks.
+  short-answer tasks;
+- with ``judge.mode`` generate or constrained, ``judge_score``: the mean 1–5 score an LLM judge gives each answer against the
+  reference (:mod:`nncift.downstream.judge`), with the count and share of judgements that did not parse
+  (``judge_unparseable``, ``judge_unparseable_share``).
 
 Generation is greedy (deterministic), batched with left padding, and stops at EOS or after
 ``max_new_tokens``. With ``icl_pool`` (``--icl-pool SUBSET --k K``) the model is not fine-tuned:
@@ -31,7 +34,9 @@ import numpy as np
 
 from nncift.data.records import Record
 from nncift.downstream.finetune import collate, encode_example, prompt_ids, response_loss, uses_chat_template
+from nncift.downstream.judge import JudgeSettings, judge_answers, make_judge
 from nncift.files.errors import InputError
+from nncift.models.loading import cache_dir
 from nncift.settings.choices import BUNDLED_EMBEDDER
 from nncift.settings.fields import setting
 from nncift.settings.stages import EmbedderChoice, ModelContext, Progress
@@ -65,6 +70,8 @@ class EvaluateSettings(Progress, EmbedderChoice, ModelContext):
     """In-context-learning mode: examples per query (the K pool records most similar to it by embedding cosine)."""
     icl_max_length: int = setting(1024, at_least=1)
     """In-context-learning mode: most tokens of a prompt with its examples (the least similar examples are dropped to fit)."""
+    judge: JudgeSettings = setting(factory=JudgeSettings)
+    """The LLM judge that scores each answer 1–5 against the reference (off by default)."""
 
 
 @dataclass
@@ -171,20 +178,29 @@ def generate_from_prompts(model: Any, tokenizer: Any, prompts: Sequence[list[int
     return answers
 
 
-def evaluate_records(model: Any, tokenizer: Any, records: Sequence[Record], settings: EvaluateSettings) -> EvaluationResult:
-    """All four metrics of ``model`` on ``records`` (means in ``metrics``, per record in ``examples``)."""
+def evaluate_records(model: Any, tokenizer: Any, records: Sequence[Record], settings: EvaluateSettings, *,
+                     judge_cache: str | Path | None = None) -> EvaluationResult:
+    """All metrics of ``model`` on ``records`` (means in ``metrics``, per record in ``examples``); ``judge_cache``: see
+    :func:`score_answers`."""
     if not records:
         raise InputError("no records to evaluate on")
     start = time.perf_counter()
     model.eval()
     sums, counts = reference_losses(model, tokenizer, records, settings) if settings.with_loss else (None, None)
     answers = generate_answers(model, tokenizer, records, settings)
-    return score_answers(records, answers, sums, counts, settings, start)
+    return score_answers(records, answers, sums, counts, settings, start, judge_cache=judge_cache)
+
+
+def default_judge_cache() -> Path:
+    """Where judgements are cached when no evaluation folder is given: ``$NNCIFT_CACHE/judge/judgements.jsonl``."""
+    return cache_dir() / "judge" / "judgements.jsonl"
 
 
 def score_answers(records: Sequence[Record], answers: Sequence[str], loss_sums: np.ndarray | None, loss_counts: np.ndarray | None,
-                  settings: EvaluateSettings, start: float) -> EvaluationResult:
-    """The metrics of generated ``answers`` against the records' outputs (loss None when not computed); ``start``: perf_counter at the start."""
+                  settings: EvaluateSettings, start: float, *, judge_cache: str | Path | None = None) -> EvaluationResult:
+    """The metrics of generated ``answers`` against the records' outputs (loss None when not computed); ``start``: perf_counter at the start.
+
+    With the judge on, its judgements are cached in ``judge_cache`` (JSON lines; default :func:`default_judge_cache`)."""
     references = [record.output for record in records]
     rouge = rouge_l_scores(answers, references)
     cosine = embedding_cosines(answers, references, embedder=settings.embedder, device=settings.device)
@@ -206,7 +222,30 @@ def score_answers(records: Sequence[Record], answers: Sequence[str], loss_sums: 
          "loss": float(s / max(1, c)) if has_loss else None, "rouge_l": float(r), "embedding_cosine": float(e), "exact_match": float(x)}
         for record, answer, s, c, r, e, x in zip(records, answers, sums, counts, rouge, cosine, exact)
     ]
-    return EvaluationResult(metrics, examples)
+    result = EvaluationResult(metrics, examples)
+    if settings.judge.mode != "off":
+        add_judgements(result, records, settings, judge_cache=judge_cache)
+    return result
+
+
+def add_judgements(result: EvaluationResult, records: Sequence[Record], settings: EvaluateSettings, *,
+                   judge_cache: str | Path | None = None) -> EvaluationResult:
+    """Judge each example's prediction against its reference (``settings.judge``): ``judge_score`` and ``judge_output`` per
+    example, the judge's metrics (:meth:`nncift.downstream.judge.JudgeOutcome.metrics`) in ``result.metrics``, and the time
+    added to its ``seconds``. Judgements are cached in ``judge_cache`` (default :func:`default_judge_cache`)."""
+    start = time.perf_counter()
+    judge = make_judge(settings.judge, device=settings.device, dtype=settings.dtype, trust_remote_code=settings.trust_remote_code,
+                       quiet=settings.quiet)
+    outcome = judge_answers([record.query for record in records], [row["reference"] for row in result.examples],
+                            [row["prediction"] for row in result.examples], settings.judge, judge=judge,
+                            cache=judge_cache or default_judge_cache())
+    seconds = time.perf_counter() - start
+    result.metrics.update(outcome.metrics())
+    result.metrics["judge"]["seconds"] = round(seconds, 3)
+    result.metrics["seconds"] = round(result.metrics.get("seconds", 0.0) + seconds, 3)
+    for row, score, output in zip(result.examples, outcome.scores, outcome.outputs):
+        row.update(judge_score=score, judge_output=output)
+    return result
 
 
 def load_model_for_evaluation(settings: EvaluateSettings) -> tuple[Any, Any]:

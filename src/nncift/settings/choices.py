@@ -37,3 +37,11 @@ DEVICES = ("auto", "cpu", "cuda")
 
 EXECUTORS = ("local", "ray")
 """Where influence blocks run (``nncift.execution``)."""
+
+JUDGE_MODES = ("off", "generate", "constrained")
+"""How ``nncift evaluate`` runs its LLM judge (``nncift.downstream.judge``): not at all, by reading the first token of a greedy
+answer strictly, or by taking the most likely of the tokens 1..5 after the prompt (never unparseable)."""
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+"""Training precision of ``nncift finetune`` (``nncift.downstream.finetune``): auto (bf16 on a GPU that supports it, else
+fp32), fp32, or bf16/fp16 mixed precision (a CUDA device only)."""
