@@ -2,6 +2,10 @@
 
 :func:`read_run` checks the folder (its commit record must match its files) and returns a :class:`RunView`.
 The public :func:`nncift.open_run` wraps it in a :class:`nncift.steps.run.Run`, which adds the commands.
+
+The run's selection matrix (rows = ``rows.json``'s rows, columns = the pool; scaled, exact sampled values kept) is read in
+row blocks, :meth:`RunView.matrix_block`: from ``predicted.npy`` (or the baseline's ``full.npy``), or, for a run that
+selected on a neighbour graph and kept no matrix, predicted block by block by its network (:class:`NetworkMatrix`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from nncift.data.records import Record, jsonl_lines
 from nncift.files.errors import SettingsMismatch
 from nncift.run.commit import changed_inputs, commit_problem
 from nncift.run.files import RunNotReady, read_picks, records_digest
+from nncift.run.layout import self_columns
 from nncift.run.store import read_json_file
 from nncift.settings.fields import Checked, build_settings
 from nncift.settings.stages import SelectSettings
@@ -147,17 +152,54 @@ class RunView:
         """The stored ``row`` or ``col`` embeddings (float32, one per row / pool record)."""
         return np.load(self.need(f"{side}_embeddings.npy", "the network's inputs"))
 
+    @property
+    def graph(self) -> dict[str, Any] | None:
+        """How a sparse run selected (``neighbours``, ``graph_builder``, ``graph_recall`` of its manifest); None for a dense one."""
+        if not self.sparse:
+            return None
+        return {key: self.manifest.get(key) for key in ("neighbours", "graph_builder", "graph_recall")}
+
     def require_matrix(self, what: str) -> None:
         """Refuse ``what`` (a command's words) on a run that selected on a neighbour graph and kept no matrix (:class:`RunNotReady`)."""
         if self.sparse:
             raise RunNotReady(f"{self.folder}: {what} needs the predicted matrix, which a run on a neighbour graph "
-                              "(--selection.neighbours) does not keep; not supported yet: select again with --selection.neighbours 0")
+                              "(--selection.neighbours) does not keep: read it in blocks (matrix_block)")
 
     def matrix(self) -> np.ndarray:
-        """The selection matrix (predicted, scaled, exact Q1 values kept; or the full exact matrix), memory-mapped."""
+        """The selection matrix (predicted, scaled, exact Q1 values kept; or the full exact matrix), memory-mapped (dense runs)."""
         self.require_matrix("reading the influence matrix")
         name = "predicted.npy" if (self.folder / "predicted.npy").exists() else "full.npy"
         return np.load(self.need(name, "the influence matrix"), mmap_mode="r")
+
+    @property
+    def matrix_shape(self) -> tuple[int, int]:
+        """(rows, pool records) of the selection matrix (pairwise runs)."""
+        if self.sparse:
+            return self.network_matrix.shape
+        shape = self.matrix().shape
+        return int(shape[0]), int(shape[1])
+
+    def matrix_block(self, rows: slice, cols: np.ndarray | None = None) -> np.ndarray:
+        """float32 (rows, cols) of the selection matrix: rows ``rows`` (a slice), every column or the columns ``cols``.
+        Dense runs read their matrix file; sparse runs predict the block (:class:`NetworkMatrix`): the same values."""
+        if self.sparse:
+            return self.network_matrix.block(rows, cols)
+        part = self.matrix()[rows]
+        return np.asarray(part if cols is None else part[:, np.asarray(cols, dtype=np.int64)], dtype=np.float32)
+
+    @cached_property
+    def network_matrix(self) -> NetworkMatrix:
+        """The selection matrix as the run's network predicts it, block by block (read once)."""
+        return NetworkMatrix(self)
+
+    def scaled_labels(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(matrix rows, pool columns, float32 labels) of the exact sampled block ``q1.npy``, scaled as the selection scaled
+        them (NaN: not labelled); None when the run has no sampled block."""
+        if not (self.folder / "q1.npy").exists():
+            return None
+        low, high = self.label_scaling
+        known = np.load(self.folder / "q1.npy")
+        return np.load(self.folder / "q1.rows.npy"), np.load(self.folder / "q1.cols.npy"), (known - low) / (high - low)
 
     def scores_table(self) -> list[dict[str, str]]:
         """The rows of the run's ``scores.csv`` (one per pool record, as strings)."""
@@ -169,6 +211,63 @@ class RunView:
         if (self.folder / "full.npy").exists() or (self.folder / "scores.npy").exists() and not (self.folder / "predicted_scores.npy").exists():
             raise RunNotReady(f"{self.folder}: a run of the full-matrix baseline has no InfluenceNetwork: use an NN-CIFT select run")
         return self.need("network.safetensors", "the trained InfluenceNetwork")
+
+
+class NetworkMatrix:
+    """A run's selection matrix predicted by its InfluenceNetwork from the stored embeddings, in blocks: the self-pair
+    term on the pool rows and the sampled block's exact values (scaled) are included, as in a dense run's ``predicted.npy``.
+    A two-tower network without label anchors predicts through its inner-product form (row and column features computed
+    once, :func:`~nncift.network.towers.inner_product_form`: the values ``select`` built the run's graph from); any other
+    network predicts each block. Memory: the embeddings (and features), the labels and one block; nothing of rows × pool."""
+
+    def __init__(self, view: RunView) -> None:
+        from nncift.network.files import load_network
+        from nncift.network.towers import TwoTowerNetwork, inner_product_form
+
+        self.network = load_network(view.network_path())
+        self.row_embeddings = view.embeddings("row")
+        self.col_embeddings = view.embeddings("col")
+        self.shape = (len(self.row_embeddings), len(self.col_embeddings))
+        self.own = self_columns(self.shape[0], int(view.rows()["n_pool_rows"]))
+        self.form = None
+        if isinstance(self.network, TwoTowerNetwork) and self.network.anchors is None:
+            self.form = inner_product_form(self.network, self.row_embeddings, self.col_embeddings, self_cols=self.own)
+        self.labels = view.scaled_labels()
+        self.row_position = np.full(self.shape[0], -1, np.int64)
+        self.col_position = np.full(self.shape[1], -1, np.int64)
+        if self.labels is not None:
+            self.row_position[self.labels[0]] = np.arange(len(self.labels[0]))
+            self.col_position[self.labels[1]] = np.arange(len(self.labels[1]))
+
+    def block(self, rows: slice, cols: np.ndarray | None = None) -> np.ndarray:
+        """float32 (rows, cols): rows ``rows`` of the matrix, every column or the columns ``cols`` (in their order)."""
+        row_ids = np.arange(*rows.indices(self.shape[0]))
+        col_ids = np.arange(self.shape[1]) if cols is None else np.asarray(cols, dtype=np.int64).reshape(-1)
+        local = np.full(self.shape[1], -1, np.int64)  # each pool column's position among col_ids
+        local[col_ids[::-1]] = np.arange(len(col_ids))[::-1]  # (the first, if a column is asked twice)
+        own = self.own[row_ids]
+        self_cols = np.where(own >= 0, local[np.maximum(own, 0)], -1)
+        block = self._predicted(rows, row_ids, col_ids if cols is not None else None, self_cols)
+        if self.labels is not None:
+            at_rows, at_cols = self.row_position[row_ids], self.col_position[col_ids]
+            r, c = np.flatnonzero(at_rows >= 0), np.flatnonzero(at_cols >= 0)
+            if r.size and c.size:
+                exact = self.labels[2][np.ix_(at_rows[r], at_cols[c])]
+                block[np.ix_(r, c)] = np.where(np.isfinite(exact), exact, block[np.ix_(r, c)])
+        return block
+
+    def _predicted(self, rows: slice, row_ids: np.ndarray, col_ids: np.ndarray | None, self_cols: np.ndarray) -> np.ndarray:
+        """The network's float32 block with the self-pair term (``self_cols``: each row's own column in the block, −1: none)."""
+        from nncift.network.paper import predict_pairwise
+
+        if self.form is None:
+            cols = self.col_embeddings if col_ids is None else self.col_embeddings[col_ids]
+            return predict_pairwise(self.network, self.row_embeddings[rows], cols, self_cols=self_cols)  # type: ignore[arg-type]  # pairwise
+        col_features = self.form.col_features if col_ids is None else self.form.col_features[col_ids]
+        block = np.ascontiguousarray(self.form.row_features[rows] @ col_features.T)
+        has = np.flatnonzero(self_cols >= 0)
+        block[has, self_cols[has]] += self.form.self_terms[row_ids[has]]
+        return block
 
 
 def read_run(folder: str | Path) -> RunView:

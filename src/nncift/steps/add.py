@@ -8,6 +8,13 @@ old picks ``S`` kept first (top-k: the best-scored of the rest). The budget coun
 fraction of old + new records, or a count). No influence function is built and no language model is
 loaded.
 
+A run that selected on a neighbour graph (``--selection.neighbours``, no predicted matrix) grows on a graph: the union's
+graph (old pool and new records as rows where the pool represents itself, then the targets) is built as ``select`` builds
+one (:mod:`nncift.steps.select_sparse`): with the run's K and builder, from the run's network, the exact sampled values and
+the self-pair term folded in; the greedy then continues from the kept picks on it (:func:`extend_on_graph`). The
+picks are those a fresh sparse ``select`` over the union with the same network would add to the kept ones; no (rows ×
+union) matrix is formed and none is written.
+
 The new folder is a complete run of the union (its ``data`` lists the run's files and then the new
 ones), so ``score``, ``inspect`` and another ``--add`` work on it. Its manifest says which picks were
 kept and which were added, and which of the added ones are new records.
@@ -29,11 +36,14 @@ from nncift.files.errors import InputError
 from nncift.run.check import recorded_inputs
 from nncift.run.commit import write_commit
 from nncift.run.files import records_digest, save_rows, write_selection_files
+from nncift.run.layout import self_columns
 from nncift.run.ledger import CostLedger
 from nncift.run.report import build_manifest
 from nncift.run.store import RunStore
 from nncift.run.view import RunView, as_view, check_digest
 from nncift.selection import Selection, budget_to_count, extend_greedy, fits_in_memory
+from nncift.selection.sparse import BlockPredictor, ExactValues, NeighbourGraph, column_maxima, sparse_fl_conditional_gain
+from nncift.selection.sparse_kernels import candidate_major, graph_gains
 from nncift.selection.subset_quality import ObjectiveSpec, objective_on
 from nncift.settings.fields import settings_dict
 from nncift.settings.stages import SelectSettings
@@ -64,6 +74,10 @@ class _Grown:
     matrix: np.ndarray | None
     n_pool_rows: int
     ledger: CostLedger
+    total: float | None = None
+    """The objective of the whole subset when it is not read from ``matrix`` (on the union's graph)."""
+    graph: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Sparse runs: the manifest entries of the union's graph."""
 
 
 def add_to_run(run: str | Path | RunView, new: Sequence[Record], out: str | Path, *, budget: float | None = None,
@@ -88,7 +102,6 @@ def add_to_run(run: str | Path | RunView, new: Sequence[Record], out: str | Path
     view = as_view(run)
     if not new:
         raise InputError("no new records to add")
-    view.require_matrix("select --add")
     if not view.pairwise and not (view.folder / "predicted_scores.npy").exists():
         raise InputError(f"{view.folder}: no predicted scores (a run of the full-matrix baseline has no network to predict with)")
     settings = view.settings.updated(**{"selection.budget": budget}) if budget is not None else view.settings
@@ -109,8 +122,8 @@ def add_to_run(run: str | Path | RunView, new: Sequence[Record], out: str | Path
         gains = np.concatenate([kept_gains, grown.chosen.gains])
         origin = [row["influence"] for row in view.scores_table()] + ["predicted"] * len(new)
         write_selection_files(store.folder, union, indices, gains, values=grown.values, influence=origin)
-        total = _objective_total(view.objective, settings, union_matrix=grown.matrix, scores=grown.values, indices=indices,
-                                 n_pool_rows=grown.n_pool_rows)
+        total = grown.total if grown.total is not None else _objective_total(
+            view.objective, settings, union_matrix=grown.matrix, scores=grown.values, indices=indices, n_pool_rows=grown.n_pool_rows)
         manifest = _manifest(view, union_settings, grown, reports, pool=pool, new=new, targets=targets, kept=kept, total=total)
         store.write_json("manifest.json", manifest)
         write_commit(store.folder, store.settings, manifest["inputs"])
@@ -130,7 +143,14 @@ def _grow(view: RunView, store: RunStore, settings: SelectSettings, pool: list[R
         new_embeddings = embed_records(new, model=settings.embedder, device=settings.device, progress=progress)
     network = load_network(view.network_path())
     col_embeddings = np.concatenate([np.asarray(view.embeddings("col")), new_embeddings])
-    if view.pairwise:
+    total, graph = None, {}
+    if view.sparse:  # no (rows × union) matrix: the union's neighbour graph
+        with ledger.stage("prediction and selection on a neighbour graph"):
+            grown = _grow_on_graph(view, network, new_embeddings, col_embeddings, (pool, targets, new), kept, k, settings)
+        save_rows(store.folder, grown.rows, grown.n_pool_rows, grown.row_embeddings, col_embeddings)
+        _copy_q1(view, store.folder, len(new), grown.n_pool_rows)
+        chosen, values, matrix, n_pool_rows, total, graph = grown.chosen, grown.values, None, grown.n_pool_rows, grown.total, grown.info
+    elif view.pairwise:
         with ledger.stage("prediction"):
             matrix, n_pool_rows, rows = _union_matrix(view, network, new_embeddings, pool, targets, new)
         with ledger.stage("selection"):
@@ -152,7 +172,7 @@ def _grow(view: RunView, store: RunStore, settings: SelectSettings, pool: list[R
     for name in ("network.safetensors", "network.json"):
         copy_atomic(view.folder / name, store.path(name))
     ledger.counters["language_model_loads"] = models.LOADS["causal_lm"] - loads_before
-    return _Grown(chosen, values, matrix, n_pool_rows, ledger)
+    return _Grown(chosen, values, matrix, n_pool_rows, ledger, total, graph)
 
 
 def _manifest(view: RunView, settings: SelectSettings, grown: _Grown, reports: Sequence[LoadReport], *, pool: list[Record],
@@ -168,6 +188,7 @@ def _manifest(view: RunView, settings: SelectSettings, grown: _Grown, reports: S
         "picks": {"kept": [int(i) for i in kept], "added": [int(i) for i in added],
                   "added_new_records": [int(i) for i in added if i >= len(pool)]},
         "positive_gain_picks_added": grown.chosen.n_positive,
+        **({"selection_mode": "sparse", **grown.graph} if grown.graph else {}),
     }
     counts = {"pool": len(pool) + len(new), "old_pool": len(pool), "new_records": len(new), "targets": len(targets),
               "selected": len(kept) + len(added), "kept": len(kept), "added": len(added), "added_from_new_records": int((added >= len(pool)).sum())}
@@ -210,6 +231,141 @@ def _union_matrix(view: RunView, network: Any, new_embeddings: np.ndarray, pool:
         matrix[old_pool_rows + m :, :n_old] = old[old_pool_rows:]
         matrix[old_pool_rows + m :, n_old:] = predict_pairwise(network, row_embeddings[old_pool_rows:], new_embeddings)
     return matrix, n_old + m, pool + new + list(targets)
+
+
+@dataclass
+class _GraphGrowth:
+    """The union of a sparse run, selected on its graph: rows, embeddings, the added picks and the graph's description."""
+
+    rows: list[Record]
+    n_pool_rows: int
+    row_embeddings: np.ndarray
+    chosen: Selection
+    values: np.ndarray
+    total: float
+    info: dict[str, Any]
+
+
+def _grow_on_graph(view: RunView, network: Any, new_embeddings: np.ndarray, col_embeddings: np.ndarray,
+                   records: tuple[list[Record], list[Record], list[Record]], kept: np.ndarray, k: int, settings: SelectSettings) -> _GraphGrowth:
+    """A sparse run's union: its neighbour graph (the run's K and builder), the greedy continued from ``kept`` on it, every
+    candidate's value on the graph (as a fresh sparse select writes them) and the whole subset's objective on the graph."""
+    from nncift.selection.sparse_index import DEFAULT_NEIGHBOURS
+
+    pool, targets, new = records
+    n_pool_rows = len(pool) + len(new) if int(view.rows()["n_pool_rows"]) else 0
+    rows = pool + new + targets if n_pool_rows else list(targets)
+    row_embeddings = np.concatenate(_row_embeddings(view, new_embeddings, n_pool_rows))
+    wanted = view.settings.selection.neighbours
+    neighbours = min(DEFAULT_NEIGHBOURS if wanted is None else int(wanted), len(col_embeddings))
+    graph, predict, exact = union_graph(view, network, (row_embeddings, col_embeddings), n_pool_rows, len(new), neighbours)
+    cap = start = None
+    if view.objective in ("flmi", "flcg"):
+        maxima = np.maximum(column_maxima(predict, n_pool_rows, len(rows), graph.n_columns, exact=exact), np.float32(0.0))
+        scale = settings.selection.eta if view.objective == "flmi" else settings.selection.nu
+        scaled = (scale * maxima.astype(np.float64)).astype(np.float32)  # as the sparse greedy scales its caps and starts
+        cap, start = (scaled, None) if view.objective == "flmi" else (None, scaled)
+    added = extend_on_graph(graph, k - len(kept), kept, cap=cap, initial=start, name=view.objective)
+    values = graph_values(graph, cap=cap, initial=start)
+    total = graph_objective(graph, np.concatenate([kept, added.indices]), cap=cap, initial=start)
+    info = {"neighbours": int(graph.neighbours), "graph_builder": graph.method, "graph_recall": graph.recall}
+    return _GraphGrowth(rows, n_pool_rows, row_embeddings, added, values, total, info)
+
+
+def union_graph(view: RunView, network: Any, embeddings: tuple[np.ndarray, np.ndarray], n_pool_rows: int, n_new: int,
+                neighbours: int) -> tuple[NeighbourGraph, BlockPredictor, ExactValues]:
+    """The union's neighbour graph as :func:`~nncift.steps.select_sparse.select_on_graph` builds a run's, with the run's builder:
+    (graph, the predictor of its row blocks, the exact values folded in). ``embeddings``: the union's (rows, columns);
+    rows: the union's pool rows (``n_pool_rows``, old then new) then the targets; the graph keeps FLMI's and FLCG's pool rows."""
+    from nncift.network.paper import predict_pairwise
+    from nncift.network.towers import inner_product_form
+    from nncift.selection.sparse import exact_graph, graph_from_blocks
+    from nncift.selection.sparse_index import faiss_graph
+
+    row_embeddings, col_embeddings = embeddings
+    own = self_columns(len(row_embeddings), n_pool_rows)
+    n_graph = n_pool_rows if view.objective in ("flmi", "flcg") else len(row_embeddings)
+    builder = str((view.graph or {}).get("graph_builder"))
+    predict: BlockPredictor
+    if builder == "blocks":  # the paper MLP or an anchored network: its blocks hold the self-pair term
+        exact = _union_labels(view, n_new, n_pool_rows, None, None)
+        predict = lambda start, stop: predict_pairwise(network, row_embeddings[start:stop], col_embeddings,  # noqa: E731
+                                                       self_cols=own[start:stop])
+        return graph_from_blocks(predict, n_graph, len(col_embeddings), neighbours, exact=exact), predict, exact
+    form = inner_product_form(network, row_embeddings, col_embeddings, self_cols=own)
+    exact = _union_labels(view, n_new, n_pool_rows, own, form.self_terms)
+    row_features, col_features = form.row_features, form.col_features
+    predict = lambda start, stop: row_features[start:stop] @ col_features.T  # noqa: E731
+    if builder == "exact":
+        return exact_graph(row_features[:n_graph], col_features, neighbours, exact=exact), predict, exact
+    if builder in ("faiss-hnsw", "faiss-ivf"):
+        graph = faiss_graph(row_features[:n_graph], col_features, neighbours, exact=exact, index="ivf" if builder == "faiss-ivf" else "hnsw")
+        return graph, predict, exact
+    raise InputError(f"{view.folder / 'manifest.json'}: unknown graph_builder {builder!r}: select the union afresh")
+
+
+def _union_labels(view: RunView, n_new: int, n_pool_rows: int, own: np.ndarray | None, self_terms: np.ndarray | None) -> ExactValues:
+    """The run's exact sampled values (scaled) at the union's rows (targets move down by ``n_new`` below the new pool rows)."""
+    labels = view.scaled_labels()
+    if labels is None:
+        return ExactValues(own, self_terms)
+    rows, cols, values = labels
+    old_pool_rows = int(view.rows()["n_pool_rows"])
+    if old_pool_rows and n_pool_rows:
+        rows = np.where(rows >= old_pool_rows, rows + n_new, rows)
+    return ExactValues(own, self_terms, rows, cols, values)
+
+
+def _graph_entries(graph: NeighbourGraph, cap: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(row of each entry, its value clipped at 0 and at the row's ``cap``), float32."""
+    rows = np.repeat(np.arange(graph.n_rows), np.diff(graph.indptr))
+    values = np.maximum(graph.values, np.float32(0.0))
+    return rows, values if cap is None else np.minimum(values, cap[rows])
+
+
+def _covered(graph: NeighbourGraph, picks: np.ndarray, cap: np.ndarray | None, initial: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 coverage of each graph row by ``picks``, from ``initial`` (default 0), float32 start)."""
+    start = np.zeros(graph.n_rows, np.float32) if initial is None else np.asarray(initial, np.float32)
+    rows, values = _graph_entries(graph, cap)
+    mask = np.isin(graph.columns, picks)
+    cover = start.copy()
+    np.maximum.at(cover, rows[mask], values[mask])
+    return cover, start
+
+
+def extend_on_graph(graph: NeighbourGraph, count: int, chosen: np.ndarray, *, cap: np.ndarray | None = None,
+                    initial: np.ndarray | None = None, name: str = "fl") -> Selection:
+    """:func:`~nncift.selection.extend_greedy` on a neighbour graph: each row's coverage starts at what ``chosen`` gives it on
+    the graph (clipped at 0 and at ``cap``; ``initial`` when higher), and lazy greedy adds ``count`` of the other candidates
+    (their conditional gain; entries outside the graph count 0). The picks of :func:`extend_greedy` on
+    :meth:`NeighbourGraph.to_dense`, with no (rows × candidates) matrix: the chosen columns are dropped from the graph."""
+    kept = np.unique(np.asarray(chosen, dtype=np.int64))
+    rest = np.setdiff1d(np.arange(graph.n_columns, dtype=np.int64), kept)
+    if not 0 <= count <= rest.size:
+        raise ValueError(f"cannot add {count} candidates: {rest.size} are not chosen yet")
+    cover, _ = _covered(graph, kept, cap, initial)
+    rows, values = _graph_entries(graph, cap)
+    free = ~np.isin(graph.columns, kept)
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows[free], minlength=graph.n_rows))]).astype(np.int64)
+    columns = np.searchsorted(rest, graph.columns[free]).astype(np.int32)
+    others = NeighbourGraph(indptr, columns, values[free], len(rest), graph.method, graph.neighbours, graph.recall)
+    added = sparse_fl_conditional_gain(others, cover, int(count), nu=1.0)  # the coverage is the start (ν = 1 keeps it as is)
+    return Selection(rest[added.indices], added.gains, added.objective, name, added.n_positive)
+
+
+def graph_values(graph: NeighbourGraph, *, cap: np.ndarray | None = None, initial: np.ndarray | None = None) -> np.ndarray:
+    """float64 singleton value of every candidate on the graph (from the ``initial`` coverage), as the sparse greedy computes
+    its first gains (what a sparse select writes as ``value``)."""
+    start = np.zeros(graph.n_rows, np.float32) if initial is None else np.asarray(initial, np.float32)
+    cptr, crows, cvals = candidate_major(graph.indptr, graph.columns, graph.values, graph.n_columns,
+                                         np.zeros(graph.n_rows, np.float32) if cap is None else np.asarray(cap, np.float32), cap is not None)
+    return np.asarray(graph_gains(cptr, crows, cvals, np.diff(cptr), start.copy()), dtype=np.float64)
+
+
+def graph_objective(graph: NeighbourGraph, picks: np.ndarray, *, cap: np.ndarray | None = None, initial: np.ndarray | None = None) -> float:
+    """The facility-location objective of ``picks`` on the graph: the coverage gained over ``initial`` (float64 sum)."""
+    cover, start = _covered(graph, np.asarray(picks, dtype=np.int64), cap, initial)
+    return float(np.sum(cover.astype(np.float64) - start.astype(np.float64)))
 
 
 def _continue(objective: str, matrix: np.ndarray, n_pool_rows: int, rows: list[Record], kept: np.ndarray, k: int,

@@ -10,6 +10,11 @@
   full-matrix baseline) or ``predicted`` (by the InfluenceNetwork), with the raw value in the
   function's own units beside the scaled one the selection used.
 
+A run that selected on a neighbour graph (``--selection.neighbours``) says so (K, the graph's builder and its recall);
+its ``value`` column is on the graph (each row's K neighbours, the rest counting 0), and ``--target`` / ``--candidate``
+read one row or one column of its matrix predicted by its network (:meth:`~nncift.run.view.RunView.matrix_block`: the
+values a dense run keeps in ``predicted.npy``), never the whole matrix.
+
 Markdown on the terminal (:func:`to_markdown`); ``--json`` for scripts (the command: :mod:`nncift.cli.run_commands`).
 """
 
@@ -23,6 +28,7 @@ import numpy as np
 
 from nncift.files.errors import InputError
 from nncift.run.view import RunView, as_view
+from nncift.steps.score import SCORE_BLOCK, block_size
 
 
 def inspect_run(run: str | Path | RunView, *, target: int | None = None, candidate: int | None = None, top: int = 10) -> dict[str, Any]:
@@ -37,7 +43,8 @@ def inspect_run(run: str | Path | RunView, *, target: int | None = None, candida
     report: dict[str, Any] = {
         "run": {"folder": str(view.folder), "influence": view.influence, "objective": view.objective,
                 "pool": counts.pool, "targets": counts.targets, "selected": counts.selected,
-                "shipped": view.shipped_predictor, "positive_gain_picks": view.positive_gain_picks},
+                "shipped": view.shipped_predictor, "positive_gain_picks": view.positive_gain_picks,
+                "selection_mode": "sparse" if view.sparse else "dense", **({"graph": view.graph} if view.sparse else {})},
         "subset_by": {"key": key, "counts": dict(Counter(row[key] or "(none)" for row in picked).most_common())},
         "zero_gain_picks": [_brief(row) for row in picked if row["gain"] != "" and float(row["gain"]) <= 0.0],
         "most_valuable": [_brief(row) for row in sorted((r for r in table if r["value"] != ""), key=lambda r: -float(r["value"]))[:top]],
@@ -59,7 +66,7 @@ class _Lookup:
 
     def __init__(self, view: RunView):
         self.view = view
-        self.matrix = view.matrix()
+        self.shape = view.matrix_shape
         described = view.rows()
         self.n_pool_rows, self.rows = int(described["n_pool_rows"]), described["rows"]
         self.has_targets = len(self.rows) > self.n_pool_rows
@@ -79,8 +86,7 @@ class _Lookup:
             return False
         return bool(np.isfinite(self.q1[self.q_row[r], self.q_col[c]]))
 
-    def _entry(self, r: int, c: int) -> dict[str, Any]:
-        value = float(self.matrix[r, c])
+    def _entry(self, r: int, c: int, value: float) -> dict[str, Any]:
         exact = self._is_exact(r, c)
         return {"value": value, "raw": value * (self.high - self.low) + self.low, "origin": "exact" if exact else "predicted"}
 
@@ -90,25 +96,38 @@ class _Lookup:
         if not 0 <= index < n:
             raise InputError(f"--target {index}: the run has {n} {'targets' if self.has_targets else 'pool records as rows'} (0..{n - 1})")
         r = self.n_pool_rows + index if self.has_targets else index
-        values = np.asarray(self.matrix[r], dtype=np.float64)
+        values = np.asarray(self.view.matrix_block(slice(r, r + 1))[0], dtype=np.float64)
         order = np.argsort(-values, kind="stable")[:top]
-        return {"row": r, **self.rows[r], "top_candidates": [{**_brief(table[int(c)]), **self._entry(r, int(c))} for c in order]}
+        return {"row": r, **self.rows[r], "top_candidates": [{**_brief(table[int(c)]), **self._entry(r, int(c), values[c])} for c in order]}
 
     def column(self, index: int, top: int) -> dict[str, Any]:
         """The targets (rows) that pool record ``index`` serves most."""
-        n_cols = self.matrix.shape[1]
+        n_cols = self.shape[1]
         if not 0 <= index < n_cols:
             raise InputError(f"--candidate {index}: the pool has {n_cols} records (0..{n_cols - 1})")
-        shown = np.arange(self.n_pool_rows, len(self.rows)) if self.has_targets else np.arange(len(self.rows))
-        values = np.asarray(self.matrix[shown, index], dtype=np.float64)
-        order = shown[np.argsort(-values, kind="stable")[:top]]
-        return {"index": index, "top_targets": [{**self.rows[int(r)], "row": int(r), **self._entry(int(r), index)} for r in order]}
+        first = self.n_pool_rows if self.has_targets else 0
+        step = block_size(1, SCORE_BLOCK)
+        values = np.concatenate([np.zeros(0)] + [self.view.matrix_block(slice(a, min(a + step, len(self.rows))), np.array([index]))[:, 0]
+                                                 for a in range(first, len(self.rows), step)]).astype(np.float64)
+        order = np.argsort(-values, kind="stable")[:top]
+        return {"index": index, "top_targets": [{**self.rows[first + int(r)], "row": first + int(r), **self._entry(first + int(r), index, values[r])}
+                                                for r in order]}
 
 
 def _brief(row: dict[str, str]) -> dict[str, Any]:
     return {"index": int(row["index"]), "source": f"{row['source_file']}:{row['line']}" if row["line"] else row["source_file"],
             "task": row["task"] or None, "value": float(row["value"]) if row["value"] else None,
             "gain": float(row["gain"]) if row["gain"] else None, "picked": row["picked"] == "1", "influence": row["influence"]}
+
+
+def _graph_lines(graph: dict[str, Any] | None) -> list[str]:
+    """A sparse run's paragraph: how it selected, and what its values are."""
+    if graph is None:
+        return []
+    recall = graph.get("graph_recall")
+    return [f"Selected on a neighbour graph: {graph['neighbours']} neighbours per row ({graph['graph_builder']} graph"
+            + (f", recall@K {recall:.3f}" if recall is not None else "") + "); no predicted matrix is kept. Values below are on the graph "
+            "(entries outside a row's neighbours count 0); --target and --candidate predict their row or column with the run's network.", ""]
 
 
 def to_markdown(report: dict[str, Any]) -> str:
@@ -119,6 +138,7 @@ def to_markdown(report: dict[str, Any]) -> str:
              + (f" for {run['targets']} targets" if run["targets"] else "")
              + (f"; predictor shipped: {run['shipped']}" if run["shipped"] else "")
              + (f"; {run['positive_gain_picks']} picks with a positive gain" if run["positive_gain_picks"] is not None else ""), "",
+             *_graph_lines(run.get("graph")),
              f"## Subset by {report['subset_by']['key']}", "", "| " + report["subset_by"]["key"] + " | picks |", "|---|---:|"]
     lines += [f"| {name} | {count} |" for name, count in report["subset_by"]["counts"].items()]
     zero = report["zero_gain_picks"]

@@ -6,7 +6,9 @@ made with; ``run.objective``, ``run.influence``, ``run.label_scaling``, ``run.co
 (``run.subset``: the picked records as read; ``run.scores``: pool indices and gains), and the commands
 that start from a run: ``run.score(records, out)``, ``run.add(records, out)``, ``run.inspect()``. The command line
 goes the same way (:mod:`nncift.cli.run_commands`): ``nncift score``, ``inspect`` and ``select --add`` open the run
-with :func:`open_run` and call these.
+with :func:`open_run` and call these. They work on a run that selected on a neighbour graph too (``--selection.neighbours``,
+no predicted matrix): its matrix is predicted block by block (:meth:`~nncift.run.view.RunView.matrix_block`) and ``add``
+selects on the union's graph.
 """
 
 from __future__ import annotations

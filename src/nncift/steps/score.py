@@ -17,7 +17,10 @@ Per new record:
 - ``top_targets``: pairwise functions: the rows it influences most (targets when the run has them),
   with the predicted value.
 
-Values are on the scale the selection used (the run's label scaling, ~[0, 1]).
+Values are on the scale the selection used (the run's label scaling, ~[0, 1]). A run that selected on a neighbour graph
+(``--selection.neighbours``) keeps no predicted matrix: its rows' caps, starts and coverage by the subset are predicted
+by its network block by block (:meth:`~nncift.run.view.RunView.matrix_block`), the same values a dense run reads from
+``predicted.npy``; no array of the run's rows × pool is formed, on either kind of run.
 """
 
 from __future__ import annotations
@@ -42,7 +45,15 @@ from nncift.run.view import RunView, as_view
 from nncift.settings.fields import settings_dict
 
 SCORE_BLOCK = 16384
-"""New records per prediction block (bounds memory: rows × block float32 values at a time)."""
+"""New records (or the run's rows) per block, at most (bounds memory: rows × block float32 values at a time)."""
+BLOCK_ENTRIES = 1 << 24
+"""Entries of one predicted or read block (64 MiB of float32): new records per block, rows per coverage block."""
+
+
+def block_size(n_other: int, most: int | None = None) -> int:
+    """How many rows (or columns) go in one block beside ``n_other`` of the other side: about :data:`BLOCK_ENTRIES` entries."""
+    size = max(1, BLOCK_ENTRIES // max(1, n_other))
+    return size if most is None else min(size, most)
 
 
 @dataclass
@@ -70,6 +81,32 @@ class ObjectiveState:
             if cap is not None:
                 chosen = np.minimum(chosen, cap[:, None])
             coverage = np.maximum(coverage, chosen.max(axis=1))
+        return cls(name, n_data, cap, start, coverage)
+
+    @classmethod
+    def of_run(cls, view: RunView, picks: np.ndarray) -> "ObjectiveState":
+        """:meth:`of` the run's own objective, matrix and η / ν, read (dense runs) or predicted (sparse runs) in row blocks:
+        FLMI's caps and FLCG's starts from the target rows (:func:`~nncift.selection.sparse.column_maxima`), the coverage
+        from the data rows × ``picks``; the same values as :meth:`of` on the whole matrix."""
+        from nncift.selection.sparse import column_maxima
+
+        name, selection = view.objective, view.settings.selection
+        n_rows, n_cols = view.matrix_shape
+        n_pool_rows = int(view.rows()["n_pool_rows"])
+        n_data = n_rows if name == "fl" else n_pool_rows
+        cap, start = None, np.zeros(n_data)
+        if name != "fl":
+            row_max = column_maxima(lambda a, b: view.matrix_block(slice(a, b)), n_pool_rows, n_rows, n_cols)[:n_data].astype(np.float64)
+            cap, start = (selection.eta * row_max, start) if name == "flmi" else (None, selection.nu * row_max)
+        coverage = start.copy()
+        picks = np.asarray(picks, dtype=np.int64)
+        step = block_size(len(picks), SCORE_BLOCK)
+        for first in range(0, n_data if len(picks) else 0, step):
+            last = min(n_data, first + step)
+            best = np.maximum(view.matrix_block(slice(first, last), picks).max(axis=1), 0.0).astype(np.float64)
+            if cap is not None:  # max_j min(s_ij, cap_i) = min(max_j s_ij, cap_i)
+                best = np.minimum(best, cap[first:last])
+            coverage[first:last] = np.maximum(coverage[first:last], best)
         return cls(name, n_data, cap, start, coverage)
 
     def values_and_gains(self, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -132,7 +169,6 @@ def score_records(run: str | Path | RunView, records: Sequence[Record], out: str
     if top_targets < 0:
         raise InputError(f"--top must be >= 0, got {top_targets}")
     network_path = view.network_path()
-    view.require_matrix("scoring new records")
     settings = {"run": str(view.folder.resolve()), "top_targets": top_targets, "device": device}
     with RunStore(out, settings) as store:
         folder = store.folder
@@ -150,7 +186,7 @@ def score_records(run: str | Path | RunView, records: Sequence[Record], out: str
         _write_csv(folder / "scores.csv", rows)
         ledger.counters["language_model_loads"] = models.LOADS["causal_lm"] - loads_before
         section = {"run": {"folder": settings["run"], "influence": view.influence, "objective": view.objective,
-                           "settings": settings_dict(view.settings)},
+                           "settings": settings_dict(view.settings), **({"selection_mode": "sparse"} if view.sparse else {})},
                    "network_sha256": hashlib.sha256(network_path.read_bytes()).hexdigest()}
         manifest = build_manifest("score", settings, models={"embedder": view.models.get("embedder", {"name": view.settings.embedder})},
                                   reports=reports, counts={"records": len(records)}, ledger=ledger, section=section)
@@ -173,11 +209,11 @@ def _score_pairwise(view: RunView, network: Any, embeddings: np.ndarray, records
             scores_of, stand_ins = run_aggregation(view), row_records(view)
             aggregate = lambda block: scores_of(block, stand_ins)  # noqa: E731
         else:
-            picks, _ = view.scores
-            state = ObjectiveState.of(objective, view.matrix(), n_pool_rows, picks, eta=view.settings.selection.eta, nu=view.settings.selection.nu)
+            state = ObjectiveState.of_run(view, view.scores[0])
     rows: list[dict[str, Any]] = []
-    for start in range(0, len(records), SCORE_BLOCK):
-        stop = min(start + SCORE_BLOCK, len(records))
+    step = block_size(len(row_info), SCORE_BLOCK)
+    for start in range(0, len(records), step):
+        stop = min(start + step, len(records))
         with ledger.stage("prediction"):
             block = predict(network, row_embeddings, embeddings[start:stop])
         with ledger.stage("aggregation"):
