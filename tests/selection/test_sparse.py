@@ -15,6 +15,8 @@ from nncift.selection.sparse import (
     column_maxima,
     exact_graph,
     graph_from_blocks,
+    graph_greedy,
+    row_terms,
     sparse_facility_location,
     sparse_fl_conditional_gain,
     sparse_fl_mutual_information,
@@ -220,3 +222,20 @@ def test_a_pool_plus_targets_layout_matches_choose_subset(objective):
     sparse = choose_on_graph(graph_from_blocks(predict, graph_rows, n_pool, n_pool), spec, predict, n_pool + n_targets)
     np.testing.assert_array_equal(sparse.indices, dense.indices)
     assert sparse.objective == dense.objective
+
+
+@pytest.mark.parametrize("objective", ["fl", "flmi", "flcg"])
+def test_graph_greedy_with_row_terms_is_each_objectives_greedy(objective):
+    """:func:`graph_greedy` with :func:`row_terms` (what GreeDi's parts run) picks what each objective's own function picks."""
+    matrix = dyadic(np.random.default_rng(9), (40, 30))
+    graph = graph_of(matrix, 6)
+    maxima = np.random.default_rng(10).random(40).astype(np.float32)
+    cap, initial = row_terms(objective, None if objective == "fl" else maxima, 40, eta=0.7, nu=0.5)
+    chosen = graph_greedy(graph, 9, cap=cap, initial=initial, name=objective)
+    expected = {"fl": lambda: sparse_facility_location(graph, 9),
+                "flmi": lambda: sparse_fl_mutual_information(graph, maxima, 9, eta=0.7),
+                "flcg": lambda: sparse_fl_conditional_gain(graph, maxima, 9, nu=0.5)}[objective]()
+    assert chosen.indices.tolist() == expected.indices.tolist() and chosen.objective == expected.objective
+    assert chosen.name == objective and (cap is not None) == (objective == "flmi") and (initial is not None) == (objective == "flcg")
+    with pytest.raises(ValueError, match="needs fl, or flmi / flcg"):
+        row_terms("topk", maxima, 40)

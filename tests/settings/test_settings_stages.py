@@ -55,7 +55,7 @@ def test_the_manifest_yaml_and_flags_share_one_nesting(tmp_path: Path, demo_pool
     out = tmp_path / "run"
     assert main(["select", "--config", str(config), "--selection.budget", "6", "--network.tower-rank", "8", "--out", str(out)]) == 0
     stored = json.loads((out / "manifest.json").read_text())["settings"]
-    assert stored["selection"] == {"budget": 6, "objective": "fl", "eta": 1.0, "nu": 1.0, "neighbours": None}  # the flag overrides the file
+    assert stored["selection"] == {"budget": 6, "objective": "fl", "eta": 1.0, "nu": 1.0, "neighbours": None, "partitions": 0}  # the flag overrides the file
     assert stored["sampling"] == {"fraction": 0.25, "min_sampled": 8, "blocks": 0, "design": "auto", "labels": 0}
     assert stored["network"]["tower_rank"] == 8 and stored["network"]["max_steps"] == 40 and stored["network"]["seed"] == 2
     assert stored["executor"]["block_size"] == 16 and stored["seed"] == 2
@@ -107,7 +107,7 @@ def test_run_level_fields_are_declared_once_for_every_command() -> None:
     declared: dict[str, set[str]] = {name: set() for name in shared}
     for klass in _all_subclasses(Checked):
         for name in shared:
-            if name in klass.__dict__.get("__annotations__", {}):
+            if name in klass.__dict__.get("__annotations__", {}) and klass.__qualname__ != "JudgeSettings":  # the judge's own model
                 declared[name].add(klass.__qualname__)
     assert declared == {"model": {"ModelContext"}, "device": {"ModelContext"}, "dtype": {"ModelContext"},
                         "trust_remote_code": {"ModelContext"}, "embedder": {"EmbedderChoice"}, "quiet": {"Progress"}}, declared

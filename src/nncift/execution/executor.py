@@ -18,9 +18,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from nncift.data.records import Record
+from nncift.execution.graph_jobs import GraphJob, GraphSource
 from nncift.files.errors import UserError
 from nncift.influence import InfluenceSpec, build_influence
 from nncift.run.store import Block, BlockMatrix
+from nncift.selection.distributed import GraphAssembler, GraphPart, graph_row_blocks, run_parts_in_process
+from nncift.selection.greedy import Selection
+from nncift.selection.sparse import ExactValues, NeighbourGraph
 from nncift.settings.stages import ExecutorSettings
 
 
@@ -82,6 +86,31 @@ class Executor(ABC):
         from nncift.network.streaming import predict_rows_in_process
 
         predict_rows_in_process(network, row_embeddings, col_embeddings, row_blocks, write, progress=progress, self_cols=self_cols)
+
+    def neighbour_graph(self, source: GraphSource, neighbours: int, *, n_rows: int | None = None, exact: ExactValues | None = None,
+                        block_rows: int | None = None, progress: bool = True) -> NeighbourGraph:
+        """The K-nearest-neighbour graph of the first ``n_rows`` rows (default: all) of ``source``'s matrix: each row's
+        ``neighbours`` highest values with ``exact`` folded in, computed in the row blocks of
+        :func:`~nncift.selection.distributed.graph_row_blocks` by :meth:`graph_blocks` and assembled here. The same
+        blocks give the same graph on every executor, bit for bit (and :func:`~nncift.selection.sparse.exact_graph`'s)."""
+        n_rows = source.shape[0] if n_rows is None else int(n_rows)
+        assembler = GraphAssembler(n_rows, source.shape[1], neighbours)
+        self.graph_blocks(source, neighbours, exact, graph_row_blocks(n_rows, source.shape[1], block_rows), assembler.write,
+                          progress=progress)
+        return assembler.graph(source.method)
+
+    def graph_blocks(self, source: GraphSource, neighbours: int, exact: ExactValues | None, blocks: list[tuple[int, int]],
+                     write: Callable[[int, int, np.ndarray, np.ndarray], None], *, progress: bool = True) -> None:
+        """Compute graph row blocks ``(start, stop)`` (:class:`~nncift.execution.graph_jobs.GraphJob`) and hand each to
+        ``write(start, stop, columns, values)``, in any order. Default: in this process, one after another."""
+        job = GraphJob(source, neighbours, exact)
+        for start, stop in tqdm(blocks, desc="neighbour graph", unit="block", disable=not progress):
+            write(start, stop, *job.block(start, stop))
+
+    def greedy_parts(self, parts: Sequence[GraphPart], cap: np.ndarray | None, initial: np.ndarray | None) -> list[Selection]:
+        """GreeDi's first round (:func:`~nncift.selection.distributed.greedi`): each part's lazy greedy, in the parts' order.
+        Default: in this process, one after another."""
+        return run_parts_in_process(parts, cap, initial)
 
     def close(self) -> None:  # noqa: B027 - an optional hook, empty by default
         """Release workers (and a cluster the executor started); the local executor holds nothing."""

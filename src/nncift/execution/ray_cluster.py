@@ -1,5 +1,5 @@
-"""Run the expensive parts on a Ray cluster (``pip install nncift[ray]``): influence blocks, embeddings
-in shards, and the InfluenceNetwork's prediction in row blocks.
+"""Run the expensive parts on a Ray cluster (``pip install nncift[ray]``): influence blocks, embeddings in shards,
+the InfluenceNetwork's prediction and the neighbour graph in row blocks, and GreeDi's parts.
 
 - A pool of ``workers`` Ray actors (``worker_cpus`` CPUs and ``worker_gpus`` GPUs each) lives as
   long as the executor. For an influence job every actor rebuilds the influence function from its
@@ -13,8 +13,8 @@ in shards, and the InfluenceNetwork's prediction in row blocks.
   function itself are not retried: they stop the job in the driver.
 - Embeddings: the texts missing from the driver's cache are cut into the very chunks
   :func:`~nncift.models.embeddings.embed_texts` would encode, so the vectors are bit-identical to a local run.
-- Prediction: the network (safetensors bytes) and the embeddings are shipped once per job; actors
-  return row blocks, which the driver writes to disk (see :mod:`nncift.network.streaming`).
+- Prediction and the neighbour graph: the network (safetensors bytes) or the features, and the embeddings, are shipped
+  once per job; actors return row blocks, which the driver writes to disk or into the graph. GreeDi: a part's graph a task.
 
 Only plain values cross process boundaries (numpy arrays, strings, dicts, safetensors bytes); Ray's
 transport carries them between the processes of your cluster, and nothing is unpickled from disk.
@@ -37,8 +37,12 @@ from tqdm.auto import tqdm
 
 from nncift.data.records import Record
 from nncift.execution.executor import Executor, ExecutorError
+from nncift.execution.graph_jobs import GraphSource
 from nncift.influence import InfluenceSpec, function_path
 from nncift.run.store import Block, BlockMatrix
+from nncift.selection.distributed import GraphPart, exact_arrays, part_arrays, selection_from_arrays
+from nncift.selection.greedy import Selection
+from nncift.selection.sparse import ExactValues
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +70,7 @@ class _Worker:
             pass
         self.function: Any = None
         self.prediction: tuple[Any, np.ndarray, np.ndarray, np.ndarray | None] | None = None
+        self.graph: Any = None
 
     def pid(self) -> int:
         """The worker's process id (to watch it, or to kill it in tests)."""
@@ -130,11 +135,37 @@ class _Worker:
         network, rows, cols, self_cols = self.prediction
         return predict_pairwise(network, rows[start:stop], cols, self_cols=None if self_cols is None else self_cols[start:stop])
 
+    def load_graph(self, row_features: np.ndarray | None, col_features: np.ndarray | None, exact: dict, neighbours: int) -> None:
+        """Keep a :class:`~nncift.execution.graph_jobs.GraphJob` for :meth:`graph_block`: on the features, or (None) on
+        the network of :meth:`load_network`, with the exact values (:func:`~nncift.selection.distributed.exact_arrays`)."""
+        from nncift.execution.graph_jobs import GraphJob, GraphSource
+        from nncift.selection.distributed import exact_from_arrays
+
+        if row_features is None or col_features is None:
+            assert self.prediction is not None, "load_network first"
+            source = GraphSource.predicted(*self.prediction)
+        else:
+            self.release()
+            source = GraphSource.features(row_features, col_features)
+        self.graph = GraphJob(source, neighbours, exact_from_arrays(exact))
+
+    def graph_block(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Graph rows ``start:stop``: (columns, values) (:meth:`GraphJob.block <nncift.execution.graph_jobs.GraphJob.block>`)."""
+        assert self.graph is not None, "load_graph first"
+        return self.graph.block(start, stop)
+
+    def greedy_part(self, part: dict, cap: np.ndarray | None, initial: np.ndarray | None) -> dict:
+        """GreeDi's first round on one part (:func:`~nncift.selection.distributed.part_greedy`), as plain values."""
+        from nncift.selection.distributed import part_from_arrays, part_greedy, selection_arrays
+
+        return selection_arrays(part_greedy(part_from_arrays(part), None if cap is None else np.array(cap),
+                                            None if initial is None else np.array(initial)))
+
     def release(self) -> None:
-        """Drop the influence function or network (and free GPU memory)."""
+        """Drop the influence function, network or graph job (and free GPU memory)."""
         if self.function is not None:
             self.function.close()
-        self.function = self.prediction = None
+        self.function = self.prediction = self.graph = None
         gc.collect()
         try:
             import torch
@@ -143,6 +174,13 @@ class _Worker:
                 torch.cuda.empty_cache()
         except ImportError:  # pragma: no cover
             pass
+
+
+def _weights(network: Any) -> bytes:
+    """The network's state as safetensors bytes (what :meth:`_Worker.load_network` loads)."""
+    from safetensors.torch import save
+
+    return save({name: tensor.detach().contiguous().cpu() for name, tensor in network.state_dict().items()})
 
 
 def _plain(records: Sequence[Record]) -> list[dict]:
@@ -375,9 +413,7 @@ class RayExecutor(Executor):
 
     def predict_rows(self, network: Any, row_embeddings: np.ndarray, col_embeddings: np.ndarray, row_blocks: list[tuple[int, int]],
                      write: Callable[[int, int, np.ndarray], None], *, progress: bool = True, self_cols: np.ndarray | None = None) -> None:
-        from safetensors.torch import save
-
-        weights = save({name: tensor.detach().contiguous().cpu() for name, tensor in network.state_dict().items()})
+        weights = _weights(network)
         rows = ray.put(np.ascontiguousarray(row_embeddings, dtype=np.float32))
         same = row_embeddings.shape == col_embeddings.shape and np.array_equal(row_embeddings, col_embeddings)
         cols = rows if same else ray.put(np.ascontiguousarray(col_embeddings, dtype=np.float32))
@@ -385,3 +421,27 @@ class RayExecutor(Executor):
                   lambda block, values: write(block[0], block[1], values),
                   setup=lambda actor: actor.load_network.remote(weights, network.architecture(), rows, cols, self_cols),
                   progress=progress)
+
+    def graph_blocks(self, source: GraphSource, neighbours: int, exact: ExactValues | None, blocks: list[tuple[int, int]],
+                     write: Callable[[int, int, np.ndarray, np.ndarray], None], *, progress: bool = True) -> None:
+        """The blocks as tasks of the workers; the features (or the network and its embeddings) and the exact values are
+        shipped once per job."""
+        shipped = ray.put(exact_arrays(exact))
+        if source.by_features:
+            rows, cols = ray.put(source.row_features), ray.put(source.col_features)
+            setup = lambda actor: actor.load_graph.remote(rows, cols, shipped, neighbours)  # noqa: E731
+        else:
+            weights, rows, cols = _weights(source.network), ray.put(source.row_embeddings), ray.put(source.col_embeddings)
+            setup = lambda actor: [actor.load_network.remote(weights, source.network.architecture(), rows, cols,  # noqa: E731
+                                                             source.self_cols), actor.load_graph.remote(None, None, shipped, neighbours)][-1]
+        self._run("neighbour graph", list(blocks), lambda actor, block: actor.graph_block.remote(*block),
+                  lambda block, result: write(block[0], block[1], *result), setup=setup, progress=progress)
+
+    def greedy_parts(self, parts: Sequence[GraphPart], cap: np.ndarray | None, initial: np.ndarray | None) -> list[Selection]:
+        """Each part's greedy as a task of the workers (the part's graph shipped with it; the per-row terms once)."""
+        shared_cap, shared_initial = ray.put(cap), ray.put(initial)
+        results: dict[int, Selection] = {}
+        self._run("greedy on parts", list(range(len(parts))),
+                  lambda actor, i: actor.greedy_part.remote(part_arrays(parts[i]), shared_cap, shared_initial),
+                  lambda i, result: results.__setitem__(i, selection_from_arrays(result)), progress=False)
+        return [results[i] for i in range(len(parts))]

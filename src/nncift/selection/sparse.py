@@ -33,7 +33,7 @@ from nncift.selection.sparse_kernels import candidate_major, graph_gains, graph_
 __all__ = [
     "NeighbourGraph", "ExactValues", "BlockPredictor", "graph_from_blocks", "exact_graph", "column_maxima",
     "sparse_facility_location", "sparse_fl_mutual_information", "sparse_fl_conditional_gain", "choose_on_graph", "default_block_rows",
-    "feature_arrays",
+    "feature_arrays", "graph_greedy", "row_terms",
 ]
 
 BlockPredictor = Callable[[int, int], np.ndarray]
@@ -240,6 +240,13 @@ def _graph_greedy(graph: NeighbourGraph, budget: float | int, *, cap: np.ndarray
     return Selection(picks, gains, objective, name, n_positive, initial_gains)
 
 
+def graph_greedy(graph: NeighbourGraph, budget: float | int, *, cap: np.ndarray | None = None, initial: np.ndarray | None = None,
+                 name: str = "fl") -> Selection:
+    """Lazy greedy on the graph with the per-row ``cap`` (FLMI's, already scaled: float32 (n_rows,)) and the starting
+    coverage ``initial`` (FLCG's, already scaled): the kernel under :func:`sparse_facility_location` and its variants."""
+    return _graph_greedy(graph, budget, cap=cap, initial=initial, name=name, stochastic=False, epsilon=0.01, seed=0)
+
+
 def _scaled_maxima(maxima: np.ndarray, scale: float, scale_name: str, what: str, n_rows: int) -> np.ndarray:
     """float32 ``scale · max(maxima, 0)`` (as the dense greedy computes FLMI caps and FLCG starts)."""
     if not (scale >= 0.0 and math.isfinite(scale)):
@@ -253,6 +260,18 @@ def _scaled_maxima(maxima: np.ndarray, scale: float, scale_name: str, what: str,
     if not np.all(np.isfinite(out)):
         raise ValueError(f"{what} times its scale overflows float32")
     return out
+
+
+def row_terms(name: str, maxima: np.ndarray | None, n_rows: int, *, eta: float = 1.0, nu: float = 1.0) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``(cap, initial)`` of :func:`graph_greedy` for objective ``name``: FLMI's cap ``η·max(maxima, 0)``, FLCG's starting
+    coverage ``ν·max(maxima, 0)`` (``maxima``: :func:`column_maxima` of the target rows), neither for FL."""
+    if name == "fl":
+        return None, None
+    if name not in ("flmi", "flcg") or maxima is None:
+        raise ValueError(f"objective '{name}' on a graph needs fl, or flmi / flcg with their maxima")
+    if name == "flmi":
+        return _scaled_maxima(maxima, eta, "eta", "query_maxima", n_rows), None
+    return None, _scaled_maxima(maxima, nu, "nu", "private_maxima", n_rows)
 
 
 def sparse_facility_location(graph: NeighbourGraph, budget: float | int, *, stochastic: bool = False, epsilon: float = 0.01,

@@ -117,6 +117,9 @@ class SelectionSettings(Checked):
     neighbours: int | None = setting(None, at_least=0)
     """fl, flmi, flcg: candidates kept per matrix row (a K-nearest-neighbour graph instead of the whole predicted matrix; no
     predicted.npy). Unset: the graph (K = 64) only when the predicted matrix would not fit in memory; 0: always the whole matrix."""
+    partitions: int = setting(0, at_least=0)
+    """fl, flmi, flcg on the neighbour graph: two-round distributed greedy (GreeDi) over this many seeded parts of the pool,
+    each part's greedy on a worker of the executor, then greedy over the union of their picks. 0 or 1: one greedy."""
 
 
 @dataclass(frozen=True)

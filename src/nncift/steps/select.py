@@ -337,7 +337,8 @@ def _select_pairwise(run: _Run, settings: SelectSettings, executor: Executor, rn
     if plan.sparse:  # no (rows × pool) matrix: a stale one of an earlier selection in this folder goes
         store.path("predicted.npy").unlink(missing_ok=True)
         with ledger.stage("prediction and selection on a neighbour graph"):
-            chosen, mode = select_on_graph(plan, network, layout, row_embeddings, col_embeddings, labels, objective, settings.selection)
+            chosen, mode = select_on_graph(plan, network, layout, row_embeddings, col_embeddings, labels, objective, settings.selection,
+                                           executor=executor, seed=settings.seed, progress=progress)
     else:
         chosen, mode = _select_dense(run, settings, executor, layout, network, (row_embeddings, col_embeddings), labels), {"selection_mode": "dense"}
     extra = {**mode, "label_scaling": {"low": low, "high": high, "source": "fixed range" if function_class.label_range else "min-max of Q1"},
