@@ -31,7 +31,8 @@ from bench_network import setup, summary  # bench/ is on sys.path when a script 
 from benchlib import command_line, cpu_name, publish
 from matrices import NAMES
 
-CANDIDATES = ("prior + anchors", "network", "network + anchors", "blend", "blend + anchors")
+CANDIDATES = ("prior + anchors", "network", "network + anchors", "blend", "blend + anchors", "prior + row calibration",
+              "network + row calibration", "blend + row calibration")
 
 
 def _row_spearman_unlabelled(true: np.ndarray, predicted: np.ndarray, seen_rows: np.ndarray, seen_cols: np.ndarray, rows: np.ndarray) -> float:

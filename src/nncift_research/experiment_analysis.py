@@ -18,6 +18,7 @@ import numpy as np
 from nncift.data.records import Record, jsonl_lines
 from nncift.influence import influence_class
 from nncift.models.embeddings import embed_records
+from nncift.network.folds import validation_hold_out
 from nncift.network.paper import predict_pairwise, predict_pointwise
 from nncift.network.training import train_network, train_network_pointwise
 from nncift.settings.stages import SamplingSettings, SelectSettings
@@ -129,7 +130,8 @@ def _pairwise_fidelity(truth: np.ndarray, pool: list[Record], targets: list[Reco
         layout = plan_layout(pool, targets, objective, sampling, rng)
         labels = np.where(layout.labelled(), truth[np.ix_(layout.seen_rows, layout.seen_cols)], np.nan).astype(np.float32)
         network, _ = train_network(row_embeddings[layout.seen_rows], col_embeddings[layout.seen_cols], labels, settings.network,
-                                   self_cols=block_self_cols(layout), objective="topk" if objective == "topk" else "fl")
+                                   self_cols=block_self_cols(layout), objective="topk" if objective == "topk" else "fl",
+                                   held_out=validation_hold_out(len(layout.seen_rows), len(layout.rows), "topk" if objective == "topk" else "fl"))
         predicted = predict_pairwise(network, row_embeddings, col_embeddings, self_cols=self_cols_of(layout)).astype(np.float64)
         masks = quadrant_masks(truth.shape[0], truth.shape[1], layout.seen_rows, layout.seen_cols)
         for name, mask in masks.items():

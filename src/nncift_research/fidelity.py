@@ -36,6 +36,7 @@ from nncift.execution.executor import Executor, executor_for
 from nncift.influence import influence_class
 from nncift.models.embeddings import embed_records
 from nncift.network.fitting import calibrate_prior
+from nncift.network.folds import validation_hold_out
 from nncift.network.paper import predict_pairwise, predict_pointwise
 from nncift.network.training import train_network, train_network_pointwise
 from nncift.run.layout import block_self_columns, self_columns
@@ -134,10 +135,12 @@ def compare_pairwise(true: np.ndarray, row_embeddings: np.ndarray, col_embedding
     q1 = np.ix_(seen_rows, seen_cols)
     predictions: dict[str, np.ndarray] = {}
     timings: dict[str, tuple[float, float, str]] = {}
+    criterion = "topk" if objective.name == "topk" else "fl"
     for settings in networks:
         name = settings.architecture
         network, report = train_network(row_embeddings[seen_rows], col_embeddings[seen_cols], labels.astype(np.float32), settings,
-                                        self_cols=block_self, objective="topk" if objective.name == "topk" else "fl")
+                                        self_cols=block_self, objective=criterion,
+                                        held_out=validation_hold_out(len(seen_rows), true.shape[0], criterion))  # as `select` holds out
         start = time.perf_counter()
         predicted = predict_pairwise(network, row_embeddings, col_embeddings, self_cols=self_cols).astype(np.float64)
         seconds = time.perf_counter() - start

@@ -76,11 +76,15 @@ def nested_samples(n: int, fractions: Sequence[float], minimum: int, rng: np.ran
 
 
 def nested_layouts(pool: Sequence[Record], targets: Sequence[Record], objective: str, fractions: Sequence[float], minimum: int,
-                   seed: int) -> dict[float, Layout]:
-    """The matrix layout of every u with nested samples of candidates and targets (rows as :func:`nncift.steps.select.plan_layout` lays them out)."""
+                   seed: int, *, all_targets: bool = False) -> dict[float, Layout]:
+    """The matrix layout of every u with nested samples of candidates and targets (rows as :func:`nncift.steps.select.plan_layout` lays them out).
+
+    ``all_targets`` (the all-targets design): every target row is labelled at every u, only the candidates are sampled."""
     rng = np.random.default_rng(seed)
     cols = nested_samples(len(pool), fractions, minimum, rng)
     picked = nested_samples(len(targets), fractions, minimum, rng) if targets else {u: np.zeros(0, np.int64) for u in fractions}
+    if all_targets and targets:
+        picked = {u: np.arange(len(targets), dtype=np.int64) for u in fractions}
     layouts = {}
     for u in fractions:
         if not targets:

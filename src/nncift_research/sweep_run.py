@@ -21,6 +21,7 @@ from nncift.downstream.evaluate import (
 )
 from nncift.files.errors import InputError
 from nncift.influence import influence_class
+from nncift.run.layout import resolve_sampling
 from nncift.run.store import RunStore, plan_blocks
 from nncift.selection import budget_to_count
 from nncift.selection.subset_quality import choose_subset
@@ -60,6 +61,8 @@ class Sweep:
         for v in settings.v:
             budget_to_count(v, len(self.pool))
         self.spec = influence_spec(settings, self.options)
+        sampling = resolve_sampling(settings.sampling, self.function_class, len(self.pool), len(self.targets), len(self.targets))
+        self.all_targets = sampling.design == "all-targets"
         self.precomputed = precomputed
         self.store = RunStore(out, {**settings_dict(settings), "influence_options": self.options,
                                     "precomputed": precomputed is not None})
@@ -85,7 +88,7 @@ class Sweep:
     def select_seed(self, seed: int) -> dict[str, Any]:
         """Every (u, v) subset of one seed (stored in ``subsets/``); the block's and each network's record."""
         s = self.settings
-        layouts = nested_layouts(self.pool, self.targets, self.objective, s.u, s.sampling.min_sampled, seed)
+        layouts = nested_layouts(self.pool, self.targets, self.objective, s.u, s.sampling.min_sampled, seed, all_targets=self.all_targets)
         largest = layouts[max(s.u)]
         names = {(u, v): cell_name(u, v, seed) for u in s.u for v in s.v}
         info: dict[str, Any] = {"block": [len(largest.seen_rows), len(largest.seen_cols)], "computed_now": 0, "networks": {}}
@@ -242,7 +245,7 @@ class Sweep:
                 rows.append({k: subset[k] for k in ("name", "kind", "u", "v", "seed")} | {"mode": mode, "metrics": self.evaluate(subset, mode)})
         largest = max(s.u)
         block_entries = {seed: math.prod(info["block"]) for seed, info in seeds.items()}
-        per_u = sum(math.prod(_block_shape(self.pool, self.targets, self.objective, u, s.sampling.min_sampled)) for u in s.u) * len(s.seeds)
+        per_u = sum(math.prod(_block_shape(self.pool, self.targets, self.objective, u, s.sampling.min_sampled, self.all_targets)) for u in s.u) * len(s.seeds)
         manifest = {
             "settings": settings_dict(s), "influence_options": self.options, "objective": self.objective, "environment": environment_info(),
             "counts": {"pool": len(self.pool), "targets": len(self.targets), "heldout": len(self.heldout), "subsets": len(rows)},
@@ -269,9 +272,10 @@ class Sweep:
         self.store.close()
 
 
-def _block_shape(pool: Sequence[Record], targets: Sequence[Record], objective: str, u: float, minimum: int) -> tuple[int, int]:
+def _block_shape(pool: Sequence[Record], targets: Sequence[Record], objective: str, u: float, minimum: int,
+                 all_targets: bool = False) -> tuple[int, int]:
     cols = sample_size(len(pool), u, minimum)
-    picked = sample_size(len(targets), u, minimum) if targets else 0
+    picked = (len(targets) if all_targets else sample_size(len(targets), u, minimum)) if targets else 0
     rows = cols if not targets else cols + picked if objective in ("flmi", "flcg") else picked
     return rows, cols
 

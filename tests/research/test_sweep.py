@@ -37,6 +37,10 @@ def test_nested_layouts_with_targets_nest_rows_and_columns() -> None:
     assert np.array_equal(large.seen_rows[: len(large.seen_cols)], large.seen_cols)  # pool rows = the sampled candidates
     topk = nested_layouts(pool, targets, "topk", (0.1, 0.5), 2, seed=3)[0.5]
     assert len(topk.rows) == 20 and topk.n_pool_rows == 0 and len(topk.seen_rows) == 10
+    every = nested_layouts(pool, targets, "topk", (0.1, 0.5), 2, seed=3, all_targets=True)
+    for u in (0.1, 0.5):  # the all-targets design: every target row at every u, the same sampled candidates
+        assert np.array_equal(every[u].seen_rows, np.arange(20))
+        assert np.array_equal(every[u].seen_cols, nested_layouts(pool, targets, "topk", (0.1, 0.5), 2, seed=3)[u].seen_cols)
 
 
 @pytest.fixture(scope="module")

@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 from nncift.network.anchors import NEIGHBOURS, SHRINKS, TEMPERATURES, Anchors, anchor_correction
 from nncift.network.folds import MIN_RECORDS_PER_FOLD, fold_masks, sampled_self_cols, training_sample
+from nncift.network.row_calibration import CALIBRATION_TEMPERATURES, RowCalibration
 from nncift.network.tower_training import PairBlock, train_stacked
 from nncift.network.towers import TwoTowerNetwork
 from nncift.network.validation import MIN_FOLDS, choose_candidate, explain_choice, mean_criteria, selection_criterion
@@ -100,6 +101,8 @@ class FitReport:
     """What validation held out: ``records`` (both sides) or ``columns`` (candidates; every row labelled)."""
     anchors: dict[str, float] = field(default_factory=dict)
     """The label anchors' kernel (τ, κ, neighbours) when the shipped predictor has them."""
+    row_calibration: dict[str, float] = field(default_factory=dict)
+    """The row calibration's kernel (τ, κ) and how many rows have their own line, when the shipped predictor has one."""
     n_training: int = 0
     """Labelled pairs the network was validated and trained on (``n_labelled`` or, beyond ``network.max_training_pairs``, a sample's)."""
 
@@ -191,26 +194,42 @@ def _anchored(data: PairBlock, base: np.ndarray, train: np.ndarray, kernel: tupl
     return base + anchor_correction(data.rows, data.cols, anchors).numpy()
 
 
+def _calibrated(data: PairBlock, base: np.ndarray, train: np.ndarray, temperature: float) -> np.ndarray:
+    """``base`` with each row's line fitted on the ``train`` pairs (:mod:`nncift.network.row_calibration`), on the whole block."""
+    calibration = RowCalibration.fit(data.rows.numpy(), base, data.labels, train & ~data.self_mask, temperature)
+    a, b = (v.numpy().astype(np.float64) for v in calibration.lines(data.rows))
+    return a[:, None] * base + b[:, None]
+
+
 def _validate(data: PairBlock, settings: FitSettings, folds: list[tuple[int, np.ndarray, np.ndarray]], bases: dict[str, list[np.ndarray]],
-              objective: str, candidate_scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | None
-              ) -> tuple[dict[str, list[dict[str, float]]], dict[str, tuple[float, float, int]]]:
-    """Per candidate, the selection criterion on each fold; and each anchored candidate's kernel (:data:`KERNELS`).
+              objective: str, candidate_scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | None, *, with_exact: bool = False
+              ) -> tuple[dict[str, list[dict[str, float]]], dict[str, tuple[float, ...]]]:
+    """Per candidate, the selection criterion on each fold; and each anchored (:data:`KERNELS`) or row-calibrated
+    (:data:`CALIBRATION_TEMPERATURES`) candidate's kernel.
 
     ``bases[name][i]``: fold i's (R, C) standardised predictions of a base predictor trained without that
-    fold. Each base is scored as it is and with label anchors (the (τ, κ) with the best mean criterion).
+    fold. Each base is scored as it is, with label anchors and with row calibration (each with the kernel of the
+    best mean criterion).
     """
+    variants: dict[str, tuple[Callable[[np.ndarray, np.ndarray, tuple[float, ...]], np.ndarray], list[tuple[float, ...]]]] = {
+        "anchors": (lambda base, train, kernel: _anchored(data, base, train, kernel), list(KERNELS)),  # type: ignore[arg-type]
+        "row calibration": (lambda base, train, kernel: _calibrated(data, base, train, kernel[0]), [(t,) for t in CALIBRATION_TEMPERATURES]),
+    }
     full: dict[str, list[np.ndarray]] = {}
     for name, predictions in bases.items():
         for (_, train, _), base in zip(folds, predictions):
             full.setdefault(name, []).append(base)
-            for kernel in KERNELS:
-                full.setdefault(f"{name}@{kernel}", []).append(_anchored(data, base, train, kernel))
-    scored = {key: _fold_criteria(data, settings, folds, values, objective, candidate_scores) for key, values in full.items()}
+            for variant, (make, kernels_tried) in variants.items():
+                for kernel in kernels_tried:
+                    full.setdefault(f"{name} + {variant}@{kernel}", []).append(make(base, train, kernel))
+    scored = {key: _fold_criteria(data, settings, folds, values, objective, candidate_scores, with_exact) for key, values in full.items()}
     chosen = {name: scored[name] for name in bases}
-    kernels: dict[str, tuple[float, float, int]] = {}
+    kernels: dict[str, tuple[float, ...]] = {}
     for name in bases:
-        best = max(KERNELS, key=lambda kernel: mean_criteria(scored[f"{name}@{kernel}"])["criterion"])
-        chosen[f"{name} + anchors"], kernels[f"{name} + anchors"] = scored[f"{name}@{best}"], best
+        for variant, (_, kernels_tried) in variants.items():
+            key = f"{name} + {variant}"
+            best = max(kernels_tried, key=lambda kernel: mean_criteria(scored[f"{key}@{kernel}"])["criterion"])
+            chosen[key], kernels[key] = scored[f"{key}@{best}"], best
     return chosen, kernels
 
 
@@ -220,16 +239,25 @@ residual (per-row offset calibration), borrowed by unlabelled rows from their ne
 
 
 def _fold_criteria(data: PairBlock, settings: FitSettings, folds: list[tuple[int, np.ndarray, np.ndarray]], values: list[np.ndarray],
-                   objective: str, candidate_scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | None) -> list[dict[str, float]]:
-    """The criterion of each fold on its held-out pairs (all predicted, as nearly every pair of a run is)."""
+                   objective: str, candidate_scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | None,
+                   with_exact: bool = False) -> list[dict[str, float]]:
+    """The criterion of each fold on its held-out pairs (all predicted, as nearly every pair of a run is).
+
+    ``with_exact`` (held-out candidates, every row labelled): the selection also sees the fold's training candidates
+    with their exact values, as a run's selection sees its labelled candidates beside the predicted ones, so a
+    predictor whose values are off the labels' scale loses what it would lose in the run (the exact candidates
+    winning, or losing, the budget by scale alone).
+    """
     out = []
-    for (_, _, val), predicted in zip(folds, values):
-        rows, cols = np.flatnonzero(val.any(axis=1)), np.flatnonzero(val.any(axis=0))
+    for (_, train, val), predicted in zip(folds, values):
+        shown = (val | train) if with_exact else val
+        rows, cols = np.flatnonzero(shown.any(axis=1)), np.flatnonzero(shown.any(axis=0))
         block = np.ix_(rows, cols)
-        true = np.where(val[block], data.labels[block], np.nan)
+        true = np.where(shown[block], data.labels[block], np.nan)
         filled = np.where(np.isfinite(true), true, np.nanmean(true))
+        seen = np.where(train[block], data.labels[block], predicted[block]) if with_exact else predicted[block]
         aggregate = None if candidate_scores is None else (lambda matrix, rows=rows: candidate_scores(matrix, rows))
-        out.append(selection_criterion(filled, np.where(np.isfinite(true), predicted[block], np.nanmean(predicted[block])),
+        out.append(selection_criterion(filled, np.where(np.isfinite(true), seen, np.nanmean(seen)),
                                        settings.validation_budget, objective, settings.network.seed, aggregate))
     return out
 
@@ -339,10 +367,11 @@ def _chosen_network(data: PairBlock, settings: FitSettings, report: FitReport, f
     report.steps, report.validation_curve = e * settings.eval_every, [float(v) for v in mean_curves[g]]
     trained = _fold_predictions(data, settings, folds, grid[g], report.steps)
     bases = {"prior": priors, "network": trained, "blend": [0.5 * (a + b) for a, b in zip(priors, trained)]}
-    per_fold, kernels = _validate(data, settings, folds, bases, objective, candidate_scores)
+    per_fold, kernels = _validate(data, settings, folds, bases, objective, candidate_scores, with_exact=report.held_out == "columns")
     report.candidates = {name: mean_criteria(values) for name, values in per_fold.items()}
     report.fold_criteria = {name: [p["criterion"] for p in values] for name, values in per_fold.items()}
-    report.chosen = choose_candidate(per_fold, ["prior", "blend", "network", "prior + anchors", "blend + anchors", "network + anchors"],
+    report.chosen = choose_candidate(per_fold, ["prior", "blend", "network", "prior + anchors", "blend + anchors", "network + anchors",
+                                                "prior + row calibration", "blend + row calibration", "network + row calibration"],
                                      settings.network.fallback, settings.force)
     return _final_network(data, settings, report, kernels.get(report.chosen))
 
@@ -360,10 +389,11 @@ def _fold_predictions(data: PairBlock, settings: FitSettings, folds: list[tuple[
         return [n.standardised_block(data.rows, data.cols, self_t, cos=cos).numpy().astype(np.float64) for n in networks]
 
 
-def _final_network(data: PairBlock, settings: FitSettings, report: FitReport, kernel: tuple[float, float, int] | None) -> TwoTowerNetwork:
-    """The chosen predictor trained on every labelled pair: the prior, the network or their blend, with its anchors."""
+def _final_network(data: PairBlock, settings: FitSettings, report: FitReport, kernel: tuple[float, ...] | None) -> TwoTowerNetwork:
+    """The chosen predictor trained on every labelled pair: the prior, the network or their blend, with its anchors or
+    its row calibration."""
     network = _build_two_tower(data, settings, data.mask, settings.network.seed)
-    base = report.chosen.replace(" + anchors", "")
+    base, _, variant = report.chosen.partition(" + ")
     if base != "prior":
         assert report.learning_rate is not None and report.weight_decay is not None and report.steps is not None  # chosen on validation
         train_stacked([network], data, [data.mask], [report.learning_rate], [report.weight_decay], report.steps, None, settings.eval_every,
@@ -374,8 +404,15 @@ def _final_network(data: PairBlock, settings: FitSettings, report: FitReport, ke
         self_t = None if data.self_cols is None else torch.from_numpy(data.self_cols)
         with torch.no_grad():
             fitted = network.standardised_block(data.rows, data.cols, self_t, cos=torch.from_numpy(data.cos.astype(np.float32))).numpy()
-        network.attach_anchors(Anchors.from_block(data.rows.numpy(), data.cols.numpy(), data.labels - fitted, data.mask & ~data.self_mask, *kernel))
-        report.anchors = {"temperature": kernel[0], "shrink": kernel[1], "neighbours": kernel[2]}
+        counted = data.mask & ~data.self_mask
+        if variant == "row calibration":
+            calibration = RowCalibration.fit(data.rows.numpy(), fitted, data.labels, counted, kernel[0])
+            network.attach_row_calibration(calibration)
+            report.row_calibration = {"temperature": calibration.temperature, "shrink": calibration.shrink, "rows": int(calibration.rows.shape[0])}
+        else:
+            tau, kappa, neighbours = kernel
+            network.attach_anchors(Anchors.from_block(data.rows.numpy(), data.cols.numpy(), data.labels - fitted, counted, tau, kappa, int(neighbours)))
+            report.anchors = {"temperature": tau, "shrink": kappa, "neighbours": int(neighbours)}
     return network
 
 

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from nncift.network.anchors import NEIGHBOURS, Anchors, anchor_correction, sparse_kernel_weights
+from nncift.network.row_calibration import RowCalibration
 
 __all__ = ["TwoTowerNetwork", "PointwiseNetwork", "predict_two_tower", "InnerProductForm", "inner_product_form"]
 
@@ -83,6 +84,18 @@ class TwoTowerNetwork(torch.nn.Module):
         self.register_buffer("label_mean", torch.zeros(()))
         self.register_buffer("label_std", torch.ones(()))
         self.anchors: Anchors | None = None
+        self.row_calibration: RowCalibration | None = None
+
+    def attach_row_calibration(self, calibration: RowCalibration | None) -> None:
+        """Add (or, with None, remove) per-row calibration (:mod:`nncift.network.row_calibration`); saved with the weights."""
+        self.row_calibration = calibration
+        for name in ("calibration_rows", "calibration_slopes", "calibration_offsets", "calibration_kernel"):
+            self._buffers.pop(name, None)
+        if calibration is not None:
+            self.register_buffer("calibration_rows", calibration.rows)
+            self.register_buffer("calibration_slopes", calibration.slopes)
+            self.register_buffer("calibration_offsets", calibration.offsets)
+            self.register_buffer("calibration_kernel", torch.tensor([calibration.temperature, calibration.shrink]))
 
     def attach_anchors(self, anchors: Anchors | None) -> None:
         """Add (or, with None, remove) the label-anchor correction; its tensors are saved with the weights."""
@@ -97,7 +110,11 @@ class TwoTowerNetwork(torch.nn.Module):
             self.register_buffer("anchor_kernel", torch.tensor([anchors.temperature, anchors.shrink, float(anchors.neighbours)]))
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
-        """Loading weights saved with anchors re-creates the anchors (their sizes come from the file)."""
+        """Loading weights saved with anchors or a row calibration re-creates them (their sizes come from the file)."""
+        if prefix + "calibration_rows" in state_dict:
+            kernel = state_dict[prefix + "calibration_kernel"]
+            rows, slopes, offsets = (state_dict[prefix + name].clone() for name in ("calibration_rows", "calibration_slopes", "calibration_offsets"))
+            self.attach_row_calibration(RowCalibration(rows, slopes, offsets, float(kernel[0]), float(kernel[1])))
         if prefix + "anchor_rows" in state_dict:
             kernel = state_dict[prefix + "anchor_kernel"]
             rows, cols, residuals, mask = (state_dict[prefix + name].clone() for name in ("anchor_rows", "anchor_cols", "anchor_residuals", "anchor_mask"))
@@ -155,6 +172,8 @@ class TwoTowerNetwork(torch.nn.Module):
                 out = out + extra
         if self.anchors is not None:
             out = out + anchor_correction(rows, cols, self.anchors)
+        if self.row_calibration is not None:
+            out = self.row_calibration.apply(rows, out)
         return out
 
     def forward(self, rows: Tensor, cols: Tensor, self_cols: Tensor | None = None) -> Tensor:
@@ -171,6 +190,9 @@ class TwoTowerNetwork(torch.nn.Module):
         if self.anchors is not None:
             described["anchors"] = {"rows": int(self.anchors.rows.shape[0]), "cols": int(self.anchors.cols.shape[0]),
                                     "temperature": self.anchors.temperature, "shrink": self.anchors.shrink, "neighbours": self.anchors.neighbours}
+        if self.row_calibration is not None:
+            described["row_calibration"] = {"rows": int(self.row_calibration.rows.shape[0]), "temperature": self.row_calibration.temperature,
+                                            "shrink": self.row_calibration.shrink}
         return described
 
 
@@ -205,18 +227,27 @@ def predict_two_tower(network: TwoTowerNetwork, rows: np.ndarray, cols: np.ndarr
             f, r = network.row_tower(part)
             left = torch.cat([network.alpha * part, f / math.sqrt(network.rank), (r + network.beta)[:, None],
                               torch.ones(stop - start, 1)], dim=1)
+            lines = _row_lines(network, part)
+            if lines is not None:
+                left = lines[0][:, None] * left
+                left[:, -2] += lines[1]
             block = torch.addmm(torch.full((1, 1), shift), left, right.T)
             if self_cols is not None:
                 own = np.asarray(self_cols[start:stop])
                 local = np.flatnonzero(own >= 0)
                 if local.size:
                     term = network.self_bias + part[local] @ network.self_weight
-                    block[local, own[local]] += scale * term
+                    block[local, own[local]] += scale * term * (1.0 if lines is None else lines[0][local])
             if anchors is not None:
                 wr = sparse_kernel_weights(part, anchors.rows, anchors.temperature, NEIGHBOURS)
                 block += scale * torch.sparse.mm(wr, residual_cols) / (torch.sparse.mm(wr, mask_cols) + anchors.shrink)
             out[start:stop] = block.numpy()
     return out
+
+
+def _row_lines(network: TwoTowerNetwork, rows: Tensor) -> tuple[Tensor, Tensor] | None:
+    """The row calibration's (A, B) of ``rows``, or None without one."""
+    return None if network.row_calibration is None else network.row_calibration.lines(rows)
 
 
 class InnerProductForm(NamedTuple):
@@ -257,11 +288,15 @@ def inner_product_form(network: TwoTowerNetwork, rows: np.ndarray, cols: np.ndar
             part = torch.from_numpy(np.ascontiguousarray(rows[start:start + block_rows], dtype=np.float32))
             f, r = network.row_tower(part)
             ones = torch.ones(part.shape[0], 1)
-            row_features[start:start + len(part)] = torch.cat([network.alpha * part, f / root, (r + network.beta)[:, None], ones,
-                                                              ones * shift], dim=1).numpy()
+            features = torch.cat([network.alpha * part, f / root, (r + network.beta)[:, None], ones, ones * shift], dim=1)
+            lines = _row_lines(network, part)
+            if lines is not None:  # A(x)·(every term but μ) + B(x) on the offset
+                features[:, :-1] *= lines[0][:, None]
+                features[:, -3] += lines[1]
+            row_features[start:start + len(part)] = features.numpy()
             if own is not None:
                 has = own[start:start + len(part)] >= 0
-                terms = (scale * (network.self_bias + part @ network.self_weight)).numpy()
+                terms = (scale * (network.self_bias + part @ network.self_weight) * (1.0 if lines is None else lines[0])).numpy()
                 self_terms[start:start + len(part)] = np.where(has, terms, 0.0)
         for start in range(0, len(cols), block_rows):
             part = torch.from_numpy(np.ascontiguousarray(cols[start:start + block_rows], dtype=np.float32))
