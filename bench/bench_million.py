@@ -55,6 +55,7 @@ def trained_network(seed: int):
     import dataclasses
 
     from bench_network import setup
+
     from nncift.influence import influence_class
     from nncift.models.embeddings import embed_records
     from nncift.network.fitting import FitSettings, fit_pairwise
