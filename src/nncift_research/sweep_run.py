@@ -27,6 +27,7 @@ from nncift.selection import budget_to_count
 from nncift.selection.subset_quality import choose_subset
 from nncift.settings.fields import environment_info, settings_dict
 from nncift.steps.select import (
+    ADDED_SETTINGS,
     Layout,
     block_self_cols,
     influence_spec,
@@ -65,7 +66,7 @@ class Sweep:
         self.all_targets = sampling.design == "all-targets"
         self.precomputed = precomputed
         self.store = RunStore(out, {**settings_dict(settings), "influence_options": self.options,
-                                    "precomputed": precomputed is not None})
+                                    "precomputed": precomputed is not None}, added=ADDED_SETTINGS)
         self.store.check_records(records_digest(self.pool, self.targets + self.heldout))
         self.folder = self.store.folder
         self.counts = {"computed_now": 0, "answers_generated": 0, "answers_reused": 0}

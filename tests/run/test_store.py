@@ -51,3 +51,14 @@ def test_run_store_names_the_differing_setting(tmp_path: Path) -> None:
     RunStore(tmp_path / "run", {"fraction": 0.05, "seed": 0, "quiet": True})  # runtime-only key: fine
     with pytest.raises(SettingsMismatch, match=r"fraction: stored 0\.05, now 0\.1"):
         RunStore(tmp_path / "run", {"fraction": 0.1, "seed": 0})
+
+
+def test_a_folder_older_than_a_setting_resumes_at_that_settings_old_value(tmp_path: Path) -> None:
+    old = {"seed": 0, "selection": {"budget": 5}, "packing": False}
+    RunStore(tmp_path / "run", {"seed": 0, "selection": {"budget": 5}}).close()  # written before two settings existed
+    added = {"selection.partitions": 0, "packing": False}
+    RunStore(tmp_path / "run", {**old, "selection": {"budget": 5, "partitions": 0}}, added=added).close()
+    with pytest.raises(SettingsMismatch, match=r"selection\.partitions: stored 0, now 4"):  # another value: refused
+        RunStore(tmp_path / "run", {**old, "selection": {"budget": 5, "partitions": 4}}, added=added)
+    with pytest.raises(SettingsMismatch, match="partitions"):  # without the declaration: refused, as before
+        RunStore(tmp_path / "run", {**old, "selection": {"budget": 5, "partitions": 0}})

@@ -221,6 +221,8 @@ def records_digest(records: Sequence[Record]) -> str:
 
 RUNTIME_SETTINGS = frozenset({"checkpoint_steps"})
 """Settings that do not change the adapter: a run may resume with other values."""
+ADDED_SETTINGS: dict[str, object] = {"gradient_accumulation": 1, "precision": "auto", "gradient_checkpointing": False, "packing": False}
+"""Settings newer than some fine-tuning folders, at the values those folders trained with (a folder without them resumes)."""
 
 
 def resolve_precision(precision: str, device: str) -> str:
@@ -267,7 +269,7 @@ def finetune(records: Sequence[Record], settings: FinetuneSettings, out: str | P
     precision = resolve_precision(settings.precision, device)
     digest = records_digest(records)
     kept = {key: value for key, value in settings_dict(settings).items() if key not in RUNTIME_SETTINGS}
-    with RunStore(out, {**kept, "data_sha256": digest, "command": "finetune"}) as store:
+    with RunStore(out, {**kept, "data_sha256": digest, "command": "finetune"}, added=ADDED_SETTINGS) as store:
         finished = _finished(store.folder)
         if finished is not None:
             return finished

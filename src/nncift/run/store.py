@@ -314,6 +314,18 @@ def _leaves(key: str, stored: Any, now: Any) -> list[tuple[str, Any, Any]]:
     return [(key, stored, now)]
 
 
+def _with_added(stored: dict[str, Any], added: dict[str, Any]) -> dict[str, Any]:
+    """``stored`` settings with each ``added`` one (``key`` or ``stage.field``) filled in where the folder lacks it."""
+    out = {key: dict(value) if isinstance(value, dict) else value for key, value in stored.items()}
+    for name, value in added.items():
+        stage, _, leaf = name.partition(".")
+        if not leaf:
+            out.setdefault(stage, value)
+        elif isinstance(out.get(stage), dict):
+            out[stage].setdefault(leaf, value)
+    return out
+
+
 class RunStore:
     """A run folder: refuses to mix settings, holds the run's artefacts and (``exclusive``) the folder's lock.
 
@@ -322,10 +334,14 @@ class RunStore:
     """
 
     def __init__(self, folder: str | Path, settings: dict[str, Any], *, exclusive: bool = True,
-                 rerun_keys: frozenset[str] = frozenset(), check: Callable[["RunStore"], None] | None = None):
-        """``check``: further refusals (records, input files), made after the settings are compared and before they are written."""
+                 rerun_keys: frozenset[str] = frozenset(), check: Callable[["RunStore"], None] | None = None,
+                 added: dict[str, Any] | None = None):
+        """``check``: further refusals (records, input files), made after the settings are compared and before they are written.
+        ``added``: settings (``key`` or ``stage.field``) newer than some folders, at the value that reproduces what those
+        folders did; a stored folder without one is compared as if it held that value (so it still resumes)."""
         self.folder = make_run_folder(folder)
         self.settings = settings
+        self.added = dict(added or {})
         self.rerun_keys = rerun_keys
         """Settings that may differ from the stored ones: the results they affect are recomputed (re-selection)."""
         self.changed: dict[str, Any] = {}
@@ -357,7 +373,7 @@ class RunStore:
         """Refuse other settings (but the ``rerun_keys``); whether ``settings.json`` is to be written (new or changed)."""
         path = self.folder / "settings.json"
         if path.exists():
-            stored = read_json_file(path)
+            stored = _with_added(read_json_file(path), self.added)
             differing = [key for key in sorted(set(stored) | set(self.settings))
                          if key not in RUNTIME_KEYS and stored.get(key) != self.settings.get(key)]
             refused = [f"{path}: stored {old!r}, now {new!r}" for key in differing if key not in self.rerun_keys

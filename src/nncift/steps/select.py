@@ -126,6 +126,8 @@ def load_inputs(settings: SelectSettings) -> tuple[list[Record], list[Record], l
     return pool, targets, reports + target_reports
 
 
+ADDED_SETTINGS: dict[str, object] = {"selection.partitions": 0}
+"""Select settings newer than some run folders, at the values those folders ran with (:class:`~nncift.run.store.RunStore`'s ``added``)."""
 RESELECT_KEYS = frozenset({"selection", "network"})
 """The stages whose settings change only the network or the selection: a run folder whose influence block is finished
 is re-selected with other values of these (the network is retrained when its settings changed); any
@@ -278,7 +280,7 @@ def _start_run(settings: SelectSettings, out: str | Path, pool: Iterable[Any] | 
     check_options(function_class.Settings, spec.options)  # before the folder is made
     selection_module.budget_to_count(settings.selection.budget, len(pool))  # a count above the pool size
     store = RunStore(out, {**settings_dict(settings), **store_extra, "influence_options": options,
-                           "matrix_rows": matrix_rows(objective, bool(targets))}, rerun_keys=RESELECT_KEYS,
+                           "matrix_rows": matrix_rows(objective, bool(targets))}, rerun_keys=RESELECT_KEYS, added=ADDED_SETTINGS,
                      check=lambda store: check_inputs(store, records_digest(pool, targets), [r.as_dict() for r in reports]))
     try:
         finished = finished_selection(store, pool, settings, progress=not settings.quiet)
