@@ -112,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--held-out", choices=("auto", "records", "columns"), default="auto",
                         help="what validation holds out: auto = as `nncift select` (columns only when every row is labelled)")
     parser.add_argument("--repeats", type=int, default=1, help="repeated cross-validation: record folds drawn this many times")
+    parser.add_argument("--criterion-without-exact", action="store_true",
+                        help="ablation: score held-out candidates alone, without the fold's exact training candidates beside them")
     parser.add_argument("--inputs", nargs="+", default=["all-MiniLM-L6-v2"],
                         help="network inputs: embedders (the bundled all-MiniLM-L6-v2, lm:smollm2-135m-instruct for the LM's own mean-pooled states, any id)")
     parser.add_argument("--output", type=Path, default=None)
@@ -166,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                 if forced and forced.startswith("prior") and loss != args.losses[0]:
                     continue  # the prior does not train: one loss is enough
                 net_settings = NetworkSettings(loss=loss, fallback=forced is None, seed=seed)
-                fit = FitSettings(net_settings, validation_repeats=args.repeats)
+                fit = FitSettings(net_settings, validation_repeats=args.repeats, criterion_shows_exact=not args.criterion_without_exact)
                 if forced:
                     fit = dataclasses.replace(fit, force=forced)
                 tick = time.perf_counter()

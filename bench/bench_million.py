@@ -87,9 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from nncift.network.towers import inner_product_form
-    from nncift.selection.sparse import ExactValues, exact_graph, sparse_facility_location
+    from nncift.selection.sparse import ExactValues, exact_graph, graph_objective, sparse_facility_location
     from nncift.selection.sparse_index import faiss_graph
-    from nncift.steps.add import graph_objective
 
     rows_out: list[tuple[str, float, float, str]] = []
     started = time.perf_counter()

@@ -21,9 +21,9 @@ from nncift.network.files import load_network
 from nncift.network.paper import predict_pairwise
 from nncift.run.layout import Layout
 from nncift.selection import extend_greedy
-from nncift.selection.sparse import sparse_facility_location
+from nncift.selection.sparse import extend_on_graph, graph_values, sparse_facility_location
 from nncift.selection.sparse_index import GraphPlan
-from nncift.steps.add import add_to_run, extend_on_graph, graph_values, union_graph
+from nncift.steps.add import add_to_run, union_graph
 from nncift.steps.inspect import inspect_run, to_markdown
 from nncift.steps.score import ObjectiveState, score_records
 from nncift.steps.select import run_select

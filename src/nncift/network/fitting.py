@@ -69,6 +69,10 @@ class FitSettings:
     """Without ``network.fallback``: the candidate shipped whatever validation says (benchmarks compare every candidate this way)."""
     validation_budget: float = 0.3
     """Subset share used by the selection-aware validation criterion."""
+    criterion_shows_exact: bool = True
+    """On held-out candidates, score the selection with the fold's training candidates beside them at their exact values
+    (as the run's selection sees them); False: the held-out candidates alone (the rule before row calibration: the
+    benchmarks' ablation)."""
     validation_repeats: int = 1
     """Repeated cross-validation: the record folds are drawn this many times (seeds ``seed``, ``seed + 1``, …) and every
     fold of every repeat is trained and scored, so the choice rests on ``folds × repeats`` held-out blocks."""
@@ -367,7 +371,8 @@ def _chosen_network(data: PairBlock, settings: FitSettings, report: FitReport, f
     report.steps, report.validation_curve = e * settings.eval_every, [float(v) for v in mean_curves[g]]
     trained = _fold_predictions(data, settings, folds, grid[g], report.steps)
     bases = {"prior": priors, "network": trained, "blend": [0.5 * (a + b) for a, b in zip(priors, trained)]}
-    per_fold, kernels = _validate(data, settings, folds, bases, objective, candidate_scores, with_exact=report.held_out == "columns")
+    shows_exact = report.held_out == "columns" and settings.criterion_shows_exact
+    per_fold, kernels = _validate(data, settings, folds, bases, objective, candidate_scores, with_exact=shows_exact)
     report.candidates = {name: mean_criteria(values) for name, values in per_fold.items()}
     report.fold_criteria = {name: [p["criterion"] for p in values] for name, values in per_fold.items()}
     report.chosen = choose_candidate(per_fold, ["prior", "blend", "network", "prior + anchors", "blend + anchors", "network + anchors",

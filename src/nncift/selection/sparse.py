@@ -33,7 +33,7 @@ from nncift.selection.sparse_kernels import candidate_major, graph_gains, graph_
 __all__ = [
     "NeighbourGraph", "ExactValues", "BlockPredictor", "graph_from_blocks", "exact_graph", "column_maxima",
     "sparse_facility_location", "sparse_fl_mutual_information", "sparse_fl_conditional_gain", "choose_on_graph", "default_block_rows",
-    "feature_arrays", "graph_greedy", "row_terms",
+    "feature_arrays", "graph_greedy", "row_terms", "extend_on_graph", "graph_values", "graph_objective",
 ]
 
 BlockPredictor = Callable[[int, int], np.ndarray]
@@ -245,6 +245,58 @@ def graph_greedy(graph: NeighbourGraph, budget: float | int, *, cap: np.ndarray 
     """Lazy greedy on the graph with the per-row ``cap`` (FLMI's, already scaled: float32 (n_rows,)) and the starting
     coverage ``initial`` (FLCG's, already scaled): the kernel under :func:`sparse_facility_location` and its variants."""
     return _graph_greedy(graph, budget, cap=cap, initial=initial, name=name, stochastic=False, epsilon=0.01, seed=0)
+
+
+def _graph_entries(graph: NeighbourGraph, cap: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(row of each entry, its value clipped at 0 and at the row's ``cap``), float32."""
+    rows = np.repeat(np.arange(graph.n_rows), np.diff(graph.indptr))
+    values = np.maximum(graph.values, np.float32(0.0))
+    return rows, values if cap is None else np.minimum(values, cap[rows])
+
+
+def _covered(graph: NeighbourGraph, picks: np.ndarray, cap: np.ndarray | None, initial: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 coverage of each graph row by ``picks``, from ``initial`` (default 0), float32 start)."""
+    start = np.zeros(graph.n_rows, np.float32) if initial is None else np.asarray(initial, np.float32)
+    rows, values = _graph_entries(graph, cap)
+    mask = np.isin(graph.columns, picks)
+    cover = start.copy()
+    np.maximum.at(cover, rows[mask], values[mask])
+    return cover, start
+
+
+def extend_on_graph(graph: NeighbourGraph, count: int, chosen: np.ndarray, *, cap: np.ndarray | None = None,
+                    initial: np.ndarray | None = None, name: str = "fl") -> Selection:
+    """:func:`~nncift.selection.extend_greedy` on a neighbour graph: each row's coverage starts at what ``chosen`` gives it on
+    the graph (clipped at 0 and at ``cap``; ``initial`` when higher), and lazy greedy adds ``count`` of the other candidates
+    (their conditional gain; entries outside the graph count 0). The picks of :func:`extend_greedy` on
+    :meth:`NeighbourGraph.to_dense`, with no (rows × candidates) matrix: the chosen columns are dropped from the graph."""
+    kept = np.unique(np.asarray(chosen, dtype=np.int64))
+    rest = np.setdiff1d(np.arange(graph.n_columns, dtype=np.int64), kept)
+    if not 0 <= count <= rest.size:
+        raise ValueError(f"cannot add {count} candidates: {rest.size} are not chosen yet")
+    cover, _ = _covered(graph, kept, cap, initial)
+    rows = np.repeat(np.arange(graph.n_rows), np.diff(graph.indptr))
+    free = ~np.isin(graph.columns, kept)
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows[free], minlength=graph.n_rows))]).astype(np.int64)
+    columns = np.searchsorted(rest, graph.columns[free]).astype(np.int32)
+    others = NeighbourGraph(indptr, columns, graph.values[free], len(rest), graph.method, graph.neighbours, graph.recall)
+    added = graph_greedy(others, int(count), cap=cap, initial=cover, name=name)  # the kept picks' coverage is the start
+    return Selection(rest[added.indices], added.gains, added.objective, name, added.n_positive)
+
+
+def graph_values(graph: NeighbourGraph, *, cap: np.ndarray | None = None, initial: np.ndarray | None = None) -> np.ndarray:
+    """float64 singleton value of every candidate on the graph (from the ``initial`` coverage), as the sparse greedy computes
+    its first gains (what a sparse select writes as ``value``)."""
+    start = np.zeros(graph.n_rows, np.float32) if initial is None else np.asarray(initial, np.float32)
+    cptr, crows, cvals = candidate_major(graph.indptr, graph.columns, graph.values, graph.n_columns,
+                                         np.zeros(graph.n_rows, np.float32) if cap is None else np.asarray(cap, np.float32), cap is not None)
+    return np.asarray(graph_gains(cptr, crows, cvals, np.diff(cptr), start.copy()), dtype=np.float64)
+
+
+def graph_objective(graph: NeighbourGraph, picks: np.ndarray, *, cap: np.ndarray | None = None, initial: np.ndarray | None = None) -> float:
+    """The facility-location objective of ``picks`` on the graph: the coverage gained over ``initial`` (float64 sum)."""
+    cover, start = _covered(graph, np.asarray(picks, dtype=np.int64), cap, initial)
+    return float(np.sum(cover.astype(np.float64) - start.astype(np.float64)))
 
 
 def _scaled_maxima(maxima: np.ndarray, scale: float, scale_name: str, what: str, n_rows: int) -> np.ndarray:

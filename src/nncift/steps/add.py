@@ -11,7 +11,7 @@ loaded.
 A run that selected on a neighbour graph (``--selection.neighbours``, no predicted matrix) grows on a graph: the union's
 graph (old pool and new records as rows where the pool represents itself, then the targets) is built as ``select`` builds
 one (:mod:`nncift.steps.select_sparse`): with the run's K and builder, from the run's network, the exact sampled values and
-the self-pair term folded in; the greedy then continues from the kept picks on it (:func:`extend_on_graph`). The
+the self-pair term folded in; the greedy then continues from the kept picks on it (:func:`~nncift.selection.sparse.extend_on_graph`). The
 picks are those a fresh sparse ``select`` over the union with the same network would add to the kept ones; no (rows ×
 union) matrix is formed and none is written.
 
@@ -42,8 +42,16 @@ from nncift.run.report import build_manifest
 from nncift.run.store import RunStore
 from nncift.run.view import RunView, as_view, check_digest
 from nncift.selection import Selection, budget_to_count, extend_greedy, fits_in_memory
-from nncift.selection.sparse import BlockPredictor, ExactValues, NeighbourGraph, column_maxima, sparse_fl_conditional_gain
-from nncift.selection.sparse_kernels import candidate_major, graph_gains
+from nncift.selection.sparse import (
+    BlockPredictor,
+    ExactValues,
+    NeighbourGraph,
+    column_maxima,
+    extend_on_graph,
+    graph_objective,
+    graph_values,
+    row_terms,
+)
 from nncift.selection.subset_quality import ObjectiveSpec, objective_on
 from nncift.settings.fields import settings_dict
 from nncift.settings.stages import SelectSettings
@@ -261,10 +269,8 @@ def _grow_on_graph(view: RunView, network: Any, new_embeddings: np.ndarray, col_
     graph, predict, exact = union_graph(view, network, (row_embeddings, col_embeddings), n_pool_rows, len(new), neighbours)
     cap = start = None
     if view.objective in ("flmi", "flcg"):
-        maxima = np.maximum(column_maxima(predict, n_pool_rows, len(rows), graph.n_columns, exact=exact), np.float32(0.0))
-        scale = settings.selection.eta if view.objective == "flmi" else settings.selection.nu
-        scaled = (scale * maxima.astype(np.float64)).astype(np.float32)  # as the sparse greedy scales its caps and starts
-        cap, start = (scaled, None) if view.objective == "flmi" else (None, scaled)
+        maxima = column_maxima(predict, n_pool_rows, len(rows), graph.n_columns, exact=exact)
+        cap, start = row_terms(view.objective, maxima, graph.n_rows, eta=settings.selection.eta, nu=settings.selection.nu)
     added = extend_on_graph(graph, k - len(kept), kept, cap=cap, initial=start, name=view.objective)
     values = graph_values(graph, cap=cap, initial=start)
     total = graph_objective(graph, np.concatenate([kept, added.indices]), cap=cap, initial=start)
@@ -314,58 +320,6 @@ def _union_labels(view: RunView, n_new: int, n_pool_rows: int, own: np.ndarray |
     if old_pool_rows and n_pool_rows:
         rows = np.where(rows >= old_pool_rows, rows + n_new, rows)
     return ExactValues(own, self_terms, rows, cols, values)
-
-
-def _graph_entries(graph: NeighbourGraph, cap: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """(row of each entry, its value clipped at 0 and at the row's ``cap``), float32."""
-    rows = np.repeat(np.arange(graph.n_rows), np.diff(graph.indptr))
-    values = np.maximum(graph.values, np.float32(0.0))
-    return rows, values if cap is None else np.minimum(values, cap[rows])
-
-
-def _covered(graph: NeighbourGraph, picks: np.ndarray, cap: np.ndarray | None, initial: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """(float32 coverage of each graph row by ``picks``, from ``initial`` (default 0), float32 start)."""
-    start = np.zeros(graph.n_rows, np.float32) if initial is None else np.asarray(initial, np.float32)
-    rows, values = _graph_entries(graph, cap)
-    mask = np.isin(graph.columns, picks)
-    cover = start.copy()
-    np.maximum.at(cover, rows[mask], values[mask])
-    return cover, start
-
-
-def extend_on_graph(graph: NeighbourGraph, count: int, chosen: np.ndarray, *, cap: np.ndarray | None = None,
-                    initial: np.ndarray | None = None, name: str = "fl") -> Selection:
-    """:func:`~nncift.selection.extend_greedy` on a neighbour graph: each row's coverage starts at what ``chosen`` gives it on
-    the graph (clipped at 0 and at ``cap``; ``initial`` when higher), and lazy greedy adds ``count`` of the other candidates
-    (their conditional gain; entries outside the graph count 0). The picks of :func:`extend_greedy` on
-    :meth:`NeighbourGraph.to_dense`, with no (rows × candidates) matrix: the chosen columns are dropped from the graph."""
-    kept = np.unique(np.asarray(chosen, dtype=np.int64))
-    rest = np.setdiff1d(np.arange(graph.n_columns, dtype=np.int64), kept)
-    if not 0 <= count <= rest.size:
-        raise ValueError(f"cannot add {count} candidates: {rest.size} are not chosen yet")
-    cover, _ = _covered(graph, kept, cap, initial)
-    rows, values = _graph_entries(graph, cap)
-    free = ~np.isin(graph.columns, kept)
-    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows[free], minlength=graph.n_rows))]).astype(np.int64)
-    columns = np.searchsorted(rest, graph.columns[free]).astype(np.int32)
-    others = NeighbourGraph(indptr, columns, values[free], len(rest), graph.method, graph.neighbours, graph.recall)
-    added = sparse_fl_conditional_gain(others, cover, int(count), nu=1.0)  # the coverage is the start (ν = 1 keeps it as is)
-    return Selection(rest[added.indices], added.gains, added.objective, name, added.n_positive)
-
-
-def graph_values(graph: NeighbourGraph, *, cap: np.ndarray | None = None, initial: np.ndarray | None = None) -> np.ndarray:
-    """float64 singleton value of every candidate on the graph (from the ``initial`` coverage), as the sparse greedy computes
-    its first gains (what a sparse select writes as ``value``)."""
-    start = np.zeros(graph.n_rows, np.float32) if initial is None else np.asarray(initial, np.float32)
-    cptr, crows, cvals = candidate_major(graph.indptr, graph.columns, graph.values, graph.n_columns,
-                                         np.zeros(graph.n_rows, np.float32) if cap is None else np.asarray(cap, np.float32), cap is not None)
-    return np.asarray(graph_gains(cptr, crows, cvals, np.diff(cptr), start.copy()), dtype=np.float64)
-
-
-def graph_objective(graph: NeighbourGraph, picks: np.ndarray, *, cap: np.ndarray | None = None, initial: np.ndarray | None = None) -> float:
-    """The facility-location objective of ``picks`` on the graph: the coverage gained over ``initial`` (float64 sum)."""
-    cover, start = _covered(graph, np.asarray(picks, dtype=np.int64), cap, initial)
-    return float(np.sum(cover.astype(np.float64) - start.astype(np.float64)))
 
 
 def _continue(objective: str, matrix: np.ndarray, n_pool_rows: int, rows: list[Record], kept: np.ndarray, k: int,
