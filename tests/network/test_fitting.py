@@ -254,3 +254,67 @@ def test_validation_holds_out_candidates_for_top_k_and_records_for_facility_loca
     assert validation_hold_out(6, 120, "topk") == "columns"  # top-k ranks aggregates over rows: validate the aggregate
     assert validation_hold_out(6, 120, "fl") == "records"  # FL reads each row: hold out whole records
     assert validation_hold_out(120, 120, "fl") == "columns"  # every row labelled: only candidates are ever new
+
+
+def test_step_sub_block_is_the_whole_block_up_to_step_pairs_and_about_step_pairs_beyond():
+    from nncift.network.tower_training import step_sub_block
+
+    assert step_sub_block(100, 200, 0) == (100, 200)  # 0: full batch
+    assert step_sub_block(100, 200, 20_000) == (100, 200)
+    rows, cols = step_sub_block(1000, 400, 40_000)
+    assert (rows, cols) == (316, 126) and abs(rows * cols - 40_000) < 500  # both sides shrunk alike
+    assert step_sub_block(1000, 3, 10) == (5, 2) and step_sub_block(3, 1000, 10) == (2, 5)  # a narrow side keeps 2
+
+
+def test_the_self_pairs_of_a_sub_block_are_found_in_its_positions():
+    from nncift.network.tower_training import _sub_self_index
+
+    own_rows, own_cols = torch.tensor([0, 1, 2, 3]), torch.tensor([5, 6, 7, 8])  # rows 0..3 are columns 5..8
+    rows, cols = torch.tensor([1, 3]), torch.tensor([2, 6, 8, 9])
+    sub = _sub_self_index((own_rows, own_cols), rows, cols, 4, 10)
+    assert sub is not None and sub[0].tolist() == [0, 1] and sub[1].tolist() == [1, 2]  # row 1 → col 6 (pos 1), row 3 → col 8 (pos 2)
+
+
+def _train_once(e: np.ndarray, labels: np.ndarray, step_pairs: int, seed: int = 0) -> tuple[TwoTowerNetwork, float]:
+    """A two-tower network trained 150 steps on the first 48 records × themselves; (network, its MSE on the other records)."""
+    from nncift.network.fitting import _build_two_tower, _pair_data, one_torch_thread
+    from nncift.network.tower_training import train_stacked
+
+    seen, cold = np.arange(48), np.arange(48, len(e))
+    data, mean, std = _pair_data(e[seen], e[seen], labels[np.ix_(seen, seen)], np.arange(48))
+    network = _build_two_tower(data, QUICK, data.mask, 0)
+    with one_torch_thread():
+        train_stacked([network], data, [data.mask], [3e-3], [1e-4], 150, None, 10, step_pairs=step_pairs, seed=seed)
+    network.set_label_scale(mean, std)
+    predicted = predict_pairwise(network.eval(), e[cold], e[cold], self_cols=np.arange(len(cold)))
+    return network, float(np.mean((predicted - labels[np.ix_(cold, cold)]) ** 2))
+
+
+def test_minibatch_steps_learn_as_full_batch_does_and_are_deterministic_per_seed():
+    e = np.random.default_rng(1).standard_normal((80, 16))
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    labels = learnable_labels(e, e)
+    cold = labels[48:, 48:]
+    variance = float(np.mean((cold - cold.mean()) ** 2))  # the error of predicting the mean
+    _, full_error = _train_once(e, labels, 0)
+    _, same_error = _train_once(e, labels, 48 * 48)  # a block no larger than step_pairs: exactly full batch
+    assert same_error == full_error
+    _, mini_error = _train_once(e, labels, 400)  # sub-blocks of 20 × 20 of the 48 × 48 labelled block
+    _, again_error = _train_once(e, labels, 400)
+    _, other_error = _train_once(e, labels, 400, seed=1)
+    assert mini_error == again_error and other_error != mini_error  # seeded sub-blocks
+    assert full_error < 0.5 * variance and mini_error < 0.5 * variance  # both learn the row and column effects
+    assert mini_error < 1.5 * full_error  # steps on 17% of the pairs learn nearly as well
+
+
+@pytest.mark.e2e
+def test_fit_with_minibatch_steps_reports_them_and_ships_a_learned_predictor(demo_embeddings):
+    e = demo_embeddings
+    true = learnable_labels(e, e)
+    seen = np.sort(np.random.default_rng(0).choice(len(e), 40, replace=False))
+    quick = dataclasses.replace(QUICK, network=dataclasses.replace(QUICK.network, step_pairs=400))
+    net, report = fit_pairwise(e[seen], e[seen], true[np.ix_(seen, seen)], quick, self_cols=np.arange(len(seen)))
+    assert report.step_pairs == 400 and report.as_dict()["step_pairs"] == 400  # 20 × 20 sub-blocks of the 40 × 40 block
+    assert report.chosen.split(" + ")[0] in ("network", "blend"), report.as_dict()
+    full_net, full_report = fit_pairwise(e[seen], e[seen], true[np.ix_(seen, seen)], QUICK, self_cols=np.arange(len(seen)))
+    assert full_report.step_pairs == 1600  # the whole block: full batch

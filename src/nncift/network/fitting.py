@@ -10,7 +10,8 @@ The network predicts pairs it has never seen, so validation holds out what predi
    row is labelled (all targets × sampled candidates, ``held_out="columns"``), folds hold out
    candidates only and validate on every row × the fold's candidates. ``validation_repeats`` draws the
    folds that many times (:mod:`nncift.network.folds`).
-2. Training runs by optimisation steps (full batch), AdamW, for each learning rate × weight decay of a
+2. Training runs by optimisation steps (full batch, or beyond ``network.step_pairs`` minibatches of seeded random rows ×
+   columns, so a step's cost stops growing with the labels), AdamW, for each learning rate × weight decay of a
    small grid, on plain or row-centred MSE (``loss``); the validation error is recorded every
    ``eval_every`` steps, and the grid point and step count with the lowest mean error win.
 3. **The network must beat its no-learning fallback.** The candidates — the calibrated prior (the
@@ -45,7 +46,7 @@ from tqdm import tqdm
 from nncift.network.anchors import NEIGHBOURS, SHRINKS, TEMPERATURES, Anchors, anchor_correction
 from nncift.network.folds import MIN_RECORDS_PER_FOLD, fold_masks, sampled_self_cols, training_sample
 from nncift.network.row_calibration import CALIBRATION_TEMPERATURES, RowCalibration
-from nncift.network.tower_training import PairBlock, train_stacked
+from nncift.network.tower_training import PairBlock, step_sub_block, train_stacked
 from nncift.network.towers import TwoTowerNetwork
 from nncift.network.validation import MIN_FOLDS, choose_candidate, explain_choice, mean_criteria, selection_criterion
 from nncift.settings.stages import NetworkSettings
@@ -109,6 +110,9 @@ class FitReport:
     """The row calibration's kernel (τ, κ) and how many rows have their own line, when the shipped predictor has one."""
     n_training: int = 0
     """Labelled pairs the network was validated and trained on (``n_labelled`` or, beyond ``network.max_training_pairs``, a sample's)."""
+    step_pairs: int = 0
+    """Pairs of the block each optimisation step trained on (the whole block: full batch; fewer beyond ``network.step_pairs``:
+    minibatches of seeded random rows × columns)."""
 
     def as_dict(self) -> dict[str, Any]:
         def clean(value: Any) -> Any:
@@ -306,6 +310,8 @@ def fit_pairwise(row_embeddings: np.ndarray, col_embeddings: np.ndarray, labels:
     report.prior = {"alpha": alpha * std, "beta": beta * std + mean, "self_delta": delta * std}  # in label units
     network.set_label_scale(mean, std)
     report.n_training, report.n_labelled = int(data.mask.sum()), n_labelled
+    sub_rows, sub_cols = step_sub_block(data.labels.shape[0], data.labels.shape[1], settings.network.step_pairs)
+    report.step_pairs = sub_rows * sub_cols
     if report.n_training < n_labelled:
         report.note += (f"; validated and trained on a seeded sample of {report.n_training:,} of the {n_labelled:,} labelled pairs "
                         f"(network.max_training_pairs), every label kept exact where it was measured")
@@ -355,7 +361,8 @@ def _grid_curves(data: PairBlock, settings: FitSettings, folds: list[tuple[int, 
 
     if jobs:
         train_stacked(networks, data, [folds[i][1] for _, i in jobs], [grid[g][0] for g, _ in jobs], [grid[g][1] for g, _ in jobs],
-                      settings.network.max_steps, record, settings.eval_every, tick=lambda: bar.update(1), centre_rows=centre)
+                      settings.network.max_steps, record, settings.eval_every, tick=lambda: bar.update(1), centre_rows=centre,
+                      step_pairs=settings.network.step_pairs, seed=settings.network.seed)
     return curves, priors
 
 
@@ -387,7 +394,8 @@ def _fold_predictions(data: PairBlock, settings: FitSettings, folds: list[tuple[
     grid's trainings keep only validation errors, not k × grid × steps full predictions)."""
     networks = [_build_two_tower(data, settings, train, settings.network.seed + fold) for fold, train, _ in folds]
     train_stacked(networks, data, [train for _, train, _ in folds], [point[0]] * len(folds), [point[1]] * len(folds), steps, None,
-                settings.eval_every, centre_rows=settings.network.loss == "row-centred")
+                settings.eval_every, centre_rows=settings.network.loss == "row-centred", step_pairs=settings.network.step_pairs,
+                seed=settings.network.seed)
     self_t = None if data.self_cols is None else torch.from_numpy(data.self_cols)
     cos = torch.from_numpy(data.cos.astype(np.float32))
     with torch.no_grad():
@@ -402,7 +410,7 @@ def _final_network(data: PairBlock, settings: FitSettings, report: FitReport, ke
     if base != "prior":
         assert report.learning_rate is not None and report.weight_decay is not None and report.steps is not None  # chosen on validation
         train_stacked([network], data, [data.mask], [report.learning_rate], [report.weight_decay], report.steps, None, settings.eval_every,
-                    centre_rows=settings.network.loss == "row-centred")
+                    centre_rows=settings.network.loss == "row-centred", step_pairs=settings.network.step_pairs, seed=settings.network.seed)
         if base == "blend":
             _blend_into(network, _build_two_tower(data, settings, data.mask, settings.network.seed), 0.5)
     if kernel is not None:

@@ -16,7 +16,7 @@ import torch
 
 from nncift.network.towers import TwoTowerNetwork
 
-__all__ = ["PairBlock", "batched_block", "train_stacked"]
+__all__ = ["PairBlock", "batched_block", "step_sub_block", "train_stacked"]
 
 
 @dataclass
@@ -53,16 +53,48 @@ def batched_block(params: dict[str, torch.Tensor], rows: torch.Tensor, cols: tor
     return out
 
 
+def step_sub_block(n_rows: int, n_cols: int, step_pairs: int) -> tuple[int, int]:
+    """Rows and columns of one training step's sub-block: the whole block when it has at most ``step_pairs`` pairs (or
+    ``step_pairs`` is 0), else both sides shrunk by the same factor to about ``step_pairs`` pairs (at least 2 of each)."""
+    if step_pairs <= 0 or n_rows * n_cols <= step_pairs:
+        return n_rows, n_cols
+    shrink = math.sqrt(step_pairs / (n_rows * n_cols))
+    rows, cols = round(n_rows * shrink), round(n_cols * shrink)
+    if cols < 2:  # a narrow block: the narrow side stays at 2, the other takes the rest
+        cols = min(n_cols, 2)
+        rows = max(2, step_pairs // cols)
+    elif rows < 2:
+        rows = min(n_rows, 2)
+        cols = max(2, step_pairs // rows)
+    return min(n_rows, rows), min(n_cols, cols)
+
+
+def _sub_self_index(self_index: tuple[torch.Tensor, torch.Tensor] | None, rows: torch.Tensor, cols: torch.Tensor,
+                    n_rows: int, n_cols: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The self-pairs (row, own column) inside the sub-block ``rows`` × ``cols``, in its positions."""
+    if self_index is None:
+        return None
+    row_at = torch.full((n_rows,), -1, dtype=torch.int64)
+    col_at = torch.full((n_cols,), -1, dtype=torch.int64)
+    row_at[rows], col_at[cols] = torch.arange(len(rows)), torch.arange(len(cols))
+    own_rows, own_cols = row_at[self_index[0]], col_at[self_index[1]]
+    inside = (own_rows >= 0) & (own_cols >= 0)
+    return own_rows[inside], own_cols[inside]
+
+
 def train_stacked(networks: list[TwoTowerNetwork], data: PairBlock, masks: list[np.ndarray], learning_rates: list[float],
                 weight_decays: list[float], steps: int, on_eval: Callable[[int, np.ndarray], None] | None, eval_every: int,
-                tick: Callable[[], None] | None = None, centre_rows: bool = False) -> None:
+                tick: Callable[[], None] | None = None, centre_rows: bool = False, step_pairs: int = 0, seed: int = 0) -> None:
     """Train B networks at once, each on its own mask with its own AdamW learning rate and weight decay.
 
     The B networks' parameters are stacked and trained jointly (their losses add up; no parameter is
-    shared, so each gets exactly its own gradient), full batch. ``on_eval(step, (B, R, C) standardised
-    predictions)`` every ``eval_every`` steps. AdamW as in torch (β = 0.9, 0.999, ε = 1e-8, decoupled
-    weight decay, bias correction). ``centre_rows``: each row's mean error is removed before squaring (the
-    loss ignores row offsets). The trained parameters are written back into ``networks``.
+    shared, so each gets exactly its own gradient). Full batch when the block has at most ``step_pairs``
+    pairs (or ``step_pairs`` is 0); beyond, each step trains on a seeded random sub-block of the rows × the
+    columns with about ``step_pairs`` pairs (:func:`step_sub_block`), so a step's cost no longer grows with
+    the labels. ``on_eval(step, (B, R, C) standardised predictions)`` every ``eval_every`` steps, on the
+    whole block. AdamW as in torch (β = 0.9, 0.999, ε = 1e-8, decoupled weight decay, bias correction).
+    ``centre_rows``: each row's mean error is removed before squaring (the loss ignores row offsets). The
+    trained parameters are written back into ``networks``.
     """
     names = [name for name, _ in networks[0].named_parameters()]
     params = {name: torch.stack([dict(n.named_parameters())[name].detach() for n in networks]).clone().requires_grad_(True) for name in names}
@@ -80,18 +112,36 @@ def train_stacked(networks: list[TwoTowerNetwork], data: PairBlock, masks: list[
     first = {name: torch.zeros_like(p) for name, p in params.items()}
     second = {name: torch.zeros_like(p) for name, p in params.items()}
     beta1, beta2, eps = 0.9, 0.999, 1e-8
+    n_rows, n_cols = target.shape
+    sub_rows, sub_cols = step_sub_block(n_rows, n_cols, step_pairs)
+    full_batch = sub_rows == n_rows and sub_cols == n_cols
+    generator = torch.Generator().manual_seed(seed)
     for step in range(steps + 1):
-        prediction = batched_block(params, data.rows, data.cols, cos, self_index, networks[0].rank)
-        if on_eval is not None and step % eval_every == 0:
-            on_eval(step, prediction.detach().numpy())
-            if tick is not None:
-                tick()
+        evaluate = on_eval is not None and step % eval_every == 0
+        if full_batch or evaluate:
+            with torch.set_grad_enabled(full_batch and step < steps):
+                prediction = batched_block(params, data.rows, data.cols, cos, self_index, networks[0].rank)
+            if evaluate:
+                assert on_eval is not None
+                on_eval(step, prediction.detach().numpy())
+                if tick is not None:
+                    tick()
         if step == steps:
             break
-        error = (prediction - target) * weight
+        if full_batch:
+            error = (prediction - target) * weight
+            step_weight, step_count = weight, per_model
+        else:
+            rows = torch.randperm(n_rows, generator=generator)[:sub_rows].sort().values
+            cols = torch.randperm(n_cols, generator=generator)[:sub_cols].sort().values
+            prediction = batched_block(params, data.rows[rows], data.cols[cols], cos[rows][:, cols],
+                                       _sub_self_index(self_index, rows, cols, n_rows, n_cols), networks[0].rank)
+            step_weight = weight[:, rows][:, :, cols]
+            step_count = step_weight.sum(dim=(1, 2)).clamp(min=1.0)
+            error = (prediction - target[rows][:, cols]) * step_weight
         if centre_rows:
-            error = (error - error.sum(dim=2, keepdim=True) / weight.sum(dim=2, keepdim=True).clamp(min=1.0)) * weight
-        loss = ((error ** 2).sum(dim=(1, 2)) / per_model).sum()
+            error = (error - error.sum(dim=2, keepdim=True) / step_weight.sum(dim=2, keepdim=True).clamp(min=1.0)) * step_weight
+        loss = ((error ** 2).sum(dim=(1, 2)) / step_count).sum()
         for p in params.values():
             p.grad = None
         loss.backward()
