@@ -126,7 +126,7 @@ def load_inputs(settings: SelectSettings) -> tuple[list[Record], list[Record], l
     return pool, targets, reports + target_reports
 
 
-ADDED_SETTINGS: dict[str, object] = {"selection.partitions": 0}
+ADDED_SETTINGS: dict[str, object] = {"selection.partitions": 0, "network.step_pairs": 0}
 """Select settings newer than some run folders, at the values those folders ran with (:class:`~nncift.run.store.RunStore`'s ``added``)."""
 RESELECT_KEYS = frozenset({"selection", "network"})
 """The stages whose settings change only the network or the selection: a run folder whose influence block is finished
