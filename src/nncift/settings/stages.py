@@ -89,7 +89,7 @@ class NetworkSettings(Checked):
     """two-tower: the network is validated and trained on at most this many labelled pairs: beyond it, a seeded sample of the
     labelled records (rows and columns alike) whose pairs fit, so training time stops growing with the label count; every
     label is still used exactly where it was measured. 0 = all labelled pairs."""
-    step_pairs: int = setting(65_536, at_least=0)
+    step_pairs: int = setting(32_768, at_least=0)
     """two-tower: labelled pairs one optimisation step trains on: beyond it, each step takes a seeded random sub-block of the
     labelled rows × columns of about this size (minibatches), so a step costs the same at any label count; validation still
     reads the whole block. 0 = every step on the whole block (full batch)."""
