@@ -85,16 +85,11 @@ def _sub_self_index(self_index: tuple[torch.Tensor, torch.Tensor] | None, rows: 
 def train_stacked(networks: list[TwoTowerNetwork], data: PairBlock, masks: list[np.ndarray], learning_rates: list[float],
                 weight_decays: list[float], steps: int, on_eval: Callable[[int, np.ndarray], None] | None, eval_every: int,
                 tick: Callable[[], None] | None = None, centre_rows: bool = False, step_pairs: int = 0, seed: int = 0) -> None:
-    """Train B networks at once, each on its own mask with its own AdamW learning rate and weight decay.
+    """Train B stacked networks at once (no shared parameter), each on its own mask, AdamW learning rate and weight decay.
 
-    The B networks' parameters are stacked and trained jointly (their losses add up; no parameter is
-    shared, so each gets exactly its own gradient). Full batch when the block has at most ``step_pairs``
-    pairs (or ``step_pairs`` is 0); beyond, each step trains on a seeded random sub-block of the rows × the
-    columns with about ``step_pairs`` pairs (:func:`step_sub_block`), so a step's cost no longer grows with
-    the labels. ``on_eval(step, (B, R, C) standardised predictions)`` every ``eval_every`` steps, on the
-    whole block. AdamW as in torch (β = 0.9, 0.999, ε = 1e-8, decoupled weight decay, bias correction).
-    ``centre_rows``: each row's mean error is removed before squaring (the loss ignores row offsets). The
-    trained parameters are written back into ``networks``.
+    Full batch up to ``step_pairs`` pairs (0: always); beyond, each step on a seeded random sub-block (:func:`step_sub_block`).
+    ``on_eval(step, (B, R, C) standardised predictions on the whole block)`` every ``eval_every`` steps. ``centre_rows``: each
+    row's mean error is removed before squaring. The trained parameters are written back into ``networks``.
     """
     names = [name for name, _ in networks[0].named_parameters()]
     params = {name: torch.stack([dict(n.named_parameters())[name].detach() for n in networks]).clone().requires_grad_(True) for name in names}
@@ -109,9 +104,7 @@ def train_stacked(networks: list[TwoTowerNetwork], data: PairBlock, masks: list[
         self_index = (torch.from_numpy(own), torch.from_numpy(data.self_cols[own]))
     lr = torch.tensor(learning_rates, dtype=torch.float32)
     decay = 1.0 - lr * torch.tensor(weight_decays, dtype=torch.float32)
-    first = {name: torch.zeros_like(p) for name, p in params.items()}
-    second = {name: torch.zeros_like(p) for name, p in params.items()}
-    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    first, second = ({name: torch.zeros_like(p) for name, p in params.items()} for _ in range(2))
     n_rows, n_cols = target.shape
     sub_rows, sub_cols = step_sub_block(n_rows, n_cols, step_pairs)
     full_batch = sub_rows == n_rows and sub_cols == n_cols
@@ -122,10 +115,8 @@ def train_stacked(networks: list[TwoTowerNetwork], data: PairBlock, masks: list[
             with torch.set_grad_enabled(full_batch and step < steps):
                 prediction = batched_block(params, data.rows, data.cols, cos, self_index, networks[0].rank)
             if evaluate:
-                assert on_eval is not None
-                on_eval(step, prediction.detach().numpy())
-                if tick is not None:
-                    tick()
+                on_eval(step, prediction.detach().numpy())  # type: ignore[misc]
+                _ = tick() if tick is not None else None
         if step == steps:
             break
         if full_batch:
@@ -145,20 +136,26 @@ def train_stacked(networks: list[TwoTowerNetwork], data: PairBlock, masks: list[
         for p in params.values():
             p.grad = None
         loss.backward()
-        with torch.no_grad():
-            t = step + 1
-            correction1, correction2 = 1.0 - beta1 ** t, 1.0 - beta2 ** t
-            for name, p in params.items():
-                if p.grad is None:  # not in the graph (the self-pair term without self-pairs): untouched, as torch's AdamW does
-                    continue
-                shape = (count,) + (1,) * (p.dim() - 1)
-                p.mul_(decay.view(shape))
-                first[name].lerp_(p.grad, 1.0 - beta1)
-                second[name].mul_(beta2).addcmul_(p.grad, p.grad, value=1.0 - beta2)
-                denominator = (second[name] / correction2).sqrt_().add_(eps)
-                p.sub_((lr / correction1).view(shape) * first[name] / denominator)
+        _adamw_step(params, first, second, lr, decay, step + 1, count)
     with torch.no_grad():
         for b, network in enumerate(networks):
             for name, p in network.named_parameters():
                 p.copy_(params[name][b])
             network.eval()
+
+
+@torch.no_grad()
+def _adamw_step(params: dict[str, torch.Tensor], first: dict[str, torch.Tensor], second: dict[str, torch.Tensor],
+                lr: torch.Tensor, decay: torch.Tensor, t: int, count: int) -> None:
+    """One AdamW update (step ``t``) of the stacked parameters from their gradients, as torch's AdamW does."""
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    correction1, correction2 = 1.0 - beta1 ** t, 1.0 - beta2 ** t
+    for name, p in params.items():
+        if p.grad is None:  # not in the graph (the self-pair term without self-pairs): untouched, as torch's AdamW does
+            continue
+        shape = (count,) + (1,) * (p.dim() - 1)
+        p.mul_(decay.view(shape))
+        first[name].lerp_(p.grad, 1.0 - beta1)
+        second[name].mul_(beta2).addcmul_(p.grad, p.grad, value=1.0 - beta2)
+        denominator = (second[name] / correction2).sqrt_().add_(eps)
+        p.sub_((lr / correction1).view(shape) * first[name] / denominator)
