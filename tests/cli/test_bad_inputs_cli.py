@@ -1,8 +1,11 @@
-"""Bad or unusual input files through the real command line, in a subprocess: file contents → exit code and message.
+"""Bad or unusual input files through the real command line: file contents → exit code and message.
 
-Each case writes one pool file, runs ``nncift select`` on it in a fresh process and checks the exit
-code, a fragment of what the user reads, and that a failed run leaves no run folder behind. The cases of
-issue 23 below run the command line in-process: exit 2, one line naming the file, line, field or flag, nothing written.
+Each case writes one pool file, runs ``nncift select`` on it through the command line's entry point
+(``main(argv)``, in-process: a fresh process per case paid ~4 s of imports each) and checks the exit code,
+a fragment of what the user reads (stdout + stderr), and that a failed run leaves no run folder behind. One
+case also runs in a fresh process (:func:`test_a_pool_file_in_a_fresh_process`), so that the real
+process's exit code and output stay covered. The cases of issue 23 below run the command line in-process
+too: exit 2, one line naming the file, line, field or flag, nothing written.
 """
 
 from __future__ import annotations
@@ -46,21 +49,38 @@ CASES = [  # (id, file name, contents, exit code, fragment of stdout + stderr)
 ]
 
 
-@pytest.mark.parametrize("name,contents,code,fragment", [case[1:] for case in CASES], ids=[case[0] for case in CASES])
-@pytest.mark.e2e
-def test_pool_file_through_the_cli(tmp_path: Path, name: str, contents: str, code: int, fragment: str) -> None:
+def _pool_argv(tmp_path: Path, name: str, contents: str) -> list[str]:
     pool = tmp_path / name
     pool.write_text(contents, encoding="utf-8")
-    out = tmp_path / "run"
-    run = subprocess.run([sys.executable, "-c", _RUN, "select", "--data", str(pool), "--out", str(out), "--budget", "0.5",
-                          "--network.max-steps", "20", "--network.folds", "3"], capture_output=True, text=True, timeout=600,
+    return ["select", "--data", str(pool), "--out", str(tmp_path / "run"), "--budget", "0.5", "--network.max-steps", "20", "--network.folds", "3"]
+
+
+@pytest.mark.parametrize("name,contents,code,fragment", [case[1:] for case in CASES], ids=[case[0] for case in CASES])
+@pytest.mark.e2e
+def test_pool_file_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, contents: str, code: int, fragment: str) -> None:
+    returned = main(_pool_argv(tmp_path, name, contents))
+    captured = capsys.readouterr()
+    said = captured.out + captured.err
+    assert returned == code, said[-2000:]
+    assert fragment in said, said[-2000:]
+    assert "Traceback" not in said
+    if code:
+        assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("case", ["unknown-role"])
+@pytest.mark.e2e
+def test_a_pool_file_in_a_fresh_process(tmp_path: Path, case: str) -> None:
+    """One case of :data:`CASES` in a real process: its exit code, what it prints, no traceback, nothing written."""
+    name, contents, code, fragment = next(c[1:] for c in CASES if c[0] == case)
+    run = subprocess.run([sys.executable, "-c", _RUN, *_pool_argv(tmp_path, name, contents)], capture_output=True, text=True, timeout=600,
                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
     said = run.stdout + run.stderr
     assert run.returncode == code, said[-2000:]
     assert fragment in said, said[-2000:]
     assert "Traceback" not in said
     if code:
-        assert not out.exists()  # refused before anything was written
+        assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
 # In-process cases of issue 23: every refusal exits 2 with one line naming its origin, and writes nothing.

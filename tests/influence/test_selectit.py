@@ -245,8 +245,9 @@ def test_run_select_records_failures_and_predicts_the_rest(tiny_gpt2_dir: Path, 
 
     pool = list(demo_pool[:23]) + [_long_record()]
     options = {"max_length": 0, "n_instructions": 2}
+    # every record scored; the network is still trained (in 20 steps: at the default 300 its training took ~11 s of this test)
     settings = SelectSettings.build(influence="selectit", model=str(tiny_gpt2_dir), **{"sampling.fraction": 1.0, "selection.budget": 5.0},
-            quiet=True, device="cpu")
+            quiet=True, device="cpu", **{"network.max_steps": 20})
     result = run_select(settings, tmp_path / "all", pool=pool, influence_options=options)
     manifest = json.loads((tmp_path / "all" / "manifest.json").read_text())
     assert list(manifest["failures"]) == ["23"] and "IndexError" in manifest["failures"]["23"]

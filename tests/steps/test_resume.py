@@ -1,5 +1,6 @@
 """Kill -9 a real `nncift select --influence delift` run in the middle of its blocks, run the same
-command again, and get exactly the matrix and the selection of an uninterrupted run."""
+command again, and get exactly the matrix and the selection of an uninterrupted run (the uninterrupted
+reference runs the same command line in-process; the killed run and its rerun are real processes)."""
 
 from __future__ import annotations
 
@@ -32,20 +33,39 @@ def _done_lines(out: Path) -> list[str]:
     return path.read_text(encoding="utf-8").splitlines() if path.exists() else []
 
 
+def _environment() -> dict[str, str]:
+    """The processes' environment: this one's, on one torch thread as :func:`_run_in_process` (the matrices are compared bit for bit)."""
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
 def _run(command: list[str]) -> None:
-    finished = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=600, env=_environment())
     assert finished.returncode == 0, finished.stderr[-3000:]
+
+
+def _run_in_process(command: list[str]) -> None:
+    """The same command through the command line's entry point in this process (``main(argv)``), on one torch thread."""
+    import torch
+
+    from nncift.cli.commands import main
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(command[3:]) == 0
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_sigkill_then_rerun_gives_the_uninterrupted_result(tmp_path, tiny_lm_dir, demo_pool):
     pool = tmp_path / "pool.jsonl"
     write_jsonl(pool, [record.raw for record in demo_pool])  # 64 records: Q1 = 12 × 12 in 16 blocks of 3 × 3
     whole, interrupted = tmp_path / "whole", tmp_path / "interrupted"
-    _run(_command(pool, tiny_lm_dir, whole))
+    _run_in_process(_command(pool, tiny_lm_dir, whole))  # the uninterrupted reference: in-process spares a fresh process's imports
     total = len(_done_lines(whole))
     assert total == 16
 
-    process = subprocess.Popen(_command(pool, tiny_lm_dir, interrupted), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(_command(pool, tiny_lm_dir, interrupted), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_environment())
     deadline = time.monotonic() + 300
     while len(_done_lines(interrupted)) < 3 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -249,10 +249,20 @@ def test_score_and_add_refuse_bad_input_with_one_line(tmp_path: Path, files, cap
 
 @pytest.mark.e2e
 def test_score_add_and_inspect_from_the_command_line_on_real_data(tmp_path: Path, capsys) -> None:
+    """The real Alpaca file: ``run_select`` on it (formerly test_select.py::test_real_alpaca_file: 300 records, u = 0.05), then
+    the command line's select, score, select --add and inspect, on the same first 120 records (formerly 240): embedding real
+    records is most of this test's time (~90 ms each here), and they are embedded once. The fraction u = 0.1 keeps u·n above
+    ``min_sampled`` (8), so the count of evaluations still checks that u is applied."""
     from conftest import shared_data
 
-    alpaca = tmp_path / "alpaca.json"  # the first 240 real records: embedding all 999 dominated the suite's time
-    alpaca.write_text(json.dumps(json.loads(shared_data("alpaca_en_demo.json").read_text())[:240]))
+    pool, report = read_records(shared_data("alpaca_en_demo.json"))
+    settings = _settings(**{"sampling.fraction": 0.1, "selection.budget": 0.3, "network.epochs": 5})  # test_select.py's settings
+    result = run_select(settings, tmp_path / "library", pool=pool[:120], reports=[report])
+    assert len(result.indices) == 36  # 0.3 of 120
+    assert result.manifest["cost"]["influence_evaluations_made"] == 12 * 12  # u = 0.1 of 120 targets and candidates
+
+    alpaca = tmp_path / "alpaca.json"  # the first 120 real records: embedding all 999 dominated the suite's time
+    alpaca.write_text(json.dumps(json.loads(shared_data("alpaca_en_demo.json").read_text())[:120]))
     code = json.loads(shared_data("code_alpaca_2k.json").read_text())[:40]
     new = tmp_path / "code.json"
     new.write_text(json.dumps(code))

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nncift import SelectSettings, read_records
+from nncift import SelectSettings
 from nncift.data.records import write_jsonl
 from nncift.files.errors import SettingsMismatch
 from nncift.models.embeddings import embed_records
@@ -185,11 +185,6 @@ def test_flmi_without_targets_is_a_clear_error(tmp_path: Path, demo_pool) -> Non
         run_select(_settings(**{"selection.objective": "flmi"}), tmp_path / "run", pool=demo_pool)
 
 
-@pytest.mark.e2e
-def test_real_alpaca_file(tmp_path: Path) -> None:
-    from conftest import shared_data
-
-    pool, report = read_records(shared_data("alpaca_en_demo.json"))
-    result = run_select(_settings(**{"sampling.fraction": 0.05, "selection.budget": 0.3}), tmp_path / "run", pool=pool[:300], reports=[report])
-    assert len(result.indices) == 90
-    assert result.manifest["cost"]["influence_evaluations_made"] == 15 * 15
+# The real Alpaca file through run_select (with this module's settings) is checked in
+# tests/steps/test_score_add_inspect.py::test_score_add_and_inspect_from_the_command_line_on_real_data, on the same 240 records as
+# the command line there: embedding those real records is most of either check's time, and one test pays it once.
