@@ -316,5 +316,5 @@ def test_fit_with_minibatch_steps_reports_them_and_ships_a_learned_predictor(dem
     net, report = fit_pairwise(e[seen], e[seen], true[np.ix_(seen, seen)], quick, self_cols=np.arange(len(seen)))
     assert report.step_pairs == 400 and report.as_dict()["step_pairs"] == 400  # 20 × 20 sub-blocks of the 40 × 40 block
     assert report.chosen.split(" + ")[0] in ("network", "blend"), report.as_dict()
-    full_net, full_report = fit_pairwise(e[seen], e[seen], true[np.ix_(seen, seen)], QUICK, self_cols=np.arange(len(seen)))
+    _, full_report = fit_pairwise(e[seen], e[seen], true[np.ix_(seen, seen)], QUICK, self_cols=np.arange(len(seen)))
     assert full_report.step_pairs == 1600  # the whole block: full batch

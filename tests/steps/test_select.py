@@ -186,5 +186,5 @@ def test_flmi_without_targets_is_a_clear_error(tmp_path: Path, demo_pool) -> Non
 
 
 # The real Alpaca file through run_select (with this module's settings) is checked in
-# tests/steps/test_score_add_inspect.py::test_score_add_and_inspect_from_the_command_line_on_real_data, on the same 240 records as
+# tests/steps/test_score_add_inspect.py::test_score_add_and_inspect_from_the_command_line_on_real_data, on the same 120 records as
 # the command line there: embedding those real records is most of either check's time, and one test pays it once.

@@ -82,6 +82,16 @@ def _sub_self_index(self_index: tuple[torch.Tensor, torch.Tensor] | None, rows: 
     return own_rows[inside], own_cols[inside]
 
 
+def _sub_block_error(params: dict[str, torch.Tensor], data: PairBlock, cos: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
+                     self_index: tuple[torch.Tensor, torch.Tensor] | None, rows: torch.Tensor, cols: torch.Tensor, rank: int
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, r, c) masked errors of the stacked networks on the sub-block ``rows`` × ``cols``, and its (B, r, c) mask weights."""
+    own = _sub_self_index(self_index, rows, cols, len(data.rows), len(data.cols))
+    prediction = batched_block(params, data.rows[rows], data.cols[cols], cos[rows][:, cols], own, rank)
+    step_weight = weight[:, rows][:, :, cols]
+    return (prediction - target[rows][:, cols]) * step_weight, step_weight
+
+
 def train_stacked(networks: list[TwoTowerNetwork], data: PairBlock, masks: list[np.ndarray], learning_rates: list[float],
                 weight_decays: list[float], steps: int, on_eval: Callable[[int, np.ndarray], None] | None, eval_every: int,
                 tick: Callable[[], None] | None = None, centre_rows: bool = False, step_pairs: int = 0, seed: int = 0) -> None:
@@ -114,25 +124,21 @@ def train_stacked(networks: list[TwoTowerNetwork], data: PairBlock, masks: list[
         if full_batch or evaluate:
             with torch.set_grad_enabled(full_batch and step < steps):
                 prediction = batched_block(params, data.rows, data.cols, cos, self_index, networks[0].rank)
-            if evaluate:
-                on_eval(step, prediction.detach().numpy())  # type: ignore[misc]
-                _ = tick() if tick is not None else None
+            if on_eval is not None and evaluate:
+                on_eval(step, prediction.detach().numpy())
+                if tick is not None:
+                    tick()
         if step == steps:
             break
         if full_batch:
-            error = (prediction - target) * weight
-            step_weight, step_count = weight, per_model
+            error, step_weight = (prediction - target) * weight, weight
         else:
             rows = torch.randperm(n_rows, generator=generator)[:sub_rows].sort().values
             cols = torch.randperm(n_cols, generator=generator)[:sub_cols].sort().values
-            prediction = batched_block(params, data.rows[rows], data.cols[cols], cos[rows][:, cols],
-                                       _sub_self_index(self_index, rows, cols, n_rows, n_cols), networks[0].rank)
-            step_weight = weight[:, rows][:, :, cols]
-            step_count = step_weight.sum(dim=(1, 2)).clamp(min=1.0)
-            error = (prediction - target[rows][:, cols]) * step_weight
+            error, step_weight = _sub_block_error(params, data, cos, target, weight, self_index, rows, cols, networks[0].rank)
         if centre_rows:
             error = (error - error.sum(dim=2, keepdim=True) / step_weight.sum(dim=2, keepdim=True).clamp(min=1.0)) * step_weight
-        loss = ((error ** 2).sum(dim=(1, 2)) / step_count).sum()
+        loss = ((error ** 2).sum(dim=(1, 2)) / (per_model if full_batch else step_weight.sum(dim=(1, 2)).clamp(min=1.0))).sum()
         for p in params.values():
             p.grad = None
         loss.backward()
