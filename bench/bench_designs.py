@@ -116,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="ablation: score held-out candidates alone, without the fold's exact training candidates beside them")
     parser.add_argument("--inputs", nargs="+", default=["all-MiniLM-L6-v2"],
                         help="network inputs: embedders (the bundled all-MiniLM-L6-v2, lm:smollm2-135m-instruct for the LM's own mean-pooled states, any id)")
+    parser.add_argument("--stratify", action=argparse.BooleanOptionalAction, default=True,
+                        help="sample the targets within each task (nncift's default since 2026-12-03)")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.rules:
@@ -152,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             (i, b, d, s) for i in inputs.items() for b in budgets for d in args.designs for s in args.seeds):
         design, _, groups = design_name.partition(":")
         fraction = amount if kind == "fraction" else f"N={amount}"
-        sampling = resolve_sampling(SamplingSettings(design=design, blocks=int(groups or 1), **{kind: amount}), function_class,
+        sampling = resolve_sampling(SamplingSettings(design=design, blocks=int(groups or 1), stratify=args.stratify, **{kind: amount}), function_class,
                                     len(spec.pool), len(spec.targets), len(rows))
         layout = plan_layout(spec.pool, spec.targets, objective_name, sampling, np.random.default_rng(seed))
         seen_rows, seen_cols = layout.seen_rows, layout.seen_cols

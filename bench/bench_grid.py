@@ -128,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--icl-max-length", type=int, default=512, help="most prompt tokens (least similar examples dropped to fit)")
     parser.add_argument("--architecture", default="two-tower")
     parser.add_argument("--design", default="auto", choices=("auto", "block", "all-targets"), help="label design (sampling.design)")
+    parser.add_argument("--stratify", action=argparse.BooleanOptionalAction, default=True,
+                        help="sample the targets within each task (sampling.stratify; nncift's default since 2026-12-03)")
     parser.add_argument("--matrices", type=Path, default=Path(os.environ.get("NNCIFT_MATRICES", OUT)))
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out" / "grid")
     parser.add_argument("--output", type=Path, default=None)
@@ -145,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     heldout = heldout_queries(args.setup, args.heldout)
     objective = setup["objective"]
     settings = SweepSettings.build(influence=setup["influence"], **{"selection.objective": objective}, u=tuple(args.u), v=tuple(args.v), seeds=tuple(args.seeds),
-                                   **{"sampling.min_sampled": 4, "sampling.design": args.design}, k=args.k, max_new_tokens=args.max_new_tokens, icl_max_length=args.icl_max_length, device="cpu", **{"network.architecture": args.architecture},
+                                   **{"sampling.min_sampled": 4, "sampling.design": args.design, "sampling.stratify": args.stratify}, k=args.k, max_new_tokens=args.max_new_tokens, icl_max_length=args.icl_max_length, device="cpu", **{"network.architecture": args.architecture},
                                    quiet=True)
     sweep = Sweep(settings, args.out / args.setup, pool=pool, targets=targets, heldout=heldout, influence_options=options,
                   precomputed=matrix)

@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sub", type=int, default=100_000, help="subsample for the exact-graph comparison (0: none)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--index", choices=("hnsw", "ivf"), default="hnsw", help="the FAISS index of the graph")
+    parser.add_argument("--ef-search", type=int, default=None, help="HNSW search breadth (default: the library's)")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
 
@@ -103,8 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     print(rows_out[-1], flush=True)
     tick = time.perf_counter()
     exact = ExactValues(self_cols=own, self_terms=form.self_terms)
-    graph = faiss_graph(form.row_features, form.col_features, args.neighbours, exact=exact, threads=args.threads, seed=args.seed)
-    rows_out.append((f"FAISS HNSW graph, K = {args.neighbours}", time.perf_counter() - tick, peak_gib(), f"recall@K {graph.recall:.3f}"))
+    graph = faiss_graph(form.row_features, form.col_features, args.neighbours, exact=exact, threads=args.threads, seed=args.seed,
+                        index=args.index, ef_search=args.ef_search)
+    rows_out.append((f"FAISS {args.index.upper()} graph, K = {args.neighbours}", time.perf_counter() - tick, peak_gib(), f"recall@K {graph.recall:.3f}"))
     print(rows_out[-1], flush=True)
     tick = time.perf_counter()
     chosen = sparse_facility_location(graph, args.budget)
@@ -119,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         sub_exact = ExactValues(self_cols=own[:m], self_terms=form.self_terms[:m])
         exact_sub = exact_graph(form.row_features[:m], form.col_features[:m], args.neighbours, exact=sub_exact)
         seconds_exact = time.perf_counter() - tick
-        faiss_sub = faiss_graph(form.row_features[:m], form.col_features[:m], args.neighbours, exact=sub_exact, threads=args.threads, seed=args.seed)
+        faiss_sub = faiss_graph(form.row_features[:m], form.col_features[:m], args.neighbours, exact=sub_exact, threads=args.threads, seed=args.seed,
+                                index=args.index, ef_search=args.ef_search)
         picks_exact = sparse_facility_location(exact_sub, args.budget).indices
         picks_faiss = sparse_facility_location(faiss_sub, args.budget).indices
         ratio = graph_objective(exact_sub, picks_faiss) / graph_objective(exact_sub, picks_exact)

@@ -2,7 +2,7 @@
 # Rebuild BENCHMARKS.md from the latest result of each benchmark (bench/results/*.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-order=(network_issue designs_rowcal_less_p3_2k designs_rules_less_p3_2k designs_less_p3_2k designs_less_p3_2k_lm designs_delift_se_p3_5k designs_delift_demo designs_rules_delift_demo network_summary prediction training_sample selection sparse sparse_no_self greedi million embeddings scoring network_delift_se_alpaca network_less_p3 network_delift_p3 network_delift_demo network_delift_se_p3 network_sizes grid_delift_se_p3mix grid_less_p3 delift delift_cost compressors less less_readme selectit experiment_targeted experiment_general finetune_trl judge ray gpu)
+order=(network_issue designs_stratified_less_p3_2k designs_stratified_less_p3_2k_seeds345 designs_unstratified_less_p3_2k_seeds345 designs_rowcal_less_p3_2k designs_rules_less_p3_2k designs_less_p3_2k designs_less_p3_2k_lm designs_delift_se_p3_5k designs_delift_demo designs_rules_delift_demo designs_repeats_delift_demo network_summary prediction training_sample selection sparse sparse_no_self greedi million recall_million recall select_million embeddings scoring network_delift_se_alpaca network_less_p3 network_delift_p3 network_delift_demo network_delift_se_p3 network_sizes grid_delift_se_p3mix grid_less_p3 delift delift_cost compressors less less_readme selectit experiment_targeted experiment_general finetune_trl judge ray gpu)
 {
   echo "# Benchmarks"
   echo

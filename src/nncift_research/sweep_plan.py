@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from nncift.data.records import Record
-from nncift.run.layout import Layout
+from nncift.run.layout import Layout, stratified_order
 from nncift.settings.fields import SettingsError, normalise_budget, setting
 from nncift.settings.stages import SelectSettings
 
@@ -76,13 +76,20 @@ def nested_samples(n: int, fractions: Sequence[float], minimum: int, rng: np.ran
 
 
 def nested_layouts(pool: Sequence[Record], targets: Sequence[Record], objective: str, fractions: Sequence[float], minimum: int,
-                   seed: int, *, all_targets: bool = False) -> dict[float, Layout]:
+                   seed: int, *, all_targets: bool = False, stratify: bool = False) -> dict[float, Layout]:
     """The matrix layout of every u with nested samples of candidates and targets (rows as :func:`nncift.steps.select.plan_layout` lays them out).
 
-    ``all_targets`` (the all-targets design): every target row is labelled at every u, only the candidates are sampled."""
+    ``all_targets`` (the all-targets design): every target row is labelled at every u, only the candidates are sampled.
+    ``stratify`` (``sampling.stratify``): targets that carry two or more tasks are sampled within each task, nested too
+    (prefixes of one :func:`~nncift.run.layout.stratified_order`)."""
     rng = np.random.default_rng(seed)
     cols = nested_samples(len(pool), fractions, minimum, rng)
-    picked = nested_samples(len(targets), fractions, minimum, rng) if targets else {u: np.zeros(0, np.int64) for u in fractions}
+    tasks = [t.task for t in targets]
+    if stratify and len(set(tasks)) > 1:
+        order = stratified_order(tasks, rng)
+        picked = {u: np.sort(order[: sample_size(len(targets), u, minimum)]).astype(np.int64) for u in fractions}
+    else:
+        picked = nested_samples(len(targets), fractions, minimum, rng) if targets else {u: np.zeros(0, np.int64) for u in fractions}
     if all_targets and targets:
         picked = {u: np.arange(len(targets), dtype=np.int64) for u in fractions}
     layouts = {}

@@ -89,7 +89,8 @@ class Sweep:
     def select_seed(self, seed: int) -> dict[str, Any]:
         """Every (u, v) subset of one seed (stored in ``subsets/``); the block's and each network's record."""
         s = self.settings
-        layouts = nested_layouts(self.pool, self.targets, self.objective, s.u, s.sampling.min_sampled, seed, all_targets=self.all_targets)
+        layouts = nested_layouts(self.pool, self.targets, self.objective, s.u, s.sampling.min_sampled, seed, all_targets=self.all_targets,
+                                 stratify=s.sampling.stratify)
         largest = layouts[max(s.u)]
         names = {(u, v): cell_name(u, v, seed) for u in s.u for v in s.v}
         info: dict[str, Any] = {"block": [len(largest.seen_rows), len(largest.seen_cols)], "computed_now": 0, "networks": {}}

@@ -82,6 +82,12 @@ def test_fit_on_a_training_sample_reports_it():
     assert report.n_labelled == 1600 and 500 < report.n_training <= 700
     assert "sample of" in report.note and report.as_dict()["n_training"] == report.n_training
     assert predict_pairwise(net, e, e, self_cols=np.arange(40)).shape == (40, 40)
+    assert "validated and trained on a seeded sample" in report.note
+    labels = 2.0 * (e @ e.T) + 1.0  # DELIFT-SE: the labels are the cosine, nothing to train
+    exact_net, exact_report = fit_pairwise(e, e, labels, quick, self_cols=np.arange(40), prior_is_exact=True)
+    assert exact_report.chosen == "prior" and "nothing was trained" in exact_report.note
+    assert "calibrated on a seeded sample" in exact_report.note and "trained on a seeded sample" not in exact_report.note
+    np.testing.assert_allclose(predict_pairwise(exact_net, e, e, self_cols=np.arange(40)), labels, atol=1e-4)
 
 
 def test_f_gain_on_a_hand_made_matrix():
@@ -171,6 +177,7 @@ def test_repeated_validation_scores_every_fold_of_every_repeat():
     _, report = fit_pairwise(e, e, labels, quick, self_cols=np.arange(30))
     _, once = fit_pairwise(e, e, labels, dataclasses.replace(quick, validation_repeats=1), self_cols=np.arange(30))
     assert report.folds == 6 and all(len(values) == 6 for values in report.fold_criteria.values())
+    assert (report.repeats, once.repeats) == (2, 1) and report.as_dict()["repeats"] == 2
     first, second = report.fold_criteria["prior"][:3], report.fold_criteria["prior"][3:]
     assert first == once.fold_criteria["prior"]  # the first repeat is the plain validation's folds
     assert first != second  # the second repeat holds out other records

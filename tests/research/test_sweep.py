@@ -41,6 +41,10 @@ def test_nested_layouts_with_targets_nest_rows_and_columns() -> None:
     for u in (0.1, 0.5):  # the all-targets design: every target row at every u, the same sampled candidates
         assert np.array_equal(every[u].seen_rows, np.arange(20))
         assert np.array_equal(every[u].seen_cols, nested_layouts(pool, targets, "topk", (0.1, 0.5), 2, seed=3)[u].seen_cols)
+    tasks = {t.task for t in targets}
+    strata = nested_layouts(pool, targets, "topk", (0.2, 0.5), len(tasks), seed=3, stratify=True)
+    assert set(strata[0.2].seen_rows) < set(strata[0.5].seen_rows)  # still nested
+    assert {targets[i].task for i in strata[0.2].seen_rows} == tasks  # every task has labelled rows at the smallest u
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from nncift.network.folds import fold_masks
 from nncift.network.tower_training import train_stacked
 from nncift.network.towers import TwoTowerNetwork, predict_two_tower
 from nncift.network.validation import row_spearman
-from nncift.run.layout import plan_layout, resolve_sampling
+from nncift.run.layout import plan_layout, resolve_sampling, sample_indices, stratified_indices, stratified_order
 from nncift.selection.subset_quality import ObjectiveSpec, f_gain
 from nncift.settings.stages import NetworkSettings, SamplingSettings, SelectSettings
 from nncift.steps.select import run_select
@@ -60,6 +60,42 @@ def test_fraction_one_labels_every_pair_whatever_the_design(records) -> None:
         sampling = resolve_sampling(SamplingSettings(fraction=1.0), influence_class(name), 24, len(targets_), len(targets_) or 24)
         layout = plan_layout(pool, targets_, "fl", sampling, np.random.default_rng(0))
         assert len(layout.seen_rows) == len(layout.rows) and len(layout.seen_cols) == 24 and layout.labelled().all(), name
+
+
+def test_stratified_samples_give_every_task_its_share_and_nest() -> None:
+    tasks = ["a"] * 30 + ["b"] * 30 + ["c"] * 30 + ["d"] * 30 + ["e"] * 6
+    for fraction, minimum in ((0.05, 10), (0.05, 1), (0.3, 1), (0.02, 1)):
+        for seed in range(5):
+            picked = stratified_indices(tasks, fraction, minimum, np.random.default_rng(seed))
+            assert len(picked) == len(sample_indices(len(tasks), fraction, minimum, np.random.default_rng(seed)))
+            assert np.all(np.diff(picked) > 0)
+            counts = np.bincount(np.minimum(picked // 30, 4), minlength=5)
+            share = np.array([30, 30, 30, 30, 6]) * len(picked) / len(tasks)
+            if len(picked) >= 5:
+                assert np.all(counts >= 1), (fraction, seed, counts)  # every task has labelled rows
+            assert np.all(np.abs(counts - share) <= 1.0 + 1e-9) or len(picked) < 5, (fraction, seed, counts)
+    order = stratified_order(tasks, np.random.default_rng(3))
+    assert sorted(order.tolist()) == list(range(len(tasks)))  # a permutation: prefixes nest
+    assert np.array_equal(order, stratified_order(tasks, np.random.default_rng(3)))
+    assert not np.array_equal(order, stratified_order(tasks, np.random.default_rng(4)))
+    # uniform draws miss a task now and then; the stratified sample never does (10 of 126 records, 5 tasks)
+    misses = sum(len(set(np.minimum(sample_indices(126, 10 / 126, 1, np.random.default_rng(s)) // 30, 4).tolist())) < 5 for s in range(50))
+    assert misses > 0
+
+
+def test_plan_layout_stratifies_targets_by_task_unless_told_not_to(records) -> None:
+    pool, targets = records[:100], records[100:160]
+    tasks = sorted({t.task for t in targets})
+    assert len(tasks) > 4
+    sampling = resolve_sampling(SamplingSettings(fraction=0.1, min_sampled=len(tasks)), influence_class("less"), 100, 60, 60)
+    for seed in range(6):
+        layout = plan_layout(pool, targets, "topk", sampling, np.random.default_rng(seed))
+        assert {targets[i].task for i in layout.seen_rows} == set(tasks)
+        plain = plan_layout(pool, targets, "topk", dataclasses.replace(sampling, stratify=False), np.random.default_rng(seed))
+        rng = np.random.default_rng(seed)  # the sample before stratification: uniform draws, columns first
+        cols = sample_indices(100, 0.1, len(tasks), rng)
+        assert np.array_equal(plain.seen_cols, cols) and np.array_equal(layout.seen_cols, cols)
+        assert np.array_equal(plain.seen_rows, sample_indices(60, 0.1, len(tasks), rng))
 
 
 def test_a_label_budget_sets_the_fraction_in_the_functions_own_units() -> None:

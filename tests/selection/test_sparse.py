@@ -21,7 +21,7 @@ from nncift.selection.sparse import (
     sparse_fl_conditional_gain,
     sparse_fl_mutual_information,
 )
-from nncift.selection.sparse_index import faiss_available, faiss_graph, plan_graph
+from nncift.selection.sparse_index import DEFAULT_INDEX, GraphPlan, faiss_available, faiss_graph, plan_graph
 
 
 def dyadic(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
@@ -168,6 +168,21 @@ def test_the_plan_follows_size_and_the_override():
     assert plan_graph(10**6, 10**6, dense_fits=False).builder == ("faiss" if faiss_available() else "exact")
     with pytest.raises(InputError, match="--selection.neighbours must be >= 0"):
         plan_graph(100, 100, dense_fits=True, neighbours=-1)
+
+
+def test_the_graph_setting_chooses_the_builder():
+    assert plan_graph(10**6, 10**6, dense_fits=False, graph="exact") == GraphPlan(True, 64, "exact")
+    assert plan_graph(100, 100, dense_fits=False, graph="auto").builder == "exact"  # small: exact whatever the index
+    if faiss_available():
+        assert plan_graph(10**6, 10**6, dense_fits=False) == GraphPlan(True, 64, "faiss", DEFAULT_INDEX)
+        assert plan_graph(100, 100, dense_fits=False, neighbours=8, graph="hnsw") == GraphPlan(True, 8, "faiss", "hnsw")
+        assert plan_graph(100, 100, dense_fits=False, neighbours=8, graph="ivf") == GraphPlan(True, 8, "faiss", "ivf")
+    assert plan_graph(100, 100, dense_fits=True, graph="ivf").builder == "dense"  # the graph setting does not make a run sparse
+    with pytest.raises(InputError, match="has none: use --selection.graph auto or exact"):
+        plan_graph(10**6, 10**6, dense_fits=False, inner_product=False, graph="ivf")
+    assert plan_graph(10**6, 10**6, dense_fits=False, inner_product=False, graph="exact").builder == "blocks"
+    with pytest.raises(InputError, match="--selection.graph must be one of"):
+        plan_graph(100, 100, dense_fits=False, graph="annoy")
 
 
 @pytest.mark.parametrize("index", ["hnsw", "ivf"])

@@ -11,9 +11,11 @@ import pytest
 
 from nncift import SelectSettings
 from nncift.data.records import write_jsonl
-from nncift.files.errors import SettingsMismatch
+from nncift.files.errors import InputError, SettingsMismatch
+from nncift.influence import influence_class
 from nncift.models.embeddings import embed_records
 from nncift.selection import facility_location
+from nncift.steps.preflight import check_labelled_block
 from nncift.steps.select import plan_layout, run_select, sample_indices
 
 
@@ -30,6 +32,20 @@ def test_sampling_is_seeded_random_not_the_first_rows() -> None:
     assert len(first) == 50 and np.array_equal(first, again) and not np.array_equal(first, other)
     assert not np.array_equal(first, np.arange(50)) and np.all(np.diff(first) > 0)
     assert len(sample_indices(20, 0.05, 10, np.random.default_rng(0))) == 10
+
+
+def test_a_labelled_block_that_would_not_fit_is_refused_with_a_label_budget_hint(demo_pool) -> None:
+    def build(**sampling: float) -> SelectSettings:
+        return SelectSettings.build(influence="delift-se", **{"sampling.fraction": 0.5, "sampling.min_sampled": 2,
+                                                              **{f"sampling.{k}": v for k, v in sampling.items()}})
+
+    settings = build()
+    small_memory = lambda shape: shape[0] * shape[1] <= 100  # noqa: E731  (a machine that holds 100 values)
+    with pytest.raises(InputError, match=r"20 × 20 values .*--sampling.labels N, in sampled pool records.* than 0.5"):
+        check_labelled_block(settings, influence_class("delift-se"), "fl", demo_pool[:40], [], fits=small_memory)
+    check_labelled_block(build(labels=8), influence_class("delift-se"), "fl", demo_pool[:40], [], fits=small_memory)
+    check_labelled_block(build(fraction=1.0), influence_class("delift-se"), "fl", demo_pool[:40], [],
+                         fits=small_memory)  # every pair: the exact function, which this check leaves to the full-matrix path
 
 
 def test_layout_orientation_for_each_objective(demo_pool) -> None:

@@ -49,6 +49,20 @@ def _twins(tmp_path: Path, embedder: Path, demo_pool, objective: str, neighbours
     return dense, sparse
 
 
+@pytest.mark.parametrize("index", ["ivf", "hnsw"])
+def test_select_on_a_faiss_graph_is_recorded_and_matches_the_exact_graph(tmp_path: Path, tiny_lm_dir: Path, demo_pool, index: str) -> None:
+    """``--selection.graph ivf|hnsw`` searches the run's inner-product form with that FAISS index; on 40 records every index
+    finds the exact neighbours, so the subset is the exact graph's, and the manifest names the index and its recall."""
+    pytest.importorskip("faiss")
+    for name, graph in (("exact", "exact"), (index, index)):
+        run_select(_settings(tiny_lm_dir, **{"selection.neighbours": 6, "selection.graph": graph}), tmp_path / name, pool=demo_pool[:40])
+    manifest = json.loads((tmp_path / index / "manifest.json").read_text())
+    assert (manifest["graph_builder"], manifest["neighbours"]) == (f"faiss-{index}", 6)
+    assert manifest["graph_recall"] >= 0.95  # (near-)ties of a tiny embedder may swap the K-th neighbour
+    assert manifest["settings"]["selection"]["graph"] == index
+    assert (tmp_path / index / "subset.jsonl").read_text() == (tmp_path / "exact" / "subset.jsonl").read_text()
+
+
 @pytest.mark.parametrize("objective", ["fl", "flmi", "flcg"])
 def test_score_on_a_sparse_run_gives_the_dense_values(tmp_path: Path, tiny_lm_dir: Path, demo_pool, objective: str) -> None:
     dense, sparse = _twins(tmp_path, tiny_lm_dir, demo_pool, objective)

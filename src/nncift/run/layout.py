@@ -56,6 +56,29 @@ def sample_indices(n: int, fraction: float, minimum: int, rng: np.random.Generat
     return np.sort(rng.choice(n, size=size, replace=False)).astype(np.int64)
 
 
+def stratified_order(groups: Sequence[object], rng: np.random.Generator) -> np.ndarray:
+    """A seeded order of range(len(groups)) whose every prefix is a stratified sample of ``groups`` (one label per index, e.g.
+    each target's task): one random member of every group first (the groups in random order), then the rest by systematic
+    sampling within each group (member r of a group of c at (r + o)/c, o one random offset a group), so a prefix of m
+    indices holds every group once m reaches the number of groups, and each group's share of it within one of proportional."""
+    labels = {label: i for i, label in enumerate(dict.fromkeys(groups))}
+    ids = np.array([labels[g] for g in groups], dtype=np.int64)
+    counts = np.bincount(ids, minlength=len(labels)).astype(np.float64)
+    offsets = rng.random(len(labels))
+    rank = np.empty(len(ids), dtype=np.float64)
+    for group in range(len(labels)):
+        members = np.flatnonzero(ids == group)
+        rank[members[rng.permutation(len(members))]] = np.arange(len(members))
+    key = (rank + offsets[ids]) / counts[ids]
+    return np.lexsort((key, rank > 0)).astype(np.int64)
+
+
+def stratified_indices(groups: Sequence[object], fraction: float, minimum: int, rng: np.random.Generator) -> np.ndarray:
+    """A sorted sample of as many indices as :func:`sample_indices` draws, the first of :func:`stratified_order`."""
+    size = min(len(groups), max(int(round(fraction * len(groups))), minimum, 1))
+    return np.sort(stratified_order(groups, rng)[:size]).astype(np.int64)
+
+
 def plan_layout(pool: Sequence[Record], targets: Sequence[Record], objective: str, sampling: SamplingSettings, rng: np.random.Generator) -> Layout:
     """Decide the matrix rows and sample the seen rows and columns (seeded, never the first rows).
 
@@ -68,7 +91,8 @@ def plan_layout(pool: Sequence[Record], targets: Sequence[Record], objective: st
     - ``all-targets`` (with targets): every target row × u of the candidates (and, where the pool's
       own rows come first, u of them too): every target row has exact labels.
 
-    A fraction of 1 labels every pair, whatever the design.
+    A fraction of 1 labels every pair, whatever the design. ``sampling.stratify``: separate targets that carry two or more
+    task labels are sampled within each task (:func:`stratified_indices`), so that every task has labelled target rows.
     """
     g = int(sampling.blocks) or 1  # 0 (the function's default) is resolved by the caller: see resolve_sampling()
     every_pair = sampling.fraction >= 1
@@ -78,8 +102,13 @@ def plan_layout(pool: Sequence[Record], targets: Sequence[Record], objective: st
     minimum = sampling.min_sampled * math.ceil(math.sqrt(g))
     seen_cols = sample_indices(len(pool), fraction, minimum, rng)
     all_targets = sampling.design == "all-targets" and bool(targets)
-    seen_targets = np.arange(len(targets), dtype=np.int64) if all_targets or every_pair else \
-        sample_indices(len(targets), fraction, minimum, rng) if targets else np.zeros(0, np.int64)
+    tasks = [t.task for t in targets]
+    if all_targets or every_pair:
+        seen_targets = np.arange(len(targets), dtype=np.int64)
+    elif sampling.stratify and len(set(tasks)) > 1:
+        seen_targets = stratified_indices(tasks, fraction, minimum, rng)
+    else:
+        seen_targets = sample_indices(len(targets), fraction, minimum, rng) if targets else np.zeros(0, np.int64)
     col_groups = _groups(len(seen_cols), g, rng)
     target_groups = _groups(len(seen_targets), g, rng)
     if not targets:

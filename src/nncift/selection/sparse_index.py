@@ -7,11 +7,13 @@ their predicted ones dropped) and measures the index's recall@K against exact ne
 
 Indexes (``faiss-cpu``, the optional extra ``sparse``):
 
-- ``hnsw`` (default): ``IndexHNSWFlat`` on the standard reduction of maximum inner product to nearest neighbour
+- ``hnsw``: ``IndexHNSWFlat`` on the standard reduction of maximum inner product to nearest neighbour
   (columns get one more coordinate ``√(Φ² − |c|²)``, rows a 0, ``Φ`` the largest column norm), ``M`` = 32 links,
-  ``efConstruction`` = 80, ``efSearch`` = max(2K, 128). Memory: the float32 columns plus ``2·M`` links a column.
-- ``ivf``: ``IndexIVFFlat`` with the inner-product metric, ``nlist`` = 4·√C lists (k-means on at most 64 points per
-  list), ``nprobe`` = nlist/32 (at least 16).
+  ``efConstruction`` = 80, ``efSearch`` = max(2K, 128) unless given. Memory: the float32 columns plus ``2·M`` links a column.
+- ``ivf`` (the default of ``--selection.graph auto``): ``IndexIVFFlat`` with the inner-product metric, ``nlist`` = 4·√C
+  lists (k-means on at most 64 points per list), ``nprobe`` = max(16, nlist/256): at a million columns 16 of 4,000 lists,
+  recall@16 1.000 in 343 s of search on 2 cores (bench/results/recall.md; nlist/32 = 125 lists took about 8× longer for
+  nothing). Inside the probed lists the scores are exact.
 """
 
 from __future__ import annotations
@@ -26,13 +28,19 @@ from nncift.files.errors import InputError
 from nncift.selection.kernels import threads_for
 from nncift.selection.sparse import ExactValues, NeighbourGraph, default_block_rows, feature_arrays
 from nncift.selection.sparse_kernels import top_k_rows
+from nncift.settings.choices import GRAPH_BUILDERS
 
-__all__ = ["faiss_graph", "faiss_available", "GraphPlan", "plan_graph", "DEFAULT_NEIGHBOURS", "EXACT_MAX_PAIRS"]
+__all__ = ["faiss_graph", "faiss_available", "GraphPlan", "plan_graph", "DEFAULT_NEIGHBOURS", "EXACT_MAX_PAIRS", "DEFAULT_INDEX",
+           "GRAPH_BUILDERS", "hnsw_ef_search"]
 
 DEFAULT_NEIGHBOURS = 64
 """K when the run does not say: ≥ 0.99 of dense greedy's objective in bench/results/sparse.md."""
+DEFAULT_INDEX: Literal["hnsw", "ivf"] = "ivf"
+"""The FAISS index of ``--selection.graph auto`` beyond :data:`EXACT_MAX_PAIRS` (bench/results/recall.md)."""
 EXACT_MAX_PAIRS = 10**10
 """Above this many (row, candidate) pairs the graph comes from the FAISS index instead of exact blocked products."""
+DEFAULT_EF_SEARCH = 128
+"""HNSW ``efSearch`` floor when the run does not say (the search breadth: recall against time)."""
 _SEARCH_ROWS = 16384
 """Rows per search block (the found neighbours and their exact scores stay small)."""
 
@@ -54,24 +62,46 @@ class GraphPlan:
     neighbours: int
     """K (0 when dense)."""
     builder: Literal["dense", "exact", "faiss", "blocks"]
+    index: Literal["", "hnsw", "ivf"] = ""
+    """The FAISS index when ``builder`` is ``faiss``."""
 
 
-def plan_graph(n_rows: int, n_cols: int, *, dense_fits: bool, neighbours: int | None = None, inner_product: bool = True) -> GraphPlan:
+def plan_graph(n_rows: int, n_cols: int, *, dense_fits: bool, neighbours: int | None = None, inner_product: bool = True,
+               graph: str = "auto") -> GraphPlan:
     """Dense while the matrix fits in memory (``dense_fits``), else a graph with :data:`DEFAULT_NEIGHBOURS`;
-    ``neighbours`` overrides (0: dense). The graph is exact up to :data:`EXACT_MAX_PAIRS` pairs (or without faiss),
-    from FAISS beyond; a network that is no inner product (``inner_product`` False: paper MLP, anchors) predicts row blocks."""
+    ``neighbours`` overrides (0: dense). ``graph`` (``--selection.graph``): ``auto`` builds the graph exactly up to
+    :data:`EXACT_MAX_PAIRS` pairs (or without faiss) and from a FAISS :data:`DEFAULT_INDEX` index beyond; ``exact``,
+    ``hnsw`` or ``ivf`` choose. A network that is no inner product (``inner_product`` False: paper MLP, anchors)
+    predicts row blocks whatever ``graph`` says unless it names an index, which is refused."""
     if neighbours is not None and neighbours < 0:
         raise InputError(f"--selection.neighbours must be >= 0, got {neighbours}")
+    if graph not in GRAPH_BUILDERS:
+        raise InputError(f"--selection.graph must be one of {', '.join(GRAPH_BUILDERS)}, got {graph!r}")
     if neighbours == 0 or (neighbours is None and dense_fits):
         return GraphPlan(False, 0, "dense")
     k = min(DEFAULT_NEIGHBOURS if neighbours is None else int(neighbours), n_cols)
     if not inner_product:
+        if graph in ("hnsw", "ivf"):
+            raise InputError(f"--selection.graph {graph} searches the two-tower network's inner-product form; this run's network "
+                             f"(the paper MLP, or label anchors) has none: use --selection.graph auto or exact")
         return GraphPlan(True, k, "blocks")
-    exact = n_rows * n_cols <= EXACT_MAX_PAIRS or not faiss_available()
-    return GraphPlan(True, k, "exact" if exact else "faiss")
+    if graph in ("hnsw", "ivf"):
+        if not faiss_available():
+            raise InputError(f"--selection.graph {graph} needs faiss-cpu: pip install 'nncift[sparse]'")
+        return GraphPlan(True, k, "faiss", graph)  # type: ignore[arg-type]
+    if graph == "exact" or n_rows * n_cols <= EXACT_MAX_PAIRS or not faiss_available():
+        return GraphPlan(True, k, "exact")
+    return GraphPlan(True, k, "faiss", DEFAULT_INDEX)
 
 
-def _build_index(cols: np.ndarray, kind: str, neighbours: int, seed: int) -> Any:
+def hnsw_ef_search(neighbours: int, ef_search: int | None = None) -> int:
+    """HNSW's search breadth: ``ef_search`` when given, else max(2K, :data:`DEFAULT_EF_SEARCH`)."""
+    if ef_search is not None and ef_search < 1:
+        raise ValueError(f"ef_search must be at least 1, got {ef_search}")
+    return int(ef_search) if ef_search is not None else max(2 * neighbours, DEFAULT_EF_SEARCH)
+
+
+def _build_index(cols: np.ndarray, kind: str, neighbours: int, seed: int, ef_search: int | None = None) -> Any:
     """A FAISS index over ``cols`` whose nearest neighbours are the highest inner products."""
     import faiss
 
@@ -81,7 +111,7 @@ def _build_index(cols: np.ndarray, kind: str, neighbours: int, seed: int) -> Any
         phi2 = float(norms.max()) * (1.0 + 1e-6)
         index = faiss.IndexHNSWFlat(width + 1, 32)
         index.hnsw.efConstruction = 80
-        index.hnsw.efSearch = max(2 * neighbours, 128)
+        index.hnsw.efSearch = max(hnsw_ef_search(neighbours, ef_search), neighbours)
         lift = np.sqrt(np.maximum(phi2 - norms, 0.0)).astype(np.float32)[:, None]
         for start in range(0, n, _SEARCH_ROWS):  # in chunks: no second copy of the columns
             index.add(np.hstack([cols[start:start + _SEARCH_ROWS], lift[start:start + _SEARCH_ROWS]]))
@@ -93,7 +123,7 @@ def _build_index(cols: np.ndarray, kind: str, neighbours: int, seed: int) -> Any
         sample = np.random.default_rng(seed).permutation(n)[: 64 * nlist]
         ivf.train(cols[np.sort(sample)])
         ivf.add(cols)
-        ivf.nprobe = max(16, nlist // 32)
+        ivf.nprobe = min(nlist, max(16, nlist // 256))
         return ivf
     raise ValueError(f"unknown index {kind!r}: choose hnsw or ivf")
 
@@ -162,10 +192,11 @@ def _recall(index: Any, rows: np.ndarray, cols: np.ndarray, k: int, hnsw: bool, 
 
 def faiss_graph(row_features: np.ndarray, col_features: np.ndarray, neighbours: int, *, exact: ExactValues | None = None,
                 index: Literal["hnsw", "ivf"] = "hnsw", recall_rows: int = 1000, seed: int = 0,
-                threads: int | None = None) -> NeighbourGraph:
+                threads: int | None = None, ef_search: int | None = None) -> NeighbourGraph:
     """The graph of ``row_features @ col_features.T`` from a FAISS index (see the module text for its parameters); rows
     keep at most ``neighbours`` candidates. ``recall_rows``: rows sampled (with ``seed``) to measure the index's recall@K
-    against exact blocked products (0: not measured). ``threads``: FAISS's OpenMP threads (default: its own)."""
+    against exact blocked products (0: not measured). ``threads``: FAISS's OpenMP threads (default: its own).
+    ``ef_search``: HNSW's search breadth (default max(2K, 128); larger finds more of the exact neighbours, slower)."""
     try:
         import faiss
     except ImportError as error:
@@ -177,7 +208,7 @@ def faiss_graph(row_features: np.ndarray, col_features: np.ndarray, neighbours: 
     exact = exact or ExactValues()
     if threads is not None:
         faiss.omp_set_num_threads(int(threads))
-    built = _build_index(cols, index, k, seed)
+    built = _build_index(cols, index, k, seed, ef_search)
     hnsw = index == "hnsw"
     kept_cols = np.empty((len(rows), k), np.int32)
     kept_vals = np.empty((len(rows), k), np.float32)

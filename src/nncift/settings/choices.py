@@ -23,6 +23,8 @@ NETWORK_LOSSES = ("mse", "row-centred")
 """Training losses of the two-tower network (``nncift.network.fitting``): plain MSE, or MSE after removing each row's mean error."""
 
 SAMPLING_DESIGNS = ("auto", "block", "all-targets")
+GRAPH_BUILDERS = ("auto", "exact", "hnsw", "ivf")
+"""How a sparse selection finds each row's K best columns (``--selection.graph``)."""
 """Which pairs get the exact influence function (``nncift.run.layout``): the function's own choice, a u × u block (or g
 blocks), or every target × the sampled candidates."""
 

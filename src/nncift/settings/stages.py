@@ -30,6 +30,7 @@ from nncift.settings.choices import (
     DEVICES,
     DTYPES,
     EXECUTORS,
+    GRAPH_BUILDERS,
     NETWORK_LOSSES,
     OBJECTIVES,
     SAMPLING_DESIGNS,
@@ -55,6 +56,9 @@ class SamplingSettings(Checked):
     """Which pairs are labelled: block (u of the rows × u of the candidates, in sampling.blocks blocks), all-targets (every target row × u of the
     candidates: every target row then has exact labels, for a few more records with functions that cost per record), or auto (block: it beat
     all-targets on the LESS benchmark)."""
+    stratify: bool = True
+    """Sample the targets within each task label (a P3 file's stem, or a record's ``task``) when they carry two or more: every task
+    gets its share of the labelled target rows, and at least one, so no task's scale is left to the prior alone."""
     labels: int = setting(0, at_least=0)
     """Label budget in absolute units instead of the fraction: labelled pairs for a function that costs per pair (DELIFT), sampled pool
     records for one that costs per record; 0 = use the fraction."""
@@ -121,6 +125,10 @@ class SelectionSettings(Checked):
     neighbours: int | None = setting(None, at_least=0)
     """fl, flmi, flcg: candidates kept per matrix row (a K-nearest-neighbour graph instead of the whole predicted matrix; no
     predicted.npy). Unset: the graph (K = 64) only when the predicted matrix would not fit in memory; 0: always the whole matrix."""
+    graph: str = setting("auto", choices=GRAPH_BUILDERS)
+    """fl, flmi, flcg on the neighbour graph: how each row's K best columns are found. auto: exact blocked products up to 10^10
+    (row, column) pairs, a FAISS IVF index beyond; exact; ivf (inverted lists, exact scores inside the probed lists); hnsw
+    (a navigable small-world graph: faster, lower recall on pools of near-duplicates). The run reports the index's recall@K."""
     partitions: int = setting(0, at_least=0)
     """fl, flmi, flcg on the neighbour graph: two-round distributed greedy (GreeDi) over this many seeded parts of the pool,
     each part's greedy on a worker of the executor, then greedy over the union of their picks. 0 or 1: one greedy."""

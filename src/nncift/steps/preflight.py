@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from nncift.files.errors import InputError
 from nncift.models.loading import ModelError
+
+if TYPE_CHECKING:
+    from nncift.data.records import Record
+    from nncift.influence import InfluenceFunction
+    from nncift.settings.stages import SelectSettings
 
 RUN_MARKERS = ("settings.json", "manifest.json", "scores.jsonl")
 """Files that make a folder an nncift output folder (a ``select`` run; a ``score`` output, also one killed before its manifest)."""
@@ -101,3 +106,27 @@ def check_select(settings: Any, options: dict[str, Any], *, out: str, force: boo
         check_model(options["similarity_embedder"], f"--{settings.influence}.similarity-embedder")
     for model in options.get("models") or ():
         check_model(str(model), "--model")
+
+
+def check_labelled_block(settings: SelectSettings, function_class: type[InfluenceFunction], objective: str, pool: Sequence[Record],
+                         targets: Sequence[Record], *, fits: Callable[[tuple[int, int]], bool] | None = None) -> None:
+    """Refuse, before the run folder is made, a labelled block that would not fit in memory (``fits``): at a million records
+    the default fraction u = 0.05 is a 50,000 × 50,000 block (10 GB of float32), which no influence function needs.
+    ``fits`` (default :func:`~nncift.selection.fits_in_memory`): whether a float32 matrix of a shape fits."""
+    import numpy as np
+
+    from nncift.run.layout import plan_layout, resolve_sampling
+    from nncift.selection.out_of_core import fits_in_memory
+
+    fits = fits or fits_in_memory
+    n_rows = len(pool) + len(targets) if objective in ("flmi", "flcg") else len(targets) or len(pool)
+    sampling = resolve_sampling(settings.sampling, function_class, len(pool), len(targets), n_rows)
+    if sampling.fraction >= 1:
+        return
+    layout = plan_layout(pool, targets, objective, sampling, np.random.default_rng(settings.seed))
+    shape = (len(layout.seen_rows), len(layout.seen_cols))
+    if not fits(shape):
+        unit = "labelled pairs" if function_class.cost_per == "pair" else "sampled pool records"
+        raise InputError(f"the labelled block would be {shape[0]:,} × {shape[1]:,} values ({4 * shape[0] * shape[1] / 2**30:,.1f} GiB of "
+                         f"float32 and its working copies), more than this machine's memory holds: give a label budget "
+                         f"(--sampling.labels N, in {unit}) or a smaller --sampling.fraction than {settings.sampling.fraction:g}")

@@ -63,6 +63,7 @@ from nncift.settings.choices import OBJECTIVES
 from nncift.settings.fields import settings_dict
 from nncift.settings.stages import NetworkSettings, RunContext, SamplingSettings, SelectionSettings, SelectSettings
 from nncift.steps.aggregation import candidate_scores, network_validation
+from nncift.steps.preflight import check_labelled_block
 from nncift.steps.select_sparse import select_on_graph, selection_plan
 
 
@@ -126,7 +127,7 @@ def load_inputs(settings: SelectSettings) -> tuple[list[Record], list[Record], l
     return pool, targets, reports + target_reports
 
 
-ADDED_SETTINGS: dict[str, object] = {"selection.partitions": 0, "network.step_pairs": 0}
+ADDED_SETTINGS: dict[str, object] = {"selection.partitions": 0, "network.step_pairs": 0, "selection.graph": "auto", "sampling.stratify": False}
 """Select settings newer than some run folders, at the values those folders ran with (:class:`~nncift.run.store.RunStore`'s ``added``)."""
 RESELECT_KEYS = frozenset({"selection", "network"})
 """The stages whose settings change only the network or the selection: a run folder whose influence block is finished
@@ -279,6 +280,8 @@ def _start_run(settings: SelectSettings, out: str | Path, pool: Iterable[Any] | 
     spec = influence_spec(settings, options)
     check_options(function_class.Settings, spec.options)  # before the folder is made
     selection_module.budget_to_count(settings.selection.budget, len(pool))  # a count above the pool size
+    if function_class.pairwise and not store_extra.get("sampling") == "every pair":
+        check_labelled_block(settings, function_class, objective, pool, targets)
     store = RunStore(out, {**settings_dict(settings), **store_extra, "influence_options": options,
                            "matrix_rows": matrix_rows(objective, bool(targets))}, rerun_keys=RESELECT_KEYS, added=ADDED_SETTINGS,
                      check=lambda store: check_inputs(store, records_digest(pool, targets), [r.as_dict() for r in reports]))

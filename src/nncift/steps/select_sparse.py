@@ -47,7 +47,8 @@ def selection_plan(network: Any, layout: Layout, n_pool: int, objective: str, se
         return GraphPlan(False, 0, "dense")
     dense_fits = selection.neighbours is None and not distributed and fits_in_memory((len(layout.rows), n_pool))
     inner = isinstance(network, TwoTowerNetwork) and network.anchors is None
-    return plan_graph(graph_rows(objective, layout), n_pool, dense_fits=dense_fits, neighbours=selection.neighbours, inner_product=inner)
+    return plan_graph(graph_rows(objective, layout), n_pool, dense_fits=dense_fits, neighbours=selection.neighbours, inner_product=inner,
+                      graph=selection.graph)
 
 
 def select_on_graph(plan: GraphPlan, network: Any, layout: Layout, row_embeddings: np.ndarray, col_embeddings: np.ndarray,
@@ -68,7 +69,8 @@ def select_on_graph(plan: GraphPlan, network: Any, layout: Layout, row_embedding
         exact = ExactValues(own, form.self_terms, layout.seen_rows, layout.seen_cols, labels)
         row_features, col_features = form.row_features, form.col_features
         predict = lambda start, stop: row_features[start:stop] @ col_features.T  # noqa: E731
-        graph: NeighbourGraph = (faiss_graph(row_features[:n_rows], col_features, plan.neighbours, exact=exact) if plan.builder == "faiss"
+        graph: NeighbourGraph = (faiss_graph(row_features[:n_rows], col_features, plan.neighbours, exact=exact, index=plan.index or "hnsw", seed=seed)
+                                 if plan.builder == "faiss"
                                  else executor.neighbour_graph(GraphSource.features(row_features, col_features), plan.neighbours,
                                                                n_rows=n_rows, exact=exact, progress=progress))
     else:  # the paper MLP or an anchored network: its blocks already hold the self-pair term
