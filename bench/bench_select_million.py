@@ -9,7 +9,7 @@ What it does, in a folder of its own under ``$NNCIFT_BENCH_OUT/select-million-<n
    noise (cosine to the source about 0.9), written through nncift's own :class:`~nncift.models.embeddings.EmbeddingCache`,
    as a user's earlier run (or a GPU machine) would have left them. The embedder itself runs at 10–35 records/s on this
    CPU (bench/results/embeddings.md), i.e. 8–28 hours for a million records: its time is extrapolated, not measured here.
-3. ``nncift select`` on the JSONL file in a fresh process under ``/usr/bin/time -v``: wall time, peak resident memory,
+3. ``nncift select`` on the JSONL file into a new run folder (an earlier one is deleted) in a fresh process under ``/usr/bin/time -v``: wall time, peak resident memory,
    the manifest's stage times, the selection mode (dense or sparse, K, the graph builder and its recall) and whether any
    file of n² values was written.
 """
@@ -21,6 +21,7 @@ import datetime
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -91,6 +92,7 @@ def _copies(base: np.ndarray, which: np.ndarray, noise: float, seed: int) -> np.
 def run_select(folder: Path, records_path: Path, extra: list[str]) -> tuple[float, float, str]:
     """``nncift select`` in a fresh process; (wall seconds, peak resident GiB, its output)."""
     out = folder / "run"
+    shutil.rmtree(out, ignore_errors=True)  # a finished run in the folder would be returned as it is, not measured
     env = dict(os.environ, NNCIFT_CACHE=str(folder / "cache"), HF_HUB_OFFLINE="1")
     command = ["/usr/bin/time", "-v", str(Path(sys.executable).with_name("nncift")), "select", "--data", str(records_path), "--out", str(out),
                "--influence", "delift-se", "--force", "--quiet", *extra]

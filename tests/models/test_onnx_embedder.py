@@ -137,3 +137,4 @@ def test_select_runs_with_the_onnx_embedder_from_the_command_line(tmp_path: Path
     assert code == 0 and len((tmp_path / "run" / "selected.jsonl").read_text().splitlines()) == 8
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["models"]["embedder"]["backend"] == "onnx" and manifest["models"]["embedder"]["name"] == ONNX
+

@@ -1,6 +1,6 @@
 """DELIFT-SE: cosine similarity of sentence embeddings, rescaled to [0, 1] as (cos + 1) / 2.
 
-Cost: one encoder pass per example (cached) and a matrix product. Entry ``[i, j]`` is the
+Cost: one encoder pass per example a block asks for (cached, so once per text across runs) and a matrix product. Entry ``[i, j]`` is the
 similarity of target ``i`` and candidate ``j`` (symmetric when both come from the same pool).
 """
 
@@ -27,14 +27,24 @@ class DeliftSE(PairwiseInfluence):
     is_embedding_cosine: ClassVar[bool] = True
 
     def prepare(self, targets: Sequence[Record], candidates: Sequence[Record], workdir: Path) -> None:
-        """Embed targets and candidates once (through the embedding cache)."""
-        embedder = self.settings.similarity_embedder or self.run.embedder
-        self._targets = embed_records(targets, model=embedder, device=self.run.device, progress=self.progress)
-        self._candidates = embed_records(candidates, model=embedder, device=self.run.device, progress=self.progress)
-        self.counters["encoder_passes"] += len(targets) + len(candidates)
+        """Bind the records; each is embedded (through the embedding cache) when a block first asks for it, so a sampled
+        block of a large pool embeds only its sampled records."""
+        self._records = {"targets": list(targets), "candidates": list(candidates)}
+        self._vectors: dict[str, dict[int, np.ndarray]] = {"targets": {}, "candidates": {}}
+
+    def _embedded(self, side: str, indices: np.ndarray) -> np.ndarray:
+        """float32 (len(indices), d): the embeddings of ``side``'s records at ``indices``, embedding the ones not seen yet."""
+        known = self._vectors[side]
+        missing = list(dict.fromkeys(int(i) for i in indices if int(i) not in known))
+        if missing:
+            embedder = self.settings.similarity_embedder or self.run.embedder
+            vectors = embed_records([self._records[side][i] for i in missing], model=embedder, device=self.run.device, progress=False)
+            known.update(zip(missing, vectors))
+            self.counters["encoder_passes"] += len(missing)
+        return np.stack([known[int(i)] for i in indices]).astype(np.float32)
 
     def compute_block(self, target_indices: np.ndarray, candidate_indices: np.ndarray) -> np.ndarray:
         """(cos + 1) / 2 for the block, float32 (len(target_indices), len(candidate_indices))."""
-        cosine = self._targets[target_indices] @ self._candidates[candidate_indices].T
+        cosine = self._embedded("targets", target_indices) @ self._embedded("candidates", candidate_indices).T
         self.counters["evaluations"] += cosine.size
         return ((cosine + 1.0) / 2.0).astype(np.float32)

@@ -60,18 +60,30 @@ class EmbeddingCache:
         self.folder = (root or cache_dir() / "embeddings") / key
         self.folder.mkdir(parents=True, exist_ok=True)
         self._vectors: dict[str, np.ndarray] = {}
-        self._load()
+        self._read: set[str] = set()
+        self.refresh()
 
-    def _load(self) -> None:
+    @classmethod
+    def shared(cls, model: str, root: Path | None = None) -> EmbeddingCache:
+        """This process's cache of ``model`` under ``root`` (default ``$NNCIFT_CACHE/embeddings``), read from disk once and
+        then only for the shards written since (by this process or another): a run that embeds in many small calls (an
+        influence function that embeds only the records its blocks ask for) does not re-read every shard each time."""
+        cache = _shared_cache(model, str(root or cache_dir() / "embeddings"))
+        cache.refresh()
+        return cache
+
+    def refresh(self) -> None:
+        """Read the shards not read yet (one written while another process is writing is skipped until it is complete)."""
         from safetensors import safe_open
 
         for shard in sorted(self.folder.glob("*.safetensors")):
-            if is_temporary(shard):  # being written by another process, or left by a kill
+            if is_temporary(shard) or shard.name in self._read:  # being written by another process, or left by a kill
                 continue
             with safe_open(str(shard), framework="numpy") as handle:
                 keys = json.loads(handle.metadata()["keys"])
                 vectors = handle.get_tensor("vectors")
             self._vectors.update(zip(keys, vectors))
+            self._read.add(shard.name)
 
     def get(self, key: str) -> np.ndarray | None:
         """The cached vector of a text key, or None."""
@@ -86,6 +98,12 @@ class EmbeddingCache:
         atomic_write(final, lambda tmp: save_file({"vectors": np.ascontiguousarray(vectors, dtype=np.float32)}, str(tmp),
                                                   metadata={"keys": json.dumps(list(keys))}))
         self._vectors.update(zip(keys, vectors))
+        self._read.add(final.name)
+
+
+@functools.lru_cache(maxsize=4)
+def _shared_cache(model: str, root: str) -> EmbeddingCache:
+    return EmbeddingCache(model, Path(root))
 
 
 def encode_texts(texts: Sequence[str], *, model: str = BUNDLED_EMBEDDER, batch_size: int = 64, device: str = "auto") -> np.ndarray:
@@ -127,7 +145,7 @@ def embed_texts(
         float32 array of shape (len(texts), embedding_dim).
     """
     keys = [_text_key(text) for text in texts]
-    cache = EmbeddingCache(model) if use_cache else None
+    cache = EmbeddingCache.shared(model) if use_cache else None
     missing: dict[str, str] = {}
     for key, text in zip(keys, texts):
         if (cache is None or cache.get(key) is None) and key not in missing:
