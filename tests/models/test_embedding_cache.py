@@ -29,3 +29,6 @@ def test_the_shared_cache_reads_new_shards_only(tmp_path: Path, tiny_lm_dir: Pat
 
     monkeypatch.setattr("safetensors.safe_open", refuse)
     EmbeddingCache.shared(model, root)  # nothing new on disk: no shard is opened
+    monkeypatch.undo()
+    EmbeddingCache.release_shared()
+    assert EmbeddingCache.shared(model, root) is not shared  # forgotten: the next use reads the folder again

@@ -72,6 +72,12 @@ class EmbeddingCache:
         cache.refresh()
         return cache
 
+    @staticmethod
+    def release_shared() -> None:
+        """Forget this process's shared caches (their vectors are read again on the next use): a run calls it once its
+        embeddings are in hand, so a million cached vectors do not stay in memory through selection."""
+        _shared_cache.cache_clear()
+
     def refresh(self) -> None:
         """Read the shards not read yet (one written while another process is writing is skipped until it is complete)."""
         from safetensors import safe_open

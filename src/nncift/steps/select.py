@@ -40,6 +40,7 @@ from nncift.influence import (
     InfluenceSpec,
     influence_class,
 )
+from nncift.models.embeddings import EmbeddingCache
 from nncift.network import streaming
 from nncift.network.files import NetworkFileError, load_network, load_network_metadata, save_network
 from nncift.network.paper import predict_pointwise
@@ -329,6 +330,7 @@ def _select_pairwise(run: _Run, settings: SelectSettings, executor: Executor, rn
     with ledger.stage("embeddings"):
         row_embeddings, col_embeddings = _embeddings(executor, settings, layout, pool, progress)
         save_rows(store.folder, layout.rows, layout.n_pool_rows, row_embeddings, col_embeddings)
+        EmbeddingCache.release_shared()
     known = np.where(layout.labelled(), np.asarray(seen.array, dtype=np.float32), np.nan)
     low, high = label_scaling(function_class, known)
     labels = (known - low) / (high - low)
