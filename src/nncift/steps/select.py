@@ -427,6 +427,7 @@ def _select_pointwise(run: _Run, settings: SelectSettings, executor: Executor, r
     with ledger.stage("embeddings"):
         embeddings = executor.embed_records(pool, model=settings.embedder, device=settings.device, progress=progress)
         save_pool_embeddings(store.folder, embeddings)
+        EmbeddingCache.release_shared()
     with ledger.stage("network training"):
         network, report = _trained_network(store, settings.network, progress, "topk", lambda s: train_network_pointwise(
             embeddings[seen[ok]], labels[ok], s, progress=progress))
