@@ -39,13 +39,15 @@ def peak_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def noisy_copies(base: np.ndarray, n: int, noise: float, seed: int) -> np.ndarray:
-    """float32 (n, d): rows of ``base`` drawn with replacement, Gaussian noise of norm about ``noise`` added, normalised."""
+def noisy_copies(base: np.ndarray, n: int, noise: float, seed: int, sources: np.ndarray | None = None) -> np.ndarray:
+    """float32 (n, d): rows of ``base`` (``sources``, or drawn with replacement), Gaussian noise of norm about ``noise``
+    added, normalised."""
     rng = np.random.default_rng(seed)
     out = np.empty((n, base.shape[1]), np.float32)
     for start in range(0, n, 65536):
         stop = min(n, start + 65536)
-        part = base[rng.integers(0, len(base), stop - start)] + rng.standard_normal((stop - start, base.shape[1]), dtype=np.float32) * (noise / np.sqrt(base.shape[1]))
+        rows = rng.integers(0, len(base), stop - start) if sources is None else sources[start:stop]
+        part = base[rows] + rng.standard_normal((stop - start, base.shape[1]), dtype=np.float32) * (noise / np.sqrt(base.shape[1]))
         out[start:stop] = part / np.linalg.norm(part, axis=1, keepdims=True)
     return out
 

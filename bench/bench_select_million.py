@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_million import noisy_copies  # noqa: E402
 from benchlib import command_line, cpu_name, publish  # noqa: E402
 
 ROOT = Path(os.environ.get("NNCIFT_BENCH_OUT", Path.home() / ".cache" / "nncift" / "bench"))
@@ -72,21 +73,10 @@ def store_embeddings(folder: Path, records_path: Path, n: int, noise: float, see
     if all(cache.get(k) is not None for k in keys[:: max(1, n // 1000)]) and cache.get(keys[-1]) is not None:
         return 0.0
     base = embed_records(source_records(), progress=False)  # the user's real cache: the sources are embedded there
-    vectors = _copies(base, np.arange(n) % len(base), noise, seed)
+    vectors = noisy_copies(base, n, noise, seed, sources=np.arange(n) % len(base))
     for start in range(0, n, SHARD_ROWS):
         cache.put(keys[start:start + SHARD_ROWS], vectors[start:start + SHARD_ROWS])
     return time.perf_counter() - tick
-
-
-def _copies(base: np.ndarray, which: np.ndarray, noise: float, seed: int) -> np.ndarray:
-    """float32 rows ``base[which]`` with Gaussian noise of norm about ``noise``, normalised (in chunks)."""
-    rng = np.random.default_rng(seed)
-    out = np.empty((len(which), base.shape[1]), np.float32)
-    for start in range(0, len(which), 65536):
-        part = base[which[start:start + 65536]]
-        part = part + rng.standard_normal(part.shape, dtype=np.float32) * (noise / np.sqrt(base.shape[1]))
-        out[start:start + len(part)] = part / np.linalg.norm(part, axis=1, keepdims=True)
-    return out
 
 
 def run_select(folder: Path, records_path: Path, extra: list[str]) -> tuple[float, float, str]:

@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from nncift.data.records import Record
-from nncift.run.layout import Layout, stratified_order
+from nncift.run.layout import Layout, sample_size, stratified_order
 from nncift.settings.fields import SettingsError, normalise_budget, setting
 from nncift.settings.stages import SelectSettings
 
@@ -62,11 +62,6 @@ class SweepSettings(SelectSettings):
         super().__post_init__()
         if not self.u or not self.v:
             raise SettingsError("u" if not self.u else "v", "give at least one value")
-
-
-def sample_size(n: int, fraction: float, minimum: int) -> int:
-    """How many of n records fraction u samples: ``max(round(u·n), minimum, 1)``, at most n (as ``nncift select``)."""
-    return min(n, max(int(round(fraction * n)), minimum, 1))
 
 
 def nested_samples(n: int, fractions: Sequence[float], minimum: int, rng: np.random.Generator) -> dict[float, np.ndarray]:

@@ -48,12 +48,16 @@ class Layout:
         return blocks
 
 
+def sample_size(n: int, fraction: float, minimum: int) -> int:
+    """How many of n records fraction u samples: ``max(round(u·n), minimum, 1)``, at most n."""
+    return min(n, max(int(round(fraction * n)), minimum, 1))
+
+
 def sample_indices(n: int, fraction: float, minimum: int, rng: np.random.Generator) -> np.ndarray:
-    """A sorted random sample of ``max(round(fraction·n), minimum)`` (at most n) indices of range(n)."""
+    """A sorted random sample of :func:`sample_size` indices of range(n)."""
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    size = min(n, max(int(round(fraction * n)), minimum, 1))
-    return np.sort(rng.choice(n, size=size, replace=False)).astype(np.int64)
+    return np.sort(rng.choice(n, size=sample_size(n, fraction, minimum), replace=False)).astype(np.int64)
 
 
 def stratified_order(groups: Sequence[object], rng: np.random.Generator) -> np.ndarray:
@@ -74,9 +78,8 @@ def stratified_order(groups: Sequence[object], rng: np.random.Generator) -> np.n
 
 
 def stratified_indices(groups: Sequence[object], fraction: float, minimum: int, rng: np.random.Generator) -> np.ndarray:
-    """A sorted sample of as many indices as :func:`sample_indices` draws, the first of :func:`stratified_order`."""
-    size = min(len(groups), max(int(round(fraction * len(groups))), minimum, 1))
-    return np.sort(stratified_order(groups, rng)[:size]).astype(np.int64)
+    """A sorted sample of :func:`sample_size` indices, the first of :func:`stratified_order`."""
+    return np.sort(stratified_order(groups, rng)[: sample_size(len(groups), fraction, minimum)]).astype(np.int64)
 
 
 def plan_layout(pool: Sequence[Record], targets: Sequence[Record], objective: str, sampling: SamplingSettings, rng: np.random.Generator) -> Layout:

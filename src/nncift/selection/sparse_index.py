@@ -62,7 +62,7 @@ class GraphPlan:
     neighbours: int
     """K (0 when dense)."""
     builder: Literal["dense", "exact", "faiss", "blocks"]
-    index: Literal["", "hnsw", "ivf"] = ""
+    index: Literal["hnsw", "ivf"] = DEFAULT_INDEX
     """The FAISS index when ``builder`` is ``faiss``."""
 
 

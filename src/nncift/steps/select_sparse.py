@@ -69,7 +69,7 @@ def select_on_graph(plan: GraphPlan, network: Any, layout: Layout, row_embedding
         exact = ExactValues(own, form.self_terms, layout.seen_rows, layout.seen_cols, labels)
         row_features, col_features = form.row_features, form.col_features
         predict = lambda start, stop: row_features[start:stop] @ col_features.T  # noqa: E731
-        graph: NeighbourGraph = (faiss_graph(row_features[:n_rows], col_features, plan.neighbours, exact=exact, index=plan.index or "hnsw", seed=seed)
+        graph: NeighbourGraph = (faiss_graph(row_features[:n_rows], col_features, plan.neighbours, exact=exact, index=plan.index, seed=seed)
                                  if plan.builder == "faiss"
                                  else executor.neighbour_graph(GraphSource.features(row_features, col_features), plan.neighbours,
                                                                n_rows=n_rows, exact=exact, progress=progress))
