@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
 import os
 import time
 from pathlib import Path
@@ -115,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--criterion-without-exact", action="store_true",
                         help="ablation: score held-out candidates alone, without the fold's exact training candidates beside them")
     parser.add_argument("--inputs", nargs="+", default=["all-MiniLM-L6-v2"],
-                        help="network inputs: embedders (the bundled all-MiniLM-L6-v2, lm:smollm2-135m-instruct for the LM's own mean-pooled states, any id)")
+                        help="network inputs, EMBEDDER[/INPUT]: an embedder (the bundled all-MiniLM-L6-v2, lm:smollm2-135m-instruct for the LM's "
+                             "own mean-pooled states, any id) and what it reads of a record (text, the default, or text+response)")
     parser.add_argument("--stratify", action=argparse.BooleanOptionalAction, default=True,
                         help="sample the targets within each task (nncift's default since 2026-12-03)")
     parser.add_argument("--output", type=Path, default=None)
@@ -131,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     from nncift.network.paper import predict_pairwise
     from nncift.run.layout import block_self_columns, plan_layout, resolve_sampling
     from nncift.selection.subset_quality import choose_subset, f_gain
+    from nncift.settings.choices import NETWORK_INPUTS
     from nncift.settings.stages import NetworkSettings, SamplingSettings
     from nncift_research.fidelity import calibrated_cosine
 
@@ -141,8 +144,14 @@ def main(argv: list[str] | None = None) -> int:
     n_pool_rows, self_cols, family, on_task_families, true_subset = bench.n_pool_rows, bench.self_cols, bench.family, bench.on_task_families, bench.true_subset
     on_task = bench.on_task
     target_rows = np.arange(n_pool_rows, len(rows))
-    inputs = {name: (embed_records(rows, model=name, progress=True), embed_records(spec.pool, model=name, progress=True)) for name in args.inputs}
     function_class = influence_class(spec.influence)
+    inputs = {}
+    for entry in args.inputs:
+        embedder, _, network_input = entry.rpartition("/")
+        if network_input not in NETWORK_INPUTS:  # an embedder id or path with a slash, no input named
+            embedder, network_input = entry, "text"
+        embed = functools.partial(embed_records, model=embedder, progress=True, network_input=network_input)
+        inputs[f"{embedder} / {network_input}"] = (embed(rows), embed(spec.pool))
     tasks = [r.task for r in rows]
 
     def aggregate(block: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -169,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             for label, forced in variants:
                 if forced and forced.startswith("prior") and loss != args.losses[0]:
                     continue  # the prior does not train: one loss is enough
-                net_settings = NetworkSettings(loss=loss, fallback=forced is None, seed=seed)
+                net_settings = NetworkSettings(loss=loss, fallback=forced is None, seed=seed, input=input_name.rpartition(" / ")[2])
                 fit = FitSettings(net_settings, validation_repeats=args.repeats, criterion_shows_exact=not args.criterion_without_exact)
                 if forced:
                     fit = dataclasses.replace(fit, force=forced)

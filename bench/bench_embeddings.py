@@ -52,7 +52,10 @@ NOTES = (    "Notes: sentence-transformers' `encode` (today's path) already sort
     ' of 4, each padded to its longest text. `onnx` runs the exported float32 transformer: the same model'
     " to float32 rounding. `onnx-int8` quantises every MatMul's weights to int8 and its inputs dynamicall"
     'y to uint8: numerically another model (see its cosines), not a drop-in replacement for stored embedd'
-    'ings. `torch bf16` (bfloat16 matrix products under autocast) is shown for reference only.')
+    'ings. `torch bf16` (bfloat16 matrix products under autocast) is shown for reference only. `openvino-bf16` runs the '
+    'same float export in OpenVINO with bfloat16 arithmetic (CPUs with bfloat16 units only), batches of 16. The last '
+    "column is what selection keeps: DELIFT-SE's facility location (30% of the records, pool = targets) on each backend's "
+    "cosines, scored on today's cosines (f_gain: 1 = today's subset, 0 = a random one).")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -81,6 +84,7 @@ def backends() -> dict[str, Encode]:
         f"onnx (b{ONNX_MAX_BATCH})": lambda texts: encode_texts(texts, model=f"onnx:{BUNDLED_EMBEDDER}", device="cpu"),
         "onnx b64": lambda texts: SortedEncoder(onnx.model, onnx.runner, max_batch=64).encode(texts),
         f"onnx-int8 (b{ONNX_MAX_BATCH})": lambda texts: int8.encode(texts),
+        "openvino-bf16 (b16)": lambda texts: encode_texts(texts, model=f"openvino-bf16:{BUNDLED_EMBEDDER}", device="cpu"),
         "torch bf16, token-sorted b4 (not offered)": bf16,
     }
 
@@ -119,14 +123,17 @@ def table(seconds: dict[str, list[float]], ratios: dict[str, list[float]], vecto
     today_name = next(iter(seconds))
     today = vectors[today_name].astype(np.float64)
     today_pairs = today @ today.T
+    from nncift.selection.subset_quality import ObjectiveSpec, f_gain
+
     lines = ["| backend | records/s | ratio to today's (median of rounds) | ratios per round | max abs(cos − 1) "
-             "| mean abs(cos − 1) | max abs pairwise-cosine difference |", "|---|---|---|---|---|---|---|"]
+             "| mean abs(cos − 1) | max abs pairwise-cosine difference | f_gain of its FL 30% subset |", "|---|---|---|---|---|---|---|---|"]
     for name, times in seconds.items():
         new = vectors[name].astype(np.float64)
         deviation = np.abs((new * today).sum(axis=1) / np.linalg.norm(new, axis=1) / np.linalg.norm(today, axis=1) - 1)
         pairwise = float(np.abs(new @ new.T - today_pairs).max())
+        kept = f_gain(today_pairs, new @ new.T, ObjectiveSpec("fl", 0.3))["f_gain"]
         lines.append(f"| {name} | {n / float(np.median(times)):.1f} | {float(np.median(ratios[name])):.2f} | "
-                     f"{', '.join(f'{r:.2f}' for r in ratios[name])} | {deviation.max():.1e} | {deviation.mean():.1e} | {pairwise:.1e} |")
+                     f"{', '.join(f'{r:.2f}' for r in ratios[name])} | {deviation.max():.1e} | {deviation.mean():.1e} | {pairwise:.1e} | {kept:.3f} |")
     return "\n".join(lines)
 
 
@@ -141,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     seconds, ratios, vectors = measure(encoders, texts, args.rounds)
     load_after = os.getloadavg()
     report = "\n".join([
-        "# Sentence embeddings on the CPU: torch, ONNX Runtime, int8, length-sorted batches", "",
+        "# Sentence embeddings on the CPU: torch, ONNX Runtime, OpenVINO bfloat16, int8, length-sorted batches", "",
         f"Command: `{command_line('bench/bench_embeddings.py')}`", "",
         f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  ",
         f"Machine: {cpu_name()}, {os.cpu_count()} CPU cores (shared with other jobs), torch {torch.__version__} and "

@@ -54,9 +54,9 @@ def _objective(matrix, budget: float):
     if spec.influence == "less":
         tasks = [record.task for record in spec.targets]
         return "topk", ObjectiveSpec("topk", budget, candidate_scores=lambda m: aggregate_scores(m, tasks))
-    if spec.targets:
+    if spec.targets and spec.pool_rows:
         return "flmi", ObjectiveSpec("flmi", budget, n_pool_rows=len(spec.pool))
-    return "fl", ObjectiveSpec("fl", budget)
+    return "fl", ObjectiveSpec("fl", budget)  # the pool's rows, or the targets' alone (every target served by its most useful pick)
 
 
 def _scaled(matrix) -> np.ndarray:

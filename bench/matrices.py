@@ -231,6 +231,10 @@ class Matrix:
         return len(self.spec.pool)
 
 
+RUN_KEYS = ("model", "embedder", "device", "dtype", "seed")
+"""Options that belong to the run's context (:class:`RunContext`), not to the influence function's own settings."""
+
+
 def compute(name: str, *, progress: bool = True) -> Matrix:
     """Compute (or resume, or load) the matrix ``name``; rows = pool (if ``pool_rows``) then targets, columns = pool."""
     from nncift.execution.executor import LocalExecutor
@@ -251,8 +255,9 @@ def compute(name: str, *, progress: bool = True) -> Matrix:
     spent = json.loads(store.path("seconds.json").read_text())["seconds"] if store.path("seconds.json").exists() else 0.0
     if matrix.pending(plan_blocks(*matrix.shape, spec.block_size, spec.block_size)):
         with LocalExecutor() as executor:
-            run = RunContext(**{k: v for k, v in options.items() if k in ("model", "embedder", "device", "seed")})
-            counters = executor.run_pairwise(InfluenceSpec(spec.influence, dict(spec.options), run), rows, spec.pool, matrix,
+            run = RunContext(**{k: v for k, v in options.items() if k in RUN_KEYS})
+            own = {k: v for k, v in spec.options.items() if k not in RUN_KEYS}
+            counters = executor.run_pairwise(InfluenceSpec(spec.influence, own, run), rows, spec.pool, matrix,
                                              plan_blocks(*matrix.shape, spec.block_size, spec.block_size), folder, progress=progress)
         spent += time.perf_counter() - start
         store.write_json("seconds.json", {"seconds": spent, "counters": dict(counters)})

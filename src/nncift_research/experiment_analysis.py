@@ -107,7 +107,8 @@ def fidelity_summary(experiment: Any, influence: str) -> dict[str, Any]:
     settings = experiment.select_settings(influence, seed)
     fractions = sorted(set(experiment.settings.fidelity_fractions) | {settings.sampling.fraction})
     pool, targets = experiment.splits.pool, experiment.splits.targets
-    embed = lambda records: embed_records(records, model=settings.embedder, device=settings.device, progress=False)  # noqa: E731
+    embed = lambda records: embed_records(records, model=settings.embedder, device=settings.device, progress=False,  # noqa: E731
+                                          network_input=settings.network.input)
     if influence_class(influence).pairwise:
         rows, scatter = _pairwise_fidelity(truth, pool, targets, manifest["objective"], settings, fractions, embed)
     else:

@@ -251,7 +251,8 @@ def _run_fidelity(settings: FidelitySettings, out: str | Path, pool: list[Record
     low, high = label_scaling(function_class, values)  # the same rule as select: the fixed range, else min–max
     scaled = (values - low) / (high - low)
     with ledger.stage("embeddings"):
-        embeddings = embed_records(pool, model=settings.embedder, device=settings.device, progress=progress)
+        embeddings = embed_records(pool, model=settings.embedder, device=settings.device, progress=progress,
+                                   network_input=settings.network.input)
     rows: list[dict[str, Any]] = []
     selection_rows: list[dict[str, Any]] = []
     predictions: dict[float, np.ndarray] = {}

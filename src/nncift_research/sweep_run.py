@@ -119,7 +119,8 @@ class Sweep:
     def _embeddings(self, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
         from nncift.models.embeddings import embed_records
 
-        kwargs = {"model": self.settings.embedder, "device": self.settings.device, "progress": False}
+        kwargs: dict[str, Any] = {"model": self.settings.embedder, "device": self.settings.device, "progress": False,
+                                  "network_input": self.settings.network.input}
         cols = embed_records(self.pool, **kwargs)
         extra = layout.rows[layout.n_pool_rows:]
         rows = np.concatenate([cols[: layout.n_pool_rows], embed_records(extra, **kwargs)]) if extra else cols[: layout.n_pool_rows]

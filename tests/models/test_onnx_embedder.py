@@ -18,7 +18,7 @@ from nncift.models.loading import ModelError, load_embedder
 from nncift.models.onnx_embedder import SortedEncoder, onnx_model_file, onnx_of, onnx_session, session_runner, torch_runner
 from nncift.settings.choices import BUNDLED_EMBEDDER
 
-ONNX, INT8 = f"onnx:{BUNDLED_EMBEDDER}", f"onnx-int8:{BUNDLED_EMBEDDER}"
+ONNX, INT8, OPENVINO = f"onnx:{BUNDLED_EMBEDDER}", f"onnx-int8:{BUNDLED_EMBEDDER}", f"openvino-bf16:{BUNDLED_EMBEDDER}"
 COSINE_TOLERANCE = 1e-6
 """Largest |cos(onnx, torch) − 1| allowed: measured 1.2e-7 to 3.7e-13 (float32 rounding; bench/results/embeddings.md)."""
 PAIRWISE_TOLERANCE = 1e-5
@@ -30,6 +30,7 @@ P3_FILES = ("imdb_Reviewer_Enjoyment", "ag_news_classify", "common_gen_Put_toget
 def test_onnx_names_are_parsed() -> None:
     assert onnx_of(ONNX) == ("onnx", BUNDLED_EMBEDDER)
     assert onnx_of("onnx-int8:/models/my-embedder") == ("onnx-int8", "/models/my-embedder")
+    assert onnx_of(OPENVINO) == ("openvino-bf16", BUNDLED_EMBEDDER)
     assert onnx_of(BUNDLED_EMBEDDER) is None and onnx_of("lm:smollm2-135m-instruct") is None
     with pytest.raises(ModelError, match="name the model"):
         onnx_of("onnx:")
@@ -73,6 +74,34 @@ def test_onnx_reproduces_the_torch_path_on_real_texts(real_texts: list[str], min
     # int8 is another model numerically: close, not equal (see bench/results/embeddings.md)
     int8 = encode_texts(real_texts, model=INT8, device="cpu")
     assert 1e-4 < agreement(int8, today)[0] < 0.2
+
+
+def _cpu_has_bf16() -> bool:
+    import openvino
+
+    return "BF16" in list(openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+@pytest.mark.e2e
+def test_openvino_bf16_stays_close_to_the_torch_path_or_is_refused_without_bf16_units(tmp_path: Path, real_texts: list[str],
+                                                                                      minilm: Any) -> None:
+    """bfloat16 arithmetic: each vector within 1e-3 in cosine (measured about 3e-5), pairwise cosines within 1e-2 (measured
+    up to 4e-3), never equal to the float path; its own cache. On a CPU without bfloat16 units: a clear refusal."""
+    from nncift.models.onnx_embedder import load_onnx_embedder
+
+    if not _cpu_has_bf16():
+        with pytest.raises(ModelError, match="no bfloat16 units"):
+            load_onnx_embedder(OPENVINO, root=tmp_path)
+        return
+    encoder = load_onnx_embedder(OPENVINO, root=tmp_path, threads=1)
+    today = encode_texts(real_texts, model=BUNDLED_EMBEDDER, device="cpu")
+    bf16 = encoder.encode(real_texts)
+    assert bf16.shape == today.shape and bf16.dtype == np.float32
+    cosine, pairwise = agreement(bf16, today)
+    assert 1e-8 < cosine < 1e-3 and pairwise < 1e-2  # bfloat16: close to the float path, not equal to it
+    assert [p.name for p in sorted(tmp_path.rglob("*.onnx"))] == ["model.onnx"]  # the float export, nothing else
+    np.testing.assert_array_equal(encoder.encode(real_texts), bf16)  # deterministic
+    assert EmbeddingCache(OPENVINO).folder not in {EmbeddingCache(name).folder for name in (BUNDLED_EMBEDDER, ONNX)}
 
 
 @pytest.mark.e2e

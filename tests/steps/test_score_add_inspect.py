@@ -157,6 +157,26 @@ def test_add_keeps_the_old_picks_and_continues_the_greedy_on_the_union(tmp_path:
 
 
 @pytest.mark.e2e
+def test_score_and_add_read_new_records_as_the_run_s_network_read_its_own(tmp_path: Path, files) -> None:
+    """A network trained on ``text+response`` inputs: score and --add embed new records the same way (two halves), and
+    DELIFT-SE's prior is no longer its exact function on them, so the network is trained."""
+    run = run_select(_settings(data=(str(files["pool"]),), **{"network.input": "text+response"}), tmp_path / "run")
+    assert run.manifest["network_input"] == "text+response" and run.manifest["settings"]["network"]["input"] == "text+response"
+    assert "nothing was trained" not in run.manifest["network_training"]["note"]
+    col_embeddings = np.load(tmp_path / "run" / "col_embeddings.npy")
+    new, _ = read_records(files["new"])
+    both = embed_records(new, progress=False, network_input="text+response")
+    assert col_embeddings.shape[1] == both.shape[1] == 2 * embed_records(new[:1], progress=False).shape[1]
+    network = load_network(tmp_path / "run" / "network.safetensors")
+    scored = score_records(tmp_path / "run", new, tmp_path / "scores", top_targets=0, progress=False)
+    block = predict_pairwise(network, np.load(tmp_path / "run" / "row_embeddings.npy"), both)
+    np.testing.assert_allclose([row["value"] for row in scored.rows], np.maximum(block, 0).sum(axis=0), rtol=1e-4)
+    grown = add_to_run(tmp_path / "run", new, tmp_path / "grown", progress=False)
+    assert grown.indices[: len(run.indices)].tolist() == run.indices.tolist()
+    np.testing.assert_allclose(np.load(tmp_path / "grown" / "col_embeddings.npy"), np.concatenate([col_embeddings, both]), atol=1e-6)
+
+
+@pytest.mark.e2e
 def test_add_with_targets_and_flmi_keeps_picks_and_moves_the_targets_below_the_new_rows(tmp_path: Path, files) -> None:
     run = run_select(_settings(data=(str(files["pool"]),), targets=(str(files["targets"]),), **{"selection.objective": "flmi",
             "selection.budget": 8.0}), tmp_path / "run")

@@ -13,6 +13,11 @@ def embedding_text(record: Record) -> str:
     return f"{record.instruction} {record.input}\n##Answer: {record.output}"
 
 
+def response_text(record: Record) -> str:
+    """Text of an example's response alone, for the second half of the ``text+response`` network input."""
+    return record.output
+
+
 def delift_prompt_without_example(target: Record) -> str:
     """DELIFT zero-shot prompt for target x_i (docs/methods.md §2)."""
     return f"Instruction: Please generate a response to the following query.\n\n\nQuery: {target.query}\n"

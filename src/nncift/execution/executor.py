@@ -66,14 +66,16 @@ class Executor(ABC):
                      progress: bool) -> tuple[Counter, dict[int, str]]:
         """Score and write the ``pending`` blocks of ``scores`` (at least one); return counters and failures (index → reason)."""
 
-    def embed_records(self, records: Sequence[Record], *, model: str, device: str = "auto", progress: bool = True) -> np.ndarray:
-        """L2-normalised sentence embeddings, float32 (len(records), d), through the embedding cache.
+    def embed_records(self, records: Sequence[Record], *, model: str, device: str = "auto", progress: bool = True,
+                      network_input: str = "text") -> np.ndarray:
+        """L2-normalised sentence embeddings, float32, through the embedding cache, as the network reads them
+        (``network_input``: see :func:`nncift.models.embeddings.embed_records`).
 
-        Default: in this process (:func:`nncift.models.embeddings.embed_records`); distributed executors embed shards.
+        Default: in this process; distributed executors embed shards.
         """
         from nncift.models.embeddings import embed_records
 
-        return embed_records(records, model=model, device=device, progress=progress)
+        return embed_records(records, model=model, device=device, progress=progress, network_input=network_input)
 
     def predict_rows(
         self, network: Any, row_embeddings: np.ndarray, col_embeddings: np.ndarray,

@@ -402,14 +402,15 @@ class RayExecutor(Executor):
             progress=progress))
         return counters, failures
 
-    def embed_records(self, records: Sequence[Record], *, model: str, device: str = "auto", progress: bool = True) -> np.ndarray:
+    def embed_records(self, records: Sequence[Record], *, model: str, device: str = "auto", progress: bool = True,
+                      network_input: str = "text") -> np.ndarray:
         from nncift.models.embeddings import embed_records
 
         def encode_chunks(chunks: list[list[str]], store: Callable[[int, np.ndarray], None]) -> None:
             self._run("embeddings", list(enumerate(chunks)), lambda actor, item: actor.encode.remote(item[1], model, device),
                       lambda item, vectors: store(item[0], vectors), progress=progress)
 
-        return embed_records(records, model=model, device=device, progress=False, encode_chunks=encode_chunks)
+        return embed_records(records, model=model, device=device, progress=False, encode_chunks=encode_chunks, network_input=network_input)
 
     def predict_rows(self, network: Any, row_embeddings: np.ndarray, col_embeddings: np.ndarray, row_blocks: list[tuple[int, int]],
                      write: Callable[[int, int, np.ndarray], None], *, progress: bool = True, self_cols: np.ndarray | None = None) -> None:

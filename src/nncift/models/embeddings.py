@@ -11,16 +11,17 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from nncift.data.records import Record
-from nncift.data.templates import embedding_text
+from nncift.data.templates import embedding_text, response_text
 from nncift.files.atomic import atomic_write, is_temporary
 from nncift.models.loading import cache_dir, model_fingerprint
-from nncift.settings.choices import BUNDLED_EMBEDDER
+from nncift.settings.choices import BUNDLED_EMBEDDER, NETWORK_INPUTS
 
 SHARD_ROWS = 512
 """Texts per encoder chunk and per cache shard."""
@@ -38,14 +39,14 @@ def _embedder(name_or_path: str, device: str) -> Any:
     from nncift.models.loading import load_embedder
     from nncift.models.onnx_embedder import load_onnx_embedder, onnx_of
 
-    if onnx_of(name_or_path) is not None:  # onnx:MODEL, onnx-int8:MODEL: ONNX Runtime on the CPU
+    if onnx_of(name_or_path) is not None:  # onnx:MODEL, onnx-int8:MODEL, openvino-bf16:MODEL: on the CPU
         return load_onnx_embedder(name_or_path)
     return load_embedder(name_or_path, device=device)
 
 
 def embedder_fingerprint(model: str) -> dict[str, Any]:
-    """What identifies an embedder's vectors: :func:`nncift.models.loading.model_fingerprint`, and for ``onnx:`` and
-    ``onnx-int8:`` names the base model's, with the backend and the export version."""
+    """What identifies an embedder's vectors: :func:`nncift.models.loading.model_fingerprint`, and for ``onnx:``,
+    ``onnx-int8:`` and ``openvino-bf16:`` names the base model's, with the backend and the export version."""
     from nncift.models.onnx_embedder import onnx_fingerprint, onnx_of
 
     return onnx_fingerprint(model) if onnx_of(model) is not None else model_fingerprint(model, kind="embedder")
@@ -183,6 +184,21 @@ def embed_texts(
     return matrix / np.maximum(norms, 1e-12)
 
 
-def embed_records(records: Sequence[Record], **kwargs: Any) -> np.ndarray:
-    """Embed records with the NN-CIFT example text (:func:`nncift.data.templates.embedding_text`)."""
-    return embed_texts([embedding_text(record) for record in records], **kwargs)
+def embed_records(records: Sequence[Record], *, network_input: str = "text", **kwargs: Any) -> np.ndarray:
+    """Embed records as the network reads them (``kwargs``: those of :func:`embed_texts`).
+
+    ``network_input``:
+
+    - ``text``: the embedding of the NN-CIFT example text (:func:`nncift.data.templates.embedding_text`), (n, d);
+    - ``text+response``: that and the embedding of the response alone (:func:`~nncift.data.templates.response_text`),
+      each L2-normalised, side by side and scaled by 1/√2, (n, 2d): still unit vectors, whose cosine is the mean of the
+      two texts' cosines.
+    """
+    vectors = embed_texts([embedding_text(record) for record in records], **kwargs)
+    if network_input == "text":
+        return vectors
+    if network_input != "text+response":
+        raise ValueError(f"network input must be one of {', '.join(NETWORK_INPUTS)}, got {network_input!r}")
+    responses = embed_texts([response_text(record) for record in records], **kwargs)
+    halves = [half / np.maximum(np.linalg.norm(half, axis=1, keepdims=True), 1e-12) for half in (vectors, responses)]
+    return (np.concatenate(halves, axis=1) / math.sqrt(2.0)).astype(np.float32)

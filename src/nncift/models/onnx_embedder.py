@@ -1,4 +1,4 @@
-"""Sentence embeddings on ONNX Runtime: ``--embedder onnx:MODEL`` and ``onnx-int8:MODEL``.
+"""Sentence embeddings on ONNX Runtime and OpenVINO: ``--embedder onnx:MODEL``, ``onnx-int8:MODEL`` and ``openvino-bf16:MODEL``.
 
 ``MODEL`` is any sentence-transformers embedder that starts with a Transformer module (``all-MiniLM-L6-v2``
 for the bundled one, or a hub id or folder). Its transformer is exported once to ONNX (legacy TorchScript
@@ -9,8 +9,12 @@ transformer is sentence-transformers' own code: its tokenizer and truncation (``
 modules that follow in ``modules.json`` (pooling, normalisation, dense layers...), so only the
 transformer's arithmetic changes. ONNX Runtime runs on the CPU with as many threads as torch.
 
-``onnx:`` reproduces the torch path to float32 rounding (measured in bench/results/embeddings.md);
-``onnx-int8:`` is a different model numerically (see the same table before using it). The embedding
+``openvino-bf16:`` runs the same float export in OpenVINO's CPU plugin with bfloat16 arithmetic (only on a CPU with
+bfloat16 units, e.g. AVX512-BF16 or AMX: elsewhere it is refused rather than run as float32 under its name).
+
+``onnx:`` reproduces the torch path to float32 rounding (measured in bench/results/embeddings.md); ``openvino-bf16:``
+moves each vector by about 1e-5 in cosine and pairwise cosines by up to a few 1e-3; ``onnx-int8:`` is a different model
+numerically (see the same table before using it). The embedding
 cache keys them apart from the torch path and from each other (the embedder's name is in the key).
 """
 
@@ -31,15 +35,17 @@ from nncift.files.atomic import atomic_write
 from nncift.models.loading import ModelError, cache_dir, load_embedder, model_fingerprint, resolve_embedder
 
 __all__ = ["BACKENDS", "EXPORT_VERSION", "ONNX_MAX_BATCH", "SortedEncoder", "load_onnx_embedder", "onnx_fingerprint",
-           "onnx_model_file", "onnx_of", "onnx_session", "session_runner", "torch_runner"]
+           "onnx_model_file", "onnx_of", "onnx_session", "openvino_runner", "session_runner", "torch_runner"]
 
-BACKENDS = {"onnx:": "onnx", "onnx-int8:": "onnx-int8"}
-"""Embedder-name prefix → ONNX backend."""
+BACKENDS = {"onnx:": "onnx", "onnx-int8:": "onnx-int8", "openvino-bf16:": "openvino-bf16"}
+"""Embedder-name prefix → backend."""
 EXPORT_VERSION = 1
 """Bumped whenever the exported graph changes: part of the ONNX cache key and of the embedding cache key."""
 ONNX_MAX_BATCH = 4
 """Texts per ONNX Runtime call, at most: on one CPU thread small batches of similar token counts pad least and run
 fastest (bench/results/embeddings.md)."""
+OPENVINO_MAX_BATCH = 16
+"""Texts per OpenVINO call, at most (bfloat16 runs larger batches a little faster: bench/results/embeddings.md)."""
 OPSET = 17
 PROBE_TOLERANCE = 1e-3
 """Largest |ONNX − torch| on the probe batch's token embeddings for an export to be kept."""
@@ -51,7 +57,7 @@ TransformerRunner = Callable[[dict[str, Any]], np.ndarray]
 
 
 def onnx_of(embedder: str) -> tuple[str, str] | None:
-    """``(backend, model)`` of an ``onnx:MODEL`` or ``onnx-int8:MODEL`` embedder name, else None."""
+    """``(backend, model)`` of an ``onnx:MODEL``, ``onnx-int8:MODEL`` or ``openvino-bf16:MODEL`` embedder name, else None."""
     for prefix, backend in BACKENDS.items():
         if embedder.startswith(prefix):
             model = embedder[len(prefix):]
@@ -202,7 +208,7 @@ def onnx_model_file(model: Any, name: str, backend: str, *, root: Path | None = 
     fp32 = folder / "model.onnx"
     if not fp32.is_file():
         _export(model, fp32)
-    if backend == "onnx":
+    if backend != "onnx-int8":  # onnx, openvino-bf16: the float export
         return fp32
     int8 = folder / "model-int8.onnx"
     if not int8.is_file():
@@ -236,6 +242,29 @@ def onnx_session(model: Any, name: str, backend: str, *, root: Path | None = Non
             for stale in folder.glob("model*.onnx"):
                 stale.unlink(missing_ok=True)
     raise AssertionError("unreachable")
+
+
+def openvino_runner(path: Path, threads: int | None = None) -> TransformerRunner:
+    """OpenVINO's CPU plugin on the exported float file ``path``, computing in bfloat16, with ``threads`` threads (default
+    torch's count), as a :data:`TransformerRunner`. Refused (:class:`ModelError`) on a CPU without bfloat16 units, where
+    OpenVINO would quietly compute in float32."""
+    import openvino
+    import torch
+
+    core = openvino.Core()
+    capabilities = list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    if "BF16" not in capabilities:
+        raise ModelError(f"openvino-bf16: this CPU has no bfloat16 units (OpenVINO reports {', '.join(capabilities)}); "
+                         f"use onnx:MODEL (float32, about half the speed) instead")
+    compiled = core.compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY",
+                                                     "INFERENCE_NUM_THREADS": threads or torch.get_num_threads()})
+    names = [port.get_any_name() for port in compiled.inputs]
+
+    def run(features: dict[str, Any]) -> np.ndarray:
+        feeds = {name: np.ascontiguousarray(features[name].cpu().numpy(), dtype=np.int64) for name in names}
+        return np.asarray(compiled(feeds)[0], dtype=np.float32)
+
+    return run
 
 
 def session_runner(session: Any) -> TransformerRunner:
@@ -305,17 +334,25 @@ class SortedEncoder:
 
 def load_onnx_embedder(embedder: str, *, trust_remote_code: bool = False, root: Path | None = None,
                        threads: int | None = None, max_batch: int | None = None) -> SortedEncoder:
-    """The encoder of an ``onnx:MODEL`` or ``onnx-int8:MODEL`` embedder name: always on the CPU, with ``threads``
-    ONNX Runtime threads (default torch's count); the export is made on first use and cached under ``root``."""
+    """The encoder of an ``onnx:MODEL``, ``onnx-int8:MODEL`` or ``openvino-bf16:MODEL`` embedder name: always on the CPU,
+    with ``threads`` threads (default torch's count); the export is made on first use and cached under ``root``."""
     parsed = onnx_of(embedder)
     if parsed is None:
-        raise ModelError(f"not an ONNX embedder name: '{embedder}' (expected onnx:MODEL or onnx-int8:MODEL)")
+        raise ModelError(f"not an ONNX embedder name: '{embedder}' (expected onnx:MODEL, onnx-int8:MODEL or openvino-bf16:MODEL)")
     backend, name = parsed
+    openvino = backend == "openvino-bf16"
     try:
         import onnx  # noqa: F401  (the exporter and the quantiser need it)
-        import onnxruntime  # noqa: F401
+        import onnxruntime  # noqa: F401  (checks the export: see onnx_session)
+
+        if openvino:
+            import openvino as _  # noqa: F401
     except ImportError as error:
-        raise ModelError(f"the embedder '{embedder}' needs ONNX Runtime: pip install 'nncift[onnx]' ({error})") from None
+        needs = ("OpenVINO", "openvino") if openvino else ("ONNX Runtime", "onnx")
+        raise ModelError(f"the embedder '{embedder}' needs {needs[0]}: pip install 'nncift[{needs[1]}]' ({error})") from None
     model = load_embedder(name, device="cpu", trust_remote_code=trust_remote_code)
-    session = onnx_session(model, name, backend, root=root, threads=threads)
+    session = onnx_session(model, name, "onnx" if openvino else backend, root=root, threads=threads)  # a float export that loads
+    if openvino:
+        runner = openvino_runner(onnx_model_file(model, name, "onnx", root=root), threads)
+        return SortedEncoder(model, runner, max_batch=OPENVINO_MAX_BATCH if max_batch is None else max_batch)
     return SortedEncoder(model, session_runner(session), max_batch=ONNX_MAX_BATCH if max_batch is None else max_batch)

@@ -20,6 +20,8 @@ DTYPES = ("float32", "bfloat16", "float16")
 """Model weight dtypes."""
 
 NETWORK_LOSSES = ("mse", "row-centred")
+NETWORK_INPUTS = ("text", "text+response")
+"""What the network reads of a record: the embedding of its example text, or that beside the embedding of its response alone."""
 """Training losses of the two-tower network (``nncift.network.fitting``): plain MSE, or MSE after removing each row's mean error."""
 
 SAMPLING_DESIGNS = ("auto", "block", "all-targets")

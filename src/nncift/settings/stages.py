@@ -31,6 +31,7 @@ from nncift.settings.choices import (
     DTYPES,
     EXECUTORS,
     GRAPH_BUILDERS,
+    NETWORK_INPUTS,
     NETWORK_LOSSES,
     OBJECTIVES,
     SAMPLING_DESIGNS,
@@ -89,6 +90,10 @@ class NetworkSettings(Checked):
     """two-tower: ship the calibrated prior (or a blend) when it validates better than the network."""
     loss: str = setting("mse", choices=NETWORK_LOSSES)
     """two-tower: training loss, mse or row-centred (each row's mean error removed: a row's offset changes no selection)."""
+    input: str = setting("text", choices=NETWORK_INPUTS)
+    """What the network reads of each record: text (the sentence embedding of its example text; the default) or text+response
+    (that beside the embedding of its response alone; the calibrated prior is then the mean of the two cosines). See
+    docs/network.md, "Network inputs", for where text+response helped and where it pulled the picks off-task."""
     max_training_pairs: int = setting(250_000, at_least=0)
     """two-tower: the network is validated and trained on at most this many labelled pairs: beyond it, a seeded sample of the
     labelled records (rows and columns alike) whose pairs fit, so training time stops growing with the label count; every
@@ -184,8 +189,9 @@ class EmbedderChoice(Checked):
     embedder: str = BUNDLED_EMBEDDER
     """Sentence embedder id or path: the InfluenceNetwork's inputs and DELIFT-SE (select), the embedding cosine (evaluate).
     Prefixes: ``onnx:MODEL`` runs the same embedder's transformer in ONNX Runtime (exported once, same vectors to float32
-    rounding, about 1.8× faster on a CPU), ``onnx-int8:MODEL`` int8-quantised (about 4×, but another model numerically),
-    ``lm:MODEL`` a causal LM's mean-pooled states."""
+    rounding, about 1.8× faster on a CPU), ``openvino-bf16:MODEL`` that export in OpenVINO with bfloat16 arithmetic (CPUs
+    with bfloat16 units; about 3×, vectors within about 3e-5 in cosine), ``onnx-int8:MODEL`` int8-quantised (about 4×, but
+    another model numerically), ``lm:MODEL`` a causal LM's mean-pooled states."""
 
 
 @dataclass(frozen=True)

@@ -148,7 +148,7 @@ def _grow(view: RunView, store: RunStore, settings: SelectSettings, pool: list[R
 
     ledger, loads_before = CostLedger(), models.LOADS["causal_lm"]
     with ledger.stage("embeddings"):
-        new_embeddings = embed_records(new, model=settings.embedder, device=settings.device, progress=progress)
+        new_embeddings = embed_records(new, model=settings.embedder, device=settings.device, progress=progress, network_input=settings.network.input)
     network = load_network(view.network_path())
     col_embeddings = np.concatenate([np.asarray(view.embeddings("col")), new_embeddings])
     total, graph = None, {}

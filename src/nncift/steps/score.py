@@ -174,7 +174,7 @@ def score_records(run: str | Path | RunView, records: Sequence[Record], out: str
         folder = store.folder
         ledger, loads_before = CostLedger(), models.LOADS["causal_lm"]
         with ledger.stage("embeddings"):
-            embeddings = embed_records(records, model=view.settings.embedder, device=device, progress=progress)
+            embeddings = embed_records(records, model=view.settings.embedder, device=device, progress=progress, network_input=view.settings.network.input)
         network = load_network(network_path)
         if view.pairwise:
             rows = _score_pairwise(view, network, embeddings, records, top_targets, ledger, predict_pairwise)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import sys
 from dataclasses import dataclass
@@ -128,7 +129,8 @@ def load_inputs(settings: SelectSettings) -> tuple[list[Record], list[Record], l
     return pool, targets, reports + target_reports
 
 
-ADDED_SETTINGS: dict[str, object] = {"selection.partitions": 0, "network.step_pairs": 0, "selection.graph": "auto", "sampling.stratify": False}
+ADDED_SETTINGS: dict[str, object] = {"selection.partitions": 0, "network.step_pairs": 0, "selection.graph": "auto", "sampling.stratify": False,
+                                   "network.input": "text"}
 """Select settings newer than some run folders, at the values those folders ran with (:class:`~nncift.run.store.RunStore`'s ``added``)."""
 RESELECT_KEYS = frozenset({"selection", "network"})
 """The stages whose settings change only the network or the selection: a run folder whose influence block is finished
@@ -339,7 +341,7 @@ def _select_pairwise(run: _Run, settings: SelectSettings, executor: Executor, rn
     with ledger.stage("network training"):
         network, report = _trained_network(store, settings.network, progress, validation["objective"], lambda s: train_network(
             row_embeddings[layout.seen_rows], col_embeddings[layout.seen_cols], labels, s, self_cols=block_self_cols(layout), **validation,
-            prior_is_exact=function_class.is_embedding_cosine and influence_embedder == settings.embedder, progress=progress))
+            prior_is_exact=function_class.is_embedding_cosine and influence_embedder == settings.embedder and s.input == "text", progress=progress))
     plan = selection_plan(network, layout, len(pool), objective, settings.selection)
     if plan.sparse:  # no (rows × pool) matrix: a stale one of an earlier selection in this folder goes
         store.path("predicted.npy").unlink(missing_ok=True)
@@ -351,7 +353,8 @@ def _select_pairwise(run: _Run, settings: SelectSettings, executor: Executor, rn
     extra = {**mode, "label_scaling": {"low": low, "high": high, "source": "fixed range" if function_class.label_range else "min-max of Q1"},
              "sampled_rows": len(layout.seen_rows), "sampled_cols": len(layout.seen_cols), "sampling_blocks": sampling.blocks,
              "sampling_design": sampling.design, "sampled_fraction": sampling.fraction, "labelled_pairs": int(layout.labelled().sum()),
-             "matrix_shape": [len(layout.rows), len(pool)], "network_training": report, **selection_info(chosen)}
+             "matrix_shape": [len(layout.rows), len(pool)], "network_input": settings.network.input, "network_training": report,
+             **selection_info(chosen)}
     partly = layout.seen_cols[np.asarray(layout.labelled()).any(axis=0)]
     return chosen, extra, column_origin(len(pool), partly=partly)
 
@@ -371,11 +374,13 @@ def _select_dense(run: _Run, settings: SelectSettings, executor: Executor, layou
 
 
 def _embeddings(executor: Executor, settings: SelectSettings, layout: Layout, pool: Sequence[Record], progress: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(row embeddings, column embeddings) of a layout: the pool rows reuse the columns' embeddings."""
-    col_embeddings = executor.embed_records(pool, model=settings.embedder, device=settings.device, progress=progress)
+    """(row embeddings, column embeddings) of a layout, as the network reads them: the pool rows reuse the columns'."""
+    embed = functools.partial(executor.embed_records, model=settings.embedder, device=settings.device, progress=progress,
+                              network_input=settings.network.input)
+    col_embeddings = embed(pool)
     parts = [col_embeddings[: layout.n_pool_rows]]
     if len(layout.rows) > layout.n_pool_rows:
-        parts.append(executor.embed_records(layout.rows[layout.n_pool_rows :], model=settings.embedder, device=settings.device, progress=progress))
+        parts.append(embed(layout.rows[layout.n_pool_rows :]))
     return (np.concatenate(parts) if len(parts) > 1 else parts[0]), col_embeddings
 
 
@@ -425,7 +430,8 @@ def _select_pointwise(run: _Run, settings: SelectSettings, executor: Executor, r
     labels = (known - low) / (high - low)
     ok = np.isfinite(labels)
     with ledger.stage("embeddings"):
-        embeddings = executor.embed_records(pool, model=settings.embedder, device=settings.device, progress=progress)
+        embeddings = executor.embed_records(pool, model=settings.embedder, device=settings.device, progress=progress,
+                                            network_input=settings.network.input)
         save_pool_embeddings(store.folder, embeddings)
         EmbeddingCache.release_shared()
     with ledger.stage("network training"):
@@ -438,5 +444,5 @@ def _select_pointwise(run: _Run, settings: SelectSettings, executor: Executor, r
     with ledger.stage("selection"):
         chosen = selection_module.top_k(predicted, settings.selection.budget)
     extra = {"label_scaling": {"low": low, "high": high}, "sampled": len(seen),
-             "failures": {str(k): v for k, v in sorted(failures.items())}, "network_training": report}
+             "failures": {str(k): v for k, v in sorted(failures.items())}, "network_input": settings.network.input, "network_training": report}
     return chosen, extra, column_origin(len(pool), exact=seen[ok])
