@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         if network_input not in NETWORK_INPUTS:  # an embedder id or path with a slash, no input named
             embedder, network_input = entry, "text"
         embed = functools.partial(embed_records, model=embedder, progress=True, network_input=network_input)
-        inputs[f"{embedder} / {network_input}"] = (embed(rows), embed(spec.pool))
+        inputs[f"{embedder} / {network_input}"] = (embed(rows), embed(spec.pool), network_input)
     tasks = [r.task for r in rows]
 
     def aggregate(block: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results, fits = [], []
     budgets = [("labels", n) for n in args.labels] or [("fraction", f) for f in args.fractions]
-    for (input_name, (row_embeddings, col_embeddings)), (kind, amount), design_name, seed in (
+    for (input_name, (row_embeddings, col_embeddings, network_input)), (kind, amount), design_name, seed in (
             (i, b, d, s) for i in inputs.items() for b in budgets for d in args.designs for s in args.seeds):
         design, _, groups = design_name.partition(":")
         fraction = amount if kind == "fraction" else f"N={amount}"
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             for label, forced in variants:
                 if forced and forced.startswith("prior") and loss != args.losses[0]:
                     continue  # the prior does not train: one loss is enough
-                net_settings = NetworkSettings(loss=loss, fallback=forced is None, seed=seed, input=input_name.rpartition(" / ")[2])
+                net_settings = NetworkSettings(loss=loss, fallback=forced is None, seed=seed, input=network_input)
                 fit = FitSettings(net_settings, validation_repeats=args.repeats, criterion_shows_exact=not args.criterion_without_exact)
                 if forced:
                     fit = dataclasses.replace(fit, force=forced)

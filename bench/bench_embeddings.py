@@ -44,6 +44,7 @@ from nncift.data.templates import embedding_text  # noqa: E402
 from nncift.models.embeddings import encode_texts  # noqa: E402
 from nncift.models.loading import load_embedder  # noqa: E402
 from nncift.models.onnx_embedder import ONNX_MAX_BATCH, SortedEncoder, load_onnx_embedder, torch_runner  # noqa: E402
+from nncift.selection.subset_quality import ObjectiveSpec, f_gain  # noqa: E402
 from nncift.settings.choices import BUNDLED_EMBEDDER  # noqa: E402
 
 Encode = Callable[[list[str]], np.ndarray]
@@ -123,8 +124,6 @@ def table(seconds: dict[str, list[float]], ratios: dict[str, list[float]], vecto
     today_name = next(iter(seconds))
     today = vectors[today_name].astype(np.float64)
     today_pairs = today @ today.T
-    from nncift.selection.subset_quality import ObjectiveSpec, f_gain
-
     lines = ["| backend | records/s | ratio to today's (median of rounds) | ratios per round | max abs(cos − 1) "
              "| mean abs(cos − 1) | max abs pairwise-cosine difference | f_gain of its FL 30% subset |", "|---|---|---|---|---|---|---|---|"]
     for name, times in seconds.items():

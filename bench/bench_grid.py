@@ -42,6 +42,8 @@ from benchlib import (  # bench/ is on sys.path when a script runs
 from less_data import read_p3
 from matrices import OUT, P3_POOL_FAMILIES, spec_named
 
+from nncift.settings.choices import NETWORK_INPUTS
+
 SETUPS = {
     "delift-se-p3mix": {"influence": "delift-se", "objective": "flmi", "stored": False, "per_family": 40,
                         "targets": [("amazon_polarity", "amazon_polarity_convey_negative_or_positive_sentiment", 100),
@@ -127,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=8)
     parser.add_argument("--icl-max-length", type=int, default=512, help="most prompt tokens (least similar examples dropped to fit)")
     parser.add_argument("--architecture", default="two-tower")
-    parser.add_argument("--network-input", default="text", choices=("text", "text+response"), help="what the network reads (network.input)")
+    parser.add_argument("--network-input", default="text", choices=NETWORK_INPUTS, help="what the network reads (network.input)")
     parser.add_argument("--design", default="auto", choices=("auto", "block", "all-targets"), help="label design (sampling.design)")
     parser.add_argument("--stratify", action=argparse.BooleanOptionalAction, default=True,
                         help="sample the targets within each task (sampling.stratify; nncift's default since 2026-12-03)")

@@ -20,10 +20,14 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+COMMAND_ENVIRONMENT = ("OMP_NUM_THREADS", "NNCIFT_DELIFT_POOL", "NNCIFT_DELIFT_TARGETS", "NNCIFT_DEVICE")
+"""Environment variables that change what a benchmark computes or how fast (bench/matrices.py reads the NNCIFT_ ones)."""
+
+
 def command_line(script: str) -> str:
-    """The command that ran ``script`` with this process's arguments, ``OMP_NUM_THREADS`` in front when set."""
-    threads = os.environ.get("OMP_NUM_THREADS")
-    return shlex.join(([f"OMP_NUM_THREADS={threads}"] if threads else []) + [".venv/bin/python", script, *sys.argv[1:]])
+    """The command that ran ``script`` with this process's arguments, the :data:`COMMAND_ENVIRONMENT` variables that are set in front."""
+    environment = [f"{name}={os.environ[name]}" for name in COMMAND_ENVIRONMENT if os.environ.get(name)]
+    return shlex.join(environment + [".venv/bin/python", script, *sys.argv[1:]])
 
 
 def publish(report: str, output: Path | None) -> None:

@@ -83,8 +83,7 @@ def _cpu_has_bf16() -> bool:
 
 
 @pytest.mark.e2e
-def test_openvino_bf16_stays_close_to_the_torch_path_or_is_refused_without_bf16_units(tmp_path: Path, real_texts: list[str],
-                                                                                      minilm: Any) -> None:
+def test_openvino_bf16_stays_close_to_the_torch_path_or_is_refused_without_bf16_units(tmp_path: Path, real_texts: list[str]) -> None:
     """bfloat16 arithmetic: each vector within 1e-3 in cosine (measured about 3e-5), pairwise cosines within 1e-2 (measured
     up to 4e-3), never equal to the float path; its own cache. On a CPU without bfloat16 units: a clear refusal."""
     from nncift.models.onnx_embedder import load_onnx_embedder

@@ -353,8 +353,7 @@ def _select_pairwise(run: _Run, settings: SelectSettings, executor: Executor, rn
     extra = {**mode, "label_scaling": {"low": low, "high": high, "source": "fixed range" if function_class.label_range else "min-max of Q1"},
              "sampled_rows": len(layout.seen_rows), "sampled_cols": len(layout.seen_cols), "sampling_blocks": sampling.blocks,
              "sampling_design": sampling.design, "sampled_fraction": sampling.fraction, "labelled_pairs": int(layout.labelled().sum()),
-             "matrix_shape": [len(layout.rows), len(pool)], "network_input": settings.network.input, "network_training": report,
-             **selection_info(chosen)}
+             "matrix_shape": [len(layout.rows), len(pool)], "network_training": report, **selection_info(chosen)}
     partly = layout.seen_cols[np.asarray(layout.labelled()).any(axis=0)]
     return chosen, extra, column_origin(len(pool), partly=partly)
 
@@ -444,5 +443,5 @@ def _select_pointwise(run: _Run, settings: SelectSettings, executor: Executor, r
     with ledger.stage("selection"):
         chosen = selection_module.top_k(predicted, settings.selection.budget)
     extra = {"label_scaling": {"low": low, "high": high}, "sampled": len(seen),
-             "failures": {str(k): v for k, v in sorted(failures.items())}, "network_input": settings.network.input, "network_training": report}
+             "failures": {str(k): v for k, v in sorted(failures.items())}, "network_training": report}
     return chosen, extra, column_origin(len(pool), exact=seen[ok])
