@@ -116,8 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--criterion-without-exact", action="store_true",
                         help="ablation: score held-out candidates alone, without the fold's exact training candidates beside them")
     parser.add_argument("--inputs", nargs="+", default=["all-MiniLM-L6-v2"],
-                        help="network inputs, EMBEDDER[/INPUT]: an embedder (the bundled all-MiniLM-L6-v2, lm:smollm2-135m-instruct for the LM's "
-                             "own mean-pooled states, any id) and what it reads of a record (text, the default, or text+response)")
+                        help="network inputs, EMBEDDER[/INPUT[@W]]: an embedder (the bundled all-MiniLM-L6-v2, lm:smollm2-135m-instruct for "
+                             "the LM's own mean-pooled states, any id) and what it reads of a record (text when omitted, text+response, or "
+                             "auto, nncift's default); W: text+response's response weight (default: nncift's, 0.2)")
     parser.add_argument("--stratify", action=argparse.BooleanOptionalAction, default=True,
                         help="sample the targets within each task (nncift's default since 2026-12-03)")
     parser.add_argument("--output", type=Path, default=None)
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rules:
         args.forced = list(CANDIDATES)
 
-    from nncift.influence import influence_class
+    from nncift.influence import influence_class, network_reading
     from nncift.influence.less import aggregate_scores
     from nncift.models.embeddings import embed_records
     from nncift.network.fitting import FitSettings, fit_pairwise
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     from nncift.network.paper import predict_pairwise
     from nncift.run.layout import block_self_columns, plan_layout, resolve_sampling
     from nncift.selection.subset_quality import choose_subset, f_gain
-    from nncift.settings.choices import NETWORK_INPUTS
+    from nncift.settings.choices import DEFAULT_RESPONSE_WEIGHT, NETWORK_INPUTS
     from nncift.settings.stages import NetworkSettings, SamplingSettings
     from nncift_research.fidelity import calibrated_cosine
 
@@ -147,11 +148,15 @@ def main(argv: list[str] | None = None) -> int:
     function_class = influence_class(spec.influence)
     inputs = {}
     for entry in args.inputs:
-        embedder, _, network_input = entry.rpartition("/")
+        embedder, _, reading = entry.rpartition("/")
+        network_input, _, weight = reading.partition("@")
         if network_input not in NETWORK_INPUTS:  # an embedder id or path with a slash, no input named
-            embedder, network_input = entry, "text"
-        embed = functools.partial(embed_records, model=embedder, progress=True, network_input=network_input)
-        inputs[f"{embedder} / {network_input}"] = (embed(rows), embed(spec.pool), network_input)
+            embedder, network_input, weight = entry, "text", ""
+        network_input = network_reading(spec.influence, NetworkSettings(input=network_input))["network_input"]
+        response_weight = float(weight) if weight else DEFAULT_RESPONSE_WEIGHT
+        embed = functools.partial(embed_records, model=embedder, progress=True, network_input=network_input, response_weight=response_weight)
+        label = f"{embedder} / {network_input}" + (f" (w {response_weight:g})" if network_input == "text+response" else "")
+        inputs[label] = (embed(rows), embed(spec.pool), (network_input, response_weight))
     tasks = [r.task for r in rows]
 
     def aggregate(block: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -159,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results, fits = [], []
     budgets = [("labels", n) for n in args.labels] or [("fraction", f) for f in args.fractions]
-    for (input_name, (row_embeddings, col_embeddings, network_input)), (kind, amount), design_name, seed in (
+    for (input_name, (row_embeddings, col_embeddings, (network_input, response_weight))), (kind, amount), design_name, seed in (
             (i, b, d, s) for i in inputs.items() for b in budgets for d in args.designs for s in args.seeds):
         design, _, groups = design_name.partition(":")
         fraction = amount if kind == "fraction" else f"N={amount}"
@@ -178,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             for label, forced in variants:
                 if forced and forced.startswith("prior") and loss != args.losses[0]:
                     continue  # the prior does not train: one loss is enough
-                net_settings = NetworkSettings(loss=loss, fallback=forced is None, seed=seed, input=network_input)
+                net_settings = NetworkSettings(loss=loss, fallback=forced is None, seed=seed, input=network_input, response_weight=response_weight)
                 fit = FitSettings(net_settings, validation_repeats=args.repeats, criterion_shows_exact=not args.criterion_without_exact)
                 if forced:
                     fit = dataclasses.replace(fit, force=forced)

@@ -42,7 +42,7 @@ from benchlib import (  # bench/ is on sys.path when a script runs
 from less_data import read_p3
 from matrices import OUT, P3_POOL_FAMILIES, spec_named
 
-from nncift.settings.choices import NETWORK_INPUTS
+from nncift.settings.choices import DEFAULT_RESPONSE_WEIGHT, NETWORK_INPUTS
 
 SETUPS = {
     "delift-se-p3mix": {"influence": "delift-se", "objective": "flmi", "stored": False, "per_family": 40,
@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--icl-max-length", type=int, default=512, help="most prompt tokens (least similar examples dropped to fit)")
     parser.add_argument("--architecture", default="two-tower")
     parser.add_argument("--network-input", default="text", choices=NETWORK_INPUTS, help="what the network reads (network.input)")
+    parser.add_argument("--response-weight", type=float, default=DEFAULT_RESPONSE_WEIGHT, help="text+response: the response half's weight")
     parser.add_argument("--design", default="auto", choices=("auto", "block", "all-targets"), help="label design (sampling.design)")
     parser.add_argument("--stratify", action=argparse.BooleanOptionalAction, default=True,
                         help="sample the targets within each task (sampling.stratify; nncift's default since 2026-12-03)")
@@ -150,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     heldout = heldout_queries(args.setup, args.heldout)
     objective = setup["objective"]
     settings = SweepSettings.build(influence=setup["influence"], **{"selection.objective": objective}, u=tuple(args.u), v=tuple(args.v), seeds=tuple(args.seeds),
-                                   **{"sampling.min_sampled": 4, "sampling.design": args.design, "sampling.stratify": args.stratify}, k=args.k, max_new_tokens=args.max_new_tokens, icl_max_length=args.icl_max_length, device="cpu", **{"network.architecture": args.architecture, "network.input": args.network_input},
+                                   **{"sampling.min_sampled": 4, "sampling.design": args.design, "sampling.stratify": args.stratify}, k=args.k, max_new_tokens=args.max_new_tokens, icl_max_length=args.icl_max_length, device="cpu", **{"network.architecture": args.architecture, "network.input": args.network_input,
+                                      "network.response_weight": args.response_weight},
                                    quiet=True)
     sweep = Sweep(settings, args.out / args.setup, pool=pool, targets=targets, heldout=heldout, influence_options=options,
                   precomputed=matrix)
@@ -179,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{time.perf_counter() - started:,.0f} s (finished parts are reused on a re-run).", "",
               f"Pool {len(pool)} P3 records of {len(set(pool_families))} families; {len(targets)} targets of "
               f"{sorted(set(target_families))}; {len(heldout)} held-out queries ({', '.join(f'{stem} from line {offset}' for stem, offset in setup['queries'])}). ICL: bundled SmolLM2-135M-Instruct, chat template, K = {args.k} nearest subset records, greedy, "
-              f"{args.max_new_tokens} new tokens, prompts of at most {args.icl_max_length} tokens. Network: {args.architecture}, input {args.network_input}. Seeds {args.seeds}: mean ± s.d. over seeds "
+              f"{args.max_new_tokens} new tokens, prompts of at most {args.icl_max_length} tokens. Network: {args.architecture}, input {args.network_input}{f' (response weight {args.response_weight:g})' if args.network_input != 'text' else ''}. Seeds {args.seeds}: mean ± s.d. over seeds "
               "(the exact function's subset and the full pool have no seed).", "",
               f"Influence: {influence['source']}; {influence['evaluations_in_blocks']:,} entries in the largest u's blocks "
               f"(u = {influence['largest_u']:g}, one block per seed; {influence['evaluations_made_by_this_invocation']:,} computed by the last "

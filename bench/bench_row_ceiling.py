@@ -11,8 +11,8 @@ the mean per-row Spearman ρ over held-out candidates (``nncift.network.validati
 - ``column mean (oracle)``: every row's ranking replaced by the true mean over rows of each held-out candidate, i.e.
   the best a model of "which candidates score high overall" can do (it reads the held-out truth).
 
-Inputs: the embedding of the example text (``text``, the network's default), of the response alone, and both
-(``text+response``, as ``--network.input`` builds it). Run:
+Inputs: the embedding of the example text (``text``), of the response alone, and both
+(``text+response`` with equal halves, as ``--network.input text+response --network.response-weight 0.7071`` builds it). Run:
 ``NNCIFT_BENCH_OUT=~/.cache/nncift/bench .venv/bin/python bench/bench_row_ceiling.py less-p3-2k --output bench/results/row_ceiling.md``
 """
 

@@ -15,7 +15,13 @@ runs stochastic greedy (epsilon 0.01, seed 0) on the exact graph. Every selectio
 matrix (float64, clipped at 0): ratio = objective / dense lazy greedy's. Peak memory: the highest resident set size seen
 while the step ran (sampled every 2 ms) minus the resident set size when it started.
 
-Run: ``.venv/bin/python bench/bench_sparse.py [--n 20000] [--neighbours 16,32,64,128] [--output bench/results/sparse.md]``
+``--records p3`` replaces both stand-ins with real ones: the MiniLM embeddings (nncift's default embedder, cached) of ``--n``
+P3 records drawn with the seed from every template file in ../shared/data/p3 (about 30,000 records of 18 source data
+sets), and the two-tower network trained on less-p3-2k's LESS labels (block, u = 0.05, forced to ship the network;
+``bench_million.trained_network``). The labelled block then holds that network's prediction + noise (no exact values
+exist for these pairs).
+
+Run: ``.venv/bin/python bench/bench_sparse.py [--n 20000] [--records synthetic|p3] [--neighbours 16,32,64,128] [--output bench/results/sparse.md]``
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ from nncift.selection.sparse_index import faiss_graph
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=20000, help="records (rows = columns)")
+    parser.add_argument("--records", choices=("synthetic", "p3"), default="synthetic",
+                        help="synthetic clustered vectors and a random network, or real P3 embeddings and a trained network")
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--clusters", type=int, default=200)
     parser.add_argument("--labelled", type=int, default=1000, help="rows and columns of the labelled block")
@@ -114,6 +122,34 @@ def random_network(d: int, seed: int) -> TwoTowerNetwork:
     return net.eval()
 
 
+def p3_records(n: int, seed: int) -> list[Any]:
+    """``n`` distinct P3 records drawn with ``seed`` from every template file of ../shared/data/p3 (records with an output)."""
+    from less_data import SHARED_DATA
+
+    from nncift.data.records import read_records
+
+    files = [path for path in sorted((SHARED_DATA / "p3").glob("*.jsonl")) if path.stat().st_size]  # a few template files are empty
+    if not files:
+        raise SystemExit(f"real data not found in {SHARED_DATA / 'p3'} (../shared/data beside the checkout)")
+    records = [record for path in files for record in read_records(path)[0]]
+    if len(records) < n:
+        raise SystemExit(f"{SHARED_DATA / 'p3'}: {len(records):,} records with an output, {n:,} asked")
+    return [records[i] for i in np.sort(np.random.default_rng(seed).permutation(len(records))[:n])]
+
+
+def data_and_network(args: argparse.Namespace, rng: np.random.Generator) -> tuple[np.ndarray, TwoTowerNetwork]:
+    """The records' embeddings and the network: synthetic and random, or real (P3, MiniLM) and trained on less-p3-2k."""
+    if args.records == "synthetic":
+        return clustered_embeddings(args.n, args.dim, args.clusters, rng), random_network(args.dim, args.seed)
+    from bench_million import trained_network
+
+    from nncift.models.embeddings import embed_records
+
+    embeddings = np.asarray(embed_records(p3_records(args.n, args.seed), progress=True), np.float32)
+    network, _, _ = trained_network(args.seed)
+    return embeddings, network.eval()
+
+
 def dense_objective(matrix: np.ndarray, picks: np.ndarray, chunk: int = 2048) -> float:
     """``Σ_i max_{j∈A} max(s_ij, 0)`` in float64, by row blocks."""
     total = 0.0
@@ -127,12 +163,13 @@ def main() -> None:
     load_before = os.getloadavg()
     rng = np.random.default_rng(args.seed)
     n, ks, budgets = args.n, [int(k) for k in args.neighbours.split(",")], [float(b) for b in args.budgets.split(",")]
-    e = clustered_embeddings(n, args.dim, args.clusters, rng)
-    net = random_network(args.dim, args.seed)
+    e, net = data_and_network(args, rng)
     self_cols = None if args.no_self_pairs else np.arange(n)
     form = inner_product_form(net, e, e, self_cols=self_cols)
     rows, cols = np.sort(rng.permutation(n)[: args.labelled]), np.sort(rng.permutation(n)[: args.labelled])
-    labels = (form.row_features[rows] @ form.col_features[cols].T + 0.02 * rng.standard_normal((len(rows), len(cols)))).astype(np.float32)
+    block = form.row_features[rows] @ form.col_features[cols].T
+    noise = 0.02 if args.records == "synthetic" else 0.1 * float(block.std())  # the trained network's scale is LESS's
+    labels = (block + noise * rng.standard_normal((len(rows), len(cols)))).astype(np.float32)
     exact = ExactValues(self_cols, None if self_cols is None else form.self_terms, rows, cols, labels)
     facility_location(np.ones((40, 40), np.float32), 4)  # compile / load the numba kernels outside the timings
     sparse_facility_location(exact_graph(e[:40], e[:40], 4), 4)
@@ -171,6 +208,15 @@ def main() -> None:
     publish(report, args.output)
 
 
+def describe_data(args: argparse.Namespace) -> str:
+    if args.records == "p3":
+        return (f"{args.n:,} real P3 records (drawn with seed {args.seed} from every template file of ../shared/data/p3), "
+                "their MiniLM embeddings; the two-tower network trained on less-p3-2k's LESS labels (block, u = 0.05, forced "
+                "to ship the network)")
+    return (f"{args.n:,} clustered synthetic {args.dim}-d unit vectors ({args.clusters} clusters, seed {args.seed}; not real "
+            "sentence embeddings); a seeded random two-tower network (hidden 128, rank 64, every learned term non-zero; not trained)")
+
+
 def render(args: argparse.Namespace, table: list[dict[str, Any]], budgets: list[float], dense_objectives: dict[float, float],
            negative: float, load_before: tuple[float, float, float]) -> str:
     lines = [
@@ -180,11 +226,10 @@ def render(args: argparse.Namespace, table: list[dict[str, Any]], budgets: list[
         f"Machine: {cpu_name()}, {os.cpu_count()} CPU cores (shared with other jobs), numba {numba.__version__} with "
         f"{numba.get_num_threads()} threads, torch {torch.__version__} with {torch.get_num_threads()} threads, Python {platform.python_version()}  ",
         "Load average (1, 5, 15 min) before: {:.1f}, {:.1f}, {:.1f}; after: {:.1f}, {:.1f}, {:.1f}".format(*load_before, *os.getloadavg()), "",
-        f"Data: {args.n:,} clustered synthetic {args.dim}-d unit vectors ({args.clusters} clusters, seed {args.seed}; not real "
-        "sentence embeddings); a seeded random two-tower network (hidden 128, rank 64, every learned term non-zero; not trained); "
+        f"Data: {describe_data(args)}; "
         + ("no self-pair term" if args.no_self_pairs else "the pool represents itself (self-pair term on the diagonal)")
         + f" and a {args.labelled} × {args.labelled} labelled block "
-        f"replaces the prediction. {negative:.1%} of the predicted entries are negative (clipped at 0). Dense objective "
+        f"(prediction + noise) replaces the prediction. {negative:.1%} of the predicted entries are negative (clipped at 0). Dense objective "
         + ", ".join(f"{b:g}: {dense_objectives[b]:.3f}" for b in budgets) + ".", "",
         "Ratio: the selection's FL objective on the dense predicted matrix / dense lazy greedy's. Build: the dense row predicts "
         "the n × n matrix; graph rows build the graph (exact: blocked products of the inner-product features; faiss-hnsw: "

@@ -14,7 +14,7 @@ from conftest import shared_data
 from digests.make_digests import TINY_LM, fresh_cache, tiny_lm
 
 from nncift import SelectSettings, demo_records, select
-from nncift.steps.select import run_select
+from nncift.steps.select import ADDED_SETTINGS, run_select
 
 pytestmark = pytest.mark.e2e  # whole selections with the real embedder, against stored digests
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +47,9 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory, smollm_tokenizer_dir: P
 
 
 def _inputs(case: dict[str, Any], monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> tuple[SelectSettings, list[Any], list[Any] | None]:
-    """(settings, pool, targets) of a stored case, built by the current code."""
+    """(settings, pool, targets) of a stored case, built by the current code. Settings added since the digests were written
+    take the values the code then ran with (``ADDED_SETTINGS``, as a run folder of that time resumes)."""
+    case = {**case, "settings": {**ADDED_SETTINGS, **case["settings"]}}
     inputs = case["inputs"]
     if inputs["source"] == "demo":
         records = demo_records(inputs["n"], seed=inputs["seed"])

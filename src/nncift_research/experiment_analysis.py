@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from nncift.data.records import Record, jsonl_lines
-from nncift.influence import influence_class
+from nncift.influence import influence_class, network_reading
 from nncift.models.embeddings import embed_records
 from nncift.network.folds import validation_hold_out
 from nncift.network.paper import predict_pairwise, predict_pointwise
@@ -108,7 +108,7 @@ def fidelity_summary(experiment: Any, influence: str) -> dict[str, Any]:
     fractions = sorted(set(experiment.settings.fidelity_fractions) | {settings.sampling.fraction})
     pool, targets = experiment.splits.pool, experiment.splits.targets
     embed = lambda records: embed_records(records, model=settings.embedder, device=settings.device, progress=False,  # noqa: E731
-                                          network_input=settings.network.input)
+                                          **network_reading(settings.influence, settings.network))
     if influence_class(influence).pairwise:
         rows, scatter = _pairwise_fidelity(truth, pool, targets, manifest["objective"], settings, fractions, embed)
     else:

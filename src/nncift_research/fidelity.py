@@ -33,7 +33,7 @@ import numpy as np
 
 from nncift.data.records import Record
 from nncift.execution.executor import Executor, executor_for
-from nncift.influence import influence_class
+from nncift.influence import influence_class, network_reading
 from nncift.models.embeddings import embed_records
 from nncift.network.fitting import calibrate_prior
 from nncift.network.folds import validation_hold_out
@@ -252,7 +252,7 @@ def _run_fidelity(settings: FidelitySettings, out: str | Path, pool: list[Record
     scaled = (values - low) / (high - low)
     with ledger.stage("embeddings"):
         embeddings = embed_records(pool, model=settings.embedder, device=settings.device, progress=progress,
-                                   network_input=settings.network.input)
+                                   **network_reading(settings.influence, settings.network))
     rows: list[dict[str, Any]] = []
     selection_rows: list[dict[str, Any]] = []
     predictions: dict[float, np.ndarray] = {}

@@ -20,7 +20,7 @@ from nncift.downstream.evaluate import (
     score_answers,
 )
 from nncift.files.errors import InputError
-from nncift.influence import influence_class
+from nncift.influence import influence_class, network_reading
 from nncift.run.layout import resolve_sampling
 from nncift.run.store import RunStore, plan_blocks
 from nncift.selection import budget_to_count
@@ -120,7 +120,7 @@ class Sweep:
         from nncift.models.embeddings import embed_records
 
         kwargs: dict[str, Any] = {"model": self.settings.embedder, "device": self.settings.device, "progress": False,
-                                  "network_input": self.settings.network.input}
+                                  **network_reading(self.settings.influence, self.settings.network)}
         cols = embed_records(self.pool, **kwargs)
         extra = layout.rows[layout.n_pool_rows:]
         rows = np.concatenate([cols[: layout.n_pool_rows], embed_records(extra, **kwargs)]) if extra else cols[: layout.n_pool_rows]

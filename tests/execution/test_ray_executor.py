@@ -68,6 +68,26 @@ def test_select_on_ray_gives_the_same_matrices_and_subset(ray_cluster, tmp_path:
 
 
 @pytest.mark.ray
+def test_add_on_a_sparse_greedi_run_on_ray_grows_as_the_local_executor_does(ray_cluster, tmp_path: Path, demo_pool) -> None:
+    """``select --add`` on a run that selected on a neighbour graph by GreeDi with the Ray executor builds the union's graph
+    and runs GreeDi's parts on Ray (the manifest says so), with the local executor's picks and part objectives."""
+    from nncift.steps.add import add_to_run
+
+    base = dict(influence="delift-se", **{"sampling.fraction": 0.3, "sampling.min_sampled": 8, "selection.budget": 8, "network.epochs": 3,
+            "selection.neighbours": 6, "selection.partitions": 2, "executor.block_size": 4}, quiet=True, seed=5, device="cpu")
+    ray_settings = {"executor.name": "ray", "executor.workers": 2, "executor.worker_cpus": 1.0}
+    grown = {}
+    for name, extra in (("local", {}), ("ray", ray_settings)):
+        run_select(SelectSettings.build(**base, **extra), tmp_path / name, pool=demo_pool[:40])
+        grown[name] = add_to_run(tmp_path / name, demo_pool[40:52], tmp_path / f"{name}-grown", budget=12.0, pool=demo_pool[:40], progress=False)
+    assert grown["ray"].indices.tolist() == grown["local"].indices.tolist() and len(set(grown["ray"].indices.tolist())) == 12
+    manifest = grown["ray"].manifest
+    assert manifest["greedi"]["executor"] == "ray" and manifest["graph_executor"] == "ray" and manifest["greedi"]["partitions"] == 2
+    # the runs' embeddings were computed in other batches (Ray shards), so their networks agree to float rounding
+    assert manifest["greedi"]["part_objectives"] == pytest.approx(grown["local"].manifest["greedi"]["part_objectives"], rel=1e-6)
+
+
+@pytest.mark.ray
 def test_killed_worker_is_replaced_and_the_job_gives_the_same_results(ray_cluster, tmp_path: Path, demo_pool, monkeypatch) -> None:
     from nncift.execution.ray_cluster import RayExecutor
     from nncift.models import embeddings as embed

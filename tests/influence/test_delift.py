@@ -275,6 +275,7 @@ def test_registered_and_exposed_on_the_command_line():
 
 @pytest.mark.e2e
 def test_select_with_delift_end_to_end(sharp_llama_dir, demo_pool, tmp_path):
+    from nncift.models.embeddings import embed_records
     from nncift.settings.stages import SelectSettings
     from nncift.steps.select import run_select
 
@@ -289,6 +290,11 @@ def test_select_with_delift_end_to_end(sharp_llama_dir, demo_pool, tmp_path):
     q1 = np.load(tmp_path / "run" / "q1.npy")
     assert q1.shape == (10, 10) and np.isfinite(q1).all()
     assert result.manifest["label_scaling"]["source"] == "min-max of Q1"
+    # the default input (auto) is DELIFT's own choice: the text beside the response, at the default weight
+    assert result.manifest["settings"]["network"]["input"] == "auto"
+    assert result.manifest["network_input"] == {"network_input": "text+response", "response_weight": 0.2}
+    text_dim = embed_records(demo_pool[:1], progress=False).shape[1]
+    assert np.load(tmp_path / "run" / "col_embeddings.npy").shape == (32, 2 * text_dim)
     # DELIFT's own default design: the same pairs in 4 blocks over twice the records (2 × min_sampled)
     spread = run_select(settings.updated(**{"sampling.blocks": 0}), tmp_path / "spread", pool=demo_pool[:32])
     q1 = np.load(tmp_path / "spread" / "q1.npy")

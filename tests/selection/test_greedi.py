@@ -157,3 +157,29 @@ def test_row_blocks_assemble_into_the_one_process_graph() -> None:
         np.testing.assert_array_equal(getattr(built, name), getattr(whole, name))
     with pytest.raises(ValueError, match="rows missing"):
         GraphAssembler(47, 31, 5).graph("exact")
+
+
+@pytest.mark.parametrize("name", ["fl", "flmi", "flcg"])
+def test_growing_a_selection_by_parts_keeps_the_kept_picks_out_and_stays_near_one_greedy(graph: NeighbourGraph, name: str) -> None:
+    """``extend_greedi``: one part is ``extend_on_graph`` exactly; more parts add only candidates not kept, distinct, the
+    count asked, seeded, with gains over the kept picks' coverage and an objective near one greedy's."""
+    from nncift.selection.distributed import extend_greedi
+    from nncift.selection.sparse import extend_on_graph, graph_objective
+
+    cap, initial = row_terms_for(name, graph)
+    kept = graph_greedy(graph, 20, cap=cap, initial=initial, name=name).indices
+    one = extend_on_graph(graph, 40, kept, cap=cap, initial=initial, name=name)
+    single, info = extend_greedi(graph, 40, kept, 1, seed=3, cap=cap, initial=initial, name=name)
+    assert info == {"partitions": 1} and single.indices.tolist() == one.indices.tolist() and single.gains.tolist() == one.gains.tolist()
+    parted, info = extend_greedi(graph, 40, kept, 4, seed=3, cap=cap, initial=initial, name=name)
+    added = parted.indices.tolist()
+    assert len(added) == len(set(added)) == 40 and not set(added) & set(kept.tolist()) and info["partitions"] == 4
+    gained = graph_objective(graph, np.concatenate([kept, parted.indices]), cap=cap, initial=initial) - graph_objective(
+        graph, kept, cap=cap, initial=initial)
+    assert parted.objective == pytest.approx(gained, rel=1e-6)  # the added picks' gain over the kept ones, on the whole graph
+    assert parted.objective >= 0.98 * one.objective
+    again, _ = extend_greedi(graph, 40, kept, 4, seed=3, cap=cap, initial=initial, name=name)
+    assert again.indices.tolist() == added
+    assert extend_greedi(graph, 40, kept, 4, seed=4, cap=cap, initial=initial, name=name)[1]["part_objectives"] != info["part_objectives"]
+    with pytest.raises(ValueError, match="cannot add"):
+        extend_greedi(graph, graph.n_columns, kept, 4, name=name)

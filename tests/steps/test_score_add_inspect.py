@@ -158,14 +158,16 @@ def test_add_keeps_the_old_picks_and_continues_the_greedy_on_the_union(tmp_path:
 
 @pytest.mark.e2e
 def test_score_and_add_read_new_records_as_the_run_s_network_read_its_own(tmp_path: Path, files) -> None:
-    """A network trained on ``text+response`` inputs: score and --add embed new records the same way (two halves), and
-    DELIFT-SE's prior is no longer its exact function on them, so the network is trained."""
-    run = run_select(_settings(data=(str(files["pool"]),), **{"network.input": "text+response"}), tmp_path / "run")
+    """A network trained on ``text+response`` inputs (response weight 0.5, not the default): score and --add embed new records
+    the same way (two halves, the same weight), and DELIFT-SE's prior is no longer its exact function on them, so the network
+    is trained."""
+    run = run_select(_settings(data=(str(files["pool"]),), **{"network.input": "text+response", "network.response_weight": 0.5}), tmp_path / "run")
     assert run.manifest["settings"]["network"]["input"] == "text+response"
+    assert run.manifest["settings"]["network"]["response_weight"] == 0.5
     assert "nothing was trained" not in run.manifest["network_training"]["note"]
     col_embeddings = np.load(tmp_path / "run" / "col_embeddings.npy")
     new, _ = read_records(files["new"])
-    both = embed_records(new, progress=False, network_input="text+response")
+    both = embed_records(new, progress=False, network_input="text+response", response_weight=0.5)
     assert col_embeddings.shape[1] == both.shape[1] == 2 * embed_records(new[:1], progress=False).shape[1]
     network = load_network(tmp_path / "run" / "network.safetensors")
     scored = score_records(tmp_path / "run", new, tmp_path / "scores", top_targets=0, progress=False)

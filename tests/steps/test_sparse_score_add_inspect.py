@@ -230,3 +230,28 @@ def test_score_add_and_inspect_on_a_large_sparse_run_form_nothing_of_rows_by_poo
     grown = tmp_path / "grown"
     assert json.loads((grown / "manifest.json").read_text())["counts"]["selected"] == round(0.02 * n_union)
     assert all(np.load(path, mmap_mode="r").size < n_union * n_union // 100 for path in grown.glob("*.npy"))
+
+
+def test_add_on_a_greedi_run_grows_by_parts_on_the_unions_graph(tmp_path: Path, tiny_lm_dir: Path, demo_pool) -> None:
+    """A run that selected by GreeDi (``--selection.partitions 3``) grows by GreeDi: each part's greedy and the second round
+    start from the kept picks' coverage; the added picks are :func:`extend_greedi`'s on the union's graph with the run's
+    seed and parts, and the manifest says so."""
+    from nncift.selection.distributed import extend_greedi
+
+    run_select(_settings(tiny_lm_dir, **{"selection.neighbours": 6, "selection.partitions": 3}), tmp_path / "run", pool=demo_pool[:40])
+    run = open_run(tmp_path / "run")
+    new = demo_pool[52:64]
+    grown = run.add(new, tmp_path / "grown", budget=14.0, pool=demo_pool[:40], progress=False)
+    kept = run.scores[0]
+    assert grown.indices[:8].tolist() == kept.tolist() and len(set(grown.indices.tolist())) == 14
+    manifest = json.loads((tmp_path / "grown" / "manifest.json").read_text())
+    assert manifest["greedi"]["partitions"] == 3 and manifest["greedi"]["executor"] == "local" and manifest["graph_executor"] == "local"
+    folder = tmp_path / "grown"
+    n_pool_rows = json.loads((folder / "rows.json").read_text())["n_pool_rows"]
+    embeddings = (np.load(folder / "row_embeddings.npy"), np.load(folder / "col_embeddings.npy"))
+    graph, _, _ = union_graph(run, load_network(tmp_path / "run" / "network.safetensors"), embeddings, n_pool_rows, len(new), 6)
+    expected, info = extend_greedi(graph, 6, kept, 3, seed=3)
+    assert grown.indices[8:].tolist() == expected.indices.tolist()
+    assert manifest["greedi"]["part_objectives"] == info["part_objectives"]
+    single = extend_on_graph(graph, 6, kept)
+    assert expected.objective >= 0.98 * single.objective

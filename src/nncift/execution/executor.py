@@ -25,6 +25,7 @@ from nncift.run.store import Block, BlockMatrix
 from nncift.selection.distributed import GraphAssembler, GraphPart, graph_row_blocks, run_parts_in_process
 from nncift.selection.greedy import Selection
 from nncift.selection.sparse import ExactValues, NeighbourGraph
+from nncift.settings.choices import DEFAULT_RESPONSE_WEIGHT
 from nncift.settings.stages import ExecutorSettings
 
 
@@ -67,15 +68,16 @@ class Executor(ABC):
         """Score and write the ``pending`` blocks of ``scores`` (at least one); return counters and failures (index → reason)."""
 
     def embed_records(self, records: Sequence[Record], *, model: str, device: str = "auto", progress: bool = True,
-                      network_input: str = "text") -> np.ndarray:
+                      network_input: str = "text", response_weight: float = DEFAULT_RESPONSE_WEIGHT) -> np.ndarray:
         """L2-normalised sentence embeddings, float32, through the embedding cache, as the network reads them
-        (``network_input``: see :func:`nncift.models.embeddings.embed_records`).
+        (``network_input``, ``response_weight``: see :func:`nncift.models.embeddings.embed_records`).
 
         Default: in this process; distributed executors embed shards.
         """
         from nncift.models.embeddings import embed_records
 
-        return embed_records(records, model=model, device=device, progress=progress, network_input=network_input)
+        return embed_records(records, model=model, device=device, progress=progress, network_input=network_input,
+                             response_weight=response_weight)
 
     def predict_rows(
         self, network: Any, row_embeddings: np.ndarray, col_embeddings: np.ndarray,

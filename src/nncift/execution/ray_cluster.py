@@ -43,6 +43,7 @@ from nncift.run.store import Block, BlockMatrix
 from nncift.selection.distributed import GraphPart, exact_arrays, part_arrays, selection_from_arrays
 from nncift.selection.greedy import Selection
 from nncift.selection.sparse import ExactValues
+from nncift.settings.choices import DEFAULT_RESPONSE_WEIGHT
 
 log = logging.getLogger(__name__)
 
@@ -403,14 +404,15 @@ class RayExecutor(Executor):
         return counters, failures
 
     def embed_records(self, records: Sequence[Record], *, model: str, device: str = "auto", progress: bool = True,
-                      network_input: str = "text") -> np.ndarray:
+                      network_input: str = "text", response_weight: float = DEFAULT_RESPONSE_WEIGHT) -> np.ndarray:
         from nncift.models.embeddings import embed_records
 
         def encode_chunks(chunks: list[list[str]], store: Callable[[int, np.ndarray], None]) -> None:
             self._run("embeddings", list(enumerate(chunks)), lambda actor, item: actor.encode.remote(item[1], model, device),
                       lambda item, vectors: store(item[0], vectors), progress=progress)
 
-        return embed_records(records, model=model, device=device, progress=False, encode_chunks=encode_chunks, network_input=network_input)
+        return embed_records(records, model=model, device=device, progress=False, encode_chunks=encode_chunks, network_input=network_input,
+                             response_weight=response_weight)
 
     def predict_rows(self, network: Any, row_embeddings: np.ndarray, col_embeddings: np.ndarray, row_blocks: list[tuple[int, int]],
                      write: Callable[[int, int, np.ndarray], None], *, progress: bool = True, self_cols: np.ndarray | None = None) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from typing import Any
+from typing import Any, TypedDict
 
 from nncift.influence.base import InfluenceFunction, InfluenceSpec, PairwiseInfluence, PointwiseInfluence
 from nncift.settings.fields import SettingsError
@@ -101,6 +101,21 @@ def influence_class(name: str) -> type[InfluenceFunction]:
         return _CLASSES[name]
     module, _, attribute = function_path(name).partition(":")
     return getattr(importlib.import_module(module), attribute)
+
+
+class NetworkReading(TypedDict):
+    """Keyword arguments of :func:`nncift.models.embeddings.embed_records` that say what the network reads."""
+
+    network_input: str
+    response_weight: float
+
+
+def network_reading(influence: str, network: Any) -> NetworkReading:
+    """How the InfluenceNetwork of a run reads each record, as keyword arguments of
+    :func:`nncift.models.embeddings.embed_records`: ``network_input`` (``--network.input``; ``auto`` resolved to the influence
+    function's own :attr:`~nncift.influence.base.InfluenceFunction.network_input`) and ``response_weight``."""
+    chosen = network.input if network.input != "auto" else influence_class(influence).network_input
+    return {"network_input": chosen, "response_weight": float(network.response_weight)}
 
 
 def build_influence(spec: InfluenceSpec, *, progress: bool = True) -> Any:

@@ -71,6 +71,9 @@ class InfluenceFunction(ABC):
     is_embedding_cosine: ClassVar[bool] = False
     """Whether the function's values are an affine map of the network input's cosine (DELIFT-SE with the run's embedder):
     the network's calibrated prior is then exact and nothing is trained."""
+    network_input: ClassVar[str] = "text"
+    """What the InfluenceNetwork reads of a record under ``--network.input auto``: ``text`` (the example's sentence
+    embedding) or ``text+response`` (that beside its response's, weighted by ``--network.response-weight``)."""
     default_sampling_blocks: ClassVar[int] = 1
     """Sampling design when ``--sampling.blocks`` is 0: 1 block for functions that cost per record; a
     function that costs per pair (DELIFT) labels the same pairs in several blocks over more records."""
@@ -101,6 +104,7 @@ class PairwiseInfluence(InfluenceFunction):
 
     pairwise: ClassVar[bool] = True
     default_objective: ClassVar[str] = "fl"
+    network_input: ClassVar[str] = "text+response"
 
     @abstractmethod
     def prepare(self, targets: Sequence[Record], candidates: Sequence[Record], workdir: Path) -> None:

@@ -25,6 +25,7 @@ class DeliftSE(PairwiseInfluence):
     Settings: ClassVar[type] = DeliftSESettings
     uses_language_model: ClassVar[bool] = False
     is_embedding_cosine: ClassVar[bool] = True
+    network_input: ClassVar[str] = "text"
 
     def prepare(self, targets: Sequence[Record], candidates: Sequence[Record], workdir: Path) -> None:
         """Bind the records; each is embedded (through the embedding cache) when a block first asks for it, so a sampled

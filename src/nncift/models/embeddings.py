@@ -21,7 +21,7 @@ from nncift.data.records import Record
 from nncift.data.templates import embedding_text, response_text
 from nncift.files.atomic import atomic_write, is_temporary
 from nncift.models.loading import cache_dir, model_fingerprint
-from nncift.settings.choices import BUNDLED_EMBEDDER, NETWORK_INPUTS
+from nncift.settings.choices import BUNDLED_EMBEDDER, DEFAULT_RESPONSE_WEIGHT
 
 SHARD_ROWS = 512
 """Texts per encoder chunk and per cache shard."""
@@ -184,21 +184,26 @@ def embed_texts(
     return matrix / np.maximum(norms, 1e-12)
 
 
-def embed_records(records: Sequence[Record], *, network_input: str = "text", **kwargs: Any) -> np.ndarray:
+def embed_records(records: Sequence[Record], *, network_input: str = "text", response_weight: float = DEFAULT_RESPONSE_WEIGHT,
+                  **kwargs: Any) -> np.ndarray:
     """Embed records as the network reads them (``kwargs``: those of :func:`embed_texts`).
 
     ``network_input``:
 
     - ``text``: the embedding of the NN-CIFT example text (:func:`nncift.data.templates.embedding_text`), (n, d);
     - ``text+response``: that and the embedding of the response alone (:func:`~nncift.data.templates.response_text`),
-      each L2-normalised, side by side and scaled by 1/√2, (n, 2d): still unit vectors, whose cosine is the mean of the
-      two texts' cosines.
+      each L2-normalised, side by side, the response half scaled by ``response_weight`` = w and the text half by
+      √(1 − w²), (n, 2d): still unit vectors, whose cosine is (1 − w²) × the texts' cosine + w² × the responses' cosine
+      (w = 1/√2: the mean of the two).
     """
     vectors = embed_texts([embedding_text(record) for record in records], **kwargs)
     if network_input == "text":
         return vectors
     if network_input != "text+response":
-        raise ValueError(f"network input must be one of {', '.join(NETWORK_INPUTS)}, got {network_input!r}")
+        raise ValueError(f"network input must be text or text+response, got {network_input!r}")
+    if not 0.0 <= response_weight <= 1.0:
+        raise ValueError(f"the response weight must lie in [0, 1], got {response_weight!r}")
     responses = embed_texts([response_text(record) for record in records], **kwargs)
-    halves = [half / np.maximum(np.linalg.norm(half, axis=1, keepdims=True), 1e-12) for half in (vectors, responses)]
-    return (np.concatenate(halves, axis=1) / math.sqrt(2.0)).astype(np.float32)
+    text_half, response_half = (half / np.maximum(np.linalg.norm(half, axis=1, keepdims=True), 1e-12) for half in (vectors, responses))
+    weights = (math.sqrt(1.0 - response_weight * response_weight), response_weight)
+    return np.concatenate([weights[0] * text_half, weights[1] * response_half], axis=1).astype(np.float32)

@@ -31,13 +31,21 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from nncift.selection.greedy import Selection, budget_to_count, fill_exhausted
-from nncift.selection.sparse import BlockPredictor, ExactValues, NeighbourGraph, default_block_rows, graph_from_blocks, graph_greedy
+from nncift.selection.sparse import (
+    BlockPredictor,
+    ExactValues,
+    NeighbourGraph,
+    default_block_rows,
+    graph_after,
+    graph_from_blocks,
+    graph_greedy,
+)
 
 __all__ = [
     "graph_row_blocks", "graph_block", "GraphAssembler", "exact_arrays", "exact_from_arrays", "GraphPart", "PartRunner",
     "partition_columns", "restrict_columns", "part_arrays", "part_from_arrays",
     "selection_arrays", "selection_from_arrays", "part_greedy", "run_parts_in_process", "greedi",
-    "objective_on_graph",
+    "extend_greedi", "objective_on_graph",
 ]
 
 
@@ -212,6 +220,21 @@ def greedi(graph: NeighbourGraph, budget: float | int, partitions: int, *, seed:
     info = {"partitions": int(partitions), "partition_seed": int(seed), "part_objectives": [float(r.objective) for r in results],
             "union": int(len(union)), "second_round_objective": float(second.objective), "winner": winner}
     return Selection(picks, gains, float(chosen.objective), name, n_positive, singletons), info
+
+
+def extend_greedi(graph: NeighbourGraph, count: int, chosen: np.ndarray, partitions: int, *, seed: int = 0, name: str = "fl",
+                  cap: np.ndarray | None = None, initial: np.ndarray | None = None,
+                  run_parts: PartRunner = run_parts_in_process) -> tuple[Selection, dict[str, Any]]:
+    """:func:`~nncift.selection.sparse.extend_on_graph` by the two-round distributed greedy: ``count`` more candidates
+    after ``chosen``, each part's greedy (and the second round) starting from the coverage ``chosen`` gives every row, over
+    the candidates not chosen yet, parted with ``seed``. ``partitions`` ≤ 1: one lazy greedy (:func:`extend_on_graph`).
+    Returns the added picks (original column indices; gains and objective over the kept picks' coverage) and what the
+    manifest says (as :func:`greedi`)."""
+    others, rest, cover = graph_after(graph, chosen, cap=cap, initial=initial)
+    if not 0 <= count <= rest.size:
+        raise ValueError(f"cannot add {count} candidates: {rest.size} are not chosen yet")
+    added, info = greedi(others, int(count), partitions, seed=seed, name=name, cap=cap, initial=cover, run_parts=run_parts)
+    return Selection(rest[added.indices], added.gains, added.objective, name, added.n_positive), info
 
 
 def objective_on_graph(graph: NeighbourGraph, picks: np.ndarray, *, cap: np.ndarray | None = None,

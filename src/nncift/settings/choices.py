@@ -20,9 +20,13 @@ DTYPES = ("float32", "bfloat16", "float16")
 """Model weight dtypes."""
 
 NETWORK_LOSSES = ("mse", "row-centred")
-NETWORK_INPUTS = ("text", "text+response")
-"""What the network reads of a record: the embedding of its example text, or that beside the embedding of its response alone."""
 """Training losses of the two-tower network (``nncift.network.fitting``): plain MSE, or MSE after removing each row's mean error."""
+NETWORK_INPUTS = ("auto", "text", "text+response")
+"""What the network reads of a record: the embedding of its example text, or that beside the embedding of its response alone;
+auto: the influence function's own choice (``nncift.influence``)."""
+DEFAULT_RESPONSE_WEIGHT = 0.2
+"""Weight of the response half in the text+response input (the text half: √(1 − w²)); the prior's cosine is then
+0.96 × the texts' cosine + 0.04 × the responses'."""
 
 SAMPLING_DESIGNS = ("auto", "block", "all-targets")
 GRAPH_BUILDERS = ("auto", "exact", "hnsw", "ivf")

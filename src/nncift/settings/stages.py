@@ -27,6 +27,7 @@ from nncift.settings.choices import (
     ARCHITECTURES,
     BUNDLED_EMBEDDER,
     BUNDLED_LM,
+    DEFAULT_RESPONSE_WEIGHT,
     DEVICES,
     DTYPES,
     EXECUTORS,
@@ -90,10 +91,15 @@ class NetworkSettings(Checked):
     """two-tower: ship the calibrated prior (or a blend) when it validates better than the network."""
     loss: str = setting("mse", choices=NETWORK_LOSSES)
     """two-tower: training loss, mse or row-centred (each row's mean error removed: a row's offset changes no selection)."""
-    input: str = setting("text", choices=NETWORK_INPUTS)
-    """What the network reads of each record: text (the sentence embedding of its example text; the default) or text+response
-    (that beside the embedding of its response alone; the calibrated prior is then the mean of the two cosines). See
-    docs/network.md, "Network inputs", for where text+response helped and where it pulled the picks off-task."""
+    input: str = setting("auto", choices=NETWORK_INPUTS)
+    """What the network reads of each record: text (the sentence embedding of its example text), text+response (that beside
+    the embedding of its response alone, weighted by response_weight), or auto (the default: text for DELIFT-SE, whose
+    prior is then the function itself, and for SelectIT; text+response for LESS and DELIFT). See docs/network.md,
+    "Network inputs", for what each input gained and where the response pulled the picks off-task."""
+    response_weight: float = setting(DEFAULT_RESPONSE_WEIGHT, at_least=0.0, at_most=1.0)
+    """text+response: the response half's weight w (the text half's: √(1 − w²)); the calibrated prior is then
+    (1 − w²) × the texts' cosine + w² × the responses'. 0.7071 weighs both halves alike (what text+response meant before
+    this setting existed)."""
     max_training_pairs: int = setting(250_000, at_least=0)
     """two-tower: the network is validated and trained on at most this many labelled pairs: beyond it, a seeded sample of the
     labelled records (rows and columns alike) whose pairs fit, so training time stops growing with the label count; every

@@ -11,9 +11,10 @@ loaded.
 A run that selected on a neighbour graph (``--selection.neighbours``, no predicted matrix) grows on a graph: the union's
 graph (old pool and new records as rows where the pool represents itself, then the targets) is built as ``select`` builds
 one (:mod:`nncift.steps.select_sparse`): with the run's K and builder, from the run's network, the exact sampled values and
-the self-pair term folded in; the greedy then continues from the kept picks on it (:func:`~nncift.selection.sparse.extend_on_graph`). The
-picks are those a fresh sparse ``select`` over the union with the same network would add to the kept ones; no (rows ×
-union) matrix is formed and none is written.
+the self-pair term folded in, on the run's executor; the greedy then continues from the kept picks on it
+(:func:`~nncift.selection.sparse.extend_on_graph`; by GreeDi's two rounds, :func:`~nncift.selection.distributed.extend_greedi`,
+where the run selected with ``selection.partitions`` > 1). The picks are those a fresh sparse ``select`` over the union
+with the same network would add to the kept ones; no (rows × union) matrix is formed and none is written.
 
 The new folder is a complete run of the union (its ``data`` lists the run's files and then the new
 ones), so ``score``, ``inspect`` and another ``--add`` work on it. Its manifest says which picks were
@@ -33,6 +34,7 @@ import numpy as np
 from nncift.data.records import LoadReport, Record, read_many
 from nncift.files.atomic import atomic_write, save_npy_atomic
 from nncift.files.errors import InputError
+from nncift.influence import network_reading
 from nncift.run.check import recorded_inputs
 from nncift.run.commit import write_commit
 from nncift.run.files import records_digest, save_rows, write_selection_files
@@ -47,7 +49,6 @@ from nncift.selection.sparse import (
     ExactValues,
     NeighbourGraph,
     column_maxima,
-    extend_on_graph,
     graph_objective,
     graph_values,
     row_terms,
@@ -57,9 +58,10 @@ from nncift.settings.fields import settings_dict
 from nncift.settings.stages import SelectSettings
 
 if TYPE_CHECKING:
+    from nncift.execution.executor import Executor
     from nncift.steps.select import SelectionResult
 
-CARRIED = ("label_scaling", "network_training")
+CARRIED = ("label_scaling", "network_input", "network_training")
 """Manifest entries of the run that hold for the union too (its network and the scale of its values)."""
 
 
@@ -148,7 +150,8 @@ def _grow(view: RunView, store: RunStore, settings: SelectSettings, pool: list[R
 
     ledger, loads_before = CostLedger(), models.LOADS["causal_lm"]
     with ledger.stage("embeddings"):
-        new_embeddings = embed_records(new, model=settings.embedder, device=settings.device, progress=progress, network_input=settings.network.input)
+        new_embeddings = embed_records(new, model=settings.embedder, device=settings.device, progress=progress,
+                                       **network_reading(settings.influence, settings.network))
     network = load_network(view.network_path())
     col_embeddings = np.concatenate([np.asarray(view.embeddings("col")), new_embeddings])
     total, graph = None, {}
@@ -256,8 +259,11 @@ class _GraphGrowth:
 
 def _grow_on_graph(view: RunView, network: Any, new_embeddings: np.ndarray, col_embeddings: np.ndarray,
                    records: tuple[list[Record], list[Record], list[Record]], kept: np.ndarray, k: int, settings: SelectSettings) -> _GraphGrowth:
-    """A sparse run's union: its neighbour graph (the run's K and builder), the greedy continued from ``kept`` on it, every
-    candidate's value on the graph (as a fresh sparse select writes them) and the whole subset's objective on the graph."""
+    """A sparse run's union: its neighbour graph (the run's K and builder, on the run's executor), the greedy continued from
+    ``kept`` on it (GreeDi's two rounds where the run selected with ``selection.partitions`` > 1), every candidate's value on
+    the graph (as a fresh sparse select writes them) and the whole subset's objective on the graph."""
+    from nncift.execution.executor import executor_for
+    from nncift.selection.distributed import extend_greedi
     from nncift.selection.sparse_index import DEFAULT_NEIGHBOURS
 
     pool, targets, new = records
@@ -266,44 +272,50 @@ def _grow_on_graph(view: RunView, network: Any, new_embeddings: np.ndarray, col_
     row_embeddings = np.concatenate(_row_embeddings(view, new_embeddings, n_pool_rows))
     wanted = view.settings.selection.neighbours
     neighbours = min(DEFAULT_NEIGHBOURS if wanted is None else int(wanted), len(col_embeddings))
-    graph, predict, exact = union_graph(view, network, (row_embeddings, col_embeddings), n_pool_rows, len(new), neighbours)
-    cap = start = None
-    if view.objective in ("flmi", "flcg"):
-        maxima = column_maxima(predict, n_pool_rows, len(rows), graph.n_columns, exact=exact)
-        cap, start = row_terms(view.objective, maxima, graph.n_rows, eta=settings.selection.eta, nu=settings.selection.nu)
-    added = extend_on_graph(graph, k - len(kept), kept, cap=cap, initial=start, name=view.objective)
+    with executor_for(view.settings.executor) as executor:
+        graph, predict, exact = union_graph(view, network, (row_embeddings, col_embeddings), n_pool_rows, len(new), neighbours, executor=executor)
+        cap = start = None
+        if view.objective in ("flmi", "flcg"):
+            maxima = column_maxima(predict, n_pool_rows, len(rows), graph.n_columns, exact=exact)
+            cap, start = row_terms(view.objective, maxima, graph.n_rows, eta=settings.selection.eta, nu=settings.selection.nu)
+        added, greedi_info = extend_greedi(graph, k - len(kept), kept, settings.selection.partitions, seed=settings.seed, cap=cap,
+                                           initial=start, name=view.objective, run_parts=executor.greedy_parts)
+        name = executor.name
     values = graph_values(graph, cap=cap, initial=start)
     total = graph_objective(graph, np.concatenate([kept, added.indices]), cap=cap, initial=start)
-    info = {"neighbours": int(graph.neighbours), "graph_builder": graph.method, "graph_recall": graph.recall}
+    info: dict[str, Any] = {"neighbours": int(graph.neighbours), "graph_builder": graph.method, "graph_recall": graph.recall,
+                            "graph_executor": name if graph.method in ("exact", "blocks") else "in process"}
+    if settings.selection.partitions > 1:
+        info["greedi"] = {**greedi_info, "executor": name}
     return _GraphGrowth(rows, n_pool_rows, row_embeddings, added, values, total, info)
 
 
 def union_graph(view: RunView, network: Any, embeddings: tuple[np.ndarray, np.ndarray], n_pool_rows: int, n_new: int,
-                neighbours: int) -> tuple[NeighbourGraph, BlockPredictor, ExactValues]:
-    """The union's neighbour graph as :func:`~nncift.steps.select_sparse.select_on_graph` builds a run's, with the run's builder:
-    (graph, the predictor of its row blocks, the exact values folded in). ``embeddings``: the union's (rows, columns);
-    rows: the union's pool rows (``n_pool_rows``, old then new) then the targets; the graph keeps FLMI's and FLCG's pool rows."""
-    from nncift.network.paper import predict_pairwise
+                neighbours: int, *, executor: Executor | None = None) -> tuple[NeighbourGraph, BlockPredictor, ExactValues]:
+    """The union's neighbour graph as :func:`~nncift.steps.select_sparse.select_on_graph` builds a run's, with the run's builder
+    (the exact and predicted-blocks graphs on ``executor``, default: local): (graph, the predictor of its row blocks, the
+    exact values folded in). ``embeddings``: the union's (rows, columns); rows: the union's pool rows (``n_pool_rows``, old
+    then new) then the targets; the graph keeps FLMI's and FLCG's pool rows."""
+    from nncift.execution.executor import LocalExecutor
+    from nncift.execution.graph_jobs import GraphSource
     from nncift.network.towers import inner_product_form
-    from nncift.selection.sparse import exact_graph, graph_from_blocks
     from nncift.selection.sparse_index import faiss_graph
 
+    executor = executor or LocalExecutor()
     row_embeddings, col_embeddings = embeddings
     own = self_columns(len(row_embeddings), n_pool_rows)
     n_graph = n_pool_rows if view.objective in ("flmi", "flcg") else len(row_embeddings)
     builder = str((view.graph or {}).get("graph_builder"))
-    predict: BlockPredictor
     if builder == "blocks":  # the paper MLP or an anchored network: its blocks hold the self-pair term
         exact = _union_labels(view, n_new, n_pool_rows, None, None)
-        predict = lambda start, stop: predict_pairwise(network, row_embeddings[start:stop], col_embeddings,  # noqa: E731
-                                                       self_cols=own[start:stop])
-        return graph_from_blocks(predict, n_graph, len(col_embeddings), neighbours, exact=exact), predict, exact
+        source = GraphSource.predicted(network, row_embeddings, col_embeddings, own)
+        return executor.neighbour_graph(source, neighbours, n_rows=n_graph, exact=exact), source.predictor(), exact
     form = inner_product_form(network, row_embeddings, col_embeddings, self_cols=own)
     exact = _union_labels(view, n_new, n_pool_rows, own, form.self_terms)
     row_features, col_features = form.row_features, form.col_features
-    predict = lambda start, stop: row_features[start:stop] @ col_features.T  # noqa: E731
+    predict: BlockPredictor = lambda start, stop: row_features[start:stop] @ col_features.T  # noqa: E731
     if builder == "exact":
-        return exact_graph(row_features[:n_graph], col_features, neighbours, exact=exact), predict, exact
+        return executor.neighbour_graph(GraphSource.features(row_features, col_features), neighbours, n_rows=n_graph, exact=exact), predict, exact
     if builder in ("faiss-hnsw", "faiss-ivf"):
         graph = faiss_graph(row_features[:n_graph], col_features, neighbours, exact=exact, index="ivf" if builder == "faiss-ivf" else "hnsw")
         return graph, predict, exact

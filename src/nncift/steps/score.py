@@ -158,6 +158,7 @@ def score_records(run: str | Path | RunView, records: Sequence[Record], out: str
         device: where the embedder runs.
         progress: progress bars.
     """
+    from nncift.influence import network_reading
     from nncift.models import loading as models
     from nncift.models.embeddings import embed_records
     from nncift.network.files import load_network
@@ -174,7 +175,8 @@ def score_records(run: str | Path | RunView, records: Sequence[Record], out: str
         folder = store.folder
         ledger, loads_before = CostLedger(), models.LOADS["causal_lm"]
         with ledger.stage("embeddings"):
-            embeddings = embed_records(records, model=view.settings.embedder, device=device, progress=progress, network_input=view.settings.network.input)
+            embeddings = embed_records(records, model=view.settings.embedder, device=device, progress=progress,
+                                        **network_reading(view.settings.influence, view.settings.network))
         network = load_network(network_path)
         if view.pairwise:
             rows = _score_pairwise(view, network, embeddings, records, top_targets, ledger, predict_pairwise)

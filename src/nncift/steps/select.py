@@ -40,6 +40,7 @@ from nncift.influence import (
     InfluenceFunction,
     InfluenceSpec,
     influence_class,
+    network_reading,
 )
 from nncift.models.embeddings import EmbeddingCache
 from nncift.network import streaming
@@ -130,7 +131,7 @@ def load_inputs(settings: SelectSettings) -> tuple[list[Record], list[Record], l
 
 
 ADDED_SETTINGS: dict[str, object] = {"selection.partitions": 0, "network.step_pairs": 0, "selection.graph": "auto", "sampling.stratify": False,
-                                   "network.input": "text"}
+                                   "network.input": "text", "network.response_weight": 0.7071067811865476}
 """Select settings newer than some run folders, at the values those folders ran with (:class:`~nncift.run.store.RunStore`'s ``added``)."""
 RESELECT_KEYS = frozenset({"selection", "network"})
 """The stages whose settings change only the network or the selection: a run folder whose influence block is finished
@@ -338,10 +339,12 @@ def _select_pairwise(run: _Run, settings: SelectSettings, executor: Executor, rn
     labels = (known - low) / (high - low)
     validation = network_validation(function_class, spec, layout, objective)
     influence_embedder = spec.options.get("similarity_embedder") or spec.run.embedder
+    reading = network_reading(settings.influence, settings.network)
+    prior_is_exact = function_class.is_embedding_cosine and influence_embedder == settings.embedder and reading["network_input"] == "text"
     with ledger.stage("network training"):
         network, report = _trained_network(store, settings.network, progress, validation["objective"], lambda s: train_network(
             row_embeddings[layout.seen_rows], col_embeddings[layout.seen_cols], labels, s, self_cols=block_self_cols(layout), **validation,
-            prior_is_exact=function_class.is_embedding_cosine and influence_embedder == settings.embedder and s.input == "text", progress=progress))
+            prior_is_exact=prior_is_exact, progress=progress))
     plan = selection_plan(network, layout, len(pool), objective, settings.selection)
     if plan.sparse:  # no (rows × pool) matrix: a stale one of an earlier selection in this folder goes
         store.path("predicted.npy").unlink(missing_ok=True)
@@ -353,7 +356,7 @@ def _select_pairwise(run: _Run, settings: SelectSettings, executor: Executor, rn
     extra = {**mode, "label_scaling": {"low": low, "high": high, "source": "fixed range" if function_class.label_range else "min-max of Q1"},
              "sampled_rows": len(layout.seen_rows), "sampled_cols": len(layout.seen_cols), "sampling_blocks": sampling.blocks,
              "sampling_design": sampling.design, "sampled_fraction": sampling.fraction, "labelled_pairs": int(layout.labelled().sum()),
-             "matrix_shape": [len(layout.rows), len(pool)], "network_training": report, **selection_info(chosen)}
+             "matrix_shape": [len(layout.rows), len(pool)], "network_input": reading, "network_training": report, **selection_info(chosen)}
     partly = layout.seen_cols[np.asarray(layout.labelled()).any(axis=0)]
     return chosen, extra, column_origin(len(pool), partly=partly)
 
@@ -375,7 +378,7 @@ def _select_dense(run: _Run, settings: SelectSettings, executor: Executor, layou
 def _embeddings(executor: Executor, settings: SelectSettings, layout: Layout, pool: Sequence[Record], progress: bool) -> tuple[np.ndarray, np.ndarray]:
     """(row embeddings, column embeddings) of a layout, as the network reads them: the pool rows reuse the columns'."""
     embed = functools.partial(executor.embed_records, model=settings.embedder, device=settings.device, progress=progress,
-                              network_input=settings.network.input)
+                              **network_reading(settings.influence, settings.network))
     col_embeddings = embed(pool)
     parts = [col_embeddings[: layout.n_pool_rows]]
     if len(layout.rows) > layout.n_pool_rows:
@@ -430,7 +433,7 @@ def _select_pointwise(run: _Run, settings: SelectSettings, executor: Executor, r
     ok = np.isfinite(labels)
     with ledger.stage("embeddings"):
         embeddings = executor.embed_records(pool, model=settings.embedder, device=settings.device, progress=progress,
-                                            network_input=settings.network.input)
+                                            **network_reading(settings.influence, settings.network))
         save_pool_embeddings(store.folder, embeddings)
         EmbeddingCache.release_shared()
     with ledger.stage("network training"):
@@ -442,6 +445,6 @@ def _select_pointwise(run: _Run, settings: SelectSettings, executor: Executor, r
         store.save_array("predicted_scores.npy", predicted)
     with ledger.stage("selection"):
         chosen = selection_module.top_k(predicted, settings.selection.budget)
-    extra = {"label_scaling": {"low": low, "high": high}, "sampled": len(seen),
-             "failures": {str(k): v for k, v in sorted(failures.items())}, "network_training": report}
+    extra = {"label_scaling": {"low": low, "high": high}, "sampled": len(seen), "failures": {str(k): v for k, v in sorted(failures.items())},
+             "network_input": network_reading(settings.influence, settings.network), "network_training": report}
     return chosen, extra, column_origin(len(pool), exact=seen[ok])
