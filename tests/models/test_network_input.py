@@ -49,13 +49,16 @@ def test_text_and_response_are_two_weighted_unit_halves(tmp_path, tiny_lm_dir, m
 
 def test_auto_reads_what_each_influence_function_chose() -> None:
     """DELIFT-SE reads text (its prior is then the function itself), SelectIT text (not measured with the response), LESS
-    and DELIFT text+response at the weight set; an input named explicitly is kept."""
+    and DELIFT text+response at the weight set, a function a user registers text; an input named explicitly is kept."""
+    from nncift.influence.base import PairwiseInfluence, PointwiseInfluence
+
     auto = NetworkSettings()
     assert auto.input == "auto" and auto.response_weight == DEFAULT_RESPONSE_WEIGHT == 0.2
     assert network_reading("delift-se", auto) == {"network_input": "text", "response_weight": 0.2}
     assert network_reading("selectit", auto)["network_input"] == "text"
     for influence in ("less", "delift"):
         assert network_reading(influence, auto) == {"network_input": "text+response", "response_weight": 0.2}
+    assert PairwiseInfluence.network_input == PointwiseInfluence.network_input == "text"  # unmeasured functions: the text
     assert network_reading("less", NetworkSettings(input="text"))["network_input"] == "text"
     assert network_reading("delift-se", NetworkSettings(input="text+response", response_weight=0.5)) == {
         "network_input": "text+response", "response_weight": 0.5}

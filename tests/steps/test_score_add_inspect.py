@@ -92,7 +92,9 @@ def test_score_values_new_records_without_the_language_model(tmp_path: Path, fil
     assert manifest["run"]["objective"] == "fl" and manifest["counts"]["records"] == 16 and len(manifest["network_sha256"]) == 64
     # the values are the run's network on the stored target embeddings and the new records' embeddings
     network = load_network(tmp_path / "run" / "network.safetensors")
-    block = predict_pairwise(network, np.load(tmp_path / "run" / "row_embeddings.npy"), embed_records(new, progress=False))
+    reading = json.loads((tmp_path / "run" / "manifest.json").read_text())["network_input"]
+    assert reading == {"network_input": "text+response", "response_weight": 0.2}  # DELIFT's own choice (auto): score reads records alike
+    block = predict_pairwise(network, np.load(tmp_path / "run" / "row_embeddings.npy"), embed_records(new, progress=False, **reading))
     np.testing.assert_allclose([row["value"] for row in result.rows], np.maximum(block, 0).sum(axis=0), rtol=1e-4)
     for j, row in enumerate(result.rows):
         assert [t["row"] for t in row["top_targets"]] == np.argsort(-block[:, j], kind="stable")[:3].tolist()
@@ -259,7 +261,7 @@ def test_score_and_add_refuse_bad_input_with_one_line(tmp_path: Path, files, cap
     assert main(["score", "--run", str(tmp_path / "nothing"), "--data", str(files["new"]), "--out", str(tmp_path / "s")]) == 2
     assert "no such run folder" in capsys.readouterr().err
     assert main(["select", "--run", str(tmp_path / "run"), "--add", str(files["new"]), "--fraction", "0.5", "--out", str(tmp_path / "g")]) == 2
-    assert "only --selection.budget (--budget) and --quiet apply (got --fraction)" in capsys.readouterr().err
+    assert "only --selection.budget (--budget), --executor.* and --quiet apply (got --fraction)" in capsys.readouterr().err
     assert main(["select", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "g")]) == 2
     assert "--run and --add go together" in capsys.readouterr().err
     assert main(["select", "--run", str(tmp_path / "run"), "--add", str(files["new"]), "--budget", "5", "--selection.budget", "6",

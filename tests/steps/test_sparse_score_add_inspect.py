@@ -198,6 +198,13 @@ def test_score_add_and_inspect_on_a_sparse_run_from_the_command_line(tmp_path: P
     assert main(["select", "--run", str(run), "--add", str(new_file), "--budget", "10", "--out", str(tmp_path / "grown"), "--quiet"]) == 0
     assert "kept the run's 8 picks and added 2" in capsys.readouterr().out
     assert json.loads((tmp_path / "grown" / "manifest.json").read_text())["selection_mode"] == "sparse"
+    # where the union's graph runs may change (--executor.*): the same picks, the union's settings say which executor ran
+    assert main(["select", "--run", str(run), "--add", str(new_file), "--budget", "10", "--executor.block-size", "3", "--out",
+                 str(tmp_path / "grown-blocks"), "--quiet"]) == 0
+    capsys.readouterr()
+    blocks = json.loads((tmp_path / "grown-blocks" / "manifest.json").read_text())
+    assert blocks["settings"]["executor"]["block_size"] == 3 and blocks["graph_executor"] == "local"
+    assert (tmp_path / "grown-blocks" / "selected.jsonl").read_text() == (tmp_path / "grown" / "selected.jsonl").read_text()
     assert main(["inspect", str(run), "--target", "40"]) == 2
     err = capsys.readouterr().err.strip()
     assert "--target 40: the run has 40 pool records as rows" in err and len(err.splitlines()) == 1

@@ -9,6 +9,7 @@ new records, and the lines printed on the terminal.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from typing import Any
 
@@ -55,7 +56,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    """select --run RUN --add NEW: the run's own settings, the budget over the union (--budget to change it)."""
+    """select --run RUN --add NEW: the run's own settings, the budget over the union (--budget to change it) and where a sparse
+    run's union graph runs (--executor.*; the same picks on every executor)."""
     from nncift.data.records import read_many
     from nncift.steps.preflight import check_out_folder
     from nncift.steps.run import open_run
@@ -64,15 +66,18 @@ def cmd_add(args: argparse.Namespace) -> int:
         raise InputError("--run and --add go together: --run RUN_DIR --add NEW.jsonl grows RUN_DIR's selection with new records")
     typed = getattr(args, GIVEN_AS, {})
     given = sorted(typed.get(k, "--" + k.replace("_", "-")) for k, v in vars(args).items()
-                   if v is not None and v is not False and k not in ADD_FLAGS)
+                   if v is not None and v is not False and k not in ADD_FLAGS and not k.startswith("executor."))
     if given:
-        raise InputError(f"with --run, the run's own settings are used: only --selection.budget (--budget) and --quiet apply (got {', '.join(given)})")
+        raise InputError("with --run, the run's own settings are used: only --selection.budget (--budget), --executor.* and --quiet apply "
+                         f"(got {', '.join(given)})")
     check_out_folder(args.out, data=args.add, run=args.run, force=args.force)
     run = open_run(args.run)
+    executor = {k.partition(".")[2]: v for k, v in vars(args).items() if k.startswith("executor.") and v is not None}
     new, reports = read_many(args.add)
     if not new:
         raise InputError(f"no records to add in {', '.join(args.add)} (see the skip counts)")
-    result = run.add(new, args.out, budget=vars(args)["selection.budget"], reports=reports, new_paths=args.add, progress=not args.quiet)
+    result = run.add(new, args.out, budget=vars(args)["selection.budget"], reports=reports, new_paths=args.add,
+                     executor=dataclasses.replace(run.settings.executor, **executor) if executor else None, progress=not args.quiet)
     counts = result.manifest["counts"]
     print(f"kept the run's {counts['kept']} picks and added {counts['added']} ({counts['added_from_new_records']} of them new records) "
           f"from a union of {counts['pool']} records; objective {result.objective:.4f}")

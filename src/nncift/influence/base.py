@@ -73,7 +73,8 @@ class InfluenceFunction(ABC):
     the network's calibrated prior is then exact and nothing is trained."""
     network_input: ClassVar[str] = "text"
     """What the InfluenceNetwork reads of a record under ``--network.input auto``: ``text`` (the example's sentence
-    embedding) or ``text+response`` (that beside its response's, weighted by ``--network.response-weight``)."""
+    embedding) or ``text+response`` (that beside its response's, weighted by ``--network.response-weight``). ``text`` unless a
+    function was measured to select better with the response (LESS, DELIFT: docs/network.md, "Network inputs")."""
     default_sampling_blocks: ClassVar[int] = 1
     """Sampling design when ``--sampling.blocks`` is 0: 1 block for functions that cost per record; a
     function that costs per pair (DELIFT) labels the same pairs in several blocks over more records."""
@@ -104,7 +105,6 @@ class PairwiseInfluence(InfluenceFunction):
 
     pairwise: ClassVar[bool] = True
     default_objective: ClassVar[str] = "fl"
-    network_input: ClassVar[str] = "text+response"
 
     @abstractmethod
     def prepare(self, targets: Sequence[Record], candidates: Sequence[Record], workdir: Path) -> None:

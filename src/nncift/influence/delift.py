@@ -175,6 +175,7 @@ class Delift(PairwiseInfluence):
     Settings: ClassVar[type] = DeliftSettings
     cost_per: ClassVar[str] = "pair"
     default_sampling_blocks: ClassVar[int] = 4
+    network_input: ClassVar[str] = "text+response"
     """DELIFT costs one LM pass per pair: the same pairs in 4 blocks over twice the records cost about the
     same and gave the higher f_gain at u = 0.05 on the benchmarks (BENCHMARKS.md)."""
 

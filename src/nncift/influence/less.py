@@ -90,6 +90,7 @@ class Less(PairwiseInfluence):
 
     name: ClassVar[str] = "less"
     default_objective: ClassVar[str] = "topk"
+    network_input: ClassVar[str] = "text+response"
     Settings: ClassVar[type] = LessSettings
 
     def prepare(self, targets: Sequence[Record], candidates: Sequence[Record], workdir: Path) -> None:

@@ -55,7 +55,7 @@ from nncift.selection.sparse import (
 )
 from nncift.selection.subset_quality import ObjectiveSpec, objective_on
 from nncift.settings.fields import settings_dict
-from nncift.settings.stages import SelectSettings
+from nncift.settings.stages import ExecutorSettings, SelectSettings
 
 if TYPE_CHECKING:
     from nncift.execution.executor import Executor
@@ -92,7 +92,8 @@ class _Grown:
 
 def add_to_run(run: str | Path | RunView, new: Sequence[Record], out: str | Path, *, budget: float | None = None,
                pool: Sequence[Record] | None = None, targets: Sequence[Record] | None = None,
-               reports: Sequence[LoadReport] = (), new_paths: Sequence[str] = (), progress: bool = True) -> SelectionResult:
+               reports: Sequence[LoadReport] = (), new_paths: Sequence[str] = (), executor: ExecutorSettings | None = None,
+               progress: bool = True) -> SelectionResult:
     """Grow the selection of the finished run ``run`` with the records ``new``; write the union's run into ``out``.
 
     Args:
@@ -102,6 +103,8 @@ def add_to_run(run: str | Path | RunView, new: Sequence[Record], out: str | Path
         budget: subset size over the union (fraction in (0, 1] or count); default: the run's budget.
         pool, targets: the run's records when they were passed in code (default: read from its files, checked).
         reports: load reports of ``new``; new_paths: the files ``new`` was read from (recorded as the union's data).
+        executor: where a sparse run's union graph and GreeDi's parts run (default: the run's executor; every executor gives
+            the same picks, so a run made on a Ray cluster can grow on one machine).
         progress: progress bars.
 
     Returns:
@@ -115,6 +118,7 @@ def add_to_run(run: str | Path | RunView, new: Sequence[Record], out: str | Path
     if not view.pairwise and not (view.folder / "predicted_scores.npy").exists():
         raise InputError(f"{view.folder}: no predicted scores (a run of the full-matrix baseline has no network to predict with)")
     settings = view.settings.updated(**{"selection.budget": budget}) if budget is not None else view.settings
+    settings = dataclasses.replace(settings, executor=executor) if executor is not None else settings
     if pool is None:
         pool, targets = run_inputs(view)
     pool, targets, new = list(pool), list(targets or []), list(new)
@@ -157,7 +161,7 @@ def _grow(view: RunView, store: RunStore, settings: SelectSettings, pool: list[R
     total, graph = None, {}
     if view.sparse:  # no (rows × union) matrix: the union's neighbour graph
         with ledger.stage("prediction and selection on a neighbour graph"):
-            grown = _grow_on_graph(view, network, new_embeddings, col_embeddings, (pool, targets, new), kept, k, settings)
+            grown = _grow_on_graph(view, network, new_embeddings, col_embeddings, (pool, targets, new), kept, k, settings, progress)
         save_rows(store.folder, grown.rows, grown.n_pool_rows, grown.row_embeddings, col_embeddings)
         _copy_q1(view, store.folder, len(new), grown.n_pool_rows)
         chosen, values, matrix, n_pool_rows, total, graph = grown.chosen, grown.values, None, grown.n_pool_rows, grown.total, grown.info
@@ -258,7 +262,8 @@ class _GraphGrowth:
 
 
 def _grow_on_graph(view: RunView, network: Any, new_embeddings: np.ndarray, col_embeddings: np.ndarray,
-                   records: tuple[list[Record], list[Record], list[Record]], kept: np.ndarray, k: int, settings: SelectSettings) -> _GraphGrowth:
+                   records: tuple[list[Record], list[Record], list[Record]], kept: np.ndarray, k: int, settings: SelectSettings,
+                   progress: bool = False) -> _GraphGrowth:
     """A sparse run's union: its neighbour graph (the run's K and builder, on the run's executor), the greedy continued from
     ``kept`` on it (GreeDi's two rounds where the run selected with ``selection.partitions`` > 1), every candidate's value on
     the graph (as a fresh sparse select writes them) and the whole subset's objective on the graph."""
@@ -272,8 +277,9 @@ def _grow_on_graph(view: RunView, network: Any, new_embeddings: np.ndarray, col_
     row_embeddings = np.concatenate(_row_embeddings(view, new_embeddings, n_pool_rows))
     wanted = view.settings.selection.neighbours
     neighbours = min(DEFAULT_NEIGHBOURS if wanted is None else int(wanted), len(col_embeddings))
-    with executor_for(view.settings.executor) as executor:
-        graph, predict, exact = union_graph(view, network, (row_embeddings, col_embeddings), n_pool_rows, len(new), neighbours, executor=executor)
+    with executor_for(settings.executor) as executor:
+        graph, predict, exact = union_graph(view, network, (row_embeddings, col_embeddings), n_pool_rows, len(new), neighbours, executor=executor,
+                                             progress=progress)
         cap = start = None
         if view.objective in ("flmi", "flcg"):
             maxima = column_maxima(predict, n_pool_rows, len(rows), graph.n_columns, exact=exact)
@@ -291,7 +297,7 @@ def _grow_on_graph(view: RunView, network: Any, new_embeddings: np.ndarray, col_
 
 
 def union_graph(view: RunView, network: Any, embeddings: tuple[np.ndarray, np.ndarray], n_pool_rows: int, n_new: int,
-                neighbours: int, *, executor: Executor | None = None) -> tuple[NeighbourGraph, BlockPredictor, ExactValues]:
+                neighbours: int, *, executor: Executor | None = None, progress: bool = False) -> tuple[NeighbourGraph, BlockPredictor, ExactValues]:
     """The union's neighbour graph as :func:`~nncift.steps.select_sparse.select_on_graph` builds a run's, with the run's builder
     (the exact and predicted-blocks graphs on ``executor``, default: local): (graph, the predictor of its row blocks, the
     exact values folded in). ``embeddings``: the union's (rows, columns); rows: the union's pool rows (``n_pool_rows``, old
@@ -309,13 +315,14 @@ def union_graph(view: RunView, network: Any, embeddings: tuple[np.ndarray, np.nd
     if builder == "blocks":  # the paper MLP or an anchored network: its blocks hold the self-pair term
         exact = _union_labels(view, n_new, n_pool_rows, None, None)
         source = GraphSource.predicted(network, row_embeddings, col_embeddings, own)
-        return executor.neighbour_graph(source, neighbours, n_rows=n_graph, exact=exact), source.predictor(), exact
+        return executor.neighbour_graph(source, neighbours, n_rows=n_graph, exact=exact, progress=progress), source.predictor(), exact
     form = inner_product_form(network, row_embeddings, col_embeddings, self_cols=own)
     exact = _union_labels(view, n_new, n_pool_rows, own, form.self_terms)
     row_features, col_features = form.row_features, form.col_features
     predict: BlockPredictor = lambda start, stop: row_features[start:stop] @ col_features.T  # noqa: E731
     if builder == "exact":
-        return executor.neighbour_graph(GraphSource.features(row_features, col_features), neighbours, n_rows=n_graph, exact=exact), predict, exact
+        graph = executor.neighbour_graph(GraphSource.features(row_features, col_features), neighbours, n_rows=n_graph, exact=exact, progress=progress)
+        return graph, predict, exact
     if builder in ("faiss-hnsw", "faiss-ivf"):
         graph = faiss_graph(row_features[:n_graph], col_features, neighbours, exact=exact, index="ivf" if builder == "faiss-ivf" else "hnsw")
         return graph, predict, exact

@@ -19,7 +19,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from nncift.data.records import LoadReport, Record
 from nncift.run.check import check_run_files
 from nncift.run.view import RunView, read_run
-from nncift.settings.stages import SelectSettings
+from nncift.settings.stages import ExecutorSettings, SelectSettings
 from nncift.steps.add import add_to_run
 from nncift.steps.inspect import inspect_run
 from nncift.steps.score import ScoreResult, score_records
@@ -50,11 +50,12 @@ class Run(RunView):
 
     def add(self, records: Sequence[Record], out: str | Path, *, budget: float | None = None, pool: Sequence[Record] | None = None,
             targets: Sequence[Record] | None = None, reports: Sequence[LoadReport] = (), new_paths: Sequence[str] = (),
-            progress: bool = True) -> SelectionResult:
+            executor: ExecutorSettings | None = None, progress: bool = True) -> SelectionResult:
         """Grow this run's selection with new ``records``; write the union's run into ``out`` (:func:`nncift.steps.add.add_to_run`).
-        ``pool``/``targets``: this run's records when they were passed in code (else they are read again from its files)."""
+        ``pool``/``targets``: this run's records when they were passed in code (else they are read again from its files);
+        ``executor``: where a sparse run's union graph and GreeDi's parts run (default: this run's executor)."""
         return add_to_run(self, records, out, budget=budget, pool=pool, targets=targets, reports=reports, new_paths=new_paths,
-                          progress=progress)
+                          executor=executor, progress=progress)
 
     def inspect(self, *, target: int | None = None, candidate: int | None = None, top: int = 10) -> dict[str, Any]:
         """What the run chose and why, as a JSON-ready dict (:func:`nncift.steps.inspect.inspect_run`)."""
