@@ -116,6 +116,7 @@ def test_demo_runs_on_builtin_data(tmp_path: Path) -> None:
     assert manifest["settings"]["influence"] == "delift-se"  # the default
     assert f"{manifest['positive_gain_picks']} picks with a positive gain" in run.stdout and manifest["positive_gain_picks"] > 48
     assert "influence network (two-tower)" in run.stdout and "shipped:" in run.stdout
+    assert "the network read each record's text (--network.input auto)" in run.stdout  # DELIFT-SE's own choice
 
 
 def test_help_says_how_each_list_flag_takes_several_values() -> None:

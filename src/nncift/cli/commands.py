@@ -157,6 +157,10 @@ def _print_summary(result: Any) -> None:
         from nncift.run.report import describe_training
 
         print(describe_training(training))
+    reading = manifest.get("network_input")
+    if reading:
+        weight = f" (response weight {reading['response_weight']:g})" if reading["network_input"] == "text+response" else ""
+        print(f"  the network read each record's {reading['network_input']}{weight} (--network.input {manifest['settings']['network']['input']})")
     print(f"selected {counts['selected']} records with {manifest['objective']} (objective {result.objective:.4f})")
     if manifest.get("selection_mode") == "sparse":
         from nncift.steps.select_sparse import describe_mode
