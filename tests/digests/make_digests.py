@@ -99,7 +99,18 @@ def _api() -> dict[str, Any]:
                                           "nncift.experiments.experiment:load_experiment_config"),
         "build_splits": _import("nncift_research.experiment_data:build_splits", "nncift.experiments.experiment_data:build_splits"),
         "bundled_lm_path": _import("nncift.models.loading:bundled_lm_path", "nncift.models:bundled_lm_path"),
+        "added_settings": _added_settings(),
     }
+
+
+def _added_settings() -> dict[str, Any]:
+    """Settings newer than the digests, at the values the code then ran with (``ADDED_SETTINGS``; none in trees older than
+    it): every case runs as a folder of that time resumes, so the digests of any tree describe the same selections."""
+    try:
+        from nncift.steps.select import ADDED_SETTINGS
+    except ImportError:
+        return {}
+    return dict(ADDED_SETTINGS)
 
 
 def tiny_lm(folder: Path, tokenizer_dir: Path) -> Path:
@@ -129,6 +140,7 @@ def fresh_cache(folder: Path, models: Path) -> Path:
 def run_case(case: dict[str, Any], folder: Path, api: dict[str, Any], tiny_lm_dir: Path) -> dict[str, Any]:
     """Run one case in ``folder``: its settings, picks (pool indices in order) and objective value (rounded to 1e-6)."""
     inputs = case["inputs"]
+    case = {**case, "settings": {**api["added_settings"], **case["settings"]}}
     if inputs["source"] == "demo":
         records = api["demo_records"](inputs["n"], seed=inputs["seed"])
         pool = records[slice(*inputs["pool"])]
