@@ -287,3 +287,15 @@ def test_ctrl_c_while_the_parser_is_built_exits_130_in_one_line() -> None:
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert run.returncode == 130, run.stderr
     assert run.stderr.strip() == "nncift: interrupted before the command started; nothing was written"
+
+
+def test_a_response_weight_the_input_would_ignore_is_refused(capsys: pytest.CaptureFixture[str], pool: Path, tmp_path: Path) -> None:
+    """DELIFT-SE reads the text alone under auto (and with --network.input text): a response weight other than the default
+    would change nothing, so it is refused before anything is written, saying how to read the response."""
+    out = tmp_path / "run"
+    err = _refused(capsys, ["select", "--data", str(pool), "--out", str(out), "--network.response-weight", "0.5", "--quiet"],
+                   "--network.response-weight 0.5 has no effect: the network reads the text alone (--network.input auto reads the text for delift-se)")
+    assert "--network.input text+response" in err and not out.exists()
+    _refused(capsys, ["select", "--influence", "less", "--data", str(pool), "--out", str(out), "--network.input", "text",
+                      "--network.response-weight", "0.5", "--quiet"], "has no effect: the network reads the text alone; add")
+    assert not out.exists()

@@ -94,9 +94,9 @@ def check_model(name: str, flag: str) -> None:
 
 
 def check_select(settings: Any, options: dict[str, Any], *, out: str, force: bool) -> None:
-    """Everything ``select`` checks before writing, beyond the settings themselves: the output folder, devices and models."""
-
-
+    """Everything ``select`` checks before writing, beyond the settings themselves: the output folder, devices and models,
+    and a response weight that the run's input would ignore."""
+    check_response_weight(settings)
     check_out_folder(out, data=[*settings.data, *settings.targets], force=force)
     check_device(settings.device)
     if "device" in options:
@@ -106,6 +106,20 @@ def check_select(settings: Any, options: dict[str, Any], *, out: str, force: boo
         check_model(options["similarity_embedder"], f"--{settings.influence}.similarity-embedder")
     for model in options.get("models") or ():
         check_model(str(model), "--model")
+
+
+def check_response_weight(settings: SelectSettings) -> None:
+    """Refuse a ``--network.response-weight`` other than the default when the run's network reads no response (``text``, or
+    ``auto`` resolved to ``text``): the weight would be ignored without a word."""
+    from nncift.influence import network_reading
+    from nncift.settings.choices import DEFAULT_RESPONSE_WEIGHT
+
+    if settings.network.response_weight == DEFAULT_RESPONSE_WEIGHT:
+        return
+    if network_reading(settings.influence, settings.network)["network_input"] == "text":
+        chosen = "" if settings.network.input == "text" else f" (--network.input auto reads the text for {settings.influence})"
+        raise InputError(f"--network.response-weight {settings.network.response_weight:g} has no effect: the network reads the text alone{chosen}; "
+                         "add --network.input text+response to read the response too")
 
 
 def check_labelled_block(settings: SelectSettings, function_class: type[InfluenceFunction], objective: str, pool: Sequence[Record],
