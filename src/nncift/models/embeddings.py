@@ -203,7 +203,6 @@ def embed_records(records: Sequence[Record], *, network_input: str = "text", res
         raise ValueError(f"network input must be text or text+response, got {network_input!r}")
     if not 0.0 <= response_weight <= 1.0:
         raise ValueError(f"the response weight must lie in [0, 1], got {response_weight!r}")
-    responses = embed_texts([response_text(record) for record in records], **kwargs)
-    text_half, response_half = (half / np.maximum(np.linalg.norm(half, axis=1, keepdims=True), 1e-12) for half in (vectors, responses))
-    weights = (math.sqrt(1.0 - response_weight * response_weight), response_weight)
-    return np.concatenate([weights[0] * text_half, weights[1] * response_half], axis=1).astype(np.float32)
+    responses = embed_texts([response_text(record) for record in records], **kwargs)  # unit rows, as ``vectors``
+    text_weight = math.sqrt(1.0 - response_weight * response_weight)
+    return np.concatenate([text_weight * vectors, response_weight * responses], axis=1).astype(np.float32)

@@ -230,9 +230,7 @@ def extend_greedi(graph: NeighbourGraph, count: int, chosen: np.ndarray, partiti
     the candidates not chosen yet, parted with ``seed``. ``partitions`` ≤ 1: one lazy greedy (:func:`extend_on_graph`).
     Returns the added picks (original column indices; gains and objective over the kept picks' coverage) and what the
     manifest says (as :func:`greedi`)."""
-    others, rest, cover = graph_after(graph, chosen, cap=cap, initial=initial)
-    if not 0 <= count <= rest.size:
-        raise ValueError(f"cannot add {count} candidates: {rest.size} are not chosen yet")
+    others, rest, cover = graph_after(graph, chosen, count, cap=cap, initial=initial)
     added, info = greedi(others, int(count), partitions, seed=seed, name=name, cap=cap, initial=cover, run_parts=run_parts)
     return Selection(rest[added.indices], added.gains, added.objective, name, added.n_positive), info
 

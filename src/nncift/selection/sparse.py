@@ -264,13 +264,16 @@ def _covered(graph: NeighbourGraph, picks: np.ndarray, cap: np.ndarray | None, i
     return cover, start
 
 
-def graph_after(graph: NeighbourGraph, chosen: np.ndarray, *, cap: np.ndarray | None = None,
+def graph_after(graph: NeighbourGraph, chosen: np.ndarray, count: int, *, cap: np.ndarray | None = None,
                 initial: np.ndarray | None = None) -> tuple[NeighbourGraph, np.ndarray, np.ndarray]:
-    """What a greedy continued from ``chosen`` works on: (the graph without the chosen columns, renumbered; the original index
-    of each remaining column, int64; each row's coverage by ``chosen``, clipped at 0 and at ``cap``, ``initial`` when higher,
-    float32), the start coverage of that greedy."""
+    """What a greedy that adds ``count`` candidates to ``chosen`` works on: (the graph without the chosen columns, renumbered;
+    the original index of each remaining column, int64; each row's coverage by ``chosen``, clipped at 0 and at ``cap``,
+    ``initial`` when higher, float32), the start coverage of that greedy. Raises ``ValueError`` when fewer than ``count``
+    candidates are left."""
     kept = np.unique(np.asarray(chosen, dtype=np.int64))
     rest = np.setdiff1d(np.arange(graph.n_columns, dtype=np.int64), kept)
+    if not 0 <= count <= rest.size:
+        raise ValueError(f"cannot add {count} candidates: {rest.size} are not chosen yet")
     cover, _ = _covered(graph, kept, cap, initial)
     rows = np.repeat(np.arange(graph.n_rows), np.diff(graph.indptr))
     free = ~np.isin(graph.columns, kept)
@@ -285,9 +288,7 @@ def extend_on_graph(graph: NeighbourGraph, count: int, chosen: np.ndarray, *, ca
     the graph (clipped at 0 and at ``cap``; ``initial`` when higher), and lazy greedy adds ``count`` of the other candidates
     (their conditional gain; entries outside the graph count 0). The picks of :func:`extend_greedy` on
     :meth:`NeighbourGraph.to_dense`, with no (rows × candidates) matrix: the chosen columns are dropped from the graph."""
-    others, rest, cover = graph_after(graph, chosen, cap=cap, initial=initial)
-    if not 0 <= count <= rest.size:
-        raise ValueError(f"cannot add {count} candidates: {rest.size} are not chosen yet")
+    others, rest, cover = graph_after(graph, chosen, count, cap=cap, initial=initial)
     added = graph_greedy(others, int(count), cap=cap, initial=cover, name=name)  # the kept picks' coverage is the start
     return Selection(rest[added.indices], added.gains, added.objective, name, added.n_positive)
 
