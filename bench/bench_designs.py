@@ -50,6 +50,8 @@ def _cost(seen_rows: np.ndarray, seen_cols: np.ndarray, n_pool_rows: int) -> int
 
 VALIDATION_RULES = {
     "every fold, mean > SE (shipped)": lambda diff: bool(np.all(diff > 1e-9) and diff.mean() > diff.std(ddof=1) / np.sqrt(diff.size)),
+    "every fold, mean > 2 SE": lambda diff: bool(np.all(diff > 1e-9) and diff.mean() > 2 * diff.std(ddof=1) / np.sqrt(diff.size)),
+    "no fold worse, mean > SE": lambda diff: bool(np.all(diff > -1e-9) and diff.mean() > diff.std(ddof=1) / np.sqrt(diff.size)),
     "mean > SE": lambda diff: bool(diff.mean() > diff.std(ddof=1) / np.sqrt(diff.size)),
     "mean > corrected SE (Nadeau–Bengio, 4 folds)": lambda diff: bool(diff.mean() > diff.std(ddof=1) * np.sqrt(1 / diff.size + 1 / 3)),
     "mean > 0": lambda diff: bool(diff.mean() > 1e-9),

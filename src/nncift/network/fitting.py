@@ -20,8 +20,10 @@ The network predicts pairs it has never seen, so validation holds out what predi
    nearby records) — are scored on the held-out pairs by a selection-aware criterion
    (:mod:`nncift.network.validation`: per-row Spearman and f_gain of the run's own selection). A candidate
    replaces the prior only if it is better on every fold, and on average by more than one standard
-   error of the per-fold differences. With fewer than 3 folds of 5 records (or candidates), the prior is
-   shipped and the report says why.
+   error of the per-fold differences. Every choice made on the folds (an anchor or calibration kernel, the
+   network's grid point and step count) is made for fold i on the other folds, so fold i's score is that
+   of the whole procedure on pairs it has not seen (:mod:`nncift.network.candidates`). With fewer than 3
+   folds of 5 records (or candidates), the prior is shipped and the report says why.
 4. The chosen predictor is retrained on every labelled pair with the chosen settings, and the report
    says in words why it was shipped.
 
@@ -43,12 +45,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from nncift.network.anchors import NEIGHBOURS, SHRINKS, TEMPERATURES, Anchors, anchor_correction
+from nncift.network.anchors import Anchors
+from nncift.network.candidates import Folds, out_of_fold_points, validate_candidates
 from nncift.network.folds import MIN_RECORDS_PER_FOLD, fold_masks, sampled_self_cols, training_sample
-from nncift.network.row_calibration import CALIBRATION_TEMPERATURES, RowCalibration
+from nncift.network.row_calibration import RowCalibration
 from nncift.network.tower_training import PairBlock, step_sub_block, train_stacked
 from nncift.network.towers import TwoTowerNetwork
-from nncift.network.validation import MIN_FOLDS, choose_candidate, explain_choice, mean_criteria, selection_criterion
+from nncift.network.validation import MIN_FOLDS, choose_candidate, explain_choice, mean_criteria
 from nncift.settings.stages import NetworkSettings
 
 __all__ = ["FitSettings", "FitReport", "fit_pairwise", "calibrate_prior", "one_torch_thread"]
@@ -74,6 +77,9 @@ class FitSettings:
     """On held-out candidates, score the selection with the fold's training candidates beside them at their exact values
     (as the run's selection sees them); False: the held-out candidates alone (the rule before row calibration: the
     benchmarks' ablation)."""
+    choices_out_of_fold: bool = True
+    """Score fold i with the kernels, grid point and step count chosen on the other folds (:mod:`nncift.network.candidates`);
+    False: chosen on every fold and judged on the same folds (the rule before 2026-12-03: the benchmarks' ablation)."""
     validation_repeats: int = 1
     """Repeated cross-validation: the record folds are drawn this many times (seeds ``seed``, ``seed + 1``, …) and every
     fold of every repeat is trained and scored, so the choice rests on ``folds × repeats`` held-out blocks. Runs use 1:
@@ -201,80 +207,6 @@ def _validation_error(prediction: np.ndarray, target: np.ndarray, mask: np.ndarr
     return float((error ** 2).sum() / max(int(mask.sum()), 1))
 
 
-def _anchored(data: PairBlock, base: np.ndarray, train: np.ndarray, kernel: tuple[float, float, int]) -> np.ndarray:
-    """``base`` plus the anchor correction read from the ``train`` pairs' residuals of ``base``, on the whole block."""
-    anchors = Anchors.from_block(data.rows.numpy(), data.cols.numpy(), data.labels - base, train & ~data.self_mask, *kernel)
-    return base + anchor_correction(data.rows, data.cols, anchors).numpy()
-
-
-def _calibrated(data: PairBlock, base: np.ndarray, train: np.ndarray, temperature: float) -> np.ndarray:
-    """``base`` with each row's line fitted on the ``train`` pairs (:mod:`nncift.network.row_calibration`), on the whole block."""
-    calibration = RowCalibration.fit(data.rows.numpy(), base, data.labels, train & ~data.self_mask, temperature)
-    a, b = (v.numpy().astype(np.float64) for v in calibration.lines(data.rows))
-    return a[:, None] * base + b[:, None]
-
-
-def _validate(data: PairBlock, settings: FitSettings, folds: list[tuple[int, np.ndarray, np.ndarray]], bases: dict[str, list[np.ndarray]],
-              objective: str, candidate_scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | None, *, with_exact: bool = False
-              ) -> tuple[dict[str, list[dict[str, float]]], dict[str, tuple[float, ...]]]:
-    """Per candidate, the selection criterion on each fold; and each anchored (:data:`KERNELS`) or row-calibrated
-    (:data:`CALIBRATION_TEMPERATURES`) candidate's kernel.
-
-    ``bases[name][i]``: fold i's (R, C) standardised predictions of a base predictor trained without that
-    fold. Each base is scored as it is, with label anchors and with row calibration (each with the kernel of the
-    best mean criterion).
-    """
-    variants: dict[str, tuple[Callable[[np.ndarray, np.ndarray, tuple[float, ...]], np.ndarray], list[tuple[float, ...]]]] = {
-        "anchors": (lambda base, train, kernel: _anchored(data, base, train, kernel), list(KERNELS)),  # type: ignore[arg-type]
-        "row calibration": (lambda base, train, kernel: _calibrated(data, base, train, kernel[0]), [(t,) for t in CALIBRATION_TEMPERATURES]),
-    }
-    full: dict[str, list[np.ndarray]] = {}
-    for name, predictions in bases.items():
-        for (_, train, _), base in zip(folds, predictions):
-            full.setdefault(name, []).append(base)
-            for variant, (make, kernels_tried) in variants.items():
-                for kernel in kernels_tried:
-                    full.setdefault(f"{name} + {variant}@{kernel}", []).append(make(base, train, kernel))
-    scored = {key: _fold_criteria(data, settings, folds, values, objective, candidate_scores, with_exact) for key, values in full.items()}
-    chosen = {name: scored[name] for name in bases}
-    kernels: dict[str, tuple[float, ...]] = {}
-    for name in bases:
-        for variant, (_, kernels_tried) in variants.items():
-            key = f"{name} + {variant}"
-            best = max(kernels_tried, key=lambda kernel: mean_criteria(scored[f"{key}@{kernel}"])["criterion"])
-            chosen[key], kernels[key] = scored[f"{key}@{best}"], best
-    return chosen, kernels
-
-
-KERNELS = tuple((tau, kappa, NEIGHBOURS) for tau in TEMPERATURES for kappa in SHRINKS) + tuple((tau, 1.0, 0) for tau in TEMPERATURES)
-"""Anchor kernels tried: (τ, κ, neighbours); neighbours 0 = every labelled candidate alike, i.e. each labelled row's mean
-residual (per-row offset calibration), borrowed by unlabelled rows from their nearest labelled rows."""
-
-
-def _fold_criteria(data: PairBlock, settings: FitSettings, folds: list[tuple[int, np.ndarray, np.ndarray]], values: list[np.ndarray],
-                   objective: str, candidate_scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | None,
-                   with_exact: bool = False) -> list[dict[str, float]]:
-    """The criterion of each fold on its held-out pairs (all predicted, as nearly every pair of a run is).
-
-    ``with_exact`` (held-out candidates, every row labelled): the selection also sees the fold's training candidates
-    with their exact values, as a run's selection sees its labelled candidates beside the predicted ones, so a
-    predictor whose values are off the labels' scale loses what it would lose in the run (the exact candidates
-    winning, or losing, the budget by scale alone).
-    """
-    out = []
-    for (_, train, val), predicted in zip(folds, values):
-        shown = (val | train) if with_exact else val
-        rows, cols = np.flatnonzero(shown.any(axis=1)), np.flatnonzero(shown.any(axis=0))
-        block = np.ix_(rows, cols)
-        true = np.where(shown[block], data.labels[block], np.nan)
-        filled = np.where(np.isfinite(true), true, np.nanmean(true))
-        seen = np.where(train[block], data.labels[block], predicted[block]) if with_exact else predicted[block]
-        aggregate = None if candidate_scores is None else (lambda matrix, rows=rows: candidate_scores(matrix, rows))
-        out.append(selection_criterion(filled, np.where(np.isfinite(true), seen, np.nanmean(seen)),
-                                       settings.validation_budget, objective, settings.network.seed, aggregate))
-    return out
-
-
 def fit_pairwise(row_embeddings: np.ndarray, col_embeddings: np.ndarray, labels: np.ndarray, settings: FitSettings, *,
                  self_cols: np.ndarray | None = None, objective: str = "fl",
                  candidate_scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None, held_out: str = "records",
@@ -374,40 +306,48 @@ def _grid_curves(data: PairBlock, settings: FitSettings, folds: list[tuple[int, 
     return curves, priors
 
 
-def _chosen_network(data: PairBlock, settings: FitSettings, report: FitReport, folds: list[tuple[int, np.ndarray, np.ndarray]],
-                    grid: list[tuple[float, float]], curves: np.ndarray, priors: list[np.ndarray], objective: str,
+def _chosen_network(data: PairBlock, settings: FitSettings, report: FitReport, folds: Folds, grid: list[tuple[float, float]],
+                    curves: np.ndarray, priors: list[np.ndarray], objective: str,
                     candidate_scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | None) -> TwoTowerNetwork:
     """The grid point and step count with the lowest mean validation error; every candidate (prior, network, blend, each
-    with and without anchors) scored on the folds; the one :func:`choose_candidate` ships, trained on every labelled pair.
-    Fills in the report's training settings, candidates and choice."""
-    mean_curves = curves.mean(axis=1)  # (grid, evals)
-    g, e = (int(i) for i in np.unravel_index(int(np.nanargmin(mean_curves)), mean_curves.shape))
+    as it is, with anchors and with row calibration) scored on the folds, each fold's network trained at the point chosen
+    on the other folds (:mod:`nncift.network.candidates`); the one :func:`choose_candidate` ships, trained on every
+    labelled pair. Fills in the report's training settings, candidates and choice."""
+    (g, e), per_fold = out_of_fold_points(curves)
+    per_fold = per_fold if settings.choices_out_of_fold else [(g, e)] * len(folds)
     report.learning_rate, report.weight_decay = grid[g]
-    report.steps, report.validation_curve = e * settings.eval_every, [float(v) for v in mean_curves[g]]
-    trained = _fold_predictions(data, settings, folds, grid[g], report.steps)
+    report.steps, report.validation_curve = e * settings.eval_every, [float(v) for v in curves.mean(axis=1)[g]]
+    trained = _fold_predictions(data, settings, folds, [grid[fg] for fg, _ in per_fold], [fe * settings.eval_every for _, fe in per_fold])
     bases = {"prior": priors, "network": trained, "blend": [0.5 * (a + b) for a, b in zip(priors, trained)]}
     shows_exact = report.held_out == "columns" and settings.criterion_shows_exact
-    per_fold, kernels = _validate(data, settings, folds, bases, objective, candidate_scores, with_exact=shows_exact)
-    report.candidates = {name: mean_criteria(values) for name, values in per_fold.items()}
-    report.fold_criteria = {name: [p["criterion"] for p in values] for name, values in per_fold.items()}
-    report.chosen = choose_candidate(per_fold, ["prior", "blend", "network", "prior + anchors", "blend + anchors", "network + anchors",
-                                                "prior + row calibration", "blend + row calibration", "network + row calibration"],
+    per_fold_criteria, kernels = validate_candidates(data, settings.validation_budget, settings.network.seed, folds, bases, objective,
+                                                     candidate_scores, with_exact=shows_exact, choose_out_of_fold=settings.choices_out_of_fold)
+    report.candidates = {name: mean_criteria(values) for name, values in per_fold_criteria.items()}
+    report.fold_criteria = {name: [p["criterion"] for p in values] for name, values in per_fold_criteria.items()}
+    report.chosen = choose_candidate(per_fold_criteria, ["prior", "blend", "network", "prior + anchors", "blend + anchors", "network + anchors",
+                                                         "prior + row calibration", "blend + row calibration", "network + row calibration"],
                                      settings.network.fallback, settings.force)
     return _final_network(data, settings, report, kernels.get(report.chosen))
 
 
-def _fold_predictions(data: PairBlock, settings: FitSettings, folds: list[tuple[int, np.ndarray, np.ndarray]], point: tuple[float, float],
-                      steps: int) -> list[np.ndarray]:
-    """Each fold's (R, C) standardised predictions of the network at the chosen grid point and step count (retrained: the
-    grid's trainings keep only validation errors, not k × grid × steps full predictions)."""
+def _fold_predictions(data: PairBlock, settings: FitSettings, folds: Folds, points: list[tuple[float, float]], steps: list[int]) -> list[np.ndarray]:
+    """Each fold's (R, C) standardised predictions of its network trained at its own grid point and step count (retrained
+    together: the grid's trainings keep only validation errors, not k × grid × steps full predictions)."""
     networks = [_build_two_tower(data, settings, train, settings.network.seed + fold) for fold, train, _ in folds]
-    train_stacked(networks, data, [train for _, train, _ in folds], [point[0]] * len(folds), [point[1]] * len(folds), steps, None,
-                settings.eval_every, centre_rows=settings.network.loss == "row-centred", step_pairs=settings.network.step_pairs,
-                seed=settings.network.seed)
-    self_t = None if data.self_cols is None else torch.from_numpy(data.self_cols)
-    cos = torch.from_numpy(data.cos.astype(np.float32))
-    with torch.no_grad():
-        return [n.standardised_block(data.rows, data.cols, self_t, cos=cos).numpy().astype(np.float64) for n in networks]
+    if not networks:
+        return []
+    predictions: list[np.ndarray | None] = [None] * len(networks)
+
+    def keep(step: int, block: np.ndarray) -> None:
+        for i, wanted in enumerate(steps):
+            if step == wanted:
+                predictions[i] = block[i].astype(np.float64)
+
+    train_stacked(networks, data, [train for _, train, _ in folds], [p[0] for p in points], [p[1] for p in points], max(steps), keep,
+                  settings.eval_every, centre_rows=settings.network.loss == "row-centred", step_pairs=settings.network.step_pairs,
+                  seed=settings.network.seed)
+    assert all(p is not None for p in predictions)  # every step is a multiple of eval_every, up to max(steps)
+    return [p for p in predictions if p is not None]
 
 
 def _final_network(data: PairBlock, settings: FitSettings, report: FitReport, kernel: tuple[float, ...] | None) -> TwoTowerNetwork:

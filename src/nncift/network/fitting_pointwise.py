@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from nncift.network.candidates import out_of_fold_points
 from nncift.network.fitting import FitReport, FitSettings, one_torch_thread
 from nncift.network.towers import PointwiseNetwork
 from nncift.network.validation import selection_criterion
@@ -67,23 +68,27 @@ def fit_pointwise(embeddings: np.ndarray, labels: np.ndarray, settings: FitSetti
 
 def _validate_pointwise(x: np.ndarray, y: np.ndarray, k: int, settings: FitSettings, report: FitReport) -> None:
     """Choose the ridge penalty, grid point and step count on ``k`` seeded record folds, then the candidate to ship from the
-    pooled out-of-fold predictions; written into ``report``."""
+    pooled out-of-fold predictions (each fold's from the penalty, grid point and step chosen on the other folds); written
+    into ``report``."""
     n = len(y)
     fold = np.empty(n, dtype=np.int64)
     fold[np.random.default_rng(settings.network.seed).permutation(n)] = np.arange(n) % k
     grid = [(lr, wd) for lr in settings.learning_rates for wd in settings.weight_decays]
     curves, snapshots = _pointwise_curves(x, y, fold, k, grid, settings)
     mean_curves = np.nanmean(curves, axis=2)
-    p, g, e = (int(i) for i in np.unravel_index(int(np.nanargmin(mean_curves)), mean_curves.shape))
+    # what the final fit uses: the best on every fold; what fold f is scored with: the best on the other folds
+    (pg, e), per_fold = out_of_fold_points(curves.reshape(-1, k, curves.shape[-1]))
+    per_fold = per_fold if settings.choices_out_of_fold else [(pg, e)] * k
+    p, g = divmod(pg, len(grid))
     report.learning_rate, report.weight_decay = grid[g]
     report.steps = int(e) * settings.eval_every
     report.prior = {"ridge_penalty": RIDGE_PENALTIES[p]}
     report.validation_curve = [float(v) for v in mean_curves[p, g]]
     # out-of-fold predictions of every record, pooled: one ranking of all n records per candidate
     oof = {"ridge": np.empty(n), "network": np.empty(n)}
-    for f in range(k):
-        shots = snapshots[(p, g, f)]
-        oof["ridge"][fold == f], oof["network"][fold == f] = shots[0], shots[e]
+    for f, (fold_pg, fold_e) in enumerate(per_fold):
+        shots = snapshots[divmod(fold_pg, len(grid)) + (f,)]
+        oof["ridge"][fold == f], oof["network"][fold == f] = shots[0], shots[fold_e]
     oof["blend"] = 0.5 * (oof["ridge"] + oof["network"])
     # the mean ranks nothing: its subset is a random one (f_gain 0) and its ρ is 0
     report.candidates = {"prior": {"spearman": 0.0, "f_gain": 0.0, "mse": float(np.mean(y ** 2)), "criterion": 0.0}}

@@ -13,7 +13,8 @@ criterion is therefore the mean of
   aggregation over rows) on the held-out block (:mod:`nncift.selection.subset_quality`).
 
 :func:`choose_candidate` ships a learned candidate only when it beats the prior on every fold, and
-on average by more than one standard error of the per-fold differences.
+on average by more than one standard error of the per-fold differences. The per-fold scores it compares are
+out of fold for every choice made on the folds (:mod:`nncift.network.candidates`).
 """
 
 from __future__ import annotations
