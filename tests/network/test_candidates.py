@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nncift.network.candidates import VARIANTS, fold_criteria, out_of_fold, out_of_fold_points, validate_candidates
+from nncift.network.candidates import VARIANTS, fold_criteria, other_folds, out_of_fold, out_of_fold_points, validate_candidates
 from nncift.network.fitting import FitSettings, _pair_data, fit_pairwise
 from nncift.network.folds import fold_masks
 from nncift.network.paper import NetworkSettings
@@ -82,3 +82,15 @@ def test_labels_of_pure_noise_ship_the_prior_on_every_seed():
         _, report = fit_pairwise(x, x, np.random.default_rng(seed).standard_normal((48, 48)), settings, self_cols=np.arange(48))
         assert report.chosen == "prior", report.note
         assert all(len(values) == 4 for values in report.fold_criteria.values())
+
+
+def test_with_repeated_folds_only_folds_whose_held_out_pairs_do_not_overlap_choose_for_each_other():
+    data = _block()
+    one_draw, _ = fold_masks(data.mask, data.self_cols, 4, 0, 1, "records")
+    assert np.array_equal(other_folds(one_draw), ~np.eye(len(one_draw), dtype=bool))  # a single draw: every other fold
+    two_draws, _ = fold_masks(data.mask, data.self_cols, 4, 0, 2, "records")
+    usable = other_folds(two_draws)
+    for i, (_, _, held_i) in enumerate(two_draws):
+        for j, (_, _, held_j) in enumerate(two_draws):
+            assert usable[i, j] == (i != j and not (held_i & held_j).any())
+    assert usable[:4, :4].sum() == 12 and not usable[:4, 4:].all()  # the same draw chooses; the other draw's overlapping folds do not

@@ -23,7 +23,7 @@ from nncift.network.row_calibration import CALIBRATION_TEMPERATURES, RowCalibrat
 from nncift.network.tower_training import PairBlock
 from nncift.network.validation import selection_criterion
 
-__all__ = ["KERNELS", "VARIANTS", "Folds", "validate_candidates", "fold_criteria", "out_of_fold", "out_of_fold_points"]
+__all__ = ["KERNELS", "VARIANTS", "Folds", "validate_candidates", "fold_criteria", "other_folds", "out_of_fold", "out_of_fold_points"]
 
 Folds = list[tuple[int, np.ndarray, np.ndarray]]
 """(fold id, training mask, held-out mask) per fold, masks over the labelled block."""
@@ -54,17 +54,30 @@ VARIANTS: dict[str, tuple[Callable[[PairBlock, np.ndarray, np.ndarray, tuple[flo
 """Each variant of a base predictor: how it is made from the base and a fold's training pairs, and the kernels tried."""
 
 
-def out_of_fold(scores: list[list[dict[str, float]]]) -> tuple[list[dict[str, float]], int]:
+def other_folds(folds: Folds) -> np.ndarray:
+    """(folds, folds) boolean: fold j may choose for fold i when their held-out pairs do not overlap (the other folds of the
+    same draw; with repeated folds, a fold of another draw that shares held-out pairs with fold i would leak them)."""
+    n = len(folds)
+    usable = np.zeros((n, n), dtype=bool)
+    for i in range(n):
+        for j in range(i + 1, n):
+            usable[i, j] = usable[j, i] = not bool((folds[i][2] & folds[j][2]).any())
+    return usable
+
+
+def out_of_fold(scores: list[list[dict[str, float]]], usable: np.ndarray | None = None) -> tuple[list[dict[str, float]], int]:
     """Per fold, the criteria of the option chosen on the *other* folds; and the option best on all folds (what ships).
 
-    ``scores[k][i]``: option k's criteria on fold i. With one fold there is nothing else to choose on: that fold's best."""
+    ``scores[k][i]``: option k's criteria on fold i. ``usable[i]``: the folds that may choose for fold i (default: every
+    other fold; :func:`other_folds`). A fold with none to choose on gets the option best on all folds."""
     table = np.array([[s["criterion"] for s in option] for option in scores], dtype=np.float64)  # (options, folds)
+    n = table.shape[1]
+    usable = ~np.eye(n, dtype=bool) if usable is None else usable
     filled = np.where(np.isfinite(table), table, -np.inf)
-    best_overall = int(np.argmax(_mean_over(filled, np.ones(table.shape[1], dtype=bool))))
+    best_overall = int(np.argmax(_mean_over(filled, np.ones(n, dtype=bool))))
     per_fold = []
-    for i in range(table.shape[1]):
-        others = np.arange(table.shape[1]) != i
-        chosen = int(np.argmax(_mean_over(filled, others))) if others.any() else best_overall
+    for i in range(n):
+        chosen = int(np.argmax(_mean_over(filled, usable[i]))) if usable[i].any() else best_overall
         per_fold.append(scores[chosen][i])
     return per_fold, best_overall
 
@@ -74,19 +87,20 @@ def _mean_over(filled: np.ndarray, folds: np.ndarray) -> np.ndarray:
     return filled[:, folds].mean(axis=1)
 
 
-def out_of_fold_points(curves: np.ndarray) -> tuple[tuple[int, int], list[tuple[int, int]]]:
+def out_of_fold_points(curves: np.ndarray, usable: np.ndarray | None = None) -> tuple[tuple[int, int], list[tuple[int, int]]]:
     """The (grid point, evaluation) with the lowest mean validation error over all folds (what the run trains), and
     per fold the one lowest over the other folds (what that fold's network is trained at to be scored).
 
-    ``curves``: (grid, folds, evaluations) validation errors."""
+    ``curves``: (grid, folds, evaluations) validation errors; ``usable`` as in :func:`out_of_fold`."""
     def best(folds: np.ndarray) -> tuple[int, int]:
         mean = curves[:, folds, :].mean(axis=1)
         g, e = np.unravel_index(int(np.nanargmin(mean)), mean.shape)
         return int(g), int(e)
 
     n = curves.shape[1]
-    every = np.ones(n, dtype=bool)
-    return best(every), [best(np.arange(n) != i) if n > 1 else best(every) for i in range(n)]
+    usable = ~np.eye(n, dtype=bool) if usable is None else usable
+    overall = best(np.ones(n, dtype=bool))
+    return overall, [best(usable[i]) if usable[i].any() else overall for i in range(n)]
 
 
 def validate_candidates(data: PairBlock, validation_budget: float, seed: int, folds: Folds, bases: dict[str, list[np.ndarray]],
@@ -101,13 +115,14 @@ def validate_candidates(data: PairBlock, validation_budget: float, seed: int, fo
     """
     criteria: dict[str, list[dict[str, float]]] = {}
     kernels: dict[str, tuple[float, ...]] = {}
+    usable = other_folds(folds)
     for name, predictions in bases.items():
         criteria[name] = fold_criteria(data, validation_budget, seed, folds, predictions, objective, candidate_scores, with_exact)
         for variant, (make, tried) in VARIANTS.items():
             scores = [fold_criteria(data, validation_budget, seed, folds,
                                     [make(data, base, train, kernel) for (_, train, _), base in zip(folds, predictions)],
                                     objective, candidate_scores, with_exact) for kernel in tried]
-            criteria[f"{name} + {variant}"], best = out_of_fold(scores)
+            criteria[f"{name} + {variant}"], best = out_of_fold(scores, usable)
             if not choose_out_of_fold:
                 criteria[f"{name} + {variant}"] = scores[best]
             kernels[f"{name} + {variant}"] = tried[best]

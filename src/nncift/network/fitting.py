@@ -46,7 +46,7 @@ import torch
 from tqdm import tqdm
 
 from nncift.network.anchors import Anchors
-from nncift.network.candidates import Folds, out_of_fold_points, validate_candidates
+from nncift.network.candidates import Folds, other_folds, out_of_fold_points, validate_candidates
 from nncift.network.folds import MIN_RECORDS_PER_FOLD, fold_masks, sampled_self_cols, training_sample
 from nncift.network.row_calibration import RowCalibration
 from nncift.network.tower_training import PairBlock, step_sub_block, train_stacked
@@ -313,7 +313,7 @@ def _chosen_network(data: PairBlock, settings: FitSettings, report: FitReport, f
     as it is, with anchors and with row calibration) scored on the folds, each fold's network trained at the point chosen
     on the other folds (:mod:`nncift.network.candidates`); the one :func:`choose_candidate` ships, trained on every
     labelled pair. Fills in the report's training settings, candidates and choice."""
-    (g, e), per_fold = out_of_fold_points(curves)
+    (g, e), per_fold = out_of_fold_points(curves, other_folds(folds))
     per_fold = per_fold if settings.choices_out_of_fold else [(g, e)] * len(folds)
     report.learning_rate, report.weight_decay = grid[g]
     report.steps, report.validation_curve = e * settings.eval_every, [float(v) for v in curves.mean(axis=1)[g]]
