@@ -3,6 +3,8 @@ the folds must not also be judged on them (a fold is scored with what the other 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from nncift.network.candidates import VARIANTS, fold_criteria, other_folds, out_of_fold, out_of_fold_points, validate_candidates
@@ -81,6 +83,7 @@ def test_labels_of_pure_noise_ship_the_prior_on_every_seed():
         settings = FitSettings(NetworkSettings(max_steps=60, folds=4, seed=seed), eval_every=10, learning_rates=(3e-3,), weight_decays=(1e-4,))
         _, report = fit_pairwise(x, x, np.random.default_rng(seed).standard_normal((48, 48)), settings, self_cols=np.arange(48))
         assert report.chosen == "prior", report.note
+        assert report.as_dict()["choices"] == "out of fold"  # the manifest says how the folds were scored
         assert all(len(values) == 4 for values in report.fold_criteria.values())
 
 
@@ -94,3 +97,17 @@ def test_with_repeated_folds_only_folds_whose_held_out_pairs_do_not_overlap_choo
         for j, (_, _, held_j) in enumerate(two_draws):
             assert usable[i, j] == (i != j and not (held_i & held_j).any())
     assert usable[:4, :4].sum() == 12 and not usable[:4, 4:].all()  # the same draw chooses; the other draw's overlapping folds do not
+
+
+def test_the_pointwise_fit_reports_its_folds_scored_out_of_fold_and_in_sample_on_request():
+    from nncift.network.fitting_pointwise import fit_pointwise
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((60, 16))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    y = np.tanh(3 * x @ rng.standard_normal(16)) + 0.1 * rng.standard_normal(60)
+    settings = FitSettings(NetworkSettings(max_steps=60, folds=4, seed=0), eval_every=10, learning_rates=(1e-3, 3e-3), weight_decays=(1e-4,))
+    _, report = fit_pointwise(x, y, settings)
+    assert report.choices == "out of fold" and report.chosen != "prior"  # a learnable signal still ships a learned candidate
+    _, in_sample = fit_pointwise(x, y, dataclasses.replace(settings, choices_out_of_fold=False))
+    assert in_sample.choices == "in sample"

@@ -100,6 +100,9 @@ class FitReport:
     """Held-out blocks the choice rests on (folds × repeats)."""
     repeats: int = 1
     """How many times the folds were drawn (repeated cross-validation)."""
+    choices: str = ""
+    """How the per-fold scores were made: ``out of fold`` (kernels, grid point and step count chosen on the other folds)
+    or ``in sample`` (:attr:`FitSettings.choices_out_of_fold` off); empty when nothing was validated."""
     learning_rate: float | None = None
     weight_decay: float | None = None
     steps: int | None = None
@@ -315,6 +318,7 @@ def _chosen_network(data: PairBlock, settings: FitSettings, report: FitReport, f
     labelled pair. Fills in the report's training settings, candidates and choice."""
     (g, e), per_fold = out_of_fold_points(curves, other_folds(folds))
     per_fold = per_fold if settings.choices_out_of_fold else [(g, e)] * len(folds)
+    report.choices = "out of fold" if settings.choices_out_of_fold else "in sample"
     report.learning_rate, report.weight_decay = grid[g]
     report.steps, report.validation_curve = e * settings.eval_every, [float(v) for v in curves.mean(axis=1)[g]]
     trained = _fold_predictions(data, settings, folds, [grid[fg] for fg, _ in per_fold], [fe * settings.eval_every for _, fe in per_fold])

@@ -79,6 +79,7 @@ def _validate_pointwise(x: np.ndarray, y: np.ndarray, k: int, settings: FitSetti
     # what the final fit uses: the best on every fold; what fold f is scored with: the best on the other folds
     (pg, e), per_fold = out_of_fold_points(curves.reshape(-1, k, curves.shape[-1]))
     per_fold = per_fold if settings.choices_out_of_fold else [(pg, e)] * k
+    report.choices = "out of fold" if settings.choices_out_of_fold else "in sample"
     p, g = divmod(pg, len(grid))
     report.learning_rate, report.weight_decay = grid[g]
     report.steps = int(e) * settings.eval_every
