@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from benchlib import command_line, cpu_name, publish
+from benchlib import publish, report_head
 
 
 def _block(kind: str, records: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -64,10 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                              f"{', '.join(f'{name} ×{count}' for name, count in sorted(learned.items())) or '–'} |")
                 print(lines[-1], flush=True)
     report = "\n".join([
-        "# The validation's false-ship rate: labels with nothing to learn beyond the cosine", "",
-        f"Command: `{command_line('bench/bench_noise_labels.py')}`", "",
-        f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  ",
-        f"Machine: {cpu_name()}; run time {time.perf_counter() - started:.0f} s", "",
+        *report_head("The validation's false-ship rate: labels with nothing to learn beyond the cosine", "bench/bench_noise_labels.py", started),
         f"Each row: {args.seeds} seeds, random unit embeddings of width {args.dim}, every pair labelled, pool = targets, the "
         "library's default fit (4 record folds, a learned candidate must beat the prior on every fold and on average by more "
         "than one standard error). A learned candidate that ships here is a false positive of the validation.", "",

@@ -16,14 +16,12 @@ Run: ``NNCIFT_BENCH_OUT=~/.cache/nncift/bench .venv/bin/python bench/bench_respo
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 from bench_network import setup, summary
-from benchlib import command_line, cpu_name, publish
+from benchlib import publish, report_head
 from matrices import NAMES
 
 
@@ -89,11 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             per_seed = " / ".join(f"{r['f_gain']:.3f}" for r in group)
             lines.append(f"| {name} | {w:.4g} | {per_seed} | {summary([r['f_gain'] for r in group])} | {summary([r['on_task'] for r in group])} |")
     report = "\n".join([
-        "# The response weight of the network's prior (`--network.input text+response`, `--network.response-weight`)", "",
-        f"Command: `{command_line('bench/bench_response_weight.py')}`", "",
-        f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}  ",
-        f"Machine: {cpu_name()}, {os.cpu_count()} cores (load average at the end {os.getloadavg()[0]:.1f}); run time "
-        f"{time.perf_counter() - started:,.0f} s", "",
+        *report_head("The response weight of the network's prior (`--network.input text+response`, `--network.response-weight`)",
+                     "bench/bench_response_weight.py", started),
         f"The calibrated cosine alone (no network), block design, u = {args.u:g}, targets sampled within each task, seeds "
         f"{args.seeds}; embedder {args.embedder}. w = 0 is `--network.input text`; 0.7071 weighs both halves alike. f_gain on "
         "the true matrix (1 = the exact function's subset, 0 = random); on-task share: picks from the targets' families.", "",

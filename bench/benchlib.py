@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import platform
 import shlex
@@ -28,6 +29,17 @@ def command_line(script: str) -> str:
     """The command that ran ``script`` with this process's arguments, the :data:`COMMAND_ENVIRONMENT` variables that are set in front."""
     environment = [f"{name}={os.environ[name]}" for name in COMMAND_ENVIRONMENT if os.environ.get(name)]
     return shlex.join(environment + [".venv/bin/python", script, *sys.argv[1:]])
+
+
+def report_head(title: str, script: str, started: float | None = None) -> list[str]:
+    """A report's opening lines: the title, the command that ran ``script``, the date, and the machine (cores, load average at
+    the end and, with ``started`` (a ``time.perf_counter()`` value), the run time)."""
+    import time
+
+    run_time = "" if started is None else f"; run time {time.perf_counter() - started:,.0f} s"
+    return [f"# {title}", "", f"Command: `{command_line(script)}`", "",
+            f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  ",
+            f"Machine: {cpu_name()}, {os.cpu_count()} cores (load average at the end {os.getloadavg()[0]:.1f}){run_time}", ""]
 
 
 def publish(report: str, output: Path | None) -> None:

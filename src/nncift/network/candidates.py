@@ -73,18 +73,13 @@ def out_of_fold(scores: list[list[dict[str, float]]], usable: np.ndarray | None 
     table = np.array([[s["criterion"] for s in option] for option in scores], dtype=np.float64)  # (options, folds)
     n = table.shape[1]
     usable = ~np.eye(n, dtype=bool) if usable is None else usable
-    filled = np.where(np.isfinite(table), table, -np.inf)
-    best_overall = int(np.argmax(_mean_over(filled, np.ones(n, dtype=bool))))
+    filled = np.where(np.isfinite(table), table, -np.inf)  # an option without a score on a fold is never chosen over it
+    best_overall = int(np.argmax(filled.mean(axis=1)))
     per_fold = []
     for i in range(n):
-        chosen = int(np.argmax(_mean_over(filled, usable[i]))) if usable[i].any() else best_overall
+        chosen = int(np.argmax(filled[:, usable[i]].mean(axis=1))) if usable[i].any() else best_overall
         per_fold.append(scores[chosen][i])
     return per_fold, best_overall
-
-
-def _mean_over(filled: np.ndarray, folds: np.ndarray) -> np.ndarray:
-    """Each option's mean over the selected folds (−inf where any of them has no finite value)."""
-    return filled[:, folds].mean(axis=1)
 
 
 def out_of_fold_points(curves: np.ndarray, usable: np.ndarray | None = None) -> tuple[tuple[int, int], list[tuple[int, int]]]:
