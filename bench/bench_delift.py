@@ -30,15 +30,13 @@ Run: ``OMP_NUM_THREADS=1 .venv/bin/python bench/bench_delift.py --candidates 4 -
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from benchlib import command_line, cpu_name, publish  # bench/ is on sys.path when a script runs
+from benchlib import publish, report_head  # bench/ is on sys.path when a script runs
 
 from nncift.data.records import read_records
 from nncift.influence.delift import Delift, DeliftSettings
@@ -89,11 +87,8 @@ def main(argv: list[str] | None = None) -> int:
 
     pairs = len(targets) * len(candidates)
     baseline = seconds[WAYS[0]]
-    lines = ["# DELIFT throughput: plain batched vs prefix reuse", "",
-             f"Command: `{command_line('bench/bench_delift.py')}`", "",
-             f"Date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}  ",
-             f"Machine: {cpu_name()}, {os.cpu_count()} cores shared with other jobs (load average at the end "
-             f"{os.getloadavg()[0]:.1f}), torch {torch.__version__} ({torch.get_num_threads()} threads), fp32", "",
+    lines = [*report_head("DELIFT throughput: plain batched vs prefix reuse", "bench/bench_delift.py"),
+             f"Cores shared with other jobs; torch {torch.__version__} ({torch.get_num_threads()} threads), fp32.", "",
              f"{pairs} pairs = {len(candidates)} candidates × {len(targets)} targets drawn at random (seed {args.seed}) from "
              f"`{args.data.name}`; model `{args.model}`; token budget {args.token_budget}; max_length {args.max_length}. "
              "The ways run interleaved, candidate by candidate; `d_without` is not timed.", "",

@@ -20,13 +20,12 @@ Run (on a shared machine, see bench_delift.py on threads): ``OMP_NUM_THREADS=1 .
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import tempfile
 import time
 from pathlib import Path
 
-from benchlib import command_line, cpu_name, publish  # bench/ is on sys.path when a script runs
+from benchlib import publish, report_head  # bench/ is on sys.path when a script runs
 
 
 def _isolated_embedding_cache() -> Path:
@@ -90,11 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     def hours(seconds: float) -> str:
         return f"{seconds:,.0f} s ({seconds / 3600:,.1f} h)"
 
-    lines = ["# Cost: NN-CIFT + DELIFT vs DELIFT on all pairs", "",
-             f"Command: `{command_line('bench/bench_delift_cost.py')}`", "",
-             f"Date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}  ",
-             f"Machine: {cpu_name()}, {os.cpu_count()} cores shared with other jobs (load average at the end {os.getloadavg()[0]:.1f}), "
-             f"torch {torch.__version__} ({threads_at_start} intra-op threads at the start, {torch.get_num_threads()} at the end); model `{args.model}` fp32, prefix reuse, token budget 2048, max_length 2048", "",
+    lines = [*report_head("Cost: NN-CIFT + DELIFT vs DELIFT on all pairs", "bench/bench_delift_cost.py"),
+             f"Cores shared with other jobs; torch {torch.__version__} ({threads_at_start} intra-op threads at the start, "
+             f"{torch.get_num_threads()} at the end); model `{args.model}` fp32, prefix reuse, token budget 2048, max_length 2048.", "",
              f"Pool = targets = the first {n} records of `{args.data.name}`; NN-CIFT fraction u = {args.fraction} "
              f"(Q1 = {sampled_rows} × {sampled_cols} = {pairs:,} random pairs). **The DELIFT-on-all-pairs row is extrapolated**, "
              f"not run: from the per-pair and per-target times of those {pairs:,} random pairs (timed inside DELIFT, same run, same settings), "

@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import functools
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 from bench_network import setup, summary  # bench/ is on sys.path when a script runs
-from benchlib import command_line, cpu_name, publish
+from benchlib import publish, report_head
 from matrices import NAMES
 
 CANDIDATES = ("prior + anchors", "network", "network + anchors", "blend", "blend + anchors", "prior + row calibration",
@@ -230,15 +228,12 @@ def main(argv: list[str] | None = None) -> int:
                                  f"{summary([r['on_task'] for r in group])} | {summary([r['seconds'] for r in group])} |")
     random_share = float(np.isin(family, on_task_families).mean()) if on_task_families else float("nan")
     unit = "records with exact features" if function_class.cost_per == "record" else "labelled pairs"
-    report = [f"# Label design × loss × predictor: `{args.matrix}`", "",
-              f"Command: `{command_line('bench/bench_designs.py')}`", "",
-              f"Date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}  ",
-              f"Machine: {cpu_name()}, {os.cpu_count()} cores (load average at the end {os.getloadavg()[0]:.1f})", "",
+    report = [*report_head(f"Label design × loss × predictor: `{args.matrix}`", "bench/bench_designs.py", started),
               f"Matrix: {true.shape[0]} × {true.shape[1]} {spec.influence} ({len(spec.pool)} pool records of {len(set(spec.pool_families))} families, "
               f"{len(spec.targets)} targets of {on_task_families}), computed in {matrix.seconds:,.0f} s by `bench/matrices.py {args.matrix}`; "
               f"options {spec.options}. Objective {objective_name}, budget {budget} ({len(true_subset)} records). Seeds {args.seeds}, mean ± sd. "
               f"Exact cost in {unit} (the full matrix: {len(rows) + len(spec.pool) - n_pool_rows if function_class.cost_per == 'record' else true.size:,}). "
-              f"On-task share: exact function {on_task(true_subset):.3f}, random {random_share:.3f}. Run time {time.perf_counter() - started:,.0f} s.", "",
+              f"On-task share: exact function {on_task(true_subset):.3f}, random {random_share:.3f}.", "",
               "`shipped (loss)`: what `nncift select` ships (validation by design, per-row Spearman + f_gain criterion, the prior as the floor); "
               "a candidate's name alone (`--forced`): that candidate shipped whatever validation says.", "", *lines]
     if args.rules:

@@ -24,7 +24,6 @@ Run: ``.venv/bin/python bench/bench_embeddings.py [--n 500] [--rounds 5] [--thre
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import platform
 import time
@@ -37,7 +36,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 import onnxruntime  # noqa: E402
 import torch  # noqa: E402
-from benchlib import command_line, cpu_name, publish  # noqa: E402
+from benchlib import publish, report_head  # noqa: E402
 from less_data import pool_and_targets  # noqa: E402
 
 from nncift.data.templates import embedding_text  # noqa: E402
@@ -147,11 +146,10 @@ def main(argv: list[str] | None = None) -> None:
     seconds, ratios, vectors = measure(encoders, texts, args.rounds)
     load_after = os.getloadavg()
     report = "\n".join([
-        "# Sentence embeddings on the CPU: torch, ONNX Runtime, OpenVINO bfloat16, int8, length-sorted batches", "",
-        f"Command: `{command_line('bench/bench_embeddings.py')}`", "",
-        f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  ",
-        f"Machine: {cpu_name()}, {os.cpu_count()} CPU cores (shared with other jobs), torch {torch.__version__} and "
-        f"onnxruntime {onnxruntime.__version__} with {args.threads} thread(s) each, Python {platform.python_version()}  ",
+        *report_head("Sentence embeddings on the CPU: torch, ONNX Runtime, OpenVINO bfloat16, int8, length-sorted batches",
+                     "bench/bench_embeddings.py"),
+        f"Versions: torch {torch.__version__} and onnxruntime {onnxruntime.__version__} with {args.threads} thread(s) each, "
+        f"Python {platform.python_version()}; the cores are shared with other jobs.  ",
         f"Load average (1, 5, 15 min) before: {', '.join(f'{x:.1f}' for x in load_before)}; "
         f"after: {', '.join(f'{x:.1f}' for x in load_after)}", "",
         f"Data: {len(texts)} real P3 records (the eight pool files of bench/less_data.py), NN-CIFT example text; "

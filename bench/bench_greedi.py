@@ -20,7 +20,6 @@ Run: ``OMP_NUM_THREADS=2 NUMBA_NUM_THREADS=2 .venv/bin/python bench/bench_greedi
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import platform
 import time
@@ -30,7 +29,7 @@ from typing import Any, Callable, Sequence
 import numba
 import numpy as np
 from bench_sparse import clustered_embeddings
-from benchlib import command_line, cpu_name, publish
+from benchlib import publish, report_head
 
 from nncift.execution.executor import Executor, LocalExecutor
 from nncift.execution.graph_jobs import GraphSource
@@ -146,11 +145,9 @@ def _table(single: Selection, single_s: float, rows: list[dict[str, Any]], ray: 
 def render(args: argparse.Namespace, build_s: float, single: Selection, single_s: float, rows: list[dict[str, Any]],
            ray: dict[str, Any] | None, load_before: tuple[float, float, float]) -> str:
     lines = [
-        "# Two-round distributed greedy (GreeDi) vs single-machine sparse lazy greedy", "",
-        f"Command: `{command_line('bench/bench_greedi.py')}`", "",
-        f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}  ",
-        f"Machine: {cpu_name()}, {os.cpu_count()} CPU cores (shared with other jobs), numba {numba.__version__} with "
-        f"{numba.get_num_threads()} threads, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, Python {platform.python_version()}  ",
+        *report_head("Two-round distributed greedy (GreeDi) vs single-machine sparse lazy greedy", "bench/bench_greedi.py"),
+        f"Versions: numba {numba.__version__} with {numba.get_num_threads()} threads, OMP_NUM_THREADS="
+        f"{os.environ.get('OMP_NUM_THREADS', 'unset')}, Python {platform.python_version()}; the cores are shared with other jobs.  ",
         "Load average (1, 5, 15 min) before: {:.1f}, {:.1f}, {:.1f}; after: {:.1f}, {:.1f}, {:.1f}".format(*load_before, *os.getloadavg()), "",
         f"Data: {args.n:,} clustered synthetic {args.dim}-d unit vectors ({args.clusters} clusters, seed {args.seed}; bench_sparse.py's "
         "generator, not real sentence embeddings), the pool representing itself, scores = cosines. Graph: K = "

@@ -27,18 +27,13 @@ Run: ``OMP_NUM_THREADS=2 .venv/bin/python bench/bench_grid.py delift-se-p3mix --
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import time
 from pathlib import Path
 
 import numpy as np
-from benchlib import (  # bench/ is on sys.path when a script runs
-    command_line,
-    cpu_name,
-    publish,
-)
+from benchlib import publish, report_head  # bench/ is on sys.path when a script runs
 from less_data import read_p3
 from matrices import OUT, P3_POOL_FAMILIES, spec_named
 
@@ -174,11 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     shares = {(kind, v): float(np.mean([on_task[subset["indices"]].mean() for subset in subsets if subset["kind"] == kind and subset["v"] == v]))
               for kind in ("nncift", "random", "exact") for v in args.v}
     influence = manifest["influence"]
-    report = [f"# u × v grid in ICL mode: `{args.setup}` ({setup['influence']}, {objective})", "",
-              f"Command: `{command_line('bench/bench_grid.py')}`", "",
-              f"Date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}  ",
-              f"Machine: {cpu_name()}, {os.cpu_count()} cores (load average at the end {os.getloadavg()[0]:.1f}); run time "
-              f"{time.perf_counter() - started:,.0f} s (finished parts are reused on a re-run).", "",
+    report = [*report_head(f"u × v grid in ICL mode: `{args.setup}` ({setup['influence']}, {objective})", "bench/bench_grid.py", started),
+              "The run time is this invocation's: finished parts are reused on a re-run.", "",
               f"Pool {len(pool)} P3 records of {len(set(pool_families))} families; {len(targets)} targets of "
               f"{sorted(set(target_families))}; {len(heldout)} held-out queries ({', '.join(f'{stem} from line {offset}' for stem, offset in setup['queries'])}). ICL: bundled SmolLM2-135M-Instruct, chat template, K = {args.k} nearest subset records, greedy, "
               f"{args.max_new_tokens} new tokens, prompts of at most {args.icl_max_length} tokens. Network: {args.architecture}, input {args.network_input}{f' (response weight {args.response_weight:g})' if args.network_input != 'text' else ''}. Seeds {args.seeds}: mean ± s.d. over seeds "

@@ -21,8 +21,6 @@ Needs the `less-p3-2k` matrix (`bench/matrices.py less-p3-2k`, about 70 minutes)
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
 import resource
 import sys
 import time
@@ -31,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import command_line, cpu_name, publish  # noqa: E402
+from benchlib import publish, report_head  # noqa: E402
 
 
 def peak_gib() -> float:
@@ -134,10 +132,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"recall@K of the subsample's index {faiss_sub.recall:.3f}.")
     table = ["| step | seconds | peak resident GiB (process) | note |", "|---|---:|---:|---|"]
     table += [f"| {name} | {seconds:,.1f} | {gib:.2f} | {note} |" for name, seconds, gib, note in rows_out]
-    lines = [f"# A million records: neighbour graph and sparse facility location ({args.n:,} records)", "",
-             f"Command: `{command_line('bench/bench_million.py')}`", "",
-             f"Date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}  ",
-             f"Machine: {cpu_name()}, {os.cpu_count()} cores, FAISS threads {args.threads} (load average at the end {os.getloadavg()[0]:.1f})", "",
+    lines = [*report_head(f"A million records: neighbour graph and sparse facility location ({args.n:,} records)", "bench/bench_million.py", started),
+             f"FAISS threads: {args.threads}.", "",
              (f"Records: real MiniLM embeddings of the 2,016 less-p3-2k pool records repeated with noise (norm {args.noise}) to "
               f"{args.n:,}; pool-as-targets (rows = columns, self-pair terms). Network: two-tower trained on less-p3-2k's LESS labels "
               f"(block, u = 0.05), forced to ship the trained network (an inner product). No n × n array or file anywhere."), "",

@@ -26,15 +26,13 @@ Run: ``OMP_NUM_THREADS=1 .venv/bin/python bench/bench_network.py delift-se-alpac
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from benchlib import command_line, cpu_name, publish  # bench/ is on sys.path when a script runs
+from benchlib import publish, report_head  # bench/ is on sys.path when a script runs
 from matrices import NAMES, compute
 
 TARGETS = {  # the network issue's targets at u = 0.05, per matrix
@@ -222,16 +220,12 @@ def main(argv: list[str] | None = None) -> int:
             top = np.argsort(-raw_targets.mean(axis=0), kind="stable")[:k]
             verdicts.append(f"Does the exact function target at all? Its {k} candidates with the highest mean value over the "
                             f"targets are {on_task(top):.3f} on-task (random {np.isin(family, list(on_task_families)).mean():.3f}).")
-    report = [f"# InfluenceNetwork fidelity by selection: `{args.matrix}`", "",
-              f"Command: `{command_line('bench/bench_network.py')}`", "",
-              f"Date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}  ",
-              f"Machine: {cpu_name()}, {os.cpu_count()} cores (load average at the end {os.getloadavg()[0]:.1f})", "",
+    report = [*report_head(f"InfluenceNetwork fidelity by selection: `{args.matrix}`", "bench/bench_network.py", started),
               f"Matrix: {true.shape[0]} × {true.shape[1]} {spec.influence} ({len(spec.pool)} pool records"
               + (f", {len(spec.targets)} targets of {sorted(on_task_families)}" if spec.targets else ", pool = targets")
               + f"), computed in {matrix.seconds:,.0f} s by `bench/matrices.py {args.matrix}`; options {spec.options}. "
               f"Objective {objective_name}, budget {budget} ({k} records). Seeds {args.seeds}; mean ± std over seeds. "
-              f"Labels scaled to [0, 1] ({'fixed range' if spec.influence == 'delift-se' else 'min–max of the whole matrix'}). "
-              f"Run time {time.perf_counter() - started:,.0f} s.", "",
+              f"Labels scaled to [0, 1] ({'fixed range' if spec.influence == 'delift-se' else 'min–max of the whole matrix'}).", "",
               f"Target (network issue): {TARGETS[args.matrix]}.", "", *lines, "", *verdicts]
     publish("\n".join(report) + "\n", args.output)
     return 0

@@ -30,7 +30,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import shutil
@@ -44,6 +43,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
+from benchlib import report_head  # noqa: E402 - bench/ is on sys.path when a script runs
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1] / "shared" / "data"
@@ -288,10 +288,8 @@ def main() -> None:
     text = "\n".join(sections)
     print(text)
     if args.output:
-        command = "HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_ray.py " + " ".join(sys.argv[1:])
-        date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        machine = f"{os.cpu_count()} CPU cores shared with other jobs (load average {os.getloadavg()[0]:.1f} at the end)"
-        Path(args.output).write_text(f"# Ray executor\n\nCommand: `{command}`\n\nDate: {date}  \nMachine: {machine}\n\n{text}", encoding="utf-8")
+        head = [*report_head("Ray executor", "bench/bench_ray.py"), "The cores are shared with other jobs.", ""]
+        Path(args.output).write_text("\n".join([*head, text]), encoding="utf-8")
 
 
 if __name__ == "__main__":

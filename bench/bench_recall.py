@@ -10,8 +10,6 @@ neighbours (timed) and its recall@K is measured against exact blocked products o
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
 import sys
 import time
 from pathlib import Path
@@ -20,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_million import noisy_copies, peak_gib, trained_network  # noqa: E402
-from benchlib import command_line, cpu_name, publish  # noqa: E402
+from benchlib import publish, report_head  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,10 +72,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(table[-1], flush=True)
             del index
         del form, rows, cols
-    lines = ["# FAISS search breadth against recall@K (records of bench_million.py)", "",
-             f"Command: `{command_line('bench/bench_recall.py')}`", "",
-             f"Date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}  ",
-             f"Machine: {cpu_name()}, {os.cpu_count()} cores, FAISS threads {args.threads} (load average at the end {os.getloadavg()[0]:.1f})", "",
+    lines = [*report_head("FAISS search breadth against recall@K (records of bench_million.py)", "bench/bench_recall.py"),
+             f"FAISS threads: {args.threads}.", "",
              f"K = {args.neighbours}; HNSW M = 32, efConstruction = 80; IVF 4·√n lists (k-means on 64 points a list); build once per size and index.", "", *table]
     publish("\n".join(lines) + "\n", args.output)
     return 0

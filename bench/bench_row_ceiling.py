@@ -19,12 +19,11 @@ Inputs: the embedding of the example text (``text``), of the response alone, and
 from __future__ import annotations
 
 import argparse
-import datetime
 import time
 from pathlib import Path
 
 import numpy as np
-from benchlib import command_line, cpu_name, publish
+from benchlib import publish, report_head
 from matrices import NAMES, compute
 
 
@@ -82,10 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = ["| labelled candidates (every row) | input | predictor | per-row ρ, held-out candidates |", "|---|---|---|---|"]
     lines += [f"| {fraction:g} | {name} | {predictor} | {np.mean(v):.3f} ± {np.std(v):.3f} |" for (fraction, name, predictor), v in results.items()]
     report = "\n".join([
-        f"# How far per-row ρ can go from sentence embeddings: `{args.matrix}`", "",
-        f"Command: `{command_line('bench/bench_row_ceiling.py')}`", "",
-        f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  ",
-        f"Machine: {cpu_name()}; run time {time.perf_counter() - started:.0f} s", "",
+        *report_head(f"How far per-row ρ can go from sentence embeddings: `{args.matrix}`", "bench/bench_row_ceiling.py", started),
         f"Matrix: {true.shape[0]} targets × {true.shape[1]} candidates ({spec.influence}). Seeds {args.seeds} (mean ± sd): each "
         "draws which candidates are labelled; every target row has their exact values, and ρ is measured on the others.", "",
         *lines, ""])

@@ -17,7 +17,6 @@ What it does, in a folder of its own under ``$NNCIFT_BENCH_OUT/select-million-<n
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import re
@@ -31,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_million import noisy_copies  # noqa: E402
-from benchlib import command_line, cpu_name, publish  # noqa: E402
+from benchlib import publish, report_head  # noqa: E402
 
 ROOT = Path(os.environ.get("NNCIFT_BENCH_OUT", Path.home() / ".cache" / "nncift" / "bench"))
 
@@ -119,10 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest = json.loads((folder / "run" / "manifest.json").read_text())
     big = [str(p.relative_to(folder / "run")) for p in (folder / "run").rglob("*") if p.is_file() and p.stat().st_size >= 4 * args.n * args.n > 0]
     print(text[-3000:])
-    lines = [f"# `nncift select` end to end on {args.n:,} records from a JSONL file (DELIFT-SE)", "",
-             f"Command: `{command_line('bench/bench_select_million.py')}`", "",
-             f"Date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}  ",
-             f"Machine: {cpu_name()}, {os.cpu_count()} cores (load average at the end {os.getloadavg()[0]:.1f})", "",
+    lines = [*report_head(f"`nncift select` end to end on {args.n:,} records from a JSONL file (DELIFT-SE)", "bench/bench_select_million.py"),
              f"Records: {args.n:,} distinct copies of 2,016 real P3 records (input suffixed `[copy i]`); embeddings stored in advance "
              f"(real MiniLM vectors of the sources + noise of norm {args.noise}) in the benchmark's own embedding cache. "
              f"Writing the JSONL took {written:.0f} s, storing the embeddings {stored:.0f} s (0: already stored).", "",

@@ -24,10 +24,8 @@ import argparse
 import atexit
 import contextlib
 import ctypes
-import datetime
 import os
 import platform
-import shlex
 import shutil
 import statistics
 import sys
@@ -36,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from benchlib import cpu_name  # bench/ is on sys.path when a script runs
+from benchlib import report_head  # bench/ is on sys.path when a script runs
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -167,15 +165,11 @@ def main() -> None:
     print()
     print(table)
     if ARGS.output:
-        command = shlex.join([".venv/bin/python", *sys.argv])
-        text = (
-            "# Facility location: nncift vs submodlib\n\n"
-            f"Command: `{command}`\n\n"
-            f"Date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}  \n"
-            f"Machine: {cpu_name()}, {os.cpu_count()} CPU cores (shared with other jobs), "
-            f"numba {numba.__version__} with {numba.get_num_threads()} threads, numpy {np.__version__}, "
-            f"Python {platform.python_version()}  \n"
-            f"Load average (1, 5, 15 min) before: {load_before}; after: {load_average()}\n\n"
+        text = "\n".join([
+            *report_head("Facility location: nncift vs submodlib", "bench/bench_selection.py"),
+            f"Versions: numba {numba.__version__} with {numba.get_num_threads()} threads, numpy {np.__version__}, "
+            f"Python {platform.python_version()}; the cores are shared with other jobs.  ",
+            f"Load average (1, 5, 15 min) before: {load_before}; after: {load_average()}", "",
             f"Similarities: `(cos + 1) / 2` of n random unit vectors in {ARGS.dim} dimensions (seed {ARGS.seed}), "
             "float32, n x n. nncift: `facility_location(s, budget)` (lazy greedy), median of "
             f"{ARGS.repeats} runs, everything included (float32 transposed copy, initial gains, greedy). "
@@ -184,12 +178,12 @@ def main() -> None:
             "the speed-up is nncift vs submodlib's maximize alone (its construction, which copies the "
             "matrix, is listed apart). Objectives: both pick lists scored by the same exact float64 "
             "`sum_i max_{j in A} s_ij`; relative difference = (nncift - submodlib) / submodlib. "
-            "numba compile: the first call, on a tiny matrix, with an empty numba cache.\n\n"
-            f"{table}\n\n"
+            "numba compile: the first call, on a tiny matrix, with an empty numba cache.", "",
+            table, "",
             "Where the relative difference is not 0, the two greedy runs broke an exact tie differently "
             "(nncift takes the lowest index among equal gains) and went on from different sets; both are "
-            "greedy solutions.\n"
-        )
+            "greedy solutions.", "",
+        ])
         ARGS.output.parent.mkdir(parents=True, exist_ok=True)
         ARGS.output.write_text(text)
         print(f"\nwrote {ARGS.output}")

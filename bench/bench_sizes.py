@@ -17,7 +17,6 @@ Run: ``OMP_NUM_THREADS=2 .venv/bin/python bench/bench_sizes.py delift-se-alpaca 
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import time
 from dataclasses import replace
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 from bench_network import _objective, _scaled, shuffled  # bench/ is on sys.path when a script runs
-from benchlib import command_line, cpu_name, publish
+from benchlib import publish, report_head
 from matrices import NAMES, OUT, Matrix, spec_named
 
 TOWER_SHAPES = ("two-tower:r4", "two-tower:r16", "two-tower:r64", "two-tower:r256")
@@ -133,10 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
     shapes = args.shapes or [*PAPER_FIGURE_SHAPES, *TOWER_SHAPES]
     started = time.perf_counter()
-    report = ["# Network size against fidelity (paper Figure 3)", "", f"Command: `{command_line('bench/bench_sizes.py')}`", "",
-              f"Date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}  ",
-              f"Machine: {cpu_name()}, {os.cpu_count()} cores.", "",
-              f"Every shape is trained on the same labelled block per seed (u = {args.fraction}, seeds {args.seeds}; mean ± std over "
+    report = [f"Every shape is trained on the same labelled block per seed (u = {args.fraction}, seeds {args.seeds}; mean ± std over "
               "seeds). Paper MLP: the paper's training (Adam, lr 1e-4, 20 epochs, batch 64). Two-tower: the default training with "
               "its fallback to the prior off (the network itself). The calibrated cosine (no learning) is the baseline row.", ""]
     for name in args.matrices:
@@ -155,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
             report.append(f"| {shape} | {group[0]['parameters']:,} | " + " | ".join(
                 "–" if not np.isfinite(mean) else f"{mean:.3f} ± {spread:.3f}" for mean, spread in cells) + " |")
         report.append("")
-    report.append(f"Run time {time.perf_counter() - started:,.0f} s.")
-    publish("\n".join(report) + "\n", args.output)
+    publish("\n".join([*report_head("Network size against fidelity (paper Figure 3)", "bench/bench_sizes.py", started), *report]) + "\n",
+            args.output)
     return 0
 
 

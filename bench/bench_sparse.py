@@ -27,7 +27,6 @@ Run: ``.venv/bin/python bench/bench_sparse.py [--n 20000] [--records synthetic|p
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import platform
 import threading
@@ -38,7 +37,7 @@ from typing import Any, Callable
 import numba
 import numpy as np
 import torch
-from benchlib import command_line, cpu_name, publish
+from benchlib import publish, report_head
 
 from nncift.network.paper import predict_pairwise
 from nncift.network.towers import TwoTowerNetwork, inner_product_form
@@ -220,11 +219,9 @@ def describe_data(args: argparse.Namespace) -> str:
 def render(args: argparse.Namespace, table: list[dict[str, Any]], budgets: list[float], dense_objectives: dict[float, float],
            negative: float, load_before: tuple[float, float, float]) -> str:
     lines = [
-        "# Sparse facility location on a K-nearest-neighbour graph vs dense lazy greedy", "",
-        f"Command: `{command_line('bench/bench_sparse.py')}`", "",
-        f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}  ",
-        f"Machine: {cpu_name()}, {os.cpu_count()} CPU cores (shared with other jobs), numba {numba.__version__} with "
-        f"{numba.get_num_threads()} threads, torch {torch.__version__} with {torch.get_num_threads()} threads, Python {platform.python_version()}  ",
+        *report_head("Sparse facility location on a K-nearest-neighbour graph vs dense lazy greedy", "bench/bench_sparse.py"),
+        f"Versions: numba {numba.__version__} with {numba.get_num_threads()} threads, torch {torch.__version__} with "
+        f"{torch.get_num_threads()} threads, Python {platform.python_version()}; the cores are shared with other jobs.  ",
         "Load average (1, 5, 15 min) before: {:.1f}, {:.1f}, {:.1f}; after: {:.1f}, {:.1f}, {:.1f}".format(*load_before, *os.getloadavg()), "",
         f"Data: {describe_data(args)}; "
         + ("no self-pair term" if args.no_self_pairs else "the pool represents itself (self-pair term on the diagonal)")

@@ -23,13 +23,11 @@ Run: ``NNCIFT_BENCH_OUT=~/.cache/nncift/bench OMP_NUM_THREADS=1 .venv/bin/python
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
 import time
 from pathlib import Path
 
 import numpy as np
-from benchlib import command_line, cpu_name, publish
+from benchlib import publish, report_head
 from less_data import SHARED_DATA
 
 
@@ -100,12 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {cap or 'all'} | {step_pairs or 'full batch'} | {report.n_training:,} of {report.n_labelled:,} | {seconds:.1f} | "
                      f"{report.chosen} | {report.steps} | "
                      f"{held_out['criterion']:.4f} | {held_out['criterion'] - base:+.4f} | {held_out['ranking_spearman']:.3f} | {held_out['f_gain']:.3f} |")
-    text = ["# Network training on minibatches or a bounded sample of the labels", "", f"Command: `{command_line('bench/bench_training_sample.py')}`", "",
-            f"Date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}  ",
-            f"Machine: {cpu_name()}, {os.cpu_count()} cores (load average at the end {os.getloadavg()[0]:.1f}); torch on one thread (as every fit)", "",
+    text = [*report_head("Network training on minibatches or a bounded sample of the labels", "bench/bench_training_sample.py", started),
+            "Torch runs on one thread (as in every fit).", "",
             f"{args.labelled:,} labelled P3 records (pool-as-targets: {args.labelled ** 2:,} labelled pairs), judged on {args.cold:,} other "
             f"records × themselves; embeddings of all {len(records):,} records in {embed_seconds:.0f} s (0 s: read from nncift's embedding cache); synthetic learnable labels "
-            f"(see the script). Total run time {time.perf_counter() - started:,.0f} s.", "", *lines]
+            "(see the script).", "", *lines]
     publish("\n".join(text) + "\n", args.output)
     return 0
 
