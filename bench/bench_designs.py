@@ -121,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
                              "auto, nncift's default); W: text+response's response weight (default: nncift's, 0.2)")
     parser.add_argument("--stratify", action=argparse.BooleanOptionalAction, default=True,
                         help="sample the targets within each task (nncift's default since 2026-12-03)")
+    parser.add_argument("--task-calibration", choices=("auto", "on", "off"), default="auto",
+                        help="network.task_calibration (auto: nncift's default since 2026-12-03: on for LESS's top-k)")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.rules:
@@ -136,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     from nncift.selection.subset_quality import choose_subset, f_gain
     from nncift.settings.choices import DEFAULT_RESPONSE_WEIGHT, NETWORK_INPUTS
     from nncift.settings.stages import NetworkSettings, SamplingSettings
+    from nncift.steps.aggregation import network_task_rows
     from nncift_research.fidelity import calibrated_cosine
 
     started = time.perf_counter()
@@ -183,14 +186,16 @@ def main(argv: list[str] | None = None) -> int:
             for label, forced in variants:
                 if forced and forced.startswith("prior") and loss != args.losses[0]:
                     continue  # the prior does not train: one loss is enough
-                net_settings = NetworkSettings(loss=loss, fallback=forced is None, seed=seed, input=network_input, response_weight=response_weight)
+                net_settings = NetworkSettings(loss=loss, fallback=forced is None, seed=seed, input=network_input, response_weight=response_weight,
+                                               task_calibration=args.task_calibration)
                 fit = FitSettings(net_settings, validation_repeats=args.repeats, criterion_shows_exact=not args.criterion_without_exact)
                 if forced:
                     fit = dataclasses.replace(fit, force=forced)
                 tick = time.perf_counter()
                 network, report = fit_pairwise(row_embeddings[seen_rows], col_embeddings[seen_cols], labels, fit, self_cols=block_self,
                                                objective="topk" if objective_name == "topk" else "fl",
-                                               candidate_scores=aggregate if spec.influence == "less" else None, held_out=held_out)
+                                               candidate_scores=aggregate if spec.influence == "less" else None, held_out=held_out,
+                                               tasks=network_task_rows(args.task_calibration, function_class, layout, objective_name, row_embeddings))
                 seconds = time.perf_counter() - tick
                 predicted = predict_pairwise(network, row_embeddings, col_embeddings, self_cols=self_cols).astype(np.float64)
                 name = f"{label} ({loss})" if not (forced or "").startswith("prior") else label

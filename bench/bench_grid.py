@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--architecture", default="two-tower")
     parser.add_argument("--network-input", default="text", choices=NETWORK_INPUTS, help="what the network reads (network.input)")
     parser.add_argument("--response-weight", type=float, default=DEFAULT_RESPONSE_WEIGHT, help="text+response: the response half's weight")
+    parser.add_argument("--task-calibration", default="auto", choices=("auto", "on", "off"), help="network.task_calibration")
     parser.add_argument("--design", default="auto", choices=("auto", "block", "all-targets"), help="label design (sampling.design)")
     parser.add_argument("--stratify", action=argparse.BooleanOptionalAction, default=True,
                         help="sample the targets within each task (sampling.stratify; nncift's default since 2026-12-03)")
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     objective = setup["objective"]
     settings = SweepSettings.build(influence=setup["influence"], **{"selection.objective": objective}, u=tuple(args.u), v=tuple(args.v), seeds=tuple(args.seeds),
                                    **{"sampling.min_sampled": 4, "sampling.design": args.design, "sampling.stratify": args.stratify}, k=args.k, max_new_tokens=args.max_new_tokens, icl_max_length=args.icl_max_length, device="cpu", **{"network.architecture": args.architecture, "network.input": args.network_input,
-                                      "network.response_weight": args.response_weight},
+                                      "network.response_weight": args.response_weight, "network.task_calibration": args.task_calibration},
                                    quiet=True)
     sweep = Sweep(settings, args.out / args.setup, pool=pool, targets=targets, heldout=heldout, influence_options=options,
                   precomputed=matrix)

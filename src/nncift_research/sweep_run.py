@@ -132,7 +132,7 @@ class Sweep:
         from nncift.network.files import load_network, load_network_metadata, save_network
         from nncift.network.paper import predict_pairwise
         from nncift.network.training import train_network
-        from nncift.steps.aggregation import network_validation
+        from nncift.steps.aggregation import network_task_rows, network_validation
 
         path = self.store.path(f"networks/seed{seed}-u{u:g}.safetensors")
         net_settings = self.settings.updated(seed=seed).network
@@ -142,7 +142,9 @@ class Sweep:
             path.parent.mkdir(parents=True, exist_ok=True)
             network, report = train_network(row_embeddings[layout.seen_rows], col_embeddings[layout.seen_cols], labels, net_settings,
                                             self_cols=block_self_cols(layout),  # validated as `nncift select` validates it
-                                            **network_validation(self.function_class, self.spec, layout, self.objective))
+                                            **network_validation(self.function_class, self.spec, layout, self.objective),
+                                            tasks=network_task_rows(net_settings.task_calibration, self.function_class, layout, self.objective,
+                                                                    row_embeddings))
             save_network(network, path, {"settings": dataclasses.asdict(net_settings), "report": report})
         predicted = predict_pairwise(network, row_embeddings, col_embeddings,  # type: ignore[arg-type]  # a pairwise network here
                                      self_cols=self_cols_of(layout)).astype(np.float32)

@@ -49,6 +49,7 @@ from nncift.network.anchors import Anchors
 from nncift.network.candidates import Folds, other_folds, out_of_fold_points, validate_candidates
 from nncift.network.folds import MIN_RECORDS_PER_FOLD, fold_masks, sampled_self_cols, training_sample
 from nncift.network.row_calibration import RowCalibration
+from nncift.network.task_calibration import TaskRows, describe, fit_task_lines, task_calibration
 from nncift.network.tower_training import PairBlock, step_sub_block, train_stacked
 from nncift.network.towers import TwoTowerNetwork
 from nncift.network.validation import MIN_FOLDS, choose_candidate, explain_choice, mean_criteria
@@ -122,6 +123,8 @@ class FitReport:
     """The label anchors' kernel (τ, κ, neighbours) when the shipped predictor has them."""
     row_calibration: dict[str, float] = field(default_factory=dict)
     """The row calibration's kernel (τ, κ) and how many rows have their own line, when the shipped predictor has one."""
+    task_calibration: dict[str, Any] = field(default_factory=dict)
+    """Each task's line and the tasks left as predicted (:mod:`nncift.network.task_calibration`), when rows carry tasks."""
     n_training: int = 0
     """Labelled pairs the network was validated and trained on (``n_labelled`` or, beyond ``network.max_training_pairs``, a sample's)."""
     step_pairs: int = 0
@@ -213,7 +216,7 @@ def _validation_error(prediction: np.ndarray, target: np.ndarray, mask: np.ndarr
 def fit_pairwise(row_embeddings: np.ndarray, col_embeddings: np.ndarray, labels: np.ndarray, settings: FitSettings, *,
                  self_cols: np.ndarray | None = None, objective: str = "fl",
                  candidate_scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None, held_out: str = "records",
-                 prior_is_exact: bool = False, progress: bool = False) -> tuple[TwoTowerNetwork, FitReport]:
+                 prior_is_exact: bool = False, tasks: TaskRows | None = None, progress: bool = False) -> tuple[TwoTowerNetwork, FitReport]:
     """Train the default pairwise network on a labelled block (NaN = not labelled) and choose what to ship.
 
     Args:
@@ -227,6 +230,8 @@ def fit_pairwise(row_embeddings: np.ndarray, col_embeddings: np.ndarray, labels:
         held_out: ``records`` (u × u designs: unlabelled pairs have neither side labelled) or ``columns`` (every
             row of the matrix is labelled: validation holds out candidates only).
         prior_is_exact: the labels are an affine map of the inputs' cosine (DELIFT-SE): ship the calibrated prior, train nothing.
+        tasks: every row of the matrix with its task label: what ships is then put on each task's scale, every row of a task
+            (:mod:`nncift.network.task_calibration`). None: no task calibration.
         progress: a progress bar over the trainings (folds × grid, then the final one).
 
     Returns:
@@ -246,6 +251,8 @@ def fit_pairwise(row_embeddings: np.ndarray, col_embeddings: np.ndarray, labels:
         network = _build_two_tower(data, settings, data.mask, settings.network.seed)
     else:
         network, report = _validated_network(data, settings, objective, candidate_scores, held_out, progress)
+        if tasks is not None:
+            _calibrate_tasks(network, data, tasks, keep_rows, report, std)
     alpha, beta, delta = calibrate_prior(data.cos, data.labels, data.mask, data.self_mask)
     report.prior = {"alpha": alpha * std, "beta": beta * std + mean, "self_delta": delta * std}  # in label units
     network.set_label_scale(mean, std)
@@ -258,6 +265,26 @@ def fit_pairwise(row_embeddings: np.ndarray, col_embeddings: np.ndarray, labels:
                         f"(network.max_training_pairs), every label kept exact where it was measured")
     report.seconds = time.perf_counter() - start
     return network.eval(), report
+
+
+def _calibrate_tasks(network: TwoTowerNetwork, data: PairBlock, tasks: TaskRows, block_rows: np.ndarray, report: FitReport, std: float) -> None:
+    """Fit each task's line on the shipped predictor's values of the labelled block and attach them for every row of ``tasks``."""
+    self_t = None if data.self_cols is None else torch.from_numpy(data.self_cols)
+    own_lines, own = network.row_calibration, None
+    network.attach_row_calibration(None)  # the lines are fitted on the predictor without it
+    with torch.no_grad():
+        fitted = network.standardised_block(data.rows, data.cols, self_t, cos=torch.from_numpy(data.cos.astype(np.float32))).numpy()
+    network.attach_row_calibration(own_lines)
+    if own_lines is not None and own_lines.rows.shape[0]:  # the rows with a line of their own keep it
+        own = (torch.from_numpy(np.ascontiguousarray(tasks.embeddings, dtype=np.float32)) @ own_lines.rows.T).max(dim=1).values.numpy() > 1 - 1e-5
+    block_tasks = [tasks.tasks[int(tasks.block_rows[int(i)])] for i in block_rows]
+    lines, skipped = fit_task_lines(fitted, data.labels, data.mask & ~data.self_mask, block_tasks)
+    calibration = task_calibration(tasks, lines, own)
+    network.attach_task_calibration(calibration)
+    report.task_calibration = describe(lines, skipped, std, 0 if calibration is None else int(calibration.rows.shape[0]))
+    if lines:
+        report.note += (f"; every row put on its task's scale ({len(lines)} of {len(lines) + len(skipped)} tasks with a line of their own, "
+                        "fitted on their labelled rows)")
 
 
 def _validated_network(data: PairBlock, settings: FitSettings, objective: str, candidate_scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | None,

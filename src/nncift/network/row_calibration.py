@@ -73,11 +73,19 @@ class RowCalibration:
 
     def lines(self, rows: Tensor) -> tuple[Tensor, Tensor]:
         """(A, B) of each of ``rows`` (n, d): the prediction becomes ``A·p + B`` (standardised units)."""
+        slopes, offsets, match = self.matched_lines(rows)
+        return 1.0 + match * (slopes - 1.0), match * offsets
+
+    def matched_lines(self, rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(a, b, m) of each of ``rows``: the kernel-weighted mean line of its calibrated neighbours (1, 0 without any) and
+        the share ``m = Σw / (Σw + κ)`` of it that :meth:`lines` applies (the rest keeps ``p``)."""
         if self.rows.shape[0] == 0:
-            return torch.ones(rows.shape[0]), torch.zeros(rows.shape[0])
+            return torch.ones(rows.shape[0]), torch.zeros(rows.shape[0]), torch.zeros(rows.shape[0])
         weights = kernel_weights(rows, self.rows, self.temperature, NEIGHBOURS)
-        denominator = weights.sum(dim=1) + self.shrink
-        return 1.0 + weights @ (self.slopes - 1.0) / denominator, weights @ self.offsets / denominator
+        total = weights.sum(dim=1)
+        safe = torch.where(total > 0, total, torch.ones_like(total))
+        slopes = torch.where(total > 0, weights @ self.slopes / safe, torch.ones_like(total))
+        return slopes, weights @ self.offsets / safe, total / (total + self.shrink)
 
     def apply(self, rows: Tensor, block: Tensor) -> Tensor:
         """``block`` (n, C) of standardised predictions for ``rows``, calibrated."""

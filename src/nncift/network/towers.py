@@ -85,17 +85,37 @@ class TwoTowerNetwork(torch.nn.Module):
         self.register_buffer("label_std", torch.ones(()))
         self.anchors: Anchors | None = None
         self.row_calibration: RowCalibration | None = None
+        self.task_calibration: RowCalibration | None = None
 
     def attach_row_calibration(self, calibration: RowCalibration | None) -> None:
         """Add (or, with None, remove) per-row calibration (:mod:`nncift.network.row_calibration`); saved with the weights."""
         self.row_calibration = calibration
-        for name in ("calibration_rows", "calibration_slopes", "calibration_offsets", "calibration_kernel"):
-            self._buffers.pop(name, None)
+        self._calibration_buffers("calibration_", calibration)
+
+    def attach_task_calibration(self, calibration: RowCalibration | None) -> None:
+        """Add (or, with None, remove) per-task calibration (:mod:`nncift.network.task_calibration`): it replaces the row
+        calibration on the rows it holds; saved with the weights."""
+        self.task_calibration = calibration
+        self._calibration_buffers("task_calibration_", calibration)
+
+    def _calibration_buffers(self, prefix: str, calibration: RowCalibration | None) -> None:
+        for name in ("rows", "slopes", "offsets", "kernel"):
+            self._buffers.pop(prefix + name, None)
         if calibration is not None:
-            self.register_buffer("calibration_rows", calibration.rows)
-            self.register_buffer("calibration_slopes", calibration.slopes)
-            self.register_buffer("calibration_offsets", calibration.offsets)
-            self.register_buffer("calibration_kernel", torch.tensor([calibration.temperature, calibration.shrink]))
+            self.register_buffer(prefix + "rows", calibration.rows)
+            self.register_buffer(prefix + "slopes", calibration.slopes)
+            self.register_buffer(prefix + "offsets", calibration.offsets)
+            self.register_buffer(prefix + "kernel", torch.tensor([calibration.temperature, calibration.shrink]))
+
+    def calibration_lines(self, rows: Tensor) -> tuple[Tensor, Tensor] | None:
+        """(A, B) of ``rows``: the standardised prediction becomes ``A·p + B``: the task calibration's line for the rows it
+        holds (rows of a task without a line of their own), the row calibration's for every other row; None without either."""
+        lines = None if self.row_calibration is None else self.row_calibration.lines(rows)
+        if self.task_calibration is None:
+            return lines
+        a, b, match = self.task_calibration.matched_lines(rows)  # match ≈ 1 for the rows it holds, ≈ 0 for any other
+        own_a, own_b = lines if lines is not None else (torch.ones_like(a), torch.zeros_like(b))
+        return match * a + (1.0 - match) * own_a, match * b + (1.0 - match) * own_b
 
     def attach_anchors(self, anchors: Anchors | None) -> None:
         """Add (or, with None, remove) the label-anchor correction; its tensors are saved with the weights."""
@@ -111,10 +131,11 @@ class TwoTowerNetwork(torch.nn.Module):
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         """Loading weights saved with anchors or a row calibration re-creates them (their sizes come from the file)."""
-        if prefix + "calibration_rows" in state_dict:
-            kernel = state_dict[prefix + "calibration_kernel"]
-            rows, slopes, offsets = (state_dict[prefix + name].clone() for name in ("calibration_rows", "calibration_slopes", "calibration_offsets"))
-            self.attach_row_calibration(RowCalibration(rows, slopes, offsets, float(kernel[0]), float(kernel[1])))
+        for kind, attach in (("calibration_", self.attach_row_calibration), ("task_calibration_", self.attach_task_calibration)):
+            if prefix + kind + "rows" in state_dict:
+                kernel = state_dict[prefix + kind + "kernel"]
+                rows, slopes, offsets = (state_dict[prefix + kind + name].clone() for name in ("rows", "slopes", "offsets"))
+                attach(RowCalibration(rows, slopes, offsets, float(kernel[0]), float(kernel[1])))
         if prefix + "anchor_rows" in state_dict:
             kernel = state_dict[prefix + "anchor_kernel"]
             rows, cols, residuals, mask = (state_dict[prefix + name].clone() for name in ("anchor_rows", "anchor_cols", "anchor_residuals", "anchor_mask"))
@@ -172,8 +193,9 @@ class TwoTowerNetwork(torch.nn.Module):
                 out = out + extra
         if self.anchors is not None:
             out = out + anchor_correction(rows, cols, self.anchors)
-        if self.row_calibration is not None:
-            out = self.row_calibration.apply(rows, out)
+        lines = self.calibration_lines(rows)
+        if lines is not None:
+            out = lines[0][:, None] * out + lines[1][:, None]
         return out
 
     def forward(self, rows: Tensor, cols: Tensor, self_cols: Tensor | None = None) -> Tensor:
@@ -193,6 +215,8 @@ class TwoTowerNetwork(torch.nn.Module):
         if self.row_calibration is not None:
             described["row_calibration"] = {"rows": int(self.row_calibration.rows.shape[0]), "temperature": self.row_calibration.temperature,
                                             "shrink": self.row_calibration.shrink}
+        if self.task_calibration is not None:
+            described["task_calibration"] = {"rows": int(self.task_calibration.rows.shape[0])}
         return described
 
 
@@ -246,8 +270,8 @@ def predict_two_tower(network: TwoTowerNetwork, rows: np.ndarray, cols: np.ndarr
 
 
 def _row_lines(network: TwoTowerNetwork, rows: Tensor) -> tuple[Tensor, Tensor] | None:
-    """The row calibration's (A, B) of ``rows``, or None without one."""
-    return None if network.row_calibration is None else network.row_calibration.lines(rows)
+    """The row and task calibrations' (A, B) of ``rows``, or None without either."""
+    return network.calibration_lines(rows)
 
 
 class InnerProductForm(NamedTuple):

@@ -14,6 +14,7 @@ import numpy as np
 from nncift.network.fitting import FitSettings, fit_pairwise
 from nncift.network.fitting_pointwise import fit_pointwise
 from nncift.network.paper_training import train_pairwise, train_pointwise
+from nncift.network.task_calibration import TaskRows
 from nncift.settings.stages import NetworkSettings
 
 __all__ = ["train_network", "train_network_pointwise"]
@@ -22,10 +23,10 @@ __all__ = ["train_network", "train_network_pointwise"]
 def train_network(row_embeddings: np.ndarray, col_embeddings: np.ndarray, labels: np.ndarray, settings: NetworkSettings, *,
                   self_cols: np.ndarray | None = None, objective: str = "fl",
                   candidate_scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None, held_out: str = "records",
-                  prior_is_exact: bool = False, progress: bool = False) -> tuple[Any, dict[str, Any]]:
+                  prior_is_exact: bool = False, tasks: TaskRows | None = None, progress: bool = False) -> tuple[Any, dict[str, Any]]:
     """Train the pairwise network named by ``settings.architecture`` (:class:`nncift.settings.stages.NetworkSettings`).
 
-    ``two-tower``: :func:`fit_pairwise` (``candidate_scores``, ``held_out`` and ``prior_is_exact`` as there);
+    ``two-tower``: :func:`fit_pairwise` (``candidate_scores``, ``held_out``, ``prior_is_exact`` and ``tasks`` as there);
     ``paper``: :func:`nncift.network.paper_training.train_pairwise` as the paper trains it, shipped as trained. Returns the network and a JSON-ready report.
     """
     if settings.architecture == "paper":
@@ -34,7 +35,7 @@ def train_network(row_embeddings: np.ndarray, col_embeddings: np.ndarray, labels
                          "n_labelled": report.n_examples, "seconds": round(report.seconds, 3)}
     network, fit = fit_pairwise(row_embeddings, col_embeddings, labels, FitSettings(settings), self_cols=self_cols,
                                 objective=objective, candidate_scores=candidate_scores, held_out=held_out,
-                                prior_is_exact=prior_is_exact, progress=progress)
+                                prior_is_exact=prior_is_exact, tasks=tasks, progress=progress)
     return network, fit.as_dict()
 
 

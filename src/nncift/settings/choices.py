@@ -24,15 +24,18 @@ NETWORK_LOSSES = ("mse", "row-centred")
 NETWORK_INPUTS = ("auto", "text", "text+response")
 """What the network reads of a record: the embedding of its example text, or that beside the embedding of its response alone;
 auto: the influence function's own choice (``nncift.influence``)."""
+TASK_CALIBRATIONS = ("auto", "on", "off")
+"""Per-task calibration of the network (``nncift.network.task_calibration``): auto (where the selection aggregates the
+targets by task: LESS's top-k), on (wherever the rows are targets of two or more tasks), off."""
 DEFAULT_RESPONSE_WEIGHT = 0.2
 """Weight of the response half in the text+response input (the text half: √(1 − w²)); the prior's cosine is then
 0.96 × the texts' cosine + 0.04 × the responses'."""
 
 SAMPLING_DESIGNS = ("auto", "block", "all-targets")
-GRAPH_BUILDERS = ("auto", "exact", "hnsw", "ivf")
-"""How a sparse selection finds each row's K best columns (``--selection.graph``)."""
 """Which pairs get the exact influence function (``nncift.run.layout``): the function's own choice, a u × u block (or g
 blocks), or every target × the sampled candidates."""
+GRAPH_BUILDERS = ("auto", "exact", "hnsw", "ivf")
+"""How a sparse selection finds each row's K best columns (``--selection.graph``)."""
 
 OBJECTIVES = ("fl", "flmi", "flcg", "topk")
 """Selection objectives (``nncift.selection``): facility location, its mutual-information and conditional-gain forms, top-k."""

@@ -36,6 +36,7 @@ from nncift.settings.choices import (
     NETWORK_LOSSES,
     OBJECTIVES,
     SAMPLING_DESIGNS,
+    TASK_CALIBRATIONS,
 )
 from nncift.settings.fields import Checked, build_settings, check_settings, normalise_budget, setting, settings_dict
 
@@ -100,6 +101,10 @@ class NetworkSettings(Checked):
     """text+response: the response half's weight w (the text half's: √(1 − w²)); the calibrated prior is then
     (1 − w²) × the texts' cosine + w² × the responses'. 0.7071 weighs both halves alike (what text+response meant before
     this setting existed)."""
+    task_calibration: str = setting("auto", choices=TASK_CALIBRATIONS)
+    """two-tower: put every target row on its task's scale, fitted on the task's labelled rows (docs/network.md, "Task
+    calibration"): auto (the default: where the selection aggregates the targets by task, i.e. LESS's top-k, which takes
+    the maximum over subtasks), on (wherever the rows are separate targets of two or more tasks), off."""
     max_training_pairs: int = setting(250_000, at_least=0)
     """two-tower: the network is validated and trained on at most this many labelled pairs: beyond it, a seeded sample of the
     labelled records (rows and columns alike) whose pairs fit, so training time stops growing with the label count; every

@@ -11,9 +11,10 @@ import numpy as np
 from nncift.data.records import Record
 from nncift.influence import InfluenceFunction, InfluenceSpec, PairwiseInfluence
 from nncift.network.folds import validation_hold_out
+from nncift.network.task_calibration import TaskRows
 from nncift.run.layout import Layout
 
-__all__ = ["candidate_scores", "network_validation"]
+__all__ = ["candidate_scores", "network_validation", "network_task_rows"]
 
 
 def candidate_scores(function_class: type[InfluenceFunction], spec: InfluenceSpec) -> Callable[[np.ndarray, Sequence[Record]], np.ndarray] | None:
@@ -35,3 +36,21 @@ def network_validation(function_class: type[InfluenceFunction], spec: InfluenceS
     block_scores = None if aggregate is None else (lambda m, idx: aggregate(m, [layout.rows[int(layout.seen_rows[i])] for i in idx]))
     return {"objective": criterion, "candidate_scores": block_scores,
             "held_out": validation_hold_out(len(layout.seen_rows), len(layout.rows), criterion)}
+
+
+def network_task_rows(mode: str, function_class: type[InfluenceFunction], layout: Layout, objective: str,
+                      row_embeddings: np.ndarray) -> TaskRows | None:
+    """The rows the network calibrates per task (``network.task_calibration``; :mod:`nncift.network.task_calibration`), or
+    None: the setting is ``off``; the rows are not separate targets (the pool represents itself, or its rows come first)
+    of two or more task labels; or, with ``auto``, the selection does not aggregate the targets by task (only top-k with
+    the function's own aggregation does: LESS's maximum over subtasks)."""
+    if mode == "off" or layout.n_pool_rows or not layout.rows:
+        return None
+    tasks = [record.task for record in layout.rows]
+    if len({t for t in tasks if t is not None}) < 2:
+        return None
+    aggregates_by_task = objective == "topk" and issubclass(function_class, PairwiseInfluence) and \
+        function_class.candidate_scores is not PairwiseInfluence.candidate_scores
+    if mode == "auto" and not aggregates_by_task:
+        return None
+    return TaskRows(np.asarray(row_embeddings), tasks, np.asarray(layout.seen_rows))

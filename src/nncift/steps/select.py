@@ -1,7 +1,6 @@
 """The NN-CIFT steps (docs/methods.md §1), and nothing else:
 
-1. sample a fraction u of targets and candidates with a seed, compute the influence function on
-   that block only (Q1);
+1. sample a fraction u of targets and candidates with a seed, compute the influence function on that block only (Q1);
 2. train the InfluenceNetwork on Q1 and predict every other entry;
 3. run the selection that belongs to the influence function on the predicted matrix (exact Q1
    values kept) and return a subset of the pool.
@@ -65,7 +64,7 @@ from nncift.selection import ObjectiveSpec, Selection, choose_subset
 from nncift.settings.choices import OBJECTIVES
 from nncift.settings.fields import settings_dict
 from nncift.settings.stages import NetworkSettings, RunContext, SamplingSettings, SelectionSettings, SelectSettings
-from nncift.steps.aggregation import candidate_scores, network_validation
+from nncift.steps.aggregation import candidate_scores, network_task_rows, network_validation
 from nncift.steps.preflight import check_labelled_block
 from nncift.steps.select_sparse import select_on_graph, selection_plan
 
@@ -131,7 +130,7 @@ def load_inputs(settings: SelectSettings) -> tuple[list[Record], list[Record], l
 
 
 ADDED_SETTINGS: dict[str, object] = {"selection.partitions": 0, "network.step_pairs": 0, "selection.graph": "auto", "sampling.stratify": False,
-                                   "network.input": "text", "network.response_weight": 0.7071067811865476}
+                                   "network.input": "text", "network.response_weight": 0.7071067811865476, "network.task_calibration": "off"}
 """Select settings newer than some run folders, at the values those folders ran with (:class:`~nncift.run.store.RunStore`'s ``added``)."""
 RESELECT_KEYS = frozenset({"selection", "network"})
 """The stages whose settings change only the network or the selection: a run folder whose influence block is finished
@@ -341,10 +340,11 @@ def _select_pairwise(run: _Run, settings: SelectSettings, executor: Executor, rn
     influence_embedder = spec.options.get("similarity_embedder") or spec.run.embedder
     reading = network_reading(settings.influence, settings.network)
     prior_is_exact = function_class.is_embedding_cosine and influence_embedder == settings.embedder and reading["network_input"] == "text"
+    tasks = network_task_rows(settings.network.task_calibration, function_class, layout, objective, row_embeddings)
     with ledger.stage("network training"):
         network, report = _trained_network(store, settings.network, progress, validation["objective"], lambda s: train_network(
             row_embeddings[layout.seen_rows], col_embeddings[layout.seen_cols], labels, s, self_cols=block_self_cols(layout), **validation,
-            prior_is_exact=prior_is_exact, progress=progress))
+            prior_is_exact=prior_is_exact, tasks=tasks, progress=progress))
     plan = selection_plan(network, layout, len(pool), objective, settings.selection)
     if plan.sparse:  # no (rows × pool) matrix: a stale one of an earlier selection in this folder goes
         store.path("predicted.npy").unlink(missing_ok=True)
