@@ -154,6 +154,19 @@ def test_unlabelled_rows_take_their_tasks_scale_and_top_k_follows_the_exact_func
     assert len(picked["tasks"] & exact) >= len(picked["global"] & exact) + 5
 
 
+def test_a_learned_predictor_keeps_its_scale_since_its_labelled_values_are_in_sample() -> None:
+    """A trained network's (or the anchors') values on the labelled pairs are fitted to them: a line fitted there would
+    stretch the unlabelled rows by what it learnt of the labelled ones, so only the calibrated prior is put on task lines."""
+    rows, cols, tasks, true, seen_cols = _two_task_targets(0)
+    seen_rows = np.array([0, 1, 20, 21])
+    forced = FitSettings(NetworkSettings(max_steps=20, folds=4, seed=0, fallback=False), force="network")
+    network, report = fit_pairwise(rows[seen_rows], cols[seen_cols], true[np.ix_(seen_rows, seen_cols)], forced, objective="topk",
+                                   held_out="columns", tasks=TaskRows(rows, tasks, seen_rows))
+    assert report.chosen == "network" and network.task_calibration is None
+    assert "in sample" in report.task_calibration["kept_as_predicted"]["every task"]
+    assert "its task's scale" not in report.note
+
+
 def _records(tasks: list[str | None]) -> list[Record]:
     return [Record(instruction=f"q{i}", input="", output="a", task=t) for i, t in enumerate(tasks)]
 

@@ -25,19 +25,21 @@ def _settings(embedder: Path, **overrides) -> SelectSettings:
 @pytest.mark.parametrize("mode", ["on", "off", "auto"])
 def test_a_run_calibrates_per_task_where_asked_and_says_so(tmp_path: Path, tiny_lm_dir: Path, demo_pool, mode: str) -> None:
     pool, targets = demo_pool[:40], demo_pool[40:64]  # 24 targets of the demo's 8 task families
-    result = run_select(_settings(tiny_lm_dir, **{"network.task_calibration": mode}), tmp_path / mode, pool=pool, targets=targets)
+    settings = _settings(tiny_lm_dir, **{"network.task_calibration": mode, "network.max_steps": 0})  # the calibrated prior ships
+    result = run_select(settings, tmp_path / mode, pool=pool, targets=targets)
     training = result.manifest["network_training"]
     assert result.manifest["settings"]["network"]["task_calibration"] == mode
     network = load_network(tmp_path / mode / "network.safetensors")
     if mode != "on":  # off, or auto: DELIFT-SE's top-k does not aggregate by task
         assert not training["task_calibration"] and network.task_calibration is None
         return
+    assert training["chosen"].startswith("prior") and "anchors" not in training["chosen"]
     lines = training["task_calibration"]["lines"]
     assert lines and set(lines) <= {t.task for t in targets}
     assert all(line["slope"] > 0 and line["pairs"] >= 10 for line in lines.values())
     assert "its task's scale" in training["note"]
     assert network.task_calibration is not None and network.architecture()["task_calibration"]["rows"] == training["task_calibration"]["rows"]
-    plain = run_select(_settings(tiny_lm_dir, **{"network.task_calibration": "off"}), tmp_path / "plain", pool=pool, targets=targets)
+    plain = run_select(settings.updated(**{"network.task_calibration": "off"}), tmp_path / "plain", pool=pool, targets=targets)
     predicted, without = np.load(tmp_path / mode / "predicted.npy"), np.load(tmp_path / "plain" / "predicted.npy")
     assert plain.manifest["network_training"]["chosen"] == training["chosen"]  # the same predictor, with and without the lines
     assert not np.allclose(predicted, without, atol=1e-4)

@@ -124,7 +124,7 @@ class FitReport:
     row_calibration: dict[str, float] = field(default_factory=dict)
     """The row calibration's kernel (τ, κ) and how many rows have their own line, when the shipped predictor has one."""
     task_calibration: dict[str, Any] = field(default_factory=dict)
-    """Each task's line and the tasks left as predicted (:mod:`nncift.network.task_calibration`), when rows carry tasks."""
+    """Each task's line and the tasks left as predicted, and why (:mod:`nncift.network.task_calibration`), when rows carry tasks."""
     n_training: int = 0
     """Labelled pairs the network was validated and trained on (``n_labelled`` or, beyond ``network.max_training_pairs``, a sample's)."""
     step_pairs: int = 0
@@ -230,8 +230,8 @@ def fit_pairwise(row_embeddings: np.ndarray, col_embeddings: np.ndarray, labels:
         held_out: ``records`` (u × u designs: unlabelled pairs have neither side labelled) or ``columns`` (every
             row of the matrix is labelled: validation holds out candidates only).
         prior_is_exact: the labels are an affine map of the inputs' cosine (DELIFT-SE): ship the calibrated prior, train nothing.
-        tasks: every row of the matrix with its task label: what ships is then put on each task's scale, every row of a task
-            (:mod:`nncift.network.task_calibration`). None: no task calibration.
+        tasks: every row of the matrix with its task label: where the calibrated prior ships, every row of a task is then put
+            on the task's scale (:mod:`nncift.network.task_calibration`). None: no task calibration.
         progress: a progress bar over the trainings (folds × grid, then the final one).
 
     Returns:
@@ -267,8 +267,18 @@ def fit_pairwise(row_embeddings: np.ndarray, col_embeddings: np.ndarray, labels:
     return network.eval(), report
 
 
+TASK_CALIBRATED = ("prior", "prior + row calibration")
+"""Shipped predictors that task calibration applies to (:func:`_calibrate_tasks`)."""
+
+
 def _calibrate_tasks(network: TwoTowerNetwork, data: PairBlock, tasks: TaskRows, block_rows: np.ndarray, report: FitReport, std: float) -> None:
-    """Fit each task's line on the shipped predictor's values of the labelled block and attach them for every row of ``tasks``."""
+    """Fit each task's line on the shipped predictor's values of the labelled block and attach them for every row of
+    ``tasks``: only where that predictor is the calibrated prior (with or without row calibration), whose values on the
+    labelled pairs are not fitted to them (a trained network's or the anchors' are: their lines would stretch the
+    unlabelled rows by what they learnt of the labelled ones)."""
+    if report.chosen not in TASK_CALIBRATED:
+        report.task_calibration = {"kept_as_predicted": {"every task": f"{report.chosen} is fitted to the labelled pairs (in sample)"}}
+        return
     self_t = None if data.self_cols is None else torch.from_numpy(data.self_cols)
     own_lines, own = network.row_calibration, None
     network.attach_row_calibration(None)  # the lines are fitted on the predictor without it

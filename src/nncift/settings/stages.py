@@ -102,8 +102,8 @@ class NetworkSettings(Checked):
     (1 − w²) × the texts' cosine + w² × the responses'. 0.7071 weighs both halves alike (what text+response meant before
     this setting existed)."""
     task_calibration: str = setting("auto", choices=TASK_CALIBRATIONS)
-    """two-tower: put every target row on its task's scale, fitted on the task's labelled rows (docs/network.md, "Task
-    calibration"): auto (the default: where the selection aggregates the targets by task, i.e. LESS's top-k, which takes
+    """two-tower: where the calibrated prior ships, put every target row on its task's scale, fitted on the task's
+    labelled rows (docs/network.md, "Task calibration"): auto (the default: where the selection aggregates the targets by task, i.e. LESS's top-k, which takes
     the maximum over subtasks), on (wherever the rows are separate targets of two or more tasks), off."""
     max_training_pairs: int = setting(250_000, at_least=0)
     """two-tower: the network is validated and trained on at most this many labelled pairs: beyond it, a seeded sample of the
