@@ -145,6 +145,9 @@ def test_unlabelled_rows_take_their_tasks_scale_and_top_k_follows_the_exact_func
     assert report.task_calibration["lines"]["a"]["slope"] > 2 * report.task_calibration["lines"]["b"]["slope"]
     assert "its task's scale" in report.note
     assert not fits["global"][1].task_calibration
+    _, unlabelled_task = fit_pairwise(rows[seen_rows], cols[seen_cols], labels, settings, objective="topk", held_out="columns",
+                                      candidate_scores=aggregate, tasks=TaskRows(rows, tasks[:39] + ["c"], seen_rows))
+    assert unlabelled_task.task_calibration["kept_as_predicted"] == {"c": "no labelled rows"}  # a task the sample missed
     unlabelled = np.setdiff1d(np.arange(40), seen_rows)
     error = {name: float(np.abs(predict_pairwise(net, rows, cols)[unlabelled] - true[unlabelled]).mean()) for name, (net, _) in fits.items()}
     assert error["tasks"] < 0.5 * error["global"]

@@ -289,6 +289,7 @@ def _calibrate_tasks(network: TwoTowerNetwork, data: PairBlock, tasks: TaskRows,
         own = (torch.from_numpy(np.ascontiguousarray(tasks.embeddings, dtype=np.float32)) @ own_lines.rows.T).max(dim=1).values.numpy() > 1 - 1e-5
     block_tasks = [tasks.tasks[int(tasks.block_rows[int(i)])] for i in block_rows]
     lines, skipped = fit_task_lines(fitted, data.labels, data.mask & ~data.self_mask, block_tasks)
+    skipped |= {str(t): "no labelled rows" for t in set(tasks.tasks) - {None} if str(t) not in lines and str(t) not in skipped}
     calibration = task_calibration(tasks, lines, own)
     network.attach_task_calibration(calibration)
     report.task_calibration = describe(lines, skipped, std, 0 if calibration is None else int(calibration.rows.shape[0]))
