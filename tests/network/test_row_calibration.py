@@ -13,7 +13,7 @@ from nncift.network.files import load_network, save_network
 from nncift.network.fitting import FitSettings, fit_pairwise
 from nncift.network.paper import predict_pairwise
 from nncift.network.row_calibration import CALIBRATION_SHRINK, RowCalibration
-from nncift.network.towers import inner_product_form
+from nncift.network.towers import TwoTowerNetwork, inner_product_form
 from nncift.settings.stages import NetworkSettings
 
 
@@ -59,17 +59,26 @@ def test_every_prediction_path_applies_the_calibration_and_it_survives_saving(tm
     self_cols[:20] = rng.permutation(40)[:20]
     expected = predict_pairwise(net, rows, cols, self_cols=self_cols)
     assert not np.allclose(expected[:10], before[:10], atol=1e-2)  # the labelled rows moved
+    loaded = assert_every_path_agrees(net, rows, cols, self_cols, tmp_path)
+    assert loaded.architecture()["row_calibration"]["rows"] == 10
+
+
+def assert_every_path_agrees(net: TwoTowerNetwork, rows: np.ndarray, cols: np.ndarray, self_cols: np.ndarray, folder: Path) -> TwoTowerNetwork:
+    """``predict_pairwise``, the module's forward, the inner-product form (in row blocks) and the network saved and loaded
+    again all predict the same; the loaded network is returned."""
+    expected = predict_pairwise(net, rows, cols, self_cols=self_cols)
     with torch.no_grad():
         direct = net(torch.from_numpy(rows), torch.from_numpy(cols), torch.from_numpy(self_cols)).numpy()
     np.testing.assert_allclose(expected, direct, atol=1e-4)
     form = inner_product_form(net, rows, cols, self_cols=self_cols, block_rows=7)
     got = form.row_features @ form.col_features.T
-    got[np.arange(20), self_cols[:20]] += form.self_terms[:20]
+    own = np.flatnonzero(self_cols >= 0)
+    got[own, self_cols[own]] += form.self_terms[own]
     np.testing.assert_allclose(got, expected, atol=1e-4)
-    save_network(net, tmp_path / "network.safetensors", {})
-    loaded = load_network(tmp_path / "network.safetensors")
-    assert loaded.architecture()["row_calibration"]["rows"] == 10
+    save_network(net, folder / "network.safetensors", {})
+    loaded = load_network(folder / "network.safetensors")
     np.testing.assert_allclose(predict_pairwise(loaded, rows, cols, self_cols=self_cols), expected, atol=1e-6)
+    return loaded
 
 
 def test_validation_ships_row_calibration_where_rows_differ_in_scale_and_top_k_improves() -> None:

@@ -8,16 +8,15 @@ import numpy as np
 import pytest
 import torch
 from test_inner_product import embeddings, random_network
+from test_row_calibration import assert_every_path_agrees
 
 from nncift.data.records import Record
 from nncift.influence.delift import Delift
 from nncift.influence.less import Less, aggregate_scores
-from nncift.network.files import load_network, save_network
 from nncift.network.fitting import FitSettings, fit_pairwise
 from nncift.network.paper import predict_pairwise
 from nncift.network.row_calibration import RowCalibration
 from nncift.network.task_calibration import MIN_TASK_PAIRS, TaskRows, fit_task_lines, task_calibration
-from nncift.network.towers import inner_product_form
 from nncift.run.layout import Layout
 from nncift.settings.stages import NetworkSettings
 from nncift.steps.aggregation import network_task_rows
@@ -96,23 +95,13 @@ def test_every_prediction_path_applies_both_calibrations_and_they_survive_saving
     net.attach_task_calibration(task_calibration(TaskRows(rows, tasks, np.arange(10)), lines, own))
     self_cols = np.full(25, -1, dtype=np.int64)
     self_cols[:20] = rng.permutation(40)[:20]
-    expected = predict_pairwise(net, rows, cols, self_cols=self_cols)
     mean, std = float(net.label_mean), float(net.label_std)
     slope, offset = np.where(np.arange(25) < 12, 2.0, 0.5)[:, None], np.where(np.arange(25) < 12, 1.0, -1.0)[:, None]
     no_self = predict_pairwise(net, rows, cols)
     np.testing.assert_allclose(no_self[:10], row_calibrated[:10], atol=1e-4)  # their own lines
     np.testing.assert_allclose(no_self[10:], (mean + std * (slope * (plain - mean) / std + offset))[10:], atol=1e-3)  # the task's
-    with torch.no_grad():
-        direct = net(torch.from_numpy(rows), torch.from_numpy(cols), torch.from_numpy(self_cols)).numpy()
-    np.testing.assert_allclose(expected, direct, atol=1e-4)
-    form = inner_product_form(net, rows, cols, self_cols=self_cols, block_rows=7)
-    got = form.row_features @ form.col_features.T
-    got[np.arange(20), self_cols[:20]] += form.self_terms[:20]
-    np.testing.assert_allclose(got, expected, atol=1e-4)
-    save_network(net, tmp_path / "network.safetensors", {})
-    loaded = load_network(tmp_path / "network.safetensors")
+    loaded = assert_every_path_agrees(net, rows, cols, self_cols, tmp_path)
     assert loaded.architecture()["task_calibration"]["rows"] == 15
-    np.testing.assert_allclose(predict_pairwise(loaded, rows, cols, self_cols=self_cols), expected, atol=1e-6)
 
 
 def _two_task_targets(seed: int) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray, np.ndarray]:

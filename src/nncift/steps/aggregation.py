@@ -17,10 +17,15 @@ from nncift.run.layout import Layout
 __all__ = ["candidate_scores", "network_validation", "network_task_rows"]
 
 
+def _has_own_aggregation(function_class: type[InfluenceFunction]) -> bool:
+    """The function aggregates a matrix's rows into one score per candidate its own way (LESS), not by the row mean."""
+    return issubclass(function_class, PairwiseInfluence) and function_class.candidate_scores is not PairwiseInfluence.candidate_scores
+
+
 def candidate_scores(function_class: type[InfluenceFunction], spec: InfluenceSpec) -> Callable[[np.ndarray, Sequence[Record]], np.ndarray] | None:
     """Top-k's aggregation of an influence matrix's rows (records ``rows``) into one score per candidate, when the
     function has its own (LESS: max over subtasks of the mean over that subtask's targets); None: the mean over rows."""
-    if not issubclass(function_class, PairwiseInfluence) or function_class.candidate_scores is PairwiseInfluence.candidate_scores:
+    if not _has_own_aggregation(function_class):
         return None
     function = function_class.from_options(spec.options, run=spec.run, progress=False)
     assert isinstance(function, PairwiseInfluence)
@@ -49,8 +54,6 @@ def network_task_rows(mode: str, function_class: type[InfluenceFunction], layout
     tasks = [record.task for record in layout.rows]
     if len({t for t in tasks if t is not None}) < 2:
         return None
-    aggregates_by_task = objective == "topk" and issubclass(function_class, PairwiseInfluence) and \
-        function_class.candidate_scores is not PairwiseInfluence.candidate_scores
-    if mode == "auto" and not aggregates_by_task:
+    if mode == "auto" and not (objective == "topk" and _has_own_aggregation(function_class)):
         return None
     return TaskRows(np.asarray(row_embeddings), tasks, np.asarray(layout.seen_rows))
