@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import json
+import sys
 import time
 from pathlib import Path
 
@@ -46,7 +48,7 @@ def _cost(seen_rows: np.ndarray, seen_cols: np.ndarray, n_pool_rows: int) -> int
     return len(set(seen_rows[seen_rows < n_pool_rows].tolist()) | set(seen_cols.tolist())) + int((seen_rows >= n_pool_rows).sum())
 
 
-VALIDATION_RULES = {
+DIFF_RULES = {
     "every fold, mean > SE (shipped)": lambda diff: bool(np.all(diff > 1e-9) and diff.mean() > diff.std(ddof=1) / np.sqrt(diff.size)),
     "every fold, mean > 2 SE": lambda diff: bool(np.all(diff > 1e-9) and diff.mean() > 2 * diff.std(ddof=1) / np.sqrt(diff.size)),
     "no fold worse, mean > SE": lambda diff: bool(np.all(diff > -1e-9) and diff.mean() > diff.std(ddof=1) / np.sqrt(diff.size)),
@@ -55,8 +57,8 @@ VALIDATION_RULES = {
     "mean > 0": lambda diff: bool(diff.mean() > 1e-9),
     "≥ 3 of 4 folds, mean > 0": lambda diff: bool((diff > 1e-9).mean() >= 0.75 and diff.mean() > 1e-9),
 }
-"""Validation rules compared offline on the shipped fit's per-fold criteria: a candidate may replace the prior when the rule
-holds for its per-fold differences to the prior; of those, the best mean criterion is shipped (as :func:`choose_candidate`)."""
+"""Validation rules on a candidate's per-fold differences to the prior: a candidate may replace the prior when the rule holds; of
+those, the best mean criterion is shipped (as :func:`choose_candidate`)."""
 
 
 def apply_rule(rule, fold_criteria: dict[str, list[float]]) -> str:
@@ -75,10 +77,56 @@ def apply_rule(rule, fold_criteria: dict[str, list[float]]) -> str:
     return best
 
 
+def nested_gains(rule, fold_criteria: dict[str, list[float]]) -> np.ndarray:
+    """Per fold i, what the whole choice gains over the prior on fold i when it is made on the other folds: the candidate
+    ``rule`` picks there, scored on fold i, minus the prior's score on fold i (0 where it picks the prior). Nested
+    cross-validation of the choice itself: a candidate that wins on every fold only because it is the luckiest of the nine
+    tried gains nothing here."""
+    n = len(fold_criteria.get("prior", []))
+    gains = np.zeros(n)
+    for i in range(n):
+        others = {name: [v for j, v in enumerate(values) if j != i] for name, values in fold_criteria.items()}
+        chosen = apply_rule(rule, others)
+        gains[i] = fold_criteria[chosen][i] - fold_criteria["prior"][i]
+    return gains
+
+
+def nested_rule(rule, confirm):
+    """The candidate ``rule`` picks on every fold, shipped only when the choice made out of fold gains over the prior by
+    ``confirm`` (its per-fold :func:`nested_gains`)."""
+    def choose(fold_criteria: dict[str, list[float]]) -> str:
+        chosen = apply_rule(rule, fold_criteria)
+        return chosen if chosen == "prior" or confirm(nested_gains(rule, fold_criteria)) else "prior"
+    return choose
+
+
+VALIDATION_RULES = {name: functools.partial(apply_rule, rule) for name, rule in DIFF_RULES.items()} | {
+    "nested: every fold, mean > SE, its out-of-fold choice gains on average": nested_rule(DIFF_RULES["every fold, mean > SE (shipped)"],
+                                                                                        lambda gains: bool(gains.mean() > 1e-9)),
+    "nested: every fold, mean > SE, its out-of-fold choice loses on no fold": nested_rule(
+        DIFF_RULES["every fold, mean > SE (shipped)"], lambda gains: bool(gains.mean() > 1e-9 and np.all(gains > -1e-9))),
+    "nested: mean > SE, its out-of-fold choice gains on average": nested_rule(DIFF_RULES["mean > SE"], lambda gains: bool(gains.mean() > 1e-9)),
+}
+"""Validation rules compared offline on the shipped fit's per-fold criteria: each maps a fit's per-fold criteria (per candidate) to
+the candidate it ships."""
+
+
+def _with_rule_picks(variants: list[tuple[str, str | None]], fold_criteria: dict[str, dict[str, list[float]]], loss: str, rules: bool):
+    """The fits to run for one loss: ``variants`` in order, then (``rules``) every candidate a validation rule picks from the shipped
+    fit's per-fold criteria (known once the first variant, the shipped fit, has run) that is not forced already."""
+    yield from variants[:1]
+    yield from variants[1:]
+    if rules and loss in fold_criteria:
+        done = {forced for _, forced in variants}
+        for name in dict.fromkeys(["prior", *(rule(fold_criteria[loss]) for rule in VALIDATION_RULES.values())]):
+            if name not in done:  # the prior too: where task calibration applies, the shipped prior is not the plain cosine
+                yield name, name
+
+
 def rules_table(fits: list[dict], repeats: int) -> list[str]:
     """Per validation rule, on the first repeat's folds and (with ``repeats`` > 1) on every repeat's: what it ships per (u, design,
     seed), and the true f_gain that follows (the forced candidate's), beside the cosine's and the best candidate's."""
-    header = "| rule | folds | u | design | shipped (per seed) | learned shipped | f_gain | f_gain cosine | f_gain best candidate (oracle) |"
+    header = "| rule | folds | u | design | shipped (per seed) | learned shipped | f_gain | f_gain prior (as shipped) | f_gain best candidate (oracle) |"
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     views = [("first repeat", 1)] + ([(f"{repeats} repeats", repeats)] if repeats > 1 else [])
     for (rule_name, rule), (view, used) in ((r, v) for r in VALIDATION_RULES.items() for v in views):
@@ -87,11 +135,11 @@ def rules_table(fits: list[dict], repeats: int) -> list[str]:
             chosen = []
             for f in group:
                 per_repeat = len(f["fold_criteria"].get("prior", [])) // repeats
-                chosen.append(apply_rule(rule, {name: values[: per_repeat * used] for name, values in f["fold_criteria"].items()}))
+                chosen.append(rule({name: values[: per_repeat * used] for name, values in f["fold_criteria"].items()}))
             gains = [f["gains"].get(c, float("nan")) for f, c in zip(group, chosen)]
             learned = sum(not c.startswith("prior") for c in chosen)
             lines.append(f"| {rule_name} | {view} | {key[0]} | {key[1]} | {' / '.join(chosen)} | {learned} of {len(chosen)} | {summary(gains)} | "
-                         f"{summary([f['gains']['prior'] for f in group])} | {summary([max(f['gains'].values()) for f in group])} |")
+                         f"{summary([f['gains']['prior'] for f in group])} | {summary([max(f['gains'].values()) for f in group]) if all(np.isfinite(v) for f in group for v in f['gains'].values()) else '–'} |")
     return lines
 
 
@@ -110,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also ship these candidates whatever validation says (what each would lose)")
     parser.add_argument("--rules", action="store_true",
                         help="force every candidate too, and compare validation rules offline on the shipped fit's per-fold criteria")
+    parser.add_argument("--rules-oracle", action=argparse.BooleanOptionalAction, default=True,
+                        help="with --rules, force every candidate (the oracle column); --no-rules-oracle forces only the candidates a rule picks")
     parser.add_argument("--held-out", choices=("auto", "records", "columns"), default="auto",
                         help="what validation holds out: auto = as `nncift select` (columns only when every row is labelled)")
     parser.add_argument("--repeats", type=int, default=1, help="repeated cross-validation: record folds drawn this many times")
@@ -123,9 +173,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="sample the targets within each task (nncift's default since 2026-12-03)")
     parser.add_argument("--task-calibration", choices=("auto", "on", "off"), default="auto",
                         help="network.task_calibration (auto: nncift's default since 2026-12-03: on for LESS's top-k)")
+    parser.add_argument("--fits", type=Path, default=None,
+                        help="write every shipped fit's per-fold criteria and each candidate's true f_gain here (JSON), for rules compared later")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
-    if args.rules:
+    if args.rules and args.rules_oracle:
         args.forced = list(CANDIDATES)
 
     from nncift.influence import influence_class, network_reading
@@ -183,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         fold_criteria: dict[str, dict[str, list[float]]] = {}
         for loss in args.losses:
             variants = [("shipped", None)] + [(c, c) for c in args.forced]
-            for label, forced in variants:
+            for label, forced in _with_rule_picks(variants, fold_criteria, loss, args.rules):
                 if forced and forced.startswith("prior") and loss != args.losses[0]:
                     continue  # the prior does not train: one loss is enough
                 net_settings = NetworkSettings(loss=loss, fallback=forced is None, seed=seed, input=network_input, response_weight=response_weight,
@@ -215,21 +267,27 @@ def main(argv: list[str] | None = None) -> int:
                             "seconds": seconds})
         gain_of = {r["predictor"]: r["f_gain"] for r in results[-len(predictions):]}
         for loss, criteria in fold_criteria.items():
-            gains = {"prior": gain_of["cosine"], **{c: gain_of.get(c if c.startswith("prior") else f"{c} ({loss})", float("nan")) for c in CANDIDATES}}
+            gains = {"prior": gain_of.get("prior", gain_of["cosine"]), **{c: gain_of.get(c if c.startswith("prior") else f"{c} ({loss})", float("nan")) for c in CANDIDATES}}
             fits.append({"fraction": fraction, "design": f"{design_name} ({loss})" if len(args.losses) > 1 else design_name, "seed": seed,
                          "fold_criteria": criteria, "gains": gains})
         print(f"{input_name} u={fraction} {design} seed={seed}: " + ", ".join(f"{r['predictor']} {r['f_gain']:.3f}" for r in results[-len(predictions):]),
               flush=True)
 
-    header = "| input | u | design | exact cost | predictor | shipped (per seed) | per-row ρ, unlabelled candidates | f_gain | on-task share | train s |"
+    header = ("| input | u | design | exact cost | predictor | shipped (per seed) | per-row ρ, unlabelled candidates | f_gain | f_gain per seed | "
+              "seeds below the cosine (worst) | on-task share | train s |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    cosine_of = {(r["input"], r["fraction"], r["design"], r["seed"]): r["f_gain"] for r in results if r["predictor"] == "cosine"}
     for input_name, fraction in ((i, f) for i in inputs for f in dict.fromkeys(r["fraction"] for r in results)):
         for design in dict.fromkeys(r["design"] for r in results if r["fraction"] == fraction):
             for name in dict.fromkeys(r["predictor"] for r in results):
                 group = [r for r in results if r["input"] == input_name and r["fraction"] == fraction and r["design"] == design and r["predictor"] == name]
                 if group:
+                    below = [r["f_gain"] - cosine_of[(r["input"], r["fraction"], r["design"], r["seed"])] for r in group]
+                    per_seed = [f"{r['f_gain']:.3f}" for r in group]
                     lines.append(f"| {input_name} | {fraction} | {design} | {np.mean([r['cost'] for r in group]):,.0f} | {name} | {' / '.join(r['chosen'] for r in group)} | "
                                  f"{summary([r['row_rho'] for r in group])} | {summary([r['f_gain'] for r in group])} | "
+                                 f"{' / '.join(per_seed)} | "
+                                 f"{sum(b < -1e-9 for b in below)} of {len(below)} ({min(below):+.3f}) | "
                                  f"{summary([r['on_task'] for r in group])} | {summary([r['seconds'] for r in group])} |")
     random_share = float(np.isin(family, on_task_families).mean()) if on_task_families else float("nan")
     unit = "records with exact features" if function_class.cost_per == "record" else "labelled pairs"
@@ -246,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
                    "Each rule applied to the shipped fit's per-fold criteria (the prior's against each candidate's); the f_gain is that of "
                    "the candidate it picks, forced to ship (so the same trained networks). Oracle: the best candidate by true f_gain.", "",
                    *rules_table(fits, args.repeats)]
+    if args.fits:
+        args.fits.write_text(json.dumps({"matrix": args.matrix, "argv": argv if argv is not None else sys.argv[1:], "fits": fits}, indent=1))
     publish("\n".join(report) + "\n", args.output)
     return 0
 
