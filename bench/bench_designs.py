@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             gains = {"prior": gain_of.get("prior", gain_of["cosine"]), **{c: gain_of.get(c if c.startswith("prior") else f"{c} ({loss})", float("nan")) for c in CANDIDATES}}
             fits.append({"fraction": fraction, "design": f"{design_name} ({loss})" if len(args.losses) > 1 else design_name, "seed": seed,
                          "fold_criteria": criteria, "gains": gains})
-        print(f"{input_name} u={fraction} {design} seed={seed}: " + ", ".join(f"{r['predictor']} {r['f_gain']:.3f}" for r in results[-len(predictions):]),
+        print(f"{input_name} u={fraction} {design_name} seed={seed}: " + ", ".join(f"{r['predictor']} {r['f_gain']:.3f}" for r in results[-len(predictions):]),
               flush=True)
 
     header = ("| input | u | design | exact cost | predictor | shipped (per seed) | per-row ρ, unlabelled candidates | f_gain | f_gain per seed | "
