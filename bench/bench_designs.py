@@ -15,6 +15,10 @@ matrix:
 - the cost: records whose exact features were computed (per-record functions) or labelled pairs.
 
 Run: ``NNCIFT_BENCH_OUT=~/.cache/nncift/bench OMP_NUM_THREADS=2 .venv/bin/python bench/bench_designs.py less-p3-2k --output bench/results/designs_less_p3_2k.md``
+
+Validation rules: ``--rules`` compares the rules of :data:`VALIDATION_RULES` offline on each shipped fit's per-fold criteria
+(``--no-rules-oracle``: force only the candidates some rule picks); ``--fits F.json`` keeps those criteria and each candidate's
+true f_gain, and ``--rules-from F.json`` prints the rules table again from them without training.
 """
 
 from __future__ import annotations
@@ -175,8 +179,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="network.task_calibration (auto: nncift's default since 2026-12-03: on for LESS's top-k)")
     parser.add_argument("--fits", type=Path, default=None,
                         help="write every shipped fit's per-fold criteria and each candidate's true f_gain here (JSON), for rules compared later")
+    parser.add_argument("--rules-from", type=Path, default=None,
+                        help="print the rules table of a --fits file and stop (no training; the matrix argument is checked against the file's)")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
+    if args.rules_from:
+        saved = json.loads(args.rules_from.read_text())
+        if saved["matrix"] != args.matrix:
+            parser.error(f"{args.rules_from} holds fits of {saved['matrix']}, not {args.matrix}")
+        print("\n".join(rules_table(saved["fits"], args.repeats)))
+        return 0
     if args.rules and args.rules_oracle:
         args.forced = list(CANDIDATES)
 
