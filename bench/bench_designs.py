@@ -118,8 +118,7 @@ the candidate it ships."""
 def _with_rule_picks(variants: list[tuple[str, str | None]], fold_criteria: dict[str, dict[str, list[float]]], loss: str, rules: bool):
     """The fits to run for one loss: ``variants`` in order, then (``rules``) every candidate a validation rule picks from the shipped
     fit's per-fold criteria (known once the first variant, the shipped fit, has run) that is not forced already."""
-    yield from variants[:1]
-    yield from variants[1:]
+    yield from variants  # lazily: the shipped fit (first) fills ``fold_criteria`` before the rules below read it
     if rules and loss in fold_criteria:
         done = {forced for _, forced in variants}
         for name in dict.fromkeys(["prior", *(rule(fold_criteria[loss]) for rule in VALIDATION_RULES.values())]):

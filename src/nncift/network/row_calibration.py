@@ -86,8 +86,3 @@ class RowCalibration:
         safe = torch.where(total > 0, total, torch.ones_like(total))
         slopes = torch.where(total > 0, weights @ self.slopes / safe, torch.ones_like(total))
         return slopes, weights @ self.offsets / safe, total / (total + self.shrink)
-
-    def apply(self, rows: Tensor, block: Tensor) -> Tensor:
-        """``block`` (n, C) of standardised predictions for ``rows``, calibrated."""
-        a, b = self.lines(rows)
-        return a[:, None] * block + b[:, None]

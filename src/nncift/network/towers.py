@@ -251,7 +251,7 @@ def predict_two_tower(network: TwoTowerNetwork, rows: np.ndarray, cols: np.ndarr
             f, r = network.row_tower(part)
             left = torch.cat([network.alpha * part, f / math.sqrt(network.rank), (r + network.beta)[:, None],
                               torch.ones(stop - start, 1)], dim=1)
-            lines = _row_lines(network, part)
+            lines = network.calibration_lines(part)
             if lines is not None:
                 left = lines[0][:, None] * left
                 left[:, -2] += lines[1]
@@ -267,11 +267,6 @@ def predict_two_tower(network: TwoTowerNetwork, rows: np.ndarray, cols: np.ndarr
                 block += scale * torch.sparse.mm(wr, residual_cols) / (torch.sparse.mm(wr, mask_cols) + anchors.shrink)
             out[start:stop] = block.numpy()
     return out
-
-
-def _row_lines(network: TwoTowerNetwork, rows: Tensor) -> tuple[Tensor, Tensor] | None:
-    """The row and task calibrations' (A, B) of ``rows``, or None without either."""
-    return network.calibration_lines(rows)
 
 
 class InnerProductForm(NamedTuple):
@@ -313,7 +308,7 @@ def inner_product_form(network: TwoTowerNetwork, rows: np.ndarray, cols: np.ndar
             f, r = network.row_tower(part)
             ones = torch.ones(part.shape[0], 1)
             features = torch.cat([network.alpha * part, f / root, (r + network.beta)[:, None], ones, ones * shift], dim=1)
-            lines = _row_lines(network, part)
+            lines = network.calibration_lines(part)
             if lines is not None:  # A(x)·(every term but μ) + B(x) on the offset
                 features[:, :-1] *= lines[0][:, None]
                 features[:, -3] += lines[1]
