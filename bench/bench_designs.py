@@ -146,6 +146,14 @@ def rules_table(fits: list[dict], repeats: int) -> list[str]:
     return lines
 
 
+def _plain_columns(group: list[dict]) -> str:
+    """The task-floor columns of one designs-table row: f_gain and on-task share of the plain maximum's picks on the same
+    predicted matrices, and how many picks the floor changed, per seed."""
+    per_seed = " / ".join(f"{r['plain_f_gain']:.3f}" for r in group)
+    return (f" {summary([r['floored_f_gain'] for r in group])} | {summary([r['plain_f_gain'] for r in group])} ({per_seed}) | {summary([r['plain_on_task'] for r in group])} | "
+            f"{' / '.join(str(r['floor_changed']) for r in group)} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("matrix", choices=NAMES)
@@ -180,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="write every shipped fit's per-fold criteria and each candidate's true f_gain here (JSON), for rules compared later")
     parser.add_argument("--rules-from", type=Path, default=None,
                         help="print the rules table of a --fits file and stop (no training; the matrix argument is checked against the file's)")
+    parser.add_argument("--task-share", type=float, default=None,
+                        help="LESS top-k: selection.task_share of the predicted subsets (default: nncift select's); f_gain compares with the plain maximum's exact subset")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.rules_from:
@@ -205,11 +215,14 @@ def main(argv: list[str] | None = None) -> int:
     from nncift_research.fidelity import calibrated_cosine
 
     started = time.perf_counter()
-    bench = setup(args.matrix, args.budget)
+    bench = setup(args.matrix, args.budget, args.task_share)
     matrix, spec, budget, objective_name, objective, true, rows = (bench.matrix, bench.spec, bench.budget, bench.objective_name,
                                                                    bench.objective, bench.true, bench.rows)
     n_pool_rows, self_cols, family, on_task_families, true_subset = bench.n_pool_rows, bench.self_cols, bench.family, bench.on_task_families, bench.true_subset
     on_task = bench.on_task
+    floored = bool(getattr(objective, "task_scores", None)) and objective.task_share > 0
+    plain = dataclasses.replace(objective, task_share=0.0)
+    floored_exact = choose_subset(true, objective).indices if floored else None  # the exact function's subset with the floor
     target_rows = np.arange(n_pool_rows, len(rows))
     function_class = influence_class(spec.influence)
     inputs = {}
@@ -272,7 +285,13 @@ def main(argv: list[str] | None = None) -> int:
             predicted[block] = np.where(np.isfinite(labels), labels, predicted[block])
             picks = choose_subset(predicted, objective).indices
             quality = f_gain(true, predicted, objective, seed=seed, true_subset=true_subset)
-            results.append({"input": input_name, "fraction": fraction, "design": design_name, "seed": seed, "predictor": name, "chosen": chosen,
+            without = {}
+            if floored:  # the same predicted matrix selected by the plain maximum: the floor's own effect
+                plain_picks = choose_subset(predicted, plain).indices
+                without = {"plain_f_gain": f_gain(true, predicted, plain, seed=seed, true_subset=true_subset)["f_gain"],
+                           "plain_on_task": on_task(plain_picks), "floor_changed": len(np.setdiff1d(picks, plain_picks)),
+                           "floored_f_gain": f_gain(true, predicted, objective, seed=seed, true_subset=floored_exact)["f_gain"]}
+            results.append({**without, "input": input_name, "fraction": fraction, "design": design_name, "seed": seed, "predictor": name, "chosen": chosen,
                             "cost": cost, "labelled": int(np.isfinite(labels).sum()), "f_gain": quality["f_gain"], "on_task": on_task(picks),
                             "row_rho": _row_spearman_unlabelled(true, predicted, seen_rows, seen_cols, target_rows) if name != "mean" else float("nan"),
                             "seconds": seconds})
@@ -285,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
 
     header = ("| input | u | design | exact cost | predictor | shipped (per seed) | per-row ρ, unlabelled candidates | f_gain | f_gain per seed | "
-              "seeds below the cosine (worst) | on-task share | train s |")
+              "seeds below the cosine (worst) | on-task share | train s |" + (" f_gain against the exact function with the floor | f_gain, plain maximum | on-task, plain maximum | picks the floor changed |"
+                                              if floored else ""))
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     cosine_of = {(r["input"], r["fraction"], r["design"], r["seed"]): r["f_gain"] for r in results if r["predictor"] == "cosine"}
     for input_name, fraction in ((i, f) for i in inputs for f in dict.fromkeys(r["fraction"] for r in results)):
@@ -299,13 +319,17 @@ def main(argv: list[str] | None = None) -> int:
                                  f"{summary([r['row_rho'] for r in group])} | {summary([r['f_gain'] for r in group])} | "
                                  f"{' / '.join(per_seed)} | "
                                  f"{sum(b < -1e-9 for b in below)} of {len(below)} ({min(below):+.3f}) | "
-                                 f"{summary([r['on_task'] for r in group])} | {summary([r['seconds'] for r in group])} |")
+                                 f"{summary([r['on_task'] for r in group])} | {summary([r['seconds'] for r in group])} |"
+                                 + (_plain_columns(group) if floored else ""))
     random_share = float(np.isin(family, on_task_families).mean()) if on_task_families else float("nan")
+    floor_note = (f"; predicted subsets with task share {objective.task_share:g} (selection.task_share), f_gain against the plain maximum "
+                  "(the LESS paper's exact subset) unless a column says otherwise") if floored else ""
     unit = "records with exact features" if function_class.cost_per == "record" else "labelled pairs"
     report = [*report_head(f"Label design × loss × predictor: `{args.matrix}`", "bench/bench_designs.py", started),
               f"Matrix: {true.shape[0]} × {true.shape[1]} {spec.influence} ({len(spec.pool)} pool records of {len(set(spec.pool_families))} families, "
               f"{len(spec.targets)} targets of {on_task_families}), computed in {matrix.seconds:,.0f} s by `bench/matrices.py {args.matrix}`; "
-              f"options {spec.options}. Objective {objective_name}, budget {budget} ({len(true_subset)} records). Seeds {args.seeds}, mean ± sd. "
+              f"options {spec.options}. Objective {objective_name}, budget {budget} ({len(true_subset)} records)"
+              f"{floor_note}. Seeds {args.seeds}, mean ± sd. "
               f"Exact cost in {unit} (the full matrix: {len(rows) + len(spec.pool) - n_pool_rows if function_class.cost_per == 'record' else true.size:,}). "
               f"On-task share: exact function {on_task(true_subset):.3f}, random {random_share:.3f}.", "",
               "`shipped (loss)`: what `nncift select` ships (validation by design, per-row Spearman + f_gain criterion, the prior as the floor); "

@@ -1,6 +1,6 @@
 """The paper's u × v grid on P3 mixes, scored in ICL mode, with the random, exact-function and full-pool references.
 
-Two set-ups (``SETUPS``), each a pool of P3 records of many families, targets of one or two
+Three set-ups (``SETUPS``), each a pool of P3 records of many families, targets of one or two
 families from other templates (the validation data of a targeted selection), and held-out
 queries from the pool's template of the target families, at lines no pool or target record uses:
 
@@ -8,6 +8,8 @@ queries from the pool's template of the target families, at lines no pool or tar
   amazon_polarity, half gigaword (other templates than the pool's); held-out queries half
   amazon_polarity sentiment (Positive/Negative, mixed: exact match) and half gigaword titles (ROUGE-L). The sweep computes the influence blocks itself (``nncift sweep``'s
   path); the exact function's subset is ``nncift select``'s full-matrix baseline (``run_select(..., full_matrix=True)``).
+- ``less-p3-2k``: LESS, top-k; the stored 120 × 2,016 matrix of bench/matrices.py (4 target subtasks); held-out
+  queries from the pool's template of each target family at lines 63… (the pool reads lines 0–62).
 - ``less-p3``: LESS, top-k; the stored 60 × 300 matrix of bench/matrices.py (its influence block per
   seed is read from it, not recomputed: 11 minutes of LESS otherwise); held-out queries from
   ag_news_classify lines 30… and rotten_tomatoes_Reviewer_Enjoyment lines 30…. The P3 files are
@@ -46,6 +48,9 @@ SETUPS = {
                         "queries": [("amazon_polarity_Is_this_review", 150), ("gigaword_make_a_title", 150)]},
     "less-p3": {"influence": "less", "objective": "topk", "stored": True,
                 "queries": [("ag_news_classify", 30), ("rotten_tomatoes_Reviewer_Enjoyment", 30)]},
+    "less-p3-2k": {"influence": "less", "objective": "topk", "stored": True,  # its pool reads lines 0–62 of each template
+                   "queries": [("ag_news_classify", 63), ("rotten_tomatoes_Reviewer_Enjoyment", 63),
+                               ("sciq_Direct_Question_Closed_Book_", 63), ("glue_mrpc_paraphrase", 63)]},
 }
 
 
@@ -127,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--network-input", default="text", choices=NETWORK_INPUTS, help="what the network reads (network.input)")
     parser.add_argument("--response-weight", type=float, default=DEFAULT_RESPONSE_WEIGHT, help="text+response: the response half's weight")
     parser.add_argument("--task-calibration", default="auto", choices=("auto", "on", "off"), help="network.task_calibration")
+    parser.add_argument("--task-share", type=float, default=None,
+                        help="top-k with per-task scores (LESS): selection.task_share (default: nncift select's)")
     parser.add_argument("--design", default="auto", choices=("auto", "block", "all-targets"), help="label design (sampling.design)")
     parser.add_argument("--stratify", action=argparse.BooleanOptionalAction, default=True,
                         help="sample the targets within each task (sampling.stratify; nncift's default since 2026-12-03)")
@@ -149,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = SweepSettings.build(influence=setup["influence"], **{"selection.objective": objective}, u=tuple(args.u), v=tuple(args.v), seeds=tuple(args.seeds),
                                    **{"sampling.min_sampled": 4, "sampling.design": args.design, "sampling.stratify": args.stratify}, k=args.k, max_new_tokens=args.max_new_tokens, icl_max_length=args.icl_max_length, device="cpu", **{"network.architecture": args.architecture, "network.input": args.network_input,
                                       "network.response_weight": args.response_weight, "network.task_calibration": args.task_calibration},
+                                   **({} if args.task_share is None else {"selection.task_share": args.task_share}),
                                    quiet=True)
     sweep = Sweep(settings, args.out / args.setup, pool=pool, targets=targets, heldout=heldout, influence_options=options,
                   precomputed=matrix)
@@ -174,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
               "The run time is this invocation's: finished parts are reused on a re-run.", "",
               f"Pool {len(pool)} P3 records of {len(set(pool_families))} families; {len(targets)} targets of "
               f"{sorted(set(target_families))}; {len(heldout)} held-out queries ({', '.join(f'{stem} from line {offset}' for stem, offset in setup['queries'])}). ICL: bundled SmolLM2-135M-Instruct, chat template, K = {args.k} nearest subset records, greedy, "
-              f"{args.max_new_tokens} new tokens, prompts of at most {args.icl_max_length} tokens. Network: {args.architecture}, input {args.network_input}{f' (response weight {args.response_weight:g})' if args.network_input != 'text' else ''}. Seeds {args.seeds}: mean ± s.d. over seeds "
+              f"{args.max_new_tokens} new tokens, prompts of at most {args.icl_max_length} tokens. Network: {args.architecture}, input {args.network_input}{f' (response weight {args.response_weight:g})' if args.network_input != 'text' else ''}"
+              f"{f'; top-k task share {settings.selection.task_share:g}' if objective == 'topk' else ''}. Seeds {args.seeds}: mean ± s.d. over seeds "
               "(the exact function's subset and the full pool have no seed).", "",
               f"Influence: {influence['source']}; {influence['evaluations_in_blocks']:,} entries in the largest u's blocks "
               f"(u = {influence['largest_u']:g}, one block per seed; {influence['evaluations_made_by_this_invocation']:,} computed by the last "

@@ -44,14 +44,16 @@ TARGETS = {  # the network issue's targets at u = 0.05, per matrix
 }
 
 
-def _objective(matrix, budget: float):
-    from nncift.influence.less import aggregate_scores
+def _objective(matrix, budget: float, task_share: float = 0.0):
+    """The run's objective on ``matrix`` (LESS: top-k with its aggregation and a task floor of ``task_share``)."""
+    from nncift.influence.less import aggregate_scores, subtask_scores
     from nncift.selection.subset_quality import ObjectiveSpec
 
     spec = matrix.spec
     if spec.influence == "less":
         tasks = [record.task for record in spec.targets]
-        return "topk", ObjectiveSpec("topk", budget, candidate_scores=lambda m: aggregate_scores(m, tasks))
+        return "topk", ObjectiveSpec("topk", budget, candidate_scores=lambda m: aggregate_scores(m, tasks),
+                                     task_scores=lambda m: subtask_scores(m, tasks), task_share=task_share)
     if spec.targets and spec.pool_rows:
         return "flmi", ObjectiveSpec("flmi", budget, n_pool_rows=len(spec.pool))
     return "fl", ObjectiveSpec("fl", budget)  # the pool's rows, or the targets' alone (every target served by its most useful pick)
@@ -101,20 +103,24 @@ class Setup:
         return float(np.isin(self.family[indices], self.on_task_families).mean()) if len(indices) and self.on_task_families else float("nan")
 
 
-def setup(name: str, budget: float | None = None) -> Setup:
-    """Load (or compute) the matrix ``name`` and everything both network benchmarks derive from it."""
+def setup(name: str, budget: float | None = None, task_share: float | None = None) -> Setup:
+    """Load (or compute) the matrix ``name`` and everything both network benchmarks derive from it. ``task_share``: LESS's
+    task floor in the predicted matrices' selection (default: ``nncift select``'s); the exact subset that f_gain compares
+    with is always the plain maximum's (the LESS paper's selection)."""
     from nncift.run.layout import self_columns
     from nncift.selection.subset_quality import choose_subset
+    from nncift.settings.stages import SelectionSettings
 
     matrix = shuffled(compute(name, progress=True))
     spec = matrix.spec
     budget = budget or (0.05 if spec.influence == "less" else 0.1 if spec.targets else 0.3)
-    objective_name, objective = _objective(matrix, budget)
+    objective_name, plain = _objective(matrix, budget)
+    objective = _objective(matrix, budget, SelectionSettings().task_share if task_share is None else task_share)[1]
     true = _scaled(matrix)
     rows = (spec.pool if spec.pool_rows else []) + spec.targets
     n_pool_rows = len(spec.pool) if spec.pool_rows else 0
     return Setup(matrix, spec, budget, objective_name, objective, true, rows, n_pool_rows, self_columns(len(rows), n_pool_rows),
-                 np.array(spec.pool_families), sorted(set(spec.target_families)), choose_subset(true, objective).indices)
+                 np.array(spec.pool_families), sorted(set(spec.target_families)), choose_subset(true, plain).indices)
 
 
 def exact_cost(influence: str, layout) -> int:

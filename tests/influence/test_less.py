@@ -168,7 +168,7 @@ def test_select_with_less_through_the_pipeline(tiny_lm_dir, tmp_path):
     from nncift.settings.stages import SelectSettings
     from nncift.steps.select import run_select
 
-    pool, targets = records(24), records(30, task_of=lambda i: "sum")[24:]
+    pool, targets = records(24), records(30, task_of=lambda i: "sum" if i % 2 else "add")[24:]  # two target tasks
     settings = SelectSettings.build(influence="less", model=str(tiny_lm_dir), device="cpu", **{"sampling.fraction": 0.25,
             "sampling.min_sampled": 4, "selection.budget": 0.25, "network.epochs": 2, "network.max_steps": 20,
             "network.folds": 3}, quiet=True)
@@ -178,6 +178,8 @@ def test_select_with_less_through_the_pipeline(tiny_lm_dir, tmp_path):
     assert result.manifest["sampling_design"] == "block"  # auto: a u × u block (BENCHMARKS.md: it beat all-targets on LESS)
     assert result.manifest["sampled_rows"] == 4 and result.manifest["sampled_cols"] == 6
     assert np.all(np.diff(result.scores) <= 0)  # highest first
+    assert result.manifest["settings"]["selection"]["task_share"] == 0.1  # each task's best first: one each here
+    assert 0 <= result.manifest["task_floor_added"] <= 2
     features = list((tmp_path / "run" / "less" / "features").glob("candidates-checkpoint-*.done.jsonl"))
     assert len(features) == 2  # one per checkpoint, holding only the sampled candidates
     stored = sorted(int(r) for line in features[0].read_text().splitlines() for r in json.loads(line)["rows"])

@@ -171,6 +171,11 @@ def _print_summary(result: Any) -> None:
         rest = counts["selected"] - positive
         print(f"  {positive} picks with a positive gain" + (f"; the objective ran out of signal, so the other {rest} were filled "
                                                            f"by singleton value (highest f({{j}}) first)" if rest else ""))
+    added = manifest.get("task_floor_added")
+    if added:
+        share = manifest["settings"]["selection"]["task_share"]
+        print(f"  {added} picks are a target task's own best that the plain maximum over tasks would have left out "
+              f"(--selection.task-share {share:g}; 0 for LESS's plain maximum)")
     tasks = Counter(record.task for record in result.records)
     if len(tasks) > 1:
         print("by task: " + ", ".join(f"{task} {count}" for task, count in tasks.most_common()))

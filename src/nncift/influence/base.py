@@ -125,6 +125,12 @@ class PairwiseInfluence(InfluenceFunction):
         """
         return np.asarray(matrix, dtype=np.float64).mean(axis=0)
 
+    def candidate_task_scores(self, matrix: np.ndarray, targets: Sequence[Record]) -> np.ndarray | None:
+        """Per-task parts of :meth:`candidate_scores`, ``(n_tasks, n_candidates)``, for functions whose score is the maximum
+        over the targets' tasks (LESS); None (the default): the score has no per-task parts. Top-k's task floor
+        (``selection.task_share``) keeps each task's best candidates by these parts."""
+        return None
+
 
 class PointwiseInfluence(InfluenceFunction):
     """An influence function that scores each example on its own."""

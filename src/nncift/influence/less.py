@@ -29,6 +29,7 @@ import gc
 import hashlib
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import ClassVar, Sequence
 
@@ -54,8 +55,8 @@ from nncift.influence.settings import LessSettings
 from nncift.models.loading import load_causal_lm
 
 
-def aggregate_scores(matrix: np.ndarray, subtasks: Sequence[str | None], *, max_block_elements: int = 1 << 24) -> np.ndarray:
-    """LESS score per candidate: max over subtasks of the mean over that subtask's targets.
+def subtask_scores(matrix: np.ndarray, subtasks: Sequence[str | None], *, max_block_elements: int = 1 << 24) -> np.ndarray:
+    """Each subtask's score per candidate: the mean over that subtask's targets.
 
     Args:
         matrix: ``(n_targets, n_candidates)``, rows = targets; a memory map is read in column blocks
@@ -63,19 +64,32 @@ def aggregate_scores(matrix: np.ndarray, subtasks: Sequence[str | None], *, max_
         subtasks: one label per target (None is a label of its own).
 
     Returns:
-        float64 ``(n_candidates,)``. NaN entries are left out of the means.
+        float64 ``(n_subtasks, n_candidates)``, subtasks in sorted label order. NaN entries are left out of the
+        means (a column with no finite entry in a subtask's rows is NaN there).
     """
     n_rows, n_cols = np.shape(matrix) if np.ndim(matrix) == 2 else (-1, -1)
     if n_rows != len(subtasks):
         raise ValueError(f"matrix of shape {np.shape(matrix)} for {len(subtasks)} targets (rows = targets)")
     labels = np.asarray(["\0none" if s is None else str(s) for s in subtasks])
     groups = [np.flatnonzero(labels == label) for label in np.unique(labels)]
-    scores = np.empty(n_cols, dtype=np.float64)
+    scores = np.empty((len(groups), n_cols), dtype=np.float64)
     width = max(1, max_block_elements // max(n_rows, 1))
-    for start in range(0, n_cols, width):
-        block = np.asarray(matrix[:, start : start + width], dtype=np.float64)
-        scores[start : start + width] = np.nanmax(np.stack([np.nanmean(block[rows], axis=0) for rows in groups]), axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a subtask with no finite entry in a column: NaN, as documented
+        for start in range(0, n_cols, width):
+            block = np.asarray(matrix[:, start : start + width], dtype=np.float64)
+            for g, rows in enumerate(groups):
+                scores[g, start : start + width] = np.nanmean(block[rows], axis=0)
     return scores
+
+
+def aggregate_scores(matrix: np.ndarray, subtasks: Sequence[str | None], *, max_block_elements: int = 1 << 24) -> np.ndarray:
+    """LESS score per candidate: max over subtasks of the mean over that subtask's targets (:func:`subtask_scores`).
+
+    Returns:
+        float64 ``(n_candidates,)``. NaN entries are left out of the means.
+    """
+    return np.nanmax(subtask_scores(matrix, subtasks, max_block_elements=max_block_elements), axis=0)
 
 
 def _records_digest(records: Sequence[Record]) -> str:
@@ -131,6 +145,10 @@ class Less(PairwiseInfluence):
     def candidate_scores(self, matrix: np.ndarray, targets: Sequence[Record]) -> np.ndarray:
         """LESS aggregation (see :func:`aggregate_scores`) with the targets' ``task`` labels as subtasks."""
         return aggregate_scores(matrix, [record.task for record in targets])
+
+    def candidate_task_scores(self, matrix: np.ndarray, targets: Sequence[Record]) -> np.ndarray | None:
+        """Each subtask's mean over its targets (:func:`subtask_scores`): the parts whose maximum is the LESS score."""
+        return subtask_scores(matrix, [record.task for record in targets])
 
     def ensure_features(self, side: str, indices: np.ndarray) -> None:
         """Compute and store the features of ``side`` ("targets" or "candidates") rows ``indices`` that are missing."""

@@ -17,7 +17,10 @@ FILL_RULE = "after the last positive gain: the unchosen candidates by decreasing
 
 
 def selection_info(chosen: Selection) -> dict[str, Any]:
-    """What the manifest says about the picks: how many had a positive gain, and how the rest were chosen."""
+    """What the manifest says about the picks: how many had a positive gain, and how the rest were chosen (greedy
+    objectives); how many picks top-k's task floor added (top-k with per-task scores)."""
+    if chosen.floor_added is not None:
+        return {"task_floor_added": int(chosen.floor_added)}
     if chosen.n_positive is None:
         return {}
     return {"positive_gain_picks": int(chosen.n_positive), "fill_rule": FILL_RULE if chosen.n_positive < len(chosen.indices) else None}

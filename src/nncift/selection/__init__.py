@@ -69,14 +69,17 @@ from nncift.selection.greedy import (
     fl_conditional_gain,
     fl_mutual_information,
     objective_value,
+    task_floor,
     top_k,
+    top_k_with_task_floor,
 )
 from nncift.selection.out_of_core import column_means, fits_in_memory, select_from_npy
 
 __all__ = [
     "OBJECTIVES", "CandidateScores", "ObjectiveSpec", "Selection", "budget_to_count", "choose_subset", "column_means",
     "extend_greedy", "facility_location", "fill_exhausted", "fits_in_memory", "fl_conditional_gain",
-    "fl_mutual_information", "objective_terms", "objective_value", "select_from_npy", "split_matrix", "top_k",
+    "fl_mutual_information", "objective_terms", "objective_value", "select_from_npy", "split_matrix", "task_floor", "top_k",
+    "top_k_with_task_floor",
 ]
 
 
@@ -98,6 +101,11 @@ class ObjectiveSpec:
     nu: float = 1.0
     candidate_scores: CandidateScores | None = None
     """For topk: the influence function's aggregation (default: the mean over rows)."""
+    task_scores: CandidateScores | None = None
+    """For topk: the per-task parts of ``candidate_scores`` (``(n_tasks, n_candidates)``, whose maximum it is), when the
+    function has them (LESS); with ``task_share`` above 0 each task's best candidates by its own part are kept first."""
+    task_share: float = 0.0
+    """For topk with ``task_scores``: the share of the budget split equally among the tasks (:func:`top_k_with_task_floor`)."""
 
     def scores(self, matrix: np.ndarray) -> np.ndarray:
         """One score per candidate (topk)."""
@@ -128,7 +136,11 @@ def objective_terms(matrix: np.ndarray, spec: ObjectiveSpec) -> tuple[np.ndarray
 def choose_subset(matrix: np.ndarray | str | Path, spec: ObjectiveSpec, *, workdir: str | Path | None = None) -> Selection:
     """The subset ``nncift select`` picks with objective ``spec``: from a matrix in memory, or from a float32
     ``.npy`` file read from disk without loading it (:func:`select_from_npy`; same picks). Negative values
-    are clipped at 0 for the facility-location forms. ``workdir``: where the out-of-core working file goes."""
+    are clipped at 0 for the facility-location forms. ``workdir``: where the out-of-core working file goes. Top-k with
+    per-task scores and a task share keeps each task's best candidates first (:func:`top_k_with_task_floor`)."""
+    if spec.name == "topk" and spec.task_scores is not None and spec.task_share > 0:
+        source = np.load(matrix, mmap_mode="r") if isinstance(matrix, (str, Path)) else matrix
+        return top_k_with_task_floor(spec.task_scores(source), spec.budget, spec.task_share)
     if isinstance(matrix, (str, Path)):
         return select_from_npy(spec.name, matrix, spec.budget, n_pool_rows=spec.n_pool_rows, eta=spec.eta, nu=spec.nu,
                                candidate_scores=spec.candidate_scores, workdir=workdir)

@@ -19,6 +19,8 @@ from nncift.settings.choices import OBJECTIVES
 __all__ = [
     "Selection",
     "budget_to_count",
+    "task_floor",
+    "top_k_with_task_floor",
     "facility_location",
     "fl_mutual_information",
     "fl_conditional_gain",
@@ -52,6 +54,8 @@ class Selection:
     values: np.ndarray | None = None
     """float64, shape ``(n_candidates,)``: every candidate's singleton value ``f({j})`` (greedy objectives,
     relative to the starting coverage) or score (top-k); what a candidate is worth on its own."""
+    floor_added: int | None = None
+    """Top-k with a task floor: picks the floor added that the plain top-k would not have chosen (as many of its picks left out)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,6 +245,56 @@ def top_k(scores: np.ndarray, budget: float | int) -> Selection:
     order = np.argsort(-values, kind="stable")[:k].astype(np.int64)
     gains = values[order]
     return Selection(order, gains, float(gains.sum()), "topk", values=values)
+
+
+def task_floor(k: int, n_tasks: int, share: float) -> int:
+    """Picks each of ``n_tasks`` tasks is guaranteed out of ``k``: ``share · k`` split equally, rounded (halves up), at
+    least 1 when ``share`` is above 0, and at most ``k // n_tasks``; 0 with fewer than two tasks or no share."""
+    if share <= 0 or n_tasks < 2 or k <= 0:
+        return 0
+    return min(max(1, int(math.floor(share * k / n_tasks + 0.5))), k // n_tasks)
+
+
+def top_k_with_task_floor(task_scores: np.ndarray, budget: float | int, share: float) -> Selection:
+    """Top-k of the per-candidate maximum over tasks, with every task's best candidates kept first.
+
+    Each task's :func:`task_floor` best candidates by that task's own score are kept (a candidate already kept for an
+    earlier task is skipped, so each task gets its own), then the rest of the budget goes to the highest maxima. When
+    every task already has that many of its best among the plain top-k (a task's best are: any candidate above the
+    top-k's threshold on that task is), the subset is the plain :func:`top_k`'s.
+
+    Args:
+        task_scores: ``(n_tasks, n_candidates)``; a candidate's score is its maximum over the tasks (NaN entries left
+            out: a task with no value for a candidate does not rank it).
+        budget: fraction in (0, 1] or count of ``n_candidates``.
+        share: the share of the budget split equally among the tasks (0: plain top-k).
+
+    Returns:
+        :class:`Selection` named ``"topk"`` in decreasing score order (ties by the lower index); ``values`` are the maxima.
+    """
+    parts = np.asarray(task_scores, dtype=np.float64)
+    if parts.ndim != 2:
+        raise ValueError(f"task scores must be 2-D (tasks × candidates), got shape {parts.shape}")
+    ranked = np.where(np.isfinite(parts), parts, -np.inf)
+    values = ranked.max(axis=0) if parts.shape[0] else np.full(parts.shape[1], -np.inf)
+    if not np.all(np.isfinite(values)):
+        raise ValueError("scores contain non-finite values (a candidate with no finite task score)")
+    k = budget_to_count(budget, values.shape[0])
+    floor = task_floor(k, parts.shape[0], share)
+    if floor == 0:
+        return top_k(values, k)
+    kept = np.zeros(values.shape[0], dtype=bool)
+    for task in ranked:
+        order = np.argsort(-task, kind="stable")
+        order = order[np.isfinite(task[order]) & ~kept[order]]
+        kept[order[:floor]] = True
+    rest = np.argsort(-values, kind="stable")
+    kept[rest[~kept[rest]][: k - int(kept.sum())]] = True
+    chosen = np.flatnonzero(kept)
+    order = chosen[np.argsort(-values[chosen], kind="stable")].astype(np.int64)
+    gains = values[order]
+    added = int(k - np.isin(order, np.argsort(-values, kind="stable")[:k]).sum())
+    return Selection(order, gains, float(gains.sum()), "topk", values=values, floor_added=added)
 
 
 def extend_greedy(similarity: np.ndarray, count: int, chosen: Any, *, cap: np.ndarray | None = None,

@@ -138,6 +138,10 @@ class SelectionSettings(Checked):
     """FLMI magnification η."""
     nu: float = setting(1.0, at_least=0)
     """FLCG penalty ν."""
+    task_share: float = setting(0.1, at_least=0, at_most=1)
+    """topk with a function whose score is the maximum over the targets' tasks (LESS): the share of the budget split equally among
+    the tasks, each task's best candidates by its own score kept first (at least one each); the rest goes by score. It changes
+    nothing where every task already has that many of its best in the plain top-k. 0: the plain maximum (the LESS paper's)."""
     neighbours: int | None = setting(None, at_least=0)
     """fl, flmi, flcg: candidates kept per matrix row (a K-nearest-neighbour graph instead of the whole predicted matrix; no
     predicted.npy). Unset: the graph (K = 64) only when the predicted matrix would not fit in memory; 0: always the whole matrix."""

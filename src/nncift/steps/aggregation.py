@@ -14,7 +14,7 @@ from nncift.network.folds import validation_hold_out
 from nncift.network.task_calibration import TaskRows
 from nncift.run.layout import Layout
 
-__all__ = ["candidate_scores", "network_validation", "network_task_rows"]
+__all__ = ["candidate_scores", "network_validation", "network_task_rows", "topk_scorers"]
 
 
 def _has_own_aggregation(function_class: type[InfluenceFunction]) -> bool:
@@ -30,6 +30,25 @@ def candidate_scores(function_class: type[InfluenceFunction], spec: InfluenceSpe
     function = function_class.from_options(spec.options, run=spec.run, progress=False)
     assert isinstance(function, PairwiseInfluence)
     return function.candidate_scores
+
+
+def topk_scorers(function_class: type[InfluenceFunction], spec: InfluenceSpec, rows: Sequence[Record]) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """The ``candidate_scores`` and ``task_scores`` of top-k's :class:`~nncift.selection.ObjectiveSpec` for a matrix whose rows
+    are ``rows``: the function's own aggregation and its per-task parts (LESS); empty when it aggregates by the row mean."""
+    if not _has_own_aggregation(function_class):
+        return {}
+    function = function_class.from_options(spec.options, run=spec.run, progress=False)
+    assert isinstance(function, PairwiseInfluence)
+
+    def task_parts(matrix: np.ndarray) -> np.ndarray:
+        parts = function.candidate_task_scores(matrix, rows)
+        assert parts is not None  # only asked of a function that overrides it
+        return parts
+
+    scorers: dict[str, Callable[[np.ndarray], np.ndarray]] = {"candidate_scores": lambda matrix: function.candidate_scores(matrix, rows)}
+    if type(function).candidate_task_scores is not PairwiseInfluence.candidate_task_scores:
+        scorers["task_scores"] = task_parts
+    return scorers
 
 
 def network_validation(function_class: type[InfluenceFunction], spec: InfluenceSpec, layout: Layout, objective: str) -> dict[str, Any]:

@@ -64,7 +64,7 @@ from nncift.selection import ObjectiveSpec, Selection, choose_subset
 from nncift.settings.choices import OBJECTIVES
 from nncift.settings.fields import settings_dict
 from nncift.settings.stages import NetworkSettings, RunContext, SamplingSettings, SelectionSettings, SelectSettings
-from nncift.steps.aggregation import candidate_scores, network_task_rows, network_validation
+from nncift.steps.aggregation import network_task_rows, network_validation, topk_scorers
 from nncift.steps.preflight import check_labelled_block
 from nncift.steps.select_sparse import select_on_graph, selection_plan
 
@@ -130,7 +130,8 @@ def load_inputs(settings: SelectSettings) -> tuple[list[Record], list[Record], l
 
 
 ADDED_SETTINGS: dict[str, object] = {"selection.partitions": 0, "network.step_pairs": 0, "selection.graph": "auto", "sampling.stratify": False,
-                                   "network.input": "text", "network.response_weight": 0.7071067811865476, "network.task_calibration": "off"}
+                                   "network.input": "text", "network.response_weight": 0.7071067811865476, "network.task_calibration": "off",
+                                   "selection.task_share": 0.0}
 """Select settings newer than some run folders, at the values those folders ran with (:class:`~nncift.run.store.RunStore`'s ``added``)."""
 RESELECT_KEYS = frozenset({"selection", "network"})
 """The stages whose settings change only the network or the selection: a run folder whose influence block is finished
@@ -407,11 +408,10 @@ def _trained_network(store: RunStore, network_settings_: NetworkSettings, progre
 def objective_spec(objective: str, layout: Layout, selection: SelectionSettings, function_class: type[InfluenceFunction],
                    spec: InfluenceSpec) -> ObjectiveSpec:
     """The run's selection objective (``objective``: :func:`resolve_objective` of the selection stage) on its matrix layout,
-    with the stage's budget, η and ν (top-k with the influence function's aggregation)."""
-    aggregate = candidate_scores(function_class, spec) if objective == "topk" else None
-    scores = None if aggregate is None else (lambda matrix: aggregate(matrix, layout.rows))
+    with the stage's budget, η and ν (top-k with the influence function's aggregation and, for LESS, the task floor)."""
+    scorers = topk_scorers(function_class, spec, layout.rows) if objective == "topk" else {}
     return ObjectiveSpec(objective, selection.budget, n_pool_rows=layout.n_pool_rows, eta=selection.eta, nu=selection.nu,
-                         candidate_scores=scores)
+                         task_share=selection.task_share, **scorers)
 
 
 
