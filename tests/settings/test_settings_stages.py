@@ -55,7 +55,7 @@ def test_the_manifest_yaml_and_flags_share_one_nesting(tmp_path: Path, demo_pool
     out = tmp_path / "run"
     assert main(["select", "--config", str(config), "--selection.budget", "6", "--network.tower-rank", "8", "--out", str(out)]) == 0
     stored = json.loads((out / "manifest.json").read_text())["settings"]
-    assert stored["selection"] == {"budget": 6, "objective": "fl", "eta": 1.0, "nu": 1.0, "neighbours": None, "graph": "auto",
+    assert stored["selection"] == {"budget": 6, "objective": "fl", "eta": 1.0, "nu": 1.0, "task_share": 0.1, "neighbours": None, "graph": "auto",
                                   "partitions": 0}  # the flag overrides the file
     assert stored["sampling"] == {"fraction": 0.25, "min_sampled": 8, "blocks": 0, "design": "auto", "stratify": True, "labels": 0}
     assert stored["network"]["tower_rank"] == 8 and stored["network"]["max_steps"] == 40 and stored["network"]["seed"] == 2
