@@ -180,6 +180,9 @@ def test_select_with_less_through_the_pipeline(tiny_lm_dir, tmp_path):
     assert np.all(np.diff(result.scores) <= 0)  # highest first
     assert result.manifest["settings"]["selection"]["task_share"] == 0.1  # each task's best first: one each here
     assert 0 <= result.manifest["task_floor_added"] <= 2
+    from nncift.steps.inspect import inspect_run
+
+    assert inspect_run(tmp_path / "run")["run"]["task_floor_added"] == result.manifest["task_floor_added"]
     features = list((tmp_path / "run" / "less" / "features").glob("candidates-checkpoint-*.done.jsonl"))
     assert len(features) == 2  # one per checkpoint, holding only the sampled candidates
     stored = sorted(int(r) for line in features[0].read_text().splitlines() for r in json.loads(line)["rows"])

@@ -44,6 +44,7 @@ def inspect_run(run: str | Path | RunView, *, target: int | None = None, candida
         "run": {"folder": str(view.folder), "influence": view.influence, "objective": view.objective,
                 "pool": counts.pool, "targets": counts.targets, "selected": counts.selected,
                 "shipped": view.shipped_predictor, "positive_gain_picks": view.positive_gain_picks,
+                "task_floor_added": view.manifest.get("task_floor_added"),
                 "selection_mode": "sparse" if view.sparse else "dense", **({"graph": view.graph} if view.sparse else {})},
         "subset_by": {"key": key, "counts": dict(Counter(row[key] or "(none)" for row in picked).most_common())},
         "zero_gain_picks": [_brief(row) for row in picked if row["gain"] != "" and float(row["gain"]) <= 0.0],
@@ -137,7 +138,8 @@ def to_markdown(report: dict[str, Any]) -> str:
              f"{run['influence']} with {run['objective']}: {run['selected']} of {run['pool']} pool records selected"
              + (f" for {run['targets']} targets" if run["targets"] else "")
              + (f"; predictor shipped: {run['shipped']}" if run["shipped"] else "")
-             + (f"; {run['positive_gain_picks']} picks with a positive gain" if run["positive_gain_picks"] is not None else ""), "",
+             + (f"; {run['positive_gain_picks']} picks with a positive gain" if run["positive_gain_picks"] is not None else "")
+             + (f"; {run['task_floor_added']} picks kept as a target task's own best (top-k's task floor)" if run.get("task_floor_added") else ""), "",
              *_graph_lines(run.get("graph")),
              f"## Subset by {report['subset_by']['key']}", "", "| " + report["subset_by"]["key"] + " | picks |", "|---|---:|"]
     lines += [f"| {name} | {count} |" for name, count in report["subset_by"]["counts"].items()]
