@@ -323,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
                                  + (_plain_columns(group) if floored else ""))
     random_share = float(np.isin(family, on_task_families).mean()) if on_task_families else float("nan")
     floor_note = (f"; predicted subsets with task share {objective.task_share:g} (selection.task_share), f_gain against the plain maximum "
-                  "(the LESS paper's exact subset) unless a column says otherwise") if floored else ""
+                  "(the LESS paper's exact subset) unless a column says otherwise; the exact function's own subset with the floor: f_gain "
+                  f"{f_gain(true, true, objective, true_subset=true_subset)['f_gain']:.3f} against it") if floored else ""
     unit = "records with exact features" if function_class.cost_per == "record" else "labelled pairs"
     report = [*report_head(f"Label design × loss × predictor: `{args.matrix}`", "bench/bench_designs.py", started),
               f"Matrix: {true.shape[0]} × {true.shape[1]} {spec.influence} ({len(spec.pool)} pool records of {len(set(spec.pool_families))} families, "

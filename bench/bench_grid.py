@@ -117,6 +117,24 @@ def exact_subset(settings, v: float, pool, targets, rows, matrix, options, folde
     return [int(i) for i in choose_subset((matrix - low) / (high - low), spec).indices]
 
 
+def per_subset_table(folder: Path, subsets: list[dict], pool_families: list[str], target_families: list[str], v: float) -> list[str]:
+    """Per subset of size ``v`` (each seed of NN-CIFT and random, the exact function's): exact match overall and on each query
+    template's queries, and its picks from each target family (what decides a query: whether its own task has records)."""
+    families = sorted(set(target_families))
+    per_family = np.array(pool_families)
+    lines = ["| subset | exact match | exact match per query template | picks from " + " / ".join(families) + " |", "|---|---:|---|---|"]
+    for subset in (s for s in subsets if s["v"] == v):
+        examples = json.loads((folder / "evaluations" / f"{subset['name']}-icl.json").read_text())["examples"]
+        by_task: dict[str, list[float]] = {}
+        for example in examples:
+            by_task.setdefault(example["task"], []).append(example["exact_match"])
+        picks = per_family[np.asarray(subset["indices"], dtype=np.int64)]
+        lines.append(f"| {subset['name']} | {np.mean([e['exact_match'] for e in examples]):.3f} | "
+                     + " / ".join(f"{task} {np.mean(values):.2f}" for task, values in sorted(by_task.items())) + " | "
+                     + " / ".join(str(int((picks == family).sum())) for family in families) + " |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("setup", choices=sorted(SETUPS))
@@ -199,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
                "| subset | " + " | ".join(f"v = {v:g}" for v in args.v) + " |", "|---|" + "---|" * len(args.v)]
     for kind, label in (("nncift", "NN-CIFT (all u)"), ("exact", "exact function"), ("random", "random")):
         report.append(f"| {label} | " + " | ".join(f"{shares[(kind, v)]:.3f}" for v in args.v) + " |")
+    for v in args.v:
+        report += ["", f"Per subset, v = {v:g}:", "", *per_subset_table(sweep.folder, subsets, pool_families, target_families, v)]
     publish("\n".join(report) + "\n", args.output)
     return 0
 

@@ -293,7 +293,7 @@ def top_k_with_task_floor(task_scores: np.ndarray, budget: float | int, share: f
     chosen = np.flatnonzero(kept)
     order = chosen[np.argsort(-values[chosen], kind="stable")].astype(np.int64)
     gains = values[order]
-    added = int(k - np.isin(order, np.argsort(-values, kind="stable")[:k]).sum())
+    added = int(k - np.isin(order, rest[:k]).sum())  # rest[:k]: the plain top-k
     return Selection(order, gains, float(gains.sum()), "topk", values=values, floor_added=added)
 
 

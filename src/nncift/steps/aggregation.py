@@ -22,23 +22,28 @@ def _has_own_aggregation(function_class: type[InfluenceFunction]) -> bool:
     return issubclass(function_class, PairwiseInfluence) and function_class.candidate_scores is not PairwiseInfluence.candidate_scores
 
 
-def candidate_scores(function_class: type[InfluenceFunction], spec: InfluenceSpec) -> Callable[[np.ndarray, Sequence[Record]], np.ndarray] | None:
-    """Top-k's aggregation of an influence matrix's rows (records ``rows``) into one score per candidate, when the
-    function has its own (LESS: max over subtasks of the mean over that subtask's targets); None: the mean over rows."""
+def _aggregating_function(function_class: type[InfluenceFunction], spec: InfluenceSpec) -> PairwiseInfluence | None:
+    """The influence function (no model loaded: ``prepare`` is not called) when it has its own top-k aggregation; else None."""
     if not _has_own_aggregation(function_class):
         return None
     function = function_class.from_options(spec.options, run=spec.run, progress=False)
     assert isinstance(function, PairwiseInfluence)
-    return function.candidate_scores
+    return function
+
+
+def candidate_scores(function_class: type[InfluenceFunction], spec: InfluenceSpec) -> Callable[[np.ndarray, Sequence[Record]], np.ndarray] | None:
+    """Top-k's aggregation of an influence matrix's rows (records ``rows``) into one score per candidate, when the
+    function has its own (LESS: max over subtasks of the mean over that subtask's targets); None: the mean over rows."""
+    function = _aggregating_function(function_class, spec)
+    return None if function is None else function.candidate_scores
 
 
 def topk_scorers(function_class: type[InfluenceFunction], spec: InfluenceSpec, rows: Sequence[Record]) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
     """The ``candidate_scores`` and ``task_scores`` of top-k's :class:`~nncift.selection.ObjectiveSpec` for a matrix whose rows
     are ``rows``: the function's own aggregation and its per-task parts (LESS); empty when it aggregates by the row mean."""
-    if not _has_own_aggregation(function_class):
+    function = _aggregating_function(function_class, spec)
+    if function is None:
         return {}
-    function = function_class.from_options(spec.options, run=spec.run, progress=False)
-    assert isinstance(function, PairwiseInfluence)
 
     def task_parts(matrix: np.ndarray) -> np.ndarray:
         parts = function.candidate_task_scores(matrix, rows)
