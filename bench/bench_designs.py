@@ -146,6 +146,21 @@ def rules_table(fits: list[dict], repeats: int) -> list[str]:
     return lines
 
 
+def rectangle_layout(spec, objective_name: str, sampling, factor: float, rng: np.random.Generator):
+    """A one-block layout of the same pairs as ``sampling``'s u × u block, in a different shape: ``factor``·u of the target rows ×
+    u/``factor`` of the candidates (stratified by task as `nncift select` samples targets; no minimum sample per side). Between a block (1) and all-targets (1/u)."""
+    from nncift.run.layout import Layout, sample_indices, stratified_indices
+
+    if not spec.targets or objective_name in ("flmi", "flcg"):
+        raise SystemExit("rect:F needs a matrix whose rows are separate targets only")
+    rows_fraction, cols_fraction = min(1.0, sampling.fraction * factor), min(1.0, sampling.fraction / factor)
+    seen_cols = sample_indices(len(spec.pool), cols_fraction, 2, rng)  # no minimum sample per side: the same pairs as the block
+    tasks = [t.task for t in spec.targets]
+    seen_targets = (stratified_indices(tasks, rows_fraction, 2, rng) if sampling.stratify and len(set(tasks)) > 1
+                    else sample_indices(len(spec.targets), rows_fraction, 2, rng))
+    return Layout(list(spec.targets), seen_targets, seen_cols, 0)
+
+
 def _plain_columns(group: list[dict]) -> str:
     """The task-floor columns of one designs-table row: f_gain and on-task share of the plain maximum's picks on the same
     predicted matrices, and how many picks the floor changed, per seed."""
@@ -160,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.02, 0.05, 0.1])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--designs", nargs="+", default=["block", "all-targets"],
-                        help="block, block:G (the same pairs in G blocks), all-targets")
+                        help="block, block:G (the same pairs in G blocks), all-targets, rect:F (separate target rows only: F·u of the targets × u/F of "
+                             "the candidates, the same pairs as one block; F = 1/u is all-targets)")
     parser.add_argument("--labels", type=int, nargs="*", default=[],
                         help="label budgets in the function's own units (pairs for DELIFT, records otherwise) instead of --fractions")
     parser.add_argument("--losses", nargs="+", default=["mse", "row-centred"])
@@ -190,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="print the rules table of a --fits file and stop (no training; the matrix argument is checked against the file's)")
     parser.add_argument("--task-share", type=float, default=None,
                         help="LESS top-k: selection.task_share of the predicted subsets (default: nncift select's); f_gain compares with the plain maximum's exact subset")
+    parser.add_argument("--block-folds", action="store_true",
+                        help="validate on folds of whole blocks where the labels lie in several (FitSettings.block_folds; off in nncift select)")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.rules_from:
@@ -247,9 +265,10 @@ def main(argv: list[str] | None = None) -> int:
             (i, b, d, s) for i in inputs.items() for b in budgets for d in args.designs for s in args.seeds):
         design, _, groups = design_name.partition(":")
         fraction = amount if kind == "fraction" else f"N={amount}"
-        sampling = resolve_sampling(SamplingSettings(design=design, blocks=int(groups or 1), stratify=args.stratify, **{kind: amount}), function_class,
-                                    len(spec.pool), len(spec.targets), len(rows))
-        layout = plan_layout(spec.pool, spec.targets, objective_name, sampling, np.random.default_rng(seed))
+        sampling = resolve_sampling(SamplingSettings(design="block" if design == "rect" else design, blocks=1 if design == "rect" else int(groups or 1),
+                                                     stratify=args.stratify, **{kind: amount}), function_class, len(spec.pool), len(spec.targets), len(rows))
+        layout = (rectangle_layout(spec, objective_name, sampling, float(groups), np.random.default_rng(seed)) if design == "rect"
+                  else plan_layout(spec.pool, spec.targets, objective_name, sampling, np.random.default_rng(seed)))
         seen_rows, seen_cols = layout.seen_rows, layout.seen_cols
         labels = np.where(layout.labelled(), true[np.ix_(seen_rows, seen_cols)], np.nan)
         cost = int(layout.labelled().sum()) if function_class.cost_per == "pair" else _cost(seen_rows, seen_cols, n_pool_rows)
@@ -264,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
                     continue  # the prior does not train: one loss is enough
                 net_settings = NetworkSettings(loss=loss, fallback=forced is None, seed=seed, input=network_input, response_weight=response_weight,
                                                task_calibration=args.task_calibration)
-                fit = FitSettings(net_settings, validation_repeats=args.repeats, criterion_shows_exact=not args.criterion_without_exact)
+                fit = FitSettings(net_settings, validation_repeats=args.repeats, criterion_shows_exact=not args.criterion_without_exact,
+                                  block_folds=args.block_folds)
                 if forced:
                     fit = dataclasses.replace(fit, force=forced)
                 tick = time.perf_counter()

@@ -1,14 +1,26 @@
-"""What the network is validated and trained on: record folds (repeated, stratified) and the bounded training sample.
+"""What the network is validated and trained on: record folds (repeated, stratified), block folds, and the bounded training sample.
 
 A pool record that is both a row (a target) and a column (a candidate) is one record: it is held out, or
 sampled, on both sides at once. Rows that are no pool record (separate targets) are records of their own.
+
+Where the labels lie in several diagonal blocks (``sampling.blocks`` > 1, DELIFT's default), a record fold holds
+out a few records of every block, and its held-out pairs — those whose row and column are both in the fold *and* in
+the same block — are a scattered handful (on the demo's DELIFT matrix at 830 labelled pairs in 4 blocks, about 40 per
+fold, in 4 squares of about 3 × 3). **Block folds** (``by_block``: each fold holds out whole blocks, :func:`labelled_blocks`,
+a dense square of records the training never saw) were measured against them and are not the default: on the two
+DELIFT matrices (6 budget cells, 3–6 seeds) the mean f_gain was the same (+0.002) and the shipped predictor fell below
+the cosine on 10 seed × budget cells against 9 (BENCHMARKS.md, "Block folds"). They stay as an option
+(:attr:`~nncift.network.fitting.FitSettings.block_folds`) for the benchmarks.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
-__all__ = ["MIN_RECORDS_PER_FOLD", "record_folds", "fold_masks", "training_sample", "sampled_self_cols", "validation_hold_out"]
+__all__ = ["MIN_RECORDS_PER_FOLD", "record_folds", "labelled_blocks", "block_folds", "fold_masks", "fold_unit", "training_sample", "sampled_self_cols",
+           "validation_hold_out"]
 
 MIN_RECORDS_PER_FOLD = 5
 """Fewest held-out records per fold: with fewer, fewer folds are used (and below :data:`MIN_FOLDS`, the prior is shipped)."""
@@ -41,22 +53,79 @@ def record_folds(n_rows: int, n_cols: int, self_cols: np.ndarray | None, folds: 
     return np.array([lookup[i] for i in row_ids.tolist()], dtype=np.int64), fold_of[:n_cols].copy(), k
 
 
-def fold_masks(mask: np.ndarray, self_cols: np.ndarray | None, folds: int, seed: int, repeats: int, held_out: str
+def labelled_blocks(mask: np.ndarray, self_cols: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, int]:
+    """The labelled pairs' blocks: connected groups of rows and columns, linked by a labelled pair or by being the same
+    record. Returns ``(row_block, col_block, n)``, −1 for a row or column without a labelled pair.
+
+    One u × u block is one group; ``sampling.blocks`` = g diagonal blocks are g groups (a row and a column are never
+    labelled together across blocks)."""
+    n_rows, n_cols = mask.shape
+    rows, cols = np.nonzero(mask)
+    own = np.full(n_rows, -1, dtype=np.int64) if self_cols is None else np.asarray(self_cols, dtype=np.int64)
+    same = np.flatnonzero(own >= 0)
+    graph = coo_matrix((np.ones(len(rows) + len(same)), (np.concatenate([rows, same]), n_rows + np.concatenate([cols, own[same]]))),
+                       shape=(n_rows + n_cols, n_rows + n_cols))
+    _, component = connected_components(graph, directed=False)
+    used = np.zeros(n_rows + n_cols, dtype=bool)
+    used[rows], used[n_rows + cols] = True, True
+    block = np.full(n_rows + n_cols, -1, dtype=np.int64)
+    names, block[used] = np.unique(component[used], return_inverse=True)
+    return block[:n_rows], block[n_rows:], len(names)
+
+
+def block_folds(row_block: np.ndarray, col_block: np.ndarray, n_blocks: int, records_per_block: np.ndarray, folds: int,
+                seed: int) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """Fold of each row and column when whole blocks are held out: blocks dealt to ``k`` folds (seeded, each fold the
+    smallest so far gets the next largest block), every fold with at least :data:`MIN_RECORDS_PER_FOLD` records. None
+    when there are fewer than 3 such folds (one block: the record folds of :func:`record_folds`)."""
+    k = int(min(folds, n_blocks, records_per_block.sum() // MIN_RECORDS_PER_FOLD))
+    if n_blocks < 2 or k < 3:
+        return None
+    order = np.random.default_rng(seed).permutation(n_blocks)
+    order = order[np.argsort(-records_per_block[order], kind="stable")]
+    fold_of, load = np.empty(n_blocks, dtype=np.int64), np.zeros(k, dtype=np.int64)
+    for b in order:
+        fold_of[b] = int(np.argmin(load))
+        load[fold_of[b]] += records_per_block[b]
+    if load.min() < MIN_RECORDS_PER_FOLD:
+        return None
+    return np.where(row_block >= 0, fold_of[np.maximum(row_block, 0)], -1), np.where(col_block >= 0, fold_of[np.maximum(col_block, 0)], -1), k
+
+
+def _block_layout(mask: np.ndarray, self_cols: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, int, np.ndarray] | None:
+    """(row block, column block, blocks, records per block) when the labels lie in two or more blocks, else None."""
+    row_block, col_block, n_blocks = labelled_blocks(mask, self_cols)
+    if n_blocks < 2:
+        return None
+    own = np.full(len(row_block), -1, dtype=np.int64) if self_cols is None else np.asarray(self_cols, dtype=np.int64)
+    separate = row_block[(own < 0) & (row_block >= 0)]  # rows that are no pool record are records of their own
+    records = np.bincount(col_block[col_block >= 0], minlength=n_blocks) + np.bincount(separate, minlength=n_blocks)
+    return row_block, col_block, n_blocks, records
+
+
+def fold_masks(mask: np.ndarray, self_cols: np.ndarray | None, folds: int, seed: int, repeats: int, held_out: str, by_block: bool = False
                ) -> tuple[list[tuple[int, np.ndarray, np.ndarray]], int]:
     """Per fold of every repeat (fold id, training mask, validation mask), and the number of held-out units (records or columns).
 
     ``held_out="records"``: a fold's records are held out on both sides (the unlabelled pairs of a u × u
-    block: neither side seen). ``"columns"`` (:func:`validation_hold_out`: every row labelled, or top-k): folds hold out
-    columns only and validate on all rows × the fold's columns.
+    block: neither side seen); with ``by_block``, where the labels lie in several blocks, a fold is whole blocks
+    (:func:`block_folds`; record folds when the blocks are too few or too small for 3 folds). ``"columns"`` (:func:`validation_hold_out`:
+    every row labelled, or top-k): folds hold out columns only and validate on all rows × the fold's columns.
     Repeat ``r`` draws its folds with seed ``seed + r``; fold ids run on across repeats.
     """
     n_rows, n_cols = mask.shape
     n_units = n_cols if held_out == "columns" else len(_record_ids(n_rows, n_cols, self_cols)[1])
     k = max(1, min(folds, n_units // MIN_RECORDS_PER_FOLD))
+    blocks = _block_layout(mask, self_cols) if held_out == "records" and by_block else None
     masks = []
     for repeat in range(max(1, repeats)):
         repeat_seed = seed + repeat
-        if held_out == "columns":
+        dealt = None if blocks is None else block_folds(*blocks, folds, repeat_seed)
+        if dealt is not None and blocks is not None:
+            row_fold, col_fold, k = dealt
+            if repeat and k == blocks[2]:
+                break  # one block per fold: every draw is the same folds
+        elif held_out == "columns":
             col_fold = np.empty(n_cols, dtype=np.int64)
             col_fold[np.random.default_rng(repeat_seed).permutation(n_cols)] = np.arange(n_cols) % k
             row_fold = np.full(n_rows, -1, dtype=np.int64)
@@ -69,6 +138,14 @@ def fold_masks(mask: np.ndarray, self_cols: np.ndarray | None, folds: int, seed:
             if train.sum() >= 2 and val.sum() >= 2:
                 masks.append((repeat * k + fold, train, val))
     return masks, n_units
+
+
+def fold_unit(mask: np.ndarray, self_cols: np.ndarray | None, folds: int, held_out: str, by_block: bool = False) -> str:
+    """What :func:`fold_masks` holds out per fold, in words for the report: ``blocks``, ``records`` or ``columns``."""
+    if held_out != "records" or not by_block:
+        return held_out
+    blocks = _block_layout(mask, self_cols)
+    return "blocks" if blocks is not None and block_folds(*blocks, folds, 0) is not None else "records"
 
 
 def training_sample(labels: np.ndarray, self_cols: np.ndarray | None, max_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
