@@ -206,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="print the rules table of a --fits file and stop (no training; the matrix argument is checked against the file's)")
     parser.add_argument("--task-share", type=float, default=None,
                         help="LESS top-k: selection.task_share of the predicted subsets (default: nncift select's); f_gain compares with the plain maximum's exact subset")
+    parser.add_argument("--shrink", type=float, nargs="*", default=[],
+                        help="also select with the calibrated cosine shrunk towards the labels' mean by these weights (0 = the mean predictor, 1 = the cosine)")
     parser.add_argument("--block-folds", action="store_true",
                         help="validate on folds of whole blocks where the labels lie in several (FitSettings.block_folds; off in nncift select)")
     parser.add_argument("--output", type=Path, default=None)
@@ -300,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
                     fold_criteria[loss] = report.fold_criteria
         predictions["cosine"] = (calibrated_cosine(row_embeddings, col_embeddings, seen_rows, seen_cols, labels, self_cols), "-", 0.0)
         predictions["mean"] = (np.full(true.shape, float(np.nanmean(labels))), "-", 0.0)
+        for weight in args.shrink:  # mean + w · (cosine − mean): how much of the cosine's spread selection should trust
+            predictions[f"cosine, shrunk {weight:g}"] = (float(np.nanmean(labels)) + weight * (predictions["cosine"][0] - float(np.nanmean(labels))), "-", 0.0)
         for name, (predicted, chosen, seconds) in predictions.items():
             block = np.ix_(seen_rows, seen_cols)
             predicted[block] = np.where(np.isfinite(labels), labels, predicted[block])
