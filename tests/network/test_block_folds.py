@@ -12,8 +12,9 @@ import pytest
 from nncift.data.demo import demo_records
 from nncift.influence import influence_class
 from nncift.network.fitting import FitSettings, fit_pairwise
-from nncift.network.folds import fold_masks, fold_unit, labelled_blocks, record_folds
+from nncift.network.folds import fold_masks, labelled_blocks, record_folds
 from nncift.run.layout import block_self_cols, plan_layout, resolve_sampling
+from nncift.run.report import describe_training
 from nncift.settings.stages import NetworkSettings, SamplingSettings
 
 QUICK = FitSettings(NetworkSettings(max_steps=40, folds=5, seed=0), eval_every=10, learning_rates=(3e-3,), weight_decays=(1e-4,))
@@ -49,9 +50,9 @@ def test_labelled_blocks_are_the_designs_blocks(records, with_targets: bool) -> 
 def test_each_fold_holds_out_whole_blocks_unseen_in_training(records) -> None:
     layout = delift_layout(records[:96], [], 830)
     mask, own = layout.labelled(), block_self_cols(layout)
-    folds, _ = fold_masks(mask, own, 5, 0, 1, "records", by_block=True)
-    assert len(folds) == 4 and fold_unit(mask, own, 5, "records", by_block=True) == "blocks"
-    assert fold_unit(mask, own, 5, "records") == "records"  # the default: record folds
+    folds, _, unit = fold_masks(mask, own, 5, 0, 1, "records", by_block=True)
+    assert len(folds) == 4 and unit == "blocks"
+    assert fold_masks(mask, own, 5, 0, 1, "records")[2] == "records"  # the default: record folds
     row_block, col_block, _ = labelled_blocks(mask, own)
     seen = np.zeros_like(mask)
     for _, train, val in folds:
@@ -61,20 +62,23 @@ def test_each_fold_holds_out_whole_blocks_unseen_in_training(records) -> None:
         assert np.array_equal(train, mask & ~val)
         seen |= val
     assert np.array_equal(seen, mask)  # every labelled pair is held out once
-    row_fold, col_fold, k = record_folds(*mask.shape, own, 5, 0)  # what record folds scored instead: a few pairs per block
+    row_fold, col_fold, k = record_folds(*mask.shape, own, 5, 0)  # what record folds score instead: a few pairs per block
     per_fold = [int((mask & (row_fold == i)[:, None] & (col_fold == i)[None, :]).sum()) for i in range(k)]
+    assert 30 <= np.mean(per_fold) <= 50  # "about 40 per fold" (docs/network.md)
     assert max(per_fold) < min(int(v.sum()) for _, _, v in folds) / 3
 
 
 def test_small_or_single_blocks_keep_record_folds(records) -> None:
-    one = np.ones((20, 20), dtype=bool)
-    assert fold_unit(one, np.arange(20), 5, "records", by_block=True) == "records"
+    def unit(mask: np.ndarray, own: np.ndarray | None, held_out: str = "records") -> str:
+        return fold_masks(mask, own, 5, 0, 1, held_out, by_block=True)[2]
+
+    assert unit(np.ones((20, 20), dtype=bool), np.arange(20)) == "records"
     small = np.kron(np.eye(4, dtype=bool), np.ones((2, 2), dtype=bool))  # 4 blocks of 2 records: no fold of 5 records
-    assert fold_unit(small, np.arange(8), 5, "records", by_block=True) == "records"
-    assert fold_unit(np.ones((6, 30), dtype=bool), None, 5, "columns", by_block=True) == "columns"
+    assert unit(small, np.arange(8)) == "records"
+    assert unit(np.ones((6, 30), dtype=bool), None, "columns") == "columns"
     sixteen = np.kron(np.eye(16, dtype=bool), np.ones((3, 3), dtype=bool))  # 16 blocks of 3 records: dealt to folds of ≥ 5 records
-    folds, _ = fold_masks(sixteen, np.arange(48), 5, 0, 1, "records", by_block=True)
-    assert fold_unit(sixteen, np.arange(48), 5, "records", by_block=True) == "blocks" and len(folds) == 5
+    folds, _, dealt = fold_masks(sixteen, np.arange(48), 5, 0, 1, "records", by_block=True)
+    assert dealt == "blocks" and len(folds) == 5
     assert all(len(np.flatnonzero(val.any(axis=0))) >= 5 for _, _, val in folds)
 
 
@@ -88,6 +92,6 @@ def test_fitting_reports_block_folds_only_when_asked(records) -> None:
     labels = np.where(mask, rows @ cols.T + 0.1 * rng.standard_normal(mask.shape), np.nan)
     _, report = fit_pairwise(rows, cols, labels, dataclasses.replace(QUICK, block_folds=True, validation_repeats=2), self_cols=own)
     assert report.held_out == "blocks" and report.folds == 4 and report.candidates  # one block per fold: the repeat draws nothing new
+    assert "4 folds of blocks" in describe_training(report.as_dict())  # what the terminal says
     _, default = fit_pairwise(rows, cols, labels, QUICK, self_cols=own)
     assert default.held_out == "records" and default.folds == 5
-    assert "held-out blocks" in report.note or "every held-out fold" in report.note

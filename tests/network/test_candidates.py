@@ -57,7 +57,7 @@ def _block(seed: int = 0):
 
 def test_validate_candidates_scores_each_fold_of_a_variant_with_the_kernel_the_other_folds_chose():
     data = _block()
-    folds, _ = fold_masks(data.mask, data.self_cols, 4, 0, 1, "records")
+    folds, _, _ = fold_masks(data.mask, data.self_cols, 4, 0, 1, "records")
     rng = np.random.default_rng(1)
     bases = {"prior": [data.cos.astype(np.float64) * 0.8 + 0.05 * rng.standard_normal(data.cos.shape) for _ in folds]}
     criteria, kernels = validate_candidates(data, 0.3, 0, folds, bases, "fl", None)
@@ -89,9 +89,9 @@ def test_labels_of_pure_noise_ship_the_prior_on_every_seed():
 
 def test_with_repeated_folds_only_folds_whose_held_out_pairs_do_not_overlap_choose_for_each_other():
     data = _block()
-    one_draw, _ = fold_masks(data.mask, data.self_cols, 4, 0, 1, "records")
+    one_draw, _, _ = fold_masks(data.mask, data.self_cols, 4, 0, 1, "records")
     assert np.array_equal(other_folds(one_draw), ~np.eye(len(one_draw), dtype=bool))  # a single draw: every other fold
-    two_draws, _ = fold_masks(data.mask, data.self_cols, 4, 0, 2, "records")
+    two_draws, _, _ = fold_masks(data.mask, data.self_cols, 4, 0, 2, "records")
     usable = other_folds(two_draws)
     for i, (_, _, held_i) in enumerate(two_draws):
         for j, (_, _, held_j) in enumerate(two_draws):

@@ -108,8 +108,8 @@ def test_a_label_budget_sets_the_fraction_in_the_functions_own_units() -> None:
 
 def test_column_folds_keep_every_row_and_hold_out_candidates() -> None:
     mask = np.ones((12, 40), dtype=bool)
-    folds, units = fold_masks(mask, None, QUICK.network.folds, QUICK.network.seed, 1, "columns")
-    assert units == 40 and len(folds) == 4
+    folds, units, unit = fold_masks(mask, None, QUICK.network.folds, QUICK.network.seed, 1, "columns")
+    assert units == 40 and len(folds) == 4 and unit == "columns"
     held = np.zeros(40, dtype=int)
     for _, train, val in folds:
         cols = val.any(axis=0)

@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 from nncift.network.anchors import Anchors
 from nncift.network.candidates import Folds, other_folds, out_of_fold_points, validate_candidates
-from nncift.network.folds import MIN_RECORDS_PER_FOLD, fold_masks, fold_unit, sampled_self_cols, training_sample
+from nncift.network.folds import MIN_RECORDS_PER_FOLD, fold_masks, sampled_self_cols, training_sample
 from nncift.network.row_calibration import RowCalibration
 from nncift.network.task_calibration import TaskRows, describe, fit_task_lines, task_calibration
 from nncift.network.tower_training import PairBlock, step_sub_block, train_stacked
@@ -307,16 +307,17 @@ def _validated_network(data: PairBlock, settings: FitSettings, objective: str, c
     """The grid's trainings on the folds, then the candidate that validates best (the prior with too few folds), trained
     on every labelled pair; (network, report without the prior and the time)."""
     repeats = max(1, settings.validation_repeats)
-    folds, n_units = fold_masks(data.mask, data.self_cols, settings.network.folds, settings.network.seed, repeats, held_out, settings.block_folds)
+    folds, n_units, unit = fold_masks(data.mask, data.self_cols, settings.network.folds, settings.network.seed, repeats, held_out,
+                                      settings.block_folds)
     evals = settings.network.max_steps // settings.eval_every + 1
     report = FitReport("two-tower", "prior", int(data.mask.sum()), 0.0, folds=len(folds), loss=settings.network.loss,
-                       held_out=fold_unit(data.mask, data.self_cols, settings.network.folds, held_out, settings.block_folds), repeats=repeats)
+                       held_out=unit, repeats=repeats)
     bar = tqdm(total=evals + 1, desc="influence network", unit="eval", disable=not progress, leave=False)
     with one_torch_thread(), bar:
         grid = [(lr, wd) for lr in settings.learning_rates for wd in settings.weight_decays]
         curves, priors = _grid_curves(data, settings, folds, grid, bar)
         network = _build_two_tower(data, settings, data.mask, settings.network.seed)
-        if len(folds) < MIN_FOLDS * (1 if report.held_out == "blocks" else repeats):  # whole blocks, one per fold: drawn once
+        if len(folds) < MIN_FOLDS * (1 if unit == "blocks" else repeats):  # whole blocks, one per fold: drawn once
             unit = "candidates" if held_out == "columns" else "records"
             report.note = (f"too few labelled {unit} ({n_units}) to validate on held-out {unit} "
                            f"(at least {MIN_FOLDS * MIN_RECORDS_PER_FOLD}): the calibrated prior is used")

@@ -19,7 +19,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-__all__ = ["MIN_RECORDS_PER_FOLD", "record_folds", "labelled_blocks", "block_folds", "fold_masks", "fold_unit", "training_sample", "sampled_self_cols",
+__all__ = ["MIN_RECORDS_PER_FOLD", "record_folds", "labelled_blocks", "block_folds", "fold_masks", "training_sample", "sampled_self_cols",
            "validation_hold_out"]
 
 MIN_RECORDS_PER_FOLD = 5
@@ -104,8 +104,9 @@ def _block_layout(mask: np.ndarray, self_cols: np.ndarray | None) -> tuple[np.nd
 
 
 def fold_masks(mask: np.ndarray, self_cols: np.ndarray | None, folds: int, seed: int, repeats: int, held_out: str, by_block: bool = False
-               ) -> tuple[list[tuple[int, np.ndarray, np.ndarray]], int]:
-    """Per fold of every repeat (fold id, training mask, validation mask), and the number of held-out units (records or columns).
+               ) -> tuple[list[tuple[int, np.ndarray, np.ndarray]], int, str]:
+    """Per fold of every repeat (fold id, training mask, validation mask); the number of held-out units (records or columns);
+    and what a fold holds out, in words for the report: ``records``, ``blocks`` or ``columns``.
 
     ``held_out="records"``: a fold's records are held out on both sides (the unlabelled pairs of a u × u
     block: neither side seen); with ``by_block``, where the labels lie in several blocks, a fold is whole blocks
@@ -117,12 +118,12 @@ def fold_masks(mask: np.ndarray, self_cols: np.ndarray | None, folds: int, seed:
     n_units = n_cols if held_out == "columns" else len(_record_ids(n_rows, n_cols, self_cols)[1])
     k = max(1, min(folds, n_units // MIN_RECORDS_PER_FOLD))
     blocks = _block_layout(mask, self_cols) if held_out == "records" and by_block else None
-    masks = []
+    masks, unit = [], held_out
     for repeat in range(max(1, repeats)):
         repeat_seed = seed + repeat
         dealt = None if blocks is None else block_folds(*blocks, folds, repeat_seed)
         if dealt is not None and blocks is not None:
-            row_fold, col_fold, k = dealt
+            (row_fold, col_fold, k), unit = dealt, "blocks"
             if repeat and k == blocks[2]:
                 break  # one block per fold: every draw is the same folds
         elif held_out == "columns":
@@ -137,15 +138,7 @@ def fold_masks(mask: np.ndarray, self_cols: np.ndarray | None, folds: int, seed:
             val = mask & rows_out[:, None] & (col_fold == fold)[None, :]
             if train.sum() >= 2 and val.sum() >= 2:
                 masks.append((repeat * k + fold, train, val))
-    return masks, n_units
-
-
-def fold_unit(mask: np.ndarray, self_cols: np.ndarray | None, folds: int, held_out: str, by_block: bool = False) -> str:
-    """What :func:`fold_masks` holds out per fold, in words for the report: ``blocks``, ``records`` or ``columns``."""
-    if held_out != "records" or not by_block:
-        return held_out
-    blocks = _block_layout(mask, self_cols)
-    return "blocks" if blocks is not None and block_folds(*blocks, folds, 0) is not None else "records"
+    return masks, n_units, unit
 
 
 def training_sample(labels: np.ndarray, self_cols: np.ndarray | None, max_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
