@@ -104,15 +104,30 @@ def nested_rule(rule, confirm):
     return choose
 
 
+CONFIRM_RULE = "nested: every fold, mean > SE, its out-of-fold choice loses on no fold (--network.confirm)"
+"""The rule that ``--network.confirm`` applies (:func:`library_confirm`)."""
+
 VALIDATION_RULES = {name: functools.partial(apply_rule, rule) for name, rule in DIFF_RULES.items()} | {
     "nested: every fold, mean > SE, its out-of-fold choice gains on average": nested_rule(DIFF_RULES["every fold, mean > SE (shipped)"],
                                                                                         lambda gains: bool(gains.mean() > 1e-9)),
-    "nested: every fold, mean > SE, its out-of-fold choice loses on no fold": nested_rule(
+    CONFIRM_RULE: nested_rule(
         DIFF_RULES["every fold, mean > SE (shipped)"], lambda gains: bool(gains.mean() > 1e-9 and np.all(gains > -1e-9))),
     "nested: mean > SE, its out-of-fold choice gains on average": nested_rule(DIFF_RULES["mean > SE"], lambda gains: bool(gains.mean() > 1e-9)),
 }
 """Validation rules compared offline on the shipped fit's per-fold criteria: each maps a fit's per-fold criteria (per candidate) to
 the candidate it ships."""
+
+
+def library_confirm(fold_criteria: dict[str, list[float]]) -> str:
+    """What ``nncift select --network.confirm`` ships from a fit's per-fold criteria (the library's own functions, one draw of folds)."""
+    from nncift.network.fitting import CANDIDATE_ORDER
+    from nncift.network.validation import choose_candidate, confirmation_gains, confirmed
+
+    order = [name for name in CANDIDATE_ORDER if name in fold_criteria]
+    chosen = choose_candidate({name: [{"criterion": v} for v in values] for name, values in fold_criteria.items()}, order, True, "network")
+    usable = ~np.eye(len(fold_criteria["prior"]), dtype=bool)
+    return chosen if chosen == "prior" or confirmed(confirmation_gains(fold_criteria, order, usable)) else "prior"
+
 
 
 def _with_rule_picks(variants: list[tuple[str, str | None]], fold_criteria: dict[str, dict[str, list[float]]], loss: str, rules: bool):
@@ -126,23 +141,58 @@ def _with_rule_picks(variants: list[tuple[str, str | None]], fold_criteria: dict
                 yield name, name
 
 
+def _rule_choices(rule, fits: list[dict], repeats: int, used: int) -> list[str]:
+    """What ``rule`` ships for each fit, on the criteria of its first ``used`` repeats of the folds."""
+    chosen = []
+    for f in fits:
+        per_repeat = len(f["fold_criteria"].get("prior", [])) // repeats
+        chosen.append(rule({name: values[: per_repeat * used] for name, values in f["fold_criteria"].items()}))
+    return chosen
+
+
+def _below_prior(fits: list[dict], chosen: list[str]) -> str:
+    """How many fits' choices select worse than the prior as shipped (true f_gain), and the worst difference."""
+    differences = [f["gains"].get(c, float("nan")) - f["gains"]["prior"] for f, c in zip(fits, chosen)]
+    below = [d for d in differences if d < -1e-9]
+    return f"{len(below)} of {len(fits)} ({min(below):+.3f})" if below else f"0 of {len(fits)}"
+
+
 def rules_table(fits: list[dict], repeats: int) -> list[str]:
     """Per validation rule, on the first repeat's folds and (with ``repeats`` > 1) on every repeat's: what it ships per (u, design,
     seed), and the true f_gain that follows (the forced candidate's), beside the cosine's and the best candidate's."""
-    header = "| rule | folds | u | design | shipped (per seed) | learned shipped | f_gain | f_gain prior (as shipped) | f_gain best candidate (oracle) |"
+    header = ("| rule | folds | u | design | shipped (per seed) | learned shipped | f_gain | f_gain prior (as shipped) | seeds below the prior (worst) | "
+              "f_gain best candidate (oracle) |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     views = [("first repeat", 1)] + ([(f"{repeats} repeats", repeats)] if repeats > 1 else [])
     for (rule_name, rule), (view, used) in ((r, v) for r in VALIDATION_RULES.items() for v in views):
         for key in dict.fromkeys((f["fraction"], f["design"]) for f in fits):
             group = [f for f in fits if (f["fraction"], f["design"]) == key]
-            chosen = []
-            for f in group:
-                per_repeat = len(f["fold_criteria"].get("prior", [])) // repeats
-                chosen.append(rule({name: values[: per_repeat * used] for name, values in f["fold_criteria"].items()}))
+            chosen = _rule_choices(rule, group, repeats, used)
             gains = [f["gains"].get(c, float("nan")) for f, c in zip(group, chosen)]
             learned = sum(not c.startswith("prior") for c in chosen)
             lines.append(f"| {rule_name} | {view} | {key[0]} | {key[1]} | {' / '.join(chosen)} | {learned} of {len(chosen)} | {summary(gains)} | "
-                         f"{summary([f['gains']['prior'] for f in group])} | {summary([max(f['gains'].values()) for f in group]) if all(np.isfinite(v) for f in group for v in f['gains'].values()) else '–'} |")
+                         f"{summary([f['gains']['prior'] for f in group])} | {_below_prior(group, chosen)} | "
+                         f"{summary([max(f['gains'].values()) for f in group]) if all(np.isfinite(v) for f in group for v in f['gains'].values()) else '–'} |")
+    return lines
+
+
+def pooled_rules_table(saved: list[dict]) -> list[str]:
+    """Every validation rule over the fits of several matrices (``--fits`` files, first repeat): per matrix, the mean f_gain
+    of what it ships minus the prior's, and the fits it ships below the prior; then all matrices' fits together."""
+    names = [s["matrix"] for s in saved]
+    header = ("| rule | " + " | ".join(f"{name}: f_gain − prior, below the prior" for name in names)
+              + " | all fits: f_gain − prior | all fits: below the prior (worst) |")
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for rule_name, rule in VALIDATION_RULES.items():
+        cells, every_fit, every_choice = [], [], []
+        for s in saved:
+            chosen = _rule_choices(rule, s["fits"], 1, 1)
+            gain = np.mean([f["gains"].get(c, float("nan")) - f["gains"]["prior"] for f, c in zip(s["fits"], chosen)])
+            cells.append(f"{gain:+.3f}, {_below_prior(s['fits'], chosen)}")
+            every_fit += s["fits"]
+            every_choice += chosen
+        total = np.mean([f["gains"].get(c, float("nan")) - f["gains"]["prior"] for f, c in zip(every_fit, every_choice)])
+        lines.append(f"| {rule_name} | {' | '.join(cells)} | {total:+.3f} | {_below_prior(every_fit, every_choice)} |")
     return lines
 
 
@@ -202,8 +252,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="network.task_calibration (auto: nncift's default since 2026-12-03: on for LESS's top-k)")
     parser.add_argument("--fits", type=Path, default=None,
                         help="write every shipped fit's per-fold criteria and each candidate's true f_gain here (JSON), for rules compared later")
-    parser.add_argument("--rules-from", type=Path, default=None,
-                        help="print the rules table of a --fits file and stop (no training; the matrix argument is checked against the file's)")
+    parser.add_argument("--rules-from", type=Path, nargs="+", default=[],
+                        help="print the rules table of --fits files and stop (no training; files of one matrix are read together, and the matrix "
+                             "argument is checked against it); files of several matrices: each one's table, then every rule over all of them")
     parser.add_argument("--task-share", type=float, default=None,
                         help="LESS top-k: selection.task_share of the predicted subsets (default: nncift select's); f_gain compares with the plain maximum's exact subset")
     parser.add_argument("--shrink", type=float, nargs="*", default=[],
@@ -213,10 +264,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.rules_from:
-        saved = json.loads(args.rules_from.read_text())
-        if saved["matrix"] != args.matrix:
-            parser.error(f"{args.rules_from} holds fits of {saved['matrix']}, not {args.matrix}")
-        print("\n".join(rules_table(saved["fits"], args.repeats)))
+        matrices: dict[str, dict] = {}  # the files' fits by matrix (runs of one matrix split over seeds are read together)
+        for path in args.rules_from:
+            saved = json.loads(path.read_text())
+            matrices.setdefault(saved["matrix"], {"matrix": saved["matrix"], "fits": []})["fits"] += saved["fits"]
+        if len(matrices) == 1 and args.matrix not in matrices:
+            parser.error(f"{args.rules_from[0]} holds fits of {next(iter(matrices))}, not {args.matrix}")
+        for name, saved in matrices.items():
+            print("\n".join([*([f"### {name}", ""] if len(matrices) > 1 else []), *rules_table(saved["fits"], args.repeats), ""]))
+        if len(matrices) > 1:
+            print("\n".join(["### Every rule over all the matrices", "", *pooled_rules_table(list(matrices.values()))]))
+        every_fit = [f for saved in matrices.values() for f in saved["fits"]]
+        same = sum(library_confirm(f["fold_criteria"]) == VALIDATION_RULES[CONFIRM_RULE](f["fold_criteria"]) for f in every_fit)
+        print(f"\n`--network.confirm` (the library's code) ships what the rule '{CONFIRM_RULE}' ships on {same} of {len(every_fit)} fits.")
         return 0
     if args.rules and args.rules_oracle:
         args.forced = list(CANDIDATES)

@@ -8,6 +8,8 @@ Methods, all with the same network and embeddings in one run:
   (timed on the first rows of the smaller matrix);
 * split, numba       — ``predict_pairwise`` with the split first layer and the compiled kernel;
 * split, torch       — ``predict_pairwise`` with the split first layer, pure-torch tiles.
+* two-tower          — the default network (and with label anchors), each beside the previous release's way of
+  predicting it (``previous_two_tower``: a copy per row block, the anchors' column sums re-read whole per block).
 
 Split methods predict into a preallocated (and pre-faulted) float32 array; each is run ``--repeats``
 times and the best time is reported. Prints a markdown table; ``--output FILE`` also writes it there
@@ -48,6 +50,40 @@ def one_pair_per_call(net: nw.InfluenceNetwork, rows: np.ndarray, cols: np.ndarr
             x = torch.cat([torch.from_numpy(rows[i]), torch.zeros(1), torch.from_numpy(cols[j])]).unsqueeze(0)
             values[n] = net(x).item()
     return values, time.perf_counter() - start
+
+
+def previous_two_tower(network, rows: np.ndarray, cols: np.ndarray, out: np.ndarray, self_cols: np.ndarray) -> np.ndarray:
+    """The baseline: the two-tower prediction as the release of 2026-12-03 made it (no calibration lines), for a same-run
+    comparison. Each row block's product went to a new tensor and was then copied into ``out``; the anchors' column sums were
+    a transposed view, re-read whole for every row block."""
+    import math
+
+    from nncift.network.anchors import NEIGHBOURS, sparse_kernel_weights
+
+    rows_t, cols_t = torch.from_numpy(rows), torch.from_numpy(cols)
+    block_rows = max(1, (1 << 22) // len(cols))
+    with torch.no_grad():
+        scale, shift = float(network.label_std), float(network.label_mean)
+        g, c = network.col_tower(cols_t)
+        right = torch.cat([cols_t, g, torch.ones(len(cols), 1), c[:, None]], dim=1) * scale
+        anchors = network.anchors
+        if anchors is not None:
+            wc = sparse_kernel_weights(cols_t, anchors.cols, anchors.temperature, anchors.neighbours)
+            residual_cols, mask_cols = torch.sparse.mm(wc, anchors.residuals.T.contiguous()).T, torch.sparse.mm(wc, anchors.mask.T.contiguous()).T
+        for start in range(0, len(rows), block_rows):
+            stop = min(len(rows), start + block_rows)
+            part = rows_t[start:stop]
+            f, r = network.row_tower(part)
+            left = torch.cat([network.alpha * part, f / math.sqrt(network.rank), (r + network.beta)[:, None], torch.ones(stop - start, 1)], dim=1)
+            block = torch.addmm(torch.full((1, 1), shift), left, right.T)
+            own = self_cols[start:stop]
+            local = np.flatnonzero(own >= 0)
+            block[local, own[local]] += scale * (network.self_bias + part[local] @ network.self_weight)
+            if anchors is not None:
+                wr = sparse_kernel_weights(part, anchors.rows, anchors.temperature, NEIGHBOURS)
+                block += scale * torch.sparse.mm(wr, residual_cols) / (torch.sparse.mm(wr, mask_cols) + anchors.shrink)
+            out[start:stop] = block.numpy()
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,18 +174,26 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():  # non-zero learned terms, as after training
         for layer in (tower.row_tower.out, tower.col_tower.out, tower.row_tower.offset, tower.col_tower.offset):
             layer.weight.normal_(0.0, 0.05, generator=torch.Generator().manual_seed(args.seed + 1))
-    def best_tower_seconds(n: int, out: np.ndarray) -> float:
-        """Best of ``args.repeats`` predictions of the n × n matrix by ``tower`` (as it is now) into ``out``."""
+    def best_tower_seconds(n: int, out: np.ndarray, predict=None) -> float:
+        """Best of ``args.repeats`` predictions of the n × n matrix by ``tower`` (as it is now) into ``out`` (``predict``: the
+        baseline's way instead of the library's)."""
         best = float("inf")
         for _ in range(args.repeats):
             start = time.perf_counter()
-            nw.predict_pairwise(tower, rows_all[:n], cols_all[:n], out=out, self_cols=self_columns(n, n))
+            if predict is None:
+                nw.predict_pairwise(tower, rows_all[:n], cols_all[:n], out=out, self_cols=self_columns(n, n))
+            else:
+                predict(tower, rows_all[:n], cols_all[:n], out, self_columns(n, n))
             best = min(best, time.perf_counter() - start)
         return best
 
     for n in sorted(args.sizes):
         out = np.zeros((n, n), dtype=np.float32)
+        note(f"two-tower (default network), previous release's blocks (baseline), {n}×{n}", n * n, best_tower_seconds(n, out, previous_two_tower))
+        baseline = out.copy() if n == min(args.sizes) else None
         note(f"two-tower (default network), {n}×{n}", n * n, best_tower_seconds(n, out))
+        if baseline is not None:
+            max_error[("two-tower vs the previous release", n)] = (float(np.abs(out - baseline).max()), float("nan"))
         if n == min(args.sizes):
             with torch.no_grad():
                 reference = tower(torch.from_numpy(rows_all[:64]), torch.from_numpy(cols_all[:n]), torch.from_numpy(self_columns(64, n))).numpy()
@@ -163,8 +207,13 @@ def main(argv: list[str] | None = None) -> int:
         labelled = max(16, n // 20)
         residuals = np.random.default_rng(args.seed).standard_normal((labelled, labelled)).astype(np.float32)
         tower.attach_anchors(Anchors.from_block(rows_all[:labelled], cols_all[:labelled], residuals, np.ones_like(residuals, dtype=bool), 0.05, 1.0))
-        out = np.empty((n, n), dtype=np.float32)
+        out = np.zeros((n, n), dtype=np.float32)
+        note(f"two-tower with label anchors, previous release's blocks (baseline; {labelled}×{labelled} labelled), {n}×{n}", n * n,
+             best_tower_seconds(n, out, previous_two_tower))
+        baseline = out.copy() if n == min(args.sizes) else None
         note(f"two-tower with label anchors ({labelled}×{labelled} labelled), {n}×{n}", n * n, best_tower_seconds(n, out))
+        if baseline is not None:
+            max_error[("two-tower with anchors vs the previous release", n)] = (float(np.abs(out - baseline).max()), float("nan"))
         del out
     tower.attach_anchors(None)
 
@@ -194,8 +243,11 @@ def main(argv: list[str] | None = None) -> int:
         "(on the pairs that lie inside the matrix):")
     say()
     for (backend, n), (error, loop_error) in max_error.items():
-        if backend.startswith("two-tower"):
+        if backend.startswith("two-tower vs its module"):
             say(f"- two-tower, {n}×{n}: blocked matrix product against the module's own forward pass (first 64 rows): {error:.2e}")
+            continue
+        if backend.startswith("two-tower"):
+            say(f"- {backend}, {n}×{n}: {error:.2e}")
             continue
         say(f"- {backend}, {n}×{n}: naive " + (f"{error:.2e}" if error == error else "not compared (it ran on the smaller size only)")
             + f", one-pair loop {loop_error:.2e}")

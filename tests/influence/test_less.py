@@ -183,6 +183,18 @@ def test_select_with_less_through_the_pipeline(tiny_lm_dir, tmp_path):
     from nncift.steps.inspect import inspect_run
 
     assert inspect_run(tmp_path / "run")["run"]["task_floor_added"] == result.manifest["task_floor_added"]
+    # select --add keeps the floor over the union's budget: the added picks are top_k_with_task_floor's on the union's matrix
+    from nncift.influence.less import subtask_scores
+    from nncift.selection import top_k_with_task_floor
+    from nncift.steps.add import add_to_run
+
+    new = [Record(f"Subtract {i} from {3 * i}.", "", f"{2 * i}", task="odd") for i in range(8)]
+    grown = add_to_run(tmp_path / "run", new, tmp_path / "grown", budget=10.0, pool=pool, targets=targets, progress=False)
+    assert grown.indices[:6].tolist() == result.indices.tolist() and len(grown.indices) == 10
+    assert "task_floor_added" in grown.manifest and grown.manifest["settings"]["selection"]["task_share"] == 0.1
+    parts = subtask_scores(np.load(tmp_path / "grown" / "predicted.npy"), [t.task for t in targets])
+    expected = top_k_with_task_floor(parts, 10, 0.1, kept=result.indices)
+    assert grown.indices[6:].tolist() == expected.indices.tolist() and grown.manifest["task_floor_added"] == expected.floor_added
     features = list((tmp_path / "run" / "less" / "features").glob("candidates-checkpoint-*.done.jsonl"))
     assert len(features) == 2  # one per checkpoint, holding only the sampled candidates
     stored = sorted(int(r) for line in features[0].read_text().splitlines() for r in json.loads(line)["rows"])

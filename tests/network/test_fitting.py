@@ -154,6 +154,25 @@ def test_the_network_learns_what_the_cosine_cannot_and_is_shipped(demo_embedding
 
 
 @pytest.mark.e2e
+def test_a_confirmed_choice_is_checked_out_of_fold_and_reported(demo_embeddings):
+    """``network.confirm`` on labels with something to learn: the learned choice is remade on the other folds of each fold
+    and still gains there, so it ships, and the report keeps each fold's out-of-fold gain."""
+    e = demo_embeddings
+    true = learnable_labels(e, e)
+    seen = np.sort(np.random.default_rng(0).choice(len(e), 48, replace=False))
+    settings = dataclasses.replace(QUICK, network=dataclasses.replace(QUICK.network, folds=4, confirm=True))
+    _, report = fit_pairwise(e[seen], e[seen], true[np.ix_(seen, seen)], settings, self_cols=np.arange(len(seen)))
+    _, plain = fit_pairwise(e[seen], e[seen], true[np.ix_(seen, seen)], dataclasses.replace(settings, network=dataclasses.replace(
+        settings.network, confirm=False)), self_cols=np.arange(len(seen)))
+    assert plain.chosen != "prior" and plain.confirmation is None
+    check = report.confirmation
+    assert check is not None and check["candidate"] == plain.chosen and len(check["out_of_fold_gains"]) == 4
+    assert check["confirmed"] and report.chosen == plain.chosen and min(check["out_of_fold_gains"]) >= 0
+    assert "chosen on the other folds, the choice lost on no fold" in report.note
+    assert report.as_dict()["confirmation"]["confirmed"] is True
+
+
+@pytest.mark.e2e
 def test_fit_is_deterministic_per_seed_and_round_trips(demo_embeddings, tmp_path):
     e = demo_embeddings[:60]
     labels = learnable_labels(e, e)[:30, :30]

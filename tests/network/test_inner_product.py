@@ -90,3 +90,40 @@ def test_a_network_without_inner_products_builds_its_graph_from_row_blocks() -> 
         expected = np.sort(np.argsort(-dense, axis=1, kind="stable")[:, :4], axis=1)
         np.testing.assert_array_equal(graph.columns.reshape(30, 4), expected)
         np.testing.assert_allclose(graph.values.reshape(30, 4), np.take_along_axis(dense, expected, 1), atol=1e-6)
+
+
+@pytest.mark.parametrize("layout", ["fresh", "memmap", "strided", "tiled"])
+def test_block_prediction_writes_what_the_module_computes(layout: str, tmp_path, monkeypatch) -> None:
+    """``predict_two_tower`` writes its matrix products straight into ``out`` (a fresh array, a memory-mapped file) or, for
+    an ``out`` it cannot write into directly, through a copy; self-pair terms, label anchors and a row calibration together
+    equal the module's own forward pass, whatever the row blocks and the anchors' tiles of columns (``tiled``: three)."""
+    from nncift.network import towers
+    from nncift.network.row_calibration import RowCalibration
+    from nncift.network.towers import predict_two_tower
+
+    d = 10
+    rows, cols = embeddings(29, d, 4), embeddings(41, d, 5)
+    net = random_network(d)
+    rng = np.random.default_rng(6)
+    net.attach_anchors(Anchors.from_block(rows[:8], cols[:9], rng.standard_normal((8, 9)), rng.random((8, 9)) > 0.2, 0.05, 1.0))
+    labels = rng.standard_normal((6, 9))
+    net.attach_row_calibration(RowCalibration.fit(rows[:6], rng.standard_normal((6, 9)), labels, np.ones((6, 9), dtype=bool), temperature=0.05))
+    assert net.calibration_lines(torch.from_numpy(rows)) is not None
+    self_cols = np.full(29, -1, dtype=np.int64)
+    self_cols[:20] = rng.permutation(41)[:20]
+    with torch.no_grad():
+        expected = net(torch.from_numpy(rows), torch.from_numpy(cols), torch.from_numpy(self_cols)).numpy()
+    if layout == "fresh":
+        out = None
+    elif layout == "memmap":
+        out = np.lib.format.open_memmap(tmp_path / "predicted.npy", mode="w+", dtype=np.float32, shape=(29, 41))
+    elif layout == "strided":
+        out = np.zeros((29, 82), dtype=np.float32)[:, ::2]
+    else:
+        out = None
+        monkeypatch.setattr(towers, "_ANCHOR_TILE", (8 * 16, 4, 16))  # 8 anchor rows: tiles of 16, 16 and 9 columns
+    got = predict_two_tower(net, rows, cols, out=out, self_cols=self_cols, block_rows=7)
+    assert out is None or got is out
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+    if layout == "memmap":
+        np.testing.assert_allclose(np.load(tmp_path / "predicted.npy"), expected, atol=1e-5, rtol=0)

@@ -65,6 +65,45 @@ def test_a_candidate_shared_by_two_tasks_counts_once_and_a_task_without_a_value_
         top_k_with_task_floor(np.full((2, 3), np.nan), 1, 0.5)
 
 
+def test_a_grown_subset_keeps_its_picks_and_gives_each_task_its_floor_of_the_larger_budget() -> None:
+    """``select --add`` grows a floored subset: the kept picks stay and count, and a new record that is a low-scale task's
+    best joins the subset although the plain maximum would pass it over."""
+    rng = np.random.default_rng(2)
+    parts = rng.normal(size=(2, 60))
+    parts[0, :40] += 3.0  # task 1's scores run lower: the plain maximum takes everything from task 0
+    parts[1, 50], parts[0, 50] = 2.9, -9.0  # a new record (old pool: the first 40), task 1's best by far, below task 0's maxima
+    old = top_k_with_task_floor(parts[:, :40], 10, 0.4)
+    grown = top_k_with_task_floor(parts, 14, 0.4, kept=old.indices)  # 0.4 × 14 / 2 → 3 per task
+    assert len(grown.indices) == 4 and not np.isin(grown.indices, old.indices).any()
+    union = set(old.indices.tolist()) | set(grown.indices.tolist())
+    assert 50 in union and grown.floor_added >= 1
+    plain = np.setdiff1d(np.arange(60), old.indices)
+    assert 50 not in plain[np.argsort(-parts.max(axis=0)[plain], kind="stable")][:4]  # what --add did before: task 1's best left out
+    for task in range(2):
+        assert set(np.argsort(-parts[task])[:3].tolist()) <= union
+    fresh = set(top_k_with_task_floor(parts, 14, 0.4).indices.tolist())
+    assert len(union ^ fresh) == 2  # a fresh selection drops old pick 17, task 1's old floor, which --add keeps
+    with pytest.raises(ValueError, match="smaller than"):
+        top_k_with_task_floor(parts, 5, 0.4, kept=old.indices)
+
+
+def test_a_grown_subset_with_less_room_than_missing_best_gives_each_task_one_first() -> None:
+    parts = np.zeros((2, 12))
+    parts[0, :8] = np.arange(8, 0, -1)  # old pool 0..7 on task 0's scale
+    parts[1, :8] = -1.0
+    parts[0, 8:], parts[1, 8:] = [-5, -5, 0.5, 0.4], [3, 2.5, -5, -5]  # new: task 1's two best (8, 9), task 0's next (10, 11)
+    kept = np.array([0, 1, 2, 3])
+    grown = top_k_with_task_floor(parts, 6, 1.0, kept=kept)  # floor 3 each; task 1 misses 3, room for 2
+    assert sorted(grown.indices.tolist()) == [8, 9]  # its two best new records; task 0 has its 3 best already
+    tight = top_k_with_task_floor(parts, 5, 1.0, kept=kept[:3])  # floor 2 each: task 1 misses 8 and 9, room for 2
+    assert sorted(tight.indices.tolist()) == [8, 9]
+    parts[0, 10] = 7.5  # new record 10 is now task 0's second best: both tasks miss records
+    one = top_k_with_task_floor(parts, 5, 1.0, kept=np.array([0, 4, 5, 6]))  # floor 2: task 0 misses 10, task 1 misses 8, 9
+    assert one.indices.tolist() == [10]  # the first task's first missing best; task 1's would come next with more room
+    two = top_k_with_task_floor(parts, 6, 1.0, kept=np.array([0, 4, 5, 6]))
+    assert sorted(two.indices.tolist()) == [8, 10]  # one each before task 1's second (9)
+
+
 def test_less_subtask_scores_are_the_parts_of_its_aggregation(tmp_path: Path) -> None:
     rng = np.random.default_rng(2)
     matrix = rng.normal(size=(7, 40)).astype(np.float32)

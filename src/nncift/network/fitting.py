@@ -52,7 +52,7 @@ from nncift.network.row_calibration import RowCalibration
 from nncift.network.task_calibration import TaskRows, describe, fit_task_lines, task_calibration
 from nncift.network.tower_training import PairBlock, step_sub_block, train_stacked
 from nncift.network.towers import TwoTowerNetwork
-from nncift.network.validation import MIN_FOLDS, choose_candidate, explain_choice, mean_criteria
+from nncift.network.validation import MIN_FOLDS, choose_candidate, confirmation_gains, confirmed, explain_choice, mean_criteria
 from nncift.settings.stages import NetworkSettings
 
 __all__ = ["FitSettings", "FitReport", "fit_pairwise", "calibrate_prior", "one_torch_thread"]
@@ -91,6 +91,11 @@ class FitSettings:
     seed of 6 instead of 4, and a worse one (f_gain 0.451 against 0.518, the cosine 0.473; BENCHMARKS.md)."""
 
 
+CANDIDATE_ORDER = ("prior", "blend", "network", "prior + anchors", "blend + anchors", "network + anchors", "prior + row calibration",
+                   "blend + row calibration", "network + row calibration")
+"""The predictors validation compares, the no-learning prior first (the one the others must beat; ties go to the earlier)."""
+
+
 @dataclass
 class FitReport:
     """What fitting chose and why (JSON-ready via :meth:`as_dict`)."""
@@ -117,6 +122,9 @@ class FitReport:
     fold_criteria: dict[str, list[float]] = field(default_factory=dict)
     """Per candidate: the combined criterion on each fold, in fold order (what the choice compared)."""
     prior: dict[str, float] = field(default_factory=dict)
+    confirmation: dict[str, Any] | None = None
+    """``network.confirm``: the candidate the folds chose, its out-of-fold gain over the prior on each fold (the choice made on
+    the other folds, scored on that one) and whether that confirmed it (else the prior shipped); None when not checked."""
     note: str = ""
     """Why the shipped predictor was shipped, in words."""
     loss: str = "mse"
@@ -323,7 +331,7 @@ def _validated_network(data: PairBlock, settings: FitSettings, objective: str, c
                            f"(at least {MIN_FOLDS * MIN_RECORDS_PER_FOLD}): the calibrated prior is used")
         else:
             network = _chosen_network(data, settings, report, folds, grid, curves, priors, objective, candidate_scores)
-        report.note = report.note or explain_choice(report.candidates, report.chosen, report.held_out)
+        report.note = report.note or explain_choice(report.candidates, report.chosen, report.held_out, report.confirmation)
         bar.update(1)
     return network, report
 
@@ -371,9 +379,11 @@ def _chosen_network(data: PairBlock, settings: FitSettings, report: FitReport, f
                                                      candidate_scores, with_exact=shows_exact, choose_out_of_fold=settings.choices_out_of_fold)
     report.candidates = {name: mean_criteria(values) for name, values in per_fold_criteria.items()}
     report.fold_criteria = {name: [p["criterion"] for p in values] for name, values in per_fold_criteria.items()}
-    report.chosen = choose_candidate(per_fold_criteria, ["prior", "blend", "network", "prior + anchors", "blend + anchors", "network + anchors",
-                                                         "prior + row calibration", "blend + row calibration", "network + row calibration"],
-                                     settings.network.fallback, settings.force)
+    report.chosen = choose_candidate(per_fold_criteria, list(CANDIDATE_ORDER), settings.network.fallback, settings.force)
+    if settings.network.confirm and settings.network.fallback and report.chosen != "prior":  # the choice itself, out of fold
+        gains = confirmation_gains(report.fold_criteria, list(CANDIDATE_ORDER), other_folds(folds))
+        report.confirmation = {"candidate": report.chosen, "out_of_fold_gains": [float(g) for g in gains], "confirmed": confirmed(gains)}
+        report.chosen = report.chosen if confirmed(gains) else "prior"
     return _final_network(data, settings, report, kernels.get(report.chosen))
 
 

@@ -14,7 +14,9 @@ criterion is therefore the mean of
 
 :func:`choose_candidate` ships a learned candidate only when it beats the prior on every fold, and
 on average by more than one standard error of the per-fold differences. The per-fold scores it compares are
-out of fold for every choice made on the folds (:mod:`nncift.network.candidates`).
+out of fold for every choice made on the folds (:mod:`nncift.network.candidates`). With ``network.confirm`` the
+choice itself is checked out of fold too (:func:`confirmation_gains`): made on the other folds, it must gain on average
+and lose on no fold, or the prior ships.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from scipy.stats import rankdata
 
 from nncift.selection.subset_quality import ObjectiveSpec, f_gain, spearman
 
-__all__ = ["MIN_FOLDS", "CandidateScores", "selection_criterion", "row_spearman", "mean_criteria", "choose_candidate", "explain_choice"]
+__all__ = ["MIN_FOLDS", "CandidateScores", "selection_criterion", "row_spearman", "mean_criteria", "choose_candidate", "confirmation_gains",
+           "confirmed", "explain_choice"]
 
 MIN_FOLDS = 3
 """Fewest folds with which a learned predictor may replace the prior (it must win on every one)."""
@@ -92,10 +95,16 @@ def choose_candidate(per_fold: dict[str, list[dict[str, float]]], order: list[st
     """
     if not fallback:
         return forced
-    base = np.array([p["criterion"] for p in per_fold[order[0]]], dtype=np.float64)
+    return _passing_best({name: [p["criterion"] for p in values] for name, values in per_fold.items()}, order)
+
+
+def _passing_best(criteria: dict[str, list[float]], order: list[str]) -> str:
+    """:func:`choose_candidate`'s rule on per-fold criteria: of the candidates that beat ``order[0]`` on every fold and on
+    average by more than a standard error, the best on average (``order[0]`` when none does)."""
+    base = np.array(criteria[order[0]], dtype=np.float64)
     best, best_value = order[0], -np.inf
     for name in order[1:]:
-        values = np.array([p["criterion"] for p in per_fold[name]], dtype=np.float64)
+        values = np.array(criteria[name], dtype=np.float64)
         diff = values - base
         if diff.size < MIN_FOLDS or not np.all(np.isfinite(diff)) or not np.all(diff > 1e-9):
             continue
@@ -105,8 +114,33 @@ def choose_candidate(per_fold: dict[str, list[dict[str, float]]], order: list[st
     return best
 
 
-def explain_choice(candidates: dict[str, dict[str, float]], chosen: str, held_out: str) -> str:
-    """One sentence on why ``chosen`` was shipped, from the candidates' validation numbers (manifest and terminal)."""
+def confirmation_gains(criteria: dict[str, list[float]], order: list[str], usable: np.ndarray) -> np.ndarray:
+    """Nested cross-validation of the choice itself: per fold i, the criterion on fold i of the candidate
+    :func:`choose_candidate`'s rule picks on the folds ``usable[i]`` (the other folds), minus ``order[0]``'s (0 where it picks
+    ``order[0]``). A candidate that wins on every fold only because it is the luckiest of those tried gains nothing here.
+    With fewer than :data:`MIN_FOLDS` usable folds the rule picks ``order[0]``."""
+    n = len(criteria[order[0]])
+    gains = np.zeros(n)
+    for i in range(n):
+        others = np.flatnonzero(usable[i])
+        chosen = _passing_best({name: [values[j] for j in others] for name, values in criteria.items()}, order)
+        gains[i] = criteria[chosen][i] - criteria[order[0]][i]
+    return gains
+
+
+def confirmed(gains: np.ndarray) -> bool:
+    """Whether the choice made out of fold gains over the prior on average and loses on no fold."""
+    return bool(gains.size and gains.mean() > 1e-9 and np.all(gains > -1e-9))
+
+
+def explain_choice(candidates: dict[str, dict[str, float]], chosen: str, held_out: str, confirmation: dict | None = None) -> str:
+    """One sentence on why ``chosen`` was shipped, from the candidates' validation numbers (manifest and terminal); with
+    ``confirmation`` (``network.confirm``), what the nested check of the choice found."""
+    if confirmation and not confirmation["confirmed"]:
+        gains = confirmation["out_of_fold_gains"]
+        return (f"'{confirmation['candidate']}' beat the calibrated cosine on every held-out fold, but chosen on the other folds the "
+                f"choice lost on {sum(g < -1e-9 for g in gains)} of {len(gains)} folds (mean {float(np.mean(gains)):+.3f}): the calibrated "
+                "cosine is shipped (--network.confirm)")
     prior = candidates.get("prior", {}).get("criterion", float("nan"))
     shipped = candidates.get(chosen, {}).get("criterion", float("nan"))
     best = max(candidates, key=lambda name: candidates[name].get("criterion", -np.inf)) if candidates else "prior"
@@ -116,5 +150,7 @@ def explain_choice(candidates: dict[str, dict[str, float]], chosen: str, held_ou
             return f"no learned candidate beat the calibrated cosine on held-out {held_out} (criterion {prior:.3f})"
         return (f"'{best}' scored {candidates[best]['criterion']:.3f} against the prior's {prior:.3f}, but not {where} "
                 f"(within the validation's noise): the calibrated cosine is shipped")
+    checked = (f"; chosen on the other folds, the choice lost on no fold (mean {float(np.mean(confirmation['out_of_fold_gains'])):+.3f})"
+               if confirmation else "")
     return (f"'{chosen}' beat the calibrated cosine {where} (criterion {shipped:.3f} against {prior:.3f}: "
-            f"ranking ρ {candidates[chosen]['ranking_spearman']:.3f}, f_gain {candidates[chosen]['f_gain']:.3f})")
+            f"ranking ρ {candidates[chosen]['ranking_spearman']:.3f}, f_gain {candidates[chosen]['f_gain']:.3f}){checked}")

@@ -255,7 +255,7 @@ def task_floor(k: int, n_tasks: int, share: float) -> int:
     return min(max(1, int(math.floor(share * k / n_tasks + 0.5))), k // n_tasks)
 
 
-def top_k_with_task_floor(task_scores: np.ndarray, budget: float | int, share: float) -> Selection:
+def top_k_with_task_floor(task_scores: np.ndarray, budget: float | int, share: float, *, kept: np.ndarray | None = None) -> Selection:
     """Top-k of the per-candidate maximum over tasks, with every task's best candidates kept first.
 
     Each task's :func:`task_floor` best candidates by that task's own score are kept (a candidate already kept for an
@@ -268,9 +268,13 @@ def top_k_with_task_floor(task_scores: np.ndarray, budget: float | int, share: f
             out: a task with no value for a candidate does not rank it).
         budget: fraction in (0, 1] or count of ``n_candidates``.
         share: the share of the budget split equally among the tasks (0: plain top-k).
+        kept: candidates already in the subset (a subset being grown, ``select --add``): they count towards the budget,
+            and each towards the floor of the first task among whose best it is; only the added picks are returned. Where
+            the tasks' missing best outnumber the room left, each task gets its first missing one before any gets a second.
 
     Returns:
-        :class:`Selection` named ``"topk"`` in decreasing score order (ties by the lower index); ``values`` are the maxima.
+        :class:`Selection` named ``"topk"`` in decreasing score order (ties by the lower index); ``values`` are the maxima;
+        ``floor_added``: the picks that the plain top-k (of the candidates not kept) would not have made.
     """
     parts = np.asarray(task_scores, dtype=np.float64)
     if parts.ndim != 2:
@@ -280,21 +284,30 @@ def top_k_with_task_floor(task_scores: np.ndarray, budget: float | int, share: f
     if not np.all(np.isfinite(values)):
         raise ValueError("scores contain non-finite values (a candidate with no finite task score)")
     k = budget_to_count(budget, values.shape[0])
+    old = np.zeros(values.shape[0], dtype=bool)
+    old[np.asarray(kept if kept is not None else [], dtype=np.int64)] = True
+    if k < int(old.sum()):
+        raise ValueError(f"a budget of {k} is smaller than the {int(old.sum())} candidates kept")
     floor = task_floor(k, parts.shape[0], share)
-    if floor == 0:
-        return top_k(values, k)
-    kept = np.zeros(values.shape[0], dtype=bool)
-    for task in ranked:
+    chosen, assigned, missing = old.copy(), np.zeros(values.shape[0], dtype=bool), []
+    for task in ranked if floor else ():
         order = np.argsort(-task, kind="stable")
-        order = order[np.isfinite(task[order]) & ~kept[order]]
-        kept[order[:floor]] = True
+        best = order[np.isfinite(task[order]) & ~assigned[order]][:floor]  # kept ones among them count for this task
+        assigned[best] = True
+        missing.append(best[~old[best]])
+    room = k - int(old.sum())
+    for rank in range(floor):  # a grown subset may lack more than its room: each task's first missing best before any second
+        for best in missing:
+            if rank < len(best) and room > 0 and not chosen[best[rank]]:
+                chosen[best[rank]], room = True, room - 1
     rest = np.argsort(-values, kind="stable")
-    kept[rest[~kept[rest]][: k - int(kept.sum())]] = True
-    chosen = np.flatnonzero(kept)
-    order = chosen[np.argsort(-values[chosen], kind="stable")].astype(np.int64)
+    chosen[rest[~chosen[rest]][:room]] = True
+    added = np.flatnonzero(chosen & ~old)
+    order = added[np.argsort(-values[added], kind="stable")].astype(np.int64)
     gains = values[order]
-    added = int(k - np.isin(order, rest[:k]).sum())  # rest[:k]: the plain top-k
-    return Selection(order, gains, float(gains.sum()), "topk", values=values, floor_added=added)
+    plain = rest[~old[rest]][: k - int(old.sum())]
+    floor_added = int(len(order) - np.isin(order, plain).sum()) if floor else None
+    return Selection(order, gains, float(gains.sum()), "topk", values=values, floor_added=floor_added)
 
 
 def extend_greedy(similarity: np.ndarray, count: int, chosen: Any, *, cap: np.ndarray | None = None,

@@ -38,7 +38,7 @@ from nncift.settings.choices import (
     SAMPLING_DESIGNS,
     TASK_CALIBRATIONS,
 )
-from nncift.settings.fields import Checked, build_settings, check_settings, normalise_budget, setting, settings_dict
+from nncift.settings.fields import Checked, SettingsError, build_settings, check_settings, normalise_budget, setting, settings_dict
 
 DEVICE: dict[str, Any] = {"choices": DEVICES, "pattern": r"cuda:\d+", "hint": "'cuda:N'"}
 """The rule of every ``device`` field."""
@@ -90,6 +90,10 @@ class NetworkSettings(Checked):
     """two-tower: record folds of the validation (whole rows and columns held out)."""
     fallback: bool = True
     """two-tower: ship the calibrated prior (or a blend) when it validates better than the network."""
+    confirm: bool = False
+    """two-tower: check the validation's choice itself out of fold (nested cross-validation): made on the other folds, it must
+    gain over the prior on average and lose on no fold, or the prior ships. Fewer learned predictors ship, and fewer below
+    the cosine (docs/network.md, "Confirming the choice"); needs at least 4 folds."""
     loss: str = setting("mse", choices=NETWORK_LOSSES)
     """two-tower: training loss, mse or row-centred (each row's mean error removed: a row's offset changes no selection)."""
     input: str = setting("auto", choices=NETWORK_INPUTS)
@@ -123,6 +127,12 @@ class NetworkSettings(Checked):
     """paper: examples per mini-batch."""
     seed: int = setting(0, at_least=0)
     """Seed of the weight initialisation and of the shuffling (in a run: the run's seed)."""
+
+    def __post_init__(self) -> None:
+        """Check every field, and that a confirmed choice has three other folds to be made on."""
+        super().__post_init__()
+        if self.confirm and self.folds < 4:
+            raise SettingsError("confirm", f"needs at least 4 folds (the choice is remade on the other folds, and it needs 3); folds is {self.folds}")
 
 
 @dataclass(frozen=True)

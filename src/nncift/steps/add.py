@@ -43,7 +43,7 @@ from nncift.run.ledger import CostLedger
 from nncift.run.report import build_manifest
 from nncift.run.store import RunStore
 from nncift.run.view import RunView, as_view, check_digest
-from nncift.selection import Selection, budget_to_count, extend_greedy, fits_in_memory
+from nncift.selection import Selection, budget_to_count, extend_greedy, fits_in_memory, top_k_with_task_floor
 from nncift.selection.sparse import (
     BlockPredictor,
     ExactValues,
@@ -203,6 +203,7 @@ def _manifest(view: RunView, settings: SelectSettings, grown: _Grown, reports: S
         "picks": {"kept": [int(i) for i in kept], "added": [int(i) for i in added],
                   "added_new_records": [int(i) for i in added if i >= len(pool)]},
         "positive_gain_picks_added": grown.chosen.n_positive,
+        **({"task_floor_added": int(grown.chosen.floor_added)} if grown.chosen.floor_added is not None else {}),
         **({"selection_mode": "sparse", **grown.graph} if grown.graph else {}),
     }
     counts = {"pool": len(pool) + len(new), "old_pool": len(pool), "new_records": len(new), "targets": len(targets),
@@ -344,10 +345,13 @@ def _union_labels(view: RunView, n_new: int, n_pool_rows: int, own: np.ndarray |
 def _continue(objective: str, matrix: np.ndarray, n_pool_rows: int, rows: list[Record], kept: np.ndarray, k: int,
               settings: SelectSettings, view: RunView) -> tuple[Selection, np.ndarray]:
     """The added picks (greedy from the kept ones) and every candidate's value on its own."""
-    from nncift.steps.score import ObjectiveState, run_aggregation
+    from nncift.steps.score import ObjectiveState, run_aggregation, run_task_scores
 
     if objective == "topk":
         scores = run_aggregation(view)(matrix, rows)
+        task_parts = run_task_scores(view) if settings.selection.task_share > 0 else None
+        if task_parts is not None:  # the run's task floor, over the union's budget (the kept picks count towards it)
+            return top_k_with_task_floor(task_parts(matrix, rows), k, settings.selection.task_share, kept=kept), scores
         return _continue_top_k(scores, kept, k), scores
     state = ObjectiveState.of(objective, matrix, n_pool_rows, np.zeros(0, np.int64), eta=settings.selection.eta, nu=settings.selection.nu)
     values, _ = state.values_and_gains(matrix)

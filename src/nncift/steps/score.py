@@ -128,15 +128,32 @@ class ScoreResult:
     out: Path
 
 
-def run_aggregation(view: RunView) -> Callable[[np.ndarray, Sequence[Record]], np.ndarray]:
-    """The run's influence function's top-k aggregation: (rows × candidates block, row records) → one score per candidate."""
+def _run_function(view: RunView) -> Any:
+    """The run's pairwise influence function, built from its options (no model is loaded until it computes)."""
     from nncift.influence import PairwiseInfluence, influence_class
     from nncift.settings.stages import RunContext
 
     function = influence_class(view.influence).from_options(view.influence_options, run=RunContext.of(view.settings), progress=False)
     if not isinstance(function, PairwiseInfluence):
         raise InputError(f"{view.folder}: {view.influence} is not a pairwise influence function")
+    return function
+
+
+def run_aggregation(view: RunView) -> Callable[[np.ndarray, Sequence[Record]], np.ndarray]:
+    """The run's influence function's top-k aggregation: (rows × candidates block, row records) → one score per candidate."""
+    function = _run_function(view)
     return lambda block, rows: np.asarray(function.candidate_scores(block, rows), dtype=np.float64)
+
+
+def run_task_scores(view: RunView) -> Callable[[np.ndarray, Sequence[Record]], np.ndarray] | None:
+    """The per-task parts of the run's top-k aggregation (LESS: each task's mean; the score is their maximum), which top-k's
+    task floor ranks by; None for a function whose score has no per-task parts."""
+    from nncift.influence import PairwiseInfluence
+
+    function = _run_function(view)
+    if type(function).candidate_task_scores is PairwiseInfluence.candidate_task_scores:
+        return None
+    return lambda block, rows: np.asarray(function.candidate_task_scores(block, rows), dtype=np.float64)
 
 
 def row_records(view: RunView) -> list[Record]:

@@ -131,7 +131,7 @@ def load_inputs(settings: SelectSettings) -> tuple[list[Record], list[Record], l
 
 ADDED_SETTINGS: dict[str, object] = {"selection.partitions": 0, "network.step_pairs": 0, "selection.graph": "auto", "sampling.stratify": False,
                                    "network.input": "text", "network.response_weight": 0.7071067811865476, "network.task_calibration": "off",
-                                   "selection.task_share": 0.0}
+                                   "selection.task_share": 0.0, "network.confirm": False}
 """Select settings newer than some run folders, at the values those folders ran with (:class:`~nncift.run.store.RunStore`'s ``added``)."""
 RESELECT_KEYS = frozenset({"selection", "network"})
 """The stages whose settings change only the network or the selection: a run folder whose influence block is finished
