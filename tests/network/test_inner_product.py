@@ -94,9 +94,9 @@ def test_a_network_without_inner_products_builds_its_graph_from_row_blocks() -> 
 
 @pytest.mark.parametrize("layout", ["fresh", "memmap", "strided", "tiled"])
 def test_block_prediction_writes_what_the_module_computes(layout: str, tmp_path, monkeypatch) -> None:
-    """``predict_two_tower`` writes its matrix products straight into ``out`` (a fresh array, a memory-mapped file) or, for
-    an ``out`` it cannot write into directly, through a copy; self-pair terms, label anchors and a row calibration together
-    equal the module's own forward pass, whatever the row blocks and the anchors' tiles of columns (``tiled``: three)."""
+    """``predict_two_tower`` fills ``out`` (a fresh array, a memory-mapped file, a strided view) block by block through one reused
+    buffer; self-pair terms, label anchors and a row calibration together equal the module's own forward pass, whatever the
+    row blocks (the last one shorter) and the anchors' tiles of columns (``tiled``: three)."""
     from nncift.network import towers
     from nncift.network.row_calibration import RowCalibration
     from nncift.network.towers import predict_two_tower

@@ -93,8 +93,8 @@ def test_a_grown_subset_with_less_room_than_missing_best_gives_each_task_one_fir
     parts[1, :8] = -1.0
     parts[0, 8:], parts[1, 8:] = [-5, -5, 0.5, 0.4], [3, 2.5, -5, -5]  # new: task 1's two best (8, 9), task 0's next (10, 11)
     kept = np.array([0, 1, 2, 3])
-    grown = top_k_with_task_floor(parts, 6, 1.0, kept=kept)  # floor 3 each; task 1 misses 3, room for 2
-    assert sorted(grown.indices.tolist()) == [8, 9]  # its two best new records; task 0 has its 3 best already
+    grown = top_k_with_task_floor(parts, 6, 1.0, kept=kept)  # floor 3 each; task 1 misses 8 and 9 (its third, old 3, is kept); room 2
+    assert sorted(grown.indices.tolist()) == [8, 9]  # task 0 has its 3 best already
     tight = top_k_with_task_floor(parts, 5, 1.0, kept=kept[:3])  # floor 2 each: task 1 misses 8 and 9, room for 2
     assert sorted(tight.indices.tolist()) == [8, 9]
     parts[0, 10] = 7.5  # new record 10 is now task 0's second best: both tasks miss records

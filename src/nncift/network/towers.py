@@ -252,7 +252,8 @@ def _self_terms(network: TwoTowerNetwork, rows: Tensor, slopes: Tensor | None) -
 def _anchor_columns(network: TwoTowerNetwork, cols: Tensor) -> list[tuple[int, Tensor, Tensor]] | None:
     """The columns' side of the label-anchor correction, computed once: ``(Lr, C)`` residual and mask sums over each column's
     kernel neighbours, in contiguous tiles of columns ``(start, residuals, mask)`` of about 4 MiB each, so that a row block's
-    16 neighbour rows of a tile are read from cache, not memory (2-3× faster at 20,000 columns); None without anchors."""
+    16 neighbour rows of a tile are read from cache, not memory (with anchors, 4× the earlier untiled, transposed sums at
+    20,000²: BENCHMARKS.md, "Pairwise prediction benchmark"); None without anchors."""
     anchors = network.anchors
     if anchors is None or not anchors.rows.shape[0] or not anchors.cols.shape[0]:
         return None
@@ -267,7 +268,7 @@ def _anchor_columns(network: TwoTowerNetwork, cols: Tensor) -> list[tuple[int, T
 
 def predict_two_tower(network: TwoTowerNetwork, rows: np.ndarray, cols: np.ndarray, *, out: np.ndarray | None = None,
                       self_cols: np.ndarray | None = None, block_rows: int | None = None) -> np.ndarray:
-    """float32 (R, C) predictions, one matrix product per row block (O(d + k) per pair), written straight into ``out``.
+    """float32 (R, C) predictions, one matrix product per row block (O(d + k) per pair), copied into ``out``.
 
     ``self_cols``: per row, the column of the same record (−1: none); those entries get the self-pair term.
     """
@@ -282,12 +283,12 @@ def predict_two_tower(network: TwoTowerNetwork, rows: np.ndarray, cols: np.ndarr
     with torch.no_grad():
         right = _col_features(network, cols_t).T
         anchor_cols = _anchor_columns(network, cols_t)
+        buffer = torch.empty(min(block_rows, n_rows), n_cols)  # one block's products, reused (a product written straight into a
+        # row block of ``out`` ran 1.5x slower where the rows are not 64-byte aligned, e.g. 5,000 columns)
         for start in range(0, n_rows, block_rows):
             stop = min(n_rows, start + block_rows)
             part = rows_t[start:stop]
-            target = out[start:stop]
-            direct = target.dtype == np.float32 and target.flags.c_contiguous and target.flags.writeable
-            block = torch.from_numpy(target) if direct else torch.empty(stop - start, n_cols)
+            block = buffer[: stop - start]
             left, slopes = _row_features(network, part)
             torch.mm(left, right, out=block)
             if self_cols is not None:
@@ -297,8 +298,7 @@ def predict_two_tower(network: TwoTowerNetwork, rows: np.ndarray, cols: np.ndarr
                     block[local, own[local]] += _self_terms(network, part[local], None if slopes is None else slopes[local])
             if anchor_cols is not None:
                 _add_anchor_correction(network, part, anchor_cols, block, None if slopes is None else slopes)
-            if not direct:
-                target[...] = block.numpy()
+            out[start:stop] = block.numpy()
     return out
 
 
@@ -310,11 +310,10 @@ def _add_anchor_correction(network: TwoTowerNetwork, rows: Tensor, anchor_cols: 
     assert anchors is not None
     weights = sparse_kernel_weights(rows, anchors.rows, anchors.temperature, NEIGHBOURS)
     for start, residuals, mask in anchor_cols:
-        correction = torch.sparse.mm(weights, residuals)
-        correction.div_(torch.sparse.mm(weights, mask).add_(anchors.shrink))
+        numerator = torch.sparse.mm(weights, residuals)
         if slopes is not None:
-            correction.mul_(slopes[:, None])
-        block[:, start:start + correction.shape[1]].add_(correction, alpha=float(network.label_std))
+            numerator.mul_(slopes[:, None])
+        block[:, start:start + numerator.shape[1]].addcdiv_(numerator, torch.sparse.mm(weights, mask).add_(anchors.shrink), value=float(network.label_std))
 
 
 class InnerProductForm(NamedTuple):
