@@ -129,7 +129,6 @@ def library_confirm(fold_criteria: dict[str, list[float]]) -> str:
     return chosen if chosen == "prior" or confirmed(confirmation_gains(fold_criteria, order, usable)) else "prior"
 
 
-
 def _with_rule_picks(variants: list[tuple[str, str | None]], fold_criteria: dict[str, dict[str, list[float]]], loss: str, rules: bool):
     """The fits to run for one loss: ``variants`` in order, then (``rules``) every candidate a validation rule picks from the shipped
     fit's per-fold criteria (known once the first variant, the shipped fit, has run) that is not forced already."""
