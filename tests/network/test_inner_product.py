@@ -92,7 +92,7 @@ def test_a_network_without_inner_products_builds_its_graph_from_row_blocks() -> 
         np.testing.assert_allclose(graph.values.reshape(30, 4), np.take_along_axis(dense, expected, 1), atol=1e-6)
 
 
-@pytest.mark.parametrize("layout", ["fresh", "memmap", "strided", "tiled"])
+@pytest.mark.parametrize("layout", ["fresh", "memmap", "strided", "tiled", "every pair labelled"])
 def test_block_prediction_writes_what_the_module_computes(layout: str, tmp_path, monkeypatch) -> None:
     """``predict_two_tower`` fills ``out`` (a fresh array, a memory-mapped file, a strided view) block by block through one reused
     buffer; self-pair terms, label anchors and a row calibration together equal the module's own forward pass, whatever the
@@ -105,7 +105,8 @@ def test_block_prediction_writes_what_the_module_computes(layout: str, tmp_path,
     rows, cols = embeddings(29, d, 4), embeddings(41, d, 5)
     net = random_network(d)
     rng = np.random.default_rng(6)
-    net.attach_anchors(Anchors.from_block(rows[:8], cols[:9], rng.standard_normal((8, 9)), rng.random((8, 9)) > 0.2, 0.05, 1.0))
+    mask = np.ones((8, 9), dtype=bool) if layout == "every pair labelled" else rng.random((8, 9)) > 0.2  # the former: sums as an outer product
+    net.attach_anchors(Anchors.from_block(rows[:8], cols[:9], rng.standard_normal((8, 9)), mask, 0.05, 1.0))
     labels = rng.standard_normal((6, 9))
     net.attach_row_calibration(RowCalibration.fit(rows[:6], rng.standard_normal((6, 9)), labels, np.ones((6, 9), dtype=bool), temperature=0.05))
     assert net.calibration_lines(torch.from_numpy(rows)) is not None
@@ -122,6 +123,9 @@ def test_block_prediction_writes_what_the_module_computes(layout: str, tmp_path,
     else:
         out = None
         monkeypatch.setattr(towers, "_ANCHOR_TILE", (8 * 16, 4, 16))  # 8 anchor rows: tiles of 16, 16 and 9 columns
+    if layout in ("tiled", "every pair labelled"):
+        tiles = towers._anchor_columns(net, torch.from_numpy(cols))
+        assert tiles is not None and len(tiles) == 3 and all(tile[2].ndim == (1 if layout != "tiled" else 2) for tile in tiles)
     got = predict_two_tower(net, rows, cols, out=out, self_cols=self_cols, block_rows=7)
     assert out is None or got is out
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)

@@ -252,17 +252,20 @@ def _self_terms(network: TwoTowerNetwork, rows: Tensor, slopes: Tensor | None) -
 def _anchor_columns(network: TwoTowerNetwork, cols: Tensor) -> list[tuple[int, Tensor, Tensor]] | None:
     """The columns' side of the label-anchor correction, computed once: ``(Lr, C)`` residual and mask sums over each column's
     kernel neighbours, in contiguous tiles of columns ``(start, residuals, mask)`` of about 4 MiB each, so that a row block's
-    16 neighbour rows of a tile are read from cache, not memory (with anchors, 4× the earlier untiled, transposed sums at
-    20,000²: BENCHMARKS.md, "Pairwise prediction benchmark"); None without anchors."""
+    16 neighbour rows of a tile are read from cache, not memory (with anchors, about 4× the earlier untiled, transposed sums
+    at 20,000²: BENCHMARKS.md, "Pairwise prediction benchmark"); None without anchors. Where every pair of the labelled block
+    counts (separate targets: no self-pairs left out), the mask sums are the same for every anchor row, and ``mask`` is
+    then the ``(C,)`` column sums alone: the denominator becomes an outer product instead of a second sparse product."""
     anchors = network.anchors
     if anchors is None or not anchors.rows.shape[0] or not anchors.cols.shape[0]:
         return None
     weights = sparse_kernel_weights(cols, anchors.cols, anchors.temperature, anchors.neighbours)
     residuals = torch.sparse.mm(weights, anchors.residuals.T.contiguous()).T
-    mask = torch.sparse.mm(weights, anchors.mask.T.contiguous()).T
+    full = bool(anchors.mask.all())
+    mask = torch.sparse.mm(weights, (anchors.mask[:1] if full else anchors.mask).T.contiguous()).T
     elements, fewest, most = _ANCHOR_TILE
     width = min(most, max(fewest, elements // anchors.rows.shape[0]))
-    return [(start, residuals[:, start:start + width].contiguous(), mask[:, start:start + width].contiguous())
+    return [(start, residuals[:, start:start + width].contiguous(), (mask[0] if full else mask)[..., start:start + width].contiguous())
             for start in range(0, cols.shape[0], width)]
 
 
@@ -309,11 +312,14 @@ def _add_anchor_correction(network: TwoTowerNetwork, rows: Tensor, anchor_cols: 
     anchors = network.anchors
     assert anchors is not None
     weights = sparse_kernel_weights(rows, anchors.rows, anchors.temperature, NEIGHBOURS)
+    full = anchor_cols[0][2].ndim == 1  # every labelled pair counts: the mask's sums are (row's weights) × (column's)
+    row_sums = torch.sparse.mm(weights, torch.ones(anchors.rows.shape[0], 1)).squeeze(1) if full else None
     for start, residuals, mask in anchor_cols:
         numerator = torch.sparse.mm(weights, residuals)
         if slopes is not None:
             numerator.mul_(slopes[:, None])
-        block[:, start:start + numerator.shape[1]].addcdiv_(numerator, torch.sparse.mm(weights, mask).add_(anchors.shrink), value=float(network.label_std))
+        denominator = torch.outer(row_sums, mask) if row_sums is not None else torch.sparse.mm(weights, mask)
+        block[:, start:start + numerator.shape[1]].addcdiv_(numerator, denominator.add_(anchors.shrink), value=float(network.label_std))
 
 
 class InnerProductForm(NamedTuple):
