@@ -287,7 +287,7 @@ def predict_two_tower(network: TwoTowerNetwork, rows: np.ndarray, cols: np.ndarr
         right = _col_features(network, cols_t).T
         anchor_cols = _anchor_columns(network, cols_t)
         buffer = torch.empty(min(block_rows, n_rows), n_cols)  # one block's products, reused (a product written straight into a
-        # row block of ``out`` ran 1.5x slower where the rows are not 64-byte aligned, e.g. 5,000 columns)
+        # row block of ``out`` was slower where the rows are not 64-byte aligned, e.g. 5,000 columns)
         for start in range(0, n_rows, block_rows):
             stop = min(n_rows, start + block_rows)
             part = rows_t[start:stop]
